@@ -1,0 +1,67 @@
+//! What flows from the decoder to the sinks: a [`Chunk`] of encoded row changes plus the
+//! position a restart may resume from once the chunk (and every chunk before it) is delivered.
+//!
+//! A change is encoded once, by the decoder, as one JSON object (the line the file sink writes
+//! and the operation the HTTP sink sends); sinks slice `Chunk::buf` and never re-encode values.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::checkpoint::Position;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// One row change, as ranges into its chunk's buffer.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// Position key: numbers every delivered operation of a source, in commit order, the same
+    /// way on every replay.
+    pub seq: u64,
+    pub op: Op,
+    pub entity: Arc<str>,
+    /// The JSON object of the whole change.
+    pub line: Range<usize>,
+    /// The entity id (`{"pk":value,...}`) inside `line`.
+    pub key: Range<usize>,
+}
+
+#[derive(Debug, Default)]
+pub struct Chunk {
+    pub buf: Vec<u8>,
+    pub changes: Vec<Change>,
+    /// Resume point after this chunk; `None` when the chunk ends where no resumable position is
+    /// known yet (before the first commit of a stream started from a file position).
+    pub position: Option<Position>,
+    /// The chunk ends exactly at the end of the stream's binlog as it stood at start-up
+    /// (`--exit-at-end`).
+    pub at_end: bool,
+}
+
+impl Chunk {
+    pub fn line(&self, c: &Change) -> &[u8] {
+        &self.buf[c.line.clone()]
+    }
+
+    pub fn key(&self, c: &Change) -> &[u8] {
+        &self.buf[c.key.clone()]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+}

@@ -1,0 +1,355 @@
+//! Command line and config file.
+//!
+//! Every setting can come from a flag or from the TOML file named by `--config`
+//! (see `config/binsync.example.toml`); a flag wins over the file, the file over the default.
+//! The file rejects unknown keys. Everything is validated here, once, before any work starts:
+//! later stages receive a [`RunSettings`] that is known to be usable.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::filter::Filter;
+use crate::sink::SinkSpec;
+use crate::source::SourceConfig;
+use crate::start::StartSpec;
+
+/// binsync: tails the MySQL/MariaDB binlog as a replica and delivers committed row changes.
+#[derive(Debug, Parser)]
+#[command(name = "binsync", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// TOML config file; flags override its values.
+    #[arg(long, global = true, env = "BINSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream changes from the source into the sink (the main job).
+    Run(RunArgs),
+    /// Preflight: check the source's settings and privileges, and print how to fix each problem.
+    Check(CheckArgs),
+    /// Show the checkpoint, and the source's position and our lag when it is reachable.
+    Status(StatusArgs),
+    /// Decode archived binlog files into a sink (backfills, files copied off a server).
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct SourceArgs {
+    /// Source server: mysql://USER[:PASSWORD]@HOST:PORT.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Environment variable holding the source password (overrides a password in the URL).
+    /// Default: BINSYNC_SOURCE_PASSWORD.
+    #[arg(long)]
+    pub password_env: Option<String>,
+    /// How long to keep trying to reach the source at start-up (e.g. 30s, 2m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub connect_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Replica server id to register with; must differ from the source's and other replicas'.
+    #[arg(long)]
+    pub server_id: Option<u32>,
+    /// Directory of the embedded checkpoint store.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Where changes go: `stdout`, `file:PATH` (JSON lines, fsynced), or an http(s):// URL.
+    #[arg(long)]
+    pub sink: Option<String>,
+    /// Where to begin when there is no checkpoint: earliest, latest, gtid:SET, file:NAME:POS.
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Discard the checkpoint first (then --start applies).
+    #[arg(long)]
+    pub reset: bool,
+    /// Capture only tables matching these db.table globs (repeatable).
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Skip tables matching these db.table globs (repeatable).
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Entity type name for a table: db.table=name (repeatable). Default: the table name.
+    #[arg(long)]
+    pub entity: Vec<String>,
+    /// Stop with exit code 0 once everything up to the source's binlog end at start-up is
+    /// delivered and checkpointed.
+    #[arg(long)]
+    pub exit_at_end: bool,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Also check that the source still has the binlog at this state dir's checkpoint.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ReplayArgs {
+    /// Binlog files, in order.
+    #[arg(long = "binlog-file", required = true, num_args = 1..)]
+    pub binlog_files: Vec<PathBuf>,
+    /// Where changes go: `stdout`, `file:PATH`, or an http(s):// URL.
+    #[arg(long)]
+    pub sink: Option<String>,
+    #[arg(long)]
+    pub include: Vec<String>,
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    #[arg(long)]
+    pub entity: Vec<String>,
+}
+
+/// The TOML file. Every key is optional; unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// mysql://USER[:PASSWORD]@HOST:PORT
+    pub source: Option<String>,
+    /// Environment variable with the source password.
+    pub password_env: Option<String>,
+    /// e.g. "30s"
+    pub connect_timeout: Option<String>,
+    pub server_id: Option<u32>,
+    pub state_dir: Option<PathBuf>,
+    pub sink: Option<String>,
+    pub start: Option<String>,
+    pub include: Option<Vec<String>>,
+    pub exclude: Option<Vec<String>>,
+    /// db.table = "entity name"
+    pub entity: Option<HashMap<String, String>>,
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            let msg = e.message().to_string();
+            let place = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" at line {line}")
+                })
+                .unwrap_or_default();
+            ConfigError(format!(
+                "config file {}{place}: {msg}; see config/binsync.example.toml for the keys",
+                path.display()
+            ))
+        })
+    }
+}
+
+/// Everything `binsync run` needs, validated.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub source: SourceConfig,
+    pub server_id: u32,
+    pub state_dir: PathBuf,
+    pub sink: SinkSpec,
+    pub start: StartSpec,
+    pub reset: bool,
+    pub filter: Filter,
+    pub entities: HashMap<String, String>,
+    pub exit_at_end: bool,
+}
+
+pub const DEFAULT_PASSWORD_ENV: &str = "BINSYNC_SOURCE_PASSWORD";
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn source_config(args: &SourceArgs, file: &FileConfig) -> Result<SourceConfig, ConfigError> {
+    let url = args
+        .source
+        .clone()
+        .or_else(|| file.source.clone())
+        .ok_or_else(|| {
+            ConfigError(
+                "no source: pass --source mysql://USER@HOST:PORT (or `source` in the config file)"
+                    .into(),
+            )
+        })?;
+    let password_env = args
+        .password_env
+        .clone()
+        .or_else(|| file.password_env.clone())
+        .unwrap_or_else(|| DEFAULT_PASSWORD_ENV.to_string());
+    let connect_timeout = match (&args.connect_timeout, &file.connect_timeout) {
+        (Some(d), _) => *d,
+        (None, Some(text)) => humantime::parse_duration(text).map_err(|e| {
+            ConfigError(format!(
+                "connect_timeout `{text}` in the config file: {e} (write e.g. \"30s\")"
+            ))
+        })?,
+        (None, None) => DEFAULT_CONNECT_TIMEOUT,
+    };
+    let password = std::env::var(&password_env).ok();
+    SourceConfig::new(&url, password, connect_timeout).map_err(|e| ConfigError(e.to_string()))
+}
+
+fn pick_vec(flag: &[String], file: &Option<Vec<String>>) -> Vec<String> {
+    if flag.is_empty() {
+        file.clone().unwrap_or_default()
+    } else {
+        flag.to_vec()
+    }
+}
+
+pub fn parse_entities(
+    flags: &[String],
+    file: &Option<HashMap<String, String>>,
+) -> Result<HashMap<String, String>, ConfigError> {
+    let mut map = file.clone().unwrap_or_default();
+    for e in flags {
+        let (table, name) = e
+            .split_once('=')
+            .filter(|(t, n)| t.contains('.') && !n.is_empty())
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "--entity `{e}`: write db.table=name, e.g. shop.products=product"
+                ))
+            })?;
+        map.insert(table.to_string(), name.to_string());
+    }
+    Ok(map)
+}
+
+impl RunSettings {
+    pub fn resolve(args: &RunArgs, file: &FileConfig) -> Result<RunSettings, ConfigError> {
+        let source = source_config(&args.source, file)?;
+        let server_id = args.server_id.or(file.server_id).ok_or_else(|| {
+            ConfigError("no --server-id: pick a replica id unused by the source and its replicas, e.g. --server-id 4242".into())
+        })?;
+        if server_id == 0 {
+            return Err(ConfigError(
+                "--server-id 0 is not allowed for a replica; pick 1..4294967295".into(),
+            ));
+        }
+        let state_dir = args.state_dir.clone().or_else(|| file.state_dir.clone()).ok_or_else(|| {
+            ConfigError("no --state-dir: name a directory for the checkpoint store, e.g. --state-dir /var/lib/binsync".into())
+        })?;
+        let sink_text = args
+            .sink
+            .clone()
+            .or_else(|| file.sink.clone())
+            .unwrap_or_else(|| "stdout".into());
+        let sink: SinkSpec = sink_text.parse().map_err(ConfigError)?;
+        let start_text = args
+            .start
+            .clone()
+            .or_else(|| file.start.clone())
+            .unwrap_or_else(|| "earliest".into());
+        let start: StartSpec = start_text.parse().map_err(ConfigError)?;
+        let filter = Filter::new(
+            &pick_vec(&args.include, &file.include),
+            &pick_vec(&args.exclude, &file.exclude),
+        )
+        .map_err(ConfigError)?;
+        let entities = parse_entities(&args.entity, &file.entity)?;
+        Ok(RunSettings {
+            source,
+            server_id,
+            state_dir,
+            sink,
+            start,
+            reset: args.reset,
+            filter,
+            entities,
+            exit_at_end: args.exit_at_end,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error_with_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "source = \"mysql://root@127.0.0.1:3306\"\nsevrer_id = 5\n",
+        )
+        .unwrap();
+        let e = FileConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("sevrer_id") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn the_example_config_parses_and_flags_override_it() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/binsync.example.toml");
+        let file = FileConfig::load(&p).unwrap();
+        let args = RunArgs {
+            server_id: Some(77),
+            ..Default::default()
+        };
+        let s = RunSettings::resolve(&args, &file).unwrap();
+        assert_eq!(s.server_id, 77);
+        assert_eq!(s.state_dir, PathBuf::from("/var/lib/binsync"));
+        assert_eq!(
+            s.entities.get("shop.products").map(String::as_str),
+            Some("product")
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_fix() {
+        let file = FileConfig::default();
+        let args = RunArgs {
+            source: SourceArgs {
+                source: Some("mysql://root@127.0.0.1:3306".into()),
+                ..Default::default()
+            },
+            server_id: Some(1),
+            state_dir: Some("/tmp/x".into()),
+            entity: vec!["nodot=x".into()],
+            ..Default::default()
+        };
+        let e = RunSettings::resolve(&args, &file).unwrap_err().to_string();
+        assert!(e.contains("db.table=name"), "{e}");
+    }
+}

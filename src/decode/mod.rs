@@ -1,0 +1,881 @@
+//! From binlog events to encoded row changes.
+//!
+//! [`Decoder`] follows the event stream of one connection (or one archived file): rotations,
+//! transaction boundaries (GTID events, BEGIN, XID/COMMIT, standalone DDL), table maps and row
+//! events. It assigns every row change its `seq`, encodes it as one JSON object into the current
+//! [`Chunk`], and stamps each chunk with the position a restart may resume from.
+//!
+//! Invariants:
+//! - A chunk's position is either a commit boundary or, inside a large transaction, the
+//!   transaction's start plus the number of its rows already in earlier chunks.
+//! - Numbering is deterministic: replaying from a checkpoint gives every row the same `seq`
+//!   and `row` as the first time (rows before the checkpoint are decoded, numbered and
+//!   dropped), given the same `--include`/`--exclude` (rows of excluded tables are not counted).
+//! - An update that changes the primary key becomes a delete of the old id and an insert of
+//!   the new one, so an entity id never silently moves.
+//! - Rows are written straight from the row image into the chunk's buffer (see
+//!   [`value::decode_image`]); nothing per column is allocated.
+
+pub mod schema;
+pub mod value;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use mysql_common::binlog::consts::EventType;
+use mysql_common::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
+
+use crate::change::{Change, Chunk, Op};
+use crate::checkpoint::{Partial, Position};
+use crate::filter::Filter;
+use crate::gtid::mariadb::{self as maria, GtidList};
+use crate::gtid::mysql::format_uuid;
+use crate::gtid::{Flavor, GtidPos, GtidSet, MariaGtid};
+use schema::{DecodeError, ExtraSchema, TableSchema};
+
+/// What the decoder needs from the server when the binlog alone is not enough.
+pub trait SchemaLookup: Send {
+    /// Column names, primary key and JSON columns of `db.table`, from information_schema.
+    fn lookup<'a>(&'a mut self, db: &'a str, table: &'a str) -> BoxFuture<'a, Option<ExtraSchema>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("{0}")]
+    Row(#[from] DecodeError),
+    #[error("rows event for table id {0} without a preceding table map event: the binlog is damaged or was cut mid-transaction")]
+    UnknownTable(u64),
+    #[error("malformed {what} event at {file}:{offset}: {detail}")]
+    Malformed {
+        what: String,
+        file: String,
+        offset: u64,
+        detail: String,
+    },
+    #[error("compressed binlog event (MariaDB log_bin_compress) at {file}:{offset}: not supported; set log_bin_compress=OFF on the source")]
+    Compressed { file: String, offset: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct DecodeConfig {
+    pub filter: Filter,
+    /// `db.table` -> entity type name.
+    pub entities: HashMap<String, String>,
+    /// A chunk is handed on once it holds this many changes...
+    pub chunk_rows: usize,
+    /// ...or this many bytes.
+    pub chunk_bytes: usize,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        DecodeConfig {
+            filter: Filter::default(),
+            entities: HashMap::new(),
+            chunk_rows: 2048,
+            chunk_bytes: 1 << 20,
+        }
+    }
+}
+
+struct TableInfo {
+    schema: TableSchema,
+    entity: Arc<str>,
+    included: bool,
+    /// `"db":"..","table":"..","entity":"..",`
+    meta_json: Box<[u8]>,
+    /// The raw table map, to reuse this entry when the same map comes again (every transaction).
+    raw: Box<[u8]>,
+}
+
+struct Txn {
+    /// GTID text, or `file:offset` of its start without GTIDs.
+    id: String,
+    gtid: Option<TxnGtid>,
+    /// `"gtid":"..","ts":"..",`
+    meta_json: Box<[u8]>,
+    next_row: u64,
+    /// Rows below this index were delivered before a restart: numbered and dropped.
+    skip_below: u64,
+    explicit: bool,
+}
+
+enum TxnGtid {
+    Mysql { uuid: String, tag: String, gno: u64 },
+    Mariadb(MariaGtid),
+}
+
+pub struct Decoder {
+    cfg: Arc<DecodeConfig>,
+    lookup: Option<Box<dyn SchemaLookup>>,
+    tables: HashMap<u64, Arc<TableInfo>>,
+    extra_cache: HashMap<(String, String), Option<Arc<ExtraSchema>>>,
+    /// Last commit boundary: where a restart resumes.
+    boundary: Position,
+    /// Current binlog file, as `"file":"..",`.
+    file_json: Vec<u8>,
+    /// Set when the stream starts at the head of a file and the GTID state must be taken
+    /// from that file's PREVIOUS_GTIDS / GTID_LIST event.
+    gtid_from_file_header: Option<Flavor>,
+    /// While set, events are followed (positions, GTIDs) but no row is emitted: the stream
+    /// was opened at the head of `file` to learn the GTID state of a later `offset`.
+    emit_from: Option<(String, u64)>,
+    resume: Option<Partial>,
+    txn: Option<Txn>,
+    seq: u64,
+    /// Offset after a MySQL TRANSACTION_PAYLOAD event whose inner events carry no positions.
+    payload_end: Option<u64>,
+    chunk: Chunk,
+    position_dirty: bool,
+    img_a: Vec<u8>,
+    img_b: Vec<u8>,
+    spans_a: Vec<Option<(u32, u32)>>,
+    spans_b: Vec<Option<(u32, u32)>>,
+    scratch: Vec<u8>,
+    warned_statements: bool,
+    warned_no_metadata: bool,
+    /// Events seen (progress reporting).
+    pub events: u64,
+}
+
+impl Decoder {
+    /// `start` is where the stream begins; `gtid_from_file_header` asks to learn the GTID state
+    /// from the first file's header event (streams opened at the head of a file).
+    pub fn new(
+        cfg: Arc<DecodeConfig>,
+        start: Position,
+        gtid_from_file_header: Option<Flavor>,
+        emit_from: Option<(String, u64)>,
+        lookup: Option<Box<dyn SchemaLookup>>,
+    ) -> Self {
+        let mut d = Decoder {
+            cfg,
+            lookup,
+            tables: HashMap::new(),
+            extra_cache: HashMap::new(),
+            resume: start.partial.clone(),
+            seq: start.seq,
+            boundary: Position {
+                partial: None,
+                ..start
+            },
+            file_json: Vec::new(),
+            gtid_from_file_header,
+            emit_from,
+            txn: None,
+            payload_end: None,
+            chunk: Chunk::default(),
+            position_dirty: false,
+            img_a: Vec::new(),
+            img_b: Vec::new(),
+            spans_a: Vec::new(),
+            spans_b: Vec::new(),
+            scratch: Vec::new(),
+            warned_statements: false,
+            warned_no_metadata: false,
+            events: 0,
+        };
+        d.set_file(d.boundary.file.clone());
+        d
+    }
+
+    pub fn position(&self) -> &Position {
+        &self.boundary
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    /// An archived file begins (files do not start with a rotate event).
+    pub fn start_file(&mut self, name: &str) {
+        self.set_file(name.to_string());
+        self.boundary.offset = 4;
+        self.txn = None;
+    }
+
+    fn set_file(&mut self, file: String) {
+        self.file_json.clear();
+        self.file_json.extend_from_slice(b"\"file\":");
+        value::write_json_str(&mut self.file_json, file.as_bytes());
+        self.file_json.push(b',');
+        self.boundary.file = file;
+    }
+
+    /// The chunk so far, if it is full, or if `idle` and it holds anything worth handing on
+    /// (changes, or a position that moved).
+    pub fn take_chunk(&mut self, idle: bool) -> Option<Chunk> {
+        let full = self.chunk.changes.len() >= self.cfg.chunk_rows
+            || self.chunk.buf.len() >= self.cfg.chunk_bytes;
+        let worth = !self.chunk.changes.is_empty() || self.position_dirty;
+        if !(full || (idle && worth)) {
+            return None;
+        }
+        let mut chunk = std::mem::take(&mut self.chunk);
+        chunk.position = Some(self.resume_position());
+        self.position_dirty = false;
+        Some(chunk)
+    }
+
+    /// Marks the chunk in progress as ending at the server's binlog end.
+    pub fn mark_at_end(&mut self) {
+        self.chunk.at_end = true;
+        self.position_dirty = true;
+    }
+
+    /// Forgets the transaction in progress so the stream can be reopened; returns where to
+    /// reopen it. The rows of that transaction already handed on are skipped when it comes
+    /// again. Call after the current chunk was taken.
+    pub fn restart(&mut self) -> Position {
+        let pos = self.resume_position();
+        self.resume = pos.partial.clone();
+        self.txn = None;
+        self.seq = self.boundary.seq;
+        self.payload_end = None;
+        pos
+    }
+
+    /// Where a restart resumes after everything decoded so far is delivered.
+    fn resume_position(&self) -> Position {
+        if self.txn.is_none() {
+            if let Some(p) = &self.resume {
+                // The checkpoint's transaction has not come again yet: keep its progress.
+                return Position {
+                    partial: Some(p.clone()),
+                    ..self.boundary.clone()
+                };
+            }
+        }
+        match &self.txn {
+            Some(t) if t.next_row > 0 => Position {
+                partial: Some(Partial {
+                    txn: t.id.clone(),
+                    next_row: t.next_row,
+                    seq: self.seq,
+                }),
+                ..self.boundary.clone()
+            },
+            _ => self.boundary.clone(),
+        }
+    }
+
+    fn emitting(&mut self, event_end: u64) -> bool {
+        match &self.emit_from {
+            None => true,
+            Some((file, offset)) => {
+                if *file == self.boundary.file && event_end <= *offset {
+                    false
+                } else {
+                    self.emit_from = None;
+                    true
+                }
+            }
+        }
+    }
+
+    /// Follows one event.
+    pub async fn on_event(&mut self, ev: &Event) -> Result<(), StreamError> {
+        self.events += 1;
+        let header = ev.header();
+        let raw_type = header.event_type_raw();
+        // Inner events of a MySQL compressed transaction carry log_pos 0.
+        let log_pos = if header.log_pos() == 0 {
+            self.payload_end.unwrap_or(self.boundary.offset)
+        } else {
+            u64::from(header.log_pos())
+        };
+        match raw_type {
+            maria::GTID_EVENT => {
+                let g = maria::parse_gtid_event(ev.data(), header.server_id())
+                    .map_err(|e| self.malformed("GTID", log_pos, e))?;
+                self.begin_txn(
+                    g.gtid.to_string(),
+                    Some(TxnGtid::Mariadb(g.gtid)),
+                    i64::from(header.timestamp()) * 1_000_000,
+                );
+                if let Some(t) = self.txn.as_mut() {
+                    t.explicit = !g.standalone();
+                }
+                return Ok(());
+            }
+            maria::GTID_LIST_EVENT => {
+                let list = maria::parse_gtid_list_event(ev.data())
+                    .map_err(|e| self.malformed("GTID_LIST", log_pos, e))?;
+                if self.gtid_from_file_header == Some(Flavor::Mariadb) && header.log_pos() != 0 {
+                    self.boundary.gtid = Some(GtidPos::Mariadb(list));
+                    self.gtid_from_file_header = None;
+                }
+                return Ok(());
+            }
+            maria::ANNOTATE_ROWS_EVENT
+            | maria::BINLOG_CHECKPOINT_EVENT
+            | maria::START_ENCRYPTION_EVENT => return Ok(()),
+            maria::FIRST_COMPRESSED_EVENT..=maria::LAST_COMPRESSED_EVENT => {
+                return Err(StreamError::Compressed {
+                    file: self.boundary.file.clone(),
+                    offset: log_pos,
+                })
+            }
+            _ => {}
+        }
+        let data = match ev.read_data() {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(()), // an event type we do not need
+            Err(e) => {
+                let what = format!("{:?}", header.event_type().map_err(|_| raw_type));
+                return Err(self.malformed(&what, log_pos, e));
+            }
+        };
+        match data {
+            EventData::RotateEvent(r) => {
+                let name = r.name().into_owned();
+                if name != self.boundary.file {
+                    self.set_file(name);
+                    self.boundary.offset = r.position();
+                    self.position_dirty = true;
+                }
+            }
+            EventData::GtidEvent(g) => {
+                let uuid = format_uuid(&g.sid());
+                let tag = g.tag().map(|t| t.as_str().to_string()).unwrap_or_default();
+                let text = if tag.is_empty() {
+                    format!("{uuid}:{}", g.gno())
+                } else {
+                    format!("{uuid}:{tag}:{}", g.gno())
+                };
+                let ts = match g.immediate_commit_timestamp() {
+                    0 => i64::from(header.timestamp()) * 1_000_000,
+                    us => us as i64,
+                };
+                self.begin_txn(
+                    text,
+                    Some(TxnGtid::Mysql {
+                        uuid,
+                        tag,
+                        gno: g.gno(),
+                    }),
+                    ts,
+                );
+            }
+            EventData::AnonymousGtidEvent(_) => {
+                let id = format!("{}:{}", self.boundary.file, self.boundary.offset);
+                self.begin_txn(id, None, i64::from(header.timestamp()) * 1_000_000);
+            }
+            EventData::PreviousGtidsEvent(p) => {
+                if self.gtid_from_file_header == Some(Flavor::Mysql) {
+                    let mut set = GtidSet::new();
+                    for sid in p.sids() {
+                        let uuid = format_uuid(&sid.uuid());
+                        let tag = sid
+                            .tag()
+                            .map(|t| t.as_str().to_string())
+                            .unwrap_or_default();
+                        for iv in sid.intervals() {
+                            // GnoInterval is [start, end).
+                            for_each_interval(&mut set, &uuid, &tag, iv.start(), iv.end());
+                        }
+                    }
+                    self.boundary.gtid = Some(GtidPos::Mysql(set));
+                    self.gtid_from_file_header = None;
+                }
+            }
+            EventData::TransactionPayloadEvent(_) => {
+                self.payload_end = Some(log_pos);
+            }
+            EventData::QueryEvent(q) => {
+                let sql = q.query_raw();
+                let first = first_word(sql);
+                if first.eq_ignore_ascii_case(b"BEGIN") || sql.eq_ignore_ascii_case(b"XA START") {
+                    if self.txn.is_none() {
+                        let id = format!("{}:{}", self.boundary.file, self.boundary.offset);
+                        self.begin_txn(id, None, i64::from(header.timestamp()) * 1_000_000);
+                    }
+                    if let Some(t) = self.txn.as_mut() {
+                        t.explicit = true;
+                    }
+                } else if first.eq_ignore_ascii_case(b"COMMIT")
+                    || first.eq_ignore_ascii_case(b"ROLLBACK")
+                {
+                    self.commit(log_pos);
+                } else {
+                    let ddl = is_ddl(first);
+                    if ddl {
+                        // Table ids change with DDL; re-read the information_schema view too.
+                        self.extra_cache.clear();
+                    }
+                    match &self.txn {
+                        Some(t) if t.explicit => {
+                            if !self.warned_statements && !ddl && !first.eq_ignore_ascii_case(b"XA")
+                            {
+                                self.warned_statements = true;
+                                tracing::warn!(
+                                    statement = %String::from_utf8_lossy(&sql[..sql.len().min(120)]),
+                                    "a statement-based change is in the binlog: it is not captured; set binlog_format=ROW on the source"
+                                );
+                            }
+                        }
+                        _ => self.commit(log_pos),
+                    }
+                }
+            }
+            EventData::XidEvent(_) => self.commit(log_pos),
+            EventData::TableMapEvent(tme) => self.on_table_map(ev.data(), &tme).await?,
+            EventData::RowsEvent(rows) => {
+                if self.emitting(log_pos) {
+                    self.on_rows(&rows, raw_type, log_pos)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn malformed(&self, what: &str, offset: u64, e: impl std::fmt::Display) -> StreamError {
+        StreamError::Malformed {
+            what: what.to_string(),
+            file: self.boundary.file.clone(),
+            offset,
+            detail: e.to_string(),
+        }
+    }
+
+    fn begin_txn(&mut self, id: String, gtid: Option<TxnGtid>, ts_micros: i64) {
+        let mut meta = Vec::with_capacity(80);
+        meta.extend_from_slice(b"\"gtid\":");
+        match gtid {
+            Some(_) => value::write_json_str(&mut meta, id.as_bytes()),
+            None => meta.extend_from_slice(b"null"),
+        }
+        meta.extend_from_slice(b",\"ts\":\"");
+        meta.extend_from_slice(format_utc_micros(ts_micros).as_bytes());
+        meta.extend_from_slice(b"\",");
+        let skip_below = match self.resume.take() {
+            Some(p) if p.txn == id => p.next_row,
+            Some(p) => {
+                // The checkpoint named a transaction that did not come first: put it back in
+                // case it comes later (GTID streams can interleave domains).
+                self.resume = Some(p);
+                0
+            }
+            None => 0,
+        };
+        self.txn = Some(Txn {
+            id,
+            gtid,
+            meta_json: meta.into_boxed_slice(),
+            next_row: 0,
+            skip_below,
+            explicit: false,
+        });
+    }
+
+    fn commit(&mut self, log_pos: u64) {
+        self.payload_end = None;
+        if let Some(t) = self.txn.take() {
+            match (&mut self.boundary.gtid, t.gtid) {
+                (Some(GtidPos::Mysql(set)), Some(TxnGtid::Mysql { uuid, tag, gno })) => {
+                    set.add(&uuid, &tag, gno)
+                }
+                (Some(GtidPos::Mariadb(list)), Some(TxnGtid::Mariadb(g))) => list.apply(g),
+                (None, Some(TxnGtid::Mariadb(g))) if self.gtid_from_file_header.is_none() => {
+                    // MariaDB always has GTIDs; a stream that began without a known state
+                    // still learns each domain's newest GTID.
+                    let mut list = GtidList::new();
+                    list.apply(g);
+                    self.boundary.gtid = Some(GtidPos::Mariadb(list));
+                }
+                _ => {}
+            }
+        }
+        self.boundary.offset = log_pos;
+        self.boundary.seq = self.seq;
+        self.position_dirty = true;
+    }
+
+    async fn on_table_map(
+        &mut self,
+        raw: &[u8],
+        tme: &TableMapEvent<'_>,
+    ) -> Result<(), StreamError> {
+        let id = tme.table_id();
+        if let Some(info) = self.tables.get(&id) {
+            if *info.raw == *raw {
+                return Ok(());
+            }
+        }
+        let db = tme.database_name().into_owned();
+        let table = tme.table_name().into_owned();
+        let qualified = format!("{db}.{table}");
+        let included = self.cfg.filter.matches(&db, &table);
+        let extra = if included {
+            self.extra_schema(&db, &table, tme).await
+        } else {
+            None
+        };
+        let schema = TableSchema::from_table_map(tme, extra.as_deref())?;
+        if included && !schema.names_from_binlog && !self.warned_no_metadata {
+            self.warned_no_metadata = true;
+            tracing::warn!(
+                table = %qualified,
+                "column names and primary key come from information_schema, not the binlog: a DDL between the change and this lookup can mislabel columns; set binlog_row_metadata=FULL on the source"
+            );
+        }
+        let entity: Arc<str> = self
+            .cfg
+            .entities
+            .get(&qualified)
+            .cloned()
+            .unwrap_or_else(|| table.clone())
+            .into();
+        let mut meta = Vec::with_capacity(64);
+        meta.extend_from_slice(b"\"db\":");
+        value::write_json_str(&mut meta, db.as_bytes());
+        meta.extend_from_slice(b",\"table\":");
+        value::write_json_str(&mut meta, table.as_bytes());
+        meta.extend_from_slice(b",\"entity\":");
+        value::write_json_str(&mut meta, entity.as_bytes());
+        meta.push(b',');
+        self.tables.insert(
+            id,
+            Arc::new(TableInfo {
+                schema,
+                entity,
+                included,
+                meta_json: meta.into_boxed_slice(),
+                raw: raw.into(),
+            }),
+        );
+        Ok(())
+    }
+
+    /// information_schema's view of a table, when the binlog lacks names (no FULL metadata) or
+    /// may hide JSON columns (MariaDB), cached until the next DDL.
+    async fn extra_schema(
+        &mut self,
+        db: &str,
+        table: &str,
+        tme: &TableMapEvent<'_>,
+    ) -> Option<Arc<ExtraSchema>> {
+        let lookup = self.lookup.as_mut()?;
+        let has_names = tme.iter_optional_meta().any(|m| {
+            matches!(
+                m,
+                Ok(mysql_common::binlog::events::OptionalMetadataField::ColumnName(_))
+            )
+        });
+        let has_json_type = (0..tme.columns_count() as usize).any(|i| {
+            matches!(
+                tme.get_column_type(i),
+                Ok(Some(mysql_common::constants::ColumnType::MYSQL_TYPE_JSON))
+            )
+        });
+        // MySQL names its JSON columns in the binlog; MariaDB's are text with a CHECK.
+        let might_hide_json = !has_json_type
+            && (0..tme.columns_count() as usize).any(|i| {
+                matches!(
+                    tme.get_column_type(i),
+                    Ok(Some(mysql_common::constants::ColumnType::MYSQL_TYPE_BLOB))
+                )
+            });
+        if has_names && !might_hide_json {
+            return None;
+        }
+        let key = (db.to_string(), table.to_string());
+        if let Some(hit) = self.extra_cache.get(&key) {
+            return hit.clone();
+        }
+        let found = lookup.lookup(db, table).await.map(Arc::new);
+        self.extra_cache.insert(key, found.clone());
+        found
+    }
+
+    fn on_rows(
+        &mut self,
+        rows: &RowsEventData<'_>,
+        raw_type: u8,
+        log_pos: u64,
+    ) -> Result<(), StreamError> {
+        let info = self
+            .tables
+            .get(&rows.table_id())
+            .cloned()
+            .ok_or(StreamError::UnknownTable(rows.table_id()))?;
+        if !info.included {
+            return Ok(());
+        }
+        if self.txn.is_none() {
+            // Row events outside BEGIN..COMMIT (non-transactional engines on old servers):
+            // each event is its own transaction.
+            let id = format!("{}:{}", self.boundary.file, self.boundary.offset);
+            self.begin_txn(id, None, 0);
+        }
+        let op = match raw_type {
+            t if t == EventType::WRITE_ROWS_EVENT as u8
+                || t == EventType::WRITE_ROWS_EVENT_V1 as u8 =>
+            {
+                Op::Insert
+            }
+            t if t == EventType::DELETE_ROWS_EVENT as u8
+                || t == EventType::DELETE_ROWS_EVENT_V1 as u8 =>
+            {
+                Op::Delete
+            }
+            _ => Op::Update,
+        };
+        let data = rows.rows_data();
+        let before_cols = rows.columns_before_image();
+        let after_cols = rows.columns_after_image();
+        let mut at = 0usize;
+        while at < data.len() {
+            let rest = &data[at..];
+            let (before, after) = match op {
+                Op::Insert => {
+                    let cols = after_cols.ok_or_else(|| {
+                        self.malformed("WRITE_ROWS", log_pos, "no after-image columns")
+                    })?;
+                    at += value::decode_image(
+                        &info.schema,
+                        cols,
+                        rest,
+                        {
+                            self.img_a.clear();
+                            &mut self.img_a
+                        },
+                        &mut self.spans_a,
+                    )?;
+                    (false, true)
+                }
+                Op::Delete => {
+                    let cols = before_cols.ok_or_else(|| {
+                        self.malformed("DELETE_ROWS", log_pos, "no before-image columns")
+                    })?;
+                    at += value::decode_image(
+                        &info.schema,
+                        cols,
+                        rest,
+                        {
+                            self.img_b.clear();
+                            &mut self.img_b
+                        },
+                        &mut self.spans_b,
+                    )?;
+                    (true, false)
+                }
+                Op::Update => {
+                    let bcols = before_cols.ok_or_else(|| {
+                        self.malformed("UPDATE_ROWS", log_pos, "no before-image columns")
+                    })?;
+                    let acols = after_cols.ok_or_else(|| {
+                        self.malformed("UPDATE_ROWS", log_pos, "no after-image columns")
+                    })?;
+                    let n = value::decode_image(
+                        &info.schema,
+                        bcols,
+                        rest,
+                        {
+                            self.img_b.clear();
+                            &mut self.img_b
+                        },
+                        &mut self.spans_b,
+                    )?;
+                    let rest2 = &data[at + n..];
+                    let m = value::decode_image(
+                        &info.schema,
+                        acols,
+                        rest2,
+                        {
+                            self.img_a.clear();
+                            &mut self.img_a
+                        },
+                        &mut self.spans_a,
+                    )?;
+                    at += n + m;
+                    (true, true)
+                }
+            };
+            if op == Op::Update {
+                // An update that moves the primary key: delete the old entity, insert the new.
+                self.scratch.clear();
+                value::write_key(&info.schema, &self.img_b, &self.spans_b, &mut self.scratch);
+                let old_key_len = self.scratch.len();
+                value::write_key(&info.schema, &self.img_a, &self.spans_a, &mut self.scratch);
+                if self.scratch[..old_key_len] != self.scratch[old_key_len..] {
+                    self.emit(&info, Op::Delete, true, false, log_pos);
+                    self.emit(&info, Op::Insert, false, true, log_pos);
+                    continue;
+                }
+            }
+            self.emit(&info, op, before, after, log_pos);
+        }
+        Ok(())
+    }
+
+    /// Numbers one change and, unless it was delivered before a restart, writes its line.
+    fn emit(&mut self, info: &TableInfo, op: Op, before: bool, after: bool, log_pos: u64) {
+        let Some(txn) = self.txn.as_mut() else { return };
+        let row = txn.next_row;
+        txn.next_row += 1;
+        self.seq += 1;
+        if row < txn.skip_below {
+            return;
+        }
+        let buf = &mut self.chunk.buf;
+        let start = buf.len();
+        buf.extend_from_slice(b"{\"seq\":");
+        push_u64(buf, self.seq);
+        buf.extend_from_slice(b",\"op\":\"");
+        buf.extend_from_slice(op.as_str().as_bytes());
+        buf.extend_from_slice(b"\",");
+        buf.extend_from_slice(&info.meta_json);
+        buf.extend_from_slice(b"\"id\":");
+        let key_start = buf.len();
+        if after {
+            value::write_key(&info.schema, &self.img_a, &self.spans_a, buf);
+        } else {
+            value::write_key(&info.schema, &self.img_b, &self.spans_b, buf);
+        }
+        let key_end = buf.len();
+        buf.push(b',');
+        buf.extend_from_slice(&txn.meta_json);
+        buf.extend_from_slice(b"\"row\":");
+        push_u64(buf, row);
+        buf.push(b',');
+        buf.extend_from_slice(&self.file_json);
+        buf.extend_from_slice(b"\"offset\":");
+        push_u64(buf, log_pos);
+        if before && after {
+            buf.extend_from_slice(b",\"changed\":");
+            value::write_changed(
+                &info.schema,
+                &self.img_b,
+                &self.spans_b,
+                &self.img_a,
+                &self.spans_a,
+                buf,
+            );
+        }
+        if before {
+            buf.extend_from_slice(b",\"before\":");
+            buf.extend_from_slice(&self.img_b);
+        }
+        if after {
+            buf.extend_from_slice(b",\"after\":");
+            buf.extend_from_slice(&self.img_a);
+        }
+        buf.push(b'}');
+        self.chunk.changes.push(Change {
+            seq: self.seq,
+            op,
+            entity: info.entity.clone(),
+            line: start..buf.len(),
+            key: key_start..key_end,
+        });
+    }
+}
+
+fn for_each_interval(set: &mut GtidSet, uuid: &str, tag: &str, start: u64, end: u64) {
+    if end > start {
+        let text = if tag.is_empty() {
+            format!("{uuid}:{}-{}", start, end - 1)
+        } else {
+            format!("{uuid}:{tag}:{}-{}", start, end - 1)
+        };
+        if let Ok(other) = GtidSet::parse(&text) {
+            set.merge(&other);
+        }
+    }
+}
+
+fn first_word(sql: &[u8]) -> &[u8] {
+    let s = sql.trim_ascii_start();
+    let end = s
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(s.len());
+    &s[..end]
+}
+
+fn is_ddl(first: &[u8]) -> bool {
+    [&b"CREATE"[..], b"ALTER", b"DROP", b"RENAME", b"TRUNCATE"]
+        .iter()
+        .any(|k| first.eq_ignore_ascii_case(k))
+}
+
+pub(crate) fn push_u64(buf: &mut Vec<u8>, n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&tmp[i..]);
+}
+
+/// `2026-11-24T07:37:31Z`, or with `.ffffff` when the time has microseconds.
+pub fn format_utc_micros(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let frac = micros.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let (hh, mm, ss) = (sod / 3600, sod % 3600 / 60, sod % 60);
+    if frac == 0 {
+        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
+    } else {
+        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{frac:06}Z")
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(format_utc_micros(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            format_utc_micros(1_700_000_000_123_456),
+            "2023-11-14T22:13:20.123456Z"
+        );
+        assert_eq!(
+            format_utc_micros(951_782_400_000_000),
+            "2000-02-29T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn integers() {
+        let mut b = Vec::new();
+        push_u64(&mut b, 0);
+        b.push(b' ');
+        push_u64(&mut b, u64::MAX);
+        assert_eq!(b, b"0 18446744073709551615");
+    }
+
+    #[test]
+    fn statement_words() {
+        assert_eq!(first_word(b"  BEGIN"), b"BEGIN");
+        assert!(is_ddl(first_word(b"alter table t add c int")));
+        assert!(!is_ddl(first_word(b"insert into t values (1)")));
+    }
+}

@@ -1,0 +1,267 @@
+//! MySQL GTID sets: `uuid:1-5:7-9,uuid2:tag:1-3`.
+//!
+//! A set maps a source id (server UUID plus an optional 8.4 tag) to sorted, disjoint,
+//! non-adjacent closed intervals of transaction numbers. Formatting is canonical (sorted by
+//! UUID then tag, intervals merged), so two equal sets print the same text; that text is what
+//! the checkpoint stores and what `COM_BINLOG_DUMP_GTID` receives.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::GtidParseError;
+
+/// `(uuid, tag)`; the tag is empty for untagged GTIDs.
+type SourceId = (String, String);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GtidSet {
+    sets: BTreeMap<SourceId, Vec<(u64, u64)>>,
+}
+
+impl GtidSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
+    }
+
+    pub fn parse(text: &str) -> Result<Self, GtidParseError> {
+        let mut set = GtidSet::new();
+        let cleaned: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        if cleaned.is_empty() {
+            return Ok(set);
+        }
+        for part in cleaned.split(',') {
+            let err = |why: &str| GtidParseError::new(part, why);
+            let mut pieces = part.split(':');
+            let uuid = pieces.next().unwrap_or_default().to_ascii_lowercase();
+            if !is_uuid(&uuid) {
+                return Err(err("expected a server UUID before the first ':'"));
+            }
+            let mut tag = String::new();
+            let mut saw_interval = false;
+            for piece in pieces {
+                if piece.starts_with(|c: char| c.is_ascii_digit()) {
+                    let (a, b) = match piece.split_once('-') {
+                        Some((a, b)) => (a, b),
+                        None => (piece, piece),
+                    };
+                    let a: u64 = a.parse().map_err(|_| err("bad transaction number"))?;
+                    let b: u64 = b.parse().map_err(|_| err("bad transaction number"))?;
+                    if a == 0 || b < a {
+                        return Err(err("intervals are 1-based and ascending, e.g. 1-5"));
+                    }
+                    set.add_interval(&uuid, &tag, a, b);
+                    saw_interval = true;
+                } else if is_tag(piece) {
+                    tag = piece.to_string();
+                } else {
+                    return Err(err(
+                        "expected an interval like 1-5 or a tag like [a-z_][a-z0-9_]*",
+                    ));
+                }
+            }
+            if !saw_interval {
+                return Err(err("no interval after the UUID"));
+            }
+        }
+        Ok(set)
+    }
+
+    /// Adds one transaction.
+    pub fn add(&mut self, uuid: &str, tag: &str, gno: u64) {
+        self.add_interval(uuid, tag, gno, gno);
+    }
+
+    fn add_interval(&mut self, uuid: &str, tag: &str, a: u64, b: u64) {
+        let ivs = self
+            .sets
+            .entry((uuid.to_string(), tag.to_string()))
+            .or_default();
+        // Fast path: appending the next number, the common case while streaming.
+        if let Some(last) = ivs.last_mut() {
+            if a >= last.0 && a <= last.1.saturating_add(1) && b >= last.1 {
+                last.1 = b;
+                return;
+            }
+        }
+        ivs.push((a, b));
+        ivs.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ivs.len());
+        for &(s, e) in ivs.iter() {
+            match merged.last_mut() {
+                Some(m) if s <= m.1.saturating_add(1) => m.1 = m.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        *ivs = merged;
+    }
+
+    pub fn contains(&self, uuid: &str, tag: &str, gno: u64) -> bool {
+        self.sets
+            .get(&(uuid.to_string(), tag.to_string()))
+            .is_some_and(|ivs| ivs.iter().any(|&(a, b)| a <= gno && gno <= b))
+    }
+
+    /// Every transaction of `other` is also in `self`.
+    pub fn is_superset_of(&self, other: &GtidSet) -> bool {
+        other.sets.iter().all(|(id, ivs)| {
+            ivs.iter().all(|&(a, b)| {
+                self.sets
+                    .get(id)
+                    .is_some_and(|mine| mine.iter().any(|&(x, y)| x <= a && b <= y))
+            })
+        })
+    }
+
+    pub fn merge(&mut self, other: &GtidSet) {
+        for ((uuid, tag), ivs) in &other.sets {
+            for &(a, b) in ivs {
+                self.add_interval(uuid, tag, a, b);
+            }
+        }
+    }
+
+    /// The set as `mysql_common` dump-request blocks, one per (uuid, tag).
+    pub fn to_sids(&self) -> Result<Vec<mysql_common::packets::Sid<'static>>, GtidParseError> {
+        let mut out = Vec::new();
+        for ((uuid, tag), ivs) in &self.sets {
+            let mut text = uuid.clone();
+            if !tag.is_empty() {
+                text.push(':');
+                text.push_str(tag);
+            }
+            for (a, b) in ivs {
+                text.push_str(&format!(":{a}-{b}"));
+            }
+            let sid = text
+                .parse()
+                .map_err(|e: std::io::Error| GtidParseError::new(&text, &e.to_string()))?;
+            out.push(sid);
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for GtidSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut prev_uuid: Option<&str> = None;
+        for ((uuid, tag), ivs) in &self.sets {
+            if prev_uuid == Some(uuid.as_str()) {
+                // Same UUID, another tag: MySQL prints `uuid:1-5:tag:1-3`.
+            } else {
+                if prev_uuid.is_some() {
+                    f.write_str(",")?;
+                }
+                f.write_str(uuid)?;
+            }
+            if !tag.is_empty() {
+                write!(f, ":{tag}")?;
+            }
+            for &(a, b) in ivs {
+                if a == b {
+                    write!(f, ":{a}")?;
+                } else {
+                    write!(f, ":{a}-{b}")?;
+                }
+            }
+            prev_uuid = Some(uuid);
+        }
+        Ok(())
+    }
+}
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+fn is_tag(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Formats a 16-byte SID as a lowercase UUID.
+pub fn format_uuid(sid: &[u8; 16]) -> String {
+    let mut s = String::with_capacity(36);
+    for (i, b) in sid.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+    const B: &str = "4f22fb58-82db-22f2-af44-d91bb0530673";
+
+    #[test]
+    fn parses_and_formats_canonically() {
+        let s = GtidSet::parse(&format!("{B}:1-3, {A}:7-9:1-5:6")).unwrap();
+        assert_eq!(s.to_string(), format!("{A}:1-9,{B}:1-3"));
+        assert_eq!(GtidSet::parse("").unwrap(), GtidSet::new());
+    }
+
+    #[test]
+    fn tagged_gtids_of_8_4() {
+        let s = GtidSet::parse(&format!("{A}:1-5:blue:1-3:7")).unwrap();
+        assert!(s.contains(A, "", 5));
+        assert!(s.contains(A, "blue", 7));
+        assert!(!s.contains(A, "blue", 5));
+        assert_eq!(s.to_string(), format!("{A}:1-5:blue:1-3:7"));
+        assert_eq!(s.to_sids().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn add_contains_merge_superset() {
+        let mut s = GtidSet::new();
+        for n in [1, 2, 3, 5] {
+            s.add(A, "", n);
+        }
+        assert_eq!(s.to_string(), format!("{A}:1-3:5"));
+        assert!(!s.contains(A, "", 4));
+        s.add(A, "", 4);
+        assert_eq!(s.to_string(), format!("{A}:1-5"));
+        let other = GtidSet::parse(&format!("{A}:2-3,{B}:1")).unwrap();
+        assert!(!s.is_superset_of(&other));
+        s.merge(&other);
+        assert!(s.is_superset_of(&other));
+        assert_eq!(s.to_string(), format!("{A}:1-5,{B}:1"));
+    }
+
+    #[test]
+    fn rejects_garbage_with_a_reason() {
+        for bad in [
+            "nope",
+            &format!("{A}"),
+            &format!("{A}:0-3"),
+            &format!("{A}:5-3"),
+            &format!("{A}:Bad:1"),
+        ] {
+            let e = GtidSet::parse(bad).unwrap_err();
+            assert!(!e.to_string().is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn uuid_formatting() {
+        let sid = [
+            0x3e, 0x11, 0xfa, 0x47, 0x71, 0xca, 0x11, 0xe1, 0x9e, 0x33, 0xc8, 0x0a, 0xa9, 0x42,
+            0x95, 0x62,
+        ];
+        assert_eq!(format_uuid(&sid), A);
+    }
+}

@@ -1,0 +1,40 @@
+//! binsync: change-data-capture from the MySQL/MariaDB binlog.
+//!
+//! The pipeline, and the module that owns each part:
+//!
+//! ```text
+//! source ──► decode ──► (Chunk) ──► sink ──► (Ack) ──► checkpoint
+//! ```
+//!
+//! - [`source`]: the server as a replica sees it: connecting with retries ([`source::SourceConfig`]),
+//!   what the server is ([`source::ServerInfo`]), error classification (retriable or not),
+//!   opening the binlog stream in its GTID dialect ([`source::stream`]), preflight checks
+//!   ([`source::preflight`]) and information_schema lookups ([`source::lookup`]).
+//! - [`gtid`]: positions as values: MySQL GTID sets, MariaDB GTID lists, MariaDB's raw events.
+//! - [`decode`]: binlog events to encoded changes: transaction boundaries, numbering (`seq`),
+//!   table schemas ([`decode::schema`]) and row images to JSON ([`decode::value`]).
+//! - [`change`]: the unit that flows downstream: a chunk of encoded changes and its resume point.
+//! - [`sink`]: where changes go (`stdout`, `file:`), and the acknowledgement seam.
+//! - [`checkpoint`]: the sled store in `--state-dir`: where a restart resumes.
+//! - [`pipeline`]: `binsync run`, the stages wired with bounded channels.
+//! - [`replay`]: archived binlog files through the same decoder.
+//! - [`config`], [`start`], [`filter`]: flags, the TOML file, `--start`, `--include/--exclude`.
+//! - [`commands`]: `check` and `status`.
+//! - [`error`], [`units`]: the library's error type; numbers for people.
+
+pub mod change;
+pub mod checkpoint;
+pub mod commands;
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod filter;
+pub mod gtid;
+pub mod pipeline;
+pub mod replay;
+pub mod sink;
+pub mod source;
+pub mod start;
+pub mod units;
+
+pub use error::{Error, Result};

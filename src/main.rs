@@ -1,0 +1,152 @@
+//! The binary: parses the command line, sets up logging, runs one subcommand, and turns any
+//! error into one line on stderr and a non-zero exit. The work lives in the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use binsync::config::{self, Cli, Command, FileConfig, LogFormat, RunSettings};
+use binsync::decode::DecodeConfig;
+use binsync::filter::Filter;
+use binsync::pipeline::{self, Outcome};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let file = match cli.config.as_deref().map(FileConfig::load).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => return fail(&e.into()),
+    };
+    init_logging(
+        cli.log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(dispatch(cli.command, file)) {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => {
+            let settings = RunSettings::resolve(&args, &file)?;
+            match pipeline::run(settings, shutdown_signal()).await? {
+                Outcome::CaughtUp => {
+                    tracing::info!("caught up with the source's binlog end at start-up; exiting")
+                }
+                Outcome::Stopped => {}
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(args) => {
+            let src = config::source_config(&args.source, &file)?;
+            let dir = args.state_dir.or(file.state_dir);
+            let ok = binsync::commands::check(&src, dir.as_deref()).await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Status(args) => {
+            let dir = args
+                .state_dir
+                .or(file.state_dir.clone())
+                .context("no --state-dir: name the directory binsync run uses")?;
+            let src = if args.source.source.is_some() || file.source.is_some() {
+                Some(config::source_config(&args.source, &file)?)
+            } else {
+                None
+            };
+            binsync::commands::status(src.as_ref(), &dir).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay(args) => {
+            let sink = args
+                .sink
+                .or(file.sink.clone())
+                .unwrap_or_else(|| "stdout".into())
+                .parse()
+                .map_err(anyhow::Error::msg)?;
+            let include = if args.include.is_empty() {
+                file.include.clone().unwrap_or_default()
+            } else {
+                args.include
+            };
+            let exclude = if args.exclude.is_empty() {
+                file.exclude.clone().unwrap_or_default()
+            } else {
+                args.exclude
+            };
+            let cfg = DecodeConfig {
+                filter: Filter::new(&include, &exclude).map_err(anyhow::Error::msg)?,
+                entities: config::parse_entities(&args.entity, &file.entity)?,
+                ..DecodeConfig::default()
+            };
+            let stats = binsync::replay::replay(&args.binlog_files, sink, cfg).await?;
+            tracing::info!(files = stats.files, events = %binsync::units::count(stats.events), changes = %binsync::units::count(stats.changes), "replay done");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("stop requested: delivering what is in flight, then exiting");
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BINSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// One line, no backtrace: the messages name the fix.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("binsync: error: {e:#}");
+    ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_debug_assert() {
+        use clap::CommandFactory;
+        binsync::config::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,581 @@
+//! `binsync run`: the stages and how they are joined.
+//!
+//! ```text
+//! source (binlog stream + decoder) --Chunk, bounded--> sink --Ack, bounded--> checkpointer
+//! ```
+//! - The source stage reads the binlog as a replica and cuts the decoded changes into chunks.
+//!   A full sink channel pauses it (backpressure), so memory is bounded by the channel sizes
+//!   times the chunk size, whatever the transaction size or sink speed.
+//! - A dropped connection is retried forever with capped, jittered backoff, from the decoder's
+//!   own position (what is queued is still delivered; nothing is read twice into the sink).
+//! - The checkpointer saves the position of the newest acknowledged chunk. Acks arrive in
+//!   chunk order, so the checkpoint never passes an undelivered change.
+//! - Shutdown (SIGINT/SIGTERM or `--exit-at-end` reaching the target) stops the reading; what
+//!   was decoded is delivered and checkpointed, then `run` returns.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::change::Chunk;
+use crate::checkpoint::{Checkpoint, Position, ServerIdentity, Store};
+use crate::config::RunSettings;
+use crate::decode::{DecodeConfig, Decoder, SchemaLookup};
+use crate::error::{Error, Result};
+use crate::gtid::{Flavor, GtidPos};
+use crate::sink::{self, Ack, SinkSpec};
+use crate::source::lookup::InfoSchemaLookup;
+use crate::source::stream::{self, StartPoint, HEARTBEAT};
+use crate::source::{binary_logs, binlog_end, ServerInfo, SourceConfig, SourceError};
+use crate::start::StartSpec;
+use crate::units;
+
+/// Chunks queued between the decoder and the sink.
+const CHUNK_QUEUE: usize = 8;
+const ACK_QUEUE: usize = 64;
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `--exit-at-end`: everything up to the binlog end at start-up is delivered.
+    CaughtUp,
+    /// Asked to stop.
+    Stopped,
+}
+
+/// Where the server's binlog ended at start-up.
+#[derive(Debug, Clone)]
+struct EndTarget {
+    file: String,
+    offset: u64,
+    gtid: Option<GtidPos>,
+}
+
+impl EndTarget {
+    fn reached(&self, pos: &Position) -> bool {
+        if let (Some(have), Some(want)) = (&pos.gtid, &self.gtid) {
+            let covered = match (have, want) {
+                (GtidPos::Mysql(h), GtidPos::Mysql(w)) => h.is_superset_of(w),
+                (GtidPos::Mariadb(h), GtidPos::Mariadb(w)) => h.is_superset_of(w),
+                _ => false,
+            };
+            if covered {
+                return true;
+            }
+        }
+        match (file_number(&pos.file), file_number(&self.file)) {
+            (Some(a), Some(b)) => (a, pos.offset) >= (b, self.offset),
+            _ => false,
+        }
+    }
+}
+
+/// `mysql-bin.000042` -> 42.
+fn file_number(name: &str) -> Option<u64> {
+    name.rsplit_once('.').and_then(|(_, n)| n.parse().ok())
+}
+
+/// Runs until `shutdown` resolves, the end is reached (`--exit-at-end`), or a definite error.
+pub async fn run(
+    settings: RunSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Outcome> {
+    let store = Store::open(&settings.state_dir)?;
+    if settings.reset {
+        tracing::info!(state_dir = %settings.state_dir.display(), "--reset: discarding the checkpoint");
+        store.reset().await?;
+    }
+    let checkpoint = store.load()?;
+
+    let src = settings.source.clone();
+    tracing::info!(source = %src, "connecting");
+    let mut conn = src.connect().await?;
+    let info = ServerInfo::read(&mut conn, &src).await?;
+    tracing::info!(server = %info.identity, "connected");
+    info.require_streamable()?;
+
+    let (start_pos, start_point, from_header, emit_from) =
+        plan_start(&mut conn, &src, &info, checkpoint.as_ref(), &settings.start).await?;
+    let target = if settings.exit_at_end {
+        let (file, offset, gtid) = binlog_end(&mut conn, &src, info.flavor()).await?;
+        let gtid = gtid
+            .filter(|g| !g.is_empty())
+            .and_then(|g| GtidPos::parse(info.flavor(), &g).ok());
+        Some(EndTarget { file, offset, gtid })
+    } else {
+        None
+    };
+    tracing::info!(start = %start_point, position = %start_pos, "streaming");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
+    let (ack_tx, ack_rx) = mpsc::channel::<Ack>(ACK_QUEUE);
+    let sink_task = spawn_sink(settings.sink.clone(), chunk_rx, ack_tx)?;
+    let checkpointer = tokio::spawn(checkpointer(store, info.identity.clone(), ack_rx));
+
+    let cfg = Arc::new(DecodeConfig {
+        filter: settings.filter.clone(),
+        entities: settings.entities.clone(),
+        ..DecodeConfig::default()
+    });
+    let lookup: Box<dyn SchemaLookup> = Box::new(InfoSchemaLookup::new(src.clone()));
+    let decoder = Decoder::new(cfg, start_pos, from_header, emit_from, Some(lookup));
+    let source = SourceStage {
+        src,
+        info,
+        server_id: settings.server_id,
+        target,
+        stop: stop_rx,
+    };
+    let source_result = source.run(conn, start_point, decoder, chunk_tx).await;
+    // The source is done (its sender dropped): the sink drains, then the checkpointer.
+    let sink_result = sink_task
+        .await
+        .map_err(|e| Error::Internal(format!("sink task: {e}")))?;
+    let cp_result = checkpointer
+        .await
+        .map_err(|e| Error::Internal(format!("checkpointer task: {e}")))?;
+    // Report the root cause: a failed sink makes the source fail with "sink gone".
+    sink_result?;
+    let delivered = cp_result?;
+    let outcome = source_result?;
+    tracing::info!(
+        changes = delivered,
+        "stopped; everything read was delivered and checkpointed"
+    );
+    Ok(outcome)
+}
+
+fn spawn_sink(
+    spec: SinkSpec,
+    rx: mpsc::Receiver<Chunk>,
+    acks: mpsc::Sender<Ack>,
+) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    match spec {
+        SinkSpec::Stdout | SinkSpec::File(_) => Ok(tokio::task::spawn_blocking(move || {
+            sink::lines::run_blocking(spec, rx, acks).map_err(Error::from)
+        })),
+        SinkSpec::Http(url) => Err(Error::Config(crate::config::ConfigError(format!(
+            "--sink {url}: the HTTP sync API sink is not available in this build; use stdout or file:PATH"
+        )))),
+    }
+}
+
+/// Saves the newest acknowledged position; returns the number of changes delivered.
+async fn checkpointer(
+    store: Store,
+    server: ServerIdentity,
+    mut acks: mpsc::Receiver<Ack>,
+) -> Result<u64> {
+    let mut delivered = 0u64;
+    let mut last_log = Instant::now();
+    let mut since_log = 0u64;
+    while let Some(first) = acks.recv().await {
+        let mut newest = first.position;
+        delivered += first.changes as u64;
+        since_log += first.changes as u64;
+        // Coalesce: one durable write for everything acknowledged meanwhile.
+        while let Ok(a) = acks.try_recv() {
+            delivered += a.changes as u64;
+            since_log += a.changes as u64;
+            if a.position.is_some() {
+                newest = a.position;
+            }
+        }
+        if let Some(position) = newest {
+            store
+                .save(&Checkpoint {
+                    server: server.clone(),
+                    position,
+                })
+                .await?;
+        }
+        if last_log.elapsed() >= PROGRESS_EVERY {
+            let secs = last_log.elapsed().as_secs_f64();
+            tracing::info!(
+                delivered = %units::count(delivered),
+                rate = %format!("{}/s", units::count((since_log as f64 / secs) as u64)),
+                "progress"
+            );
+            last_log = Instant::now();
+            since_log = 0;
+        }
+    }
+    Ok(delivered)
+}
+
+/// Decides where the stream begins: the checkpoint, else `--start`.
+async fn plan_start(
+    conn: &mut mysql_async::Conn,
+    src: &SourceConfig,
+    info: &ServerInfo,
+    checkpoint: Option<&Checkpoint>,
+    start: &StartSpec,
+) -> Result<(Position, StartPoint, Option<Flavor>, Option<(String, u64)>)> {
+    let flavor = info.flavor();
+    if let Some(cp) = checkpoint {
+        tracing::info!(checkpoint = %cp.position, "resuming from the checkpoint (--start is ignored; --reset discards the checkpoint)");
+        if cp.server.flavor != flavor {
+            return Err(SourceError::ServerChanged {
+                checkpoint: cp.server.to_string(),
+                now: info.identity.to_string(),
+            }
+            .into());
+        }
+        let pos = cp.position.clone();
+        return match (&pos.gtid, info.gtid_enabled()) {
+            (Some(g), true) => Ok((pos.clone(), StartPoint::Gtid(g.clone()), None, None)),
+            _ if cp.server.same_server(&info.identity) => Ok((
+                pos.clone(),
+                StartPoint::File {
+                    file: pos.file.clone(),
+                    offset: pos.offset,
+                },
+                None,
+                None,
+            )),
+            _ => Err(SourceError::ServerChanged {
+                checkpoint: cp.server.to_string(),
+                now: info.identity.to_string(),
+            }
+            .into()),
+        };
+    }
+    let learn = info.gtid_enabled().then_some(flavor);
+    match start {
+        StartSpec::Earliest => {
+            let logs = binary_logs(conn, src).await?;
+            let first = logs
+                .first()
+                .map(|(n, _)| n.clone())
+                .ok_or(SourceError::BinlogOff)?;
+            let pos = Position {
+                file: first.clone(),
+                offset: 4,
+                ..Position::default()
+            };
+            Ok((
+                pos,
+                StartPoint::File {
+                    file: first,
+                    offset: 4,
+                },
+                learn,
+                None,
+            ))
+        }
+        StartSpec::Latest => {
+            let (file, offset, gtid) = binlog_end(conn, src, flavor).await?;
+            let gtid = match gtid.filter(|_| info.gtid_enabled()) {
+                Some(text) => Some(
+                    GtidPos::parse(flavor, &text).map_err(|e| Error::Internal(e.to_string()))?,
+                ),
+                None => None,
+            };
+            let pos = Position {
+                file: file.clone(),
+                offset,
+                gtid,
+                ..Position::default()
+            };
+            Ok((pos, StartPoint::File { file, offset }, None, None))
+        }
+        StartSpec::Gtid(text) => {
+            let g = GtidPos::parse(flavor, text).map_err(|e| {
+                Error::Config(crate::config::ConfigError(format!(
+                    "--start gtid:{text}: {e} (this source is {flavor}, which writes {})",
+                    match flavor {
+                        Flavor::Mysql => "uuid:1-5 sets",
+                        Flavor::Mariadb => "domain-server-seq lists",
+                    }
+                )))
+            })?;
+            if !info.gtid_enabled() {
+                return Err(SourceError::Unsupported(
+                    "--start gtid: the source has gtid_mode OFF; use --start file:NAME:POS".into(),
+                )
+                .into());
+            }
+            let pos = Position {
+                gtid: Some(g.clone()),
+                ..Position::default()
+            };
+            Ok((pos, StartPoint::Gtid(g), None, None))
+        }
+        StartSpec::File { name, pos } => match flavor {
+            Flavor::Mariadb => {
+                let gtid: Option<String> = crate::source::query_one(
+                    conn,
+                    src,
+                    &format!(
+                        "SELECT BINLOG_GTID_POS('{}', {pos})",
+                        name.replace('\'', "")
+                    ),
+                )
+                .await?;
+                let gtid = gtid.and_then(|g| GtidPos::parse(flavor, &g).ok());
+                let p = Position {
+                    file: name.clone(),
+                    offset: *pos,
+                    gtid,
+                    ..Position::default()
+                };
+                Ok((
+                    p,
+                    StartPoint::File {
+                        file: name.clone(),
+                        offset: *pos,
+                    },
+                    None,
+                    None,
+                ))
+            }
+            Flavor::Mysql => {
+                // Read the file from its head to learn the GTID set at `pos`, emitting from `pos`.
+                let p = Position {
+                    file: name.clone(),
+                    offset: 4,
+                    ..Position::default()
+                };
+                Ok((
+                    p,
+                    StartPoint::File {
+                        file: name.clone(),
+                        offset: 4,
+                    },
+                    learn,
+                    Some((name.clone(), *pos)),
+                ))
+            }
+        },
+    }
+}
+
+struct SourceStage {
+    src: SourceConfig,
+    info: ServerInfo,
+    server_id: u32,
+    target: Option<EndTarget>,
+    stop: watch::Receiver<bool>,
+}
+
+enum Next {
+    Event(mysql_async::binlog::events::Event),
+    Stop,
+}
+
+impl SourceStage {
+    async fn run(
+        mut self,
+        first_conn: mysql_async::Conn,
+        mut start: StartPoint,
+        mut decoder: Decoder,
+        tx: mpsc::Sender<Chunk>,
+    ) -> Result<Outcome> {
+        if let Some(t) = &self.target {
+            if t.reached(decoder.position()) {
+                tracing::info!("already at the source's binlog end; nothing to do");
+                return Ok(Outcome::CaughtUp);
+            }
+        }
+        let mut conn = Some(first_conn);
+        let mut backoff = Backoff::new();
+        loop {
+            let attempt = async {
+                let c = match conn.take() {
+                    Some(c) => c,
+                    None => self.src.connect_once().await?,
+                };
+                stream::open(c, &self.src, &self.info, self.server_id, &start).await
+            };
+            let result = match attempt.await {
+                Ok(s) => self.pump(s, &mut decoder, &tx, &mut backoff).await,
+                Err(e) => Err(Error::Source(e)),
+            };
+            match result {
+                Ok(outcome) => {
+                    flush(&mut decoder, &tx).await?;
+                    return Ok(outcome);
+                }
+                Err(e) if e.is_retriable() && !*self.stop.borrow() => {
+                    // Hand on what was decoded, then resume from the decoder's own position.
+                    flush(&mut decoder, &tx).await?;
+                    let pos = decoder.restart();
+                    start = match (&pos.gtid, self.info.gtid_enabled()) {
+                        (Some(g), true) => StartPoint::Gtid(g.clone()),
+                        _ => StartPoint::File {
+                            file: pos.file.clone(),
+                            offset: pos.offset,
+                        },
+                    };
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, from = %start, "source connection lost; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.stop.changed() => {}
+                    }
+                    if *self.stop.borrow() {
+                        return Ok(Outcome::Stopped);
+                    }
+                }
+                Err(e) => {
+                    flush(&mut decoder, &tx).await?;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Reads events until stopped, caught up, or the stream fails.
+    async fn pump(
+        &mut self,
+        mut stream: mysql_async::BinlogStream,
+        decoder: &mut Decoder,
+        tx: &mpsc::Sender<Chunk>,
+        backoff: &mut Backoff,
+    ) -> Result<Outcome> {
+        let silence = HEARTBEAT * 5;
+        let mut healthy_since = Instant::now();
+        loop {
+            // Non-blocking first: while events are ready, keep filling the chunk.
+            let ready = stream.next().now_or_never();
+            let item = match ready {
+                Some(item) => item,
+                None => {
+                    // Idle: hand on what we have, then wait.
+                    if let Some(chunk) = decoder.take_chunk(true) {
+                        send(tx, chunk).await?;
+                    }
+                    let next = tokio::select! {
+                        n = tokio::time::timeout(silence, stream.next()) => n.map(|x| x.map(|r| r.map(Next::Event))),
+                        _ = self.stop.changed() => Ok(Some(Ok(Next::Stop))),
+                    };
+                    match next {
+                        Ok(Some(Ok(Next::Stop))) => return Ok(Outcome::Stopped),
+                        Ok(Some(Ok(Next::Event(e)))) => Some(Ok(e)),
+                        Ok(Some(Err(e))) => Some(Err(e)),
+                        Ok(None) => None,
+                        Err(_) => return Err(SourceError::Silent(silence).into()),
+                    }
+                }
+            };
+            let event = match item {
+                Some(Ok(e)) => e,
+                Some(Err(e)) => return Err(SourceError::classify(e, &self.src).into()),
+                None => return Err(SourceError::StreamEnded.into()),
+            };
+            decoder.on_event(&event).await?;
+            if healthy_since.elapsed() > Duration::from_secs(30) {
+                backoff.reset();
+                healthy_since = Instant::now();
+            }
+            if !decoder.in_transaction() {
+                if let Some(t) = &self.target {
+                    if t.reached(decoder.position()) {
+                        decoder.mark_at_end();
+                        return Ok(Outcome::CaughtUp);
+                    }
+                }
+            }
+            if let Some(chunk) = decoder.take_chunk(false) {
+                send(tx, chunk).await?;
+            }
+            if *self.stop.borrow() {
+                return Ok(Outcome::Stopped);
+            }
+        }
+    }
+}
+
+async fn flush(decoder: &mut Decoder, tx: &mpsc::Sender<Chunk>) -> Result<()> {
+    if let Some(chunk) = decoder.take_chunk(true) {
+        send(tx, chunk).await?;
+    }
+    Ok(())
+}
+
+async fn send(tx: &mpsc::Sender<Chunk>, chunk: Chunk) -> Result<()> {
+    tx.send(chunk)
+        .await
+        .map_err(|_| Error::Internal("the sink stopped".into()))
+}
+
+/// Capped exponential backoff with full jitter: 100 ms doubling up to 30 s.
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new() -> Self {
+        Backoff { attempt: 0 }
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let cap = Duration::from_secs(30);
+        let base = Duration::from_millis(100).saturating_mul(1u32 << self.attempt.min(16));
+        self.attempt += 1;
+        let ceiling = base.min(cap);
+        // Full jitter, but never less than 50 ms so a flapping server is not hammered.
+        let ms = fastrand::u64(50..=ceiling.as_millis().max(50) as u64);
+        Duration::from_millis(ms)
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let mut b = Backoff::new();
+        let delays: Vec<_> = (0..40).map(|_| b.next_delay()).collect();
+        assert!(delays
+            .iter()
+            .all(|d| *d >= Duration::from_millis(50) && *d <= Duration::from_secs(30)));
+        assert!(delays[..2].iter().all(|d| *d <= Duration::from_millis(200)));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn end_target_by_file_and_gtid() {
+        let t = EndTarget {
+            file: "mariadb-bin.000002".into(),
+            offset: 500,
+            gtid: Some(GtidPos::parse(Flavor::Mariadb, "0-1-10").unwrap()),
+        };
+        let mut p = Position {
+            file: "mariadb-bin.000001".into(),
+            offset: 9000,
+            ..Position::default()
+        };
+        assert!(!t.reached(&p));
+        p.file = "mariadb-bin.000002".into();
+        p.offset = 500;
+        assert!(t.reached(&p));
+        let g = Position {
+            file: "x".into(),
+            gtid: Some(GtidPos::parse(Flavor::Mariadb, "0-1-10").unwrap()),
+            ..Position::default()
+        };
+        assert!(t.reached(&g));
+    }
+}

@@ -1,0 +1,171 @@
+//! JSON-lines sinks: `stdout` and `file:PATH`.
+//!
+//! One change per line, in commit order. The file sink appends and fsyncs before it acks, so
+//! a checkpoint never names a change that is not on disk. After a crash the file may end with
+//! changes that the checkpoint does not cover (written, not yet acked): a restart writes them
+//! again, each with the same `seq`, which is how a reader de-duplicates. A torn last line (a
+//! crash mid-write) is cut off at start-up, so the file stays valid JSON lines.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use tokio::sync::mpsc;
+
+use super::{Ack, SinkError, SinkSpec};
+use crate::change::Chunk;
+
+enum Out {
+    Stdout(std::io::Stdout),
+    File(File, PathBuf),
+}
+
+/// Runs on a blocking thread: writes are synchronous and fsync blocks.
+pub fn run_blocking(
+    spec: SinkSpec,
+    mut rx: mpsc::Receiver<Chunk>,
+    acks: mpsc::Sender<Ack>,
+) -> Result<(), SinkError> {
+    let mut out = match &spec {
+        SinkSpec::Stdout => Out::Stdout(std::io::stdout()),
+        SinkSpec::File(p) => Out::File(open_append(p)?, p.clone()),
+        SinkSpec::Http(_) => return Err(SinkError::Config("not a lines sink".into())),
+    };
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut pending = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        pending.push(first);
+        // Take what else is already queued: one write and one fsync for all of it.
+        while pending.len() < 64 {
+            match rx.try_recv() {
+                Ok(c) => pending.push(c),
+                Err(_) => break,
+            }
+        }
+        buf.clear();
+        for chunk in &pending {
+            for c in &chunk.changes {
+                buf.extend_from_slice(chunk.line(c));
+                buf.push(b'\n');
+            }
+        }
+        out.write_durably(&buf)?;
+        for chunk in pending.drain(..) {
+            if acks.blocking_send(Ack::for_chunk(&chunk)).is_err() {
+                return Ok(()); // the checkpointer is gone: shutting down
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Out {
+    fn write_durably(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
+        match self {
+            Out::Stdout(s) => {
+                if bytes.is_empty() {
+                    return Ok(());
+                }
+                let mut lock = s.lock();
+                lock.write_all(bytes)
+                    .and_then(|_| lock.flush())
+                    .map_err(|e| SinkError::Write {
+                        target: "stdout".into(),
+                        detail: e.to_string(),
+                    })
+            }
+            Out::File(f, path) => {
+                if bytes.is_empty() {
+                    return Ok(());
+                }
+                f.write_all(bytes)
+                    .and_then(|_| f.sync_data())
+                    .map_err(|e| SinkError::Write {
+                        target: path.display().to_string(),
+                        detail: e.to_string(),
+                    })
+            }
+        }
+    }
+}
+
+fn open_append(path: &Path) -> Result<File, SinkError> {
+    let err = |e: std::io::Error| SinkError::Write {
+        target: path.display().to_string(),
+        detail: e.to_string(),
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let mut f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+        .map_err(err)?;
+    truncate_torn_tail(&mut f).map_err(err)?;
+    Ok(f)
+}
+
+/// Cuts a partial last line left by a crash mid-write.
+fn truncate_torn_tail(f: &mut File) -> std::io::Result<()> {
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // Scan backwards in blocks for the last newline.
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    loop {
+        let start = end.saturating_sub(block.len() as u64);
+        let n = (end - start) as usize;
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut block[..n])?;
+        if let Some(i) = block[..n].iter().rposition(|&b| b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep != len {
+                tracing::warn!(
+                    bytes = len - keep,
+                    "cutting a torn last line from the sink file (a crash mid-write)"
+                );
+                f.set_len(keep)?;
+                f.sync_data()?;
+            }
+            return Ok(());
+        }
+        if start == 0 {
+            tracing::warn!(
+                bytes = len,
+                "the sink file has no complete line; truncating it"
+            );
+            f.set_len(0)?;
+            return f.sync_data();
+        }
+        end = start;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.jsonl");
+        std::fs::write(&p, b"{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
+        drop(open_append(&p).unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}\n{\"a\":2}\n");
+    }
+
+    #[test]
+    fn sink_specs() {
+        assert_eq!("stdout".parse::<SinkSpec>().unwrap(), SinkSpec::Stdout);
+        assert_eq!(
+            "file:/tmp/x".parse::<SinkSpec>().unwrap(),
+            SinkSpec::File("/tmp/x".into())
+        );
+        assert!("kafka://x".parse::<SinkSpec>().is_err());
+        assert!("file:".parse::<SinkSpec>().is_err());
+    }
+}

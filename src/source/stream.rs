@@ -1,0 +1,140 @@
+//! Opening a binlog stream as a replica, in the source's GTID dialect.
+//!
+//! MySQL: `COM_BINLOG_DUMP_GTID` with the executed GTID set. MariaDB: `@slave_connect_state`
+//! with the GTID list, `@mariadb_slave_capability=4` (so it sends its GTID events rather than
+//! rewriting them) and strict mode. Without GTIDs: file and offset. Heartbeats are asked for
+//! so that a dead connection shows up as silence, which the reader turns into a reconnect.
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
+
+use super::{ServerInfo, SourceConfig, SourceError};
+use crate::gtid::{Flavor, GtidPos};
+
+/// How often the source sends a heartbeat when it has nothing else to send.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// The name we register under: lets us tell our own lingering registration (after a crash)
+/// from another replica that uses the same server id.
+pub const REPORT_HOST: &str = "binsync";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartPoint {
+    Gtid(GtidPos),
+    File { file: String, offset: u64 },
+}
+
+impl std::fmt::Display for StartPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartPoint::Gtid(g) if g.is_empty() => write!(f, "gtid (from the beginning)"),
+            StartPoint::Gtid(g) => write!(f, "gtid {g}"),
+            StartPoint::File { file, offset } => write!(f, "{file}:{offset}"),
+        }
+    }
+}
+
+/// Refuses a server id that the source or another replica uses.
+pub async fn check_server_id(
+    conn: &mut Conn,
+    src: &SourceConfig,
+    info: &ServerInfo,
+    server_id: u32,
+) -> Result<(), SourceError> {
+    if info.identity.server_id == server_id {
+        return Err(SourceError::ServerIdInUse {
+            id: server_id,
+            by: format!("the source {src} itself"),
+        });
+    }
+    let sql = match conn.query::<mysql_async::Row, _>("SHOW SLAVE HOSTS").await {
+        Ok(rows) => rows,
+        Err(_) => conn
+            .query::<mysql_async::Row, _>("SHOW REPLICAS")
+            .await
+            .map_err(|e| SourceError::classify(e, src))?,
+    };
+    for mut row in sql {
+        let id: Option<u32> = row.take_opt(0).and_then(Result::ok);
+        let host: String = row.take_opt(1).and_then(Result::ok).unwrap_or_default();
+        let port: String = row
+            .take_opt::<mysql_async::Value, usize>(2)
+            .and_then(Result::ok)
+            .map(|v| v.as_sql(true).trim_matches('\'').to_string())
+            .unwrap_or_default();
+        if id == Some(server_id) && host != REPORT_HOST {
+            let who = if host.is_empty() {
+                "another replica".to_string()
+            } else {
+                format!("the replica at {host}:{port}")
+            };
+            return Err(SourceError::ServerIdInUse {
+                id: server_id,
+                by: who,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Turns a connection into a binlog stream from `start`.
+pub async fn open(
+    mut conn: Conn,
+    src: &SourceConfig,
+    info: &ServerInfo,
+    server_id: u32,
+    start: &StartPoint,
+) -> Result<BinlogStream, SourceError> {
+    let classify = |e| SourceError::classify(e, src);
+    check_server_id(&mut conn, src, info, server_id).await?;
+    conn.query_drop(format!(
+        "SET @master_heartbeat_period = {}",
+        HEARTBEAT.as_nanos()
+    ))
+    .await
+    .map_err(classify)?;
+    let mut req = BinlogStreamRequest::new(server_id).with_hostname(REPORT_HOST.as_bytes());
+    let file_owned;
+    match (info.flavor(), start) {
+        (Flavor::Mariadb, _) => {
+            conn.query_drop("SET @mariadb_slave_capability = 4")
+                .await
+                .map_err(classify)?;
+            match start {
+                StartPoint::Gtid(g) => {
+                    let state = g.to_string();
+                    conn.exec_drop("SET @slave_connect_state = ?", (state,))
+                        .await
+                        .map_err(classify)?;
+                    conn.query_drop("SET @slave_gtid_strict_mode = 1")
+                        .await
+                        .map_err(classify)?;
+                    conn.query_drop("SET @slave_gtid_ignore_duplicates = 0")
+                        .await
+                        .map_err(classify)?;
+                }
+                StartPoint::File { file, offset } => {
+                    file_owned = file.clone().into_bytes();
+                    req = req.with_filename(&file_owned).with_pos(*offset);
+                }
+            }
+        }
+        (Flavor::Mysql, StartPoint::Gtid(GtidPos::Mysql(set))) => {
+            let sids = set
+                .to_sids()
+                .map_err(|e| SourceError::Unsupported(e.to_string()))?;
+            req = req.with_gtid().with_gtid_set(sids);
+        }
+        (Flavor::Mysql, StartPoint::Gtid(other)) => {
+            return Err(SourceError::Unsupported(format!(
+                "a MariaDB GTID position ({other}) cannot be used on a MySQL source; use --reset with --start"
+            )))
+        }
+        (Flavor::Mysql, StartPoint::File { file, offset }) => {
+            file_owned = file.clone().into_bytes();
+            req = req.with_filename(&file_owned).with_pos(*offset);
+        }
+    }
+    conn.get_binlog_stream(req).await.map_err(classify)
+}
