@@ -4,6 +4,9 @@
 use std::path::Path;
 
 use crate::checkpoint::{Checkpoint, CheckpointError, Store};
+use crate::config::{http_config, DlqAction, HttpFileConfig};
+use crate::dlq::Dlq;
+use crate::error::Error;
 use crate::error::Result;
 use crate::source::preflight::{run_checks, Verdict};
 use crate::source::{binlog_end, ServerInfo, SourceConfig};
@@ -92,4 +95,109 @@ pub async fn status(src: Option<&SourceConfig>, state_dir: &Path) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// `binsync dlq ...`. Returns false when a replay left entries undelivered.
+pub async fn dlq(
+    state_dir: &Path,
+    action: DlqAction,
+    file_http: Option<&HttpFileConfig>,
+) -> Result<bool> {
+    if !state_dir.exists() {
+        return Err(Error::Replay(format!(
+            "state dir {} does not exist",
+            state_dir.display()
+        )));
+    }
+    let store = Store::open(state_dir)?;
+    let dlq = Dlq::open(&store)?;
+    match action {
+        DlqAction::List => {
+            let entries = dlq.list()?;
+            if entries.is_empty() {
+                println!("no dead letters");
+            }
+            for e in entries {
+                println!(
+                    "{:>4}  {}  {:<9} {:>6} changes  seq {}..{}  {}  {}",
+                    e.id,
+                    crate::decode::format_utc_micros(e.at_unix_ms as i64 * 1000),
+                    e.status
+                        .map_or_else(|| "no reply".into(), |s| format!("HTTP {s}")),
+                    e.count,
+                    e.first_seq,
+                    e.last_seq,
+                    e.batch_id,
+                    e.response.lines().next().unwrap_or("")
+                );
+            }
+            Ok(true)
+        }
+        DlqAction::Show { id } => {
+            let e = dlq.get(id)?.ok_or_else(|| {
+                Error::Replay(format!("no dead letter {id}; see binsync dlq list"))
+            })?;
+            let payload: serde_json::Value = serde_json::from_str(&e.payload)
+                .unwrap_or(serde_json::Value::String(e.payload.clone()));
+            let shown = serde_json::json!({
+                "id": e.id, "batch_id": e.batch_id, "url": e.url, "status": e.status,
+                "response": e.response, "at": crate::decode::format_utc_micros(e.at_unix_ms as i64 * 1000),
+                "count": e.count, "first_seq": e.first_seq, "last_seq": e.last_seq, "payload": payload,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&shown).unwrap_or_default()
+            );
+            Ok(true)
+        }
+        DlqAction::Drop { ids, all } => {
+            if ids.is_empty() && !all {
+                return Err(Error::Replay(
+                    "name the dead letters to drop, or pass --all".into(),
+                ));
+            }
+            let targets: Vec<u64> = if all {
+                dlq.list()?.iter().map(|e| e.id).collect()
+            } else {
+                ids
+            };
+            for id in targets {
+                if dlq.remove(id).await? {
+                    println!("dropped dead letter {id}");
+                } else {
+                    println!("no dead letter {id}");
+                }
+            }
+            Ok(true)
+        }
+        DlqAction::Replay { ids, sink, http } => {
+            let entries = dlq.list()?;
+            let selected: Option<&[u64]> = if ids.is_empty() { None } else { Some(&ids) };
+            let mut all_ok = true;
+            // Entries may name different URLs; group by the URL each goes to.
+            let mut urls: Vec<String> = entries
+                .iter()
+                .filter(|e| selected.is_none_or(|s| s.contains(&e.id)))
+                .map(|e| sink.clone().unwrap_or_else(|| e.url.clone()))
+                .collect();
+            urls.dedup();
+            if urls.is_empty() {
+                println!("nothing to replay");
+            }
+            for url in urls {
+                let cfg = http_config(&url, &http, file_http).map_err(Error::Config)?;
+                let these: Vec<u64> = entries
+                    .iter()
+                    .filter(|e| selected.is_none_or(|s| s.contains(&e.id)))
+                    .filter(|e| sink.is_some() || e.url == url)
+                    .map(|e| e.id)
+                    .collect();
+                let (ok, failed) =
+                    crate::sink::http::replay_dead_letters(&cfg, &dlq, Some(&these)).await?;
+                println!("{url}: {ok} delivered, {failed} still dead");
+                all_ok &= failed == 0;
+            }
+            Ok(all_ok)
+        }
+    }
 }

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 use crate::filter::Filter;
+use crate::sink::http::{HttpConfig, OnReject};
 use crate::sink::SinkSpec;
 use crate::source::SourceConfig;
 use crate::start::StartSpec;
@@ -48,6 +49,40 @@ pub enum Command {
     Status(StatusArgs),
     /// Decode archived binlog files into a sink (backfills, files copied off a server).
     Replay(ReplayArgs),
+    /// Inspect and redeliver batches the sync API rejected.
+    Dlq(DlqArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    /// The state dir of the binsync run whose dead letters to manage (it must not be running).
+    #[arg(long, global = true)]
+    pub state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: DlqAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// One line per dead letter: id, time, status, batch, changes.
+    List,
+    /// The full entry: response and payload.
+    Show { id: u64 },
+    /// POST entries again (all, or the given ids); accepted ones are removed.
+    Replay {
+        ids: Vec<u64>,
+        /// The sync API URL (default: the URL each entry was sent to).
+        #[arg(long)]
+        sink: Option<String>,
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+    /// Delete entries (the given ids, or all with --all).
+    Drop {
+        ids: Vec<u64>,
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Args, Default)]
@@ -96,6 +131,41 @@ pub struct RunArgs {
     /// delivered and checkpointed.
     #[arg(long)]
     pub exit_at_end: bool,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Settings of the HTTP sync API sink (`--sink http://...`).
+#[derive(Debug, Args, Default)]
+pub struct HttpArgs {
+    /// A batch closes at this many changes (default 1000).
+    #[arg(long)]
+    pub batch_rows: Option<usize>,
+    /// A batch closes at this many bytes of JSON (default 1048576).
+    #[arg(long)]
+    pub batch_bytes: Option<usize>,
+    /// A batch closes this long after its first change (default 5ms).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub linger: Option<Duration>,
+    /// Batches in flight at once (default 4); operations on one entity id stay in order.
+    #[arg(long)]
+    pub in_flight: Option<usize>,
+    /// Timeout of one POST (default 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub request_timeout: Option<Duration>,
+    /// Give up a retriable batch after this many retries and dead-letter it (default: never).
+    #[arg(long)]
+    pub max_retries: Option<u32>,
+    /// What to do with a batch the sync API rejects (4xx): keep it in the dead-letter queue
+    /// and go on, or stop (default dlq).
+    #[arg(long, value_enum)]
+    pub on_reject: Option<OnReject>,
+    /// gzip request bodies.
+    #[arg(long)]
+    pub gzip: bool,
+    /// Environment variable whose value is sent as the Authorization header.
+    #[arg(long)]
+    pub auth_header_env: Option<String>,
 }
 
 #[derive(Debug, Args, Default)]
@@ -150,6 +220,22 @@ pub struct FileConfig {
     /// db.table = "entity name"
     pub entity: Option<HashMap<String, String>>,
     pub log_format: Option<LogFormat>,
+    /// HTTP sink settings, named as the flags (batch_rows, linger = "5ms", ...).
+    pub http: Option<HttpFileConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFileConfig {
+    pub batch_rows: Option<usize>,
+    pub batch_bytes: Option<usize>,
+    pub linger: Option<String>,
+    pub in_flight: Option<usize>,
+    pub request_timeout: Option<String>,
+    pub max_retries: Option<u32>,
+    pub on_reject: Option<OnReject>,
+    pub gzip: Option<bool>,
+    pub auth_header_env: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +275,8 @@ pub struct RunSettings {
     pub filter: Filter,
     pub entities: HashMap<String, String>,
     pub exit_at_end: bool,
+    /// Set when the sink is the sync API.
+    pub http: Option<HttpConfig>,
 }
 
 pub const DEFAULT_PASSWORD_ENV: &str = "BINSYNC_SOURCE_PASSWORD";
@@ -282,6 +370,10 @@ impl RunSettings {
         )
         .map_err(ConfigError)?;
         let entities = parse_entities(&args.entity, &file.entity)?;
+        let http = match &sink {
+            SinkSpec::Http(url) => Some(http_config(url, &args.http, file.http.as_ref())?),
+            _ => None,
+        };
         Ok(RunSettings {
             source,
             server_id,
@@ -292,8 +384,65 @@ impl RunSettings {
             filter,
             entities,
             exit_at_end: args.exit_at_end,
+            http,
         })
     }
+}
+
+fn duration_setting(
+    flag: Option<Duration>,
+    file: Option<&String>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match (flag, file) {
+        (Some(d), _) => Ok(d),
+        (None, Some(text)) => humantime::parse_duration(text).map_err(|e| {
+            ConfigError(format!(
+                "[http] {key} = \"{text}\" in the config file: {e} (write e.g. \"5ms\")"
+            ))
+        }),
+        (None, None) => Ok(default),
+    }
+}
+
+/// The sync API sink's settings: flags, then the file's `[http]` table, then defaults.
+pub fn http_config(
+    url: &str,
+    args: &HttpArgs,
+    file: Option<&HttpFileConfig>,
+) -> Result<HttpConfig, ConfigError> {
+    let empty = HttpFileConfig::default();
+    let f = file.unwrap_or(&empty);
+    let mut cfg = HttpConfig::new(url.to_string());
+    cfg.batch_rows = args.batch_rows.or(f.batch_rows).unwrap_or(cfg.batch_rows);
+    cfg.batch_bytes = args
+        .batch_bytes
+        .or(f.batch_bytes)
+        .unwrap_or(cfg.batch_bytes);
+    cfg.in_flight = args.in_flight.or(f.in_flight).unwrap_or(cfg.in_flight);
+    cfg.linger = duration_setting(args.linger, f.linger.as_ref(), "linger", cfg.linger)?;
+    cfg.request_timeout = duration_setting(
+        args.request_timeout,
+        f.request_timeout.as_ref(),
+        "request_timeout",
+        cfg.request_timeout,
+    )?;
+    cfg.max_retries = args.max_retries.or(f.max_retries);
+    cfg.on_reject = args.on_reject.or(f.on_reject).unwrap_or(cfg.on_reject);
+    cfg.gzip = args.gzip || f.gzip.unwrap_or(false);
+    if cfg.batch_rows == 0 || cfg.batch_bytes == 0 || cfg.in_flight == 0 {
+        return Err(ConfigError(
+            "batch_rows, batch_bytes and in_flight must be at least 1".into(),
+        ));
+    }
+    if let Some(var) = args.auth_header_env.as_ref().or(f.auth_header_env.as_ref()) {
+        let value = std::env::var(var).map_err(|_| {
+            ConfigError(format!("--auth-header-env {var}: that environment variable is not set; export it with the Authorization header value"))
+        })?;
+        cfg.authorization = Some(value);
+    }
+    Ok(cfg)
 }
 
 #[cfg(test)]

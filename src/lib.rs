@@ -22,11 +22,13 @@
 //! - [`commands`]: `check` and `status`.
 //! - [`error`], [`units`]: the library's error type; numbers for people.
 
+pub mod backoff;
 pub mod change;
 pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod decode;
+pub mod dlq;
 pub mod error;
 pub mod filter;
 pub mod gtid;

@@ -70,6 +70,18 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
             binsync::commands::status(src.as_ref(), &dir).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dlq(args) => {
+            let dir = args
+                .state_dir
+                .or(file.state_dir.clone())
+                .context("no --state-dir: name the directory binsync run uses")?;
+            let ok = binsync::commands::dlq(&dir, args.action, file.http.as_ref()).await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Replay(args) => {
             let sink = args
                 .sink
@@ -129,6 +141,7 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     match format {
         LogFormat::Text => builder.init(),

@@ -20,12 +20,15 @@ use std::time::{Duration, Instant};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 
+use crate::backoff::Backoff;
 use crate::change::Chunk;
 use crate::checkpoint::{Checkpoint, Position, ServerIdentity, Store};
 use crate::config::RunSettings;
 use crate::decode::{DecodeConfig, Decoder, SchemaLookup};
+use crate::dlq::Dlq;
 use crate::error::{Error, Result};
 use crate::gtid::{Flavor, GtidPos};
+use crate::sink::http::batch::SourceHeader;
 use crate::sink::{self, Ack, SinkSpec};
 use crate::source::lookup::InfoSchemaLookup;
 use crate::source::stream::{self, StartPoint, HEARTBEAT};
@@ -118,7 +121,7 @@ pub async fn run(
 
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
     let (ack_tx, ack_rx) = mpsc::channel::<Ack>(ACK_QUEUE);
-    let sink_task = spawn_sink(settings.sink.clone(), chunk_rx, ack_tx)?;
+    let sink_task = spawn_sink(&settings, &store, &info, chunk_rx, ack_tx, stop_rx.clone())?;
     let checkpointer = tokio::spawn(checkpointer(store, info.identity.clone(), ack_rx));
 
     let cfg = Arc::new(DecodeConfig {
@@ -155,17 +158,29 @@ pub async fn run(
 }
 
 fn spawn_sink(
-    spec: SinkSpec,
+    settings: &RunSettings,
+    store: &Store,
+    info: &ServerInfo,
     rx: mpsc::Receiver<Chunk>,
     acks: mpsc::Sender<Ack>,
+    stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
-    match spec {
-        SinkSpec::Stdout | SinkSpec::File(_) => Ok(tokio::task::spawn_blocking(move || {
+    let spec = settings.sink.clone();
+    match (&spec, &settings.http) {
+        (SinkSpec::Http(_), Some(cfg)) => {
+            let cfg = cfg.clone();
+            let dlq = Dlq::open(store)?;
+            let header = SourceHeader::new(&info.identity);
+            Ok(tokio::spawn(async move {
+                sink::http::run(cfg, header, dlq, rx, acks, stop)
+                    .await
+                    .map_err(Error::from)
+            }))
+        }
+        (SinkSpec::Http(url), None) => Err(Error::Internal(format!("no HTTP settings for {url}"))),
+        _ => Ok(tokio::task::spawn_blocking(move || {
             sink::lines::run_blocking(spec, rx, acks).map_err(Error::from)
         })),
-        SinkSpec::Http(url) => Err(Error::Config(crate::config::ConfigError(format!(
-            "--sink {url}: the HTTP sync API sink is not available in this build; use stdout or file:PATH"
-        )))),
     }
 }
 
@@ -506,37 +521,6 @@ async fn send(tx: &mpsc::Sender<Chunk>, chunk: Chunk) -> Result<()> {
     tx.send(chunk)
         .await
         .map_err(|_| Error::Internal("the sink stopped".into()))
-}
-
-/// Capped exponential backoff with full jitter: 100 ms doubling up to 30 s.
-pub struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new() -> Self {
-        Backoff { attempt: 0 }
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let cap = Duration::from_secs(30);
-        let base = Duration::from_millis(100).saturating_mul(1u32 << self.attempt.min(16));
-        self.attempt += 1;
-        let ceiling = base.min(cap);
-        // Full jitter, but never less than 50 ms so a flapping server is not hammered.
-        let ms = fastrand::u64(50..=ceiling.as_millis().max(50) as u64);
-        Duration::from_millis(ms)
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 #[cfg(test)]

@@ -362,8 +362,10 @@ impl Decoder {
                 let id = format!("{}:{}", self.boundary.file, self.boundary.offset);
                 self.begin_txn(id, None, i64::from(header.timestamp()) * 1_000_000);
             }
-            EventData::PreviousGtidsEvent(p) => {
-                if self.gtid_from_file_header == Some(Flavor::Mysql) {
+            EventData::PreviousGtidsEvent(p)
+                if self.gtid_from_file_header == Some(Flavor::Mysql) =>
+            {
+                {
                     let mut set = GtidSet::new();
                     for sid in p.sids() {
                         let uuid = format_uuid(&sid.uuid());
@@ -421,10 +423,8 @@ impl Decoder {
             }
             EventData::XidEvent(_) => self.commit(log_pos),
             EventData::TableMapEvent(tme) => self.on_table_map(ev.data(), &tme).await?,
-            EventData::RowsEvent(rows) => {
-                if self.emitting(log_pos) {
-                    self.on_rows(&rows, raw_type, log_pos)?;
-                }
+            EventData::RowsEvent(rows) if self.emitting(log_pos) => {
+                self.on_rows(&rows, raw_type, log_pos)?;
             }
             _ => {}
         }

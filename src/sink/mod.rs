@@ -5,7 +5,9 @@
 //! carrying the chunk's resume position, in the same order. The checkpointer trusts an ack
 //! completely, so a sink must never ack a chunk it has not delivered.
 
+pub mod http;
 pub mod lines;
+pub mod retry;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -67,6 +69,12 @@ pub enum SinkError {
     Write { target: String, detail: String },
     #[error("{0}")]
     Config(String),
+    #[error("the sync API rejected batch {batch} ({status}: {detail}); fix the receiver or the data, then restart (or run with --on-reject dlq)")]
+    Rejected {
+        batch: String,
+        status: String,
+        detail: String,
+    },
 }
 
 impl SinkError {

@@ -1,0 +1,178 @@
+//! Scenario: an operator gets something wrong. Each mistake (binlog off, STATEMENT format,
+//! wrong password, unreachable host, corrupt state dir, malformed config, a taken server id)
+//! gives one `binsync: error:` line that names the fix, and a non-zero exit, never a panic.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{free_port, MariaDb, Proc, ServerOpts};
+
+/// Runs binsync to completion; returns (exit code, stdout, stderr).
+fn binsync(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut p = Proc::spawn(args, envs);
+    let status = p
+        .wait_timeout(Duration::from_secs(90))
+        .expect("binsync did not exit");
+    (status.code().unwrap_or(-1), p.stdout(), p.stderr())
+}
+
+/// Exactly one error line, naming `needle`; no panic.
+fn assert_one_clear_error(code: i32, stderr: &str, needle: &str) {
+    assert_ne!(code, 0, "must fail: {stderr}");
+    assert_ne!(code, 101, "panicked: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("binsync: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+    assert!(
+        errors[0].contains(needle),
+        "error line should mention `{needle}`: {}",
+        errors[0]
+    );
+}
+
+fn run_args<'a>(url: &'a str, state: &'a str) -> Vec<&'a str> {
+    vec![
+        "run", "--source", url, "--server-id", "4242", "--state-dir", state, "--sink", "stdout",
+        "--exit-at-end",
+    ]
+}
+
+#[test]
+fn check_names_every_wrong_setting_when_binlog_is_off() {
+    let db = MariaDb::start(ServerOpts {
+        binlog: false,
+        ..ServerOpts::default()
+    });
+    let (code, out, err) = binsync(&["check", "--source", &db.url()], &[]);
+    assert_ne!(code, 0, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("log_bin"))
+        .unwrap_or_else(|| panic!("no log_bin line: {out}"));
+    assert!(line.starts_with("FAIL") && line.contains("ON") && line.contains("OFF"), "{line}");
+    assert!(out.contains("fix: add log_bin"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    let (code, _, err) = binsync(&run_args(&db.url(), state.to_str().unwrap()), &[]);
+    assert_one_clear_error(code, &err, "log_bin");
+}
+
+#[test]
+fn check_and_run_refuse_statement_format() {
+    let db = MariaDb::start(ServerOpts {
+        binlog_format: "STATEMENT",
+        ..ServerOpts::default()
+    });
+    let (code, out, _) = binsync(&["check", "--source", &db.url()], &[]);
+    assert_ne!(code, 0);
+    let line = out.lines().find(|l| l.contains("binlog_format")).unwrap();
+    assert!(line.starts_with("FAIL") && line.contains("STATEMENT"), "{line}");
+    assert!(out.contains("binlog_format=ROW"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    let (code, _, err) = binsync(&run_args(&db.url(), state.to_str().unwrap()), &[]);
+    assert_one_clear_error(code, &err, "binlog_format=ROW");
+}
+
+#[test]
+fn check_passes_on_a_well_configured_server() {
+    let db = MariaDb::start(ServerOpts::default());
+    let (code, out, err) = binsync(&["check", "--source", &db.url()], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ready"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+}
+
+#[test]
+fn wrong_password_fails_at_once_naming_the_user() {
+    let db = MariaDb::start(ServerOpts::default());
+    db.create_user("cdc", "right", "REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.*");
+    let url = format!("mysql://cdc@127.0.0.1:{}", db.port());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    let started = Instant::now();
+    let (code, _, err) = binsync(
+        &run_args(&url, state.to_str().unwrap()),
+        &[("BINSYNC_SOURCE_PASSWORD", "wrong")],
+    );
+    assert_one_clear_error(code, &err, "refused user `cdc`");
+    assert!(!err.contains("wrong"), "the password must not be printed: {err}");
+    assert!(started.elapsed() < Duration::from_secs(20), "a wrong password is not retried");
+
+    // The right password from the environment works.
+    let (code, _, err) = binsync(
+        &run_args(&url, state.to_str().unwrap()),
+        &[("BINSYNC_SOURCE_PASSWORD", "right")],
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn unreachable_host_gives_up_after_the_connect_timeout() {
+    let port = free_port();
+    let url = format!("mysql://root@127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    let mut args = run_args(&url, state.to_str().unwrap());
+    args.extend(["--connect-timeout", "2s"]);
+    let started = Instant::now();
+    let (code, _, err) = binsync(&args, &[]);
+    let took = started.elapsed();
+    assert_one_clear_error(code, &err, "gave up reaching the source");
+    assert!(err.contains("retrying"), "each attempt is logged: {err}");
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "{took:?}");
+}
+
+#[test]
+fn corrupt_state_dir_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("conf"), b"\x00garbage\xff").unwrap();
+    std::fs::write(state.join("db"), vec![0xA5u8; 4096]).unwrap();
+    // No server needed: the state dir is opened first.
+    let url = format!("mysql://root@127.0.0.1:{}", free_port());
+    let (code, _, err) = binsync(&run_args(&url, state.to_str().unwrap()), &[]);
+    assert_one_clear_error(code, &err, "corrupt");
+}
+
+#[test]
+fn malformed_config_names_the_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("binsync.toml");
+    std::fs::write(&cfg, "source = \"mysql://root@127.0.0.1:1\"\nserver_id = \"not a number\"\n").unwrap();
+    let (code, _, err) = binsync(&["run", "--config", cfg.to_str().unwrap()], &[]);
+    assert_one_clear_error(code, &err, "line 2");
+    std::fs::write(&cfg, "sauce = 1\n").unwrap();
+    let (code, _, err) = binsync(&["run", "--config", cfg.to_str().unwrap()], &[]);
+    assert_one_clear_error(code, &err, "sauce");
+}
+
+#[test]
+fn a_server_id_in_use_is_refused() {
+    let db = MariaDb::start(ServerOpts::default());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    let own = db.sql("SELECT @@server_id").trim().to_string();
+    let mut args = run_args(&db.url(), state.to_str().unwrap());
+    args[4] = &own;
+    let (code, _, err) = binsync(&args, &[]);
+    assert_one_clear_error(code, &err, "--server-id");
+
+    // A real replica registered with id 9; binsync may not take it.
+    let replica = MariaDb::start_replica_of(&db, ServerOpts { server_id: 9, ..ServerOpts::default() });
+    common::wait_until(Duration::from_secs(30), "replica registered", || {
+        db.sql("SHOW SLAVE HOSTS").lines().any(|l| l.split('\t').next() == Some("9"))
+    });
+    let mut args = run_args(&db.url(), state.to_str().unwrap());
+    args[4] = "9";
+    let (code, _, err) = binsync(&args, &[]);
+    assert_one_clear_error(code, &err, "already used by");
+    drop(replica);
+}
