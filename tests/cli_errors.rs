@@ -36,7 +36,15 @@ fn assert_one_clear_error(code: i32, stderr: &str, needle: &str) {
 
 fn run_args<'a>(url: &'a str, state: &'a str) -> Vec<&'a str> {
     vec![
-        "run", "--source", url, "--server-id", "4242", "--state-dir", state, "--sink", "stdout",
+        "run",
+        "--source",
+        url,
+        "--server-id",
+        "4242",
+        "--state-dir",
+        state,
+        "--sink",
+        "stdout",
         "--exit-at-end",
     ]
 }
@@ -53,12 +61,16 @@ fn check_names_every_wrong_setting_when_binlog_is_off() {
         .lines()
         .find(|l| l.contains("log_bin"))
         .unwrap_or_else(|| panic!("no log_bin line: {out}"));
-    assert!(line.starts_with("FAIL") && line.contains("ON") && line.contains("OFF"), "{line}");
+    assert!(
+        line.starts_with("FAIL") && line.contains("ON") && line.contains("OFF"),
+        "{line}"
+    );
     assert!(out.contains("fix: add log_bin"), "{out}");
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("s");
-    let (code, _, err) = binsync(&run_args(&db.url(), state.to_str().unwrap()), &[]);
+    let url = db.url();
+    let (code, _, err) = binsync(&run_args(&url, state.to_str().unwrap()), &[]);
     assert_one_clear_error(code, &err, "log_bin");
 }
 
@@ -71,12 +83,16 @@ fn check_and_run_refuse_statement_format() {
     let (code, out, _) = binsync(&["check", "--source", &db.url()], &[]);
     assert_ne!(code, 0);
     let line = out.lines().find(|l| l.contains("binlog_format")).unwrap();
-    assert!(line.starts_with("FAIL") && line.contains("STATEMENT"), "{line}");
+    assert!(
+        line.starts_with("FAIL") && line.contains("STATEMENT"),
+        "{line}"
+    );
     assert!(out.contains("binlog_format=ROW"), "{out}");
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("s");
-    let (code, _, err) = binsync(&run_args(&db.url(), state.to_str().unwrap()), &[]);
+    let url = db.url();
+    let (code, _, err) = binsync(&run_args(&url, state.to_str().unwrap()), &[]);
     assert_one_clear_error(code, &err, "binlog_format=ROW");
 }
 
@@ -92,7 +108,11 @@ fn check_passes_on_a_well_configured_server() {
 #[test]
 fn wrong_password_fails_at_once_naming_the_user() {
     let db = MariaDb::start(ServerOpts::default());
-    db.create_user("cdc", "right", "REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.*");
+    db.create_user(
+        "cdc",
+        "right",
+        "REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.*",
+    );
     let url = format!("mysql://cdc@127.0.0.1:{}", db.port());
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("s");
@@ -102,8 +122,14 @@ fn wrong_password_fails_at_once_naming_the_user() {
         &[("BINSYNC_SOURCE_PASSWORD", "wrong")],
     );
     assert_one_clear_error(code, &err, "refused user `cdc`");
-    assert!(!err.contains("wrong"), "the password must not be printed: {err}");
-    assert!(started.elapsed() < Duration::from_secs(20), "a wrong password is not retried");
+    assert!(
+        !err.contains("wrong"),
+        "the password must not be printed: {err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a wrong password is not retried"
+    );
 
     // The right password from the environment works.
     let (code, _, err) = binsync(
@@ -126,7 +152,10 @@ fn unreachable_host_gives_up_after_the_connect_timeout() {
     let took = started.elapsed();
     assert_one_clear_error(code, &err, "gave up reaching the source");
     assert!(err.contains("retrying"), "each attempt is logged: {err}");
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
 }
 
 #[test]
@@ -146,7 +175,11 @@ fn corrupt_state_dir_is_one_clear_line() {
 fn malformed_config_names_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("binsync.toml");
-    std::fs::write(&cfg, "source = \"mysql://root@127.0.0.1:1\"\nserver_id = \"not a number\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "source = \"mysql://root@127.0.0.1:1\"\nserver_id = \"not a number\"\n",
+    )
+    .unwrap();
     let (code, _, err) = binsync(&["run", "--config", cfg.to_str().unwrap()], &[]);
     assert_one_clear_error(code, &err, "line 2");
     std::fs::write(&cfg, "sauce = 1\n").unwrap();
@@ -160,17 +193,26 @@ fn a_server_id_in_use_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("s");
     let own = db.sql("SELECT @@server_id").trim().to_string();
-    let mut args = run_args(&db.url(), state.to_str().unwrap());
+    let url = db.url();
+    let mut args = run_args(&url, state.to_str().unwrap());
     args[4] = &own;
     let (code, _, err) = binsync(&args, &[]);
     assert_one_clear_error(code, &err, "--server-id");
 
     // A real replica registered with id 9; binsync may not take it.
-    let replica = MariaDb::start_replica_of(&db, ServerOpts { server_id: 9, ..ServerOpts::default() });
+    let replica = MariaDb::start_replica_of(
+        &db,
+        ServerOpts {
+            server_id: 9,
+            ..ServerOpts::default()
+        },
+    );
     common::wait_until(Duration::from_secs(30), "replica registered", || {
-        db.sql("SHOW SLAVE HOSTS").lines().any(|l| l.split('\t').next() == Some("9"))
+        db.sql("SHOW SLAVE HOSTS")
+            .lines()
+            .any(|l| l.split('\t').next() == Some("9"))
     });
-    let mut args = run_args(&db.url(), state.to_str().unwrap());
+    let mut args = run_args(&url, state.to_str().unwrap());
     args[4] = "9";
     let (code, _, err) = binsync(&args, &[]);
     assert_one_clear_error(code, &err, "already used by");

@@ -30,7 +30,9 @@ fn replay(file: &std::path::Path, out: &std::path::Path) -> (i32, String) {
         ],
         &[],
     );
-    let st = p.wait_timeout(Duration::from_secs(60)).expect("replay hung");
+    let st = p
+        .wait_timeout(Duration::from_secs(60))
+        .expect("replay hung");
     (st.code().unwrap_or(-1), p.stderr())
 }
 
@@ -43,7 +45,11 @@ fn every_fixture_decodes_or_fails_cleanly() {
         .filter(|p| p.file_name().unwrap() != "README.md")
         .collect();
     files.sort();
-    assert!(files.len() > 30, "expected the fixture set, found {}", files.len());
+    assert!(
+        files.len() > 30,
+        "expected the fixture set, found {}",
+        files.len()
+    );
     let tmp = tempfile::tempdir().unwrap();
     let mut total_lines = 0usize;
     let mut report = Vec::new();
@@ -57,20 +63,32 @@ fn every_fixture_decodes_or_fails_cleanly() {
         for line in text.lines() {
             let v: serde_json::Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{name}: bad JSON line {line}: {e}"));
-            assert!(v["seq"].is_u64() && v["op"].is_string() && v["table"].is_string(), "{name}: {line}");
+            assert!(
+                v["seq"].is_u64() && v["op"].is_string() && v["table"].is_string(),
+                "{name}: {line}"
+            );
         }
         total_lines += text.lines().count();
         if damaged(&name) {
             assert_ne!(code, 0, "{name} is damaged and must fail");
-            let err = stderr.lines().find(|l| l.starts_with("binsync: error:")).unwrap_or_default();
+            let err = stderr
+                .lines()
+                .find(|l| l.starts_with("binsync: error:"))
+                .unwrap_or_default();
             assert!(err.contains(&name) && err.contains("byte"), "{name}: {err}");
         } else {
             assert_eq!(code, 0, "{name} should decode: {stderr}");
         }
-        report.push(format!("{name}: exit {code}, {} changes", text.lines().count()));
+        report.push(format!(
+            "{name}: exit {code}, {} changes",
+            text.lines().count()
+        ));
     }
     eprintln!("{}", report.join("\n"));
-    assert!(total_lines > 100, "the fixtures hold row events: {total_lines}");
+    assert!(
+        total_lines > 100,
+        "the fixtures hold row events: {total_lines}"
+    );
 }
 
 #[test]

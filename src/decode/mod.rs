@@ -329,7 +329,7 @@ impl Decoder {
         };
         match data {
             EventData::RotateEvent(r) => {
-                let name = r.name().into_owned();
+                let name = rotate_name(ev, r.name_raw());
                 if name != self.boundary.file {
                     self.set_file(name);
                     self.boundary.offset = r.position();
@@ -772,6 +772,29 @@ impl Decoder {
             key: key_start..key_end,
         });
     }
+}
+
+/// The file name of a rotate event. The rotate event a server sends first, before its format
+/// description, carries a checksum that the reader cannot know about yet (MariaDB): strip it
+/// when the last four bytes are the CRC32 of the rest of the event.
+fn rotate_name(ev: &Event, raw: &[u8]) -> String {
+    let h = ev.header();
+    if raw.len() > 4 {
+        let (name, tail) = raw.split_at(raw.len() - 4);
+        let body = &ev.data()[..ev.data().len() - 4];
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&h.timestamp().to_le_bytes());
+        hasher.update(&[h.event_type_raw()]);
+        hasher.update(&h.server_id().to_le_bytes());
+        hasher.update(&h.event_size().to_le_bytes());
+        hasher.update(&h.log_pos().to_le_bytes());
+        hasher.update(&h.flags_raw().to_le_bytes());
+        hasher.update(body);
+        if hasher.finalize().to_le_bytes() == tail {
+            return String::from_utf8_lossy(name).into_owned();
+        }
+    }
+    String::from_utf8_lossy(raw).into_owned()
 }
 
 fn for_each_interval(set: &mut GtidSet, uuid: &str, tag: &str, start: u64, end: u64) {

@@ -48,12 +48,28 @@ pub async fn check_server_id(
             by: format!("the source {src} itself"),
         });
     }
-    let sql = match conn.query::<mysql_async::Row, _>("SHOW SLAVE HOSTS").await {
-        Ok(rows) => rows,
-        Err(_) => conn
-            .query::<mysql_async::Row, _>("SHOW REPLICAS")
-            .await
-            .map_err(|e| SourceError::classify(e, src))?,
+    let statements: &[&str] = match info.flavor() {
+        Flavor::Mariadb => &["SHOW SLAVE HOSTS"],
+        // MySQL 8.4 knows only the new name; older versions only the old one.
+        Flavor::Mysql => &["SHOW REPLICAS", "SHOW SLAVE HOSTS"],
+    };
+    let mut listed = None;
+    let mut last_err = None;
+    for sql in statements {
+        match conn.query::<mysql_async::Row, _>(*sql).await {
+            Ok(rows) => {
+                listed = Some(rows);
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let Some(sql) = listed else {
+        tracing::warn!(
+            error = %last_err.map(|e| e.to_string()).unwrap_or_default(),
+            "cannot list the source's replicas, so --server-id {server_id} is not checked against them; grant REPLICATION MASTER ADMIN (MariaDB) or REPLICATION SLAVE (MySQL) to check it"
+        );
+        return Ok(());
     };
     for mut row in sql {
         let id: Option<u32> = row.take_opt(0).and_then(Result::ok);
