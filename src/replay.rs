@@ -105,7 +105,11 @@ async fn feed(
             offset += u64::from(event.header().event_size());
             stats.events += 1;
             if let Err(e) = decoder.on_event(&event).await {
-                return flush_then(&mut decoder, tx, damaged(offset, e.to_string())).await;
+                let err = Error::Replay(format!(
+                    "{}: cannot decode the event ending at byte {offset}: {e}; events before it were delivered, the rest of the file was not",
+                    path.display()
+                ));
+                return flush_then(&mut decoder, tx, err).await;
             }
             if event.header().event_type_raw() == EventType::TRANSACTION_PAYLOAD_EVENT as u8 {
                 if let Err(e) = feed_payload(&mut esr, &event, &mut decoder, &mut stats).await {

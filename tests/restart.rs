@@ -90,11 +90,7 @@ fn sigterm_inside_a_large_transaction_resumes_without_duplicates() {
     let db = MariaDb::start(ServerOpts::default());
     db.sql(common::workload::SCHEMA);
     // One transaction of 60k rows.
-    db.sql(
-        "SET SESSION cte_max_recursion_depth = 100000;
-         INSERT INTO t.items WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 60000)
-         SELECT n, n, 'big' FROM s;",
-    );
+    db.sql("INSERT INTO t.items SELECT seq, seq, 'big' FROM t.seq_1_to_60000");
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state").display().to_string();
     let out = dir.path().join("changes.jsonl").display().to_string();

@@ -240,11 +240,7 @@ fn poisoned_batch_goes_to_the_dead_letter_queue_and_is_replayed() {
 fn sigterm_during_a_100k_row_transaction_applies_nothing_twice() {
     let db = MariaDb::start(ServerOpts::default());
     db.sql(common::workload::SCHEMA);
-    db.sql(
-        "SET SESSION cte_max_recursion_depth = 200000;
-         INSERT INTO t.items WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 100000)
-         SELECT n, n, 'big' FROM s;",
-    );
+    db.sql("INSERT INTO t.items SELECT seq, seq, 'big' FROM t.seq_1_to_100000");
     let (_d, state, rstate) = tmp();
     let mut recv = Receiver::start(&rstate, &[]);
     // Small batches and one lane: the transaction takes many round trips.
@@ -289,7 +285,9 @@ fn stats(url: &str) -> Option<serde_json::Value> {
         .enable_all()
         .build()
         .ok()?;
-    rt.block_on(async { serde_json::from_str(&reqwest::get(url).await.ok()?.text().await.ok()?).ok() })
+    rt.block_on(async {
+        serde_json::from_str(&reqwest::get(url).await.ok()?.text().await.ok()?).ok()
+    })
 }
 
 #[test]

@@ -131,7 +131,10 @@ fn every_type_comes_out_as_its_exact_json_value() {
     assert_eq!(insert["id"], json!({"id": 1}));
     assert_eq!(insert["row"], 0);
     let gtid = insert["gtid"].as_str().unwrap();
-    assert!(gtid.starts_with("0-") && gtid.split('-').count() == 3, "{gtid}");
+    assert!(
+        gtid.starts_with("0-") && gtid.split('-').count() == 3,
+        "{gtid}"
+    );
     assert!(insert["ts"].as_str().unwrap().ends_with('Z'));
     assert_columns(&insert["after"], &expected_full_row());
 

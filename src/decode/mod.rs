@@ -319,11 +319,22 @@ impl Decoder {
             }
             _ => {}
         }
+        if raw_type == EventType::XID_EVENT as u8 {
+            // Its body (the XA id) is not needed: the event is the commit.
+            self.commit(log_pos);
+            return Ok(());
+        }
+        if !NEEDED_EVENTS.contains(&raw_type) {
+            return Ok(()); // parsing what we do not use would only cost time
+        }
         let data = match ev.read_data() {
             Ok(Some(d)) => d,
-            Ok(None) => return Ok(()), // an event type we do not need
+            Ok(None) => return Ok(()),
             Err(e) => {
-                let what = format!("{:?}", header.event_type().map_err(|_| raw_type));
+                let what = match header.event_type() {
+                    Ok(t) => format!("{t:?}"),
+                    Err(_) => format!("type {raw_type}"),
+                };
                 return Err(self.malformed(&what, log_pos, e));
             }
         };
@@ -421,7 +432,6 @@ impl Decoder {
                     }
                 }
             }
-            EventData::XidEvent(_) => self.commit(log_pos),
             EventData::TableMapEvent(tme) => self.on_table_map(ev.data(), &tme).await?,
             EventData::RowsEvent(rows) if self.emitting(log_pos) => {
                 self.on_rows(&rows, raw_type, log_pos)?;
@@ -680,16 +690,27 @@ impl Decoder {
                         &mut self.spans_b,
                     )?;
                     let rest2 = &data[at + n..];
-                    let m = value::decode_image(
-                        &info.schema,
-                        acols,
-                        rest2,
-                        {
-                            self.img_a.clear();
-                            &mut self.img_a
-                        },
-                        &mut self.spans_a,
-                    )?;
+                    let m = if raw_type == EventType::PARTIAL_UPDATE_ROWS_EVENT as u8 {
+                        self.img_a.clear();
+                        value::decode_partial_after_image(
+                            &info.schema,
+                            acols,
+                            rest2,
+                            &self.img_b,
+                            &self.spans_b,
+                            &mut self.img_a,
+                            &mut self.spans_a,
+                        )?
+                    } else {
+                        self.img_a.clear();
+                        value::decode_image(
+                            &info.schema,
+                            acols,
+                            rest2,
+                            &mut self.img_a,
+                            &mut self.spans_a,
+                        )?
+                    };
                     at += n + m;
                     (true, true)
                 }
@@ -773,6 +794,25 @@ impl Decoder {
         });
     }
 }
+
+/// The event types the decoder reads the body of; all others only move the position.
+const NEEDED_EVENTS: [u8; 15] = [
+    EventType::QUERY_EVENT as u8,
+    EventType::ROTATE_EVENT as u8,
+    EventType::TABLE_MAP_EVENT as u8,
+    EventType::WRITE_ROWS_EVENT_V1 as u8,
+    EventType::UPDATE_ROWS_EVENT_V1 as u8,
+    EventType::DELETE_ROWS_EVENT_V1 as u8,
+    EventType::WRITE_ROWS_EVENT as u8,
+    EventType::UPDATE_ROWS_EVENT as u8,
+    EventType::DELETE_ROWS_EVENT as u8,
+    EventType::PARTIAL_UPDATE_ROWS_EVENT as u8,
+    EventType::GTID_EVENT as u8,
+    EventType::GTID_TAGGED_LOG_EVENT as u8,
+    EventType::ANONYMOUS_GTID_EVENT as u8,
+    EventType::PREVIOUS_GTIDS_EVENT as u8,
+    EventType::TRANSACTION_PAYLOAD_EVENT as u8,
+];
 
 /// The file name of a rotate event. The rotate event a server sends first, before its format
 /// description, carries a checksum that the reader cannot know about yet (MariaDB): strip it

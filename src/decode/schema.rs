@@ -96,7 +96,13 @@ pub enum ColumnKind {
     Set { size: u8, labels: Option<Labels> },
     /// CHAR/VARCHAR/BINARY/VARBINARY/TEXT/BLOB: a `len_bytes` (1..=4) little-endian length
     /// prefix, then the bytes, written according to `text`.
-    Str { len_bytes: u8, text: TextKind },
+    /// `pad_to`: BINARY(n) is stored without its trailing zero bytes; they are restored
+    /// (the server returns them too). 0 for every other string type.
+    Str {
+        len_bytes: u8,
+        text: TextKind,
+        pad_to: u16,
+    },
     /// MySQL JSON (binary JSONB) with a `len_bytes` length prefix.
     Json { len_bytes: u8 },
     /// GEOMETRY: length prefix, 4-byte SRID, WKB.
@@ -633,11 +639,15 @@ fn kind_of(code: u8, meta: &[u8], unsigned: bool) -> (u8, ColumnKind) {
             K::Str {
                 len_bytes: if max > 255 { 2 } else { 1 },
                 text,
+                pad_to: 0,
             }
         }
-        ty::TINY_BLOB | ty::MEDIUM_BLOB | ty::LONG_BLOB | ty::BLOB => {
-            len_bytes_of(meta).map_or_else(unsup, |len_bytes| K::Str { len_bytes, text })
-        }
+        ty::TINY_BLOB | ty::MEDIUM_BLOB | ty::LONG_BLOB | ty::BLOB => len_bytes_of(meta)
+            .map_or_else(unsup, |len_bytes| K::Str {
+                len_bytes,
+                text,
+                pad_to: 0,
+            }),
         ty::JSON => match meta.first() {
             Some(&n @ 1..=4) => K::Json { len_bytes: n },
             // some servers write 0; the value is always prefixed by a 4-byte length
@@ -659,6 +669,7 @@ fn kind_of(code: u8, meta: &[u8], unsigned: bool) -> (u8, ColumnKind) {
                     K::Str {
                         len_bytes: if max > 255 { 2 } else { 1 },
                         text,
+                        pad_to: 0,
                     },
                 );
             }
@@ -695,6 +706,7 @@ fn kind_of(code: u8, meta: &[u8], unsigned: bool) -> (u8, ColumnKind) {
                         K::Str {
                             len_bytes: if max > 255 { 2 } else { 1 },
                             text,
+                            pad_to: max as u16,
                         },
                     );
                 }

@@ -650,7 +650,8 @@ fn char_lengths_and_real_types() {
         s.columns[0].kind,
         ColumnKind::Str {
             len_bytes: 1,
-            text: TextKind::Utf8
+            text: TextKind::Utf8,
+            pad_to: 40
         }
     );
     assert_eq!(dec(&s, &image(&[Some(b"\x02ab")])), r#"{"@1":"ab"}"#);
@@ -664,7 +665,8 @@ fn char_lengths_and_real_types() {
         s.columns[0].kind,
         ColumnKind::Str {
             len_bytes: 2,
-            text: TextKind::Utf8
+            text: TextKind::Utf8,
+            pad_to: 1020
         }
     );
     let long = "é".repeat(300);

@@ -724,9 +724,21 @@ pub(crate) fn decode_value(
             }
             Ok(pos + n)
         }
-        ColumnKind::Str { len_bytes, text } => {
+        ColumnKind::Str {
+            len_bytes,
+            text,
+            pad_to,
+        } => {
             let (s, next) = take_prefixed(data, pos, len_bytes)?;
-            write_text(out, s, text);
+            if text == TextKind::Binary && s.len() < pad_to as usize {
+                // BINARY(n) lost its trailing zero bytes in the binlog; give them back.
+                let mut padded = [0u8; 1024];
+                let n = (pad_to as usize).min(padded.len());
+                padded[..s.len()].copy_from_slice(s);
+                write_text(out, &padded[..n], text);
+            } else {
+                write_text(out, s, text);
+            }
             Ok(next)
         }
         ColumnKind::Float => {
