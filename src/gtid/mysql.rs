@@ -246,7 +246,7 @@ mod tests {
     fn rejects_garbage_with_a_reason() {
         for bad in [
             "nope",
-            &A.to_string(),
+            A,
             &format!("{A}:0-3"),
             &format!("{A}:5-3"),
             &format!("{A}:Bad:1"),
