@@ -1,0 +1,210 @@
+//! Scenarios of `binsync run` options a user relies on, each against a real MariaDB:
+//! table filters and entity names, `--start latest` and `--start gtid:`, the information_schema
+//! fallback without FULL row metadata, `binsync status`, JSON logs, and a purged binlog.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{MariaDb, Proc, ServerOpts};
+use serde_json::Value;
+
+fn run(db: &MariaDb, state: &std::path::Path, extra: &[&str]) -> (Vec<Value>, String) {
+    let out = state.with_extension("jsonl");
+    let url = db.url();
+    let sink = format!("file:{}", out.display());
+    let state_s = state.display().to_string();
+    let mut args = vec![
+        "run",
+        "--source",
+        &url,
+        "--server-id",
+        "4646",
+        "--state-dir",
+        &state_s,
+        "--sink",
+        &sink,
+        "--exit-at-end",
+    ];
+    args.extend(extra);
+    let mut p = Proc::spawn(&args, &[]);
+    let st = p
+        .wait_timeout(Duration::from_secs(60))
+        .expect("binsync did not return");
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let lines = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(st.success(), "binsync failed: {}", p.stderr());
+    (lines, p.stderr())
+}
+
+fn setup(db: &MariaDb) {
+    db.sql(
+        "CREATE DATABASE shop; CREATE DATABASE crm;
+         CREATE TABLE shop.products (id INT PRIMARY KEY, name VARCHAR(20));
+         CREATE TABLE shop.tmp_scratch (id INT PRIMARY KEY);
+         CREATE TABLE crm.users (id INT PRIMARY KEY, email VARCHAR(50));
+         INSERT INTO shop.products VALUES (1, 'a');
+         INSERT INTO shop.tmp_scratch VALUES (1);
+         INSERT INTO crm.users VALUES (7, 'x@example.com');",
+    );
+}
+
+#[test]
+fn include_exclude_and_entity_names() {
+    let db = MariaDb::start(ServerOpts::default());
+    setup(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, _) = run(
+        &db,
+        &dir.path().join("s"),
+        &[
+            "--include",
+            "shop.*",
+            "--exclude",
+            "shop.tmp_*",
+            "--entity",
+            "shop.products=product",
+        ],
+    );
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["table"], "products");
+    assert_eq!(lines[0]["entity"], "product");
+}
+
+#[test]
+fn start_latest_skips_history_and_start_gtid_resumes_after_it() {
+    let db = MariaDb::start(ServerOpts::default());
+    setup(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, _) = run(&db, &dir.path().join("latest"), &["--start", "latest"]);
+    assert!(lines.is_empty(), "{lines:?}");
+    let pos = db.sql("SELECT @@gtid_binlog_pos").trim().to_string();
+    db.sql("INSERT INTO crm.users VALUES (8, 'y@example.com')");
+    let (lines, _) = run(
+        &db,
+        &dir.path().join("gtid"),
+        &["--start", &format!("gtid:{pos}")],
+    );
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["id"]["id"], 8);
+    // With a checkpoint, --start is ignored (and says so).
+    let (lines, stderr) = run(&db, &dir.path().join("gtid"), &["--start", "earliest"]);
+    assert!(
+        lines.len() == 1 && stderr.contains("--start is ignored"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn without_full_row_metadata_names_come_from_information_schema() {
+    let db = MariaDb::start(ServerOpts {
+        row_metadata: "MINIMAL",
+        ..ServerOpts::default()
+    });
+    db.sql(
+        "CREATE DATABASE t; CREATE TABLE t.x (a INT, k INT UNSIGNED, e ENUM('p','q'), PRIMARY KEY (k));
+         INSERT INTO t.x VALUES (-1, 4294967295, 'q');",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, stderr) = run(&db, &dir.path().join("s"), &[]);
+    assert!(
+        stderr.contains("information_schema"),
+        "a warning says so: {stderr}"
+    );
+    assert_eq!(lines[0]["id"], serde_json::json!({"k": 4294967295u64}));
+    assert_eq!(
+        lines[0]["after"],
+        serde_json::json!({"a": -1, "k": 4294967295u64, "e": "q"})
+    );
+}
+
+#[test]
+fn status_shows_the_checkpoint_and_the_lag() {
+    let db = MariaDb::start(ServerOpts::default());
+    setup(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    run(&db, &state, &["--log-format", "json"]);
+    let mut p = Proc::spawn(
+        &[
+            "status",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--source",
+            &db.url(),
+        ],
+        &[],
+    );
+    assert!(p.wait_timeout(Duration::from_secs(30)).unwrap().success());
+    let out = p.stdout();
+    assert!(out.contains("checkpoint: mariadb-bin.000001:"), "{out}");
+    assert!(out.contains("lag:        0 B of binlog"), "{out}");
+}
+
+#[test]
+fn json_logs_are_json() {
+    let db = MariaDb::start(ServerOpts::default());
+    setup(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, stderr) = run(&db, &dir.path().join("s"), &["--log-format", "json"]);
+    for line in stderr.lines().filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+}
+
+#[test]
+fn a_purged_binlog_is_one_clear_error() {
+    let db = MariaDb::start(ServerOpts::default());
+    setup(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    run(&db, &state, &[]);
+    // Changes binsync has not read, then their binlog is purged.
+    db.sql("INSERT INTO crm.users VALUES (9, 'z@example.com'); FLUSH BINARY LOGS;");
+    db.sql("INSERT INTO crm.users VALUES (10, 'w@example.com'); FLUSH BINARY LOGS;");
+    // The server keeps files that crash recovery may still need: purge until it lets go.
+    common::wait_until(Duration::from_secs(30), "old binlogs purged", || {
+        let status = db.sql("SHOW MASTER STATUS");
+        let last = status.split('\t').next().unwrap();
+        db.sql(&format!("PURGE BINARY LOGS TO '{last}'"));
+        db.sql("SHOW BINARY LOGS").lines().count() == 1
+    });
+    let url = db.url();
+    let state_s = state.display().to_string();
+    let mut p = Proc::spawn(
+        &[
+            "run",
+            "--source",
+            &url,
+            "--server-id",
+            "4646",
+            "--state-dir",
+            &state_s,
+            "--sink",
+            "stdout",
+            "--exit-at-end",
+        ],
+        &[],
+    );
+    let st = p.wait_timeout(Duration::from_secs(60)).expect("returns");
+    let err = p.stderr();
+    assert!(!st.success(), "{err}\n{}", p.stdout());
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("binsync: error:"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("1236") && line.contains("--reset"), "{line}");
+    // `check` says the same about retention.
+    let mut c = Proc::spawn(&["check", "--source", &url, "--state-dir", &state_s], &[]);
+    let st = c.wait_timeout(Duration::from_secs(30)).unwrap();
+    assert!(!st.success());
+    assert!(
+        c.stdout().contains("FAIL binlog retention"),
+        "{}",
+        c.stdout()
+    );
+}
