@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::gtid::{Flavor, GtidParseError, GtidPos};
 
 const KEY: &[u8] = b"checkpoint";
+const SEQ_FLOOR_KEY: &[u8] = b"seq_floor";
 const FORMAT_VERSION: u32 = 1;
 
 /// Who wrote the binlog we read.
@@ -227,18 +228,36 @@ impl Store {
         Ok(())
     }
 
+    /// Where numbering starts without a checkpoint: after the last `seq` of a reset one.
+    pub fn seq_floor(&self) -> u64 {
+        self.db
+            .get(SEQ_FLOOR_KEY)
+            .ok()
+            .flatten()
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes)
+    }
+
     /// The last checkpoint as a running binsync published it (see [`Store::save`]).
     pub fn read_published(dir: &Path) -> Option<Checkpoint> {
         let raw = std::fs::read(dir.join(STATUS_FILE)).ok()?;
         stored_to_checkpoint(serde_json::from_slice(&raw).ok()?).ok()
     }
 
-    /// `--reset`: forget the checkpoint (the dead-letter queue stays).
+    /// `--reset`: forget the checkpoint (the dead-letter queue stays). The operation counter
+    /// is kept as a floor, so that `seq` keeps growing: receivers that drop "older" operations
+    /// would otherwise drop everything after a reset.
     pub async fn reset(&self) -> Result<(), CheckpointError> {
         let write = |e: sled::Error| CheckpointError::Write {
             dir: self.dir.clone(),
             detail: e.to_string(),
         };
+        if let Some(cp) = self.load()? {
+            let floor = cp.position.last_seq().max(self.seq_floor());
+            self.db
+                .insert(SEQ_FLOOR_KEY, &floor.to_be_bytes())
+                .map_err(write)?;
+        }
         self.db.remove(KEY).map_err(write)?;
         self.db.flush_async().await.map_err(write)?;
         Ok(())
@@ -322,6 +341,7 @@ mod tests {
         assert_eq!(store.load().unwrap(), Some(cp));
         store.reset().await.unwrap();
         assert_eq!(store.load().unwrap(), None);
+        assert_eq!(store.seq_floor(), 510, "numbering continues after a reset");
     }
 
     #[test]

@@ -100,8 +100,11 @@ pub async fn run(
     tracing::info!(server = %info.identity, "connected");
     info.require_streamable()?;
 
-    let (start_pos, start_point, from_header, emit_from) =
+    let (mut start_pos, start_point, from_header, emit_from) =
         plan_start(&mut conn, &src, &info, checkpoint.as_ref(), &settings.start).await?;
+    if checkpoint.is_none() {
+        start_pos.seq = store.seq_floor();
+    }
     let target = if settings.exit_at_end {
         let (file, offset, gtid) = binlog_end(&mut conn, &src, info.flavor()).await?;
         let gtid = gtid
