@@ -140,6 +140,7 @@ pub async fn run(
         server_id: settings.server_id,
         target,
         stop: stop_rx,
+        dropped: false,
     };
     let source_result = source.run(conn, start_point, decoder, chunk_tx).await;
     // The source is done (its sender dropped): the sink drains, then the checkpointer.
@@ -383,6 +384,8 @@ struct SourceStage {
     server_id: u32,
     target: Option<EndTarget>,
     stop: watch::Receiver<bool>,
+    /// A chunk was dropped while stopping (see [`SourceStage::send`]).
+    dropped: bool,
 }
 
 enum Next {
@@ -420,12 +423,12 @@ impl SourceStage {
             };
             match result {
                 Ok(outcome) => {
-                    flush(&mut decoder, &tx).await?;
+                    self.flush(&mut decoder, &tx).await?;
                     return Ok(outcome);
                 }
                 Err(e) if e.is_retriable() && !*self.stop.borrow() => {
                     // Hand on what was decoded, then resume from the decoder's own position.
-                    flush(&mut decoder, &tx).await?;
+                    self.flush(&mut decoder, &tx).await?;
                     let pos = decoder.restart();
                     start = match (&pos.gtid, self.info.gtid_enabled()) {
                         (Some(g), true) => StartPoint::Gtid(g.clone()),
@@ -445,7 +448,7 @@ impl SourceStage {
                     }
                 }
                 Err(e) => {
-                    flush(&mut decoder, &tx).await?;
+                    self.flush(&mut decoder, &tx).await?;
                     return Err(e);
                 }
             }
@@ -470,7 +473,9 @@ impl SourceStage {
                 None => {
                     // Idle: hand on what we have, then wait.
                     if let Some(chunk) = decoder.take_chunk(true) {
-                        send(tx, chunk).await?;
+                        if !self.send(tx, chunk).await? {
+                            return Ok(Outcome::Stopped);
+                        }
                     }
                     let next = tokio::select! {
                         n = tokio::time::timeout(silence, stream.next()) => n.map(|x| x.map(|r| r.map(Next::Event))),
@@ -504,7 +509,9 @@ impl SourceStage {
                 }
             }
             if let Some(chunk) = decoder.take_chunk(false) {
-                send(tx, chunk).await?;
+                if !self.send(tx, chunk).await? {
+                    return Ok(Outcome::Stopped);
+                }
             }
             if *self.stop.borrow() {
                 return Ok(Outcome::Stopped);
@@ -513,17 +520,45 @@ impl SourceStage {
     }
 }
 
-async fn flush(decoder: &mut Decoder, tx: &mpsc::Sender<Chunk>) -> Result<()> {
-    if let Some(chunk) = decoder.take_chunk(true) {
-        send(tx, chunk).await?;
+impl SourceStage {
+    async fn flush(&mut self, decoder: &mut Decoder, tx: &mpsc::Sender<Chunk>) -> Result<()> {
+        if let Some(chunk) = decoder.take_chunk(true) {
+            self.send(tx, chunk).await?;
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-async fn send(tx: &mpsc::Sender<Chunk>, chunk: Chunk) -> Result<()> {
-    tx.send(chunk)
-        .await
-        .map_err(|_| Error::Internal("the sink stopped".into()))
+    /// Hands a chunk to the sink, waiting while it is full. Returns false when binsync is
+    /// stopping and the sink cannot take it (down, or not draining within 10 s): the chunk is
+    /// dropped undelivered and, never acknowledged, read again after the restart. Nothing is
+    /// sent after a dropped chunk, so no later position can be acknowledged past it.
+    async fn send(&mut self, tx: &mpsc::Sender<Chunk>, chunk: Chunk) -> Result<bool> {
+        if self.dropped {
+            return Ok(false);
+        }
+        loop {
+            let stopping = *self.stop.borrow();
+            let permit = if stopping {
+                tokio::time::timeout(Duration::from_secs(10), tx.reserve()).await
+            } else {
+                tokio::select! {
+                    p = tx.reserve() => Ok(p),
+                    _ = self.stop.changed() => continue,
+                }
+            };
+            return match permit {
+                Ok(Ok(p)) => {
+                    p.send(chunk);
+                    Ok(true)
+                }
+                Ok(Err(_)) if !stopping => Err(Error::Internal("the sink stopped".into())),
+                _ => {
+                    self.dropped = true;
+                    Ok(false)
+                }
+            };
+        }
+    }
 }
 
 #[cfg(test)]
