@@ -163,6 +163,10 @@ pub struct HttpArgs {
     /// gzip request bodies.
     #[arg(long)]
     pub gzip: bool,
+    /// Merge several changes to one entity id within a batch into one operation (its `before`
+    /// is the state before the first change, its `after` the state after the last).
+    #[arg(long)]
+    pub compact: bool,
     /// Environment variable whose value is sent as the Authorization header.
     #[arg(long)]
     pub auth_header_env: Option<String>,
@@ -235,6 +239,7 @@ pub struct HttpFileConfig {
     pub max_retries: Option<u32>,
     pub on_reject: Option<OnReject>,
     pub gzip: Option<bool>,
+    pub compact: Option<bool>,
     pub auth_header_env: Option<String>,
 }
 
@@ -431,6 +436,7 @@ pub fn http_config(
     cfg.max_retries = args.max_retries.or(f.max_retries);
     cfg.on_reject = args.on_reject.or(f.on_reject).unwrap_or(cfg.on_reject);
     cfg.gzip = args.gzip || f.gzip.unwrap_or(false);
+    cfg.compact = args.compact || f.compact.unwrap_or(false);
     if cfg.batch_rows == 0 || cfg.batch_bytes == 0 || cfg.in_flight == 0 {
         return Err(ConfigError(
             "batch_rows, batch_bytes and in_flight must be at least 1".into(),

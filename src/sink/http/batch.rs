@@ -38,6 +38,8 @@ impl SourceHeader {
 #[derive(Default)]
 pub struct Builder {
     groups: BTreeMap<Arc<str>, Vec<u8>>,
+    /// Set with `--compact`: operations kept apart so that several on one id can merge.
+    compactor: Option<Compactor>,
     pub count: usize,
     pub bytes: usize,
     pub min_seq: u64,
@@ -50,13 +52,36 @@ impl Builder {
         self.count == 0
     }
 
+    /// A builder that merges operations on the same entity id (see [`merge_ops`]).
+    pub fn compacting() -> Self {
+        Builder {
+            compactor: Some(Compactor::default()),
+            ..Builder::default()
+        }
+    }
+
     pub fn push(&mut self, chunk: &Chunk, c: &Change) {
         let line = chunk.line(c);
-        let group = self.groups.entry(c.entity.clone()).or_default();
-        if !group.is_empty() {
-            group.push(b',');
+        if let Some(comp) = self.compactor.as_mut() {
+            let key = (c.entity.clone(), chunk.key(c).to_vec());
+            let merged = match comp.latest.get(&key) {
+                Some(&slot) => {
+                    let earlier = comp.ops[slot].2.take().expect("latest slot is live");
+                    comp.live -= 1;
+                    merge_ops(&earlier, line)
+                }
+                None => line.to_vec(),
+            };
+            comp.latest.insert(key, comp.ops.len());
+            comp.ops.push((c.entity.clone(), c.seq, Some(merged)));
+            comp.live += 1;
+        } else {
+            let group = self.groups.entry(c.entity.clone()).or_default();
+            if !group.is_empty() {
+                group.push(b',');
+            }
+            group.extend_from_slice(line);
         }
-        group.extend_from_slice(line);
         if self.count == 0 {
             self.min_seq = c.seq;
             self.opened = Some(Instant::now());
@@ -66,9 +91,26 @@ impl Builder {
         self.max_seq = self.max_seq.max(c.seq);
     }
 
+    /// Operations the body will hold (fewer than pushed when compacting).
+    fn ops_in_body(&self) -> usize {
+        self.compactor.as_ref().map_or(self.count, |c| c.live)
+    }
+
     /// The request body; leaves the builder empty.
     pub fn finish(&mut self, source: &SourceHeader) -> Batch {
         let id = format!("{}-{}-{}", source.id_prefix, self.min_seq, self.max_seq);
+        if let Some(comp) = self.compactor.as_mut() {
+            for (entity, _, op) in comp.ops.drain(..) {
+                if let Some(op) = op {
+                    let group = self.groups.entry(entity).or_default();
+                    if !group.is_empty() {
+                        group.push(b',');
+                    }
+                    group.extend_from_slice(&op);
+                }
+            }
+        }
+        let ops_in_body = self.ops_in_body();
         let mut body = Vec::with_capacity(self.bytes + 256);
         body.extend_from_slice(b"{\"version\":1,\"batch_id\":");
         crate::decode::value::write_json_str(&mut body, id.as_bytes());
@@ -79,7 +121,7 @@ impl Builder {
         body.extend_from_slice(b",\"last_seq\":");
         crate::decode::push_u64(&mut body, self.max_seq);
         body.extend_from_slice(b",\"count\":");
-        crate::decode::push_u64(&mut body, self.count as u64);
+        crate::decode::push_u64(&mut body, ops_in_body as u64);
         body.extend_from_slice(b",\"entities\":{");
         for (i, (entity, ops)) in std::mem::take(&mut self.groups).into_iter().enumerate() {
             if i > 0 {
@@ -94,13 +136,89 @@ impl Builder {
         let batch = Batch {
             id,
             body,
-            count: self.count,
+            count: ops_in_body,
             min_seq: self.min_seq,
             max_seq: self.max_seq,
         };
-        *self = Builder::default();
+        let compacting = self.compactor.is_some();
+        *self = if compacting {
+            Builder::compacting()
+        } else {
+            Builder::default()
+        };
         batch
     }
+}
+
+#[derive(Default)]
+struct Compactor {
+    /// (entity, seq, op JSON) in arrival order; None where an op was merged into a later one.
+    ops: Vec<(Arc<str>, u64, Option<Vec<u8>>)>,
+    /// (entity, id) -> index in `ops` of its newest op.
+    latest: std::collections::HashMap<(Arc<str>, Vec<u8>), usize>,
+    live: usize,
+}
+
+/// Merges two operations on one entity id (`--compact`): the result carries the later op's
+/// `seq`, `gtid`, `ts` and position; its `before` is the earlier op's (the state before the
+/// batch), its `after` the later op's; `changed` is recomputed from the two images. Kinds:
+/// insert+update = insert; anything+delete = delete; otherwise update. Column order inside
+/// the merged images becomes alphabetical.
+pub fn merge_ops(earlier: &[u8], later: &[u8]) -> Vec<u8> {
+    use serde_json::Value;
+    let (Ok(first), Ok(mut last)) = (
+        serde_json::from_slice::<Value>(earlier),
+        serde_json::from_slice::<Value>(later),
+    ) else {
+        return later.to_vec(); // our own encoder wrote both; unreachable in practice
+    };
+    let kind = |v: &Value| v["op"].as_str().unwrap_or("").to_string();
+    let (fk, lk) = (kind(&first), kind(&last));
+    let merged = if lk == "delete" {
+        "delete"
+    } else if fk == "insert" {
+        "insert"
+    } else {
+        "update"
+    };
+    let before = first
+        .get("before")
+        .cloned()
+        .or_else(|| last.get("before").cloned());
+    let Some(obj) = last.as_object_mut() else {
+        return later.to_vec();
+    };
+    obj.insert("op".into(), Value::from(merged));
+    match merged {
+        "insert" => {
+            obj.remove("before");
+            obj.remove("changed");
+        }
+        "delete" => {
+            obj.remove("after");
+            obj.remove("changed");
+            if let Some(b) = before {
+                obj.insert("before".into(), b);
+            }
+        }
+        _ => {
+            if let Some(b) = before {
+                let after = obj.get("after").cloned().unwrap_or(Value::Null);
+                let changed: Vec<Value> = after
+                    .as_object()
+                    .map(|a| {
+                        a.iter()
+                            .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+                            .map(|(k, _)| Value::from(k.as_str()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                obj.insert("changed".into(), Value::Array(changed));
+                obj.insert("before".into(), b);
+            }
+        }
+    }
+    serde_json::to_vec(&last).unwrap_or_else(|_| later.to_vec())
 }
 
 /// A finished request body.
@@ -172,6 +290,69 @@ mod tests {
             serde_json::json!([{"seq": 1}, {"seq": 3}])
         );
         assert_eq!(v["entities"]["items"], serde_json::json!([{"seq": 2}]));
+    }
+
+    #[test]
+    fn compaction_merges_ops_on_one_id() {
+        let ins = r#"{"seq":1,"op":"insert","id":{"id":1},"after":{"id":1,"v":1}}"#;
+        let upd = r#"{"seq":2,"op":"update","id":{"id":1},"changed":["v"],"before":{"id":1,"v":1},"after":{"id":1,"v":2}}"#;
+        let upd2 = r#"{"seq":3,"op":"update","id":{"id":1},"changed":["v"],"before":{"id":1,"v":2},"after":{"id":1,"v":3}}"#;
+        let del = r#"{"seq":4,"op":"delete","id":{"id":1},"before":{"id":1,"v":3}}"#;
+        let v = |b: Vec<u8>| serde_json::from_slice::<serde_json::Value>(&b).unwrap();
+        assert_eq!(
+            v(merge_ops(ins.as_bytes(), upd.as_bytes())),
+            serde_json::json!({"seq":2,"op":"insert","id":{"id":1},"after":{"id":1,"v":2}})
+        );
+        assert_eq!(
+            v(merge_ops(upd.as_bytes(), upd2.as_bytes())),
+            serde_json::json!({"seq":3,"op":"update","id":{"id":1},"changed":["v"],"before":{"id":1,"v":1},"after":{"id":1,"v":3}})
+        );
+        assert_eq!(
+            v(merge_ops(upd.as_bytes(), del.as_bytes())),
+            serde_json::json!({"seq":4,"op":"delete","id":{"id":1},"before":{"id":1,"v":1}})
+        );
+        // In a builder: three ops on id 1 and one on id 2 become two ops, in seq order.
+        let chunk = chunk_with(&[
+            ("t", 1, ins),
+            ("t", 2, upd),
+            ("t", 3, r#"{"seq":3,"op":"insert","id":{"id":2}}"#),
+            ("t", 4, &upd2.replace("\"seq\":3", "\"seq\":4")),
+        ]);
+        let mut chunk = chunk;
+        let keys: Vec<std::ops::Range<usize>> = chunk
+            .changes
+            .iter()
+            .map(|c| {
+                let line = &chunk.buf[c.line.clone()];
+                let at = line.windows(5).position(|w| w == b"\"id\":").unwrap() + 5;
+                let len = line[at..].iter().position(|&b| b == b'}').unwrap() + 1;
+                c.line.start + at..c.line.start + at + len
+            })
+            .collect();
+        for (c, k) in chunk.changes.iter_mut().zip(keys) {
+            c.key = k;
+        }
+        let mut b = Builder::compacting();
+        for c in &chunk.changes {
+            b.push(&chunk, c);
+        }
+        let src = SourceHeader {
+            json: "\"source\":{}".into(),
+            id_prefix: "x".into(),
+        };
+        let batch = b.finish(&src);
+        let body: serde_json::Value = serde_json::from_slice(&batch.body).unwrap();
+        assert_eq!(body["count"], 2);
+        let seqs: Vec<u64> = body["entities"]["t"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, vec![3, 4]);
+        assert_eq!(body["entities"]["t"][1]["op"], "insert");
+        assert_eq!(body["entities"]["t"][1]["after"]["v"], 3);
+        assert!(b.is_empty());
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct HttpConfig {
     /// None: retry retriable failures forever.
     pub max_retries: Option<u32>,
     pub on_reject: OnReject,
+    /// Merge several operations on one entity id within a batch (see [`batch::merge_ops`]).
+    pub compact: bool,
 }
 
 impl HttpConfig {
@@ -65,6 +67,7 @@ impl HttpConfig {
             request_timeout: Duration::from_secs(30),
             max_retries: None,
             on_reject: OnReject::Dlq,
+            compact: false,
         }
     }
 
@@ -122,7 +125,14 @@ pub async fn run(
     }
     drop(res_tx);
 
-    let mut builders: Vec<Builder> = (0..lanes).map(|_| Builder::default()).collect();
+    let new_builder = || {
+        if cfg.compact {
+            Builder::compacting()
+        } else {
+            Builder::default()
+        }
+    };
+    let mut builders: Vec<Builder> = (0..lanes).map(|_| new_builder()).collect();
     // Unhandled batches (open builders included), by their smallest seq.
     let mut unhandled: BTreeMap<u64, usize> = BTreeMap::new();
     // Chunks waiting for their changes to be handled: (last seq covered, ack).
