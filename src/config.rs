@@ -51,6 +51,42 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Inspect and redeliver batches the sync API rejected.
     Dlq(DlqArgs),
+    /// Run the reference receiver of the sync API (docs/sync-api.md), for tests and benchmarks.
+    Receive(ReceiveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// The receiver's own state directory (not binsync's: sled locks it).
+    #[arg(long, global = true)]
+    pub state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: Option<ReceiveAction>,
+    /// Address to listen on; port 0 picks a free one (the `listening on ADDR` line tells which).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Environment variable holding the `Authorization` value every POST must carry (the
+    /// counterpart of `binsync run --auth-header-env`).
+    #[arg(long, value_name = "VAR")]
+    pub auth_header_env: Option<String>,
+    /// Share of POSTs (0.0 to 1.0) answered with an injected fault instead of being applied.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_rate: f64,
+    /// Faults to inject, chosen uniformly: 500, 429, hang, drop.
+    #[arg(long, value_delimiter = ',', default_value = "500,429,hang,drop")]
+    pub faults: Vec<crate::receive::Fault>,
+    /// Reject (400) any batch with an operation whose JSON text contains this string.
+    #[arg(long)]
+    pub reject_containing: Option<String>,
+    /// Check and acknowledge batches without storing them (benchmarks).
+    #[arg(long)]
+    pub discard: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReceiveAction {
+    /// Print the stored state and counters as JSON (stop the receiver first).
+    Dump,
 }
 
 #[derive(Debug, Args)]

@@ -14,12 +14,14 @@
 //! - [`decode`]: binlog events to encoded changes: transaction boundaries, numbering (`seq`),
 //!   table schemas ([`decode::schema`]) and row images to JSON ([`decode::value`]).
 //! - [`change`]: the unit that flows downstream: a chunk of encoded changes and its resume point.
-//! - [`sink`]: where changes go (`stdout`, `file:`), and the acknowledgement seam.
+//! - [`sink`]: where changes go (`stdout`, `file:`, the HTTP sync API), the acknowledgement
+//!   seam, retry policy; [`dlq`] keeps the batches the sync API rejected.
 //! - [`checkpoint`]: the sled store in `--state-dir`: where a restart resumes.
 //! - [`pipeline`]: `binsync run`, the stages wired with bounded channels.
 //! - [`replay`]: archived binlog files through the same decoder.
 //! - [`config`], [`start`], [`filter`]: flags, the TOML file, `--start`, `--include/--exclude`.
-//! - [`commands`]: `check` and `status`.
+//! - [`commands`]: `check`, `status` and `dlq`.
+//! - [`receive`]: `binsync receive`, the reference sync API receiver (docs/sync-api.md).
 //! - [`error`], [`units`]: the library's error type; numbers for people.
 
 pub mod backoff;
@@ -33,6 +35,7 @@ pub mod error;
 pub mod filter;
 pub mod gtid;
 pub mod pipeline;
+pub mod receive;
 pub mod replay;
 pub mod sink;
 pub mod source;

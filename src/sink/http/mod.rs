@@ -76,6 +76,8 @@ impl HttpConfig {
             .timeout(self.request_timeout)
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
+            // 3xx is a rejection in the contract; following it would turn the POST into a GET.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| SinkError::Config(format!("HTTP client: {e}")))
@@ -97,6 +99,40 @@ struct LaneResult {
     handled: Handled,
 }
 
+/// What is not yet handled, and whether the sink must stop.
+#[derive(Default)]
+struct Tally {
+    /// Unhandled batches (open builders included), by their smallest seq.
+    unhandled: BTreeMap<u64, usize>,
+    failure: Option<SinkError>,
+    abandoned: bool,
+}
+
+impl Tally {
+    fn opened(&mut self, min_seq: u64) {
+        *self.unhandled.entry(min_seq).or_default() += 1;
+    }
+
+    fn record(&mut self, res: LaneResult) {
+        match res.handled {
+            Handled::Delivered | Handled::DeadLettered => {
+                if let Some(n) = self.unhandled.get_mut(&res.min_seq) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.unhandled.remove(&res.min_seq);
+                    }
+                }
+            }
+            Handled::Failed(e) => {
+                if self.failure.is_none() {
+                    self.failure = Some(e);
+                }
+            }
+            Handled::Abandoned => self.abandoned = true,
+        }
+    }
+}
+
 /// Runs the sink until the chunk channel closes (then delivers what is buffered) or shutdown.
 pub async fn run(
     cfg: HttpConfig,
@@ -108,7 +144,7 @@ pub async fn run(
 ) -> Result<(), SinkError> {
     let client = cfg.client()?;
     let lanes = cfg.in_flight.max(1);
-    // Results can never block a lane: at most two batches per lane are outstanding.
+    // Lanes report here; `dispatch` keeps reading while it waits for a lane.
     let (res_tx, mut res_rx) = mpsc::channel::<LaneResult>(lanes * 4);
     let mut lane_txs = Vec::with_capacity(lanes);
     for _ in 0..lanes {
@@ -133,14 +169,11 @@ pub async fn run(
         }
     };
     let mut builders: Vec<Builder> = (0..lanes).map(|_| new_builder()).collect();
-    // Unhandled batches (open builders included), by their smallest seq.
-    let mut unhandled: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut tally = Tally::default();
     // Chunks waiting for their changes to be handled: (last seq covered, ack).
     let mut waiting: VecDeque<(u64, Ack)> = VecDeque::new();
     let mut last_seq = 0u64;
     let mut input_open = true;
-    let mut failure: Option<SinkError> = None;
-    let mut abandoned = false;
 
     loop {
         let deadline = builders
@@ -156,11 +189,11 @@ pub async fn run(
                             let lane = lane_of(&c.entity, chunk.key(c), lanes);
                             let b = &mut builders[lane];
                             if b.is_empty() {
-                                *unhandled.entry(c.seq).or_default() += 1;
+                                tally.opened(c.seq);
                             }
                             b.push(&chunk, c);
                             if b.count >= cfg.batch_rows || b.bytes >= cfg.batch_bytes {
-                                dispatch(&mut builders[lane], &source, &lane_txs[lane]).await;
+                                dispatch(b, &source, &lane_txs[lane], &mut res_rx, &mut tally).await;
                             }
                         }
                         let covered = chunk
@@ -178,7 +211,7 @@ pub async fn run(
                         input_open = false;
                         for (i, b) in builders.iter_mut().enumerate() {
                             if !b.is_empty() {
-                                dispatch(b, &source, &lane_txs[i]).await;
+                                dispatch(b, &source, &lane_txs[i], &mut res_rx, &mut tally).await;
                             }
                         }
                     }
@@ -186,30 +219,19 @@ pub async fn run(
             }
             res = res_rx.recv() => {
                 let Some(res) = res else { break };
-                match res.handled {
-                    Handled::Delivered | Handled::DeadLettered => {
-                        if let Some(n) = unhandled.get_mut(&res.min_seq) {
-                            *n -= 1;
-                            if *n == 0 {
-                                unhandled.remove(&res.min_seq);
-                            }
-                        }
-                    }
-                    Handled::Failed(e) => failure = failure.or(Some(e)),
-                    Handled::Abandoned => abandoned = true,
-                }
+                tally.record(res);
             }
             _ = sleep_until(deadline) => {
                 let now = tokio::time::Instant::now().into_std();
                 for (i, b) in builders.iter_mut().enumerate() {
                     if b.opened.is_some_and(|t| t + cfg.linger <= now) {
-                        dispatch(b, &source, &lane_txs[i]).await;
+                        dispatch(b, &source, &lane_txs[i], &mut res_rx, &mut tally).await;
                     }
                 }
             }
         }
         // Acknowledge, in order, every chunk with nothing unhandled at or before its end.
-        let low = unhandled.keys().next().copied();
+        let low = tally.unhandled.keys().next().copied();
         while let Some((covered, _)) = waiting.front() {
             if low.is_some_and(|l| l <= *covered) {
                 break;
@@ -219,16 +241,16 @@ pub async fn run(
                 return Ok(());
             }
         }
-        if failure.is_some() || abandoned {
+        if tally.failure.is_some() || tally.abandoned {
             // What is not acknowledged stays behind the checkpoint and is sent again later.
             break;
         }
-        if !input_open && unhandled.is_empty() && waiting.is_empty() {
+        if !input_open && tally.unhandled.is_empty() && waiting.is_empty() {
             break;
         }
     }
     drop(lane_txs);
-    match failure {
+    match tally.failure {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -241,10 +263,31 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
     }
 }
 
-async fn dispatch(builder: &mut Builder, source: &SourceHeader, lane: &mpsc::Sender<Batch>) {
+/// Hands a finished batch to its lane, taking lane results meanwhile: a lane blocked on
+/// reporting must never wait for us while we wait for it.
+async fn dispatch(
+    builder: &mut Builder,
+    source: &SourceHeader,
+    lane: &mpsc::Sender<Batch>,
+    results: &mut mpsc::Receiver<LaneResult>,
+    tally: &mut Tally,
+) {
     let batch = builder.finish(source);
-    // A closed lane means shutdown; the batch stays unhandled and the checkpoint before it.
-    let _ = lane.send(batch).await;
+    loop {
+        tokio::select! {
+            permit = lane.reserve() => {
+                // A closed lane means shutdown; the batch stays unhandled, the checkpoint before it.
+                if let Ok(p) = permit {
+                    p.send(batch);
+                }
+                return;
+            }
+            res = results.recv() => match res {
+                Some(r) => tally.record(r),
+                None => return,
+            },
+        }
+    }
 }
 
 /// Sends this lane's batches one at a time.

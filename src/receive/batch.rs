@@ -1,0 +1,580 @@
+//! One request body of the sync API, parsed and checked against contract v1 (docs/sync-api.md,
+//! docs/sync-api.schema.json).
+//!
+//! The checks are as strict as the JSON Schema, plus what a schema cannot say: `count` matches
+//! the operations, every `seq` lies within `first_seq..=last_seq` and rises within its entity's
+//! list, an operation's `entity` names its list, and `Idempotency-Key` equals `batch_id`.
+//! A reference receiver that lets a sender's mistake through would hide it until production.
+//!
+//! Parsing borrows from the body: operation texts, ids and after-images are slices of it.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+pub const CONTRACT_VERSION: u64 = 1;
+
+/// Why a body is refused: a 400 answer with this text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug)]
+pub struct Batch<'a> {
+    pub batch_id: Cow<'a, str>,
+    /// Operations in the body.
+    pub count: u64,
+    /// Per entity type, its operations in `seq` order.
+    pub entities: Vec<(String, Vec<Op<'a>>)>,
+    /// FNV-1a of the body: tells a retry of a batch from another batch under the same id.
+    pub fingerprint: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpKind {
+    Insert,
+    Update,
+    Delete,
+}
+
+#[derive(Debug)]
+pub struct Op<'a> {
+    pub seq: u64,
+    pub kind: OpKind,
+    /// The id's JSON text without insignificant whitespace: the entity's key in the store.
+    pub id: Cow<'a, str>,
+    /// The after image (insert, update).
+    pub after: Option<&'a RawValue>,
+    /// The whole operation as sent.
+    pub text: &'a str,
+}
+
+/// Parses and checks a (decompressed) body. `idempotency_key` is the header, if sent.
+pub fn parse<'a>(body: &'a [u8], idempotency_key: Option<&str>) -> Result<Batch<'a>, Invalid> {
+    // serde's derived structs also accept arrays; the contract has objects only.
+    if !starts_object(body) {
+        return Err(Invalid(
+            "the body must be a JSON object (the batch envelope)".into(),
+        ));
+    }
+    // The version first, with every other field ignored: a future contract's body must be
+    // refused for its version, not for a field this one does not know.
+    let probe: Probe = serde_json::from_slice(body).map_err(|e| not_a_batch("the body", &e))?;
+    match probe.version {
+        None => {
+            return Err(Invalid(
+                "the body has no `version` (contract version 1 expected; see docs/sync-api.md)"
+                    .into(),
+            ))
+        }
+        Some(v) if v.as_u64() == Some(CONTRACT_VERSION) => {}
+        Some(v) => {
+            let supported = CONTRACT_VERSION;
+            return Err(Invalid(format!(
+                "unsupported contract version {v}: this receiver implements version {supported}"
+            )));
+        }
+    }
+    let env: Envelope<'a> =
+        serde_json::from_slice(body).map_err(|e| not_a_batch("the body", &e))?;
+    if env.batch_id.is_empty() {
+        return Err(Invalid("`batch_id` is empty".into()));
+    }
+    if let Some(key) = idempotency_key {
+        if key != env.batch_id {
+            return Err(Invalid(format!(
+                "the Idempotency-Key header `{key}` differs from batch_id `{}`; they must be equal",
+                env.batch_id
+            )));
+        }
+    }
+    if env.first_seq == 0 || env.last_seq < env.first_seq {
+        return Err(Invalid(format!(
+            "first_seq {} and last_seq {} must satisfy 1 <= first_seq <= last_seq",
+            env.first_seq, env.last_seq
+        )));
+    }
+    if !starts_object(env.source.get().as_bytes()) {
+        return Err(Invalid("`source` must be a JSON object".into()));
+    }
+    serde_json::from_str::<Source>(env.source.get()).map_err(|e| not_a_batch("`source`", &e))?;
+    if env.entities.is_empty() {
+        return Err(Invalid(
+            "`entities` is empty: a batch carries at least one operation".into(),
+        ));
+    }
+
+    let mut total: u64 = 0;
+    let mut entities = Vec::with_capacity(env.entities.len());
+    for (entity, raws) in env.entities {
+        if entity.is_empty() || entity.contains('\0') {
+            return Err(Invalid(format!(
+                "entity type name {entity:?} is empty or holds a NUL character"
+            )));
+        }
+        if raws.is_empty() {
+            return Err(Invalid(format!("entities.{entity} is an empty list")));
+        }
+        let mut ops = Vec::with_capacity(raws.len());
+        let mut prev_seq = 0;
+        for (i, raw) in raws.into_iter().enumerate() {
+            let at = || format!("entities.{entity}[{i}]");
+            let text = raw.get();
+            if !starts_object(text.as_bytes()) {
+                return Err(Invalid(format!(
+                    "{}: an operation must be a JSON object",
+                    at()
+                )));
+            }
+            let wire: OpWire<'a> =
+                serde_json::from_str(text).map_err(|e| not_a_batch(&at(), &e))?;
+            let op = check_op(wire, text, &entity, env.first_seq, env.last_seq)
+                .map_err(|m| Invalid(format!("{} (seq {}): {m}", at(), seq_hint(text))))?;
+            if op.seq <= prev_seq {
+                return Err(Invalid(format!(
+                    "{}: seq {} follows seq {prev_seq}; operations of an entity type must be in rising seq order",
+                    at(),
+                    op.seq
+                )));
+            }
+            prev_seq = op.seq;
+            ops.push(op);
+        }
+        total += ops.len() as u64;
+        entities.push((entity, ops));
+    }
+    if total != env.count {
+        return Err(Invalid(format!(
+            "`count` is {} but the batch holds {total} operations",
+            env.count
+        )));
+    }
+    Ok(Batch {
+        batch_id: env.batch_id,
+        count: total,
+        entities,
+        fingerprint: fnv1a(body),
+    })
+}
+
+fn check_op<'a>(
+    w: OpWire<'a>,
+    text: &'a str,
+    entity: &str,
+    first_seq: u64,
+    last_seq: u64,
+) -> Result<Op<'a>, String> {
+    if w.seq < first_seq || w.seq > last_seq {
+        return Err(format!(
+            "seq lies outside the batch's first_seq..=last_seq ({first_seq}..={last_seq})"
+        ));
+    }
+    if w.entity != entity {
+        return Err(format!(
+            "its entity `{}` differs from the list it is in (`{entity}`)",
+            w.entity
+        ));
+    }
+    if w.db.is_empty() || w.table.is_empty() {
+        return Err("`db` and `table` must not be empty".into());
+    }
+    if !is_utc_timestamp(&w.ts) {
+        return Err(format!(
+            "`ts` {:?} is not a UTC ISO-8601 time like 2026-11-24T07:37:31Z",
+            w.ts
+        ));
+    }
+    let id = compact_json(w.id.get());
+    if !id.starts_with('{') || id == "{}" {
+        return Err("`id` must be a JSON object with at least one key column".into());
+    }
+    let object = |name: &str, v: Option<&RawValue>| match v {
+        Some(v) if !v.get().starts_with('{') => Err(format!("`{name}` must be a JSON object")),
+        _ => Ok(()),
+    };
+    object("before", w.before)?;
+    object("after", w.after)?;
+    let (need_before, need_after, need_changed) = match w.op {
+        OpKind::Insert => (false, true, false),
+        OpKind::Update => (true, true, true),
+        OpKind::Delete => (true, false, false),
+    };
+    let presence = [
+        ("before", need_before, w.before.is_some()),
+        ("after", need_after, w.after.is_some()),
+        ("changed", need_changed, w.changed.is_some()),
+    ];
+    for (field, needed, present) in presence {
+        if needed != present {
+            let kind = format!("{:?}", w.op).to_lowercase();
+            return Err(if needed {
+                format!("an {kind} needs `{field}`")
+            } else {
+                format!("an {kind} must not carry `{field}`")
+            });
+        }
+    }
+    if let Some(changed) = &w.changed {
+        let mut seen = std::collections::HashSet::with_capacity(changed.len());
+        if let Some(twice) = changed.iter().find(|c| !seen.insert(c.as_str())) {
+            return Err(format!("`changed` names column `{twice}` twice"));
+        }
+    }
+    Ok(Op {
+        seq: w.seq,
+        kind: w.op,
+        id,
+        after: w.after,
+        text,
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, the shape binsync writes (and the schema's pattern).
+fn is_utc_timestamp(ts: &str) -> bool {
+    let b = ts.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() < 20 || b[b.len() - 1] != b'Z' {
+        return false;
+    }
+    let fixed = digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19);
+    let rest = &b[19..b.len() - 1];
+    fixed
+        && (rest.is_empty()
+            || (rest[0] == b'.'
+                && (2..=10).contains(&rest.len())
+                && rest[1..].iter().all(u8::is_ascii_digit)))
+}
+
+/// JSON text without whitespace outside strings, so `{"id": 5}` and `{"id":5}` are one key.
+/// Key order is kept: it is the primary key's column order.
+pub fn compact_json(text: &str) -> Cow<'_, str> {
+    let is_ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
+    let mut in_str = false;
+    let mut escaped = false;
+    let mut needs = false;
+    for c in text.chars() {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_str = false;
+            }
+        } else if c == '"' {
+            in_str = true;
+        } else if is_ws(c) {
+            needs = true;
+            break;
+        }
+    }
+    if !needs {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let (mut in_str, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_str {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_str = false;
+            }
+        } else if c == '"' {
+            in_str = true;
+            out.push(c);
+        } else if !is_ws(c) {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn starts_object(text: &[u8]) -> bool {
+    text.trim_ascii_start().first() == Some(&b'{')
+}
+
+/// FNV-1a 64: stable across runs and platforms, which a persisted fingerprint needs.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn not_a_batch(what: &str, e: &serde_json::Error) -> Invalid {
+    use serde_json::error::Category;
+    Invalid(match e.classify() {
+        Category::Syntax | Category::Eof => format!("{what} is not valid JSON: {e}"),
+        Category::Data | Category::Io => {
+            format!("{what} does not follow the sync API contract v1: {e}")
+        }
+    })
+}
+
+/// The op's `seq` for an error message, found without trusting the rest of it.
+fn seq_hint(text: &str) -> String {
+    #[derive(Deserialize)]
+    struct SeqOnly {
+        seq: Option<serde_json::Value>,
+    }
+    serde_json::from_str::<SeqOnly>(text)
+        .ok()
+        .and_then(|s| s.seq)
+        .map_or_else(|| "?".into(), |v| v.to_string())
+}
+
+#[derive(Deserialize)]
+struct Probe {
+    version: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<'a> {
+    // Checked by the probe; here so that the strict parse accepts it.
+    #[allow(dead_code)]
+    version: u64,
+    #[serde(borrow)]
+    batch_id: Cow<'a, str>,
+    #[serde(borrow)]
+    source: &'a RawValue,
+    first_seq: u64,
+    last_seq: u64,
+    count: u64,
+    #[serde(borrow)]
+    entities: BTreeMap<String, Vec<&'a RawValue>>,
+}
+
+/// Checked for shape only: `seq` orders operations whatever server wrote them (a switchover
+/// changes the source and keeps the numbering).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Source {
+    flavor: Flavor,
+    server_id: u32,
+    // `deserialize_with` makes the field required even though it may be null.
+    #[serde(deserialize_with = "Option::deserialize")]
+    server_uuid: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Flavor {
+    Mysql,
+    Mariadb,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpWire<'a> {
+    seq: u64,
+    op: OpKind,
+    #[serde(borrow)]
+    db: Cow<'a, str>,
+    #[serde(borrow)]
+    table: Cow<'a, str>,
+    #[serde(borrow)]
+    entity: Cow<'a, str>,
+    #[serde(borrow)]
+    id: &'a RawValue,
+    #[serde(rename = "gtid", deserialize_with = "Option::deserialize")]
+    _gtid: Option<AnyStr>,
+    #[serde(borrow)]
+    ts: Cow<'a, str>,
+    #[serde(rename = "row")]
+    _row: u64,
+    #[serde(rename = "file")]
+    _file: AnyStr,
+    #[serde(rename = "offset")]
+    _offset: u64,
+    // `present`: absent is None, but `null` is a value (and refused), as in the schema.
+    #[serde(default, deserialize_with = "present")]
+    changed: Option<Vec<String>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    before: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    after: Option<&'a RawValue>,
+}
+
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// A JSON string whose text is not needed: checked, not kept.
+struct AnyStr;
+
+impl<'de> Deserialize<'de> for AnyStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AnyStr;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<AnyStr, E> {
+                Ok(AnyStr)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn op(seq: u64, kind: &str, id: i64) -> serde_json::Value {
+        let mut v = json!({"seq": seq, "op": kind, "db": "shop", "table": "products",
+            "entity": "products", "id": {"id": id}, "gtid": "0-1-77",
+            "ts": "2026-11-24T07:37:31Z", "row": 0, "file": "mariadb-bin.000001", "offset": 1234});
+        let obj = v.as_object_mut().unwrap();
+        match kind {
+            "insert" => {
+                obj.insert("after".into(), json!({"id": id, "price": 1}));
+            }
+            "update" => {
+                obj.insert("changed".into(), json!(["price"]));
+                obj.insert("before".into(), json!({"id": id, "price": 1}));
+                obj.insert("after".into(), json!({"id": id, "price": 2}));
+            }
+            _ => {
+                obj.insert("before".into(), json!({"id": id, "price": 1}));
+            }
+        }
+        v
+    }
+
+    fn body(ops: Vec<serde_json::Value>) -> serde_json::Value {
+        let seqs: Vec<u64> = ops.iter().map(|o| o["seq"].as_u64().unwrap()).collect();
+        json!({"version": 1, "batch_id": "b-1",
+            "source": {"flavor": "mariadb", "server_id": 1, "server_uuid": null},
+            "first_seq": seqs.iter().min(), "last_seq": seqs.iter().max(), "count": ops.len(),
+            "entities": {"products": ops}})
+    }
+
+    fn parse_value(v: &serde_json::Value) -> Result<u64, Invalid> {
+        let text = serde_json::to_vec(v).unwrap();
+        parse(&text, None).map(|b| b.count)
+    }
+
+    fn refused(v: serde_json::Value, needle: &str) {
+        let err = parse_value(&v).expect_err("must be refused");
+        assert!(err.0.contains(needle), "`{err}` should mention `{needle}`");
+    }
+
+    #[test]
+    fn a_well_formed_batch_parses() {
+        let b = body(vec![
+            op(1, "insert", 1),
+            op(2, "update", 1),
+            op(3, "delete", 1),
+        ]);
+        assert_eq!(parse_value(&b).unwrap(), 3);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        refused(json!([1, 2]), "must be a JSON object");
+        let mut b = body(vec![op(1, "insert", 1)]);
+        b["source"] = json!(["mariadb", 1, null]);
+        refused(b, "`source` must be a JSON object");
+        let mut b = body(vec![op(1, "insert", 1)]);
+        b["entities"]["products"][0] = json!([1, "insert"]);
+        refused(b, "an operation must be a JSON object");
+        refused(json!({"version": 2}), "unsupported contract version 2");
+        refused(json!({"batch_id": "x"}), "no `version`");
+        let mut b = body(vec![op(1, "insert", 1)]);
+        b["count"] = json!(2);
+        refused(b, "`count` is 2");
+        let mut b = body(vec![op(1, "insert", 1)]);
+        b["extra"] = json!(1);
+        refused(b, "unknown field `extra`");
+        let mut b = body(vec![op(1, "insert", 1)]);
+        b["source"].as_object_mut().unwrap().remove("server_uuid");
+        refused(b, "missing field `server_uuid`");
+        refused(
+            body(vec![op(2, "insert", 1), op(1, "insert", 2)]),
+            "rising seq order",
+        );
+        let mut o = op(1, "update", 1);
+        o.as_object_mut().unwrap().remove("changed");
+        refused(body(vec![o]), "an update needs `changed`");
+        let mut o = op(1, "delete", 1);
+        o["after"] = json!({"id": 1});
+        refused(body(vec![o]), "must not carry `after`");
+        let mut o = op(1, "update", 1);
+        o["changed"] = json!(["price", "price"]);
+        refused(body(vec![o]), "names column `price` twice");
+        let mut o = op(1, "insert", 1);
+        o["op"] = json!("upsert");
+        refused(body(vec![o]), "unknown variant `upsert`");
+        let mut o = op(1, "insert", 1);
+        o["entity"] = json!("users");
+        refused(body(vec![o]), "differs from the list");
+        let mut o = op(1, "insert", 1);
+        o["id"] = json!({});
+        refused(body(vec![o]), "at least one key column");
+        let mut o = op(1, "insert", 1);
+        o["ts"] = json!("yesterday");
+        refused(body(vec![o]), "`ts`");
+        let mut o = op(1, "insert", 1);
+        o.as_object_mut().unwrap().remove("gtid");
+        refused(body(vec![o]), "missing field `gtid`");
+        let mut b = body(vec![op(5, "insert", 1)]);
+        b["first_seq"] = json!(6);
+        b["last_seq"] = json!(9);
+        refused(b, "outside");
+        let text = serde_json::to_vec(&body(vec![op(1, "insert", 1)])).unwrap();
+        let err = parse(&text, Some("other")).unwrap_err();
+        assert!(err.0.contains("Idempotency-Key"), "{err}");
+        assert!(parse(b"{\"version\":1,", None)
+            .unwrap_err()
+            .0
+            .contains("not valid JSON"));
+    }
+
+    #[test]
+    fn null_gtid_and_fractional_ts_are_fine() {
+        let mut o = op(1, "insert", 1);
+        o["gtid"] = json!(null);
+        o["ts"] = json!("2026-11-24T07:37:31.250000Z");
+        assert_eq!(parse_value(&body(vec![o])).unwrap(), 1);
+    }
+
+    #[test]
+    fn ids_are_compacted_but_keep_their_order() {
+        assert_eq!(
+            compact_json("{\"b\": 1, \"a\" : \"x y\\\" z\"}"),
+            "{\"b\":1,\"a\":\"x y\\\" z\"}"
+        );
+        assert!(matches!(compact_json("{\"a\":1}"), Cow::Borrowed(_)));
+    }
+}

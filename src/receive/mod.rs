@@ -1,0 +1,317 @@
+//! `binsync receive`: the reference receiver of the sync API (docs/sync-api.md, contract v1).
+//!
+//! This file only wires the parts together and holds the public surface; the work lives in:
+//!
+//! - [`batch`]: one request body parsed and checked against the contract (borrowing the body).
+//! - [`store`]: the sled store in `--state-dir`: the apply rule, tombstones, counters, `dump`.
+//! - `server`: HTTP/1 over hyper: routes, authorization, gzip, size limit, fault injection,
+//!   graceful shutdown.
+//!
+//! Invariants:
+//! - A 2xx answer means the whole batch is applied and flushed to disk (or, with `discard`,
+//!   parsed and checked). A 4xx or an injected fault means nothing of it was applied. Without
+//!   an answer (the sender gave up waiting) or with a 500 it may have been applied: the retry
+//!   then finds its operations stale.
+//! - The apply rule: per (entity type, id) the store keeps the highest `seq` applied, deletes
+//!   included (as tombstones); an operation with a `seq` not above it is counted as stale and
+//!   dropped. Replays after a sender crash are therefore harmless and the state converges to
+//!   the source's.
+//! - Memory stays bounded: entities live in sled (8 MiB cache), bodies are capped at
+//!   [`MAX_BODY_BYTES`] (also after gunzip) and at most a few are processed at once.
+
+pub mod batch;
+mod server;
+pub mod store;
+
+use std::fmt;
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use tokio::net::TcpListener;
+
+use self::store::Store;
+
+/// Largest request body accepted, compressed or not (413 beyond it).
+pub const MAX_BODY_BYTES: usize = 64 << 20;
+
+/// How `binsync receive` runs.
+#[derive(Clone)]
+pub struct ReceiveOptions {
+    /// Address to listen on; port 0 picks a free port (the `listening on` line tells which).
+    pub listen: SocketAddr,
+    /// The receiver's own sled store (never binsync's state dir: sled locks it).
+    pub state_dir: PathBuf,
+    /// If set, requests must carry exactly this `Authorization` header value, else 401.
+    pub auth: Option<String>,
+    /// Fault injection for tests: share (0.0..=1.0) of POSTs answered with a fault instead of being applied.
+    pub fault_rate: f64,
+    /// Which faults, chosen uniformly per faulty request: 500, 429 (with `Retry-After: 1`), hang (sleep 60 s without answering), drop (close the connection without a response).
+    pub faults: Vec<Fault>,
+    /// Reject with 400 (body naming the reason) any batch containing an operation whose JSON text contains this string (a "poisoned" batch, for dead-letter tests).
+    pub reject_containing: Option<String>,
+    /// Parse and acknowledge without storing (benchmark mode).
+    pub discard: bool,
+}
+
+impl ReceiveOptions {
+    /// A plain receiver: no auth, no faults, no poison, storing.
+    pub fn new(listen: SocketAddr, state_dir: impl Into<PathBuf>) -> Self {
+        ReceiveOptions {
+            listen,
+            state_dir: state_dir.into(),
+            auth: None,
+            fault_rate: 0.0,
+            faults: Vec::new(),
+            reject_containing: None,
+            discard: false,
+        }
+    }
+
+    /// Checked once, before anything binds or opens.
+    fn validate(&self) -> Result<(), ReceiveError> {
+        let bad = |m: &str| Err(ReceiveError::Options(m.to_string()));
+        if !(0.0..=1.0).contains(&self.fault_rate) {
+            return bad("--fault-rate must be a share between 0.0 and 1.0");
+        }
+        if self.fault_rate > 0.0 && self.faults.is_empty() {
+            return bad(
+                "--fault-rate above 0 needs at least one fault: --faults 500,429,hang,drop",
+            );
+        }
+        if let Some(auth) = &self.auth {
+            if auth.is_empty() || hyper::header::HeaderValue::from_str(auth).is_err() {
+                return bad("the expected Authorization value is empty or not a valid header value (no control characters, no line breaks)");
+            }
+        }
+        if self.reject_containing.as_deref() == Some("") {
+            return bad("--reject-containing with an empty string would reject every batch");
+        }
+        Ok(())
+    }
+}
+
+/// Never prints the expected `Authorization` value.
+impl fmt::Debug for ReceiveOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReceiveOptions")
+            .field("listen", &self.listen)
+            .field("state_dir", &self.state_dir)
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("fault_rate", &self.fault_rate)
+            .field("faults", &self.faults)
+            .field("reject_containing", &self.reject_containing)
+            .field("discard", &self.discard)
+            .finish()
+    }
+}
+
+/// An injected failure, standing in for a sick receiver or network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `500 Internal Server Error`.
+    Status500,
+    /// `429 Too Many Requests` with `Retry-After: 1`.
+    Status429,
+    /// Read the request, then answer nothing for 60 s (the sender's timeout fires), then close.
+    Hang,
+    /// Read the request, then close the connection without a response.
+    Drop,
+}
+
+impl FromStr for Fault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "500" => Ok(Fault::Status500),
+            "429" => Ok(Fault::Status429),
+            "hang" => Ok(Fault::Hang),
+            "drop" => Ok(Fault::Drop),
+            other => Err(format!(
+                "unknown fault `{other}`: write 500, 429, hang or drop"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fault::Status500 => "500",
+            Fault::Status429 => "429",
+            Fault::Hang => "hang",
+            Fault::Drop => "drop",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error(
+        "cannot listen on {addr}: the address is in use (another receiver?); pick another --listen"
+    )]
+    AddrInUse { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}; pick another --listen")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("receiver state dir {dir} is in use by another process (a running receiver? stop it before `dump`): {detail}; stop it, or pick another --state-dir")]
+    Locked { dir: PathBuf, detail: String },
+    #[error("{dir} holds no receiver state (did a receiver ever run with this --state-dir?)")]
+    NoState { dir: PathBuf },
+    #[error("{dir} is not a receiver state dir ({detail}); give the receiver a directory of its own with --state-dir")]
+    Foreign { dir: PathBuf, detail: String },
+    #[error("receiver state in {dir} is corrupt ({detail}); move it away and start the receiver on an empty --state-dir, then re-send everything from binsync")]
+    Corrupt { dir: PathBuf, detail: String },
+    #[error(
+        "receiver state in {dir} was written by a newer binsync (format {format}); upgrade binsync"
+    )]
+    TooNew { dir: PathBuf, format: String },
+    #[error(
+        "writing receiver state to {dir} failed: {detail}; check the disk (space, permissions)"
+    )]
+    Write { dir: PathBuf, detail: String },
+    #[error("{0}")]
+    Options(String),
+    #[error("cannot print the `listening on` line to stdout: {0}")]
+    Stdout(std::io::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Binds, prints one line `listening on ADDR` to stdout (flush it: tests read it to learn the port), serves until `shutdown` resolves, then flushes the store.
+pub async fn serve(
+    opts: ReceiveOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ReceiveError> {
+    opts.validate()?;
+    // Open the store before binding: `listening on` must mean ready.
+    let store = open_store(&opts).await?;
+    let bound = match TcpListener::bind(opts.listen).await {
+        Ok(l) => l.local_addr().map(|a| (l, a)),
+        Err(e) => Err(e),
+    };
+    let (listener, addr) = match bound {
+        Ok(bound) => bound,
+        Err(e) => {
+            store.close().await;
+            return Err(bind_error(opts.listen, e));
+        }
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {addr}")
+            .and_then(|_| out.flush())
+            .map_err(ReceiveError::Stdout)?;
+    }
+    server::run(listener, opts, store, shutdown).await
+}
+
+/// Serves on a listener the caller bound (what [`serve`] does after binding and printing);
+/// for embedding and tests that bind `127.0.0.1:0` themselves.
+pub async fn run(
+    listener: TcpListener,
+    opts: ReceiveOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ReceiveError> {
+    opts.validate()?;
+    let store = open_store(&opts).await?;
+    server::run(listener, opts, store, shutdown).await
+}
+
+/// Reads the stored state (receiver must be stopped, sled locks the dir) as the JSON printed by `binsync receive dump`.
+///
+/// `{"stats": {...}, "entities": {"<entity>": {"<id JSON text>": {"seq": N, "deleted": false,
+/// "values": {...}}}}}`; a deleted entity is `{"seq": N, "deleted": true}`.
+pub fn dump(state_dir: &Path) -> Result<serde_json::Value, ReceiveError> {
+    Store::open_existing(state_dir)?.dump()
+}
+
+async fn open_store(opts: &ReceiveOptions) -> Result<Store, ReceiveError> {
+    if opts.discard {
+        return Ok(Store::discarding());
+    }
+    let dir = opts.state_dir.clone();
+    // sled's open reads and may recover its log: keep it off the async threads.
+    tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await
+        .map_err(|e| ReceiveError::Internal(format!("opening the store: {e}")))?
+}
+
+fn bind_error(addr: SocketAddr, e: std::io::Error) -> ReceiveError {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        ReceiveError::AddrInUse { addr }
+    } else {
+        ReceiveError::Bind { addr, source: e }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_and_print() {
+        for (text, fault) in [
+            ("500", Fault::Status500),
+            ("429", Fault::Status429),
+            ("hang", Fault::Hang),
+            ("DROP", Fault::Drop),
+        ] {
+            let parsed: Fault = text.parse().unwrap();
+            assert_eq!(parsed, fault);
+            assert_eq!(parsed.to_string().parse::<Fault>().unwrap(), fault);
+        }
+        let err = "503".parse::<Fault>().unwrap_err();
+        assert!(err.contains("500, 429, hang or drop"), "{err}");
+    }
+
+    #[test]
+    fn options_are_checked_up_front() {
+        let base = ReceiveOptions::new("127.0.0.1:0".parse().unwrap(), "/nonexistent");
+        assert!(base.validate().is_ok());
+        let cases = [
+            ReceiveOptions {
+                fault_rate: 1.5,
+                ..base.clone()
+            },
+            ReceiveOptions {
+                fault_rate: f64::NAN,
+                ..base.clone()
+            },
+            ReceiveOptions {
+                fault_rate: 0.5,
+                ..base.clone()
+            },
+            ReceiveOptions {
+                auth: Some("Bearer a\nb".into()),
+                ..base.clone()
+            },
+            ReceiveOptions {
+                reject_containing: Some(String::new()),
+                ..base.clone()
+            },
+        ];
+        for opts in cases {
+            assert!(
+                matches!(opts.validate(), Err(ReceiveError::Options(_))),
+                "{opts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let opts = ReceiveOptions {
+            auth: Some("Bearer s3cret".into()),
+            ..ReceiveOptions::new("127.0.0.1:0".parse().unwrap(), "/x")
+        };
+        let text = format!("{opts:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+}

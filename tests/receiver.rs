@@ -1,0 +1,1033 @@
+//! Scenario: a sender talks to the reference receiver (`binsync receive`) over real HTTP on
+//! 127.0.0.1, the way binsync's HTTP sink does. Each test is one thing an operator or a sender
+//! author would see: the apply rule (newer seq wins, older is counted stale, deletes leave
+//! tombstones), gzip bodies, refusals with a reason (400, 401, 413, 415), each injected fault,
+//! poisoned batches, idempotent re-sends, state that survives a restart, and `dump`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use binsync::receive::{self, Fault, ReceiveError, ReceiveOptions};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A receiver running in this process on 127.0.0.1:<free port>.
+struct Receiver {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ReceiveError>>,
+}
+
+impl Receiver {
+    async fn start(opts: ReceiveOptions) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(receive::run(listener, opts, async {
+            let _ = rx.await;
+        }));
+        // The listener is bound already; the first answer means the store is open too.
+        let health = reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+        Receiver {
+            addr,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    async fn plain(dir: &Path) -> Receiver {
+        Receiver::start(options(dir)).await
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/sync", self.addr)
+    }
+
+    async fn stats(&self) -> Value {
+        let text = reqwest::get(format!("http://{}/stats", self.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Stops it and waits (bounded) for `run` to return.
+    async fn stop(mut self) -> Result<(), ReceiveError> {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("the receiver did not stop within 30 s")
+            .expect("the receiver task panicked")
+    }
+}
+
+fn options(dir: &Path) -> ReceiveOptions {
+    ReceiveOptions::new("127.0.0.1:0".parse().unwrap(), dir)
+}
+
+fn state_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("receiver");
+    (tmp, dir)
+}
+
+// ----- building bodies the way binsync does -------------------------------------------------
+
+fn op(seq: u64, kind: &str, entity: &str, id: i64, price: i64) -> Value {
+    let mut v = json!({"seq": seq, "op": kind, "db": "shop", "table": entity, "entity": entity,
+        "id": {"id": id}, "gtid": format!("0-1-{seq}"), "ts": "2026-11-24T07:37:31Z",
+        "row": 0, "file": "mariadb-bin.000001", "offset": 1000 + seq});
+    let image = json!({"id": id, "price": price, "note": format!("n{id}")});
+    match kind {
+        "insert" => v["after"] = image,
+        "update" => {
+            v["changed"] = json!(["price"]);
+            v["before"] = json!({"id": id, "price": price - 1, "note": format!("n{id}")});
+            v["after"] = image;
+        }
+        "delete" => v["before"] = image,
+        other => panic!("no op kind {other}"),
+    }
+    v
+}
+
+fn insert(seq: u64, id: i64, price: i64) -> Value {
+    op(seq, "insert", "products", id, price)
+}
+
+fn update(seq: u64, id: i64, price: i64) -> Value {
+    op(seq, "update", "products", id, price)
+}
+
+fn delete(seq: u64, id: i64) -> Value {
+    op(seq, "delete", "products", id, 0)
+}
+
+/// A batch of `ops` (grouped per entity, in the given order), with binsync's batch id.
+fn batch(ops: Vec<Value>) -> Value {
+    let seqs: Vec<u64> = ops.iter().map(|o| o["seq"].as_u64().unwrap()).collect();
+    let (first, last) = (*seqs.iter().min().unwrap(), *seqs.iter().max().unwrap());
+    let mut entities = serde_json::Map::new();
+    for o in &ops {
+        entities
+            .entry(o["entity"].as_str().unwrap().to_string())
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+            .unwrap()
+            .push(o.clone());
+    }
+    json!({"version": 1, "batch_id": format!("mariadb-1-{first}-{last}"),
+        "source": {"flavor": "mariadb", "server_id": 1, "server_uuid": null},
+        "first_seq": first, "last_seq": last, "count": ops.len(), "entities": entities})
+}
+
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// POSTs `bytes` with the contract's headers plus `extra`.
+async fn post_raw(
+    url: &str,
+    bytes: Vec<u8>,
+    extra: &[(&str, &str)],
+) -> Result<Reply, reqwest::Error> {
+    post_with(&client(), url, bytes, extra).await
+}
+
+async fn post_with(
+    client: &reqwest::Client,
+    url: &str,
+    bytes: Vec<u8>,
+    extra: &[(&str, &str)],
+) -> Result<Reply, reqwest::Error> {
+    let mut req = client
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("X-Binsync-Contract", "1");
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let resp = req.body(bytes).send().await?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+async fn post(url: &str, body: &Value) -> Reply {
+    let key = body["batch_id"].as_str().unwrap().to_string();
+    post_raw(
+        url,
+        serde_json::to_vec(body).unwrap(),
+        &[("Idempotency-Key", &key)],
+    )
+    .await
+    .expect("request failed")
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+fn entity<'a>(dump: &'a Value, name: &str, id: i64) -> &'a Value {
+    &dump["entities"][name][format!("{{\"id\":{id}}}")]
+}
+
+// ----- the apply rule -----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_seq_wins_and_an_older_replay_is_counted_stale() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    let a = post(&r.url(), &batch(vec![insert(1, 1, 10), update(3, 1, 30)])).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["applied"], 2);
+    // A replay of seq 2 (older than what is stored) is acknowledged and dropped.
+    let b = post(&r.url(), &batch(vec![update(2, 1, 20)])).await;
+    assert_eq!(b.status, 200, "{}", b.body);
+    assert_eq!(
+        (b.body["applied"].clone(), b.body["stale"].clone()),
+        (json!(0), json!(1))
+    );
+    let stats = r.stats().await;
+    assert_eq!(stats["ops_applied"], 2);
+    assert_eq!(stats["ops_stale"], 1);
+    r.stop().await.unwrap();
+
+    let dump = receive::dump(&dir).unwrap();
+    assert_eq!(
+        *entity(&dump, "products", 1),
+        json!({"seq": 3, "deleted": false, "values": {"id": 1, "price": 30, "note": "n1"}})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_leaves_a_tombstone_that_outranks_older_replays() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    assert_eq!(
+        post(&r.url(), &batch(vec![insert(1, 7, 1), delete(2, 7)]))
+            .await
+            .status,
+        200
+    );
+    // The insert again (a replay): the tombstone's seq 2 is higher.
+    let replay = post(&r.url(), &batch(vec![insert(1, 7, 1)])).await;
+    assert_eq!(replay.status, 200);
+    assert_eq!(replay.body["stale"], 1);
+    r.stop().await.unwrap();
+    let dump = receive::dump(&dir).unwrap();
+    assert_eq!(
+        *entity(&dump, "products", 7),
+        json!({"seq": 2, "deleted": true})
+    );
+
+    // A later insert of the same id brings it back.
+    let r = Receiver::plain(&dir).await;
+    assert_eq!(
+        post(&r.url(), &batch(vec![insert(9, 7, 99)])).await.status,
+        200
+    );
+    r.stop().await.unwrap();
+    let dump = receive::dump(&dir).unwrap();
+    assert_eq!(entity(&dump, "products", 7)["deleted"], false);
+    assert_eq!(entity(&dump, "products", 7)["values"]["price"], 99);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_with_replays_converge_to_the_highest_seq_per_id() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    // 4 lanes (like binsync's in-flight batches), ids partitioned by lane; every batch is also
+    // re-sent later (a crash replay) with a different grouping.
+    let mut lanes = Vec::new();
+    for lane in 0..4i64 {
+        let url = r.url();
+        lanes.push(tokio::spawn(async move {
+            let client = client();
+            let mut seq = lane as u64 * 10_000;
+            let mut sent = Vec::new();
+            for round in 0..25i64 {
+                let ops: Vec<Value> = (0..4)
+                    .map(|k| {
+                        seq += 1;
+                        let id = lane * 100 + k;
+                        if round == 0 {
+                            insert(seq, id, round)
+                        } else {
+                            update(seq, id, round)
+                        }
+                    })
+                    .collect();
+                sent.extend(ops.clone());
+                let body = batch(ops);
+                let key = body["batch_id"].as_str().unwrap().to_string();
+                let reply = post_with(
+                    &client,
+                    &url,
+                    serde_json::to_vec(&body).unwrap(),
+                    &[("Idempotency-Key", &key)],
+                )
+                .await
+                .unwrap();
+                assert_eq!(reply.status, 200, "{}", reply.body);
+            }
+            // Replay everything in batches of 7: all stale.
+            for chunk in sent.chunks(7) {
+                let reply = post(&url, &batch(chunk.to_vec())).await;
+                assert_eq!(reply.status, 200, "{}", reply.body);
+                assert_eq!(reply.body["applied"], 0, "{}", reply.body);
+            }
+        }));
+    }
+    for lane in lanes {
+        lane.await.unwrap();
+    }
+    let stats = r.stats().await;
+    assert_eq!(stats["ops_applied"], 400);
+    assert_eq!(stats["ops_stale"], 400);
+    r.stop().await.unwrap();
+    let dump = receive::dump(&dir).unwrap();
+    assert_eq!(dump["entities"]["products"].as_object().unwrap().len(), 16);
+    for lane in 0..4i64 {
+        for k in 0..4 {
+            let e = entity(&dump, "products", lane * 100 + k);
+            assert_eq!(e["values"]["price"], 24, "{e}");
+            assert_eq!(e["seq"], lane as u64 * 10_000 + 96 + k as u64 + 1, "{e}");
+        }
+    }
+}
+
+// ----- bodies -------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_body_is_accepted_and_a_broken_one_is_refused() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    let body = batch(vec![insert(1, 1, 10), op(2, "insert", "users", 5, 0)]);
+    let reply = post_raw(
+        &r.url(),
+        gzip(&serde_json::to_vec(&body).unwrap()),
+        &[("Content-Encoding", "gzip")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["applied"], 2);
+
+    let broken = post_raw(
+        &r.url(),
+        b"\x1f\x8b not really".to_vec(),
+        &[("Content-Encoding", "gzip")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(broken.status, 400);
+    assert!(
+        broken.body["error"].as_str().unwrap().contains("gunzip"),
+        "{}",
+        broken.body
+    );
+    r.stop().await.unwrap();
+    let dump = receive::dump(&dir).unwrap();
+    assert_eq!(entity(&dump, "users", 5)["seq"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_is_refused_with_400_naming_the_reason() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    let reason = |reply: &Reply| reply.body["error"].as_str().unwrap_or("").to_string();
+
+    let not_json = post_raw(&r.url(), b"hello".to_vec(), &[]).await.unwrap();
+    assert_eq!(not_json.status, 400);
+    assert!(reason(&not_json).contains("JSON"), "{}", not_json.body);
+
+    let mut v2 = batch(vec![insert(1, 1, 1)]);
+    v2["version"] = json!(2);
+    let v2 = post(&r.url(), &v2).await;
+    assert_eq!(v2.status, 400);
+    assert!(reason(&v2).contains("version 2"), "{}", v2.body);
+
+    let mut missing = batch(vec![insert(1, 1, 1)]);
+    missing.as_object_mut().unwrap().remove("count");
+    let missing = post(&r.url(), &missing).await;
+    assert_eq!(missing.status, 400);
+    assert!(
+        reason(&missing).contains("missing field `count`"),
+        "{}",
+        missing.body
+    );
+
+    let mut no_after = insert(1, 1, 1);
+    no_after.as_object_mut().unwrap().remove("after");
+    let no_after = post(&r.url(), &batch(vec![no_after])).await;
+    assert_eq!(no_after.status, 400);
+    assert!(
+        reason(&no_after).contains("an insert needs `after`"),
+        "{}",
+        no_after.body
+    );
+
+    let key_mismatch = post_raw(
+        &r.url(),
+        serde_json::to_vec(&batch(vec![insert(1, 1, 1)])).unwrap(),
+        &[("Idempotency-Key", "something-else")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(key_mismatch.status, 400);
+    assert!(
+        reason(&key_mismatch).contains("Idempotency-Key"),
+        "{}",
+        key_mismatch.body
+    );
+
+    let text_plain = client()
+        .post(r.url())
+        .header("Content-Type", "text/plain")
+        .body(serde_json::to_vec(&batch(vec![insert(1, 1, 1)])).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(text_plain.status(), 415);
+
+    let stats = r.stats().await;
+    assert_eq!(stats["rejected"], 6, "{stats}");
+    assert_eq!(stats["ops_applied"], 0, "{stats}");
+    r.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_beyond_64_mib_is_413_even_when_it_only_grows_on_gunzip() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    let bomb = gzip(&vec![b' '; (64 << 20) + 1]);
+    let reply = post_raw(&r.url(), bomb, &[("Content-Encoding", "gzip")])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 413, "{}", reply.body);
+    assert!(
+        reply.body["error"].as_str().unwrap().contains("64 MiB"),
+        "{}",
+        reply.body
+    );
+    r.stop().await.unwrap();
+}
+
+// ----- authorization ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_wrong_authorization_is_401_and_the_right_one_passes() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::start(ReceiveOptions {
+        auth: Some("Bearer s3cret-token".into()),
+        ..options(&dir)
+    })
+    .await;
+    let body = serde_json::to_vec(&batch(vec![insert(1, 1, 1)])).unwrap();
+
+    let none = post_raw(&r.url(), body.clone(), &[]).await.unwrap();
+    assert_eq!(none.status, 401);
+    let wrong = post_raw(&r.url(), body.clone(), &[("Authorization", "Bearer guess")])
+        .await
+        .unwrap();
+    assert_eq!(wrong.status, 401);
+    assert!(!wrong.body.to_string().contains("s3cret"), "{}", wrong.body);
+    let right = post_raw(&r.url(), body, &[("Authorization", "Bearer s3cret-token")])
+        .await
+        .unwrap();
+    assert_eq!(right.status, 200, "{}", right.body);
+
+    // Health and counters stay open.
+    let health = reqwest::get(format!("http://{}/healthz", r.addr))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(r.stats().await["rejected"], 2);
+    r.stop().await.unwrap();
+}
+
+// ----- faults -------------------------------------------------------------------------------
+
+fn faulty(dir: &Path, fault: Fault) -> ReceiveOptions {
+    ReceiveOptions {
+        fault_rate: 1.0,
+        faults: vec![fault],
+        ..options(dir)
+    }
+}
+
+/// Nothing of a faulted batch is applied, and the fault is counted.
+async fn assert_nothing_applied(r: Receiver, dir: &Path, faults: u64) {
+    let stats = r.stats().await;
+    assert_eq!(stats["faults_injected"], faults, "{stats}");
+    assert_eq!(stats["ops_applied"], 0, "{stats}");
+    r.stop().await.unwrap();
+    let dump = receive::dump(dir).unwrap();
+    assert_eq!(dump["entities"], json!({}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_500_answers_500_and_applies_nothing() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::start(faulty(&dir, Fault::Status500)).await;
+    let reply = post(&r.url(), &batch(vec![insert(1, 1, 1)])).await;
+    assert_eq!(reply.status, 500);
+    assert_nothing_applied(r, &dir, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_429_answers_429_with_retry_after() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::start(faulty(&dir, Fault::Status429)).await;
+    let reply = post(&r.url(), &batch(vec![insert(1, 1, 1)])).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.headers["retry-after"], "1");
+    assert_nothing_applied(r, &dir, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_hang_never_answers_and_does_not_delay_shutdown() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::start(faulty(&dir, Fault::Hang)).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let err = post_with(
+        &impatient,
+        &r.url(),
+        serde_json::to_vec(&batch(vec![insert(1, 1, 1)])).unwrap(),
+        &[],
+    )
+    .await
+    .err()
+    .expect("a hanging receiver must not answer");
+    assert!(err.is_timeout(), "{err:?}");
+
+    // A second request hangs while the receiver is told to stop: it stops at once anyway.
+    let url = r.url();
+    let pending = tokio::spawn(async move {
+        post_raw(
+            &url,
+            serde_json::to_vec(&batch(vec![insert(2, 2, 2)])).unwrap(),
+            &[],
+        )
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while r.stats().await["faults_injected"] != 2 {
+        assert!(Instant::now() < deadline, "second request never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = Instant::now();
+    let stats = r.stats().await;
+    assert_eq!(stats["ops_applied"], 0);
+    r.stop().await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the hung request must end without an answer"
+    );
+    assert_eq!(receive::dump(&dir).unwrap()["stats"]["faults_injected"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_drop_closes_the_connection_without_a_response() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::start(faulty(&dir, Fault::Drop)).await;
+    let err = post_raw(
+        &r.url(),
+        serde_json::to_vec(&batch(vec![insert(1, 1, 1)])).unwrap(),
+        &[],
+    )
+    .await
+    .err()
+    .expect("a dropped connection has no response");
+    assert!(!err.is_timeout() && err.status().is_none(), "{err:?}");
+    assert_nothing_applied(r, &dir, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrying_sender_gets_everything_through_random_faults() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::start(ReceiveOptions {
+        fault_rate: 0.5,
+        faults: vec![Fault::Status500, Fault::Status429, Fault::Drop],
+        ..options(&dir)
+    })
+    .await;
+    let client = client();
+    let mut attempts = 0;
+    for i in 1..=20u64 {
+        let body = batch(vec![insert(i, i as i64, i as i64)]);
+        loop {
+            attempts += 1;
+            let reply = post_with(&client, &r.url(), serde_json::to_vec(&body).unwrap(), &[]).await;
+            if matches!(&reply, Ok(rep) if rep.status == 200) {
+                break;
+            }
+        }
+    }
+    let stats = r.stats().await;
+    assert_eq!(stats["ops_applied"], 20, "{stats}");
+    assert_eq!(stats["faults_injected"], attempts - 20, "{stats}");
+    assert!(
+        attempts > 20,
+        "with a 50% fault rate some attempts must fail"
+    );
+    r.stop().await.unwrap();
+    let dump = receive::dump(&dir).unwrap();
+    assert_eq!(dump["entities"]["products"].as_object().unwrap().len(), 20);
+}
+
+// ----- poisoned batches ---------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_batch_is_rejected_with_400_and_nothing_of_it_applied() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::start(ReceiveOptions {
+        reject_containing: Some("POISON".into()),
+        ..options(&dir)
+    })
+    .await;
+    let mut bad = insert(2, 2, 2);
+    bad["after"]["note"] = json!("contains POISON here");
+    let reply = post(&r.url(), &batch(vec![insert(1, 1, 1), bad])).await;
+    assert_eq!(reply.status, 400);
+    let reason = reply.body["error"].as_str().unwrap();
+    assert!(
+        reason.contains("poisoned") && reason.contains("seq 2"),
+        "{reason}"
+    );
+    let clean = post(&r.url(), &batch(vec![insert(3, 3, 3)])).await;
+    assert_eq!(clean.status, 200);
+    let stats = r.stats().await;
+    assert_eq!(
+        (stats["rejected"].clone(), stats["ops_applied"].clone()),
+        (json!(1), json!(1))
+    );
+    r.stop().await.unwrap();
+    let dump = receive::dump(&dir).unwrap();
+    assert!(
+        entity(&dump, "products", 1).is_null(),
+        "a rejected batch is applied not at all"
+    );
+}
+
+// ----- durability and idempotency -----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_counters_survive_a_restart_and_dump_shows_them() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    let composite = json!({"seq": 3, "op": "insert", "db": "shop", "table": "pairs",
+        "entity": "pairs", "id": {"b": 2, "a": 1}, "gtid": null, "ts": "2026-11-24T07:37:31.5Z",
+        "row": 1, "file": "mariadb-bin.000001", "offset": 9, "after": {"a": 1, "b": 2, "v": "x"}});
+    // binsync writes a composite id in key order (b, a here), which serde_json would sort.
+    let body = batch(vec![insert(1, 1, 10), update(2, 1, 11), composite]);
+    let text = serde_json::to_string(&body)
+        .unwrap()
+        .replace("\"id\":{\"a\":1,\"b\":2}", "\"id\":{\"b\":2, \"a\":1}");
+    assert!(text.contains("{\"b\":2, \"a\":1}"));
+    let reply = post_raw(&r.url(), text.into_bytes(), &[]).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    r.stop().await.unwrap();
+
+    let dump = receive::dump(&dir).unwrap();
+    assert_eq!(entity(&dump, "products", 1)["values"]["price"], 11);
+    // The id keeps the key's column order, as sent, without insignificant whitespace.
+    assert_eq!(
+        dump["entities"]["pairs"]["{\"b\":2,\"a\":1}"]["values"]["v"],
+        "x"
+    );
+    assert_eq!(dump["stats"]["batches"], 1);
+    assert_eq!(dump["stats"]["ops_applied"], 3);
+
+    let r = Receiver::plain(&dir).await;
+    assert_eq!(r.stats().await["ops_applied"], 3, "counters are persisted");
+    let replay = post(&r.url(), &batch(vec![update(2, 1, 11)])).await;
+    assert_eq!(replay.body["stale"], 1);
+    r.stop().await.unwrap();
+    let dump = receive::dump(&dir).unwrap();
+    assert_eq!(dump["stats"]["batches"], 2);
+    assert_eq!(dump["stats"]["ops_stale"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_batch_twice_is_acknowledged_twice_and_applied_once() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    let body = batch(vec![insert(1, 1, 1), insert(2, 2, 2)]);
+    let first = post(&r.url(), &body).await;
+    let second = post(&r.url(), &body).await;
+    assert_eq!((first.status, second.status), (200, 200));
+    assert_eq!(first.body["duplicate"], false);
+    assert_eq!(second.body["duplicate"], true);
+    let stats = r.stats().await;
+    assert_eq!(stats["batches"], 2);
+    assert_eq!(stats["batches_duplicate"], 1);
+    assert_eq!(stats["ops_applied"], 2);
+    assert_eq!(stats["ops_stale"], 2);
+    r.stop().await.unwrap();
+}
+
+// ----- modes, misuse and the operator's view ------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_mode_acknowledges_without_storing() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::start(ReceiveOptions {
+        discard: true,
+        ..options(&dir)
+    })
+    .await;
+    let reply = post(&r.url(), &batch(vec![insert(1, 1, 1), insert(2, 2, 2)])).await;
+    assert_eq!(reply.status, 200);
+    let bad = post_raw(&r.url(), b"{}".to_vec(), &[]).await.unwrap();
+    assert_eq!(bad.status, 400, "discard mode still checks bodies");
+    let stats = r.stats().await;
+    assert_eq!(stats["ops_received"], 2);
+    assert_eq!(stats["ops_applied"], 0);
+    r.stop().await.unwrap();
+    let err = receive::dump(&dir).unwrap_err();
+    assert!(matches!(err, ReceiveError::NoState { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dump_while_the_receiver_runs_says_to_stop_it() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    let err = receive::dump(&dir).unwrap_err();
+    assert!(matches!(err, ReceiveError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("stop it"), "{err}");
+    r.stop().await.unwrap();
+    assert!(receive::dump(&dir).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_in_use_names_the_fix() {
+    let (_tmp, dir) = state_dir();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let opts = ReceiveOptions::new(taken.local_addr().unwrap(), &dir);
+    let err = receive::serve(opts, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ReceiveError::AddrInUse { .. }), "{err}");
+    assert!(err.to_string().contains("pick another --listen"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_listens_answers_health_and_stops_on_its_shutdown_future() {
+    let (_tmp, dir) = state_dir();
+    // `serve` binds itself; find a free port first (the `listening on` line is for processes).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(receive::serve(ReceiveOptions::new(addr, &dir), async {
+        let _ = rx.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match reqwest::get(format!("http://{addr}/healthz")).await {
+            Ok(r) if r.status() == 200 => break,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("receiver never became healthy: {other:?}"),
+        }
+    }
+    let reply = post(&format!("http://{addr}/"), &batch(vec![insert(1, 1, 1)])).await;
+    assert_eq!(reply.status, 200);
+    tx.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(receive::dump(&dir).unwrap()["stats"]["ops_applied"], 1);
+}
+
+// ----- the command line (`binsync receive`, as wired in main.rs) ----------------------------
+
+/// `binsync receive ...` with stdout piped; stderr is kept for error messages.
+fn receiver_process(args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_binsync"))
+        .arg("receive")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("binsync runs")
+}
+
+fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("binsync receive did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_prints_its_address_stops_on_sigterm_and_dump_prints_the_state() {
+    use std::io::BufRead;
+    let (_tmp, dir) = state_dir();
+    let dir_text = dir.to_str().unwrap();
+    let mut child = receiver_process(&["--listen", "127.0.0.1:0", "--state-dir", dir_text]);
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first stdout line: {line:?}"))
+        .to_string();
+
+    let reply = post(&format!("http://{addr}/"), &batch(vec![insert(1, 1, 10)])).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // SIGTERM: finish, flush, exit 0.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_bounded(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_binsync"))
+        .args(["receive", "dump", "--state-dir", dir_text])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(entity(&dump, "products", 1)["values"]["price"], 10);
+}
+
+#[test]
+fn the_command_names_the_fix_when_the_address_is_taken() {
+    let (_tmp, dir) = state_dir();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut child = receiver_process(&["--listen", &addr, "--state-dir", dir.to_str().unwrap()]);
+    let status = wait_bounded(&mut child, Duration::from_secs(30));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("pick another --listen"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+// ----- the published schema -----------------------------------------------------------------
+
+/// The receiver and docs/sync-api.schema.json agree on every body below: what one accepts the
+/// other accepts. The last group is what a schema cannot say; the receiver refuses it anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_published_schema_and_the_receiver_agree() {
+    let schema_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/sync-api.schema.json");
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(&schema_path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::start(ReceiveOptions {
+        discard: true,
+        ..options(&dir)
+    })
+    .await;
+
+    type Edit = fn(&mut Value);
+    let one = || batch(vec![update(5, 1, 2)]);
+    let valid: Vec<(&str, Value)> = vec![
+        ("update", one()),
+        (
+            "insert, update, delete",
+            batch(vec![insert(1, 1, 1), update(2, 1, 2), delete(3, 1)]),
+        ),
+        (
+            "two entity types",
+            batch(vec![insert(1, 1, 1), op(2, "delete", "users", 3, 0)]),
+        ),
+        ("mysql source, no gtid, fractional ts", {
+            let mut b = one();
+            b["source"] = json!({"flavor": "mysql", "server_id": 7, "server_uuid": "3e11fa47-71ca-11e1-9e33-c80aa9429562"});
+            b["entities"]["products"][0]["gtid"] = Value::Null;
+            b["entities"]["products"][0]["ts"] = json!("2026-11-24T07:37:31.123456Z");
+            b
+        }),
+        ("composite id, any JSON values", {
+            let mut b = one();
+            b["entities"]["products"][0]["id"] = json!({"a": 1, "b": "x"});
+            b["entities"]["products"][0]["after"]["doc"] = json!({"nested": [1, null, true]});
+            b
+        }),
+    ];
+    let edits: Vec<(&str, Edit)> = vec![
+        ("version 2", |b| b["version"] = json!(2)),
+        ("no count", |b| {
+            b.as_object_mut().unwrap().remove("count");
+        }),
+        ("count 0", |b| b["count"] = json!(0)),
+        ("unknown envelope field", |b| b["extra"] = json!(1)),
+        ("empty batch_id", |b| b["batch_id"] = json!("")),
+        ("source without server_uuid", |b| {
+            b["source"].as_object_mut().unwrap().remove("server_uuid");
+        }),
+        ("unknown flavor", |b| {
+            b["source"]["flavor"] = json!("postgres")
+        }),
+        ("no entities", |b| b["entities"] = json!({})),
+        ("an empty list", |b| b["entities"]["users"] = json!([])),
+        ("unknown op field", |b| {
+            b["entities"]["products"][0]["extra"] = json!(1)
+        }),
+        ("op upsert", |b| {
+            b["entities"]["products"][0]["op"] = json!("upsert")
+        }),
+        ("seq 0", |b| {
+            b["entities"]["products"][0]["seq"] = json!(0);
+            b["first_seq"] = json!(0);
+        }),
+        ("seq as a string", |b| {
+            b["entities"]["products"][0]["seq"] = json!("5")
+        }),
+        ("no gtid", |b| {
+            b["entities"]["products"][0]
+                .as_object_mut()
+                .unwrap()
+                .remove("gtid");
+        }),
+        ("ts not UTC", |b| {
+            b["entities"]["products"][0]["ts"] = json!("2026-11-24 07:37:31")
+        }),
+        ("id empty", |b| {
+            b["entities"]["products"][0]["id"] = json!({})
+        }),
+        ("id an array", |b| {
+            b["entities"]["products"][0]["id"] = json!([1])
+        }),
+        ("update without changed", |b| {
+            b["entities"]["products"][0]
+                .as_object_mut()
+                .unwrap()
+                .remove("changed");
+        }),
+        ("changed twice the same", |b| {
+            b["entities"]["products"][0]["changed"] = json!(["price", "price"])
+        }),
+        ("changed not strings", |b| {
+            b["entities"]["products"][0]["changed"] = json!([1])
+        }),
+        ("before an array", |b| {
+            b["entities"]["products"][0]["before"] = json!([1])
+        }),
+        ("insert with before", |b| {
+            b["entities"]["products"][0]["op"] = json!("insert")
+        }),
+        ("changed null", |b| {
+            b["entities"]["products"][0]["changed"] = Value::Null
+        }),
+        ("insert with before null", |b| {
+            let op = &mut b["entities"]["products"][0];
+            op["op"] = json!("insert");
+            op.as_object_mut().unwrap().remove("changed");
+            op["before"] = Value::Null;
+        }),
+        ("delete with after", |b| {
+            b["entities"]["products"][0]["op"] = json!("delete")
+        }),
+    ];
+    let beyond_schema: Vec<(&str, Edit)> = vec![
+        ("count differs", |b| b["count"] = json!(2)),
+        ("seq outside first..last", |b| b["last_seq"] = json!(4)),
+        ("entity differs from its list", |b| {
+            b["entities"]["products"][0]["entity"] = json!("users")
+        }),
+        ("seq not rising", |b| {
+            let first = b["entities"]["products"][0].clone();
+            b["entities"]["products"] = json!([first.clone(), first]);
+            b["count"] = json!(2);
+        }),
+    ];
+
+    let accepted = |body: Value| {
+        let url = r.url();
+        async move {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let reply = post_raw(&url, bytes, &[]).await.unwrap();
+            assert!(reply.status == 200 || reply.status == 400, "{}", reply.body);
+            reply.status == 200
+        }
+    };
+    for (name, body) in valid {
+        assert!(validator.is_valid(&body), "schema refuses valid `{name}`");
+        assert!(accepted(body).await, "receiver refuses valid `{name}`");
+    }
+    for (name, edit) in edits {
+        let mut body = one();
+        edit(&mut body);
+        assert!(!validator.is_valid(&body), "schema accepts `{name}`");
+        assert!(!accepted(body).await, "receiver accepts `{name}`");
+    }
+    for (name, edit) in beyond_schema {
+        let mut body = one();
+        edit(&mut body);
+        assert!(validator.is_valid(&body), "`{name}` is beyond a schema");
+        assert!(!accepted(body).await, "receiver accepts `{name}`");
+    }
+    r.stop().await.unwrap();
+}
+
+/// docs/sync-api.md carries the schema inline; it must be the published file.
+#[test]
+fn the_schema_in_the_contract_document_is_the_published_file() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(docs.join("sync-api.schema.json")).unwrap())
+            .unwrap();
+    let doc = std::fs::read_to_string(docs.join("sync-api.md")).unwrap();
+    let section = doc
+        .split("\n## JSON Schema\n")
+        .nth(1)
+        .expect("a `## JSON Schema` section");
+    let inline = section
+        .split("```json\n")
+        .nth(1)
+        .and_then(|s| s.split("\n```").next())
+        .expect("a json block in the section");
+    let inline: Value = serde_json::from_str(inline).expect("the inline schema is JSON");
+    assert_eq!(inline, file, "update the inline schema in docs/sync-api.md");
+}
