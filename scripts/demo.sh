@@ -40,8 +40,13 @@ indent() { sed 's/^/    /'; }
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/binsync-demo.XXXXXX")
 SERVER_PID=
 BINSYNC_PID=
+RECEIVER_PID=
 cleanup() {
     local rc=$?
+    if [[ -n $RECEIVER_PID ]] && kill -0 "$RECEIVER_PID" 2>/dev/null; then
+        kill -KILL "$RECEIVER_PID" 2>/dev/null || true
+        wait "$RECEIVER_PID" 2>/dev/null || true
+    fi
     if [[ -n $BINSYNC_PID ]] && kill -0 "$BINSYNC_PID" 2>/dev/null; then
         kill -KILL "$BINSYNC_PID" 2>/dev/null || true
         wait "$BINSYNC_PID" 2>/dev/null || true
@@ -235,8 +240,47 @@ note "binsync exited with status $rc"
 step "What the second run printed"
 indent <"$TMP/run2.out"
 
+# --- third run: the sync API -------------------------------------------------------------------
+step "Starting the reference sync API receiver: binsync receive"
+RSTATE=$TMP/receiver
+"$BIN" receive --listen 127.0.0.1:0 --state-dir "$RSTATE" >"$TMP/receiver.out" 2>"$TMP/receiver.err" &
+RECEIVER_PID=$!
+addr=
+for _ in $(seq 100); do
+    addr=$(sed -n 's/^listening on //p' "$TMP/receiver.out" | head -n 1)
+    [[ -n $addr ]] && break
+    kill -0 "$RECEIVER_PID" 2>/dev/null || die "binsync receive exited: $(cat "$TMP/receiver.err")"
+    sleep 0.1
+done
+[[ -n $addr ]] || die "binsync receive did not say where it listens"
+note "listening on $addr"
+
+run3=(run --source "$SOURCE" --server-id "$SERVER_ID" --state-dir "$TMP/state-http" --sink "http://$addr/sync" --start "$START" --exit-at-end)
+step "Streaming the whole history into the sync API, batched per entity"
+note "binsync ${run3[*]/"$SOURCE"/"$shown_source"}"
+rc3=0
+timeout 120 "$BIN" "${run3[@]}" >"$TMP/run3.out" 2>"$TMP/run3.err" || rc3=$?
+note "binsync exited with status $rc3"
+kill -TERM "$RECEIVER_PID" 2>/dev/null || true
+wait "$RECEIVER_PID" 2>/dev/null || true
+RECEIVER_PID=
+
+step "What the receiver holds: binsync receive dump --state-dir $RSTATE"
+"$BIN" receive dump --state-dir "$RSTATE" >"$TMP/dump.json" 2>"$TMP/dump.err" ||
+    die "binsync receive dump failed: $(cat "$TMP/dump.err")"
+indent <"$TMP/dump.json"
+step "And the source table, for comparison"
+sql -e "SELECT id, name, price FROM $DB.products ORDER BY id" | indent
+live=$(grep -c '"deleted": false' "$TMP/dump.json" || true)
+rows=$(sql -e "SELECT COUNT(*) FROM $DB.products")
+
 step "Result"
 ok=true
+if [[ $rc3 -ne 0 || $live -ne $rows ]]; then
+    note "FAIL: the receiver holds $live live products, the source $rows (binsync exit $rc3)"
+    tail -n 15 "$TMP/run3.err" | indent
+    ok=false
+fi
 if [[ $lines1 -lt $changes ]]; then
     note "FAIL: the first run printed $lines1 lines for $changes changes"
     ok=false
@@ -255,7 +299,8 @@ if ! grep -q 'Milk frother' "$TMP/run2.out"; then
     ok=false
 fi
 if $ok; then
-    note "OK: $lines1 changes delivered live; after the restart only the 1 new change, nothing old."
+    note "OK: $lines1 changes delivered live; after the restart only the 1 new change, nothing old;"
+    note "    the sync API receiver holds the same $rows products as the source table."
 else
     exit 1
 fi
