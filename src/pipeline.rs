@@ -551,7 +551,10 @@ impl SourceStage {
                     p.send(chunk);
                     Ok(true)
                 }
-                Ok(Err(_)) if !stopping => Err(Error::Internal("the sink stopped".into())),
+                // The sink may close on the stop signal before this task sees it.
+                Ok(Err(_)) if !*self.stop.borrow() => {
+                    Err(Error::Internal("the sink stopped".into()))
+                }
                 _ => {
                     self.dropped = true;
                     Ok(false)

@@ -301,9 +301,18 @@ fn payloads_validate_against_the_published_schema() {
     let db = MariaDb::start(ServerOpts::default());
     db.sql(common::workload::SCHEMA);
     db.sql("INSERT INTO t.items VALUES (1, 1, 'a'), (2, 2, 'b'); UPDATE t.items SET v = 5 WHERE id = 1; DELETE FROM t.items WHERE id = 2; INSERT INTO t.pairs VALUES (1, 2, 3)");
-    let (_d, state, _) = tmp();
+    let (d, state, _) = tmp();
     let mut b = Binsync::new(&db, &state, &format!("http://{addr}/sync"), &["--gzip"]);
     b.catch_up();
+    let plain_batches = bodies.lock().unwrap().len();
+    // Compacted batches are valid operations too.
+    let mut c = Binsync::new(
+        &db,
+        &d.path().join("compact-state"),
+        &format!("http://{addr}/sync"),
+        &["--compact", "--linger", "200ms", "--in-flight", "1"],
+    );
+    c.catch_up();
     let bodies = bodies.lock().unwrap().clone();
     assert!(!bodies.is_empty());
     let mut ops = 0;
@@ -314,7 +323,17 @@ fn payloads_validate_against_the_published_schema() {
         }
         ops += v["count"].as_u64().unwrap();
     }
-    assert_eq!(ops, 5);
+    let plain: u64 = bodies[..plain_batches]
+        .iter()
+        .map(|b| {
+            serde_json::from_slice::<serde_json::Value>(b).unwrap()["count"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(plain, 5);
+    // Ids 1 (insert, update) and 2 (insert, delete) each merge into one operation.
+    assert_eq!(ops - plain, 3, "compaction merges operations on one id");
 }
 
 /// A minimal HTTP/1.1 server that records (gunzipped) request bodies and answers 200.

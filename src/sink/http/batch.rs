@@ -161,9 +161,9 @@ struct Compactor {
 
 /// Merges two operations on one entity id (`--compact`): the result carries the later op's
 /// `seq`, `gtid`, `ts` and position; its `before` is the earlier op's (the state before the
-/// batch), its `after` the later op's; `changed` is recomputed from the two images. Kinds:
-/// insert+update = insert; anything+delete = delete; otherwise update. Column order inside
-/// the merged images becomes alphabetical.
+/// batch), its `after` the later op's; `changed` is recomputed from the two images. Kinds
+/// (docs/sync-api.md, Compaction): anything+delete = delete; with an insert on either side =
+/// insert; otherwise update. Column order inside the merged images becomes alphabetical.
 pub fn merge_ops(earlier: &[u8], later: &[u8]) -> Vec<u8> {
     use serde_json::Value;
     let (Ok(first), Ok(mut last)) = (
@@ -176,7 +176,8 @@ pub fn merge_ops(earlier: &[u8], later: &[u8]) -> Vec<u8> {
     let (fk, lk) = (kind(&first), kind(&last));
     let merged = if lk == "delete" {
         "delete"
-    } else if fk == "insert" {
+    } else if fk == "insert" || lk == "insert" {
+        // The row was (re)created within the batch.
         "insert"
     } else {
         "update"
