@@ -77,6 +77,15 @@ fi
 [[ -x $BIN ]] || die "no binsync binary at $BIN"
 
 # --- the source server --------------------------------------------------------------------------
+# A fresh machine: install MariaDB (server and client) when we can.
+if ! command -v mariadb >/dev/null || { [[ -z ${BINSYNC_SOURCE:-} ]] && ! command -v mariadb-install-db >/dev/null; }; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        step "Installing MariaDB (apt-get install mariadb-server mariadb-client)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update >/dev/null
+        apt-get install -y --no-install-recommends mariadb-server mariadb-client >/dev/null
+    fi
+fi
 client=$(command -v mariadb || command -v mysql) ||
     die "the mariadb client is missing (apt-get install mariadb-client)"
 

@@ -1,0 +1,457 @@
+#!/usr/bin/env bash
+# The reproducible benchmark: starts a throwaway MariaDB, loads the standard workload
+# (bench.products, 10 columns: 200,000 rows inserted then each updated once, 1,000 rows per
+# transaction = 400,000 row changes, ~100 MiB of binlog), then times, side by side, each reading
+# the whole binlog from its start to its end:
+#   mariadb-binlog --raw                          the transfer alone (no decoding)
+#   mariadb-binlog -v --base64-output=DECODE-ROWS MariaDB's own decoder, printing text
+#   python-mysql-replication                      the usual Python CDC library, counting rows
+#   binsync -> file, -> sync API (discarding receiver), -> sync API (storing receiver)
+# and measures the commit-to-delivery latency of binsync at a steady 2,000 and 20,000 row
+# changes/s. Prints markdown tables and writes them to BENCH_OUT.
+#
+#   scripts/bench.sh
+#
+# Environment:
+#   BENCH_ROWS=N            rows of the workload (default 200000; changes = 2 x N)
+#   BENCH_LATENCY_SECS=S    seconds the writer runs per latency rate (default 30)
+#   BENCH_LATENCY_RATES     row changes/s of the latency runs (default "2000 20000"; "" skips)
+#   BENCH_REPEAT=N          run each throughput tool N times and keep the fastest (default 1)
+#   BENCH_OUT=PATH          where the tables go (default target/bench/latest.md)
+#   BENCH_BIN=PATH          benchmark this binsync binary instead of `cargo build --release`
+#   BENCH_CACHE=DIR         where the pinned Python venv is kept (default ~/.cache/binsync-bench)
+#   BENCH_KEEP=1            keep the temp dir (server datadir, outputs, logs)
+#
+# Needs: MariaDB (mariadbd, mariadb-install-db, mariadb, mariadb-binlog), GNU time, python3 with
+# venv, curl; as root on Debian, the missing ones are installed with apt-get.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+ROWS=${BENCH_ROWS:-200000}
+TXN_ROWS=1000
+LAT_SECS=${BENCH_LATENCY_SECS:-30}
+LAT_RATES=${BENCH_LATENCY_RATES-2000 20000}
+REPEAT=${BENCH_REPEAT:-1}
+OUT=${BENCH_OUT:-target/bench/latest.md}
+CACHE=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/binsync-bench}
+HELPER=$ROOT/scripts/bench/bench.py
+REQUIREMENTS=$ROOT/scripts/bench/requirements.txt
+SERVER_ID=4242 # binsync's replica id; the source is 1
+
+for v in ROWS LAT_SECS REPEAT; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || {
+        echo "BENCH_${v/LAT_/LATENCY_}: a positive integer, not '${!v}'" >&2
+        exit 2
+    }
+done
+for r in $LAT_RATES; do
+    [[ $r =~ ^[1-9][0-9]*$ ]] || {
+        echo "BENCH_LATENCY_RATES: positive integers, not '$r'" >&2
+        exit 2
+    }
+done
+CHANGES=$((2 * ROWS))
+
+n=0
+step() {
+    n=$((n + 1))
+    printf '\n==> [%d] %s\n' "$n" "$*"
+}
+note() { printf '    %s\n' "$@"; }
+die() {
+    printf '\nerror: %s\n' "$*" >&2
+    exit 1
+}
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/binsync-bench.XXXXXX")
+RES=$TMP/results
+mkdir -p "$RES"
+# Background processes this script started, stopped by pid on any exit.
+PIDS=()
+stop_pid() { # pid: TERM, up to 10 s, then KILL
+    local pid=$1
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$?
+    local pid
+    for pid in "${PIDS[@]}"; do
+        [[ $pid == "${SERVER_PID:-}" ]] && continue
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    if [[ -n ${SERVER_PID:-} ]]; then
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [[ -n ${BENCH_KEEP:-} ]]; then
+        echo "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- tools --------------------------------------------------------------------------------------
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
+step "Checking the tools (load average now: $LOADAVG)"
+missing=()
+command -v mariadbd >/dev/null || [[ -x /usr/sbin/mariadbd ]] || missing+=(mariadb-server)
+command -v mariadb-install-db >/dev/null || missing+=(mariadb-server)
+command -v mariadb >/dev/null || missing+=(mariadb-client)
+command -v mariadb-binlog >/dev/null || missing+=(mariadb-client)
+[[ -x /usr/bin/time ]] || missing+=(time)
+command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if ((${#missing[@]})); then
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        note "installing ${missing[*]} (apt-get)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        die "missing: ${missing[*]} (Debian packages)"
+    fi
+fi
+MARIADBD=$(command -v mariadbd || echo /usr/sbin/mariadbd)
+note "$("$MARIADBD" --version)"
+
+# The Python side in a venv pinned by scripts/bench/requirements.txt, cached across runs.
+py_ver=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+req_hash=$(sha256sum "$REQUIREMENTS" | cut -c1-12)
+VENV=$CACHE/venv-py$py_ver-$req_hash
+if [[ ! -f $VENV/.complete ]]; then
+    note "creating the Python venv $VENV (pip install -r scripts/bench/requirements.txt)"
+    rm -rf "$VENV"
+    mkdir -p "$CACHE"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQUIREMENTS" ||
+        die "pip install failed"
+    touch "$VENV/.complete"
+fi
+PY=$VENV/bin/python
+note "python $("$PY" -c 'import sys; print(sys.version.split()[0])'), $("$PY" -c '
+from importlib.metadata import version as v
+print("mysql-replication", v("mysql-replication") + ", PyMySQL", v("PyMySQL"))')"
+
+if [[ -n ${BENCH_BIN:-} ]]; then
+    SRC_BIN=$BENCH_BIN
+else
+    step "Building binsync (cargo build --release)"
+    cargo build --release
+    SRC_BIN=${CARGO_TARGET_DIR:-target}/release/binsync
+fi
+[[ -x $SRC_BIN ]] || die "no binsync binary at $SRC_BIN"
+# A copy: a rebuild while the benchmark runs does not change what is measured.
+BIN=$TMP/binsync
+cp "$SRC_BIN" "$BIN"
+"$BIN" receive --help >/dev/null 2>&1 || die "$SRC_BIN has no \`receive\` command: rebuild it"
+note "binsync: $SRC_BIN ($(git describe --always --dirty 2>/dev/null || echo 'no git'))"
+
+# --- the server ---------------------------------------------------------------------------------
+for _ in $(seq 200); do
+    PORT=$((20000 + RANDOM % 10000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
+done
+SOURCE=mysql://root@127.0.0.1:$PORT
+DATADIR=$TMP/mariadb
+step "Starting MariaDB on 127.0.0.1:$PORT (datadir $DATADIR)"
+user_arg=()
+[[ $(id -u) -eq 0 ]] && user_arg=(--user=root)
+innodb_args=(--innodb-buffer-pool-size=256M --innodb-log-file-size=256M
+    --innodb-flush-log-at-trx-commit=2)
+mariadb-install-db --no-defaults --datadir="$DATADIR" "${user_arg[@]}" \
+    --auth-root-authentication-method=normal --skip-test-db --skip-name-resolve \
+    "${innodb_args[@]}" >"$TMP/install-db.log" 2>&1 ||
+    die "mariadb-install-db failed: $(tail -20 "$TMP/install-db.log")"
+server_args=(
+    --no-defaults "${user_arg[@]}" --datadir="$DATADIR" --port="$PORT"
+    --bind-address=127.0.0.1 --socket="$DATADIR/mysqld.sock" --pid-file="$DATADIR/mysqld.pid"
+    --log-error="$DATADIR/error.log" --skip-name-resolve
+    --server-id=1 --log-bin="$DATADIR/mariadb-bin" --binlog-format=ROW
+    --binlog-row-metadata=FULL --binlog-row-image=FULL --sync-binlog=0
+    --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci
+    "${innodb_args[@]}" --performance-schema=OFF
+)
+note "mariadbd ${server_args[*]}"
+"$MARIADBD" "${server_args[@]}" >"$TMP/mariadbd.out" 2>&1 &
+SERVER_PID=$!
+PIDS+=("$SERVER_PID")
+
+sql() {
+    mariadb --no-defaults --protocol=TCP -h 127.0.0.1 -P "$PORT" -u root \
+        --default-character-set=utf8mb4 --batch --skip-column-names "$@"
+}
+for i in $(seq 300); do
+    sql -e 'SELECT 1' >/dev/null 2>&1 && break
+    kill -0 "$SERVER_PID" 2>/dev/null || die "mariadbd exited: $(tail -20 "$DATADIR/error.log")"
+    [[ $i -lt 300 ]] || die "mariadbd is not reachable on port $PORT after 30 s"
+    sleep 0.1
+done
+MARIADB_VERSION=$(sql -e 'SELECT VERSION()')
+note "MariaDB $MARIADB_VERSION, binlog $(sql -e 'SELECT CONCAT(@@binlog_format, ", row image ",
+    @@binlog_row_image, ", row metadata ", @@binlog_row_metadata)')"
+
+# --- the workload -------------------------------------------------------------------------------
+step "Loading the workload: $ROWS rows inserted, then each updated once, $TXN_ROWS rows per transaction"
+sql -e "CREATE DATABASE bench;
+CREATE TABLE bench.products (
+  id BIGINT UNSIGNED PRIMARY KEY,
+  sku VARCHAR(32) NOT NULL,
+  name VARCHAR(200) NOT NULL,
+  price DECIMAL(12,2) NOT NULL,
+  stock INT NOT NULL,
+  weight DOUBLE,
+  attrs JSON,
+  active TINYINT(1) NOT NULL,
+  updated_at DATETIME(6) NOT NULL,
+  status ENUM('draft','active','archived') NOT NULL
+) ENGINE=InnoDB;"
+# One autocommit statement per transaction, from MariaDB's sequence engine. The values are
+# functions of the id (no RAND()): the same binlog contents every run.
+load_sql() {
+    local first size
+    for ((first = 1; first <= ROWS; first += TXN_ROWS)); do
+        size=$((ROWS - first + 1 < TXN_ROWS ? ROWS - first + 1 : TXN_ROWS))
+        echo "INSERT INTO bench.products SELECT id, CONCAT('SKU-', LPAD(id, 10, '0')),
+  CONCAT('Product ', id, ' ', ELT(1 + id % 4, 'kettle', 'grinder', 'lamp', 'chair'), ' ',
+    REPEAT('abcdefghij', 7)),
+  1 + (id % 100000) / 100, id % 1000, id * 0.25,
+  JSON_OBJECT('color', ELT(1 + id % 4, 'red', 'green', 'blue', 'black'), 'size', id % 50),
+  id % 2, TIMESTAMP'2026-01-01 00:00:00' + INTERVAL id SECOND + INTERVAL id % 999983 MICROSECOND,
+  1 + id % 3
+FROM (SELECT $((first - 1)) + seq AS id FROM seq_1_to_$size) s;"
+    done
+    for ((first = 1; first <= ROWS; first += TXN_ROWS)); do
+        echo "UPDATE bench.products SET price = price + 1, stock = stock + 7,
+  attrs = JSON_SET(attrs, '\$.size', id % 50 + 1), active = 1 - active,
+  updated_at = updated_at + INTERVAL 1 DAY, status = 1 + (id + 1) % 3
+WHERE id BETWEEN $first AND $((first + TXN_ROWS - 1));"
+    done
+}
+t0=$EPOCHREALTIME
+load_sql | sql --database=bench
+load_secs=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+got=$(sql -e 'SELECT COUNT(*) FROM bench.products')
+[[ $got -eq $ROWS ]] || die "bench.products has $got rows, expected $ROWS"
+mapfile -t binlogs < <(sql -e 'SHOW BINARY LOGS' | awk '{ print $1 }')
+BINLOG_BYTES=$(sql -e 'SHOW BINARY LOGS' | awk '{ s += $2 } END { print s }')
+FIRST_BINLOG=${binlogs[0]}
+note "loaded in $load_secs s: $CHANGES row changes, binlog $(mib "$BINLOG_BYTES") MiB in ${#binlogs[@]} file(s) (${binlogs[*]})"
+
+# --- throughput ---------------------------------------------------------------------------------
+# timed NAME CMD...: runs CMD under GNU time; sets WALL (s) and RSS (KiB, peak). Fails the
+# benchmark if CMD fails, showing its stderr.
+timed() {
+    local name=$1
+    shift
+    local rc=0
+    /usr/bin/time -f '%e %M' -o "$TMP/time.out" "$@" 2>"$TMP/$name.err" || rc=$?
+    if ((rc)); then
+        tail -n 20 "$TMP/$name.err" | sed 's/^/    | /' >&2
+        die "$name exited with status $rc (its stderr is above)"
+    fi
+    read -r WALL RSS <"$TMP/time.out"
+}
+
+# A new receiver (binsync receive) on a free port; sets RECV_PID and RECV_ADDR.
+start_receiver() { # state-dir [--discard]
+    local out=$TMP/receiver.out
+    : >"$out"
+    "$BIN" receive --listen 127.0.0.1:0 --state-dir "$@" >"$out" 2>"$TMP/receiver.err" &
+    RECV_PID=$!
+    PIDS+=("$RECV_PID")
+    RECV_ADDR=
+    for _ in $(seq 100); do
+        RECV_ADDR=$(sed -n '1s/^listening on //p' "$out")
+        [[ -n $RECV_ADDR ]] && return 0
+        kill -0 "$RECV_PID" 2>/dev/null ||
+            die "binsync receive exited: $(tail -5 "$TMP/receiver.err")"
+        sleep 0.1
+    done
+    die "binsync receive did not print 'listening on ADDR' within 10 s"
+}
+json_field() { # json key
+    python3 -c 'import json, sys; print(json.loads(sys.argv[1]).get(sys.argv[2], ""))' "$1" "$2"
+}
+
+# One run of each tool; each sets WALL, RSS and NOTE.
+run_raw() {
+    rm -rf "$TMP/raw" && mkdir "$TMP/raw"
+    timed raw mariadb-binlog --no-defaults --read-from-remote-server --raw --to-last-log \
+        --host=127.0.0.1 --port="$PORT" --user=root --result-file="$TMP/raw/" "$FIRST_BINLOG"
+    local bytes
+    bytes=$(cat "$TMP"/raw/* | wc -c)
+    [[ $bytes -eq $BINLOG_BYTES ]] || die "the raw transfer wrote $bytes bytes; the binlog has $BINLOG_BYTES"
+    NOTE="$(mib "$bytes") MiB in $(find "$TMP/raw" -type f | wc -l) file(s), byte count checked"
+    rm -rf "$TMP/raw"
+}
+run_decode() {
+    timed decode bash -c 'exec mariadb-binlog "$@" >/dev/null' mariadb-binlog --no-defaults \
+        --read-from-remote-server -v --base64-output=DECODE-ROWS --to-last-log \
+        --host=127.0.0.1 --port="$PORT" --user=root "$FIRST_BINLOG"
+    NOTE="text to /dev/null"
+}
+run_pyrepl() {
+    timed pyrepl bash -c 'exec "$@" >"'"$TMP/pyrepl.json"'"' pyrepl \
+        "$PY" "$HELPER" pyrepl --port "$PORT" --server-id 4343 --expect "$CHANGES"
+    local out
+    out=$(cat "$TMP/pyrepl.json")
+    NOTE="mysql-replication $(json_field "$out" version): counted $(json_field "$out" rows) row changes in $(json_field "$out" events) row events"
+}
+run_binsync_file() {
+    rm -rf "$TMP/state" "$TMP/out.jsonl"
+    timed binsync-file "$BIN" run --source "$SOURCE" --server-id "$SERVER_ID" \
+        --state-dir "$TMP/state" --start earliest --exit-at-end --sink "file:$TMP/out.jsonl"
+    local lines bytes
+    lines=$(wc -l <"$TMP/out.jsonl")
+    bytes=$(wc -c <"$TMP/out.jsonl")
+    [[ $lines -eq $CHANGES ]] || die "binsync wrote $lines lines; expected $CHANGES"
+    NOTE="$lines JSON lines checked, $(mib "$bytes") MiB"
+    rm -f "$TMP/out.jsonl"
+}
+run_binsync_http() { # discard|store
+    local mode=$1 stats got key
+    rm -rf "$TMP/state" "$TMP/recv-state"
+    if [[ $mode == discard ]]; then
+        start_receiver "$TMP/recv-state" --discard
+        key=ops_received
+    else
+        start_receiver "$TMP/recv-state"
+        key=ops_applied
+    fi
+    timed "binsync-http-$mode" "$BIN" run --source "$SOURCE" --server-id "$SERVER_ID" \
+        --state-dir "$TMP/state" --start earliest --exit-at-end --sink "http://$RECV_ADDR/sync"
+    stats=$(curl -sf "http://$RECV_ADDR/stats") || die "GET http://$RECV_ADDR/stats failed"
+    got=$(json_field "$stats" "$key")
+    local recv_hwm
+    recv_hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$RECV_PID/status" 2>/dev/null || echo 0)
+    stop_pid "$RECV_PID"
+    [[ $got -eq $CHANGES ]] || die "the receiver's $key is $got; expected $CHANGES ($stats)"
+    NOTE="receiver $key = $got, $(json_field "$stats" batches) batches; receiver peak RSS $(mib $((recv_hwm * 1024))) MiB"
+    rm -rf "$TMP/recv-state"
+}
+
+# measure KEY NAME FUNCTION [ARGS]: BENCH_REPEAT runs, the fastest one goes into the table.
+measure() {
+    local key=$1 name=$2 best_wall='' best_rss='' best_note='' i
+    shift 2
+    step "$name"
+    for ((i = 1; i <= REPEAT; i++)); do
+        "$@"
+        note "$(printf '%ss, %s rows/s, peak RSS %s MiB; %s' "$WALL" \
+            "$(awk -v c="$CHANGES" -v w="$WALL" 'BEGIN { printf "%.0f", w > 0 ? c / w : 0 }')" \
+            "$(mib $((RSS * 1024)))" "$NOTE")"
+        if [[ -z $best_wall ]] || awk -v a="$WALL" -v b="$best_wall" 'BEGIN { exit !(a < b) }'; then
+            best_wall=$WALL best_rss=$RSS best_note=$NOTE
+        fi
+    done
+    printf '%s\t%s\t%s\t%s\t%s\n' "$key" "$name" "$best_wall" "$best_rss" "$best_note" >>"$RES/tools.tsv"
+}
+
+measure raw 'mariadb-binlog --raw (transfer only)' run_raw
+measure decode 'mariadb-binlog -v --base64-output=DECODE-ROWS' run_decode
+measure pyrepl 'python-mysql-replication (count rows)' run_pyrepl
+measure binsync_file 'binsync → file' run_binsync_file
+measure binsync_http 'binsync → sync API (receive --discard)' run_binsync_http discard
+measure binsync_http_store 'binsync → sync API (storing receiver)' run_binsync_http store
+
+# --- latency ------------------------------------------------------------------------------------
+# A writer commits bench.live rows at a steady rate (200 transactions/s: rate/200 rows each);
+# binsync streams them to stdout (JSON lines, flushed per batch) into the helper's reader, which
+# takes each row's delay as its arrival time minus its updated_at (NOW(6) at commit, UTC).
+LIVE_COLUMNS='id, sku, name, price, stock, weight, attrs, active, updated_at, status'
+latency_run() { # rows/s
+    local rate=$1 txn_rows txns expect fifo=$TMP/live.fifo ready=$TMP/live.ready i rc
+    txn_rows=$((rate / 200 > 0 ? rate / 200 : 1))
+    txns=$(((rate * LAT_SECS + txn_rows / 2) / txn_rows))
+    ((txns > 0)) || txns=1
+    expect=$((txns * txn_rows))
+    step "Latency at $rate row changes/s: $txns transactions of $txn_rows rows over ${LAT_SECS} s"
+    sql -e 'DROP TABLE IF EXISTS bench.live; CREATE TABLE bench.live LIKE bench.products'
+    rm -rf "$TMP/state" "$fifo" "$ready"
+    mkfifo "$fifo"
+    note "binsync run --start latest --include bench.live --sink stdout | bench.py latency"
+    "$BIN" run --source "$SOURCE" --server-id "$SERVER_ID" --state-dir "$TMP/state" \
+        --start latest --include bench.live --sink stdout >"$fifo" 2>"$TMP/latency-binsync.err" &
+    local bs_pid=$!
+    PIDS+=("$bs_pid")
+    "$PY" "$HELPER" latency --expect "$expect" --ready "$ready" \
+        --out "$RES/latency-$rate.reader.json" <"$fifo" >/dev/null 2>"$TMP/latency-reader.err" &
+    local rd_pid=$!
+    PIDS+=("$rd_pid")
+    # A sentinel row (id 0), re-sent every second until binsync has delivered it: from then on
+    # binsync is streaming, and the writer starts.
+    for ((i = 0; ; i++)); do
+        [[ -s $ready ]] && break
+        kill -0 "$bs_pid" 2>/dev/null ||
+            die "binsync exited: $(tail -5 "$TMP/latency-binsync.err")"
+        kill -0 "$rd_pid" 2>/dev/null || die "the latency reader exited: $(tail -5 "$TMP/latency-reader.err")"
+        ((i < 300)) || die "binsync did not deliver the sentinel row within 30 s"
+        if ((i % 10 == 0)); then
+            sql -e "INSERT INTO bench.live ($LIVE_COLUMNS) VALUES
+                (0, 'sentinel', 'sentinel', 0, 0, 0, NULL, 0, NOW(6), 1)
+                ON DUPLICATE KEY UPDATE updated_at = NOW(6)"
+        fi
+        sleep 0.1
+    done
+    [[ $(cat "$ready") == ready ]] || die "the latency reader failed: $(tail -5 "$TMP/latency-reader.err")"
+    note "binsync is streaming; writer (PyMySQL) starts"
+    "$PY" "$HELPER" writer --port "$PORT" --rate "$rate" --txns "$txns" --txn-rows "$txn_rows" \
+        >"$RES/latency-$rate.writer.json" || die "the latency writer failed"
+    local w
+    w=$(cat "$RES/latency-$rate.writer.json")
+    note "writer: $(json_field "$w" rows) rows in $(json_field "$w" secs) s, achieved $(json_field "$w" achieved_rate) rows/s (at most $(json_field "$w" max_behind_schedule_ms) ms behind schedule)"
+    # The last rows get 30 s to arrive; then binsync is stopped, which ends the reader's input.
+    for ((i = 0; i < 300; i++)); do
+        kill -0 "$rd_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    stop_pid "$bs_pid"
+    rc=0
+    wait "$rd_pid" || rc=$?
+    local r
+    r=$(cat "$RES/latency-$rate.reader.json" 2>/dev/null || echo '{}')
+    ((rc == 0)) || die "binsync delivered $(json_field "$r" rows) of $expect rows at $rate rows/s: $(tail -5 "$TMP/latency-reader.err")"
+    note "delay over $(json_field "$r" rows) rows: p50 $(json_field "$r" p50_ms) ms, p99 $(json_field "$r" p99_ms) ms, max $(json_field "$r" max_ms) ms"
+}
+for rate in $LAT_RATES; do
+    latency_run "$rate"
+done
+
+# --- report -------------------------------------------------------------------------------------
+{
+    echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "nproc=$(nproc)"
+    echo "cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
+    echo "mem=$(awk '/^MemTotal:/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
+    echo "mariadb=$MARIADB_VERSION"
+    echo "binsync_rev=$(git describe --always --dirty 2>/dev/null || echo unknown)"
+    echo "loadavg=$LOADAVG"
+    echo "rows=$ROWS"
+    echo "txn_rows=$TXN_ROWS"
+    echo "changes=$CHANGES"
+    echo "binlog_mib=$(mib "$BINLOG_BYTES")"
+    echo "binlog_files=${#binlogs[@]}"
+    echo "repeat=$REPEAT"
+    echo "latency_secs=$LAT_SECS"
+} >"$RES/meta.txt"
+mkdir -p "$(dirname "$OUT")"
+python3 "$HELPER" report "$RES" >"$TMP/report.md"
+cp "$TMP/report.md" "$OUT"
+step "Results (also in $OUT)"
+echo
+cat "$TMP/report.md"
