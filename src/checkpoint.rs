@@ -156,11 +156,7 @@ impl Store {
                 detail: "it is a file, not a directory".into(),
             });
         }
-        // A small cache: the store holds a few keys, and memory must stay bounded.
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(8 * 1024 * 1024)
-            .mode(sled::Mode::LowSpace)
+        let db = sled_config(dir)
             .open()
             .map_err(|e| classify_open_error(dir, e))?;
         Ok(Store {
@@ -265,6 +261,15 @@ impl Store {
 }
 
 const STATUS_FILE: &str = "status.json";
+
+/// How binsync opens every sled store (its own, and the reference receiver's): a small cache,
+/// so that memory stays bounded whatever the store holds.
+pub fn sled_config(dir: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(8 * 1024 * 1024)
+        .mode(sled::Mode::LowSpace)
+}
 
 fn stored_to_checkpoint(stored: Stored) -> Result<Checkpoint, GtidParseError> {
     let gtid = match &stored.gtid {

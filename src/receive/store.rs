@@ -102,11 +102,8 @@ impl Store {
                 detail: "it is a file, not a directory".into(),
             });
         }
-        // A small cache: entities stay on disk, memory stays bounded.
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(8 * 1024 * 1024)
-            .mode(sled::Mode::LowSpace)
+        // Entities stay on disk; the cache is small.
+        let db = crate::checkpoint::sled_config(dir)
             .open()
             .map_err(|e| classify_open_error(dir, e))?;
         let corrupt = |e: sled::Error| ReceiveError::Corrupt {
