@@ -16,7 +16,7 @@
 #   BENCH_ROWS=N            rows of the workload (default 200000; changes = 2 x N)
 #   BENCH_LATENCY_SECS=S    seconds the writer runs per latency rate (default 30)
 #   BENCH_LATENCY_RATES     row changes/s of the latency runs (default "2000 20000"; "" skips)
-#   BENCH_REPEAT=N          run each throughput tool N times and keep the fastest (default 1)
+#   BENCH_REPEAT=N          run each throughput tool N times and keep the fastest (default 3)
 #   BENCH_OUT=PATH          where the tables go (default target/bench/latest.md)
 #   BENCH_BIN=PATH          benchmark this binsync binary instead of `cargo build --release`
 #   BENCH_CACHE=DIR         where the pinned Python venv is kept (default ~/.cache/binsync-bench)
@@ -32,7 +32,7 @@ ROWS=${BENCH_ROWS:-200000}
 TXN_ROWS=1000
 LAT_SECS=${BENCH_LATENCY_SECS:-30}
 LAT_RATES=${BENCH_LATENCY_RATES-2000 20000}
-REPEAT=${BENCH_REPEAT:-1}
+REPEAT=${BENCH_REPEAT:-3}
 OUT=${BENCH_OUT:-target/bench/latest.md}
 CACHE=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/binsync-bench}
 HELPER=$ROOT/scripts/bench/bench.py
@@ -68,18 +68,25 @@ mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/binsync-bench.XXXXXX")
 RES=$TMP/results
 mkdir -p "$RES"
-# Background processes this script started, stopped by pid on any exit.
+# Background processes this script started and has not reaped yet: killed by pid on any exit.
 PIDS=()
-stop_pid() { # pid: TERM, up to 10 s, then KILL
+forget_pid() { # pid: reaped, so never signalled again (its number may be reused)
+    local p kept=()
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || kept+=("$p"); done
+    PIDS=("${kept[@]}")
+}
+stop_pid() { # pid: TERM, up to 10 s, then KILL, then reap
     local pid=$1
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
     wait "$pid" 2>/dev/null || true
+    forget_pid "$pid"
 }
 cleanup() {
     local rc=$?
@@ -171,7 +178,7 @@ DATADIR=$TMP/mariadb
 step "Starting MariaDB on 127.0.0.1:$PORT (datadir $DATADIR)"
 user_arg=()
 [[ $(id -u) -eq 0 ]] && user_arg=(--user=root)
-innodb_args=(--innodb-buffer-pool-size=256M --innodb-log-file-size=256M
+innodb_args=(--innodb-buffer-pool-size=128M --innodb-log-file-size=128M
     --innodb-flush-log-at-trx-commit=2)
 mariadb-install-db --no-defaults --datadir="$DATADIR" "${user_arg[@]}" \
     --auth-root-authentication-method=normal --skip-test-db --skip-name-resolve \
@@ -253,18 +260,24 @@ FIRST_BINLOG=${binlogs[0]}
 note "loaded in $load_secs s: $CHANGES row changes, binlog $(mib "$BINLOG_BYTES") MiB in ${#binlogs[@]} file(s) (${binlogs[*]})"
 
 # --- throughput ---------------------------------------------------------------------------------
-# timed NAME CMD...: runs CMD under GNU time; sets WALL (s) and RSS (KiB, peak). Fails the
-# benchmark if CMD fails, showing its stderr.
+# timed NAME CMD...: runs CMD under GNU time; sets WALL (s), RSS (KiB, peak) and CPU (user +
+# system s of CMD and its children). Fails the
+# benchmark if CMD fails, showing its stderr. WALL is taken around the call to the
+# microsecond (time's own %e has 10 ms steps, too coarse for the raw transfer).
 timed() {
     local name=$1
     shift
-    local rc=0
-    /usr/bin/time -f '%e %M' -o "$TMP/time.out" "$@" 2>"$TMP/$name.err" || rc=$?
+    local rc=0 t0 t1 _e user sys
+    t0=$EPOCHREALTIME
+    /usr/bin/time -f '%e %M %U %S' -o "$TMP/time.out" "$@" 2>"$TMP/$name.err" || rc=$?
+    t1=$EPOCHREALTIME
     if ((rc)); then
         tail -n 20 "$TMP/$name.err" | sed 's/^/    | /' >&2
         die "$name exited with status $rc (its stderr is above)"
     fi
-    read -r WALL RSS <"$TMP/time.out"
+    read -r _e RSS user sys <"$TMP/time.out"
+    WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+    CPU=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
 }
 
 # A new receiver (binsync receive) on a free port; sets RECV_PID and RECV_ADDR.
@@ -307,7 +320,8 @@ run_decode() {
 }
 run_pyrepl() {
     timed pyrepl bash -c 'exec "$@" >"'"$TMP/pyrepl.json"'"' pyrepl \
-        "$PY" "$HELPER" pyrepl --port "$PORT" --server-id 4343 --expect "$CHANGES"
+        "$PY" "$HELPER" pyrepl --port "$PORT" --server-id 4343 --log-file "$FIRST_BINLOG" \
+        --expect "$CHANGES"
     local out
     out=$(cat "$TMP/pyrepl.json")
     NOTE="mysql-replication $(json_field "$out" version): counted $(json_field "$out" rows) row changes in $(json_field "$out" events) row events"
@@ -337,11 +351,14 @@ run_binsync_http() { # discard|store
         --state-dir "$TMP/state" --start earliest --exit-at-end --sink "http://$RECV_ADDR/sync"
     stats=$(curl -sf "http://$RECV_ADDR/stats") || die "GET http://$RECV_ADDR/stats failed"
     got=$(json_field "$stats" "$key")
-    local recv_hwm
+    local recv_hwm recv_cpu
     recv_hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$RECV_PID/status" 2>/dev/null || echo 0)
+    # utime + stime (fields 14, 15; the command name in field 2 has no spaces here).
+    recv_cpu=$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' \
+        "/proc/$RECV_PID/stat" 2>/dev/null || echo '?')
     stop_pid "$RECV_PID"
     [[ $got -eq $CHANGES ]] || die "the receiver's $key is $got; expected $CHANGES ($stats)"
-    NOTE="receiver $key = $got, $(json_field "$stats" batches) batches; receiver peak RSS $(mib $((recv_hwm * 1024))) MiB"
+    NOTE="receiver $key = $got in $(json_field "$stats" batches) batches; receiver CPU $recv_cpu s, peak RSS $(mib $((recv_hwm * 1024))) MiB"
     rm -rf "$TMP/recv-state"
 }
 
@@ -352,8 +369,9 @@ measure() {
     step "$name"
     for ((i = 1; i <= REPEAT; i++)); do
         "$@"
-        note "$(printf '%ss, %s rows/s, peak RSS %s MiB; %s' "$WALL" \
-            "$(awk -v c="$CHANGES" -v w="$WALL" 'BEGIN { printf "%.0f", w > 0 ? c / w : 0 }')" \
+        NOTE="CPU ${CPU} s; $NOTE"
+        note "$(printf '%s s, %s rows/s, peak RSS %s MiB; %s' "$WALL" \
+            "$(awk -v c="$CHANGES" -v w="$WALL" 'BEGIN { printf "%.0f", (w > 0 ? c / w : 0) }')" \
             "$(mib $((RSS * 1024)))" "$NOTE")"
         if [[ -z $best_wall ]] || awk -v a="$WALL" -v b="$best_wall" 'BEGIN { exit !(a < b) }'; then
             best_wall=$WALL best_rss=$RSS best_note=$NOTE
@@ -414,7 +432,12 @@ latency_run() { # rows/s
         >"$RES/latency-$rate.writer.json" || die "the latency writer failed"
     local w
     w=$(cat "$RES/latency-$rate.writer.json")
-    note "writer: $(json_field "$w" rows) rows in $(json_field "$w" secs) s, achieved $(json_field "$w" achieved_rate) rows/s (at most $(json_field "$w" max_behind_schedule_ms) ms behind schedule)"
+    local achieved
+    achieved=$(json_field "$w" achieved_rate)
+    note "writer: $(json_field "$w" rows) rows in $(json_field "$w" secs) s, achieved $achieved rows/s (at most $(json_field "$w" max_behind_schedule_ms) ms behind schedule)"
+    if awk -v a="$achieved" -v r="$rate" 'BEGIN { exit !(a < 0.95 * r) }'; then
+        note "WARNING: the writer fell short of $rate rows/s; the table shows the rate it achieved"
+    fi
     # The last rows get 30 s to arrive; then binsync is stopped, which ends the reader's input.
     for ((i = 0; i < 300; i++)); do
         kill -0 "$rd_pid" 2>/dev/null || break
@@ -423,6 +446,7 @@ latency_run() { # rows/s
     stop_pid "$bs_pid"
     rc=0
     wait "$rd_pid" || rc=$?
+    forget_pid "$rd_pid"
     local r
     r=$(cat "$RES/latency-$rate.reader.json" 2>/dev/null || echo '{}')
     ((rc == 0)) || die "binsync delivered $(json_field "$r" rows) of $expect rows at $rate rows/s: $(tail -5 "$TMP/latency-reader.err")"
