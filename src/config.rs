@@ -78,7 +78,8 @@ pub struct ReceiveArgs {
     /// Reject (400) any batch with an operation whose JSON text contains this string.
     #[arg(long)]
     pub reject_containing: Option<String>,
-    /// Check and acknowledge batches without storing them (benchmarks).
+    /// Parse batches (one pass, no per-operation checks) and acknowledge them without storing
+    /// (benchmarks).
     #[arg(long)]
     pub discard: bool,
 }

@@ -9,7 +9,7 @@
 //!
 //! Invariants:
 //! - A 2xx answer means the whole batch is applied and flushed to disk (or, with `discard`,
-//!   parsed and checked). A 4xx or an injected fault means nothing of it was applied. Without
+//!   parsed in one pass: well-formed JSON, version and count; no per-operation checks). A 4xx or an injected fault means nothing of it was applied. Without
 //!   an answer (the sender gave up waiting) or with a 500 it may have been applied: the retry
 //!   then finds its operations stale.
 //! - The apply rule: per (entity type, id) the store keeps the highest `seq` applied, deletes
@@ -52,7 +52,7 @@ pub struct ReceiveOptions {
     pub faults: Vec<Fault>,
     /// Reject with 400 (body naming the reason) any batch containing an operation whose JSON text contains this string (a "poisoned" batch, for dead-letter tests).
     pub reject_containing: Option<String>,
-    /// Parse and acknowledge without storing (benchmark mode).
+    /// Parse (one pass, no per-operation checks) and acknowledge without storing (benchmark mode).
     pub discard: bool,
 }
 

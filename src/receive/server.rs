@@ -399,6 +399,9 @@ fn process(shared: &Shared, body: &[u8], encoding: Encoding, key: Option<&str>) 
             &inflated
         }
     };
+    if shared.store.is_discarding() && shared.reject_containing.is_none() {
+        return skim(shared, text);
+    }
     let batch = match batch::parse(text, key) {
         Ok(b) => b,
         Err(invalid) => return Outcome::Refused(StatusCode::BAD_REQUEST, invalid.0),
@@ -423,6 +426,35 @@ fn process(shared: &Shared, body: &[u8], encoding: Encoding, key: Option<&str>) 
             applied,
         },
         Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// `--discard` (benchmarks): one parsing pass over the body (well-formed JSON, the envelope's
+/// version and count), no per-operation checks, nothing stored.
+fn skim(shared: &Shared, text: &[u8]) -> Outcome {
+    #[derive(serde::Deserialize)]
+    struct Skim<'a> {
+        version: u64,
+        #[serde(borrow)]
+        batch_id: std::borrow::Cow<'a, str>,
+        count: u64,
+        #[allow(dead_code)]
+        entities: serde::de::IgnoredAny,
+    }
+    match serde_json::from_slice::<Skim<'_>>(text) {
+        Ok(s) if s.version == 1 && s.count >= 1 => {
+            shared.store.count(|st| {
+                st.batches += 1;
+                st.ops_received += s.count;
+            });
+            Outcome::Done {
+                batch_id: s.batch_id.into_owned(),
+                count: s.count,
+                applied: super::store::Applied::default(),
+            }
+        }
+        Ok(_) => Outcome::Refused(StatusCode::BAD_REQUEST, "not a contract 1 batch".into()),
+        Err(e) => Outcome::Refused(StatusCode::BAD_REQUEST, format!("not a JSON batch: {e}")),
     }
 }
 

@@ -95,6 +95,11 @@ impl Store {
         }
     }
 
+    /// `discard` mode: nothing is stored.
+    pub fn is_discarding(&self) -> bool {
+        self.db.is_none()
+    }
+
     fn open_inner(dir: &Path, create: bool) -> Result<Store, ReceiveError> {
         if dir.exists() && !dir.is_dir() {
             return Err(ReceiveError::Foreign {
