@@ -2,6 +2,7 @@
 //! entity type, in `seq` order within each group, copied from the decoder's encoded lines.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,6 +38,10 @@ impl SourceHeader {
 /// A batch being filled.
 #[derive(Default)]
 pub struct Builder {
+    /// Operations by entity type, as ranges of the chunks they came in: the body is written
+    /// in one copy when the batch closes.
+    refs: BTreeMap<Arc<str>, Vec<(Arc<Chunk>, Range<usize>)>>,
+    /// Merged operations by entity type (`--compact` only).
     groups: BTreeMap<Arc<str>, Vec<u8>>,
     /// Set with `--compact`: operations kept apart so that several on one id can merge.
     compactor: Option<Compactor>,
@@ -60,7 +65,7 @@ impl Builder {
         }
     }
 
-    pub fn push(&mut self, chunk: &Chunk, c: &Change) {
+    pub fn push(&mut self, chunk: &Arc<Chunk>, c: &Change) {
         let line = chunk.line(c);
         if let Some(comp) = self.compactor.as_mut() {
             let key = (c.entity.clone(), chunk.key(c).to_vec());
@@ -76,11 +81,10 @@ impl Builder {
             comp.ops.push((c.entity.clone(), c.seq, Some(merged)));
             comp.live += 1;
         } else {
-            let group = self.groups.entry(c.entity.clone()).or_default();
-            if !group.is_empty() {
-                group.push(b',');
-            }
-            group.extend_from_slice(line);
+            self.refs
+                .entry(c.entity.clone())
+                .or_default()
+                .push((chunk.clone(), c.line.clone()));
         }
         if self.count == 0 {
             self.min_seq = c.seq;
@@ -123,19 +127,33 @@ impl Builder {
         body.extend_from_slice(b",\"count\":");
         crate::decode::push_u64(&mut body, ops_in_body as u64);
         body.extend_from_slice(b",\"entities\":{");
-        for (i, (entity, ops)) in std::mem::take(&mut self.groups).into_iter().enumerate() {
-            if i > 0 {
+        let mut first_group = true;
+        let mut open_group = |body: &mut Vec<u8>, entity: &str| {
+            if !std::mem::take(&mut first_group) {
                 body.push(b',');
             }
-            crate::decode::value::write_json_str(&mut body, entity.as_bytes());
+            crate::decode::value::write_json_str(body, entity.as_bytes());
             body.extend_from_slice(b":[");
+        };
+        for (entity, ops) in std::mem::take(&mut self.refs) {
+            open_group(&mut body, &entity);
+            for (i, (chunk, range)) in ops.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&chunk.buf[range.clone()]);
+            }
+            body.push(b']');
+        }
+        for (entity, ops) in std::mem::take(&mut self.groups) {
+            open_group(&mut body, &entity);
             body.extend_from_slice(&ops);
             body.push(b']');
         }
         body.extend_from_slice(b"}}");
         let batch = Batch {
             id,
-            body,
+            body: body.into(),
             count: ops_in_body,
             min_seq: self.min_seq,
             max_seq: self.max_seq,
@@ -227,7 +245,8 @@ pub fn merge_ops(earlier: &[u8], later: &[u8]) -> Vec<u8> {
 pub struct Batch {
     /// Also the Idempotency-Key.
     pub id: String,
-    pub body: Vec<u8>,
+    /// The JSON body (shared by every retry without copying).
+    pub body: bytes::Bytes,
     pub count: usize,
     pub min_seq: u64,
     pub max_seq: u64,
@@ -268,11 +287,11 @@ mod tests {
 
     #[test]
     fn groups_per_entity_in_order() {
-        let chunk = chunk_with(&[
+        let chunk = Arc::new(chunk_with(&[
             ("users", 1, "{\"seq\":1}"),
             ("items", 2, "{\"seq\":2}"),
             ("users", 3, "{\"seq\":3}"),
-        ]);
+        ]));
         let mut b = Builder::default();
         for c in &chunk.changes {
             b.push(&chunk, c);
@@ -333,6 +352,7 @@ mod tests {
         for (c, k) in chunk.changes.iter_mut().zip(keys) {
             c.key = k;
         }
+        let chunk = Arc::new(chunk);
         let mut b = Builder::compacting();
         for c in &chunk.changes {
             b.push(&chunk, c);

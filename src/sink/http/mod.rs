@@ -185,6 +185,7 @@ pub async fn run(
             chunk = rx.recv(), if input_open => {
                 match chunk {
                     Some(chunk) => {
+                        let chunk = std::sync::Arc::new(chunk);
                         for c in &chunk.changes {
                             let lane = lane_of(&c.entity, chunk.key(c), lanes);
                             let b = &mut builders[lane];
@@ -466,23 +467,22 @@ async fn reject(
 /// POST bodies, gzipped once and shared by every retry.
 mod bytes_body {
     use std::io::Write;
-    use std::sync::Arc;
 
     #[derive(Clone)]
-    pub struct Body(Arc<Vec<u8>>);
+    pub struct Body(bytes::Bytes);
 
     impl Body {
-        pub fn new(raw: &[u8], gzip: bool) -> std::io::Result<Body> {
+        pub fn new(raw: &bytes::Bytes, gzip: bool) -> std::io::Result<Body> {
             if !gzip {
-                return Ok(Body(Arc::new(raw.to_vec())));
+                return Ok(Body(raw.clone()));
             }
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             enc.write_all(raw)?;
-            Ok(Body(Arc::new(enc.finish()?)))
+            Ok(Body(enc.finish()?.into()))
         }
 
         pub fn into_reqwest(self) -> reqwest::Body {
-            reqwest::Body::from(Arc::try_unwrap(self.0).unwrap_or_else(|a| (*a).clone()))
+            reqwest::Body::from(self.0)
         }
     }
 }
@@ -502,7 +502,7 @@ pub async fn replay_dead_letters(
     {
         let batch = Batch {
             id: entry.batch_id.clone(),
-            body: entry.payload.clone().into_bytes(),
+            body: entry.payload.clone().into_bytes().into(),
             count: entry.count,
             min_seq: entry.first_seq,
             max_seq: entry.last_seq,
