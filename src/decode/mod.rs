@@ -212,7 +212,16 @@ impl Decoder {
         if !(full || (idle && worth)) {
             return None;
         }
-        let mut chunk = std::mem::take(&mut self.chunk);
+        // The next chunk's buffer is sized up front: growing it by doubling would copy it.
+        let fresh = Chunk {
+            buf: Vec::with_capacity(if full {
+                self.cfg.chunk_bytes + (64 << 10)
+            } else {
+                4096
+            }),
+            ..Chunk::default()
+        };
+        let mut chunk = std::mem::replace(&mut self.chunk, fresh);
         chunk.position = Some(self.resume_position());
         self.position_dirty = false;
         Some(chunk)
