@@ -35,12 +35,15 @@ impl SourceHeader {
     }
 }
 
+/// One operation's JSON, inside the chunk it came in.
+type LineRef = (Arc<Chunk>, Range<usize>);
+
 /// A batch being filled.
 #[derive(Default)]
 pub struct Builder {
     /// Operations by entity type, as ranges of the chunks they came in: the body is written
     /// in one copy when the batch closes.
-    refs: BTreeMap<Arc<str>, Vec<(Arc<Chunk>, Range<usize>)>>,
+    refs: BTreeMap<Arc<str>, Vec<LineRef>>,
     /// Merged operations by entity type (`--compact` only).
     groups: BTreeMap<Arc<str>, Vec<u8>>,
     /// Set with `--compact`: operations kept apart so that several on one id can merge.
