@@ -17,6 +17,7 @@
 #   BENCH_LATENCY_SECS=S    seconds the writer runs per latency rate (default 30)
 #   BENCH_LATENCY_RATES     row changes/s of the latency runs (default "2000 20000"; "" skips)
 #   BENCH_REPEAT=N          run each throughput tool N times and keep the fastest (default 3)
+#   BENCH_BIG_TXN_ROWS=N    rows of the single big transaction of the memory check (default 500000)
 #   BENCH_OUT=PATH          where the tables go (default target/bench/latest.md)
 #   BENCH_BIN=PATH          benchmark this binsync binary instead of `cargo build --release`
 #   BENCH_CACHE=DIR         where the pinned Python venv is kept (default ~/.cache/binsync-bench)
@@ -456,6 +457,34 @@ for rate in $LAT_RATES; do
     latency_run "$rate"
 done
 
+# --- memory against transaction size -----------------------------------------------------------
+# binsync never holds a whole transaction: its peak RSS on one huge transaction must stay at the
+# level of the standard workload's 1,000-row transactions.
+BIG_ROWS=${BENCH_BIG_TXN_ROWS:-500000}
+step "One transaction of $BIG_ROWS rows into the file sink: binsync's peak RSS"
+read -r big_file big_pos _ < <(sql -e 'SHOW MASTER STATUS')
+sql -e "CREATE TABLE bench.big LIKE bench.products;
+INSERT INTO bench.big SELECT seq, CONCAT('SKU-', seq), CONCAT('Product ', seq), 1.50, seq % 1000,
+  seq * 0.25, JSON_OBJECT('color', 'red', 'size', seq % 50), 1,
+  TIMESTAMP'2026-01-01 00:00:00' + INTERVAL seq SECOND, 1 + seq % 3 FROM bench.seq_1_to_$BIG_ROWS;"
+rm -rf "$TMP/state" "$TMP/out.jsonl"
+timed binsync-big "$BIN" run --source "$SOURCE" --server-id "$SERVER_ID" --state-dir "$TMP/state" \
+    --start "file:$big_file:$big_pos" --include bench.big --exit-at-end --sink "file:$TMP/out.jsonl"
+big_lines=$(wc -l <"$TMP/out.jsonl")
+[[ $big_lines -eq $BIG_ROWS ]] || die "binsync wrote $big_lines lines for the big transaction; expected $BIG_ROWS"
+rm -f "$TMP/out.jsonl"
+small_rss=$(awk -F'\t' '$1 == "binsync_file" { print $4 }' "$RES/tools.tsv")
+note "one $BIG_ROWS-row transaction: peak RSS $(mib $((RSS * 1024))) MiB in $WALL s; 1,000-row transactions: $(mib $((${small_rss%.*} * 1024))) MiB"
+{
+    echo
+    echo "## Memory against transaction size"
+    echo
+    echo "| binsync → file | rows | peak RSS MiB |"
+    echo "| --- | ---: | ---: |"
+    echo "| standard workload, 1,000-row transactions | $CHANGES | $(mib $((${small_rss%.*} * 1024))) |"
+    echo "| one $BIG_ROWS-row transaction | $BIG_ROWS | $(mib $((RSS * 1024))) |"
+} >"$RES/memory.md"
+
 # --- report -------------------------------------------------------------------------------------
 {
     echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -475,6 +504,7 @@ done
 } >"$RES/meta.txt"
 mkdir -p "$(dirname "$OUT")"
 python3 "$HELPER" report "$RES" >"$TMP/report.md"
+cat "$RES/memory.md" >>"$TMP/report.md"
 cp "$TMP/report.md" "$OUT"
 step "Results (also in $OUT)"
 echo
