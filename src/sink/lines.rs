@@ -15,6 +15,9 @@ use tokio::sync::mpsc;
 use super::{Ack, SinkError, SinkSpec};
 use crate::change::Chunk;
 
+/// Bytes of changes gathered into one write (and one fsync).
+const MAX_WRITE_BYTES: usize = 4 << 20;
+
 enum Out {
     Stdout(std::io::Stdout),
     File(File, PathBuf),
@@ -34,11 +37,16 @@ pub fn run_blocking(
     let mut buf = Vec::with_capacity(1 << 20);
     let mut pending = Vec::new();
     while let Some(first) = rx.blocking_recv() {
+        let mut bytes = first.buf.len();
         pending.push(first);
-        // Take what else is already queued: one write and one fsync for all of it.
-        while pending.len() < 64 {
+        // Take what else is already queued (one write and one fsync for all of it), up to a
+        // bound: the writer must not hold more than a few chunks, however slow fsync is.
+        while bytes < MAX_WRITE_BYTES {
             match rx.try_recv() {
-                Ok(c) => pending.push(c),
+                Ok(c) => {
+                    bytes += c.buf.len();
+                    pending.push(c);
+                }
                 Err(_) => break,
             }
         }
@@ -50,6 +58,9 @@ pub fn run_blocking(
             }
         }
         out.write_durably(&buf)?;
+        if buf.capacity() > 2 * MAX_WRITE_BYTES {
+            buf = Vec::with_capacity(MAX_WRITE_BYTES);
+        }
         for chunk in pending.drain(..) {
             if acks.blocking_send(Ack::for_chunk(&chunk)).is_err() {
                 return Ok(()); // the checkpointer is gone: shutting down
