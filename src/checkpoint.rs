@@ -288,19 +288,25 @@ fn stored_to_checkpoint(stored: Stored) -> Result<Checkpoint, GtidParseError> {
     })
 }
 
+/// sled could not lock its directory: another process holds the store.
+pub fn is_lock_error(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock
+                || io.raw_os_error() == Some(11)
+                || e.to_string().contains("lock")
+        }
+        _ => false,
+    }
+}
+
 fn classify_open_error(dir: &Path, e: sled::Error) -> CheckpointError {
     let detail = e.to_string();
     match &e {
-        sled::Error::Io(io)
-            if io.kind() == std::io::ErrorKind::WouldBlock
-                || detail.contains("lock")
-                || io.raw_os_error() == Some(11) =>
-        {
-            CheckpointError::Locked {
-                dir: dir.to_path_buf(),
-                detail,
-            }
-        }
+        _ if is_lock_error(&e) => CheckpointError::Locked {
+            dir: dir.to_path_buf(),
+            detail,
+        },
         _ => CheckpointError::Corrupt {
             dir: dir.to_path_buf(),
             detail,

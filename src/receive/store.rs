@@ -406,16 +406,10 @@ fn write_error(dir: &Path, e: sled::Error) -> ReceiveError {
 fn classify_open_error(dir: &Path, e: sled::Error) -> ReceiveError {
     let detail = e.to_string();
     match &e {
-        sled::Error::Io(io)
-            if io.kind() == std::io::ErrorKind::WouldBlock
-                || detail.contains("lock")
-                || io.raw_os_error() == Some(11) =>
-        {
-            ReceiveError::Locked {
-                dir: dir.to_path_buf(),
-                detail,
-            }
-        }
+        _ if crate::checkpoint::is_lock_error(&e) => ReceiveError::Locked {
+            dir: dir.to_path_buf(),
+            detail,
+        },
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
             ReceiveError::Write {
                 dir: dir.to_path_buf(),
