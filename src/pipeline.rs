@@ -104,6 +104,17 @@ pub async fn run(
         plan_start(&mut conn, &src, &info, checkpoint.as_ref(), &settings.start).await?;
     if checkpoint.is_none() {
         start_pos.seq = store.seq_floor();
+        // The start point is where a restart must resume even if nothing is delivered before
+        // it (`--start latest` stopped at once would otherwise fall back to `earliest`). Not for
+        // a MySQL file start read from the head of its file: that position is not resumable.
+        if emit_from.is_none() {
+            store
+                .save(&Checkpoint {
+                    server: info.identity.clone(),
+                    position: start_pos.clone(),
+                })
+                .await?;
+        }
     }
     let target = if settings.exit_at_end {
         let (file, offset, gtid) = binlog_end(&mut conn, &src, info.flavor()).await?;

@@ -81,6 +81,11 @@ fn start_latest_skips_history_and_start_gtid_resumes_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let (lines, _) = run(&db, &dir.path().join("latest"), &["--start", "latest"]);
     assert!(lines.is_empty(), "{lines:?}");
+    // The start point was checkpointed: the next run (no --start) continues from it.
+    db.sql("INSERT INTO crm.users VALUES (20, 'late@example.com')");
+    let (lines, _) = run(&db, &dir.path().join("latest"), &[]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["id"]["id"], 20);
     let pos = db.sql("SELECT @@gtid_binlog_pos").trim().to_string();
     db.sql("INSERT INTO crm.users VALUES (8, 'y@example.com')");
     let (lines, _) = run(
@@ -206,5 +211,22 @@ fn a_purged_binlog_is_one_clear_error() {
         c.stdout().contains("FAIL binlog retention"),
         "{}",
         c.stdout()
+    );
+}
+
+#[test]
+fn signedness_after_a_year_column_holds_when_starting_mid_file() {
+    // MariaDB counts YEAR in the signedness metadata; a stream opened mid-file must know that
+    // the writer is MariaDB too (from the format description the server sends first).
+    let db = MariaDb::start(ServerOpts::default());
+    db.sql("CREATE DATABASE g; CREATE TABLE g.s (id INT PRIMARY KEY, y YEAR, b BIGINT, u BIGINT UNSIGNED)");
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, _) = run(&db, &dir.path().join("s"), &["--start", "latest"]);
+    assert!(lines.is_empty());
+    db.sql("INSERT INTO g.s VALUES (1, 2024, -5, 18446744073709551615)");
+    let (lines, _) = run(&db, &dir.path().join("s"), &[]);
+    assert_eq!(
+        lines[0]["after"],
+        serde_json::json!({"id": 1, "y": 2024, "b": -5, "u": u64::MAX})
     );
 }

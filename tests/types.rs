@@ -59,7 +59,7 @@ fn expected_full_row() -> Value {
         "e": "medium", "s": "a,c", "b1": 1, "b64": u64::MAX,
         "j": {"k": [1, 2.5, {"n": "ü"}], "t": true, "z": null},
         "g": "AQEAAAAAAAAAAADwPwAAAAAAAABA",
-        "gen_s": -2147483647, "inv": 42
+        "gen_v": -4294967296i64, "gen_s": -2147483647, "inv": 42
     })
 }
 

@@ -135,6 +135,9 @@ pub struct Decoder {
     scratch: Vec<u8>,
     warned_statements: bool,
     warned_no_metadata: bool,
+    /// Whether the binlog was written by MariaDB (from the format description event), which
+    /// counts YEAR columns in the signedness metadata where MySQL does not.
+    mariadb_writer: Option<bool>,
     /// Events seen (progress reporting).
     pub events: u64,
 }
@@ -174,6 +177,7 @@ impl Decoder {
             scratch: Vec::new(),
             warned_statements: false,
             warned_no_metadata: false,
+            mariadb_writer: None,
             events: 0,
         };
         d.set_file(d.boundary.file.clone());
@@ -327,6 +331,13 @@ impl Decoder {
                 })
             }
             _ => {}
+        }
+        if raw_type == EventType::FORMAT_DESCRIPTION_EVENT as u8 {
+            // binlog version (2 bytes), then the server version, NUL-padded to 50 bytes.
+            if let Some(version) = ev.data().get(2..52) {
+                self.mariadb_writer = Some(version.windows(7).any(|w| w == b"MariaDB"));
+            }
+            return Ok(());
         }
         if raw_type == EventType::XID_EVENT as u8 {
             // Its body (the XA id) is not needed: the event is the commit.
@@ -532,7 +543,7 @@ impl Decoder {
         } else {
             None
         };
-        let schema = TableSchema::from_table_map(tme, extra.as_deref())?;
+        let schema = TableSchema::from_table_map_with(tme, extra.as_deref(), self.mariadb_writer)?;
         if included && !schema.names_from_binlog && !self.warned_no_metadata {
             self.warned_no_metadata = true;
             tracing::warn!(

@@ -765,6 +765,17 @@ impl TableSchema {
         tme: &TableMapEvent<'_>,
         extra: Option<&ExtraSchema>,
     ) -> Result<TableSchema, DecodeError> {
+        Self::from_table_map_with(tme, extra, None)
+    }
+
+    /// As [`TableSchema::from_table_map`], knowing whether the writer counts YEAR columns in
+    /// the signedness bitmap (MariaDB does, MySQL does not); None guesses from the bitmap's
+    /// length, which is ambiguous when both counts fit the same number of bytes.
+    pub fn from_table_map_with(
+        tme: &TableMapEvent<'_>,
+        extra: Option<&ExtraSchema>,
+        year_in_signedness: Option<bool>,
+    ) -> Result<TableSchema, DecodeError> {
         let db = tme.database_name().into_owned();
         let table = tme.table_name().into_owned();
         let mut raw = Vec::with_capacity(256);
@@ -826,8 +837,9 @@ impl TableSchema {
                     })
                     .count()
             };
-            let with_year =
-                count(false).div_ceil(8) != bits.len() && count(true).div_ceil(8) == bits.len();
+            let with_year = year_in_signedness.unwrap_or_else(|| {
+                count(false).div_ceil(8) != bits.len() && count(true).div_ceil(8) == bits.len()
+            });
             let mut k = 0usize;
             for (i, &code) in map.types.iter().enumerate() {
                 if reals[i] == LOST {
