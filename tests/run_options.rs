@@ -9,10 +9,9 @@ use std::time::Duration;
 use common::{MariaDb, Proc, ServerOpts};
 use serde_json::Value;
 
-fn run(db: &MariaDb, state: &std::path::Path, extra: &[&str]) -> (Vec<Value>, String) {
-    let out = state.with_extension("jsonl");
+/// `binsync run --exit-at-end` against `db` with this state dir and sink.
+fn spawn_run(db: &MariaDb, state: &std::path::Path, sink: &str, extra: &[&str]) -> Proc {
     let url = db.url();
-    let sink = format!("file:{}", out.display());
     let state_s = state.display().to_string();
     let mut args = vec![
         "run",
@@ -23,11 +22,16 @@ fn run(db: &MariaDb, state: &std::path::Path, extra: &[&str]) -> (Vec<Value>, St
         "--state-dir",
         &state_s,
         "--sink",
-        &sink,
+        sink,
         "--exit-at-end",
     ];
     args.extend(extra);
-    let mut p = Proc::spawn(&args, &[]);
+    Proc::spawn(&args, &[])
+}
+
+fn run(db: &MariaDb, state: &std::path::Path, extra: &[&str]) -> (Vec<Value>, String) {
+    let out = state.with_extension("jsonl");
+    let mut p = spawn_run(db, state, &format!("file:{}", out.display()), extra);
     let st = p
         .wait_timeout(Duration::from_secs(60))
         .expect("binsync did not return");
@@ -178,23 +182,7 @@ fn a_purged_binlog_is_one_clear_error() {
         db.sql(&format!("PURGE BINARY LOGS TO '{last}'"));
         db.sql("SHOW BINARY LOGS").lines().count() == 1
     });
-    let url = db.url();
-    let state_s = state.display().to_string();
-    let mut p = Proc::spawn(
-        &[
-            "run",
-            "--source",
-            &url,
-            "--server-id",
-            "4646",
-            "--state-dir",
-            &state_s,
-            "--sink",
-            "stdout",
-            "--exit-at-end",
-        ],
-        &[],
-    );
+    let mut p = spawn_run(&db, &state, "stdout", &[]);
     let st = p.wait_timeout(Duration::from_secs(60)).expect("returns");
     let err = p.stderr();
     assert!(!st.success(), "{err}\n{}", p.stdout());
@@ -204,6 +192,7 @@ fn a_purged_binlog_is_one_clear_error() {
         .unwrap_or_else(|| panic!("{err}"));
     assert!(line.contains("1236") && line.contains("--reset"), "{line}");
     // `check` says the same about retention.
+    let (url, state_s) = (db.url(), state.display().to_string());
     let mut c = Proc::spawn(&["check", "--source", &url, "--state-dir", &state_s], &[]);
     let st = c.wait_timeout(Duration::from_secs(30)).unwrap();
     assert!(!st.success());

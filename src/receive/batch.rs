@@ -268,34 +268,11 @@ fn is_utc_timestamp(ts: &str) -> bool {
 /// JSON text without whitespace outside strings, so `{"id": 5}` and `{"id":5}` are one key.
 /// Key order is kept: it is the primary key's column order.
 pub fn compact_json(text: &str) -> Cow<'_, str> {
-    let is_ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
-    let mut in_str = false;
-    let mut escaped = false;
-    let mut needs = false;
-    for c in text.chars() {
-        if in_str {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_str = false;
-            }
-        } else if c == '"' {
-            in_str = true;
-        } else if is_ws(c) {
-            needs = true;
-            break;
-        }
-    }
-    if !needs {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len());
+    // One pass; the text is copied only from the first whitespace outside a string on.
+    let mut out: Option<String> = None;
     let (mut in_str, mut escaped) = (false, false);
-    for c in text.chars() {
-        if in_str {
-            out.push(c);
+    for (i, c) in text.char_indices() {
+        let keep = if in_str {
             if escaped {
                 escaped = false;
             } else if c == '\\' {
@@ -303,14 +280,18 @@ pub fn compact_json(text: &str) -> Cow<'_, str> {
             } else if c == '"' {
                 in_str = false;
             }
-        } else if c == '"' {
-            in_str = true;
-            out.push(c);
-        } else if !is_ws(c) {
-            out.push(c);
+            true
+        } else {
+            in_str = c == '"';
+            !matches!(c, ' ' | '\t' | '\n' | '\r')
+        };
+        match (&mut out, keep) {
+            (Some(o), true) => o.push(c),
+            (None, false) => out = Some(text[..i].to_string()),
+            _ => {}
         }
     }
-    Cow::Owned(out)
+    out.map_or(Cow::Borrowed(text), Cow::Owned)
 }
 
 fn starts_object(text: &[u8]) -> bool {
