@@ -22,8 +22,10 @@
 //! - [`config`], [`start`], [`filter`]: flags, the TOML file, `--start`, `--include/--exclude`.
 //! - [`commands`]: `check`, `status` and `dlq`.
 //! - [`receive`]: `binsync receive`, the reference sync API receiver (docs/sync-api.md).
-//! - [`error`], [`units`]: the library's error type; numbers for people.
+//! - [`error`], [`units`]: the library's error type; numbers for people. [`alloc`]: malloc
+//!   settings the binary applies at start-up.
 
+pub mod alloc;
 pub mod backoff;
 pub mod change;
 pub mod checkpoint;

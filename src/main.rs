@@ -12,6 +12,7 @@ use binsync::filter::Filter;
 use binsync::pipeline::{self, Outcome};
 
 fn main() -> ExitCode {
+    binsync::alloc::tune();
     let cli = Cli::parse();
     let file = match cli.config.as_deref().map(FileConfig::load).transpose() {
         Ok(f) => f.unwrap_or_default(),
