@@ -1,9 +1,10 @@
 //! `binsync run`: the stages and how they are joined.
 //!
 //! ```text
-//! source (binlog stream + decoder) --Chunk, bounded--> sink --Ack, bounded--> checkpointer
+//! reader --events, bounded--> decoder --Chunk, bounded--> sink --Ack, bounded--> checkpointer
 //! ```
-//! - The source stage reads the binlog as a replica and cuts the decoded changes into chunks.
+//! - The source stage reads the binlog as a replica ([`Reader`], its own task) and cuts the
+//!   decoded changes into chunks.
 //!   A full sink channel pauses it (backpressure), so memory is bounded by the channel sizes
 //!   times the chunk size, whatever the transaction size or sink speed.
 //! - A dropped connection is retried forever with capped, jittered backoff, from the decoder's
@@ -17,7 +18,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
@@ -31,8 +31,11 @@ use crate::gtid::{Flavor, GtidPos};
 use crate::sink::http::batch::SourceHeader;
 use crate::sink::{self, Ack, SinkSpec};
 use crate::source::lookup::InfoSchemaLookup;
+use crate::source::reader::{ReadError, Reader};
 use crate::source::stream::{self, StartPoint, HEARTBEAT};
-use crate::source::{binary_logs, binlog_end, ServerInfo, SourceConfig, SourceError};
+use crate::source::{
+    binary_logs, binlog_end, binlog_end_target, ServerInfo, SourceConfig, SourceError,
+};
 use crate::start::StartSpec;
 use crate::units;
 
@@ -117,7 +120,7 @@ pub async fn run(
         }
     }
     let target = if settings.exit_at_end {
-        let (file, offset, gtid) = binlog_end(&mut conn, &src, info.flavor()).await?;
+        let (file, offset, gtid) = binlog_end_target(&mut conn, &src, info.flavor()).await?;
         let gtid = gtid
             .filter(|g| !g.is_empty())
             .and_then(|g| GtidPos::parse(info.flavor(), &g).ok());
@@ -399,11 +402,6 @@ struct SourceStage {
     dropped: bool,
 }
 
-enum Next {
-    Event(mysql_async::binlog::events::Event),
-    Stop,
-}
-
 impl SourceStage {
     async fn run(
         mut self,
@@ -466,21 +464,21 @@ impl SourceStage {
         }
     }
 
-    /// Reads events until stopped, caught up, or the stream fails.
+    /// Decodes events until stopped, caught up, or the stream fails. The events are read on
+    /// their own task ([`Reader`]); dropping it on return closes the connection.
     async fn pump(
         &mut self,
-        mut stream: mysql_async::BinlogStream,
+        stream: mysql_async::BinlogStream,
         decoder: &mut Decoder,
         tx: &mpsc::Sender<Chunk>,
         backoff: &mut Backoff,
     ) -> Result<Outcome> {
-        let silence = HEARTBEAT * 5;
+        let mut reader = Reader::spawn(stream, HEARTBEAT * 5);
         let mut healthy_since = Instant::now();
         loop {
             // Non-blocking first: while events are ready, keep filling the chunk.
-            let ready = stream.next().now_or_never();
-            let item = match ready {
-                Some(item) => item,
+            let batch = match reader.try_next() {
+                Some(batch) => batch,
                 None => {
                     // Idle: hand on what we have, then wait.
                     if let Some(chunk) = decoder.take_chunk(true) {
@@ -488,44 +486,39 @@ impl SourceStage {
                             return Ok(Outcome::Stopped);
                         }
                     }
-                    let next = tokio::select! {
-                        n = tokio::time::timeout(silence, stream.next()) => n.map(|x| x.map(|r| r.map(Next::Event))),
-                        _ = self.stop.changed() => Ok(Some(Ok(Next::Stop))),
-                    };
-                    match next {
-                        Ok(Some(Ok(Next::Stop))) => return Ok(Outcome::Stopped),
-                        Ok(Some(Ok(Next::Event(e)))) => Some(Ok(e)),
-                        Ok(Some(Err(e))) => Some(Err(e)),
-                        Ok(None) => None,
-                        Err(_) => return Err(SourceError::Silent(silence).into()),
+                    tokio::select! {
+                        b = reader.next() => b.unwrap_or(Err(ReadError::Ended)),
+                        _ = self.stop.changed() => return Ok(Outcome::Stopped),
                     }
                 }
             };
-            let event = match item {
-                Some(Ok(e)) => e,
-                Some(Err(e)) => return Err(SourceError::classify(e, &self.src).into()),
-                None => return Err(SourceError::StreamEnded.into()),
-            };
-            decoder.on_event(&event).await?;
-            if healthy_since.elapsed() > Duration::from_secs(30) {
-                backoff.reset();
-                healthy_since = Instant::now();
-            }
-            if !decoder.in_transaction() {
-                if let Some(t) = &self.target {
-                    if t.reached(decoder.position()) {
-                        decoder.mark_at_end();
-                        return Ok(Outcome::CaughtUp);
+            let events = batch.map_err(|e| match e {
+                ReadError::Driver(e) => SourceError::classify(e, &self.src),
+                ReadError::Ended => SourceError::StreamEnded,
+                ReadError::Silent(d) => SourceError::Silent(d),
+            })?;
+            for event in &events {
+                decoder.on_event(event).await?;
+                if !decoder.in_transaction() {
+                    if let Some(t) = &self.target {
+                        if t.reached(decoder.position()) {
+                            decoder.mark_at_end();
+                            return Ok(Outcome::CaughtUp);
+                        }
                     }
                 }
-            }
-            if let Some(chunk) = decoder.take_chunk(false) {
-                if !self.send(tx, chunk).await? {
+                if let Some(chunk) = decoder.take_chunk(false) {
+                    if !self.send(tx, chunk).await? {
+                        return Ok(Outcome::Stopped);
+                    }
+                }
+                if *self.stop.borrow() {
                     return Ok(Outcome::Stopped);
                 }
             }
-            if *self.stop.borrow() {
-                return Ok(Outcome::Stopped);
+            if healthy_since.elapsed() > Duration::from_secs(30) {
+                backoff.reset();
+                healthy_since = Instant::now();
             }
         }
     }

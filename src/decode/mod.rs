@@ -22,6 +22,7 @@ pub mod value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bitvec::slice::BitSlice;
 use futures_util::future::BoxFuture;
 use mysql_common::binlog::consts::EventType;
 use mysql_common::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
@@ -85,6 +86,10 @@ struct TableInfo {
     included: bool,
     /// `"db":"..","table":"..","entity":"..",`
     meta_json: Box<[u8]>,
+    /// Bytes usually enough for the key's JSON (see [`Decoder::row_in_place`]).
+    key_room: usize,
+    /// Bytes always enough for `,"changed":[...]` naming every column.
+    changed_room: usize,
     /// The raw table map, to reuse this entry when the same map comes again (every transaction).
     raw: Box<[u8]>,
 }
@@ -133,6 +138,8 @@ pub struct Decoder {
     spans_a: Vec<Option<(u32, u32)>>,
     spans_b: Vec<Option<(u32, u32)>>,
     scratch: Vec<u8>,
+    /// A line's head, built before it is put in front of its images (`row_in_place`).
+    head: Vec<u8>,
     warned_statements: bool,
     warned_no_metadata: bool,
     /// Whether the binlog was written by MariaDB (from the format description event), which
@@ -175,6 +182,7 @@ impl Decoder {
             spans_a: Vec::new(),
             spans_b: Vec::new(),
             scratch: Vec::new(),
+            head: Vec::new(),
             warned_statements: false,
             warned_no_metadata: false,
             mariadb_writer: None,
@@ -566,6 +574,19 @@ impl Decoder {
         meta.extend_from_slice(b",\"entity\":");
         value::write_json_str(&mut meta, entity.as_bytes());
         meta.push(b',');
+        let key_room = schema
+            .pk
+            .iter()
+            .filter_map(|&i| schema.columns.get(i))
+            .map(|c| c.json_key.len() + 1 + KEY_VALUE_ROOM)
+            .sum::<usize>()
+            + 2;
+        let changed_room = b",\"changed\":[]".len()
+            + schema
+                .columns
+                .iter()
+                .map(|c| c.json_key.len())
+                .sum::<usize>();
         self.tables.insert(
             id,
             Arc::new(TableInfo {
@@ -573,6 +594,8 @@ impl Decoder {
                 entity,
                 included,
                 meta_json: meta.into_boxed_slice(),
+                key_room,
+                changed_room,
                 raw: raw.into(),
             }),
         );
@@ -657,6 +680,26 @@ impl Decoder {
         let before_cols = rows.columns_before_image();
         let after_cols = rows.columns_after_image();
         let mut at = 0usize;
+        if raw_type != EventType::PARTIAL_UPDATE_ROWS_EVENT as u8 {
+            let missing = |what: &str| match op {
+                Op::Insert => self.malformed("WRITE_ROWS", log_pos, what),
+                Op::Update => self.malformed("UPDATE_ROWS", log_pos, what),
+                Op::Delete => self.malformed("DELETE_ROWS", log_pos, what),
+            };
+            let before_cols = match op {
+                Op::Insert => None,
+                _ => Some(before_cols.ok_or_else(|| missing("no before-image columns"))?),
+            };
+            let after_cols = match op {
+                Op::Delete => None,
+                _ => Some(after_cols.ok_or_else(|| missing("no after-image columns"))?),
+            };
+            while at < data.len() {
+                at +=
+                    self.row_in_place(&info, op, before_cols, after_cols, &data[at..], log_pos)?;
+            }
+            return Ok(());
+        }
         while at < data.len() {
             let rest = &data[at..];
             let (before, after) = match op {
@@ -752,6 +795,156 @@ impl Decoder {
         Ok(())
     }
 
+    /// Decodes one row straight into the chunk and returns the bytes of `rows` it used.
+    ///
+    /// The images are decoded after a gap left for the line's head (`seq`, key, positions,
+    /// changed columns), which is written into the end of the gap once the key and the
+    /// changed columns are known; the bytes of the gap before the head belong to no line.
+    /// This saves copying every image once (the gap is widened, moving the images, in the
+    /// rare case where the head does not fit). An update that moves the primary key is
+    /// decoded again by [`Decoder::split_key_move`] as a delete and an insert.
+    fn row_in_place(
+        &mut self,
+        info: &TableInfo,
+        op: Op,
+        before_cols: Option<&BitSlice<u8>>,
+        after_cols: Option<&BitSlice<u8>>,
+        rows: &[u8],
+        log_pos: u64,
+    ) -> Result<usize, StreamError> {
+        let Some(txn) = self.txn.as_ref() else {
+            return Ok(rows.len());
+        };
+        let buf = &mut self.chunk.buf;
+        let line_start = buf.len();
+        let gap = HEAD_FIXED_ROOM
+            + info.meta_json.len()
+            + txn.meta_json.len()
+            + self.file_json.len()
+            + info.key_room
+            + if op == Op::Update {
+                info.changed_room
+            } else {
+                0
+            };
+        buf.resize(line_start + gap, b' ');
+        let mut used = 0;
+        let decoded = (|| {
+            if let Some(cols) = before_cols {
+                buf.extend_from_slice(b",\"before\":");
+                used += value::decode_image(&info.schema, cols, rows, buf, &mut self.spans_b)?;
+            }
+            if let Some(cols) = after_cols {
+                buf.extend_from_slice(b",\"after\":");
+                used +=
+                    value::decode_image(&info.schema, cols, &rows[used..], buf, &mut self.spans_a)?;
+            }
+            Ok::<_, DecodeError>(())
+        })();
+        if let Err(e) = decoded {
+            buf.truncate(line_start);
+            return Err(e.into());
+        }
+        buf.push(b'}');
+        // The key of the entity as it is after the change (before it, for a delete).
+        let key_spans = if after_cols.is_some() {
+            &self.spans_a
+        } else {
+            &self.spans_b
+        };
+        let key = &mut self.scratch;
+        key.clear();
+        value::write_key(&info.schema, buf, key_spans, key);
+        if op == Op::Update {
+            let new_key_len = key.len();
+            value::write_key(&info.schema, buf, &self.spans_b, key);
+            if key[..new_key_len] != key[new_key_len..] {
+                buf.truncate(line_start);
+                self.split_key_move(info, before_cols, after_cols, rows, log_pos)?;
+                return Ok(used);
+            }
+            key.truncate(new_key_len);
+        }
+        let Some(txn) = self.txn.as_mut() else {
+            return Ok(used);
+        };
+        let row = txn.next_row;
+        txn.next_row += 1;
+        self.seq += 1;
+        if row < txn.skip_below {
+            buf.truncate(line_start);
+            return Ok(used);
+        }
+        let head = &mut self.head;
+        head.clear();
+        let key_at = write_head(
+            head,
+            self.seq,
+            op,
+            &info.meta_json,
+            key,
+            &txn.meta_json,
+            row,
+            &self.file_json,
+            log_pos,
+        );
+        if op == Op::Update {
+            head.extend_from_slice(b",\"changed\":");
+            value::write_changed(&info.schema, buf, &self.spans_b, buf, &self.spans_a, head);
+        }
+        if head.len() > gap {
+            let more = head.len() - gap;
+            buf.splice(
+                line_start + gap..line_start + gap,
+                std::iter::repeat_n(b' ', more),
+            );
+        }
+        let start = line_start + gap.max(head.len()) - head.len();
+        buf[start..start + head.len()].copy_from_slice(head);
+        self.chunk.changes.push(Change {
+            seq: self.seq,
+            op,
+            entity: info.entity.clone(),
+            line: start..buf.len(),
+            key: start + key_at..start + key_at + key.len(),
+        });
+        Ok(used)
+    }
+
+    /// An update that moves the primary key: the old entity is deleted, the new one inserted.
+    /// Decodes the row again into the scratch images (rare: worth no special layout).
+    fn split_key_move(
+        &mut self,
+        info: &TableInfo,
+        before_cols: Option<&BitSlice<u8>>,
+        after_cols: Option<&BitSlice<u8>>,
+        rows: &[u8],
+        log_pos: u64,
+    ) -> Result<(), StreamError> {
+        let (Some(bcols), Some(acols)) = (before_cols, after_cols) else {
+            return Ok(());
+        };
+        self.img_b.clear();
+        let n = value::decode_image(
+            &info.schema,
+            bcols,
+            rows,
+            &mut self.img_b,
+            &mut self.spans_b,
+        )?;
+        self.img_a.clear();
+        value::decode_image(
+            &info.schema,
+            acols,
+            &rows[n..],
+            &mut self.img_a,
+            &mut self.spans_a,
+        )?;
+        self.emit(info, Op::Delete, true, false, log_pos);
+        self.emit(info, Op::Insert, false, true, log_pos);
+        Ok(())
+    }
+
     /// Numbers one change and, unless it was delivered before a restart, writes its line.
     fn emit(&mut self, info: &TableInfo, op: Op, before: bool, after: bool, log_pos: u64) {
         let Some(txn) = self.txn.as_mut() else { return };
@@ -761,30 +954,27 @@ impl Decoder {
         if row < txn.skip_below {
             return;
         }
+        self.scratch.clear();
+        if after {
+            value::write_key(&info.schema, &self.img_a, &self.spans_a, &mut self.scratch);
+        } else {
+            value::write_key(&info.schema, &self.img_b, &self.spans_b, &mut self.scratch);
+        }
         let buf = &mut self.chunk.buf;
         let start = buf.len();
-        buf.extend_from_slice(b"{\"seq\":");
-        push_u64(buf, self.seq);
-        buf.extend_from_slice(b",\"op\":\"");
-        buf.extend_from_slice(op.as_str().as_bytes());
-        buf.extend_from_slice(b"\",");
-        buf.extend_from_slice(&info.meta_json);
-        buf.extend_from_slice(b"\"id\":");
-        let key_start = buf.len();
-        if after {
-            value::write_key(&info.schema, &self.img_a, &self.spans_a, buf);
-        } else {
-            value::write_key(&info.schema, &self.img_b, &self.spans_b, buf);
-        }
-        let key_end = buf.len();
-        buf.push(b',');
-        buf.extend_from_slice(&txn.meta_json);
-        buf.extend_from_slice(b"\"row\":");
-        push_u64(buf, row);
-        buf.push(b',');
-        buf.extend_from_slice(&self.file_json);
-        buf.extend_from_slice(b"\"offset\":");
-        push_u64(buf, log_pos);
+        let key_at = write_head(
+            buf,
+            self.seq,
+            op,
+            &info.meta_json,
+            &self.scratch,
+            &txn.meta_json,
+            row,
+            &self.file_json,
+            log_pos,
+        );
+        let key_start = start + key_at;
+        let key_end = key_start + self.scratch.len();
         if before && after {
             buf.extend_from_slice(b",\"changed\":");
             value::write_changed(
@@ -813,6 +1003,47 @@ impl Decoder {
             key: key_start..key_end,
         });
     }
+}
+
+/// Room in the gap of [`Decoder::row_in_place`] for the head's fixed text and its three
+/// numbers (`seq`, `row`, `offset`, 20 digits each at most).
+const HEAD_FIXED_ROOM: usize = 112;
+/// Room for one key value (a BIGINT is 20 characters; longer keys widen the gap).
+const KEY_VALUE_ROOM: usize = 24;
+
+/// Writes a line's head, `{"seq":..,"op":..,<table>"id":<key>,<txn>"row":..,<file>"offset":..`,
+/// and returns where the key starts in it.
+#[allow(clippy::too_many_arguments)]
+fn write_head(
+    out: &mut Vec<u8>,
+    seq: u64,
+    op: Op,
+    table_meta: &[u8],
+    key: &[u8],
+    txn_meta: &[u8],
+    row: u64,
+    file_json: &[u8],
+    log_pos: u64,
+) -> usize {
+    let start = out.len();
+    out.extend_from_slice(b"{\"seq\":");
+    push_u64(out, seq);
+    out.extend_from_slice(b",\"op\":\"");
+    out.extend_from_slice(op.as_str().as_bytes());
+    out.extend_from_slice(b"\",");
+    out.extend_from_slice(table_meta);
+    out.extend_from_slice(b"\"id\":");
+    let key_at = out.len() - start;
+    out.extend_from_slice(key);
+    out.push(b',');
+    out.extend_from_slice(txn_meta);
+    out.extend_from_slice(b"\"row\":");
+    push_u64(out, row);
+    out.push(b',');
+    out.extend_from_slice(file_json);
+    out.extend_from_slice(b"\"offset\":");
+    push_u64(out, log_pos);
+    key_at
 }
 
 /// The event types the decoder reads the body of; all others only move the position.
