@@ -21,6 +21,7 @@
 
 pub mod batch;
 mod server;
+pub mod skim;
 pub mod store;
 
 use std::fmt;

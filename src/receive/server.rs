@@ -429,19 +429,10 @@ fn process(shared: &Shared, body: &[u8], encoding: Encoding, key: Option<&str>) 
     }
 }
 
-/// `--discard` (benchmarks): one parsing pass over the body (well-formed JSON, the envelope's
-/// version and count), no per-operation checks, nothing stored.
+/// `--discard` (benchmarks): one strict parsing pass over the whole body ([`super::skim`]:
+/// well-formed JSON, the envelope's version and count), no per-operation checks, nothing stored.
 fn skim(shared: &Shared, text: &[u8]) -> Outcome {
-    #[derive(serde::Deserialize)]
-    struct Skim<'a> {
-        version: u64,
-        #[serde(borrow)]
-        batch_id: std::borrow::Cow<'a, str>,
-        count: u64,
-        #[allow(dead_code)]
-        entities: serde::de::IgnoredAny,
-    }
-    match serde_json::from_slice::<Skim<'_>>(text) {
+    match super::skim::skim(text) {
         Ok(s) if s.version == 1 && s.count >= 1 => {
             shared.store.count(|st| {
                 st.batches += 1;
