@@ -24,6 +24,10 @@ enum Out {
 }
 
 /// Runs on a blocking thread: writes are synchronous and fsync blocks.
+///
+/// The file sink makes its writes durable on a second thread ([`sync_loop`]): while one group
+/// of chunks is fsynced, the next is written, so the decoder is not held up by the disk's
+/// flush latency. Acks still leave only after the fsync that covers their lines, in order.
 pub fn run_blocking(
     spec: SinkSpec,
     mut rx: mpsc::Receiver<Chunk>,
@@ -34,8 +38,25 @@ pub fn run_blocking(
         SinkSpec::File(p) => Out::File(open_append(p)?, p.clone()),
         SinkSpec::Http(_) => return Err(SinkError::Config("not a lines sink".into())),
     };
+    let syncer = match &out {
+        Out::File(f, path) => {
+            let file = f.try_clone().map_err(|e| SinkError::Write {
+                target: path.display().to_string(),
+                detail: e.to_string(),
+            })?;
+            let (tx, groups) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
+            let (path, acks) = (path.clone(), acks.clone());
+            let handle = std::thread::Builder::new()
+                .name("binsync-fsync".into())
+                .spawn(move || sync_loop(&file, &path, groups, acks))
+                .map_err(|e| SinkError::Config(format!("cannot start the fsync thread: {e}")))?;
+            Some((tx, handle))
+        }
+        Out::Stdout(_) => None,
+    };
     let mut buf = Vec::with_capacity(1 << 20);
     let mut pending = Vec::new();
+    let mut result = Ok(());
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.buf.len();
         pending.push(first);
@@ -57,12 +78,63 @@ pub fn run_blocking(
                 buf.push(b'\n');
             }
         }
-        out.write_durably(&buf)?;
+        if let Err(e) = out.write(&buf) {
+            result = Err(e);
+            break;
+        }
+        let group: Vec<Ack> = pending.drain(..).map(|c| Ack::for_chunk(&c)).collect();
+        match &syncer {
+            // A closed syncer has failed: its error is returned below.
+            Some((tx, _)) => {
+                if tx.send((group, !buf.is_empty())).is_err() {
+                    break;
+                }
+            }
+            None => {
+                for ack in group {
+                    if acks.blocking_send(ack).is_err() {
+                        return Ok(()); // the checkpointer is gone: shutting down
+                    }
+                }
+            }
+        }
         if buf.capacity() > 2 * MAX_WRITE_BYTES {
             buf = Vec::with_capacity(MAX_WRITE_BYTES);
         }
-        for chunk in pending.drain(..) {
-            if acks.blocking_send(Ack::for_chunk(&chunk)).is_err() {
+    }
+    if let Some((tx, handle)) = syncer {
+        drop(tx);
+        let synced = handle
+            .join()
+            .unwrap_or_else(|_| Err(SinkError::Config("the fsync thread panicked".into())));
+        result = result.and(synced);
+    }
+    result
+}
+
+/// Groups written but not yet fsynced, at most (each a few MiB of lines already in the page
+/// cache; only their acks are held).
+const SYNC_QUEUE: usize = 2;
+
+/// Makes written groups durable and acknowledges them: one `fdatasync` for every group queued
+/// meanwhile (each was written before it was queued, so the sync covers it).
+fn sync_loop(
+    file: &File,
+    path: &Path,
+    groups: std::sync::mpsc::Receiver<(Vec<Ack>, bool)>,
+    acks: mpsc::Sender<Ack>,
+) -> Result<(), SinkError> {
+    while let Ok(first) = groups.recv() {
+        let mut ready = vec![first];
+        ready.extend(groups.try_iter());
+        if ready.iter().any(|(_, wrote)| *wrote) {
+            file.sync_data().map_err(|e| SinkError::Write {
+                target: path.display().to_string(),
+                detail: e.to_string(),
+            })?;
+        }
+        for ack in ready.into_iter().flat_map(|(group, _)| group) {
+            if acks.blocking_send(ack).is_err() {
                 return Ok(()); // the checkpointer is gone: shutting down
             }
         }
@@ -71,7 +143,8 @@ pub fn run_blocking(
 }
 
 impl Out {
-    fn write_durably(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
+    /// Writes `bytes`: flushed for stdout; for a file, durable only after the syncer's fsync.
+    fn write(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
         match self {
             Out::Stdout(s) => {
                 if bytes.is_empty() {
@@ -89,12 +162,10 @@ impl Out {
                 if bytes.is_empty() {
                     return Ok(());
                 }
-                f.write_all(bytes)
-                    .and_then(|_| f.sync_data())
-                    .map_err(|e| SinkError::Write {
-                        target: path.display().to_string(),
-                        detail: e.to_string(),
-                    })
+                f.write_all(bytes).map_err(|e| SinkError::Write {
+                    target: path.display().to_string(),
+                    detail: e.to_string(),
+                })
             }
         }
     }
