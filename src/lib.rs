@@ -8,7 +8,8 @@
 //!
 //! - [`source`]: the server as a replica sees it: connecting with retries ([`source::SourceConfig`]),
 //!   what the server is ([`source::ServerInfo`]), error classification (retriable or not),
-//!   opening the binlog stream in its GTID dialect ([`source::stream`]), preflight checks
+//!   opening the binlog stream in its GTID dialect ([`source::stream`]), reading it on a task
+//!   of its own ([`source::reader`]), preflight checks
 //!   ([`source::preflight`]) and information_schema lookups ([`source::lookup`]).
 //! - [`gtid`]: positions as values: MySQL GTID sets, MariaDB GTID lists, MariaDB's raw events.
 //! - [`decode`]: binlog events to encoded changes: transaction boundaries, numbering (`seq`),
@@ -21,7 +22,8 @@
 //! - [`replay`]: archived binlog files through the same decoder.
 //! - [`config`], [`start`], [`filter`]: flags, the TOML file, `--start`, `--include/--exclude`.
 //! - [`commands`]: `check`, `status` and `dlq`.
-//! - [`receive`]: `binsync receive`, the reference sync API receiver (docs/sync-api.md).
+//! - [`receive`]: `binsync receive`, the reference sync API receiver (docs/sync-api.md), and
+//!   the strict one-pass JSON skimmer of its benchmark mode ([`receive::skim`]).
 //! - [`error`], [`units`]: the library's error type; numbers for people. [`alloc`]: malloc
 //!   settings the binary applies at start-up.
 

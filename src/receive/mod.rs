@@ -6,12 +6,14 @@
 //! - [`store`]: the sled store in `--state-dir`: the apply rule, tombstones, counters, `dump`.
 //! - `server`: HTTP/1 over hyper: routes, authorization, gzip, size limit, fault injection,
 //!   graceful shutdown.
+//! - [`skim`]: `--discard` mode's parser: strict JSON over the whole body, envelope only.
 //!
 //! Invariants:
 //! - A 2xx answer means the whole batch is applied and flushed to disk (or, with `discard`,
-//!   parsed in one pass: well-formed JSON, version and count; no per-operation checks). A 4xx or an injected fault means nothing of it was applied. Without
-//!   an answer (the sender gave up waiting) or with a 500 it may have been applied: the retry
-//!   then finds its operations stale.
+//!   parsed in one pass: well-formed JSON, version and count; no per-operation checks). A 4xx
+//!   or an injected fault means nothing of it was applied. Without an answer (the sender gave
+//!   up waiting) or with a 500 it may have been applied: the retry then finds its operations
+//!   stale.
 //! - The apply rule: per (entity type, id) the store keeps the highest `seq` applied, deletes
 //!   included (as tombstones); an operation with a `seq` not above it is counted as stale and
 //!   dropped. Replays after a sender crash are therefore harmless and the state converges to
