@@ -9,7 +9,10 @@ use mysql_common::io::ParseBuf;
 use mysql_common::proto::MyDeserialize;
 
 use super::super::schema::{ColumnKind, DecodeError, ExtraSchema, TableSchema, TextKind};
-use super::{decode_image, decode_partial_after_image, write_changed, write_json_str, write_key};
+use super::{
+    decode_image, decode_partial_after_image, escape_if_utf8, escape_utf8, write_changed,
+    write_json_str, write_key,
+};
 
 // ---- builders --------------------------------------------------------------------------------
 
@@ -1359,4 +1362,41 @@ fn json_strings_escape_like_serde() {
     out.clear();
     write_json_str(&mut out, b"tab\there\x7f");
     assert_eq!(out, b"\"tab\\there\x7f\"");
+}
+
+#[test]
+fn one_pass_escaping_agrees_with_validate_then_escape() {
+    // Pieces that exercise every branch: plain ASCII runs (word skips), characters to escape,
+    // valid 2-4 byte characters, and bytes invalid as UTF-8 or cut sequences.
+    let pieces: [&[u8]; 14] = [
+        b"abcdefgh",
+        b"SKU-0000000001",
+        b"\"",
+        b"\\",
+        b"\n\t\x01\x1f",
+        "é".as_bytes(),
+        "€".as_bytes(),
+        "😀".as_bytes(),
+        b"\xff",
+        b"\xc3",
+        b"\x80",
+        b"\xed\xa0\x80",
+        b"\xf0\x9f\x98",
+        b"x",
+    ];
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..20_000 {
+        let mut s = Vec::new();
+        for _ in 0..rng.usize(0..12) {
+            s.extend_from_slice(pieces[rng.usize(..pieces.len())]);
+        }
+        let expected = std::str::from_utf8(&s).ok().map(|_| {
+            let mut out = Vec::new();
+            escape_utf8(&mut out, &s);
+            out
+        });
+        let mut out = Vec::new();
+        let got = escape_if_utf8(&mut out, &s).then_some(out);
+        assert_eq!(got, expected, "input {s:?}");
+    }
 }

@@ -486,6 +486,44 @@ fn escape_utf8(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&s[start..]);
 }
 
+/// Appends `s` escaped for a JSON string body and returns true if it is valid UTF-8; returns
+/// false otherwise, with `out` partly written (the caller truncates it). One pass: ASCII words
+/// with nothing to escape are skipped 8 bytes at a time, and each run of non-ASCII bytes is
+/// checked on its own (UTF-8 sequences never contain ASCII bytes, so the text is valid exactly
+/// when every such run is).
+fn escape_if_utf8(out: &mut Vec<u8>, s: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut start = 0;
+    let mut i = 0;
+    let n = s.len();
+    while i < n {
+        if i + 8 <= n {
+            let w = u64::from_le_bytes(s[i..i + 8].try_into().unwrap());
+            if w & HIGH == 0 && !word_needs_escape(w) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = s[i];
+        if b >= 0x80 {
+            let end = s[i..].iter().position(|&c| c < 0x80).map_or(n, |p| i + p);
+            if std::str::from_utf8(&s[i..end]).is_err() {
+                return false;
+            }
+            i = end;
+        } else {
+            if ESCAPE[b as usize] != 0 {
+                out.extend_from_slice(&s[start..i]);
+                push_escape(out, b);
+                start = i + 1;
+            }
+            i += 1;
+        }
+    }
+    out.extend_from_slice(&s[start..]);
+    true
+}
+
 /// Writes `s` as a JSON string literal (escaped) to out. Fast path for ASCII.
 ///
 /// Bytes that are not valid UTF-8 are replaced by U+FFFD, so the output is always valid JSON.
@@ -630,12 +668,13 @@ pub(crate) fn write_base64_str(out: &mut Vec<u8>, bytes: &[u8]) {
 fn write_text(out: &mut Vec<u8>, s: &[u8], kind: TextKind) {
     match kind {
         TextKind::Utf8 | TextKind::Unknown => {
-            if std::str::from_utf8(s).is_ok() {
-                out.reserve(s.len() + 2);
-                out.push(b'"');
-                escape_utf8(out, s);
+            let mark = out.len();
+            out.reserve(s.len() + 2);
+            out.push(b'"');
+            if escape_if_utf8(out, s) {
                 out.push(b'"');
             } else {
+                out.truncate(mark);
                 write_base64_str(out, s);
             }
         }
