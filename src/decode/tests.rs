@@ -10,8 +10,8 @@ use mysql_common::proto::MyDeserialize;
 
 use super::super::schema::{ColumnKind, DecodeError, ExtraSchema, TableSchema, TextKind};
 use super::{
-    decode_image, decode_partial_after_image, escape_if_utf8, escape_utf8, write_changed,
-    write_json_str, write_key,
+    decode_image, decode_partial_after_image, escape_if_utf8, write_changed, write_json_str,
+    write_key,
 };
 
 // ---- builders --------------------------------------------------------------------------------
@@ -1365,7 +1365,7 @@ fn json_strings_escape_like_serde() {
 }
 
 #[test]
-fn one_pass_escaping_agrees_with_validate_then_escape() {
+fn one_pass_escaping_checks_utf8_and_round_trips() {
     // Pieces that exercise every branch: plain ASCII runs (word skips), characters to escape,
     // valid 2-4 byte characters, and bytes invalid as UTF-8 or cut sequences.
     let pieces: [&[u8]; 14] = [
@@ -1390,13 +1390,14 @@ fn one_pass_escaping_agrees_with_validate_then_escape() {
         for _ in 0..rng.usize(0..12) {
             s.extend_from_slice(pieces[rng.usize(..pieces.len())]);
         }
-        let expected = std::str::from_utf8(&s).ok().map(|_| {
-            let mut out = Vec::new();
-            escape_utf8(&mut out, &s);
-            out
-        });
-        let mut out = Vec::new();
-        let got = escape_if_utf8(&mut out, &s).then_some(out);
-        assert_eq!(got, expected, "input {s:?}");
+        let mut out = vec![b'"'];
+        let valid = escape_if_utf8(&mut out, &s);
+        assert_eq!(valid, std::str::from_utf8(&s).is_ok(), "input {s:?}");
+        if valid {
+            out.push(b'"');
+            let back: String = serde_json::from_slice(&out)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+            assert_eq!(back.as_bytes(), &s[..]);
+        }
     }
 }

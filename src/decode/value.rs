@@ -459,31 +459,9 @@ fn word_needs_escape(w: u64) -> bool {
 }
 
 /// Appends valid UTF-8 `s` escaped for a JSON string body (no quotes).
-#[inline]
 fn escape_utf8(out: &mut Vec<u8>, s: &[u8]) {
-    let mut start = 0;
-    let mut i = 0;
-    let n = s.len();
-    while i < n {
-        if i + 8 <= n {
-            let w = u64::from_le_bytes(s[i..i + 8].try_into().unwrap());
-            if !word_needs_escape(w) {
-                i += 8;
-                continue;
-            }
-        }
-        let end = (i + 8).min(n);
-        while i < end {
-            let b = s[i];
-            if ESCAPE[b as usize] != 0 {
-                out.extend_from_slice(&s[start..i]);
-                push_escape(out, b);
-                start = i + 1;
-            }
-            i += 1;
-        }
-    }
-    out.extend_from_slice(&s[start..]);
+    let valid = escape_if_utf8(out, s);
+    debug_assert!(valid, "escape_utf8 takes valid UTF-8");
 }
 
 /// Appends `s` escaped for a JSON string body and returns true if it is valid UTF-8; returns

@@ -345,15 +345,7 @@ pub async fn binlog_end(
     src: &SourceConfig,
     flavor: Flavor,
 ) -> Result<(String, u64, Option<String>), SourceError> {
-    let row: Option<mysql_async::Row> = conn
-        .query_first("SHOW MASTER STATUS")
-        .await
-        .map_err(|e| SourceError::classify(e, src))?;
-    let Some(mut row) = row else {
-        return Err(SourceError::BinlogOff);
-    };
-    let file: String = row.take_opt(0).and_then(Result::ok).unwrap_or_default();
-    let pos: u64 = row.take_opt(1).and_then(Result::ok).unwrap_or(4);
+    let (file, pos, mut row) = master_status(conn, src).await?;
     let gtid = match flavor {
         Flavor::Mysql => row.take_opt::<String, usize>(4).and_then(Result::ok),
         Flavor::Mariadb => {
@@ -384,6 +376,16 @@ pub async fn binlog_end_target(
         return binlog_end(conn, src, flavor).await;
     }
     let gtid: Option<String> = query_one(conn, src, "SELECT @@gtid_binlog_pos").await?;
+    let (file, pos, _) = master_status(conn, src).await?;
+    Ok((file, pos, gtid))
+}
+
+/// `SHOW MASTER STATUS`: the current file and offset, and the rest of the row (MySQL's
+/// executed GTID set is its fifth column).
+async fn master_status(
+    conn: &mut Conn,
+    src: &SourceConfig,
+) -> Result<(String, u64, mysql_async::Row), SourceError> {
     let row: Option<mysql_async::Row> = conn
         .query_first("SHOW MASTER STATUS")
         .await
@@ -393,7 +395,7 @@ pub async fn binlog_end_target(
     };
     let file: String = row.take_opt(0).and_then(Result::ok).unwrap_or_default();
     let pos: u64 = row.take_opt(1).and_then(Result::ok).unwrap_or(4);
-    Ok((file, pos, gtid))
+    Ok((file, pos, row))
 }
 
 /// `SHOW BINARY LOGS`: file names, oldest first.
