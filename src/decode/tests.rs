@@ -10,8 +10,8 @@ use mysql_common::proto::MyDeserialize;
 
 use super::super::schema::{ColumnKind, DecodeError, ExtraSchema, TableSchema, TextKind};
 use super::{
-    decode_image, decode_partial_after_image, escape_if_utf8, write_changed, write_json_str,
-    write_key,
+    decode_image, decode_partial_after_image, escape_if_utf8, is_strict_json, quick_json,
+    write_changed, write_json_str, write_key,
 };
 
 // ---- builders --------------------------------------------------------------------------------
@@ -1400,4 +1400,79 @@ fn one_pass_escaping_checks_utf8_and_round_trips() {
             assert_eq!(back.as_bytes(), &s[..]);
         }
     }
+}
+
+#[test]
+fn json_text_is_checked_as_strictly_as_serde_json_value() {
+    // The usual MariaDB JSON texts take the quick path.
+    for t in [
+        r#"{"color": "green", "size": 1}"#,
+        r#"{"a":[1,-2.5,0,true,false,null,{}],"b":{"c":[]}}"#,
+        "  [ ]  ",
+        "\"plain\"",
+        "-0.125",
+    ] {
+        assert_eq!(quick_json(t.as_bytes()), Some(true), "{t}");
+    }
+    // Whatever the text, the answer is serde_json's Value's (the quick path only confirms).
+    let pieces: [&[u8]; 30] = [
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b"\"a\"",
+        b"\"x y\"",
+        b":",
+        b",",
+        b" ",
+        b"\n",
+        b"1",
+        b"-0",
+        b"0.5",
+        b"01",
+        b"1.",
+        b"1e5",
+        b"1e400",
+        b"12345678901234567890",
+        b"true",
+        b"nul",
+        b"null",
+        b"\"\\u00e9\"",
+        "\"é\"".as_bytes(),
+        b"\xff",
+        b"\"\\ud800\"",
+        b"\t",
+        b"-",
+        b"\"\x01\"",
+        b"\"\\\"",
+        b"x",
+    ];
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut quick = 0;
+    for _ in 0..50_000 {
+        let mut s = Vec::new();
+        for _ in 0..rng.usize(1..10) {
+            s.extend_from_slice(pieces[rng.usize(..pieces.len())]);
+        }
+        let strict = serde_json::from_slice::<serde_json::Value>(&s).is_ok();
+        if quick_json(&s) == Some(true) {
+            quick += 1;
+            assert!(
+                strict,
+                "quick path took invalid {:?}",
+                String::from_utf8_lossy(&s)
+            );
+        }
+        assert_eq!(
+            is_strict_json(&s),
+            strict,
+            "{:?}",
+            String::from_utf8_lossy(&s)
+        );
+    }
+    assert!(quick > 1_000, "the quick path confirmed only {quick} texts");
+    // Deep nesting falls back to serde_json, which stops at 128 levels.
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    assert!(is_strict_json(deep(40).as_bytes()));
+    assert!(!is_strict_json(deep(200).as_bytes()));
 }

@@ -664,7 +664,7 @@ fn write_text(out: &mut Vec<u8>, s: &[u8], kind: TextKind) {
             }
         }
         TextKind::JsonText => {
-            if serde_json::from_slice::<serde::de::IgnoredAny>(s).is_ok() {
+            if is_strict_json(s) {
                 // valid JSON is valid UTF-8 too; trim the whitespace around it
                 let t = trim_json_ws(s);
                 out.extend_from_slice(t);
@@ -673,6 +673,132 @@ fn write_text(out: &mut Vec<u8>, s: &[u8], kind: TextKind) {
             }
         }
     }
+}
+
+/// Whether a JSON column's text is JSON that strict parsers take as it is: serde_json's
+/// `Value` rules (valid UTF-8, no lone surrogate escapes, finite numbers). serde's
+/// `IgnoredAny` would let invalid UTF-8 through into the output. The common shapes are settled
+/// by [`quick_json`]; anything else (escapes, non-ASCII, exponents, long numbers, deep nesting,
+/// invalid text) by serde_json.
+fn is_strict_json(s: &[u8]) -> bool {
+    quick_json(s).unwrap_or_else(|| serde_json::from_slice::<serde_json::Value>(s).is_ok())
+}
+
+/// `Some(true)` when `s` is one JSON value built only of strings of printable ASCII without
+/// escapes, numbers of at most 16 characters without an exponent, `true`/`false`/`null`, and
+/// at most 32 levels of arrays and objects, with JSON whitespace around tokens; `None` when
+/// it is anything else, valid or not (the caller then asks serde_json). Never `Some(false)`.
+fn quick_json(s: &[u8]) -> Option<bool> {
+    const MAX_DEPTH: u32 = 32;
+    let n = s.len();
+    let ws = |mut i: usize| {
+        while i < n && matches!(s[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    };
+    // A key and its colon at `i`; returns where the value starts.
+    let key = |i: usize| -> Option<usize> {
+        if *s.get(i)? != b'"' {
+            return None;
+        }
+        let j = ws(quick_str(s, i)?);
+        (*s.get(j)? == b':').then_some(j + 1)
+    };
+    let mut stack = 0u32; // one bit per open container: 1 = object, 0 = array
+    let mut depth = 0u32;
+    let mut i = 0;
+    loop {
+        // A value starts at `i` (after whitespace).
+        i = ws(i);
+        match *s.get(i)? {
+            open @ (b'{' | b'[') => {
+                if depth == MAX_DEPTH {
+                    return None;
+                }
+                let object = open == b'{';
+                stack = stack << 1 | u32::from(object);
+                depth += 1;
+                i = ws(i + 1);
+                if s.get(i) == Some(if object { &b'}' } else { &b']' }) {
+                    stack >>= 1;
+                    depth -= 1;
+                    i += 1;
+                } else {
+                    if object {
+                        i = key(i)?;
+                    }
+                    continue;
+                }
+            }
+            b'"' => i = quick_str(s, i)?,
+            b'-' | b'0'..=b'9' => i = quick_num(s, i)?,
+            b't' if s[i..].starts_with(b"true") => i += 4,
+            b'f' if s[i..].starts_with(b"false") => i += 5,
+            b'n' if s[i..].starts_with(b"null") => i += 4,
+            _ => return None,
+        }
+        // After a value: close containers, or go on to the next element or member.
+        loop {
+            i = ws(i);
+            if depth == 0 {
+                return (i == n).then_some(true);
+            }
+            let object = stack & 1 == 1;
+            match *s.get(i)? {
+                b',' => {
+                    i += 1;
+                    if object {
+                        i = key(ws(i))?;
+                    }
+                    break;
+                }
+                b'}' if object => {}
+                b']' if !object => {}
+                _ => return None,
+            }
+            stack >>= 1;
+            depth -= 1;
+            i += 1;
+        }
+    }
+}
+
+/// The end of the string at `i` (its opening quote) if it holds only printable ASCII and no
+/// backslash.
+fn quick_str(s: &[u8], i: usize) -> Option<usize> {
+    let body = s.get(i + 1..)?;
+    let end = body
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))?;
+    (body[end] == b'"').then_some(i + 1 + end + 1)
+}
+
+/// The end of the number at `i` if it is `-?(0|[1-9][0-9]*)(\.[0-9]+)?`, 16 characters at most.
+fn quick_num(s: &[u8], i: usize) -> Option<usize> {
+    let digits = |mut j: usize| {
+        while s.get(j).is_some_and(u8::is_ascii_digit) {
+            j += 1;
+        }
+        j
+    };
+    let mut j = i + usize::from(s[i] == b'-');
+    match *s.get(j)? {
+        b'0' => j += 1,
+        b'1'..=b'9' => j = digits(j + 1),
+        _ => return None,
+    }
+    if s.get(j) == Some(&b'.') {
+        let k = digits(j + 1);
+        if k == j + 1 {
+            return None;
+        }
+        j = k;
+    }
+    if matches!(s.get(j), Some(b'e' | b'E')) || j - i > 16 {
+        return None;
+    }
+    Some(j)
 }
 
 fn trim_json_ws(s: &[u8]) -> &[u8] {
