@@ -677,122 +677,79 @@ impl Decoder {
             _ => Op::Update,
         };
         let data = rows.rows_data();
-        let before_cols = rows.columns_before_image();
-        let after_cols = rows.columns_after_image();
+        let missing = |what: &str| match op {
+            Op::Insert => self.malformed("WRITE_ROWS", log_pos, what),
+            Op::Update => self.malformed("UPDATE_ROWS", log_pos, what),
+            Op::Delete => self.malformed("DELETE_ROWS", log_pos, what),
+        };
+        let before_cols = match op {
+            Op::Insert => None,
+            _ => Some(
+                rows.columns_before_image()
+                    .ok_or_else(|| missing("no before-image columns"))?,
+            ),
+        };
+        let after_cols = match op {
+            Op::Delete => None,
+            _ => Some(
+                rows.columns_after_image()
+                    .ok_or_else(|| missing("no after-image columns"))?,
+            ),
+        };
+        let partial = raw_type == EventType::PARTIAL_UPDATE_ROWS_EVENT as u8;
         let mut at = 0usize;
-        if raw_type != EventType::PARTIAL_UPDATE_ROWS_EVENT as u8 {
-            let missing = |what: &str| match op {
-                Op::Insert => self.malformed("WRITE_ROWS", log_pos, what),
-                Op::Update => self.malformed("UPDATE_ROWS", log_pos, what),
-                Op::Delete => self.malformed("DELETE_ROWS", log_pos, what),
-            };
-            let before_cols = match op {
-                Op::Insert => None,
-                _ => Some(before_cols.ok_or_else(|| missing("no before-image columns"))?),
-            };
-            let after_cols = match op {
-                Op::Delete => None,
-                _ => Some(after_cols.ok_or_else(|| missing("no after-image columns"))?),
-            };
-            while at < data.len() {
-                at +=
-                    self.row_in_place(&info, op, before_cols, after_cols, &data[at..], log_pos)?;
-            }
-            return Ok(());
-        }
         while at < data.len() {
             let rest = &data[at..];
-            let (before, after) = match op {
-                Op::Insert => {
-                    let cols = after_cols.ok_or_else(|| {
-                        self.malformed("WRITE_ROWS", log_pos, "no after-image columns")
-                    })?;
-                    at += value::decode_image(
-                        &info.schema,
-                        cols,
-                        rest,
-                        {
-                            self.img_a.clear();
-                            &mut self.img_a
-                        },
-                        &mut self.spans_a,
-                    )?;
-                    (false, true)
+            at += match (partial, before_cols, after_cols) {
+                (true, Some(bcols), Some(acols)) => {
+                    self.partial_update_row(&info, bcols, acols, rest, log_pos)?
                 }
-                Op::Delete => {
-                    let cols = before_cols.ok_or_else(|| {
-                        self.malformed("DELETE_ROWS", log_pos, "no before-image columns")
-                    })?;
-                    at += value::decode_image(
-                        &info.schema,
-                        cols,
-                        rest,
-                        {
-                            self.img_b.clear();
-                            &mut self.img_b
-                        },
-                        &mut self.spans_b,
-                    )?;
-                    (true, false)
-                }
-                Op::Update => {
-                    let bcols = before_cols.ok_or_else(|| {
-                        self.malformed("UPDATE_ROWS", log_pos, "no before-image columns")
-                    })?;
-                    let acols = after_cols.ok_or_else(|| {
-                        self.malformed("UPDATE_ROWS", log_pos, "no after-image columns")
-                    })?;
-                    let n = value::decode_image(
-                        &info.schema,
-                        bcols,
-                        rest,
-                        {
-                            self.img_b.clear();
-                            &mut self.img_b
-                        },
-                        &mut self.spans_b,
-                    )?;
-                    let rest2 = &data[at + n..];
-                    let m = if raw_type == EventType::PARTIAL_UPDATE_ROWS_EVENT as u8 {
-                        self.img_a.clear();
-                        value::decode_partial_after_image(
-                            &info.schema,
-                            acols,
-                            rest2,
-                            &self.img_b,
-                            &self.spans_b,
-                            &mut self.img_a,
-                            &mut self.spans_a,
-                        )?
-                    } else {
-                        self.img_a.clear();
-                        value::decode_image(
-                            &info.schema,
-                            acols,
-                            rest2,
-                            &mut self.img_a,
-                            &mut self.spans_a,
-                        )?
-                    };
-                    at += n + m;
-                    (true, true)
-                }
+                _ => self.row_in_place(&info, op, before_cols, after_cols, rest, log_pos)?,
             };
-            if op == Op::Update {
-                // An update that moves the primary key: delete the old entity, insert the new.
-                self.scratch.clear();
-                value::write_key(&info.schema, &self.img_b, &self.spans_b, &mut self.scratch);
-                let old_key_len = self.scratch.len();
-                value::write_key(&info.schema, &self.img_a, &self.spans_a, &mut self.scratch);
-                if self.scratch[..old_key_len] != self.scratch[old_key_len..] {
-                    self.emit(&info, Op::Delete, true, false, log_pos);
-                    self.emit(&info, Op::Insert, false, true, log_pos);
-                    continue;
-                }
-            }
-            self.emit(&info, op, before, after, log_pos);
         }
         Ok(())
+    }
+
+    /// One row of a MySQL JSON partial update: its after image is rebuilt from the before
+    /// image and the logged diffs, so both are decoded into the scratch images first.
+    fn partial_update_row(
+        &mut self,
+        info: &TableInfo,
+        before_cols: &BitSlice<u8>,
+        after_cols: &BitSlice<u8>,
+        rows: &[u8],
+        log_pos: u64,
+    ) -> Result<usize, StreamError> {
+        self.img_b.clear();
+        let n = value::decode_image(
+            &info.schema,
+            before_cols,
+            rows,
+            &mut self.img_b,
+            &mut self.spans_b,
+        )?;
+        self.img_a.clear();
+        let m = value::decode_partial_after_image(
+            &info.schema,
+            after_cols,
+            &rows[n..],
+            &self.img_b,
+            &self.spans_b,
+            &mut self.img_a,
+            &mut self.spans_a,
+        )?;
+        // An update that moves the primary key: delete the old entity, insert the new.
+        self.scratch.clear();
+        value::write_key(&info.schema, &self.img_b, &self.spans_b, &mut self.scratch);
+        let old_key_len = self.scratch.len();
+        value::write_key(&info.schema, &self.img_a, &self.spans_a, &mut self.scratch);
+        if self.scratch[..old_key_len] != self.scratch[old_key_len..] {
+            self.emit(info, Op::Delete, true, false, log_pos);
+            self.emit(info, Op::Insert, false, true, log_pos);
+        } else {
+            self.emit(info, Op::Update, true, true, log_pos);
+        }
+        Ok(n + m)
     }
 
     /// Decodes one row straight into the chunk and returns the bytes of `rows` it used.
