@@ -702,7 +702,7 @@ impl Decoder {
             let rest = &data[at..];
             at += match (partial, before_cols, after_cols) {
                 (true, Some(bcols), Some(acols)) => {
-                    self.partial_update_row(&info, bcols, acols, rest, log_pos)?
+                    self.update_from_scratch(&info, bcols, acols, rest, true, log_pos)?
                 }
                 _ => self.row_in_place(&info, op, before_cols, after_cols, rest, log_pos)?,
             };
@@ -710,14 +710,18 @@ impl Decoder {
         Ok(())
     }
 
-    /// One row of a MySQL JSON partial update: its after image is rebuilt from the before
-    /// image and the logged diffs, so both are decoded into the scratch images first.
-    fn partial_update_row(
+    /// One update row decoded into the scratch images, then emitted as an update, or as a
+    /// delete and an insert when it moves the primary key. The path of MySQL JSON partial
+    /// updates (`partial`: the after image is rebuilt from the before image and the logged
+    /// diffs) and of key-moving updates found by [`Decoder::row_in_place`] (rare: worth no
+    /// special layout). Returns the bytes of `rows` it used.
+    fn update_from_scratch(
         &mut self,
         info: &TableInfo,
         before_cols: &BitSlice<u8>,
         after_cols: &BitSlice<u8>,
         rows: &[u8],
+        partial: bool,
         log_pos: u64,
     ) -> Result<usize, StreamError> {
         self.img_b.clear();
@@ -729,16 +733,25 @@ impl Decoder {
             &mut self.spans_b,
         )?;
         self.img_a.clear();
-        let m = value::decode_partial_after_image(
-            &info.schema,
-            after_cols,
-            &rows[n..],
-            &self.img_b,
-            &self.spans_b,
-            &mut self.img_a,
-            &mut self.spans_a,
-        )?;
-        // An update that moves the primary key: delete the old entity, insert the new.
+        let m = if partial {
+            value::decode_partial_after_image(
+                &info.schema,
+                after_cols,
+                &rows[n..],
+                &self.img_b,
+                &self.spans_b,
+                &mut self.img_a,
+                &mut self.spans_a,
+            )?
+        } else {
+            value::decode_image(
+                &info.schema,
+                after_cols,
+                &rows[n..],
+                &mut self.img_a,
+                &mut self.spans_a,
+            )?
+        };
         self.scratch.clear();
         value::write_key(&info.schema, &self.img_b, &self.spans_b, &mut self.scratch);
         let old_key_len = self.scratch.len();
@@ -759,7 +772,7 @@ impl Decoder {
     /// changed columns are known; the bytes of the gap before the head belong to no line.
     /// This saves copying every image once (the gap is widened, moving the images, in the
     /// rare case where the head does not fit). An update that moves the primary key is
-    /// decoded again by [`Decoder::split_key_move`] as a delete and an insert.
+    /// decoded again by [`Decoder::update_from_scratch`] as a delete and an insert.
     fn row_in_place(
         &mut self,
         info: &TableInfo,
@@ -817,7 +830,9 @@ impl Decoder {
             value::write_key(&info.schema, buf, &self.spans_b, key);
             if key[..new_key_len] != key[new_key_len..] {
                 buf.truncate(line_start);
-                self.split_key_move(info, before_cols, after_cols, rows, log_pos)?;
+                if let (Some(bcols), Some(acols)) = (before_cols, after_cols) {
+                    self.update_from_scratch(info, bcols, acols, rows, false, log_pos)?;
+                }
                 return Ok(used);
             }
             key.truncate(new_key_len);
@@ -866,40 +881,6 @@ impl Decoder {
             key: start + key_at..start + key_at + key.len(),
         });
         Ok(used)
-    }
-
-    /// An update that moves the primary key: the old entity is deleted, the new one inserted.
-    /// Decodes the row again into the scratch images (rare: worth no special layout).
-    fn split_key_move(
-        &mut self,
-        info: &TableInfo,
-        before_cols: Option<&BitSlice<u8>>,
-        after_cols: Option<&BitSlice<u8>>,
-        rows: &[u8],
-        log_pos: u64,
-    ) -> Result<(), StreamError> {
-        let (Some(bcols), Some(acols)) = (before_cols, after_cols) else {
-            return Ok(());
-        };
-        self.img_b.clear();
-        let n = value::decode_image(
-            &info.schema,
-            bcols,
-            rows,
-            &mut self.img_b,
-            &mut self.spans_b,
-        )?;
-        self.img_a.clear();
-        value::decode_image(
-            &info.schema,
-            acols,
-            &rows[n..],
-            &mut self.img_a,
-            &mut self.spans_a,
-        )?;
-        self.emit(info, Op::Delete, true, false, log_pos);
-        self.emit(info, Op::Insert, false, true, log_pos);
-        Ok(())
     }
 
     /// Numbers one change and, unless it was delivered before a restart, writes its line.
