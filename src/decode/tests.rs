@@ -1412,7 +1412,7 @@ fn json_text_is_checked_as_strictly_as_serde_json_value() {
         "\"plain\"",
         "-0.125",
     ] {
-        assert_eq!(quick_json(t.as_bytes()), Some(true), "{t}");
+        assert!(quick_json(t.as_bytes()).is_some(), "{t}");
     }
     // Whatever the text, the answer is serde_json's Value's (the quick path only confirms).
     let pieces: [&[u8]; 30] = [
@@ -1455,7 +1455,7 @@ fn json_text_is_checked_as_strictly_as_serde_json_value() {
             s.extend_from_slice(pieces[rng.usize(..pieces.len())]);
         }
         let strict = serde_json::from_slice::<serde_json::Value>(&s).is_ok();
-        if quick_json(&s) == Some(true) {
+        if quick_json(&s).is_some() {
             quick += 1;
             assert!(
                 strict,

@@ -681,14 +681,14 @@ fn write_text(out: &mut Vec<u8>, s: &[u8], kind: TextKind) {
 /// by [`quick_json`]; anything else (escapes, non-ASCII, exponents, long numbers, deep nesting,
 /// invalid text) by serde_json.
 fn is_strict_json(s: &[u8]) -> bool {
-    quick_json(s).unwrap_or_else(|| serde_json::from_slice::<serde_json::Value>(s).is_ok())
+    quick_json(s).is_some() || serde_json::from_slice::<serde_json::Value>(s).is_ok()
 }
 
-/// `Some(true)` when `s` is one JSON value built only of strings of printable ASCII without
+/// `Some` when `s` is one JSON value built only of strings of printable ASCII without
 /// escapes, numbers of at most 16 characters without an exponent, `true`/`false`/`null`, and
 /// at most 32 levels of arrays and objects, with JSON whitespace around tokens; `None` when
-/// it is anything else, valid or not (the caller then asks serde_json). Never `Some(false)`.
-fn quick_json(s: &[u8]) -> Option<bool> {
+/// it is anything else, valid or not (the caller then asks serde_json).
+fn quick_json(s: &[u8]) -> Option<()> {
     const MAX_DEPTH: u32 = 32;
     let n = s.len();
     let ws = |mut i: usize| {
@@ -742,7 +742,7 @@ fn quick_json(s: &[u8]) -> Option<bool> {
         loop {
             i = ws(i);
             if depth == 0 {
-                return (i == n).then_some(true);
+                return (i == n).then_some(());
             }
             let object = stack & 1 == 1;
             match *s.get(i)? {

@@ -40,10 +40,7 @@ pub fn run_blocking(
     };
     let syncer = match &out {
         Out::File(f, path) => {
-            let file = f.try_clone().map_err(|e| SinkError::Write {
-                target: path.display().to_string(),
-                detail: e.to_string(),
-            })?;
+            let file = f.try_clone().map_err(|e| file_error(path, e))?;
             let (tx, groups) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
             let (path, acks) = (path.clone(), acks.clone());
             let handle = std::thread::Builder::new()
@@ -128,10 +125,7 @@ fn sync_loop(
         let mut ready = vec![first];
         ready.extend(groups.try_iter());
         if ready.iter().any(|(_, wrote)| *wrote) {
-            file.sync_data().map_err(|e| SinkError::Write {
-                target: path.display().to_string(),
-                detail: e.to_string(),
-            })?;
+            file.sync_data().map_err(|e| file_error(path, e))?;
         }
         for ack in ready.into_iter().flat_map(|(group, _)| group) {
             if acks.blocking_send(ack).is_err() {
@@ -162,20 +156,21 @@ impl Out {
                 if bytes.is_empty() {
                     return Ok(());
                 }
-                f.write_all(bytes).map_err(|e| SinkError::Write {
-                    target: path.display().to_string(),
-                    detail: e.to_string(),
-                })
+                f.write_all(bytes).map_err(|e| file_error(path, e))
             }
         }
     }
 }
 
-fn open_append(path: &Path) -> Result<File, SinkError> {
-    let err = |e: std::io::Error| SinkError::Write {
+fn file_error(path: &Path, e: std::io::Error) -> SinkError {
+    SinkError::Write {
         target: path.display().to_string(),
         detail: e.to_string(),
-    };
+    }
+}
+
+fn open_append(path: &Path) -> Result<File, SinkError> {
+    let err = |e| file_error(path, e);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
