@@ -1,13 +1,21 @@
-//! Capped exponential backoff with full jitter, shared by the source reconnect loop and the
-//! HTTP sink's retries.
+//! Capped exponential backoff with full jitter: the one retry pace of binsync (source
+//! reconnects, the HTTP sink's retries, waiting for disk space). Every wait observes the
+//! [`Shutdown`] signal, so a stop is never stuck behind a backoff.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::shutdown::Shutdown;
+
+/// How long a retried operation must have been healthy before the pace starts over.
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Backoff {
     attempt: u32,
     base: Duration,
     cap: Duration,
+    /// When the operation last came back after a failure (see [`Backoff::succeeded`]).
+    healthy_since: Option<Instant>,
 }
 
 impl Backoff {
@@ -21,33 +29,69 @@ impl Backoff {
             attempt: 0,
             base,
             cap,
+            healthy_since: None,
         }
     }
 
     pub fn reset(&mut self) {
         self.attempt = 0;
+        self.healthy_since = None;
     }
 
+    /// Failures since the last reset.
     pub fn attempts(&self) -> u32 {
         self.attempt
     }
 
-    /// A random delay in [min(50 ms, ceiling), ceiling], where the ceiling doubles per attempt up to the cap.
+    /// The operation works again: once it has stayed healthy for [`HEALTHY_AFTER`], the next
+    /// failure starts from the shortest delay (a server restarted twice in a day does not
+    /// wait as if it had failed twice in a row).
+    pub fn succeeded(&mut self) {
+        if self.attempt == 0 {
+            return;
+        }
+        match self.healthy_since {
+            None => self.healthy_since = Some(Instant::now()),
+            Some(t) if t.elapsed() >= HEALTHY_AFTER => self.reset(),
+            Some(_) => {}
+        }
+    }
+
+    /// A random delay in [min(50 ms, ceiling), ceiling], where the ceiling doubles per attempt
+    /// up to the cap.
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self
             .base
             .saturating_mul(1u32 << self.attempt.min(20))
             .min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
+        self.healthy_since = None;
         let hi = ceiling.as_millis() as u64;
         let lo = 50.min(hi);
         Duration::from_millis(fastrand::u64(lo..=hi.max(lo)))
+    }
+
+    /// Sleeps for [`Backoff::next_delay`]; false if shutdown came first.
+    pub async fn wait(&mut self, shutdown: &mut Shutdown) -> bool {
+        let delay = self.next_delay();
+        sleep_unless_stopped(delay, shutdown).await
     }
 }
 
 impl Default for Backoff {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Sleeps for `delay` (a server's `Retry-After`, say); false if shutdown came first.
+pub async fn sleep_unless_stopped(delay: Duration, shutdown: &mut Shutdown) -> bool {
+    if shutdown.is_requested() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = shutdown.requested() => false,
     }
 }
 
@@ -59,12 +103,44 @@ mod tests {
     fn capped_and_jittered() {
         let mut b = Backoff::new();
         let delays: Vec<_> = (0..40).map(|_| b.next_delay()).collect();
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
+        assert!(delays
+            .iter()
+            .all(|d| *d >= Duration::from_millis(50) && *d <= Duration::from_secs(30)));
         assert!(delays[..2].iter().all(|d| *d <= Duration::from_millis(200)));
         // Jitter: late delays are not all equal.
         let late: std::collections::HashSet<_> = delays[20..].iter().collect();
         assert!(late.len() > 1);
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn resets_only_after_staying_healthy() {
+        let mut b = Backoff::new();
+        for _ in 0..6 {
+            b.next_delay();
+        }
+        b.succeeded();
+        b.succeeded();
+        assert_eq!(b.attempts(), 6, "just back is not healthy yet");
+        // As if the first success had been HEALTHY_AFTER ago.
+        b.healthy_since = Some(Instant::now() - HEALTHY_AFTER);
+        b.succeeded();
+        assert_eq!(b.attempts(), 0, "healthy for long enough: start over");
+        b.next_delay();
+        assert!(b.healthy_since.is_none(), "a failure ends the healthy stretch");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_ends_at_shutdown() {
+        let (trigger, mut s) = crate::shutdown::channel();
+        let mut b = Backoff::with(Duration::from_secs(3600), Duration::from_secs(3600));
+        b.attempt = 10;
+        let waiting = tokio::spawn(async move { b.wait(&mut s).await });
+        tokio::task::yield_now().await;
+        trigger.fire();
+        assert!(!waiting.await.unwrap(), "shutdown cuts the wait short");
+        let (_t, mut s) = crate::shutdown::channel();
+        assert!(sleep_unless_stopped(Duration::from_millis(10), &mut s).await);
     }
 }

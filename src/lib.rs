@@ -41,6 +41,7 @@ pub mod gtid;
 pub mod pipeline;
 pub mod receive;
 pub mod replay;
+pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod start;
