@@ -133,13 +133,6 @@ pub enum CheckpointError {
     Write { dir: PathBuf, detail: String },
 }
 
-impl CheckpointError {
-    /// Disk errors may heal (space freed); the others need a person.
-    pub fn is_retriable(&self) -> bool {
-        matches!(self, CheckpointError::Write { .. })
-    }
-}
-
 /// The sled store in `--state-dir`. Other parts (the dead-letter queue) open their own trees
 /// through [`Store::db`].
 #[derive(Clone)]
@@ -311,6 +304,47 @@ fn classify_open_error(dir: &Path, e: sled::Error) -> CheckpointError {
             dir: dir.to_path_buf(),
             detail,
         },
+    }
+}
+
+/// The checkpointer stage: saves the position of the newest acknowledged chunk.
+///
+/// Acks arrive in chunk order from the sink's ordered-ack ledger, each only once its chunk
+/// and every one before it is delivered, so the checkpoint never passes an undelivered
+/// change. Acks that arrive together are saved with one durable write.
+pub struct Checkpointer {
+    pub store: Store,
+    pub server: ServerIdentity,
+}
+
+impl Checkpointer {
+    /// Runs until the sink closes its ack channel; returns the number of changes delivered.
+    pub async fn run(
+        self,
+        mut acks: tokio::sync::mpsc::Receiver<crate::sink::Ack>,
+    ) -> Result<u64, CheckpointError> {
+        let mut progress = crate::units::Progress::new("delivered");
+        while let Some(first) = acks.recv().await {
+            let mut newest = first.position;
+            let mut changes = first.changes as u64;
+            // Coalesce: one durable write for everything acknowledged meanwhile.
+            while let Ok(a) = acks.try_recv() {
+                changes += a.changes as u64;
+                if a.position.is_some() {
+                    newest = a.position;
+                }
+            }
+            if let Some(position) = newest {
+                self.store
+                    .save(&Checkpoint {
+                        server: self.server.clone(),
+                        position,
+                    })
+                    .await?;
+            }
+            progress.add(changes);
+        }
+        Ok(progress.total())
     }
 }
 

@@ -4,20 +4,24 @@
 use std::path::Path;
 
 use crate::checkpoint::{Checkpoint, CheckpointError, Store};
-use crate::config::{http_config, DlqAction, HttpFileConfig};
+use crate::config::{http_config, DlqAction, HttpArgs};
 use crate::dlq::Dlq;
-use crate::error::Error;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::shutdown::Shutdown;
 use crate::source::preflight::{run_checks, Verdict};
 use crate::source::{binlog_end, ServerInfo, SourceConfig};
 
 /// Prints every finding; returns whether binsync can run against this source.
-pub async fn check(src: &SourceConfig, state_dir: Option<&Path>) -> Result<bool> {
+pub async fn check(
+    src: &SourceConfig,
+    state_dir: Option<&Path>,
+    mut shutdown: Shutdown,
+) -> Result<bool> {
     let checkpoint = match state_dir {
         Some(dir) => load_checkpoint(dir)?,
         None => None,
     };
-    let mut conn = src.connect().await?;
+    let mut conn = src.connect(&mut shutdown).await?;
     let info = ServerInfo::read(&mut conn, src).await?;
     println!("source {src}: {}", info.identity);
     let findings = run_checks(&mut conn, src, &info, checkpoint.as_ref()).await?;
@@ -101,11 +105,11 @@ pub async fn status(src: Option<&SourceConfig>, state_dir: &Path) -> Result<()> 
 pub async fn dlq(
     state_dir: &Path,
     action: DlqAction,
-    file_http: Option<&HttpFileConfig>,
+    file_http: Option<&HttpArgs>,
 ) -> Result<bool> {
     if !state_dir.exists() {
-        return Err(Error::Replay(format!(
-            "state dir {} does not exist",
+        return Err(Error::usage(format!(
+            "state dir {} does not exist; name the --state-dir of the binsync run",
             state_dir.display()
         )));
     }
@@ -135,7 +139,7 @@ pub async fn dlq(
         }
         DlqAction::Show { id } => {
             let e = dlq.get(id)?.ok_or_else(|| {
-                Error::Replay(format!("no dead letter {id}; see binsync dlq list"))
+                Error::usage(format!("no dead letter {id}; see binsync dlq list"))
             })?;
             let payload: serde_json::Value = serde_json::from_str(&e.payload)
                 .unwrap_or(serde_json::Value::String(e.payload.clone()));
@@ -152,8 +156,8 @@ pub async fn dlq(
         }
         DlqAction::Drop { ids, all } => {
             if ids.is_empty() && !all {
-                return Err(Error::Replay(
-                    "name the dead letters to drop, or pass --all".into(),
+                return Err(Error::usage(
+                    "name the dead letters to drop, or pass --all",
                 ));
             }
             let targets: Vec<u64> = if all {
@@ -185,7 +189,7 @@ pub async fn dlq(
                 println!("nothing to replay");
             }
             for url in urls {
-                let cfg = http_config(&url, &http, file_http).map_err(Error::Config)?;
+                let cfg = http_config(&url, &http, file_http)?;
                 let these: Vec<u64> = entries
                     .iter()
                     .filter(|e| selected.is_none_or(|s| s.contains(&e.id)))

@@ -12,11 +12,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::decode::DecodeConfig;
 use crate::filter::Filter;
 use crate::sink::http::{HttpConfig, OnReject};
 use crate::sink::SinkSpec;
+use crate::source::start::StartSpec;
 use crate::source::SourceConfig;
-use crate::start::StartSpec;
 
 /// binsync: tails the MySQL/MariaDB binlog as a replica and delivers committed row changes.
 #[derive(Debug, Parser)]
@@ -172,8 +173,10 @@ pub struct RunArgs {
     pub http: HttpArgs,
 }
 
-/// Settings of the HTTP sync API sink (`--sink http://...`).
-#[derive(Debug, Args, Default)]
+/// Settings of the HTTP sync API sink (`--sink http://...`): the flags, and the same keys in
+/// the config file's `[http]` table. Flags win over the file, the file over the defaults.
+#[derive(Debug, Args, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpArgs {
     /// A batch closes at this many changes (default 1000).
     #[arg(long)]
@@ -183,12 +186,14 @@ pub struct HttpArgs {
     pub batch_bytes: Option<usize>,
     /// A batch closes this long after its first change (default 5ms).
     #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, deserialize_with = "human_duration")]
     pub linger: Option<Duration>,
     /// Batches in flight at once (default 4); operations on one entity id stay in order.
     #[arg(long)]
     pub in_flight: Option<usize>,
     /// Timeout of one POST (default 30s).
     #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, deserialize_with = "human_duration")]
     pub request_timeout: Option<Duration>,
     /// Give up a retriable batch after this many retries and dead-letter it (default: never).
     #[arg(long)]
@@ -199,14 +204,44 @@ pub struct HttpArgs {
     pub on_reject: Option<OnReject>,
     /// gzip request bodies.
     #[arg(long)]
+    #[serde(default)]
     pub gzip: bool,
     /// Merge several changes to one entity id within a batch into one operation (its `before`
     /// is the state before the first change, its `after` the state after the last).
     #[arg(long)]
+    #[serde(default)]
     pub compact: bool,
     /// Environment variable whose value is sent as the Authorization header.
     #[arg(long)]
     pub auth_header_env: Option<String>,
+}
+
+impl HttpArgs {
+    /// These flags over the file's values.
+    fn over(&self, file: Option<&HttpArgs>) -> HttpArgs {
+        let empty = HttpArgs::default();
+        let f = file.unwrap_or(&empty);
+        HttpArgs {
+            batch_rows: self.batch_rows.or(f.batch_rows),
+            batch_bytes: self.batch_bytes.or(f.batch_bytes),
+            linger: self.linger.or(f.linger),
+            in_flight: self.in_flight.or(f.in_flight),
+            request_timeout: self.request_timeout.or(f.request_timeout),
+            max_retries: self.max_retries.or(f.max_retries),
+            on_reject: self.on_reject.or(f.on_reject),
+            gzip: self.gzip || f.gzip,
+            compact: self.compact || f.compact,
+            auth_header_env: self.auth_header_env.clone().or(f.auth_header_env.clone()),
+        }
+    }
+}
+
+/// `"5ms"`, `"30s"` in the config file.
+fn human_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e} (write e.g. \"5ms\")")))
 }
 
 #[derive(Debug, Args, Default)]
@@ -251,7 +286,8 @@ pub struct FileConfig {
     /// Environment variable with the source password.
     pub password_env: Option<String>,
     /// e.g. "30s"
-    pub connect_timeout: Option<String>,
+    #[serde(default, deserialize_with = "human_duration")]
+    pub connect_timeout: Option<Duration>,
     pub server_id: Option<u32>,
     pub state_dir: Option<PathBuf>,
     pub sink: Option<String>,
@@ -262,22 +298,7 @@ pub struct FileConfig {
     pub entity: Option<HashMap<String, String>>,
     pub log_format: Option<LogFormat>,
     /// HTTP sink settings, named as the flags (batch_rows, linger = "5ms", ...).
-    pub http: Option<HttpFileConfig>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpFileConfig {
-    pub batch_rows: Option<usize>,
-    pub batch_bytes: Option<usize>,
-    pub linger: Option<String>,
-    pub in_flight: Option<usize>,
-    pub request_timeout: Option<String>,
-    pub max_retries: Option<u32>,
-    pub on_reject: Option<OnReject>,
-    pub gzip: Option<bool>,
-    pub compact: Option<bool>,
-    pub auth_header_env: Option<String>,
+    pub http: Option<HttpArgs>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -305,7 +326,7 @@ impl FileConfig {
     }
 }
 
-/// Everything `binsync run` needs, validated.
+/// Everything `binsync run` needs, validated: each component's own settings.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
     pub source: SourceConfig,
@@ -314,11 +335,16 @@ pub struct RunSettings {
     pub sink: SinkSpec,
     pub start: StartSpec,
     pub reset: bool,
-    pub filter: Filter,
-    pub entities: HashMap<String, String>,
+    pub decode: DecodeConfig,
     pub exit_at_end: bool,
-    /// Set when the sink is the sync API.
-    pub http: Option<HttpConfig>,
+}
+
+/// Everything `binsync replay` needs, validated.
+#[derive(Debug, Clone)]
+pub struct ReplaySettings {
+    pub files: Vec<PathBuf>,
+    pub sink: SinkSpec,
+    pub decode: DecodeConfig,
 }
 
 pub const DEFAULT_PASSWORD_ENV: &str = "BINSYNC_SOURCE_PASSWORD";
@@ -340,17 +366,13 @@ pub fn source_config(args: &SourceArgs, file: &FileConfig) -> Result<SourceConfi
         .clone()
         .or_else(|| file.password_env.clone())
         .unwrap_or_else(|| DEFAULT_PASSWORD_ENV.to_string());
-    let connect_timeout = match (&args.connect_timeout, &file.connect_timeout) {
-        (Some(d), _) => *d,
-        (None, Some(text)) => humantime::parse_duration(text).map_err(|e| {
-            ConfigError(format!(
-                "connect_timeout `{text}` in the config file: {e} (write e.g. \"30s\")"
-            ))
-        })?,
-        (None, None) => DEFAULT_CONNECT_TIMEOUT,
-    };
+    let connect_timeout = args
+        .connect_timeout
+        .or(file.connect_timeout)
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let password = std::env::var(&password_env).ok();
-    SourceConfig::new(&url, password, connect_timeout).map_err(|e| ConfigError(e.to_string()))
+    SourceConfig::new(&url, password, &password_env, connect_timeout)
+        .map_err(|e| ConfigError(e.to_string()))
 }
 
 fn pick_vec(flag: &[String], file: &Option<Vec<String>>) -> Vec<String> {
@@ -394,28 +416,13 @@ impl RunSettings {
         let state_dir = args.state_dir.clone().or_else(|| file.state_dir.clone()).ok_or_else(|| {
             ConfigError("no --state-dir: name a directory for the checkpoint store, e.g. --state-dir /var/lib/binsync".into())
         })?;
-        let sink_text = args
-            .sink
-            .clone()
-            .or_else(|| file.sink.clone())
-            .unwrap_or_else(|| "stdout".into());
-        let sink: SinkSpec = sink_text.parse().map_err(ConfigError)?;
+        let sink = sink_spec(args.sink.as_ref().or(file.sink.as_ref()), &args.http, file)?;
         let start_text = args
             .start
             .clone()
             .or_else(|| file.start.clone())
             .unwrap_or_else(|| "earliest".into());
         let start: StartSpec = start_text.parse().map_err(ConfigError)?;
-        let filter = Filter::new(
-            &pick_vec(&args.include, &file.include),
-            &pick_vec(&args.exclude, &file.exclude),
-        )
-        .map_err(ConfigError)?;
-        let entities = parse_entities(&args.entity, &file.entity)?;
-        let http = match &sink {
-            SinkSpec::Http(url) => Some(http_config(url, &args.http, file.http.as_ref())?),
-            _ => None,
-        };
         Ok(RunSettings {
             source,
             server_id,
@@ -423,63 +430,79 @@ impl RunSettings {
             sink,
             start,
             reset: args.reset,
-            filter,
-            entities,
+            decode: decode_config(&args.include, &args.exclude, &args.entity, file)?,
             exit_at_end: args.exit_at_end,
-            http,
         })
     }
 }
 
-fn duration_setting(
-    flag: Option<Duration>,
-    file: Option<&String>,
-    key: &str,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    match (flag, file) {
-        (Some(d), _) => Ok(d),
-        (None, Some(text)) => humantime::parse_duration(text).map_err(|e| {
-            ConfigError(format!(
-                "[http] {key} = \"{text}\" in the config file: {e} (write e.g. \"5ms\")"
-            ))
-        }),
-        (None, None) => Ok(default),
+impl ReplaySettings {
+    pub fn resolve(args: &ReplayArgs, file: &FileConfig) -> Result<ReplaySettings, ConfigError> {
+        let none = HttpArgs::default();
+        Ok(ReplaySettings {
+            files: args.binlog_files.clone(),
+            sink: sink_spec(args.sink.as_ref().or(file.sink.as_ref()), &none, file)?,
+            decode: decode_config(&args.include, &args.exclude, &args.entity, file)?,
+        })
     }
+}
+
+/// `--sink` (default stdout), with the HTTP settings when it is the sync API.
+fn sink_spec(
+    text: Option<&String>,
+    http: &HttpArgs,
+    file: &FileConfig,
+) -> Result<SinkSpec, ConfigError> {
+    let text = text.map_or("stdout", String::as_str);
+    let mut spec: SinkSpec = text.parse().map_err(ConfigError)?;
+    if let SinkSpec::Http(cfg) = &mut spec {
+        **cfg = http_config(&cfg.url, http, file.http.as_ref())?;
+    }
+    Ok(spec)
+}
+
+/// What the decoder captures and how it names it: `--include/--exclude/--entity`.
+fn decode_config(
+    include: &[String],
+    exclude: &[String],
+    entity: &[String],
+    file: &FileConfig,
+) -> Result<DecodeConfig, ConfigError> {
+    let filter = Filter::new(
+        &pick_vec(include, &file.include),
+        &pick_vec(exclude, &file.exclude),
+    )
+    .map_err(ConfigError)?;
+    Ok(DecodeConfig {
+        filter,
+        entities: parse_entities(entity, &file.entity)?,
+        ..DecodeConfig::default()
+    })
 }
 
 /// The sync API sink's settings: flags, then the file's `[http]` table, then defaults.
 pub fn http_config(
     url: &str,
     args: &HttpArgs,
-    file: Option<&HttpFileConfig>,
+    file: Option<&HttpArgs>,
 ) -> Result<HttpConfig, ConfigError> {
-    let empty = HttpFileConfig::default();
-    let f = file.unwrap_or(&empty);
+    let a = args.over(file);
     let mut cfg = HttpConfig::new(url.to_string());
-    cfg.batch_rows = args.batch_rows.or(f.batch_rows).unwrap_or(cfg.batch_rows);
-    cfg.batch_bytes = args
-        .batch_bytes
-        .or(f.batch_bytes)
-        .unwrap_or(cfg.batch_bytes);
-    cfg.in_flight = args.in_flight.or(f.in_flight).unwrap_or(cfg.in_flight);
-    cfg.linger = duration_setting(args.linger, f.linger.as_ref(), "linger", cfg.linger)?;
-    cfg.request_timeout = duration_setting(
-        args.request_timeout,
-        f.request_timeout.as_ref(),
-        "request_timeout",
-        cfg.request_timeout,
-    )?;
-    cfg.max_retries = args.max_retries.or(f.max_retries);
-    cfg.on_reject = args.on_reject.or(f.on_reject).unwrap_or(cfg.on_reject);
-    cfg.gzip = args.gzip || f.gzip.unwrap_or(false);
-    cfg.compact = args.compact || f.compact.unwrap_or(false);
+    cfg.batch_rows = a.batch_rows.unwrap_or(cfg.batch_rows);
+    cfg.batch_bytes = a.batch_bytes.unwrap_or(cfg.batch_bytes);
+    cfg.in_flight = a.in_flight.unwrap_or(cfg.in_flight);
+    cfg.linger = a.linger.unwrap_or(cfg.linger);
+    cfg.request_timeout = a.request_timeout.unwrap_or(cfg.request_timeout);
+    cfg.max_retries = a.max_retries;
+    cfg.on_reject = a.on_reject.unwrap_or(cfg.on_reject);
+    cfg.gzip = a.gzip;
+    cfg.compact = a.compact;
     if cfg.batch_rows == 0 || cfg.batch_bytes == 0 || cfg.in_flight == 0 {
         return Err(ConfigError(
             "batch_rows, batch_bytes and in_flight must be at least 1".into(),
         ));
     }
-    if let Some(var) = args.auth_header_env.as_ref().or(f.auth_header_env.as_ref()) {
+    if let Some(var) = &a.auth_header_env {
         let value = std::env::var(var).map_err(|_| {
             ConfigError(format!("--auth-header-env {var}: that environment variable is not set; export it with the Authorization header value"))
         })?;
@@ -523,7 +546,7 @@ mod tests {
         assert_eq!(s.server_id, 77);
         assert_eq!(s.state_dir, PathBuf::from("/var/lib/binsync"));
         assert_eq!(
-            s.entities.get("shop.products").map(String::as_str),
+            s.decode.entities.get("shop.products").map(String::as_str),
             Some("product")
         );
     }

@@ -1,13 +1,38 @@
-//! The library's error: one variant per stage, each knowing whether it can heal by retrying.
+//! The library's error, in two kinds decided where an error arises, as types:
+//!
+//! - [`Error::Transient`]: retrying can heal it (a dropped connection, a restarting server).
+//!   The source stage reconnects with [`crate::backoff::Backoff`] and resumes from the
+//!   decoder's own position; nothing is lost or read twice into the sink.
+//! - [`Error::Definite`]: a person must act. binsync stops with one line that names the fix
+//!   and a non-zero exit; the checkpoint stays where the last delivered change put it.
+//!
+//! Each stage owns the enum of its own causes ([`crate::source::SourceError`],
+//! [`crate::sink::SinkError`], ...); the `From` impls below put each into its kind once.
 
 use crate::checkpoint::CheckpointError;
 use crate::config::ConfigError;
 use crate::decode::StreamError;
 use crate::sink::SinkError;
-use crate::source::SourceError;
+use crate::source::{Disconnect, SourceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Retrying can heal it.
+    #[error(transparent)]
+    Transient(#[from] Transient),
+    /// A person must act; the message names the fix.
+    #[error(transparent)]
+    Definite(#[from] Definite),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Transient {
+    #[error(transparent)]
+    Source(#[from] Disconnect),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Definite {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -18,20 +43,45 @@ pub enum Error {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// An archived binlog file cannot be replayed (unreadable, damaged); names file and offset.
     #[error("{0}")]
     Replay(String),
-    #[error("internal: {0}")]
-    Internal(String),
+    /// A command's arguments do not fit what it found (no such dead letter, say).
+    #[error("{0}")]
+    Usage(String),
+    /// A stage ended abnormally (a panic); the checkpoint is before anything it held.
+    #[error("the {stage} stage failed: {detail}; this is a bug in binsync, please report it")]
+    Stage { stage: &'static str, detail: String },
 }
 
+macro_rules! into_kind {
+    ($kind:ident: $($t:ty),*) => {
+        $(impl From<$t> for Error {
+            fn from(e: $t) -> Error {
+                Error::$kind(e.into())
+            }
+        })*
+    };
+}
+into_kind!(Transient: Disconnect);
+into_kind!(Definite: ConfigError, SourceError, StreamError, SinkError, CheckpointError);
+
 impl Error {
-    pub fn is_retriable(&self) -> bool {
-        match self {
-            Error::Source(e) => e.is_retriable(),
-            Error::Sink(e) => e.is_retriable(),
-            Error::Checkpoint(e) => e.is_retriable(),
-            _ => false,
+    pub fn usage(msg: impl Into<String>) -> Error {
+        Definite::Usage(msg.into()).into()
+    }
+
+    pub fn replay(msg: impl Into<String>) -> Error {
+        Definite::Replay(msg.into()).into()
+    }
+
+    /// A task of `stage` panicked or was cancelled.
+    pub fn stage(stage: &'static str, e: impl std::fmt::Display) -> Error {
+        Definite::Stage {
+            stage,
+            detail: e.to_string(),
         }
+        .into()
     }
 }
 

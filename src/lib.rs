@@ -44,7 +44,6 @@ pub mod replay;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
-pub mod start;
 pub mod units;
 
 pub use error::{Error, Result};

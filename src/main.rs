@@ -6,10 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use binsync::config::{self, Cli, Command, FileConfig, LogFormat, RunSettings};
-use binsync::decode::DecodeConfig;
-use binsync::filter::Filter;
+use binsync::config::{self, Cli, Command, FileConfig, LogFormat, ReplaySettings, RunSettings};
 use binsync::pipeline::{self, Outcome};
+use binsync::shutdown::Shutdown;
 
 fn main() -> ExitCode {
     binsync::alloc::tune();
@@ -40,7 +39,7 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
     match command {
         Command::Run(args) => {
             let settings = RunSettings::resolve(&args, &file)?;
-            match pipeline::run(settings, shutdown_signal()).await? {
+            match pipeline::run(settings, Shutdown::on(shutdown_signal())).await? {
                 Outcome::CaughtUp => {
                     tracing::info!("caught up with the source's binlog end at start-up; exiting")
                 }
@@ -51,7 +50,8 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
         Command::Check(args) => {
             let src = config::source_config(&args.source, &file)?;
             let dir = args.state_dir.or(file.state_dir);
-            let ok = binsync::commands::check(&src, dir.as_deref()).await?;
+            let ok = binsync::commands::check(&src, dir.as_deref(), Shutdown::on(shutdown_signal()))
+                .await?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -118,28 +118,8 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
             })
         }
         Command::Replay(args) => {
-            let sink = args
-                .sink
-                .or(file.sink.clone())
-                .unwrap_or_else(|| "stdout".into())
-                .parse()
-                .map_err(anyhow::Error::msg)?;
-            let include = if args.include.is_empty() {
-                file.include.clone().unwrap_or_default()
-            } else {
-                args.include
-            };
-            let exclude = if args.exclude.is_empty() {
-                file.exclude.clone().unwrap_or_default()
-            } else {
-                args.exclude
-            };
-            let cfg = DecodeConfig {
-                filter: Filter::new(&include, &exclude).map_err(anyhow::Error::msg)?,
-                entities: config::parse_entities(&args.entity, &file.entity)?,
-                ..DecodeConfig::default()
-            };
-            let stats = binsync::replay::replay(&args.binlog_files, sink, cfg).await?;
+            let settings = ReplaySettings::resolve(&args, &file)?;
+            let stats = binsync::replay::replay(&settings.files, settings.sink, settings.decode).await?;
             tracing::info!(files = stats.files, events = %binsync::units::count(stats.events), changes = %binsync::units::count(stats.changes), "replay done");
             Ok(ExitCode::SUCCESS)
         }

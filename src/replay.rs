@@ -32,9 +32,8 @@ pub struct ReplayStats {
 
 pub async fn replay(files: &[PathBuf], spec: SinkSpec, cfg: DecodeConfig) -> Result<ReplayStats> {
     if matches!(spec, SinkSpec::Http(_)) {
-        return Err(Error::Replay(
-            "replay into the HTTP sink is not available in this build; use stdout or file:PATH"
-                .into(),
+        return Err(Error::replay(
+            "replay into the HTTP sink is not available in this build; use stdout or file:PATH",
         ));
     }
     let (tx, rx) = mpsc::channel::<Chunk>(8);
@@ -52,8 +51,8 @@ pub async fn replay(files: &[PathBuf], spec: SinkSpec, cfg: DecodeConfig) -> Res
     drop(tx);
     sink_task
         .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
-    let delivered = counter.await.map_err(|e| Error::Internal(e.to_string()))?;
+        .map_err(|e| Error::stage("sink", e))??;
+    let delivered = counter.await.map_err(|e| Error::stage("ack counter", e))?;
     let mut stats = result?;
     stats.changes = delivered;
     Ok(stats)
@@ -72,13 +71,13 @@ async fn feed(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let damaged = |offset: u64, detail: String| {
-            Error::Replay(format!(
+            Error::replay(format!(
                 "{}: damaged binlog at byte {offset}: {detail}; events before it were delivered, the rest of the file was not",
                 path.display()
             ))
         };
         let file = File::open(path)
-            .map_err(|e| Error::Replay(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| Error::replay(format!("cannot open {}: {e}", path.display())))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut input = BufReader::with_capacity(1 << 20, file);
         let mut magic = [0u8; 4];
@@ -86,7 +85,7 @@ async fn feed(
             .read_exact(&mut magic)
             .map_err(|e| damaged(0, format!("no binlog header ({e})")))?;
         if magic != *b"\xfebin" {
-            return Err(Error::Replay(format!(
+            return Err(Error::replay(format!(
                 "{} is not a binlog file (it does not start with the binlog magic bytes)",
                 path.display()
             )));
@@ -105,7 +104,7 @@ async fn feed(
             offset += u64::from(event.header().event_size());
             stats.events += 1;
             if let Err(e) = decoder.on_event(&event).await {
-                let err = Error::Replay(format!(
+                let err = Error::replay(format!(
                     "{}: cannot decode the event ending at byte {offset}: {e}; events before it were delivered, the rest of the file was not",
                     path.display()
                 ));
@@ -169,5 +168,5 @@ async fn flush_then(
 async fn send(tx: &mpsc::Sender<Chunk>, chunk: Chunk) -> Result<()> {
     tx.send(chunk)
         .await
-        .map_err(|_| Error::Internal("the sink stopped".into()))
+        .map_err(|_| Error::stage("sink", "it stopped taking changes"))
 }

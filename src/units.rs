@@ -36,6 +36,47 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
+/// A count logged every [`Progress::EVERY`] with its rate: `delivered=12.3k rate=4.1k/s`.
+pub struct Progress {
+    what: &'static str,
+    total: u64,
+    since: u64,
+    last: std::time::Instant,
+}
+
+impl Progress {
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    pub fn new(what: &'static str) -> Progress {
+        Progress {
+            what,
+            total: 0,
+            since: 0,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    pub fn add(&mut self, n: u64) {
+        self.total += n;
+        self.since += n;
+        let elapsed = self.last.elapsed();
+        if elapsed >= Self::EVERY {
+            let rate = (self.since as f64 / elapsed.as_secs_f64()) as u64;
+            tracing::info!(
+                total = %count(self.total),
+                rate = %format!("{}/s", count(rate)),
+                "{} so far", self.what
+            );
+            self.last = std::time::Instant::now();
+            self.since = 0;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

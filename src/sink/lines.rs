@@ -36,7 +36,9 @@ pub fn run_blocking(
     let mut out = match &spec {
         SinkSpec::Stdout => Out::Stdout(std::io::stdout()),
         SinkSpec::File(p) => Out::File(open_append(p)?, p.clone()),
-        SinkSpec::Http(_) => return Err(SinkError::Config("not a lines sink".into())),
+        SinkSpec::Http(cfg) => {
+            return Err(SinkError::Config(format!("{} is not a lines sink", cfg.url)))
+        }
     };
     let syncer = match &out {
         Out::File(f, path) => {
@@ -237,10 +239,9 @@ mod tests {
 
     #[test]
     fn sink_specs() {
-        assert_eq!("stdout".parse::<SinkSpec>().unwrap(), SinkSpec::Stdout);
-        assert_eq!(
-            "file:/tmp/x".parse::<SinkSpec>().unwrap(),
-            SinkSpec::File("/tmp/x".into())
+        assert!(matches!("stdout".parse::<SinkSpec>(), Ok(SinkSpec::Stdout)));
+        assert!(
+            matches!("file:/tmp/x".parse::<SinkSpec>(), Ok(SinkSpec::File(p)) if p == Path::new("/tmp/x"))
         );
         assert!("kafka://x".parse::<SinkSpec>().is_err());
         assert!("file:".parse::<SinkSpec>().is_err());

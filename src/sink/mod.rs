@@ -12,14 +12,25 @@ pub mod retry;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::change::Chunk;
-use crate::checkpoint::Position;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+use self::http::batch::SourceHeader;
+use self::http::HttpConfig;
+use crate::change::Chunk;
+use crate::checkpoint::{Position, Store};
+use crate::dlq::Dlq;
+use crate::error::{Error, Result};
+use crate::shutdown::Shutdown;
+use crate::source::ServerInfo;
+
+/// Which sink, with its settings.
+#[derive(Debug, Clone)]
 pub enum SinkSpec {
     Stdout,
     File(PathBuf),
-    Http(String),
+    /// The sync API (boxed: its settings are much larger than the other variants).
+    Http(Box<HttpConfig>),
 }
 
 impl FromStr for SinkSpec {
@@ -36,7 +47,7 @@ impl FromStr for SinkSpec {
             }
             Ok(SinkSpec::File(PathBuf::from(path)))
         } else if s.starts_with("http://") || s.starts_with("https://") {
-            Ok(SinkSpec::Http(s.to_string()))
+            Ok(SinkSpec::Http(Box::new(HttpConfig::new(s.to_string()))))
         } else {
             Err(format!(
                 "--sink `{s}`: write stdout, file:PATH or an http(s):// URL"
@@ -77,8 +88,33 @@ pub enum SinkError {
     },
 }
 
-impl SinkError {
-    pub fn is_retriable(&self) -> bool {
-        false
-    }
+/// Starts the sink task for `spec`: it takes chunks from `rx` and sends their acks, in
+/// order, to `acks`.
+pub fn spawn(
+    spec: &SinkSpec,
+    store: &Store,
+    info: &ServerInfo,
+    rx: mpsc::Receiver<Chunk>,
+    acks: mpsc::Sender<Ack>,
+    shutdown: &Shutdown,
+) -> Result<JoinHandle<Result<()>>> {
+    Ok(match spec {
+        SinkSpec::Http(cfg) => {
+            let cfg = (**cfg).clone();
+            let dlq = Dlq::open(store)?;
+            let header = SourceHeader::new(&info.identity);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                http::run(cfg, header, dlq, rx, acks, shutdown)
+                    .await
+                    .map_err(Error::from)
+            })
+        }
+        lines => {
+            let spec = lines.clone();
+            tokio::task::spawn_blocking(move || {
+                lines::run_blocking(spec, rx, acks).map_err(Error::from)
+            })
+        }
+    })
 }

@@ -1,14 +1,17 @@
-//! The source server: connecting, knowing what it is, and classifying its errors.
+//! The source server: connecting, knowing what it is, and what it holds.
 //!
-//! Errors are decided here, at the boundary: [`SourceError::is_retriable`] says whether a
-//! reconnect can heal it (a dropped connection, a restarting server) or whether a person must
-//! act (wrong password, binlog purged past our position, binlog off, STATEMENT format). Server
-//! error codes become variants; messages are never matched.
+//! Errors are decided at this boundary, by type ([`error`]): a [`Disconnect`] is transient
+//! (reconnect), a [`SourceError`] definite (stop and name the fix).
 
+mod error;
 pub mod lookup;
 pub mod preflight;
 pub mod reader;
+pub mod replication;
+pub mod start;
 pub mod stream;
+
+pub use error::{classify, Disconnect, ServerCode, SourceError};
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -16,8 +19,11 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
 
+use crate::backoff::{sleep_unless_stopped, Backoff};
 use crate::checkpoint::ServerIdentity;
-use crate::gtid::Flavor;
+use crate::error::{Error, Result};
+use crate::gtid::{Flavor, GtidPos};
+use crate::shutdown::Shutdown;
 
 /// Where and how to connect. `Display` never shows the password.
 #[derive(Clone)]
@@ -26,6 +32,8 @@ pub struct SourceConfig {
     pub port: u16,
     pub user: String,
     password: Option<String>,
+    /// The environment variable the password comes from (named in authentication errors).
+    pub password_env: String,
     pub connect_timeout: Duration,
 }
 
@@ -42,13 +50,19 @@ impl fmt::Display for SourceConfig {
 }
 
 impl SourceConfig {
-    /// `env_password` (from the environment) wins over a password in the URL.
+    /// `env_password` (the value of `password_env`) wins over a password in the URL.
     pub fn new(
         url: &str,
         env_password: Option<String>,
+        password_env: &str,
         connect_timeout: Duration,
     ) -> Result<SourceConfig, SourceError> {
         let bad = |why: &str| {
+            // The driver's message may quote the URL: never let its credentials through.
+            let why = match url.rfind('@') {
+                Some(at) => why.replace(&url[..at], "***"),
+                None => why.to_string(),
+            };
             SourceError::BadUrl(format!(
                 "--source `{}`: {why}; write mysql://USER[:PASSWORD]@HOST:PORT",
                 redact(url)
@@ -64,6 +78,7 @@ impl SourceConfig {
             port: opts.tcp_port(),
             user,
             password: env_password.or_else(|| opts.pass().map(str::to_string)),
+            password_env: password_env.to_string(),
             connect_timeout,
         })
     }
@@ -80,148 +95,62 @@ impl SourceConfig {
     }
 
     /// One connection attempt, bounded by 10 s.
-    pub async fn connect_once(&self) -> Result<Conn, SourceError> {
+    pub async fn connect_once(&self) -> Result<Conn> {
         let attempt = tokio::time::timeout(Duration::from_secs(10), Conn::new(self.opts())).await;
         match attempt {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(SourceError::classify(e, self)),
-            Err(_) => Err(SourceError::Unreachable {
+            Ok(Err(e)) => Err(classify(e, self)),
+            Err(_) => Err(Disconnect::Unreachable {
                 addr: self.to_string(),
                 detail: "no answer within 10s".into(),
-            }),
+            }
+            .into()),
         }
     }
 
     /// Keeps trying for `connect_timeout`, logging each failed attempt; definite errors
     /// (wrong password) end it at once.
-    pub async fn connect(&self) -> Result<Conn, SourceError> {
+    pub async fn connect(&self, shutdown: &mut Shutdown) -> Result<Conn> {
         let deadline = Instant::now() + self.connect_timeout;
-        let mut delay = Duration::from_millis(200);
-        let mut attempt = 1u32;
+        let mut backoff = Backoff::with(Duration::from_millis(200), Duration::from_secs(5));
         loop {
-            match self.connect_once().await {
+            let e = match self.connect_once().await {
                 Ok(c) => return Ok(c),
-                Err(e) if !e.is_retriable() => return Err(e),
-                Err(e) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(SourceError::GaveUp {
-                            addr: self.to_string(),
-                            waited: self.connect_timeout,
-                            last: e.to_string(),
-                        });
-                    }
-                    tracing::warn!(attempt, error = %e, "source not reachable yet; retrying");
-                    tokio::time::sleep(delay.min(deadline - now)).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                    attempt += 1;
-                }
+                Err(Error::Transient(e)) => e,
+                Err(definite) => return Err(definite),
+            };
+            let now = Instant::now();
+            let gave_up = SourceError::GaveUp {
+                addr: self.to_string(),
+                waited: self.connect_timeout,
+                last: e.to_string(),
+            };
+            if now >= deadline {
+                return Err(gave_up.into());
+            }
+            tracing::warn!(attempt = backoff.attempts() + 1, error = %e, "source not reachable yet; retrying");
+            let delay = backoff.next_delay().min(deadline - now);
+            if !sleep_unless_stopped(delay, shutdown).await {
+                return Err(gave_up.into());
             }
         }
     }
 }
 
+/// `url` as it may be printed: whatever precedes the last `@` (user and password, in any
+/// spelling of the scheme) is masked but for a user name that clearly stands alone.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
+    let Some(at) = url.rfind('@') else {
+        return url.to_string();
+    };
+    let (creds, host) = url.split_at(at);
+    match creds.strip_prefix("mysql://") {
+        Some(user) if !user.contains([':', '/', '@']) => url.to_string(),
+        Some(user) if !user.contains(['/', '@']) => {
+            let name = user.split(':').next().unwrap_or_default();
+            format!("mysql://{name}:***{host}")
         }
-        _ => url.to_string(),
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("{0}")]
-    BadUrl(String),
-    #[error("cannot reach the source {addr}: {detail}")]
-    Unreachable { addr: String, detail: String },
-    #[error("gave up reaching the source {addr} after {}: {last}; check --source and that the server is running (or raise --connect-timeout)", humantime::format_duration(*.waited))]
-    GaveUp {
-        addr: String,
-        waited: Duration,
-        last: String,
-    },
-    #[error("the source {addr} refused user `{user}` (error {code}: {message}); check the user and the password (env {password_hint})")]
-    Auth {
-        addr: String,
-        user: String,
-        code: u16,
-        message: String,
-        password_hint: &'static str,
-    },
-    #[error("the binlog position we need is no longer on the source (error 1236: {0}); the changes in between are gone: start over with --reset --start earliest (or latest), or restore the purged binlogs, and raise the source's binlog retention")]
-    Purged(String),
-    #[error("binary logging is off on the source; add log_bin (e.g. log_bin=mysql-bin) and binlog_format=ROW to its [mysqld] config and restart it")]
-    BinlogOff,
-    #[error("the source logs in binlog_format={0}; binsync needs ROW: SET GLOBAL binlog_format=ROW and put binlog_format=ROW in its [mysqld] config")]
-    NotRowFormat(String),
-    #[error("server id {id} is already used by {by}; pick another --server-id")]
-    ServerIdInUse { id: u32, by: String },
-    #[error("the checkpoint holds a file position on {checkpoint}, but --source is {now}; file positions only mean something on the server that wrote them: use --reset with --start, or point --source at the original server")]
-    ServerChanged { checkpoint: String, now: String },
-    #[error("the source lacks a privilege binsync needs (error {code}: {message}); GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO the binsync user")]
-    Privilege { code: u16, message: String },
-    #[error("source error {code}: {message}")]
-    Server { code: u16, message: String },
-    #[error("connection to the source lost: {0}")]
-    Io(String),
-    #[error("the source ended the binlog stream")]
-    StreamEnded,
-    #[error("no event from the source for {0:?} despite heartbeats: the connection is dead")]
-    Silent(Duration),
-    #[error("{0}")]
-    Unsupported(String),
-}
-
-impl SourceError {
-    pub fn is_retriable(&self) -> bool {
-        match self {
-            SourceError::Unreachable { .. }
-            | SourceError::Io(_)
-            | SourceError::StreamEnded
-            | SourceError::Silent(_) => true,
-            // Too many connections, server shutting down, lost connection, read-only failover.
-            SourceError::Server { code, .. } => {
-                matches!(code, 1040 | 1053 | 1205 | 1213 | 2006 | 2013 | 1927 | 1290)
-            }
-            _ => false,
-        }
-    }
-
-    pub fn classify(e: mysql_async::Error, src: &SourceConfig) -> SourceError {
-        match e {
-            mysql_async::Error::Server(se) => match se.code {
-                1045 | 1044 | 1698 | 1251 => SourceError::Auth {
-                    addr: src.to_string(),
-                    user: src.user.clone(),
-                    code: se.code,
-                    message: se.message,
-                    password_hint: crate::config::DEFAULT_PASSWORD_ENV,
-                },
-                1236 => SourceError::Purged(se.message),
-                1227 | 1142 | 1143 => SourceError::Privilege {
-                    code: se.code,
-                    message: se.message,
-                },
-                1381 => SourceError::BinlogOff,
-                code => SourceError::Server {
-                    code,
-                    message: se.message,
-                },
-            },
-            mysql_async::Error::Io(io) => SourceError::Unreachable {
-                addr: src.to_string(),
-                detail: io.to_string(),
-            },
-            mysql_async::Error::Driver(d) => SourceError::Io(d.to_string()),
-            mysql_async::Error::Url(u) => SourceError::BadUrl(u.to_string()),
-            other => SourceError::Io(other.to_string()),
-        }
+        _ => format!("***{host}"),
     }
 }
 
@@ -252,7 +181,7 @@ impl ServerInfo {
         }
     }
 
-    pub async fn read(conn: &mut Conn, src: &SourceConfig) -> Result<ServerInfo, SourceError> {
+    pub async fn read(conn: &mut Conn, src: &SourceConfig) -> Result<ServerInfo> {
         let version: String = query_one(conn, src, "SELECT VERSION()")
             .await?
             .unwrap_or_default();
@@ -285,7 +214,7 @@ impl ServerInfo {
         let rows: Vec<(String, String)> = conn
             .query(sql)
             .await
-            .map_err(|e| SourceError::classify(e, src))?;
+            .map_err(|e| classify(e, src))?;
         let mut vars = std::collections::HashMap::new();
         for (name, v) in rows {
             if let Some(known) = NAMES.iter().find(|n| name.eq_ignore_ascii_case(n)) {
@@ -331,34 +260,28 @@ pub async fn query_one<T: mysql_async::prelude::FromValue>(
     conn: &mut Conn,
     src: &SourceConfig,
     sql: &str,
-) -> Result<Option<T>, SourceError> {
+) -> Result<Option<T>> {
     let row: Option<mysql_async::Row> = conn
         .query_first(sql)
         .await
-        .map_err(|e| SourceError::classify(e, src))?;
+        .map_err(|e| classify(e, src))?;
     Ok(row.and_then(|mut r| r.take_opt::<T, usize>(0).and_then(Result::ok)))
 }
 
-/// The source's binlog end: (file, offset), and its GTID position text.
+/// The source's binlog end: where the next transaction will be written, and the GTID state
+/// there (None without GTIDs).
 pub async fn binlog_end(
     conn: &mut Conn,
     src: &SourceConfig,
     flavor: Flavor,
-) -> Result<(String, u64, Option<String>), SourceError> {
+) -> Result<(String, u64, Option<GtidPos>)> {
     let (file, pos, mut row) = master_status(conn, src).await?;
     let gtid = match flavor {
-        Flavor::Mysql => row.take_opt::<String, usize>(4).and_then(Result::ok),
-        Flavor::Mariadb => {
-            query_one(
-                conn,
-                src,
-                &format!(
-                    "SELECT BINLOG_GTID_POS('{}', {pos})",
-                    file.replace('\'', "")
-                ),
-            )
-            .await?
-        }
+        Flavor::Mysql => match row.take_opt::<String, usize>(4).and_then(|r| r.ok()) {
+            Some(text) if !text.trim().is_empty() => Some(start::server_gtid(flavor, &text)?),
+            _ => None,
+        },
+        Flavor::Mariadb => start::binlog_gtid_pos(conn, src, &file, pos).await?,
     };
     Ok((file, pos, gtid))
 }
@@ -371,11 +294,15 @@ pub async fn binlog_end_target(
     conn: &mut Conn,
     src: &SourceConfig,
     flavor: Flavor,
-) -> Result<(String, u64, Option<String>), SourceError> {
+) -> Result<(String, u64, Option<GtidPos>)> {
     if flavor == Flavor::Mysql {
         return binlog_end(conn, src, flavor).await;
     }
     let gtid: Option<String> = query_one(conn, src, "SELECT @@gtid_binlog_pos").await?;
+    let gtid = match gtid.filter(|g| !g.is_empty()) {
+        Some(text) => Some(start::server_gtid(flavor, &text)?),
+        None => None,
+    };
     let (file, pos, _) = master_status(conn, src).await?;
     Ok((file, pos, gtid))
 }
@@ -385,13 +312,13 @@ pub async fn binlog_end_target(
 async fn master_status(
     conn: &mut Conn,
     src: &SourceConfig,
-) -> Result<(String, u64, mysql_async::Row), SourceError> {
+) -> Result<(String, u64, mysql_async::Row)> {
     let row: Option<mysql_async::Row> = conn
         .query_first("SHOW MASTER STATUS")
         .await
-        .map_err(|e| SourceError::classify(e, src))?;
+        .map_err(|e| classify(e, src))?;
     let Some(mut row) = row else {
-        return Err(SourceError::BinlogOff);
+        return Err(SourceError::BinlogOff.into());
     };
     let file: String = row.take_opt(0).and_then(Result::ok).unwrap_or_default();
     let pos: u64 = row.take_opt(1).and_then(Result::ok).unwrap_or(4);
@@ -402,11 +329,11 @@ async fn master_status(
 pub async fn binary_logs(
     conn: &mut Conn,
     src: &SourceConfig,
-) -> Result<Vec<(String, u64)>, SourceError> {
+) -> Result<Vec<(String, u64)>> {
     let rows: Vec<mysql_async::Row> = conn
         .query("SHOW BINARY LOGS")
         .await
-        .map_err(|e| SourceError::classify(e, src))?;
+        .map_err(|e| classify(e, src))?;
     Ok(rows
         .into_iter()
         .filter_map(|mut r| {
@@ -423,24 +350,29 @@ mod tests {
 
     #[test]
     fn urls_parse_and_never_show_the_password() {
-        let c = SourceConfig::new(
-            "mysql://app:s3cret@db.example:3307",
-            None,
-            Duration::from_secs(1),
-        )
-        .unwrap();
+        let timeout = Duration::from_secs(1);
+        let env = "BINSYNC_SOURCE_PASSWORD";
+        let c = SourceConfig::new("mysql://app:s3cret@db.example:3307", None, env, timeout)
+            .unwrap();
         assert_eq!(c.to_string(), "mysql://app@db.example:3307");
         assert!(!format!("{c:?}").contains("s3cret"));
-        let c = SourceConfig::new(
-            "mysql://app:s3cret@db:3307",
-            Some("env".into()),
-            Duration::from_secs(1),
-        )
-        .unwrap();
+        let c =
+            SourceConfig::new("mysql://app:s3cret@db:3307", Some("env".into()), env, timeout)
+                .unwrap();
         assert_eq!(c.password.as_deref(), Some("env"));
-        let e = SourceConfig::new("postgres://app:s3cret@db:1", None, Duration::from_secs(1))
-            .unwrap_err();
-        assert!(!e.to_string().contains("s3cret"), "{e}");
-        assert!(e.to_string().contains("mysql://USER"), "{e}");
+        for bad in [
+            "postgres://app:s3cret@db:1",
+            "mysql:/cdc:s3cret@127.0.0.1:3306",
+            "mysql//cdc:s3cret@127.0.0.1:3306",
+            "cdc:s3cret@127.0.0.1:3306",
+            "mysql://cdc:s3cret@127.0.0.1:notaport",
+            "mysql://cdc:s3cret@@127.0.0.1:3306/x?y",
+        ] {
+            let e = SourceConfig::new(bad, None, env, timeout)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} must not parse"));
+            assert!(!e.to_string().contains("s3cret"), "{bad}: {e}");
+            assert!(e.to_string().contains("mysql://USER"), "{e}");
+        }
     }
 }

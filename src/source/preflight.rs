@@ -4,8 +4,9 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
-use super::{binary_logs, ServerInfo, SourceConfig, SourceError};
+use super::{binary_logs, ServerInfo, SourceConfig};
 use crate::checkpoint::Checkpoint;
+use crate::error::Result;
 use crate::gtid::Flavor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +69,7 @@ pub async fn run_checks(
     src: &SourceConfig,
     info: &ServerInfo,
     checkpoint: Option<&Checkpoint>,
-) -> Result<Vec<Finding>, SourceError> {
+) -> Result<Vec<Finding>> {
     let mut out = Vec::new();
     let cnf = "in the source's [mysqld] config, then restart it";
     out.push(finding(
@@ -154,11 +155,11 @@ async fn privileges(
     conn: &mut Conn,
     src: &SourceConfig,
     info: &ServerInfo,
-) -> Result<Vec<Finding>, SourceError> {
+) -> Result<Vec<Finding>> {
     let grants: Vec<String> = conn
         .query("SHOW GRANTS")
         .await
-        .map_err(|e| SourceError::classify(e, src))?;
+        .map_err(|e| super::classify(e, src))?;
     let all = grants.join("\n").to_ascii_uppercase();
     let global: Vec<&str> = all.lines().filter(|l| l.contains(" ON *.* ")).collect();
     let has = |p: &str| {

@@ -11,6 +11,8 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 
 use super::{ServerInfo, SourceConfig, SourceError};
+use crate::checkpoint::Position;
+use crate::error::Result;
 use crate::gtid::{Flavor, GtidPos};
 
 /// How often the source sends a heartbeat when it has nothing else to send.
@@ -23,6 +25,20 @@ pub const REPORT_HOST: &str = "binsync";
 pub enum StartPoint {
     Gtid(GtidPos),
     File { file: String, offset: u64 },
+}
+
+impl StartPoint {
+    /// Where to reopen a stream to continue after `pos`: by GTID where the server has GTIDs
+    /// and the position names them, else at its file and offset.
+    pub fn resume(pos: &Position, gtid_enabled: bool) -> StartPoint {
+        match (&pos.gtid, gtid_enabled) {
+            (Some(g), true) => StartPoint::Gtid(g.clone()),
+            _ => StartPoint::File {
+                file: pos.file.clone(),
+                offset: pos.offset,
+            },
+        }
+    }
 }
 
 impl std::fmt::Display for StartPoint {
@@ -41,12 +57,13 @@ pub async fn check_server_id(
     src: &SourceConfig,
     info: &ServerInfo,
     server_id: u32,
-) -> Result<(), SourceError> {
+) -> Result<()> {
     if info.identity.server_id == server_id {
         return Err(SourceError::ServerIdInUse {
             id: server_id,
             by: format!("the source {src} itself"),
-        });
+        }
+        .into());
     }
     let statements: &[&str] = match info.flavor() {
         Flavor::Mariadb => &["SHOW SLAVE HOSTS"],
@@ -88,7 +105,8 @@ pub async fn check_server_id(
             return Err(SourceError::ServerIdInUse {
                 id: server_id,
                 by: who,
-            });
+            }
+            .into());
         }
     }
     Ok(())
@@ -101,8 +119,8 @@ pub async fn open(
     info: &ServerInfo,
     server_id: u32,
     start: &StartPoint,
-) -> Result<BinlogStream, SourceError> {
-    let classify = |e| SourceError::classify(e, src);
+) -> Result<BinlogStream> {
+    let classify = |e| super::classify(e, src);
     check_server_id(&mut conn, src, info, server_id).await?;
     conn.query_drop(format!(
         "SET @master_heartbeat_period = {}",
@@ -145,7 +163,8 @@ pub async fn open(
         (Flavor::Mysql, StartPoint::Gtid(other)) => {
             return Err(SourceError::Unsupported(format!(
                 "a MariaDB GTID position ({other}) cannot be used on a MySQL source; use --reset with --start"
-            )))
+            ))
+            .into())
         }
         (Flavor::Mysql, StartPoint::File { file, offset }) => {
             file_owned = file.clone().into_bytes();

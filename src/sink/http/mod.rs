@@ -18,7 +18,9 @@ pub mod batch;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+
+use crate::shutdown::Shutdown;
 
 use self::batch::{lane_of, Batch, Builder, SourceHeader};
 use super::retry::{classify, Verdict};
@@ -140,7 +142,7 @@ pub async fn run(
     dlq: Dlq,
     mut rx: mpsc::Receiver<Chunk>,
     acks: mpsc::Sender<Ack>,
-    stop: watch::Receiver<bool>,
+    stop: Shutdown,
 ) -> Result<(), SinkError> {
     let client = cfg.client()?;
     let lanes = cfg.in_flight.max(1);
@@ -298,7 +300,7 @@ async fn lane(
     dlq: Dlq,
     mut rx: mpsc::Receiver<Batch>,
     results: mpsc::Sender<LaneResult>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     while let Some(batch) = rx.recv().await {
         let handled = deliver(&client, &cfg, &dlq, &batch, &mut stop).await;
@@ -377,7 +379,7 @@ async fn deliver(
     cfg: &HttpConfig,
     dlq: &Dlq,
     batch: &Batch,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut Shutdown,
 ) -> Handled {
     let body = match bytes_body::Body::new(&batch.body, cfg.gzip) {
         Ok(b) => b,
@@ -416,11 +418,7 @@ async fn deliver(
                 }
                 let what = status.map_or_else(|| detail.clone(), |s| format!("HTTP {s}"));
                 tracing::warn!(batch = %batch.id, attempt = backoff.attempts(), retry_in = %crate::units::duration(delay), error = %what, "sync API did not take the batch; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.changed() => {}
-                }
-                if *stop.borrow() {
+                if !crate::backoff::sleep_unless_stopped(delay, stop).await {
                     return Handled::Abandoned;
                 }
             }

@@ -1,0 +1,216 @@
+//! The source's errors, decided here, at the boundary, by type:
+//!
+//! - [`Disconnect`]: the connection or the server went away for a while (I/O, a restarting
+//!   server, too many connections). Transient: the source stage reconnects with backoff and
+//!   resumes from the decoder's own position.
+//! - [`SourceError`]: a person must act (wrong password, binlog purged past our position,
+//!   binlog off, STATEMENT format, a server id taken). Definite: binsync stops, and the
+//!   message names the fix.
+//!
+//! Server error codes become [`ServerCode`] variants first; messages are never matched.
+
+use std::time::Duration;
+
+use super::SourceConfig;
+use crate::error::Error;
+
+/// The server error codes binsync acts on. Others stay numbers (`SourceError::Server`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerCode {
+    /// ER_CON_COUNT_ERROR
+    TooManyConnections,
+    /// ER_DBACCESS_DENIED_ERROR
+    DbAccessDenied,
+    /// ER_ACCESS_DENIED_ERROR
+    AccessDenied,
+    /// ER_SERVER_SHUTDOWN
+    ShuttingDown,
+    /// ER_TABLEACCESS_DENIED_ERROR
+    TableAccessDenied,
+    /// ER_COLUMNACCESS_DENIED_ERROR
+    ColumnAccessDenied,
+    /// ER_LOCK_WAIT_TIMEOUT
+    LockWaitTimeout,
+    /// ER_LOCK_DEADLOCK
+    Deadlock,
+    /// ER_SPECIFIC_ACCESS_DENIED_ERROR
+    SpecificAccessDenied,
+    /// ER_MASTER_FATAL_ERROR_READING_BINLOG: the dump thread cannot serve our position.
+    BinlogUnavailable,
+    /// ER_NOT_SUPPORTED_AUTH_MODE
+    AuthModeUnsupported,
+    /// ER_OPTION_PREVENTS_STATEMENT (read-only during a failover)
+    ReadOnly,
+    /// ER_NO_BINARY_LOGGING
+    NoBinaryLogging,
+    /// ER_ACCESS_DENIED_NO_PASSWORD_ERROR
+    AccessDeniedNoPassword,
+    /// ER_CONNECTION_KILLED (MariaDB)
+    ConnectionKilled,
+    /// CR_SERVER_GONE_ERROR
+    GoneAway,
+    /// CR_SERVER_LOST
+    Lost,
+}
+
+impl ServerCode {
+    pub fn of(code: u16) -> Option<ServerCode> {
+        use ServerCode::*;
+        Some(match code {
+            1040 => TooManyConnections,
+            1044 => DbAccessDenied,
+            1045 => AccessDenied,
+            1053 => ShuttingDown,
+            1142 => TableAccessDenied,
+            1143 => ColumnAccessDenied,
+            1205 => LockWaitTimeout,
+            1213 => Deadlock,
+            1227 => SpecificAccessDenied,
+            1236 => BinlogUnavailable,
+            1251 => AuthModeUnsupported,
+            1290 => ReadOnly,
+            1381 => NoBinaryLogging,
+            1698 => AccessDeniedNoPassword,
+            1927 => ConnectionKilled,
+            2006 => GoneAway,
+            2013 => Lost,
+            _ => return None,
+        })
+    }
+}
+
+/// Transient: reconnecting can heal it.
+#[derive(Debug, thiserror::Error)]
+pub enum Disconnect {
+    #[error("cannot reach the source {addr}: {detail}")]
+    Unreachable { addr: String, detail: String },
+    #[error("connection to the source lost: {0}")]
+    Io(String),
+    #[error("the source ended the binlog stream")]
+    StreamEnded,
+    #[error("no event from the source for {0:?} despite heartbeats: the connection is dead")]
+    Silent(Duration),
+    #[error("the source is not serving now (error {code}: {message})")]
+    Busy { code: u16, message: String },
+}
+
+/// Definite: a person must act; every message names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{0}")]
+    BadUrl(String),
+    #[error("gave up reaching the source {addr} after {}: {last}; check --source and that the server is running (or raise --connect-timeout)", humantime::format_duration(*.waited))]
+    GaveUp {
+        addr: String,
+        waited: Duration,
+        last: String,
+    },
+    #[error("the source {addr} refused user `{user}` (error {code}: {message}); check the user and the password (env {password_env})")]
+    Auth {
+        addr: String,
+        user: String,
+        code: u16,
+        message: String,
+        password_env: String,
+    },
+    #[error("the binlog position we need is no longer on the source (error 1236: {0}); the changes in between are gone: start over with --reset --start earliest (or latest), or restore the purged binlogs, and raise the source's binlog retention")]
+    Purged(String),
+    #[error("binary logging is off on the source; add log_bin (e.g. log_bin=mysql-bin) and binlog_format=ROW to its [mysqld] config and restart it")]
+    BinlogOff,
+    #[error("the source logs in binlog_format={0}; binsync needs ROW: SET GLOBAL binlog_format=ROW and put binlog_format=ROW in its [mysqld] config")]
+    NotRowFormat(String),
+    #[error("server id {id} is already used by {by}; pick another --server-id")]
+    ServerIdInUse { id: u32, by: String },
+    #[error("the checkpoint holds a file position on {checkpoint}, but --source is {now}; file positions only mean something on the server that wrote them: use --reset with --start, or point --source at the original server")]
+    ServerChanged { checkpoint: String, now: String },
+    #[error("the source lacks a privilege binsync needs (error {code}: {message}); GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO the binsync user")]
+    Privilege { code: u16, message: String },
+    #[error("the source reports a GTID position binsync cannot read ({0}); report this with the server's version")]
+    BadGtid(String),
+    #[error("source error {code}: {message}")]
+    Server { code: u16, message: String },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Sorts a driver error into [`Disconnect`] or [`SourceError`].
+pub fn classify(e: mysql_async::Error, src: &SourceConfig) -> Error {
+    match e {
+        mysql_async::Error::Server(se) => classify_server(se.code, se.message, src),
+        mysql_async::Error::Io(io) => Disconnect::Unreachable {
+            addr: src.to_string(),
+            detail: io.to_string(),
+        }
+        .into(),
+        mysql_async::Error::Driver(d) => Disconnect::Io(d.to_string()).into(),
+        mysql_async::Error::Url(u) => SourceError::BadUrl(u.to_string()).into(),
+        other => Disconnect::Io(other.to_string()).into(),
+    }
+}
+
+fn classify_server(code: u16, message: String, src: &SourceConfig) -> Error {
+    use ServerCode::*;
+    match ServerCode::of(code) {
+        Some(
+            TooManyConnections | ShuttingDown | LockWaitTimeout | Deadlock | ReadOnly
+            | ConnectionKilled | GoneAway | Lost,
+        ) => Disconnect::Busy { code, message }.into(),
+        Some(DbAccessDenied | AccessDenied | AuthModeUnsupported | AccessDeniedNoPassword) => {
+            SourceError::Auth {
+                addr: src.to_string(),
+                user: src.user.clone(),
+                code,
+                message,
+                password_env: src.password_env.clone(),
+            }
+            .into()
+        }
+        Some(BinlogUnavailable) => SourceError::Purged(message).into(),
+        Some(TableAccessDenied | ColumnAccessDenied | SpecificAccessDenied) => {
+            SourceError::Privilege { code, message }.into()
+        }
+        Some(NoBinaryLogging) => SourceError::BinlogOff.into(),
+        None => SourceError::Server { code, message }.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    fn src(password_env: &str) -> SourceConfig {
+        SourceConfig::new(
+            "mysql://cdc@db:3306",
+            None,
+            password_env,
+            Duration::from_secs(1),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn codes_decide_the_kind() {
+        let s = src("BINSYNC_SOURCE_PASSWORD");
+        for code in [1040, 1053, 1205, 1213, 1290, 1927, 2006, 2013] {
+            assert!(
+                matches!(classify_server(code, "x".into(), &s), Error::Transient(_)),
+                "{code}"
+            );
+        }
+        for code in [1044, 1045, 1236, 1227, 1381, 1064, 9999] {
+            assert!(
+                matches!(classify_server(code, "x".into(), &s), Error::Definite(_)),
+                "{code}"
+            );
+        }
+    }
+
+    /// The bug: with `--password-env X` the error named BINSYNC_SOURCE_PASSWORD.
+    #[test]
+    fn auth_error_names_the_password_variable_in_use() {
+        let e = classify_server(1045, "Access denied".into(), &src("CDC_PW")).to_string();
+        assert!(e.contains("env CDC_PW"), "{e}");
+        assert!(!e.contains("BINSYNC_SOURCE_PASSWORD"), "{e}");
+    }
+}

@@ -1,0 +1,212 @@
+//! The source stage: reads the binlog as a replica and hands the decoded changes on as
+//! [`Chunk`]s, through a bounded channel.
+//!
+//! Invariants:
+//! - A full sink channel pauses it (backpressure): memory is bounded by the channel sizes
+//!   times the chunk size, whatever the transaction size or sink speed.
+//! - A [`Transient`](crate::error::Error::Transient) error (a dropped connection, a restarting
+//!   server) is retried forever with [`Backoff`], from the decoder's own position: what was
+//!   decoded is handed on first, and the rows of a transaction cut in the middle are skipped
+//!   when it comes again, so nothing reaches the sink twice. A definite error ends the stage.
+//! - A stream that ends is an error (transient), never success.
+//! - On shutdown it stops reading; what was decoded is handed on (or, if the sink cannot take
+//!   it within 10 s, dropped whole and never acknowledged, so it is read again after a
+//!   restart). Nothing is handed on after a dropped chunk.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::reader::{ReadError, Reader};
+use super::start::EndTarget;
+use super::stream::{self, StartPoint, HEARTBEAT};
+use super::{classify, Disconnect, ServerInfo, SourceConfig};
+use crate::backoff::Backoff;
+use crate::change::Chunk;
+use crate::decode::Decoder;
+use crate::error::{Error, Result};
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `--exit-at-end`: everything up to the binlog end at start-up is handed on.
+    CaughtUp,
+    /// Asked to stop.
+    Stopped,
+}
+
+/// The source stage's settings and state; see the module docs.
+pub struct Replication {
+    pub src: SourceConfig,
+    pub info: ServerInfo,
+    /// The replica id we register with.
+    pub server_id: u32,
+    /// Where to stop (`--exit-at-end`).
+    pub target: Option<EndTarget>,
+    pub shutdown: Shutdown,
+    /// A chunk was dropped while stopping (see [`Replication::send`]).
+    dropped: bool,
+}
+
+impl Replication {
+    pub fn new(
+        src: SourceConfig,
+        info: ServerInfo,
+        server_id: u32,
+        target: Option<EndTarget>,
+        shutdown: Shutdown,
+    ) -> Replication {
+        Replication {
+            src,
+            info,
+            server_id,
+            target,
+            shutdown,
+            dropped: false,
+        }
+    }
+
+    /// Streams from `start` on `first_conn` (then on new connections) until stopped, caught
+    /// up, or a definite error.
+    pub async fn run(
+        mut self,
+        first_conn: mysql_async::Conn,
+        mut start: StartPoint,
+        mut decoder: Decoder,
+        tx: mpsc::Sender<Chunk>,
+    ) -> Result<Outcome> {
+        if let Some(t) = &self.target {
+            if t.reached(decoder.position()) {
+                tracing::info!("already at the source's binlog end; nothing to do");
+                return Ok(Outcome::CaughtUp);
+            }
+        }
+        let mut conn = Some(first_conn);
+        let mut backoff = Backoff::new();
+        loop {
+            let attempt = async {
+                let c = match conn.take() {
+                    Some(c) => c,
+                    None => self.src.connect_once().await?,
+                };
+                stream::open(c, &self.src, &self.info, self.server_id, &start).await
+            };
+            let result = match attempt.await {
+                Ok(s) => self.pump(s, &mut decoder, &tx, &mut backoff).await,
+                Err(e) => Err(e),
+            };
+            // Hand on what was decoded, whatever happens next.
+            self.flush(&mut decoder, &tx).await?;
+            let e = match result {
+                Ok(outcome) => return Ok(outcome),
+                Err(Error::Transient(e)) if !self.shutdown.is_requested() => e,
+                Err(Error::Transient(_)) => return Ok(Outcome::Stopped),
+                Err(definite) => return Err(definite),
+            };
+            // Resume from the decoder's own position.
+            let pos = decoder.restart();
+            start = StartPoint::resume(&pos, self.info.gtid_enabled());
+            let delay = backoff.next_delay();
+            tracing::warn!(error = %e, retry_in = %crate::units::duration(delay), from = %start, "source connection lost; reconnecting");
+            if !crate::backoff::sleep_unless_stopped(delay, &mut self.shutdown).await {
+                return Ok(Outcome::Stopped);
+            }
+        }
+    }
+
+    /// Decodes events until stopped, caught up, or the stream fails. The events are read on
+    /// their own task ([`Reader`]); dropping it on return closes the connection.
+    async fn pump(
+        &mut self,
+        stream: mysql_async::BinlogStream,
+        decoder: &mut Decoder,
+        tx: &mpsc::Sender<Chunk>,
+        backoff: &mut Backoff,
+    ) -> Result<Outcome> {
+        let mut reader = Reader::spawn(stream, HEARTBEAT * 5);
+        loop {
+            // Non-blocking first: while events are ready, keep filling the chunk.
+            let batch = match reader.try_next() {
+                Some(batch) => batch,
+                None => {
+                    // Idle: hand on what we have, then wait.
+                    if let Some(chunk) = decoder.take_chunk(true) {
+                        if !self.send(tx, chunk).await? {
+                            return Ok(Outcome::Stopped);
+                        }
+                    }
+                    tokio::select! {
+                        b = reader.next() => b.unwrap_or(Err(ReadError::Ended)),
+                        _ = self.shutdown.requested() => return Ok(Outcome::Stopped),
+                    }
+                }
+            };
+            let events = batch.map_err(|e| match e {
+                ReadError::Driver(e) => classify(e, &self.src),
+                ReadError::Ended => Disconnect::StreamEnded.into(),
+                ReadError::Silent(d) => Disconnect::Silent(d).into(),
+            })?;
+            for event in &events {
+                decoder.on_event(event).await?;
+                if !decoder.in_transaction() {
+                    if let Some(t) = &self.target {
+                        if t.reached(decoder.position()) {
+                            return Ok(Outcome::CaughtUp);
+                        }
+                    }
+                }
+                if let Some(chunk) = decoder.take_chunk(false) {
+                    if !self.send(tx, chunk).await? {
+                        return Ok(Outcome::Stopped);
+                    }
+                }
+                if self.shutdown.is_requested() {
+                    return Ok(Outcome::Stopped);
+                }
+            }
+            backoff.succeeded();
+        }
+    }
+
+    async fn flush(&mut self, decoder: &mut Decoder, tx: &mpsc::Sender<Chunk>) -> Result<()> {
+        if let Some(chunk) = decoder.take_chunk(true) {
+            self.send(tx, chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands a chunk to the sink, waiting while it is full. Returns false when binsync is
+    /// stopping and the sink cannot take it (down, or not draining within 10 s): the chunk is
+    /// dropped undelivered and, never acknowledged, read again after the restart. Nothing is
+    /// sent after a dropped chunk, so no later position can be acknowledged past it.
+    async fn send(&mut self, tx: &mpsc::Sender<Chunk>, chunk: Chunk) -> Result<bool> {
+        if self.dropped {
+            return Ok(false);
+        }
+        let permit = if self.shutdown.is_requested() {
+            tokio::time::timeout(Duration::from_secs(10), tx.reserve()).await
+        } else {
+            tokio::select! {
+                p = tx.reserve() => Ok(p),
+                // Stopping: give the sink a bounded time to take it.
+                _ = self.shutdown.requested() => {
+                    tokio::time::timeout(Duration::from_secs(10), tx.reserve()).await
+                }
+            }
+        };
+        match permit {
+            Ok(Ok(p)) => {
+                p.send(chunk);
+                Ok(true)
+            }
+            // The sink may close on the stop signal before this task sees it.
+            Ok(Err(_)) if !self.shutdown.is_requested() => {
+                Err(Error::stage("sink", "it stopped taking changes"))
+            }
+            _ => {
+                self.dropped = true;
+                Ok(false)
+            }
+        }
+    }
+}

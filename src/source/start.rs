@@ -1,0 +1,333 @@
+//! Where a stream begins and, for `--exit-at-end`, where it ends.
+//!
+//! A run resumes from its checkpoint whenever there is one (`--start` is then ignored, with a
+//! log line); otherwise it begins at `--start`. Resuming by GTID works on any server of the
+//! topology; a file position only on the server that wrote it, so a checkpoint without GTIDs
+//! on another server is a definite error. The plan is read before any stage starts, on the
+//! connection that will stream.
+
+use std::str::FromStr;
+
+use mysql_async::Conn;
+
+use super::stream::StartPoint;
+use super::{binary_logs, binlog_end, binlog_end_target, query_one, ServerInfo, SourceConfig};
+use super::SourceError;
+use crate::checkpoint::{Checkpoint, Position};
+use crate::config::ConfigError;
+use crate::error::Result;
+use crate::gtid::{Flavor, GtidPos};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartSpec {
+    /// The oldest binlog the source still has.
+    Earliest,
+    /// The source's current end: only changes committed from now on.
+    Latest,
+    /// After this GTID set (MySQL) or GTID list (MariaDB), in the source's dialect.
+    Gtid(String),
+    /// At this file and byte offset (an event boundary).
+    File { name: String, pos: u64 },
+}
+
+impl FromStr for StartSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = "write earliest, latest, gtid:SET (e.g. gtid:0-1-100) or file:NAME:POS (e.g. file:mysql-bin.000003:4)";
+        match s {
+            "earliest" => Ok(StartSpec::Earliest),
+            "latest" => Ok(StartSpec::Latest),
+            _ => {
+                if let Some(set) = s.strip_prefix("gtid:") {
+                    Ok(StartSpec::Gtid(set.to_string()))
+                } else if let Some(rest) = s.strip_prefix("file:") {
+                    let (name, pos) = rest
+                        .rsplit_once(':')
+                        .ok_or_else(|| format!("--start `{s}`: {usage}"))?;
+                    let pos: u64 = pos.parse().map_err(|_| {
+                        format!("--start `{s}`: position `{pos}` is not a number; {usage}")
+                    })?;
+                    if name.is_empty() || pos < 4 {
+                        return Err(format!("--start `{s}`: {usage} (positions start at 4)"));
+                    }
+                    Ok(StartSpec::File {
+                        name: name.to_string(),
+                        pos,
+                    })
+                } else {
+                    Err(format!("--start `{s}`: {usage}"))
+                }
+            }
+        }
+    }
+}
+
+
+/// How a stream begins.
+#[derive(Debug, Clone)]
+pub struct StartPlan {
+    /// The decoder's starting position (`seq` included).
+    pub position: Position,
+    /// What the dump request asks for.
+    pub point: StartPoint,
+    /// The stream starts at the head of a file without a known GTID state: learn it from the
+    /// file's PREVIOUS_GTIDS / GTID_LIST event.
+    pub gtid_from_file_header: Option<Flavor>,
+    /// Follow events from the head of this file but emit only from this offset on (a MySQL
+    /// `--start file:NAME:POS`, whose GTID state is known only from the file's head).
+    pub emit_from: Option<(String, u64)>,
+}
+
+impl StartPlan {
+    fn at(position: Position, point: StartPoint) -> StartPlan {
+        StartPlan {
+            position,
+            point,
+            gtid_from_file_header: None,
+            emit_from: None,
+        }
+    }
+
+    /// Whether the start position can be checkpointed as it is (a MySQL file start read from
+    /// the head of its file cannot: its GTID state is learnt on the way).
+    pub fn resumable(&self) -> bool {
+        self.emit_from.is_none()
+    }
+}
+
+/// Decides where the stream begins: the checkpoint, else `start`.
+pub async fn plan(
+    conn: &mut Conn,
+    src: &SourceConfig,
+    info: &ServerInfo,
+    checkpoint: Option<&Checkpoint>,
+    start: &StartSpec,
+) -> Result<StartPlan> {
+    match checkpoint {
+        Some(cp) => {
+            tracing::info!(checkpoint = %cp.position, "resuming from the checkpoint (--start is ignored; --reset discards the checkpoint)");
+            from_checkpoint(info, cp)
+        }
+        None => from_spec(conn, src, info, start).await,
+    }
+}
+
+fn from_checkpoint(info: &ServerInfo, cp: &Checkpoint) -> Result<StartPlan> {
+    let changed = || SourceError::ServerChanged {
+        checkpoint: cp.server.to_string(),
+        now: info.identity.to_string(),
+    };
+    if cp.server.flavor != info.flavor() {
+        return Err(changed().into());
+    }
+    let by_gtid = cp.position.gtid.is_some() && info.gtid_enabled();
+    if !by_gtid && !cp.server.same_server(&info.identity) {
+        return Err(changed().into());
+    }
+    let point = StartPoint::resume(&cp.position, info.gtid_enabled());
+    Ok(StartPlan::at(cp.position.clone(), point))
+}
+
+async fn from_spec(
+    conn: &mut Conn,
+    src: &SourceConfig,
+    info: &ServerInfo,
+    start: &StartSpec,
+) -> Result<StartPlan> {
+    let flavor = info.flavor();
+    let at_file = |file: &str, offset: u64| StartPoint::File {
+        file: file.to_string(),
+        offset,
+    };
+    match start {
+        StartSpec::Earliest => {
+            let logs = binary_logs(conn, src).await?;
+            let (first, _) = logs.into_iter().next().ok_or(SourceError::BinlogOff)?;
+            let position = Position {
+                file: first.clone(),
+                offset: 4,
+                ..Position::default()
+            };
+            Ok(StartPlan {
+                gtid_from_file_header: info.gtid_enabled().then_some(flavor),
+                ..StartPlan::at(position, at_file(&first, 4))
+            })
+        }
+        StartSpec::Latest => {
+            let (file, offset, gtid) = binlog_end(conn, src, flavor).await?;
+            let gtid = gtid.filter(|_| info.gtid_enabled());
+            let position = Position {
+                file: file.clone(),
+                offset,
+                gtid,
+                ..Position::default()
+            };
+            Ok(StartPlan::at(position, at_file(&file, offset)))
+        }
+        StartSpec::Gtid(text) => {
+            let g = GtidPos::parse(flavor, text).map_err(|e| {
+                ConfigError(format!(
+                    "--start gtid:{text}: {e} (this source is {flavor}, which writes {})",
+                    match flavor {
+                        Flavor::Mysql => "uuid:1-5 sets",
+                        Flavor::Mariadb => "domain-server-seq lists",
+                    }
+                ))
+            })?;
+            if !info.gtid_enabled() {
+                return Err(SourceError::Unsupported(
+                    "--start gtid: the source has gtid_mode OFF; use --start file:NAME:POS".into(),
+                )
+                .into());
+            }
+            let position = Position {
+                gtid: Some(g.clone()),
+                ..Position::default()
+            };
+            Ok(StartPlan::at(position, StartPoint::Gtid(g)))
+        }
+        StartSpec::File { name, pos } => match flavor {
+            Flavor::Mariadb => {
+                let gtid = binlog_gtid_pos(conn, src, name, *pos).await?;
+                let position = Position {
+                    file: name.clone(),
+                    offset: *pos,
+                    gtid,
+                    ..Position::default()
+                };
+                Ok(StartPlan::at(position, at_file(name, *pos)))
+            }
+            Flavor::Mysql => {
+                // Read the file from its head to learn the GTID set at `pos`, emitting from `pos`.
+                let position = Position {
+                    file: name.clone(),
+                    offset: 4,
+                    ..Position::default()
+                };
+                Ok(StartPlan {
+                    gtid_from_file_header: info.gtid_enabled().then_some(flavor),
+                    emit_from: Some((name.clone(), *pos)),
+                    ..StartPlan::at(position, at_file(name, 4))
+                })
+            }
+        },
+    }
+}
+
+/// MariaDB's GTID state at `file:pos` (`BINLOG_GTID_POS`), None where it has none.
+pub async fn binlog_gtid_pos(
+    conn: &mut Conn,
+    src: &SourceConfig,
+    file: &str,
+    pos: u64,
+) -> Result<Option<GtidPos>> {
+    let sql = format!(
+        "SELECT BINLOG_GTID_POS('{}', {pos})",
+        file.replace(['\'', '\\'], "")
+    );
+    let text: Option<String> = query_one(conn, src, &sql).await?;
+    match text.filter(|t| !t.is_empty()) {
+        Some(t) => Ok(Some(server_gtid(Flavor::Mariadb, &t)?)),
+        None => Ok(None),
+    }
+}
+
+/// A GTID position as the server printed it; one we cannot read is the server's or our bug,
+/// never something to guess around.
+pub fn server_gtid(flavor: Flavor, text: &str) -> Result<GtidPos, SourceError> {
+    GtidPos::parse(flavor, text).map_err(|e| SourceError::BadGtid(e.to_string()))
+}
+
+/// Where the server's binlog ended at start-up (`--exit-at-end`).
+#[derive(Debug, Clone)]
+pub struct EndTarget {
+    pub file: String,
+    pub offset: u64,
+    pub gtid: Option<GtidPos>,
+}
+
+impl EndTarget {
+    pub async fn read(conn: &mut Conn, src: &SourceConfig, flavor: Flavor) -> Result<EndTarget> {
+        let (file, offset, gtid) = binlog_end_target(conn, src, flavor).await?;
+        Ok(EndTarget { file, offset, gtid })
+    }
+
+    /// `pos` (a transaction boundary) includes everything up to the target.
+    pub fn reached(&self, pos: &Position) -> bool {
+        if let (Some(have), Some(want)) = (&pos.gtid, &self.gtid) {
+            if covers(have, want) {
+                return true;
+            }
+        }
+        match (file_number(&pos.file), file_number(&self.file)) {
+            (Some(a), Some(b)) => (a, pos.offset) >= (b, self.offset),
+            _ => false,
+        }
+    }
+}
+
+fn covers(have: &GtidPos, want: &GtidPos) -> bool {
+    match (have, want) {
+        (GtidPos::Mysql(h), GtidPos::Mysql(w)) => h.is_superset_of(w),
+        (GtidPos::Mariadb(h), GtidPos::Mariadb(w)) => h.is_superset_of(w),
+        _ => false,
+    }
+}
+
+/// `mysql-bin.000042` -> 42.
+fn file_number(name: &str) -> Option<u64> {
+    name.rsplit_once('.').and_then(|(_, n)| n.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_target_by_file_and_gtid() {
+        let t = EndTarget {
+            file: "mariadb-bin.000002".into(),
+            offset: 500,
+            gtid: Some(GtidPos::parse(Flavor::Mariadb, "0-1-10").unwrap()),
+        };
+        let mut p = Position {
+            file: "mariadb-bin.000001".into(),
+            offset: 9000,
+            ..Position::default()
+        };
+        assert!(!t.reached(&p));
+        p.file = "mariadb-bin.000002".into();
+        p.offset = 500;
+        assert!(t.reached(&p));
+        let g = Position {
+            file: "x".into(),
+            gtid: Some(GtidPos::parse(Flavor::Mariadb, "0-1-10").unwrap()),
+            ..Position::default()
+        };
+        assert!(t.reached(&g));
+    }
+
+    #[test]
+    fn parses_every_form() {
+        assert_eq!(
+            "earliest".parse::<StartSpec>().unwrap(),
+            StartSpec::Earliest
+        );
+        assert_eq!("latest".parse::<StartSpec>().unwrap(), StartSpec::Latest);
+        assert_eq!(
+            "gtid:0-1-5".parse::<StartSpec>().unwrap(),
+            StartSpec::Gtid("0-1-5".into())
+        );
+        assert_eq!(
+            "file:mysql-bin.000003:1234".parse::<StartSpec>().unwrap(),
+            StartSpec::File {
+                name: "mysql-bin.000003".into(),
+                pos: 1234
+            }
+        );
+        for bad in ["", "first", "file:x", "file:x:abc", "file::4", "file:x:1"] {
+            assert!(bad.parse::<StartSpec>().is_err(), "{bad}");
+        }
+    }
+}
