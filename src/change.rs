@@ -7,7 +7,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::checkpoint::Position;
+use crate::checkpoint::{Ack, Position};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -61,7 +61,11 @@ impl Chunk {
         &self.buf[c.key.clone()]
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+    /// The acknowledgement of this chunk, once it is delivered.
+    pub fn ack(&self) -> Ack {
+        Ack {
+            position: self.position.clone(),
+            changes: self.changes.len(),
+        }
     }
 }

@@ -307,6 +307,16 @@ fn classify_open_error(dir: &Path, e: sled::Error) -> CheckpointError {
     }
 }
 
+/// A chunk, and every one before it, is delivered: what the sinks' ordered-ack ledger sends
+/// the checkpointer.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    /// The chunk's resume point (None before the first resumable position of a stream).
+    pub position: Option<Position>,
+    /// Changes the chunk held (progress counting).
+    pub changes: usize,
+}
+
 /// The checkpointer stage: saves the position of the newest acknowledged chunk.
 ///
 /// Acks arrive in chunk order from the sink's ordered-ack ledger, each only once its chunk
@@ -321,7 +331,7 @@ impl Checkpointer {
     /// Runs until the sink closes its ack channel; returns the number of changes delivered.
     pub async fn run(
         self,
-        mut acks: tokio::sync::mpsc::Receiver<crate::sink::Ack>,
+        mut acks: tokio::sync::mpsc::Receiver<Ack>,
     ) -> Result<u64, CheckpointError> {
         let mut progress = crate::units::Progress::new("delivered");
         while let Some(first) = acks.recv().await {

@@ -13,7 +13,7 @@ use crate::checkpoint::CheckpointError;
 use crate::config::ConfigError;
 use crate::decode::StreamError;
 use crate::sink::SinkError;
-use crate::source::{Disconnect, SourceError};
+use crate::source::{Disconnect, Failure, SourceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -65,6 +65,15 @@ macro_rules! into_kind {
 }
 into_kind!(Transient: Disconnect);
 into_kind!(Definite: ConfigError, SourceError, StreamError, SinkError, CheckpointError);
+
+impl From<Failure> for Error {
+    fn from(e: Failure) -> Error {
+        match e {
+            Failure::Transient(e) => e.into(),
+            Failure::Definite(e) => e.into(),
+        }
+    }
+}
 
 impl Error {
     pub fn usage(msg: impl Into<String>) -> Error {

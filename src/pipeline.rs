@@ -13,14 +13,17 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::change::Chunk;
-use crate::checkpoint::{Checkpoint, Checkpointer, Store};
+use crate::checkpoint::{Ack, Checkpoint, Checkpointer, Store};
 use crate::config::RunSettings;
 use crate::decode::Decoder;
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
-use crate::sink::{self, Ack};
+use crate::dlq::Dlq;
+use crate::sink::http::batch::SourceHeader;
+use crate::sink::{self, SinkSpec};
 use crate::source::lookup::InfoSchemaLookup;
 use crate::source::replication::Replication;
 pub use crate::source::replication::Outcome;
@@ -68,7 +71,7 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
 
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
     let (ack_tx, ack_rx) = mpsc::channel::<Ack>(ACK_QUEUE);
-    let sink_task = sink::spawn(&settings.sink, &store, &info, chunk_rx, ack_tx, &shutdown)?;
+    let sink_task = spawn_sink(&settings.sink, &store, &info, chunk_rx, ack_tx, &shutdown)?;
     let checkpointer = Checkpointer {
         store,
         server: info.identity.clone(),
@@ -99,4 +102,35 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
         "stopped; everything read was delivered and checkpointed"
     );
     Ok(outcome)
+}
+
+/// Starts the sink task for `spec`: it takes chunks from `rx` and sends their acks, in
+/// order, to `acks`.
+fn spawn_sink(
+    spec: &SinkSpec,
+    store: &Store,
+    info: &ServerInfo,
+    rx: mpsc::Receiver<Chunk>,
+    acks: mpsc::Sender<Ack>,
+    shutdown: &Shutdown,
+) -> Result<JoinHandle<Result<()>>> {
+    Ok(match spec {
+        SinkSpec::Http(cfg) => {
+            let cfg = (**cfg).clone();
+            let dlq = Dlq::open(store)?;
+            let header = SourceHeader::new(&info.identity);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                sink::http::run(cfg, header, dlq, rx, acks, shutdown)
+                    .await
+                    .map_err(Error::from)
+            })
+        }
+        lines => {
+            let spec = lines.clone();
+            tokio::task::spawn_blocking(move || {
+                sink::lines::run_blocking(spec, rx, acks).map_err(Error::from)
+            })
+        }
+    })
 }

@@ -131,6 +131,16 @@ fn wrong_password_fails_at_once_naming_the_user() {
         "a wrong password is not retried"
     );
 
+    assert!(err.contains("env BINSYNC_SOURCE_PASSWORD"), "{err}");
+
+    // With --password-env, the error names that variable (it named the default before).
+    let mut args = run_args(&url, state.to_str().unwrap());
+    args.extend(["--password-env", "CDC_PASSWORD"]);
+    let (code, _, err) = binsync(&args, &[("CDC_PASSWORD", "wrong")]);
+    assert_one_clear_error(code, &err, "refused user `cdc`");
+    assert!(err.contains("env CDC_PASSWORD"), "{err}");
+    assert!(!err.contains("BINSYNC_SOURCE_PASSWORD"), "{err}");
+
     // The right password from the environment works.
     let (code, _, err) = binsync(
         &run_args(&url, state.to_str().unwrap()),

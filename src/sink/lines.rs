@@ -81,7 +81,7 @@ pub fn run_blocking(
             result = Err(e);
             break;
         }
-        let group: Vec<Ack> = pending.drain(..).map(|c| Ack::for_chunk(&c)).collect();
+        let group: Vec<Ack> = pending.drain(..).map(|c| c.ack()).collect();
         match &syncer {
             // A closed syncer has failed: its error is returned below.
             Some((tx, _)) => {

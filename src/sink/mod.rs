@@ -12,17 +12,8 @@ pub mod retry;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-
-use self::http::batch::SourceHeader;
 use self::http::HttpConfig;
-use crate::change::Chunk;
-use crate::checkpoint::{Position, Store};
-use crate::dlq::Dlq;
-use crate::error::{Error, Result};
-use crate::shutdown::Shutdown;
-use crate::source::ServerInfo;
+pub use crate::checkpoint::Ack;
 
 /// Which sink, with its settings.
 #[derive(Debug, Clone)]
@@ -56,24 +47,6 @@ impl FromStr for SinkSpec {
     }
 }
 
-/// A chunk (and every one before it) is delivered.
-#[derive(Debug, Clone)]
-pub struct Ack {
-    pub position: Option<Position>,
-    pub changes: usize,
-    pub at_end: bool,
-}
-
-impl Ack {
-    pub fn for_chunk(c: &Chunk) -> Ack {
-        Ack {
-            position: c.position.clone(),
-            changes: c.changes.len(),
-            at_end: c.at_end,
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("cannot write to {target}: {detail}; check the path, its permissions and free space")]
@@ -88,33 +61,3 @@ pub enum SinkError {
     },
 }
 
-/// Starts the sink task for `spec`: it takes chunks from `rx` and sends their acks, in
-/// order, to `acks`.
-pub fn spawn(
-    spec: &SinkSpec,
-    store: &Store,
-    info: &ServerInfo,
-    rx: mpsc::Receiver<Chunk>,
-    acks: mpsc::Sender<Ack>,
-    shutdown: &Shutdown,
-) -> Result<JoinHandle<Result<()>>> {
-    Ok(match spec {
-        SinkSpec::Http(cfg) => {
-            let cfg = (**cfg).clone();
-            let dlq = Dlq::open(store)?;
-            let header = SourceHeader::new(&info.identity);
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                http::run(cfg, header, dlq, rx, acks, shutdown)
-                    .await
-                    .map_err(Error::from)
-            })
-        }
-        lines => {
-            let spec = lines.clone();
-            tokio::task::spawn_blocking(move || {
-                lines::run_blocking(spec, rx, acks).map_err(Error::from)
-            })
-        }
-    })
-}

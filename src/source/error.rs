@@ -7,12 +7,26 @@
 //!   binlog off, STATEMENT format, a server id taken). Definite: binsync stops, and the
 //!   message names the fix.
 //!
-//! Server error codes become [`ServerCode`] variants first; messages are never matched.
+//! Every function of the source returns a [`Failure`], one of the two. Server error codes
+//! become [`ServerCode`] variants first; messages are never matched.
 
 use std::time::Duration;
 
 use super::SourceConfig;
-use crate::error::Error;
+use crate::decode::StreamError;
+
+/// What the source's functions fail with: one of the two kinds, as types.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Reconnecting can heal it.
+    #[error(transparent)]
+    Transient(#[from] Disconnect),
+    /// A person must act.
+    #[error(transparent)]
+    Definite(#[from] SourceError),
+}
+
+pub type Result<T, E = Failure> = std::result::Result<T, E>;
 
 /// The server error codes binsync acts on. Others stay numbers (`SourceError::Server`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,10 +145,19 @@ pub enum SourceError {
     Server { code: u16, message: String },
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0}")]
+    BadStart(String),
+    /// The binlog could not be decoded (a damaged event, an unknown table, a type the
+    /// decoder cannot read); the message names the place.
+    #[error(transparent)]
+    Decode(#[from] StreamError),
+    /// The sink stopped taking changes; its own error is the cause.
+    #[error("the sink stopped taking changes")]
+    SinkClosed,
 }
 
 /// Sorts a driver error into [`Disconnect`] or [`SourceError`].
-pub fn classify(e: mysql_async::Error, src: &SourceConfig) -> Error {
+pub fn classify(e: mysql_async::Error, src: &SourceConfig) -> Failure {
     match e {
         mysql_async::Error::Server(se) => classify_server(se.code, se.message, src),
         mysql_async::Error::Io(io) => Disconnect::Unreachable {
@@ -148,7 +171,7 @@ pub fn classify(e: mysql_async::Error, src: &SourceConfig) -> Error {
     }
 }
 
-fn classify_server(code: u16, message: String, src: &SourceConfig) -> Error {
+fn classify_server(code: u16, message: String, src: &SourceConfig) -> Failure {
     use ServerCode::*;
     match ServerCode::of(code) {
         Some(
@@ -177,7 +200,6 @@ fn classify_server(code: u16, message: String, src: &SourceConfig) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
 
     fn src(password_env: &str) -> SourceConfig {
         SourceConfig::new(
@@ -194,13 +216,13 @@ mod tests {
         let s = src("BINSYNC_SOURCE_PASSWORD");
         for code in [1040, 1053, 1205, 1213, 1290, 1927, 2006, 2013] {
             assert!(
-                matches!(classify_server(code, "x".into(), &s), Error::Transient(_)),
+                matches!(classify_server(code, "x".into(), &s), Failure::Transient(_)),
                 "{code}"
             );
         }
         for code in [1044, 1045, 1236, 1227, 1381, 1064, 9999] {
             assert!(
-                matches!(classify_server(code, "x".into(), &s), Error::Definite(_)),
+                matches!(classify_server(code, "x".into(), &s), Failure::Definite(_)),
                 "{code}"
             );
         }

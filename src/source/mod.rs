@@ -11,7 +11,7 @@ pub mod replication;
 pub mod start;
 pub mod stream;
 
-pub use error::{classify, Disconnect, ServerCode, SourceError};
+pub use error::{classify, Disconnect, Failure, Result, ServerCode, SourceError};
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -21,7 +21,6 @@ use mysql_async::{Conn, Opts, OptsBuilder};
 
 use crate::backoff::{sleep_unless_stopped, Backoff};
 use crate::checkpoint::ServerIdentity;
-use crate::error::{Error, Result};
 use crate::gtid::{Flavor, GtidPos};
 use crate::shutdown::Shutdown;
 
@@ -116,7 +115,7 @@ impl SourceConfig {
         loop {
             let e = match self.connect_once().await {
                 Ok(c) => return Ok(c),
-                Err(Error::Transient(e)) => e,
+                Err(Failure::Transient(e)) => e,
                 Err(definite) => return Err(definite),
             };
             let now = Instant::now();

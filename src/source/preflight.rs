@@ -4,9 +4,8 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
-use super::{binary_logs, ServerInfo, SourceConfig};
+use super::{binary_logs, Result, ServerInfo, SourceConfig};
 use crate::checkpoint::Checkpoint;
-use crate::error::Result;
 use crate::gtid::Flavor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,8 +4,7 @@
 //! Invariants:
 //! - A full sink channel pauses it (backpressure): memory is bounded by the channel sizes
 //!   times the chunk size, whatever the transaction size or sink speed.
-//! - A [`Transient`](crate::error::Error::Transient) error (a dropped connection, a restarting
-//!   server) is retried forever with [`Backoff`], from the decoder's own position: what was
+//! - A [`Failure::Transient`] error (a dropped connection, a restarting server) is retried forever with [`Backoff`], from the decoder's own position: what was
 //!   decoded is handed on first, and the rows of a transaction cut in the middle are skipped
 //!   when it comes again, so nothing reaches the sink twice. A definite error ends the stage.
 //! - A stream that ends is an error (transient), never success.
@@ -20,11 +19,10 @@ use tokio::sync::mpsc;
 use super::reader::{ReadError, Reader};
 use super::start::EndTarget;
 use super::stream::{self, StartPoint, HEARTBEAT};
-use super::{classify, Disconnect, ServerInfo, SourceConfig};
+use super::{classify, Disconnect, Failure, Result, ServerInfo, SourceConfig, SourceError};
 use crate::backoff::Backoff;
 use crate::change::Chunk;
 use crate::decode::Decoder;
-use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,8 +97,8 @@ impl Replication {
             self.flush(&mut decoder, &tx).await?;
             let e = match result {
                 Ok(outcome) => return Ok(outcome),
-                Err(Error::Transient(e)) if !self.shutdown.is_requested() => e,
-                Err(Error::Transient(_)) => return Ok(Outcome::Stopped),
+                Err(Failure::Transient(e)) if !self.shutdown.is_requested() => e,
+                Err(Failure::Transient(_)) => return Ok(Outcome::Stopped),
                 Err(definite) => return Err(definite),
             };
             // Resume from the decoder's own position.
@@ -147,7 +145,7 @@ impl Replication {
                 ReadError::Silent(d) => Disconnect::Silent(d).into(),
             })?;
             for event in &events {
-                decoder.on_event(event).await?;
+                decoder.on_event(event).await.map_err(SourceError::from)?;
                 if !decoder.in_transaction() {
                     if let Some(t) = &self.target {
                         if t.reached(decoder.position()) {
@@ -200,9 +198,7 @@ impl Replication {
                 Ok(true)
             }
             // The sink may close on the stop signal before this task sees it.
-            Ok(Err(_)) if !self.shutdown.is_requested() => {
-                Err(Error::stage("sink", "it stopped taking changes"))
-            }
+            Ok(Err(_)) if !self.shutdown.is_requested() => Err(SourceError::SinkClosed.into()),
             _ => {
                 self.dropped = true;
                 Ok(false)

@@ -12,10 +12,8 @@ use mysql_async::Conn;
 
 use super::stream::StartPoint;
 use super::{binary_logs, binlog_end, binlog_end_target, query_one, ServerInfo, SourceConfig};
-use super::SourceError;
+use super::{Result, SourceError};
 use crate::checkpoint::{Checkpoint, Position};
-use crate::config::ConfigError;
-use crate::error::Result;
 use crate::gtid::{Flavor, GtidPos};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,7 +165,7 @@ async fn from_spec(
         }
         StartSpec::Gtid(text) => {
             let g = GtidPos::parse(flavor, text).map_err(|e| {
-                ConfigError(format!(
+                SourceError::BadStart(format!(
                     "--start gtid:{text}: {e} (this source is {flavor}, which writes {})",
                     match flavor {
                         Flavor::Mysql => "uuid:1-5 sets",

@@ -10,9 +10,8 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 
-use super::{ServerInfo, SourceConfig, SourceError};
+use super::{Result, ServerInfo, SourceConfig, SourceError};
 use crate::checkpoint::Position;
-use crate::error::Result;
 use crate::gtid::{Flavor, GtidPos};
 
 /// How often the source sends a heartbeat when it has nothing else to send.

@@ -208,7 +208,7 @@ pub async fn run(
                             .max()
                             .unwrap_or(last_seq);
                         last_seq = last_seq.max(covered);
-                        waiting.push_back((last_seq, Ack::for_chunk(&chunk)));
+                        waiting.push_back((last_seq, chunk.ack()));
                     }
                     None => {
                         input_open = false;
