@@ -156,9 +156,7 @@ pub async fn dlq(
         }
         DlqAction::Drop { ids, all } => {
             if ids.is_empty() && !all {
-                return Err(Error::usage(
-                    "name the dead letters to drop, or pass --all",
-                ));
+                return Err(Error::usage("name the dead letters to drop, or pass --all"));
             }
             let targets: Vec<u64> = if all {
                 dlq.list()?.iter().map(|e| e.id).collect()

@@ -50,8 +50,9 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
         Command::Check(args) => {
             let src = config::source_config(&args.source, &file)?;
             let dir = args.state_dir.or(file.state_dir);
-            let ok = binsync::commands::check(&src, dir.as_deref(), Shutdown::on(shutdown_signal()))
-                .await?;
+            let ok =
+                binsync::commands::check(&src, dir.as_deref(), Shutdown::on(shutdown_signal()))
+                    .await?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -119,7 +120,8 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
         }
         Command::Replay(args) => {
             let settings = ReplaySettings::resolve(&args, &file)?;
-            let stats = binsync::replay::replay(&settings.files, settings.sink, settings.decode).await?;
+            let stats =
+                binsync::replay::replay(&settings.files, settings.sink, settings.decode).await?;
             tracing::info!(files = stats.files, events = %binsync::units::count(stats.events), changes = %binsync::units::count(stats.changes), "replay done");
             Ok(ExitCode::SUCCESS)
         }

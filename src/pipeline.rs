@@ -19,14 +19,14 @@ use crate::change::Chunk;
 use crate::checkpoint::{Ack, Checkpoint, Checkpointer, Store};
 use crate::config::RunSettings;
 use crate::decode::Decoder;
+use crate::dlq::Dlq;
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
-use crate::dlq::Dlq;
 use crate::sink::http::batch::SourceHeader;
 use crate::sink::{self, SinkSpec};
 use crate::source::lookup::InfoSchemaLookup;
-use crate::source::replication::Replication;
 pub use crate::source::replication::Outcome;
+use crate::source::replication::Replication;
 use crate::source::start::{self, EndTarget};
 use crate::source::ServerInfo;
 
@@ -50,7 +50,8 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
     tracing::info!(server = %info.identity, "connected");
     info.require_streamable()?;
 
-    let mut plan = start::plan(&mut conn, &src, &info, checkpoint.as_ref(), &settings.start).await?;
+    let mut plan =
+        start::plan(&mut conn, &src, &info, checkpoint.as_ref(), &settings.start).await?;
     if checkpoint.is_none() {
         plan.position.seq = store.seq_floor();
         // The start point is where a restart must resume even if nothing is delivered before

@@ -49,9 +49,7 @@ pub async fn replay(files: &[PathBuf], spec: SinkSpec, cfg: DecodeConfig) -> Res
     });
     let result = feed(files, Arc::new(cfg), &tx).await;
     drop(tx);
-    sink_task
-        .await
-        .map_err(|e| Error::stage("sink", e))??;
+    sink_task.await.map_err(|e| Error::stage("sink", e))??;
     let delivered = counter.await.map_err(|e| Error::stage("ack counter", e))?;
     let mut stats = result?;
     stats.changes = delivered;

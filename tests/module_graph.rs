@@ -142,10 +142,16 @@ fn top_level_modules_have_no_import_cycle() {
     let edges = graph();
     assert!(edges.len() >= 10, "read too few modules: {edges:?}");
     for (from, to) in &edges {
-        eprintln!("{from} -> {}", to.iter().cloned().collect::<Vec<_>>().join(", "));
+        eprintln!(
+            "{from} -> {}",
+            to.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
     }
     if let Some(cycle) = find_cycle(&edges) {
-        panic!("import cycle between top-level modules: {}", cycle.join(" -> "));
+        panic!(
+            "import cycle between top-level modules: {}",
+            cycle.join(" -> ")
+        );
     }
 }
 

@@ -37,7 +37,10 @@ pub fn run_blocking(
         SinkSpec::Stdout => Out::Stdout(std::io::stdout()),
         SinkSpec::File(p) => Out::File(open_append(p)?, p.clone()),
         SinkSpec::Http(cfg) => {
-            return Err(SinkError::Config(format!("{} is not a lines sink", cfg.url)))
+            return Err(SinkError::Config(format!(
+                "{} is not a lines sink",
+                cfg.url
+            )))
         }
     };
     let syncer = match &out {

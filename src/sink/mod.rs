@@ -60,4 +60,3 @@ pub enum SinkError {
         detail: String,
     },
 }
-

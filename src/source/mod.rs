@@ -210,10 +210,7 @@ impl ServerInfo {
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('{}')",
             NAMES.join("', '")
         );
-        let rows: Vec<(String, String)> = conn
-            .query(sql)
-            .await
-            .map_err(|e| classify(e, src))?;
+        let rows: Vec<(String, String)> = conn.query(sql).await.map_err(|e| classify(e, src))?;
         let mut vars = std::collections::HashMap::new();
         for (name, v) in rows {
             if let Some(known) = NAMES.iter().find(|n| name.eq_ignore_ascii_case(n)) {
@@ -260,10 +257,8 @@ pub async fn query_one<T: mysql_async::prelude::FromValue>(
     src: &SourceConfig,
     sql: &str,
 ) -> Result<Option<T>> {
-    let row: Option<mysql_async::Row> = conn
-        .query_first(sql)
-        .await
-        .map_err(|e| classify(e, src))?;
+    let row: Option<mysql_async::Row> =
+        conn.query_first(sql).await.map_err(|e| classify(e, src))?;
     Ok(row.and_then(|mut r| r.take_opt::<T, usize>(0).and_then(Result::ok)))
 }
 
@@ -325,10 +320,7 @@ async fn master_status(
 }
 
 /// `SHOW BINARY LOGS`: file names, oldest first.
-pub async fn binary_logs(
-    conn: &mut Conn,
-    src: &SourceConfig,
-) -> Result<Vec<(String, u64)>> {
+pub async fn binary_logs(conn: &mut Conn, src: &SourceConfig) -> Result<Vec<(String, u64)>> {
     let rows: Vec<mysql_async::Row> = conn
         .query("SHOW BINARY LOGS")
         .await
@@ -351,13 +343,17 @@ mod tests {
     fn urls_parse_and_never_show_the_password() {
         let timeout = Duration::from_secs(1);
         let env = "BINSYNC_SOURCE_PASSWORD";
-        let c = SourceConfig::new("mysql://app:s3cret@db.example:3307", None, env, timeout)
-            .unwrap();
+        let c =
+            SourceConfig::new("mysql://app:s3cret@db.example:3307", None, env, timeout).unwrap();
         assert_eq!(c.to_string(), "mysql://app@db.example:3307");
         assert!(!format!("{c:?}").contains("s3cret"));
-        let c =
-            SourceConfig::new("mysql://app:s3cret@db:3307", Some("env".into()), env, timeout)
-                .unwrap();
+        let c = SourceConfig::new(
+            "mysql://app:s3cret@db:3307",
+            Some("env".into()),
+            env,
+            timeout,
+        )
+        .unwrap();
         assert_eq!(c.password.as_deref(), Some("env"));
         for bad in [
             "postgres://app:s3cret@db:1",

@@ -61,7 +61,6 @@ impl FromStr for StartSpec {
     }
 }
 
-
 /// How a stream begins.
 #[derive(Debug, Clone)]
 pub struct StartPlan {
