@@ -1,19 +1,20 @@
 //! Sinks: where chunks go, and the acknowledgements that let the checkpoint move.
 //!
-//! The seam every sink implements: receive [`Chunk`]s in order from a bounded channel, make
+//! The seam every sink implements: receive [`Chunk`](crate::change::Chunk)s in order from a bounded channel, make
 //! them durable (written and fsynced, or acknowledged by a receiver), then send an [`Ack`]
 //! carrying the chunk's resume position, in the same order. The checkpointer trusts an ack
-//! completely, so a sink must never ack a chunk it has not delivered.
+//! completely, so a sink must never ack a chunk it has not delivered. Every sink turns its
+//! deliveries into acks through one [`Ledger`], the only maker of [`Ack`]s.
 
 pub mod http;
+pub mod ledger;
 pub mod lines;
 pub mod retry;
 
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::change::Chunk;
-use crate::checkpoint::Position;
+pub use self::ledger::{Ack, Ledger};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkSpec {
@@ -41,24 +42,6 @@ impl FromStr for SinkSpec {
             Err(format!(
                 "--sink `{s}`: write stdout, file:PATH or an http(s):// URL"
             ))
-        }
-    }
-}
-
-/// A chunk (and every one before it) is delivered.
-#[derive(Debug, Clone)]
-pub struct Ack {
-    pub position: Option<Position>,
-    pub changes: usize,
-    pub at_end: bool,
-}
-
-impl Ack {
-    pub fn for_chunk(c: &Chunk) -> Ack {
-        Ack {
-            position: c.position.clone(),
-            changes: c.changes.len(),
-            at_end: c.at_end,
         }
     }
 }

@@ -8,21 +8,21 @@
 //!   A rejected batch (other 4xx) goes to the dead-letter queue before it counts as handled
 //!   (`--on-reject stop` ends binsync instead).
 //! - A chunk is acknowledged to the checkpointer only when no batch holding any of its
-//!   changes, or any earlier change, is still unhandled: the checkpoint advances over a
-//!   contiguous run of delivered batches only.
+//!   changes, or any earlier change, is still unhandled (the [`Ledger`] counts one piece per
+//!   change): the checkpoint advances over a contiguous run of delivered batches only.
 //! - Every queue here is bounded (one batch waiting per lane), so a slow or absent receiver
 //!   stops the reader instead of filling memory.
 
 pub mod batch;
 
-use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
 use self::batch::{lane_of, Batch, Builder, SourceHeader};
+use super::ledger::{Ack, Ledger, Mark, Pieces};
 use super::retry::{classify, Verdict};
-use super::{Ack, SinkError};
+use super::SinkError;
 use crate::backoff::Backoff;
 use crate::change::Chunk;
 use crate::dlq::{now_unix_ms, DeadLetter, Dlq};
@@ -95,41 +95,38 @@ enum Handled {
 }
 
 struct LaneResult {
-    min_seq: u64,
+    pieces: Pieces,
     handled: Handled,
 }
 
-/// What is not yet handled, and whether the sink must stop.
-#[derive(Default)]
-struct Tally {
-    /// Unhandled batches (open builders included), by their smallest seq.
-    unhandled: BTreeMap<u64, usize>,
+/// What the lanes reported, kept in the ledger: a batch's pieces are done once it is handled,
+/// and a batch that will not be handled stops every ack from its first chunk on.
+struct Outcomes {
+    ledger: Ledger,
     failure: Option<SinkError>,
     abandoned: bool,
 }
 
-impl Tally {
-    fn opened(&mut self, min_seq: u64) {
-        *self.unhandled.entry(min_seq).or_default() += 1;
-    }
-
+impl Outcomes {
     fn record(&mut self, res: LaneResult) {
         match res.handled {
-            Handled::Delivered | Handled::DeadLettered => {
-                if let Some(n) = self.unhandled.get_mut(&res.min_seq) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.unhandled.remove(&res.min_seq);
-                    }
-                }
-            }
+            Handled::Delivered | Handled::DeadLettered => self.ledger.done_all(&res.pieces),
             Handled::Failed(e) => {
+                self.ledger.fail_all(&res.pieces);
                 if self.failure.is_none() {
                     self.failure = Some(e);
                 }
             }
-            Handled::Abandoned => self.abandoned = true,
+            Handled::Abandoned => {
+                self.ledger.fail_all(&res.pieces);
+                self.abandoned = true;
+            }
         }
+    }
+
+    /// The sink must stop: what is not acknowledged stays behind the checkpoint.
+    fn must_stop(&self) -> bool {
+        self.failure.is_some() || self.abandoned || self.ledger.has_failed()
     }
 }
 
@@ -169,10 +166,13 @@ pub async fn run(
         }
     };
     let mut builders: Vec<Builder> = (0..lanes).map(|_| new_builder()).collect();
-    let mut tally = Tally::default();
-    // Chunks waiting for their changes to be handled: (last seq covered, ack).
-    let mut waiting: VecDeque<(u64, Ack)> = VecDeque::new();
-    let mut last_seq = 0u64;
+    // Every chunk is registered with one piece per change; a batch's pieces are done when the
+    // batch is delivered or dead-lettered.
+    let mut outcomes = Outcomes {
+        ledger: Ledger::new(),
+        failure: None,
+        abandoned: false,
+    };
     let mut input_open = true;
 
     loop {
@@ -186,33 +186,21 @@ pub async fn run(
                 match chunk {
                     Some(chunk) => {
                         let chunk = std::sync::Arc::new(chunk);
+                        let ticket = outcomes.ledger.register(Mark::of(&chunk), chunk.changes.len());
                         for c in &chunk.changes {
                             let lane = lane_of(&c.entity, chunk.key(c), lanes);
                             let b = &mut builders[lane];
-                            if b.is_empty() {
-                                tally.opened(c.seq);
-                            }
-                            b.push(&chunk, c);
+                            b.push(&chunk, ticket, c);
                             if b.count >= cfg.batch_rows || b.bytes >= cfg.batch_bytes {
-                                dispatch(b, &source, &lane_txs[lane], &mut res_rx, &mut tally).await;
+                                dispatch(b, &source, &lane_txs[lane], &mut res_rx, &mut outcomes).await;
                             }
                         }
-                        let covered = chunk
-                            .position
-                            .as_ref()
-                            .map(|p| p.last_seq())
-                            .into_iter()
-                            .chain(chunk.changes.last().map(|c| c.seq))
-                            .max()
-                            .unwrap_or(last_seq);
-                        last_seq = last_seq.max(covered);
-                        waiting.push_back((last_seq, Ack::for_chunk(&chunk)));
                     }
                     None => {
                         input_open = false;
                         for (i, b) in builders.iter_mut().enumerate() {
                             if !b.is_empty() {
-                                dispatch(b, &source, &lane_txs[i], &mut res_rx, &mut tally).await;
+                                dispatch(b, &source, &lane_txs[i], &mut res_rx, &mut outcomes).await;
                             }
                         }
                     }
@@ -220,38 +208,33 @@ pub async fn run(
             }
             res = res_rx.recv() => {
                 let Some(res) = res else { break };
-                tally.record(res);
+                outcomes.record(res);
             }
             _ = sleep_until(deadline) => {
                 let now = tokio::time::Instant::now().into_std();
                 for (i, b) in builders.iter_mut().enumerate() {
                     if b.opened.is_some_and(|t| t + cfg.linger <= now) {
-                        dispatch(b, &source, &lane_txs[i], &mut res_rx, &mut tally).await;
+                        dispatch(b, &source, &lane_txs[i], &mut res_rx, &mut outcomes).await;
                     }
                 }
             }
         }
-        // Acknowledge, in order, every chunk with nothing unhandled at or before its end.
-        let low = tally.unhandled.keys().next().copied();
-        while let Some((covered, _)) = waiting.front() {
-            if low.is_some_and(|l| l <= *covered) {
-                break;
-            }
-            let (_, ack) = waiting.pop_front().expect("front exists");
+        // Acknowledge, in order, every chunk with nothing unhandled at or before it.
+        while let Some(ack) = outcomes.ledger.pop_ready() {
             if acks.send(ack).await.is_err() {
                 return Ok(());
             }
         }
-        if tally.failure.is_some() || tally.abandoned {
+        if outcomes.must_stop() {
             // What is not acknowledged stays behind the checkpoint and is sent again later.
             break;
         }
-        if !input_open && tally.unhandled.is_empty() && waiting.is_empty() {
+        if !input_open && outcomes.ledger.is_settled() {
             break;
         }
     }
     drop(lane_txs);
-    match tally.failure {
+    match outcomes.failure {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -271,7 +254,7 @@ async fn dispatch(
     source: &SourceHeader,
     lane: &mpsc::Sender<Batch>,
     results: &mut mpsc::Receiver<LaneResult>,
-    tally: &mut Tally,
+    outcomes: &mut Outcomes,
 ) {
     let batch = builder.finish(source);
     loop {
@@ -284,7 +267,7 @@ async fn dispatch(
                 return;
             }
             res = results.recv() => match res {
-                Some(r) => tally.record(r),
+                Some(r) => outcomes.record(r),
                 None => return,
             },
         }
@@ -305,7 +288,7 @@ async fn lane(
         let last = matches!(handled, Handled::Abandoned | Handled::Failed(_));
         if results
             .send(LaneResult {
-                min_seq: batch.min_seq,
+                pieces: batch.pieces,
                 handled,
             })
             .await
@@ -506,6 +489,7 @@ pub async fn replay_dead_letters(
             count: entry.count,
             min_seq: entry.first_seq,
             max_seq: entry.last_seq,
+            pieces: Pieces::default(),
         };
         let body = bytes_body::Body::new(&batch.body, cfg.gzip)
             .map_err(|e| SinkError::Config(e.to_string()))?;
