@@ -138,7 +138,14 @@ pub async fn run(
 
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
     let (ack_tx, ack_rx) = mpsc::channel::<Ack>(ACK_QUEUE);
-    let sink_task = spawn_sink(&settings, &store, &info, chunk_rx, ack_tx, stop_rx.clone())?;
+    // Bridge until the stages share one `Shutdown` (the sink observes it while retrying).
+    let mut sink_stop = stop_rx.clone();
+    let sink_shutdown = crate::shutdown::Shutdown::on(async move {
+        if sink_stop.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    });
+    let sink_task = spawn_sink(&settings, &store, &info, chunk_rx, ack_tx, sink_shutdown)?;
     let checkpointer = tokio::spawn(checkpointer(store, info.identity.clone(), ack_rx));
 
     let cfg = Arc::new(DecodeConfig {
@@ -181,7 +188,7 @@ fn spawn_sink(
     info: &ServerInfo,
     rx: mpsc::Receiver<Chunk>,
     acks: mpsc::Sender<Ack>,
-    stop: watch::Receiver<bool>,
+    shutdown: crate::shutdown::Shutdown,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
     let spec = settings.sink.clone();
     match (&spec, &settings.http) {
@@ -190,7 +197,7 @@ fn spawn_sink(
             let dlq = Dlq::open(store)?;
             let header = SourceHeader::new(&info.identity);
             Ok(tokio::spawn(async move {
-                sink::http::run(cfg, header, dlq, rx, acks, stop)
+                sink::http::run(cfg, header, dlq, rx, acks, shutdown)
                     .await
                     .map_err(Error::from)
             }))

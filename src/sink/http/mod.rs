@@ -17,15 +17,15 @@ pub mod batch;
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use self::batch::{lane_of, Batch, Builder, SourceHeader};
 use super::ledger::{Ack, Ledger, Mark, Pieces};
-use super::retry::{classify, Verdict};
+use super::retry::{settle, Attempt, Settled};
 use super::SinkError;
-use crate::backoff::Backoff;
 use crate::change::Chunk;
 use crate::dlq::{now_unix_ms, DeadLetter, Dlq};
+use crate::shutdown::Shutdown;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -137,7 +137,7 @@ pub async fn run(
     dlq: Dlq,
     mut rx: mpsc::Receiver<Chunk>,
     acks: mpsc::Sender<Ack>,
-    stop: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<(), SinkError> {
     let client = cfg.client()?;
     let lanes = cfg.in_flight.max(1);
@@ -153,7 +153,7 @@ pub async fn run(
             dlq.clone(),
             lane_rx,
             res_tx.clone(),
-            stop.clone(),
+            shutdown.clone(),
         ));
     }
     drop(res_tx);
@@ -281,10 +281,10 @@ async fn lane(
     dlq: Dlq,
     mut rx: mpsc::Receiver<Batch>,
     results: mpsc::Sender<LaneResult>,
-    mut stop: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
     while let Some(batch) = rx.recv().await {
-        let handled = deliver(&client, &cfg, &dlq, &batch, &mut stop).await;
+        let handled = deliver(&client, &cfg, &dlq, &batch, &mut shutdown).await;
         let last = matches!(handled, Handled::Abandoned | Handled::Failed(_));
         if results
             .send(LaneResult {
@@ -298,12 +298,6 @@ async fn lane(
             return;
         }
     }
-}
-
-/// The outcome of one POST.
-enum Attempt {
-    Status(u16, Option<String>, String),
-    Error(String),
 }
 
 async fn post(
@@ -331,16 +325,20 @@ async fn post(
                 .get("Retry-After")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            let text = if (200..300).contains(&status) {
+            let body = if (200..300).contains(&status) {
                 String::new()
             } else {
                 let mut t = resp.text().await.unwrap_or_default();
                 t.truncate(64 * 1024);
                 t
             };
-            Attempt::Status(status, retry_after, text)
+            Attempt::Response {
+                status,
+                retry_after,
+                body,
+            }
         }
-        Err(e) => Attempt::Error(error_chain(&e)),
+        Err(e) => Attempt::NoResponse(error_chain(&e)),
     }
 }
 
@@ -360,54 +358,24 @@ async fn deliver(
     cfg: &HttpConfig,
     dlq: &Dlq,
     batch: &Batch,
-    stop: &mut watch::Receiver<bool>,
+    shutdown: &mut Shutdown,
 ) -> Handled {
     let body = match bytes_body::Body::new(&batch.body, cfg.gzip) {
         Ok(b) => b,
         Err(e) => return Handled::Failed(SinkError::Config(format!("gzip: {e}"))),
     };
-    let mut backoff = Backoff::with(Duration::from_millis(100), Duration::from_secs(30));
-    loop {
-        let attempt = post(client, cfg, batch, &body).await;
-        let (verdict, status, detail) = match attempt {
-            Attempt::Status(s, ra, text) => (classify(s, ra.as_deref()), Some(s), text),
-            Attempt::Error(e) => (Verdict::Retry { after: None }, None, e),
-        };
-        match verdict {
-            Verdict::Delivered => {
-                if backoff.attempts() > 0 {
-                    tracing::info!(batch = %batch.id, retries = backoff.attempts(), "batch delivered after retries");
-                }
-                return Handled::Delivered;
-            }
-            Verdict::Reject => return reject(cfg, dlq, batch, status, detail).await,
-            Verdict::Retry { after } => {
-                if cfg.max_retries.is_some_and(|m| backoff.attempts() >= m) {
-                    tracing::warn!(batch = %batch.id, "retries exhausted");
-                    return reject(
-                        cfg,
-                        dlq,
-                        batch,
-                        status,
-                        format!("retries exhausted; last: {detail}"),
-                    )
-                    .await;
-                }
-                let delay = after.unwrap_or_else(|| backoff.next_delay());
-                if after.is_some() {
-                    backoff.next_delay();
-                }
-                let what = status.map_or_else(|| detail.clone(), |s| format!("HTTP {s}"));
-                tracing::warn!(batch = %batch.id, attempt = backoff.attempts(), retry_in = %crate::units::duration(delay), error = %what, "sync API did not take the batch; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.changed() => {}
-                }
-                if *stop.borrow() {
-                    return Handled::Abandoned;
-                }
-            }
+    let settled = settle(&batch.id, cfg.max_retries, shutdown, || {
+        post(client, cfg, batch, &body)
+    })
+    .await;
+    match settled {
+        Settled::Delivered => Handled::Delivered,
+        Settled::Rejected { status, body } => reject(cfg, dlq, batch, Some(status), body).await,
+        Settled::Exhausted { status, detail } => {
+            let detail = format!("retries exhausted; last: {detail}");
+            reject(cfg, dlq, batch, status, detail).await
         }
+        Settled::Abandoned => Handled::Abandoned,
     }
 }
 
@@ -494,7 +462,7 @@ pub async fn replay_dead_letters(
         let body = bytes_body::Body::new(&batch.body, cfg.gzip)
             .map_err(|e| SinkError::Config(e.to_string()))?;
         match post(&client, cfg, &batch, &body).await {
-            Attempt::Status(s, _, _) if (200..300).contains(&s) => {
+            Attempt::Response { status, .. } if (200..300).contains(&status) => {
                 dlq.remove(entry.id)
                     .await
                     .map_err(|e| SinkError::Config(e.to_string()))?;
@@ -504,15 +472,15 @@ pub async fn replay_dead_letters(
                 );
                 ok += 1;
             }
-            Attempt::Status(s, _, text) => {
+            Attempt::Response { status, body, .. } => {
                 println!(
-                    "dead letter {}: HTTP {s}: {}",
+                    "dead letter {}: HTTP {status}: {}",
                     entry.id,
-                    text.lines().next().unwrap_or("")
+                    body.lines().next().unwrap_or("")
                 );
                 failed += 1;
             }
-            Attempt::Error(e) => {
+            Attempt::NoResponse(e) => {
                 println!("dead letter {}: {e}", entry.id);
                 failed += 1;
             }
