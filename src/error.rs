@@ -28,7 +28,6 @@ impl Error {
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::Source(e) => e.is_retriable(),
-            Error::Sink(e) => e.is_retriable(),
             Error::Checkpoint(e) => e.is_retriable(),
             _ => false,
         }
