@@ -83,17 +83,20 @@ pub fn run_blocking(
     let mut out = match &spec {
         SinkSpec::Stdout => Out::Stdout(std::io::stdout()),
         SinkSpec::File(p) => Out::File(open_append(p)?, p.clone()),
-        SinkSpec::Http(_) => return Err(SinkError::Config("not a lines sink".into())),
+        SinkSpec::Http(url) => return Err(SinkError::NotLines(url.clone())),
     };
     let mut durable = match &out {
         Out::File(f, path) => {
             let file = f.try_clone().map_err(|e| file_error(path, e))?;
             let (groups, rx) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
-            let (path, acks) = (path.clone(), acks.clone());
+            let (sync_path, sync_acks) = (path.clone(), acks.clone());
             let thread = std::thread::Builder::new()
                 .name("binsync-fsync".into())
-                .spawn(move || sync_loop(&file, &path, rx, acks))
-                .map_err(|e| SinkError::Config(format!("cannot start the fsync thread: {e}")))?;
+                .spawn(move || sync_loop(&file, &sync_path, rx, sync_acks))
+                .map_err(|e| SinkError::Thread {
+                    target: path.display().to_string(),
+                    detail: e.to_string(),
+                })?;
             Durable::Synced { groups, thread }
         }
         Out::Stdout(_) => Durable::Flushed(Taken::default()),
@@ -151,9 +154,10 @@ pub fn run_blocking(
     }
     if let Durable::Synced { groups, thread } = durable {
         drop(groups);
+        // A panic is a bug: it goes on as one (the pipeline reports the sink task's panic).
         let synced = thread
             .join()
-            .unwrap_or_else(|_| Err(SinkError::Config("the fsync thread panicked".into())));
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         result = result.and(synced);
     }
     result

@@ -80,7 +80,7 @@ impl HttpConfig {
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| SinkError::Config(format!("HTTP client: {e}")))
+            .map_err(|e| SinkError::Client(error_chain(&e)))
     }
 }
 
@@ -362,24 +362,46 @@ async fn deliver(
 ) -> Handled {
     let body = match bytes_body::Body::new(&batch.body, cfg.gzip) {
         Ok(b) => b,
-        Err(e) => return Handled::Failed(SinkError::Config(format!("gzip: {e}"))),
+        Err(e) => {
+            return Handled::Failed(SinkError::Gzip {
+                batch: batch.id.clone(),
+                detail: e.to_string(),
+            })
+        }
     };
     let settled = settle(&batch.id, cfg.max_retries, shutdown, || {
         post(client, cfg, batch, &body)
     })
     .await;
+    let stop = cfg.on_reject == OnReject::Stop;
     match settled {
         Settled::Delivered => Handled::Delivered,
-        Settled::Rejected { status, body } => reject(cfg, dlq, batch, Some(status), body).await,
+        Settled::Rejected { status, body } if stop => Handled::Failed(SinkError::Rejected {
+            batch: batch.id.clone(),
+            status,
+            detail: body,
+        }),
+        Settled::Rejected { status, body } => {
+            dead_letter(cfg, dlq, batch, Some(status), body).await
+        }
+        Settled::Exhausted { status, detail } if stop => {
+            Handled::Failed(SinkError::RetriesExhausted {
+                batch: batch.id.clone(),
+                retries: cfg.max_retries.unwrap_or_default(),
+                last: status.map_or(detail.clone(), |s| format!("HTTP {s}: {detail}")),
+            })
+        }
         Settled::Exhausted { status, detail } => {
             let detail = format!("retries exhausted; last: {detail}");
-            reject(cfg, dlq, batch, status, detail).await
+            dead_letter(cfg, dlq, batch, status, detail).await
         }
         Settled::Abandoned => Handled::Abandoned,
     }
 }
 
-async fn reject(
+/// Keeps a batch that will not be delivered in the dead-letter queue, durably, before it
+/// counts as handled.
+async fn dead_letter(
     cfg: &HttpConfig,
     dlq: &Dlq,
     batch: &Batch,
@@ -387,13 +409,6 @@ async fn reject(
     detail: String,
 ) -> Handled {
     let status_text = status.map_or_else(|| "no response".to_string(), |s| format!("HTTP {s}"));
-    if cfg.on_reject == OnReject::Stop {
-        return Handled::Failed(SinkError::Rejected {
-            batch: batch.id.clone(),
-            status: status_text,
-            detail,
-        });
-    }
     let entry = DeadLetter {
         id: 0,
         batch_id: batch.id.clone(),
@@ -411,7 +426,7 @@ async fn reject(
             tracing::error!(batch = %batch.id, dead_letter = id, status = %status_text, "sync API rejected the batch; kept in the dead-letter queue (binsync dlq show {id})");
             Handled::DeadLettered
         }
-        Err(e) => Handled::Failed(SinkError::Config(format!("dead-letter queue: {e}"))),
+        Err(e) => Handled::Failed(SinkError::Dlq(e)),
     }
 }
 
@@ -445,7 +460,7 @@ pub async fn replay_dead_letters(
     ids: Option<&[u64]>,
 ) -> Result<(usize, usize), SinkError> {
     let client = cfg.client()?;
-    let entries = dlq.list().map_err(|e| SinkError::Config(e.to_string()))?;
+    let entries = dlq.list()?;
     let (mut ok, mut failed) = (0, 0);
     for entry in entries
         .into_iter()
@@ -459,13 +474,13 @@ pub async fn replay_dead_letters(
             max_seq: entry.last_seq,
             pieces: Pieces::default(),
         };
-        let body = bytes_body::Body::new(&batch.body, cfg.gzip)
-            .map_err(|e| SinkError::Config(e.to_string()))?;
+        let body = bytes_body::Body::new(&batch.body, cfg.gzip).map_err(|e| SinkError::Gzip {
+            batch: batch.id.clone(),
+            detail: e.to_string(),
+        })?;
         match post(&client, cfg, &batch, &body).await {
             Attempt::Response { status, .. } if (200..300).contains(&status) => {
-                dlq.remove(entry.id)
-                    .await
-                    .map_err(|e| SinkError::Config(e.to_string()))?;
+                dlq.remove(entry.id).await?;
                 println!(
                     "dead letter {}: delivered ({} changes), removed",
                     entry.id, entry.count
