@@ -7,7 +7,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::checkpoint::{Ack, Position};
+use crate::checkpoint::Position;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -59,13 +59,5 @@ impl Chunk {
 
     pub fn key(&self, c: &Change) -> &[u8] {
         &self.buf[c.key.clone()]
-    }
-
-    /// The acknowledgement of this chunk, once it is delivered.
-    pub fn ack(&self) -> Ack {
-        Ack {
-            position: self.position.clone(),
-            changes: self.changes.len(),
-        }
     }
 }

@@ -307,9 +307,9 @@ fn classify_open_error(dir: &Path, e: sled::Error) -> CheckpointError {
     }
 }
 
-/// A chunk, and every one before it, is delivered: what the sinks' ordered-ack ledger sends
-/// the checkpointer.
-#[derive(Debug, Clone)]
+/// A chunk, and every one before it, is delivered: what the sinks' ordered-ack ledger
+/// (`sink::ledger`) sends the checkpointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
     /// The chunk's resume point (None before the first resumable position of a stream).
     pub position: Option<Position>,

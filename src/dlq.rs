@@ -5,12 +5,34 @@
 //! the checkpointer, so the checkpoint never moves past a change that is neither delivered
 //! nor dead-lettered. `binsync dlq replay` re-sends an entry and removes it once accepted.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{CheckpointError, Store};
+use crate::checkpoint::Store;
 
 const TREE: &str = "dlq";
 
+/// Why the dead-letter queue could not be used. The queue lives in the state dir's sled
+/// store, so each failure names that directory.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("cannot open the dead-letter queue in {dir}: {detail}; check that the state dir is readable and writable")]
+    Open { dir: PathBuf, detail: String },
+    #[error("cannot write the dead-letter queue in {dir}: {detail}; check the disk (space, permissions), then restart: the rejected batch is sent again")]
+    Write { dir: PathBuf, detail: String },
+    #[error("cannot read the dead-letter queue in {dir}: {detail}; check the disk, or move the state dir away and restore it from a backup")]
+    Read { dir: PathBuf, detail: String },
+    #[error("dead letter {entry} in {dir} is unreadable ({detail}); remove it with `binsync dlq drop {entry}`")]
+    Corrupt {
+        dir: PathBuf,
+        entry: String,
+        detail: String,
+    },
+}
+
+/// Lets `?` carry a dead-letter failure out of the `binsync dlq` commands: the queue belongs
+/// to the HTTP sink.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeadLetter {
     pub id: u64,
@@ -35,29 +57,33 @@ pub struct Dlq {
 }
 
 impl Dlq {
-    pub fn open(store: &Store) -> Result<Dlq, CheckpointError> {
-        let tree = store
-            .db()
-            .open_tree(TREE)
-            .map_err(|e| CheckpointError::Corrupt {
-                dir: store.dir().to_path_buf(),
-                detail: e.to_string(),
-            })?;
+    pub fn open(store: &Store) -> Result<Dlq, DlqError> {
+        let tree = store.db().open_tree(TREE).map_err(|e| DlqError::Open {
+            dir: store.dir().to_path_buf(),
+            detail: e.to_string(),
+        })?;
         Ok(Dlq {
             tree,
             store: store.clone(),
         })
     }
 
-    fn write_err(&self, e: impl std::fmt::Display) -> CheckpointError {
-        CheckpointError::Write {
+    fn write_err(&self, e: impl std::fmt::Display) -> DlqError {
+        DlqError::Write {
+            dir: self.store.dir().to_path_buf(),
+            detail: e.to_string(),
+        }
+    }
+
+    fn read_err(&self, e: impl std::fmt::Display) -> DlqError {
+        DlqError::Read {
             dir: self.store.dir().to_path_buf(),
             detail: e.to_string(),
         }
     }
 
     /// Stores the entry (assigning its id) and flushes.
-    pub async fn push(&self, mut entry: DeadLetter) -> Result<u64, CheckpointError> {
+    pub async fn push(&self, mut entry: DeadLetter) -> Result<u64, DlqError> {
         let id = self
             .store
             .db()
@@ -76,25 +102,37 @@ impl Dlq {
         Ok(id)
     }
 
-    pub fn list(&self) -> Result<Vec<DeadLetter>, CheckpointError> {
+    /// Every entry, oldest first.
+    pub fn list(&self) -> Result<Vec<DeadLetter>, DlqError> {
         self.tree
             .iter()
-            .values()
-            .map(|v| {
-                let v = v.map_err(|e| self.write_err(e))?;
-                serde_json::from_slice(&v).map_err(|e| CheckpointError::Corrupt {
-                    dir: self.store.dir().to_path_buf(),
-                    detail: format!("dead letter unreadable: {e}"),
-                })
+            .map(|kv| {
+                let (key, value) = kv.map_err(|e| self.read_err(e))?;
+                self.decode(&key, &value)
             })
             .collect()
     }
 
-    pub fn get(&self, id: u64) -> Result<Option<DeadLetter>, CheckpointError> {
-        Ok(self.list()?.into_iter().find(|d| d.id == id))
+    pub fn get(&self, id: u64) -> Result<Option<DeadLetter>, DlqError> {
+        let key = id.to_be_bytes();
+        match self.tree.get(key).map_err(|e| self.read_err(e))? {
+            Some(value) => self.decode(&key, &value).map(Some),
+            None => Ok(None),
+        }
     }
 
-    pub async fn remove(&self, id: u64) -> Result<bool, CheckpointError> {
+    fn decode(&self, key: &[u8], value: &[u8]) -> Result<DeadLetter, DlqError> {
+        serde_json::from_slice(value).map_err(|e| DlqError::Corrupt {
+            dir: self.store.dir().to_path_buf(),
+            entry: match <[u8; 8]>::try_from(key) {
+                Ok(id) => u64::from_be_bytes(id).to_string(),
+                Err(_) => format!("{key:02x?}"),
+            },
+            detail: e.to_string(),
+        })
+    }
+
+    pub async fn remove(&self, id: u64) -> Result<bool, DlqError> {
         let had = self
             .tree
             .remove(id.to_be_bytes())
@@ -151,8 +189,26 @@ mod tests {
         let dlq = Dlq::open(&store).unwrap();
         assert_eq!(dlq.list().unwrap().len(), 2);
         assert_eq!(dlq.get(id).unwrap().unwrap().batch_id, "b1");
+        assert!(dlq.get(id2 + 1).unwrap().is_none());
         assert!(dlq.remove(id).await.unwrap());
         assert!(!dlq.remove(id).await.unwrap());
         assert_eq!(dlq.len(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_entry_is_named_with_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let dlq = Dlq::open(&store).unwrap();
+        dlq.tree
+            .insert(7u64.to_be_bytes(), &b"{not json"[..])
+            .unwrap();
+        let err = dlq.list().unwrap_err();
+        assert!(matches!(err, DlqError::Corrupt { ref entry, .. } if entry == "7"));
+        assert!(
+            err.to_string().contains("binsync dlq drop 7"),
+            "names the way out: {err}"
+        );
+        assert!(matches!(dlq.get(7), Err(DlqError::Corrupt { .. })));
     }
 }

@@ -12,6 +12,7 @@
 use crate::checkpoint::CheckpointError;
 use crate::config::ConfigError;
 use crate::decode::StreamError;
+use crate::dlq::DlqError;
 use crate::sink::SinkError;
 use crate::source::{Disconnect, Failure, SourceError};
 
@@ -43,6 +44,8 @@ pub enum Definite {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Dlq(#[from] DlqError),
     /// An archived binlog file cannot be replayed (unreadable, damaged); names file and offset.
     #[error("{0}")]
     Replay(String),
@@ -64,7 +67,7 @@ macro_rules! into_kind {
     };
 }
 into_kind!(Transient: Disconnect);
-into_kind!(Definite: ConfigError, SourceError, StreamError, SinkError, CheckpointError);
+into_kind!(Definite: ConfigError, SourceError, StreamError, SinkError, CheckpointError, DlqError);
 
 impl From<Failure> for Error {
     fn from(e: Failure) -> Error {

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::mpsc;
 
-use super::{Ack, SinkError, SinkSpec};
+use super::ledger::{Ack, Ledger, Mark, Ticket};
+use super::{SinkError, SinkSpec};
 use crate::change::Chunk;
 
 /// Bytes of changes gathered into one write (and one fsync).
@@ -21,6 +22,52 @@ const MAX_WRITE_BYTES: usize = 4 << 20;
 enum Out {
     Stdout(std::io::Stdout),
     File(File, PathBuf),
+}
+
+/// Where written lines become durable, and their acks leave from.
+enum Durable {
+    /// stdout: lines are delivered once written and flushed.
+    Flushed(Taken),
+    /// A file: lines are delivered once the fsync thread's `fdatasync` covers them.
+    Synced {
+        groups: std::sync::mpsc::SyncSender<Group>,
+        thread: std::thread::JoinHandle<Result<(), SinkError>>,
+    },
+}
+
+/// Chunks written in one go, on their way to the fsync thread.
+struct Group {
+    marks: Vec<Mark>,
+    /// Any bytes written (a group of position-only chunks needs no fsync).
+    wrote: bool,
+}
+
+/// Chunks taken but not yet durable: one piece each in the ledger, done once their lines are.
+#[derive(Default)]
+struct Taken {
+    ledger: Ledger,
+    tickets: Vec<Ticket>,
+}
+
+impl Taken {
+    fn take(&mut self, marks: impl IntoIterator<Item = Mark>) {
+        for mark in marks {
+            self.tickets.push(self.ledger.register(mark, 1));
+        }
+    }
+
+    /// Everything taken is durable: sends the acks. False when the checkpointer is gone.
+    fn durable(&mut self, acks: &mpsc::Sender<Ack>) -> bool {
+        for t in self.tickets.drain(..) {
+            self.ledger.done(t, 1);
+        }
+        while let Some(ack) = self.ledger.pop_ready() {
+            if acks.blocking_send(ack).is_err() {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// Runs on a blocking thread: writes are synchronous and fsync blocks.
@@ -36,25 +83,23 @@ pub fn run_blocking(
     let mut out = match &spec {
         SinkSpec::Stdout => Out::Stdout(std::io::stdout()),
         SinkSpec::File(p) => Out::File(open_append(p)?, p.clone()),
-        SinkSpec::Http(cfg) => {
-            return Err(SinkError::Config(format!(
-                "{} is not a lines sink",
-                cfg.url
-            )))
-        }
+        SinkSpec::Http(cfg) => return Err(SinkError::NotLines(cfg.url.clone())),
     };
-    let syncer = match &out {
+    let mut durable = match &out {
         Out::File(f, path) => {
             let file = f.try_clone().map_err(|e| file_error(path, e))?;
-            let (tx, groups) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
-            let (path, acks) = (path.clone(), acks.clone());
-            let handle = std::thread::Builder::new()
+            let (groups, rx) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
+            let (sync_path, sync_acks) = (path.clone(), acks.clone());
+            let thread = std::thread::Builder::new()
                 .name("binsync-fsync".into())
-                .spawn(move || sync_loop(&file, &path, groups, acks))
-                .map_err(|e| SinkError::Config(format!("cannot start the fsync thread: {e}")))?;
-            Some((tx, handle))
+                .spawn(move || sync_loop(&file, &sync_path, rx, sync_acks))
+                .map_err(|e| SinkError::Thread {
+                    target: path.display().to_string(),
+                    detail: e.to_string(),
+                })?;
+            Durable::Synced { groups, thread }
         }
-        Out::Stdout(_) => None,
+        Out::Stdout(_) => Durable::Flushed(Taken::default()),
     };
     let mut buf = Vec::with_capacity(1 << 20);
     let mut pending = Vec::new();
@@ -84,19 +129,22 @@ pub fn run_blocking(
             result = Err(e);
             break;
         }
-        let group: Vec<Ack> = pending.drain(..).map(|c| c.ack()).collect();
-        match &syncer {
-            // A closed syncer has failed: its error is returned below.
-            Some((tx, _)) => {
-                if tx.send((group, !buf.is_empty())).is_err() {
+        let marks = pending.drain(..).map(|c| Mark::of(&c));
+        match &mut durable {
+            Durable::Synced { groups, .. } => {
+                let group = Group {
+                    marks: marks.collect(),
+                    wrote: !buf.is_empty(),
+                };
+                // A closed syncer has failed: its error is returned below.
+                if groups.send(group).is_err() {
                     break;
                 }
             }
-            None => {
-                for ack in group {
-                    if acks.blocking_send(ack).is_err() {
-                        return Ok(()); // the checkpointer is gone: shutting down
-                    }
+            Durable::Flushed(taken) => {
+                taken.take(marks);
+                if !taken.durable(&acks) {
+                    return Ok(()); // the checkpointer is gone: shutting down
                 }
             }
         }
@@ -104,18 +152,19 @@ pub fn run_blocking(
             buf = Vec::with_capacity(MAX_WRITE_BYTES);
         }
     }
-    if let Some((tx, handle)) = syncer {
-        drop(tx);
-        let synced = handle
+    if let Durable::Synced { groups, thread } = durable {
+        drop(groups);
+        // A panic is a bug: it goes on as one (the pipeline reports the sink task's panic).
+        let synced = thread
             .join()
-            .unwrap_or_else(|_| Err(SinkError::Config("the fsync thread panicked".into())));
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         result = result.and(synced);
     }
     result
 }
 
 /// Groups written but not yet fsynced, at most (each a few MiB of lines already in the page
-/// cache; only their acks are held).
+/// cache; only their marks are held).
 const SYNC_QUEUE: usize = 2;
 
 /// Makes written groups durable and acknowledges them: one `fdatasync` for every group queued
@@ -123,19 +172,21 @@ const SYNC_QUEUE: usize = 2;
 fn sync_loop(
     file: &File,
     path: &Path,
-    groups: std::sync::mpsc::Receiver<(Vec<Ack>, bool)>,
+    groups: std::sync::mpsc::Receiver<Group>,
     acks: mpsc::Sender<Ack>,
 ) -> Result<(), SinkError> {
+    let mut taken = Taken::default();
     while let Ok(first) = groups.recv() {
-        let mut ready = vec![first];
-        ready.extend(groups.try_iter());
-        if ready.iter().any(|(_, wrote)| *wrote) {
+        let mut wrote = false;
+        for group in std::iter::once(first).chain(groups.try_iter()) {
+            wrote |= group.wrote;
+            taken.take(group.marks);
+        }
+        if wrote {
             file.sync_data().map_err(|e| file_error(path, e))?;
         }
-        for ack in ready.into_iter().flat_map(|(group, _)| group) {
-            if acks.blocking_send(ack).is_err() {
-                return Ok(()); // the checkpointer is gone: shutting down
-            }
+        if !taken.durable(&acks) {
+            return Ok(()); // the checkpointer is gone: shutting down
         }
     }
     Ok(())
@@ -238,6 +289,55 @@ mod tests {
         std::fs::write(&p, b"{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
         drop(open_append(&p).unwrap());
         assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}\n{\"a\":2}\n");
+    }
+
+    fn chunk(lines: &[&str], offset: u64) -> Chunk {
+        let mut chunk = Chunk {
+            position: Some(crate::checkpoint::Position {
+                offset,
+                ..Default::default()
+            }),
+            ..Chunk::default()
+        };
+        for (i, line) in lines.iter().enumerate() {
+            let start = chunk.buf.len();
+            chunk.buf.extend_from_slice(line.as_bytes());
+            chunk.changes.push(crate::change::Change {
+                seq: offset * 10 + i as u64,
+                op: crate::change::Op::Insert,
+                entity: "t".into(),
+                line: start..chunk.buf.len(),
+                key: start..start,
+            });
+        }
+        chunk
+    }
+
+    #[test]
+    fn file_sink_acks_every_chunk_in_order_once_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out/x.jsonl");
+        let (tx, rx) = mpsc::channel(8);
+        let (ack_tx, mut ack_rx) = mpsc::channel(8);
+        let spec = SinkSpec::File(p.clone());
+        let sink = std::thread::spawn(move || run_blocking(spec, rx, ack_tx));
+        for c in [
+            chunk(&["{\"a\":1}", "{\"a\":2}"], 1),
+            chunk(&[], 2), // position only
+            chunk(&["{\"a\":3}"], 3),
+        ] {
+            tx.blocking_send(c).unwrap();
+        }
+        drop(tx);
+        sink.join().unwrap().unwrap();
+        let acks: Vec<(u64, usize)> = std::iter::from_fn(|| ack_rx.try_recv().ok())
+            .map(|a| (a.position.unwrap().offset, a.changes))
+            .collect();
+        assert_eq!(acks, vec![(1, 2), (2, 0), (3, 1)]);
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            b"{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n"
+        );
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Sinks: where chunks go, and the acknowledgements that let the checkpoint move.
 //!
-//! The seam every sink implements: receive [`Chunk`]s in order from a bounded channel, make
+//! The seam every sink implements: receive [`Chunk`](crate::change::Chunk)s in order from a bounded channel, make
 //! them durable (written and fsynced, or acknowledged by a receiver), then send an [`Ack`]
 //! carrying the chunk's resume position, in the same order. The checkpointer trusts an ack
-//! completely, so a sink must never ack a chunk it has not delivered.
+//! completely, so a sink must never ack a chunk it has not delivered. Every sink turns its
+//! deliveries into acks through one [`Ledger`], the only maker of [`Ack`]s.
 
 pub mod http;
+pub mod ledger;
 pub mod lines;
 pub mod retry;
 
@@ -13,7 +15,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use self::http::HttpConfig;
+pub use self::ledger::Ledger;
 pub use crate::checkpoint::Ack;
+use crate::dlq::DlqError;
 
 /// Which sink, with its settings.
 #[derive(Debug, Clone)]
@@ -47,16 +51,37 @@ impl FromStr for SinkSpec {
     }
 }
 
+/// Why a sink stopped: definite failures only, each naming its way out. Retriable outcomes
+/// (a receiver down, a 503) are retried inside the sink and never become errors.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// The file or stdout could not be written or fsynced.
     #[error("cannot write to {target}: {detail}; check the path, its permissions and free space")]
     Write { target: String, detail: String },
-    #[error("{0}")]
-    Config(String),
-    #[error("the sync API rejected batch {batch} ({status}: {detail}); fix the receiver or the data, then restart (or run with --on-reject dlq)")]
+    /// `--on-reject stop`: the receiver refused a batch for good.
+    #[error("the sync API rejected batch {batch} (HTTP {status}: {detail}); fix the receiver or the data, then restart (or run with --on-reject dlq)")]
     Rejected {
         batch: String,
-        status: String,
+        status: u16,
         detail: String,
     },
+    /// `--on-reject stop` with `--max-retries`: the receiver never took the batch.
+    #[error("the sync API did not take batch {batch} in {retries} retries (last: {last}); check the receiver, then restart (or raise --max-retries, or run with --on-reject dlq)")]
+    RetriesExhausted {
+        batch: String,
+        retries: u32,
+        last: String,
+    },
+    /// A rejected batch could not be kept: the checkpoint stays before it.
+    #[error(transparent)]
+    Dlq(#[from] DlqError),
+    #[error("cannot set up the HTTP client: {0}; the TLS backend of this build did not start (a bug: please report it with this message)")]
+    Client(String),
+    #[error("cannot gzip batch {batch}: {detail}; run without --gzip")]
+    Gzip { batch: String, detail: String },
+    #[error("cannot start the fsync thread for {target}: {detail}; the host is short of memory or of threads (see ulimit -u)")]
+    Thread { target: String, detail: String },
+    /// A lines sink (stdout, file) was asked to write to an HTTP URL.
+    #[error("{0} is not stdout or file:PATH; JSON lines go to stdout or a file only")]
+    NotLines(String),
 }

@@ -1,10 +1,15 @@
 //! Which HTTP outcomes are retried, and for how long to wait.
 //!
 //! 2xx: delivered. 408, 429, 5xx, timeouts, connection errors: retry the same batch (same
-//! Idempotency-Key) after a capped, jittered backoff, or after `Retry-After` when the
-//! receiver names a time. Any other status: rejected (dead letter).
+//! Idempotency-Key) after a capped, jittered backoff ([`Backoff`]), or after `Retry-After` when
+//! the receiver names a time. Any other status: rejected (dead letter). Retriable outcomes are
+//! handled here, by [`settle`], and never leave the sink as errors.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::backoff::{sleep_unless_stopped, Backoff};
+use crate::shutdown::Shutdown;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -25,6 +30,84 @@ pub fn classify(status: u16, retry_after: Option<&str>) -> Verdict {
                 .map(|d| d.min(MAX_RETRY_AFTER)),
         },
         _ => Verdict::Reject,
+    }
+}
+
+/// The outcome of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    Response {
+        status: u16,
+        retry_after: Option<String>,
+        /// The response body (first 64 KiB) when the request was not delivered.
+        body: String,
+    },
+    /// No response: a timeout, a refused or broken connection (the error chain).
+    NoResponse(String),
+}
+
+/// How the attempts at one request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    Delivered,
+    /// A status that no retry can change.
+    Rejected {
+        status: u16,
+        body: String,
+    },
+    /// `max_retries` retriable outcomes in a row; the last status, if there was a response.
+    Exhausted {
+        status: Option<u16>,
+        detail: String,
+    },
+    /// Shutdown came while waiting to retry: not delivered.
+    Abandoned,
+}
+
+/// Makes attempts at request `id` until it is settled: each retriable outcome waits for the
+/// receiver's `Retry-After`, else for the backoff; a shutdown cuts the wait short. Every retry
+/// counts towards `max_retries` (None: retry forever).
+pub async fn settle<F, Fut>(
+    id: &str,
+    max_retries: Option<u32>,
+    shutdown: &mut Shutdown,
+    mut attempt: F,
+) -> Settled
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Attempt>,
+{
+    let mut backoff = Backoff::new();
+    loop {
+        let (after, status, detail) = match attempt().await {
+            Attempt::Response {
+                status,
+                retry_after,
+                body,
+            } => match classify(status, retry_after.as_deref()) {
+                Verdict::Delivered => {
+                    if backoff.attempts() > 0 {
+                        tracing::info!(batch = %id, retries = backoff.attempts(), "batch delivered after retries");
+                    }
+                    return Settled::Delivered;
+                }
+                Verdict::Reject => return Settled::Rejected { status, body },
+                Verdict::Retry { after } => (after, Some(status), body),
+            },
+            Attempt::NoResponse(e) => (None, None, e),
+        };
+        if max_retries.is_some_and(|m| backoff.attempts() >= m) {
+            tracing::warn!(batch = %id, "retries exhausted");
+            return Settled::Exhausted { status, detail };
+        }
+        // A retry paced by `Retry-After` still counts (and lengthens the next backoff).
+        let backoff_delay = backoff.next_delay();
+        let delay = after.unwrap_or(backoff_delay);
+        let what = status.map_or_else(|| detail.clone(), |s| format!("HTTP {s}"));
+        tracing::warn!(batch = %id, attempt = backoff.attempts(), retry_in = %crate::units::duration(delay), error = %what, "sync API did not take the batch; retrying");
+        if !sleep_unless_stopped(delay, shutdown).await {
+            return Settled::Abandoned;
+        }
     }
 }
 
@@ -93,6 +176,132 @@ mod tests {
         assert_eq!(classify(400, None), Verdict::Reject);
         assert_eq!(classify(404, None), Verdict::Reject);
         assert_eq!(classify(301, None), Verdict::Reject);
+    }
+
+    fn status(status: u16, retry_after: Option<&str>) -> Attempt {
+        Attempt::Response {
+            status,
+            retry_after: retry_after.map(str::to_string),
+            body: format!("body {status}"),
+        }
+    }
+
+    /// Settles against canned outcomes; returns how it ended and when each attempt was made
+    /// (since the start, on tokio's paused clock).
+    async fn settle_with(
+        outcomes: Vec<Attempt>,
+        max_retries: Option<u32>,
+        shutdown: &mut Shutdown,
+    ) -> (Settled, Vec<Duration>) {
+        let start = tokio::time::Instant::now();
+        let mut outcomes = outcomes.into_iter();
+        let mut at = Vec::new();
+        let settled = settle("b-1-2", max_retries, shutdown, || {
+            at.push(start.elapsed());
+            let next = outcomes.next().expect("no more attempts than outcomes");
+            async move { next }
+        })
+        .await;
+        (settled, at)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_wait_for_retry_after_else_the_backoff() {
+        let (settled, at) = settle_with(
+            vec![
+                status(503, Some("7")),
+                Attempt::NoResponse("connection refused".into()),
+                status(500, None),
+                status(429, None),
+                status(200, None),
+            ],
+            None,
+            &mut Shutdown::never(),
+        )
+        .await;
+        assert_eq!(settled, Settled::Delivered);
+        assert_eq!(at.len(), 5);
+        assert_eq!(at[0], Duration::ZERO, "the first attempt does not wait");
+        assert_eq!(at[1], Duration::from_secs(7), "Retry-After, exactly");
+        // Then the backoff: its ceiling doubles per retry (the Retry-After one counted).
+        let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        for (gap, ceiling_ms) in gaps[1..].iter().zip([200, 400, 800]) {
+            assert!(
+                *gap >= Duration::from_millis(50) && *gap <= Duration::from_millis(ceiling_ms),
+                "{gap:?} not in 50ms..={ceiling_ms}ms"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejection_is_final_at_once() {
+        let (settled, at) =
+            settle_with(vec![status(400, None)], None, &mut Shutdown::never()).await;
+        assert_eq!(
+            settled,
+            Settled::Rejected {
+                status: 400,
+                body: "body 400".into()
+            }
+        );
+        assert_eq!(at, vec![Duration::ZERO]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_retries_counts_retries_after_the_first_attempt() {
+        let (settled, at) = settle_with(
+            vec![
+                status(500, None),
+                status(503, Some("1")),
+                Attempt::NoResponse("timed out".into()),
+            ],
+            Some(2),
+            &mut Shutdown::never(),
+        )
+        .await;
+        assert_eq!(
+            settled,
+            Settled::Exhausted {
+                status: None,
+                detail: "timed out".into()
+            }
+        );
+        assert_eq!(at.len(), 3, "one attempt and two retries");
+        let (settled, _) =
+            settle_with(vec![status(502, None)], Some(0), &mut Shutdown::never()).await;
+        assert_eq!(
+            settled,
+            Settled::Exhausted {
+                status: Some(502),
+                detail: "body 502".into()
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_cuts_a_retry_wait_short() {
+        let (trigger, mut shutdown) = crate::shutdown::channel();
+        let start = tokio::time::Instant::now();
+        let stop_in_a_second = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            trigger.fire();
+        };
+        let ((settled, at), ()) = tokio::join!(
+            settle_with(
+                vec![status(503, Some("300")), status(200, None)],
+                None,
+                &mut shutdown,
+            ),
+            stop_in_a_second
+        );
+        assert_eq!(settled, Settled::Abandoned);
+        assert_eq!(at.len(), 1, "no attempt after the stop");
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        // Already stopped: the first retriable outcome ends it without waiting.
+        let start = tokio::time::Instant::now();
+        let (settled, _) = settle_with(vec![status(500, None)], None, &mut shutdown).await;
+        assert_eq!(settled, Settled::Abandoned);
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[test]

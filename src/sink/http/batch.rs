@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::change::{Change, Chunk};
+use crate::sink::ledger::{Pieces, Ticket};
 
 /// What the batch header says about the source.
 #[derive(Debug, Clone)]
@@ -53,6 +54,8 @@ pub struct Builder {
     pub min_seq: u64,
     pub max_seq: u64,
     pub opened: Option<Instant>,
+    /// The chunks its changes came from: one piece per change pushed.
+    pieces: Pieces,
 }
 
 impl Builder {
@@ -68,7 +71,8 @@ impl Builder {
         }
     }
 
-    pub fn push(&mut self, chunk: &Arc<Chunk>, c: &Change) {
+    /// Adds change `c` of `chunk`, registered in the ledger as `ticket`.
+    pub fn push(&mut self, chunk: &Arc<Chunk>, ticket: Ticket, c: &Change) {
         let line = chunk.line(c);
         if let Some(comp) = self.compactor.as_mut() {
             let key = (c.entity.clone(), chunk.key(c).to_vec());
@@ -93,6 +97,7 @@ impl Builder {
             self.min_seq = c.seq;
             self.opened = Some(Instant::now());
         }
+        self.pieces.add(ticket);
         self.count += 1;
         self.bytes += line.len() + 1;
         self.max_seq = self.max_seq.max(c.seq);
@@ -160,6 +165,7 @@ impl Builder {
             count: ops_in_body,
             min_seq: self.min_seq,
             max_seq: self.max_seq,
+            pieces: std::mem::take(&mut self.pieces),
         };
         let compacting = self.compactor.is_some();
         *self = if compacting {
@@ -253,6 +259,8 @@ pub struct Batch {
     pub count: usize,
     pub min_seq: u64,
     pub max_seq: u64,
+    /// The chunks whose changes it holds (empty for a dead letter sent again).
+    pub pieces: Pieces,
 }
 
 /// Which lane (in-flight slot) an entity id belongs to: all operations on one id go through
@@ -271,6 +279,7 @@ pub fn lane_of(entity: &str, key: &[u8], lanes: usize) -> usize {
 mod tests {
     use super::*;
     use crate::change::Op;
+    use crate::sink::ledger::{Ledger, Mark};
 
     fn chunk_with(entries: &[(&str, u64, &str)]) -> Chunk {
         let mut chunk = Chunk::default();
@@ -295,9 +304,11 @@ mod tests {
             ("items", 2, "{\"seq\":2}"),
             ("users", 3, "{\"seq\":3}"),
         ]));
+        let mut ledger = Ledger::new();
+        let ticket = ledger.register(Mark::of(&chunk), chunk.changes.len());
         let mut b = Builder::default();
         for c in &chunk.changes {
-            b.push(&chunk, c);
+            b.push(&chunk, ticket, c);
         }
         let src = SourceHeader {
             json: "\"source\":{\"flavor\":\"mariadb\",\"server_id\":1,\"server_uuid\":null}".into(),
@@ -305,6 +316,9 @@ mod tests {
         };
         let batch = b.finish(&src);
         assert!(b.is_empty());
+        // The batch holds every change of the chunk: once delivered, the chunk is.
+        ledger.done_all(&batch.pieces);
+        assert_eq!(ledger.pop_ready().map(|a| a.changes), Some(3));
         let v: serde_json::Value = serde_json::from_slice(&batch.body).unwrap();
         assert_eq!(v["batch_id"], "mariadb-1-1-3");
         assert_eq!(v["count"], 3);
@@ -356,15 +370,20 @@ mod tests {
             c.key = k;
         }
         let chunk = Arc::new(chunk);
+        let mut ledger = Ledger::new();
+        let ticket = ledger.register(Mark::of(&chunk), chunk.changes.len());
         let mut b = Builder::compacting();
         for c in &chunk.changes {
-            b.push(&chunk, c);
+            b.push(&chunk, ticket, c);
         }
         let src = SourceHeader {
             json: "\"source\":{}".into(),
             id_prefix: "x".into(),
         };
         let batch = b.finish(&src);
+        // Merged operations still count as delivered pieces of their chunk.
+        ledger.done_all(&batch.pieces);
+        assert_eq!(ledger.pop_ready().map(|a| a.changes), Some(4));
         let body: serde_json::Value = serde_json::from_slice(&batch.body).unwrap();
         assert_eq!(body["count"], 2);
         let seqs: Vec<u64> = body["entities"]["t"]

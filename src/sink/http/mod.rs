@@ -4,30 +4,35 @@
 //!   time, so operations on one id arrive in commit order while other lanes proceed.
 //! - A batch closes at `batch_rows` rows, `batch_bytes` bytes, or `linger` after its first row.
 //! - Retriable failures (408, 429, 5xx, timeouts, connection errors) are retried forever by
-//!   default (`max_retries` caps it), with capped, jittered backoff and `Retry-After`.
+//!   default (`max_retries` caps it), with capped, jittered backoff and `Retry-After`; a
+//!   shutdown cuts a retry wait short and leaves the batch unacknowledged.
 //!   A rejected batch (other 4xx) goes to the dead-letter queue before it counts as handled
 //!   (`--on-reject stop` ends binsync instead).
 //! - A chunk is acknowledged to the checkpointer only when no batch holding any of its
-//!   changes, or any earlier change, is still unhandled: the checkpoint advances over a
-//!   contiguous run of delivered batches only.
+//!   changes, or any earlier change, is still unhandled (the [`Ledger`] counts one piece per
+//!   change): the checkpoint advances over a contiguous run of delivered batches only.
 //! - Every queue here is bounded (one batch waiting per lane), so a slow or absent receiver
 //!   stops the reader instead of filling memory.
+//!
+//! This file holds the settings and the loop that fills batches, feeds the lanes and turns
+//! their reports into acks; `batch.rs` writes request bodies; `send.rs` is one lane's send
+//! loop (retries in `sink::retry`, dead letters in `crate::dlq`).
 
 pub mod batch;
+mod send;
 
-use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::shutdown::Shutdown;
-
 use self::batch::{lane_of, Batch, Builder, SourceHeader};
-use super::retry::{classify, Verdict};
-use super::{Ack, SinkError};
-use crate::backoff::Backoff;
+pub use self::send::replay_dead_letters;
+use self::send::{error_chain, lane, Handled, LaneResult};
+use super::ledger::{Ack, Ledger, Mark};
+use super::SinkError;
 use crate::change::Chunk;
-use crate::dlq::{now_unix_ms, DeadLetter, Dlq};
+use crate::dlq::Dlq;
+use crate::shutdown::Shutdown;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -82,56 +87,37 @@ impl HttpConfig {
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| SinkError::Config(format!("HTTP client: {e}")))
+            .map_err(|e| SinkError::Client(error_chain(&e)))
     }
 }
-
-/// How one batch ended.
-enum Handled {
-    Delivered,
-    DeadLettered,
-    /// `--on-reject stop`, or the DLQ could not be written.
-    Failed(SinkError),
-    /// Shutdown while retrying: not delivered, the checkpoint stays before it.
-    Abandoned,
-}
-
-struct LaneResult {
-    min_seq: u64,
-    handled: Handled,
-}
-
-/// What is not yet handled, and whether the sink must stop.
-#[derive(Default)]
-struct Tally {
-    /// Unhandled batches (open builders included), by their smallest seq.
-    unhandled: BTreeMap<u64, usize>,
+/// What the lanes reported, kept in the ledger: a batch's pieces are done once it is handled,
+/// and a batch that will not be handled stops every ack from its first chunk on.
+struct Outcomes {
+    ledger: Ledger,
     failure: Option<SinkError>,
     abandoned: bool,
 }
 
-impl Tally {
-    fn opened(&mut self, min_seq: u64) {
-        *self.unhandled.entry(min_seq).or_default() += 1;
-    }
-
+impl Outcomes {
     fn record(&mut self, res: LaneResult) {
         match res.handled {
-            Handled::Delivered | Handled::DeadLettered => {
-                if let Some(n) = self.unhandled.get_mut(&res.min_seq) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.unhandled.remove(&res.min_seq);
-                    }
-                }
-            }
+            Handled::Delivered | Handled::DeadLettered => self.ledger.done_all(&res.pieces),
             Handled::Failed(e) => {
+                self.ledger.fail_all(&res.pieces);
                 if self.failure.is_none() {
                     self.failure = Some(e);
                 }
             }
-            Handled::Abandoned => self.abandoned = true,
+            Handled::Abandoned => {
+                self.ledger.fail_all(&res.pieces);
+                self.abandoned = true;
+            }
         }
+    }
+
+    /// The sink must stop: what is not acknowledged stays behind the checkpoint.
+    fn must_stop(&self) -> bool {
+        self.failure.is_some() || self.abandoned || self.ledger.has_failed()
     }
 }
 
@@ -142,7 +128,7 @@ pub async fn run(
     dlq: Dlq,
     mut rx: mpsc::Receiver<Chunk>,
     acks: mpsc::Sender<Ack>,
-    stop: Shutdown,
+    shutdown: Shutdown,
 ) -> Result<(), SinkError> {
     let client = cfg.client()?;
     let lanes = cfg.in_flight.max(1);
@@ -158,7 +144,7 @@ pub async fn run(
             dlq.clone(),
             lane_rx,
             res_tx.clone(),
-            stop.clone(),
+            shutdown.clone(),
         ));
     }
     drop(res_tx);
@@ -171,10 +157,13 @@ pub async fn run(
         }
     };
     let mut builders: Vec<Builder> = (0..lanes).map(|_| new_builder()).collect();
-    let mut tally = Tally::default();
-    // Chunks waiting for their changes to be handled: (last seq covered, ack).
-    let mut waiting: VecDeque<(u64, Ack)> = VecDeque::new();
-    let mut last_seq = 0u64;
+    // Every chunk is registered with one piece per change; a batch's pieces are done when the
+    // batch is delivered or dead-lettered.
+    let mut outcomes = Outcomes {
+        ledger: Ledger::new(),
+        failure: None,
+        abandoned: false,
+    };
     let mut input_open = true;
 
     loop {
@@ -188,33 +177,21 @@ pub async fn run(
                 match chunk {
                     Some(chunk) => {
                         let chunk = std::sync::Arc::new(chunk);
+                        let ticket = outcomes.ledger.register(Mark::of(&chunk), chunk.changes.len());
                         for c in &chunk.changes {
                             let lane = lane_of(&c.entity, chunk.key(c), lanes);
                             let b = &mut builders[lane];
-                            if b.is_empty() {
-                                tally.opened(c.seq);
-                            }
-                            b.push(&chunk, c);
+                            b.push(&chunk, ticket, c);
                             if b.count >= cfg.batch_rows || b.bytes >= cfg.batch_bytes {
-                                dispatch(b, &source, &lane_txs[lane], &mut res_rx, &mut tally).await;
+                                dispatch(b, &source, &lane_txs[lane], &mut res_rx, &mut outcomes).await;
                             }
                         }
-                        let covered = chunk
-                            .position
-                            .as_ref()
-                            .map(|p| p.last_seq())
-                            .into_iter()
-                            .chain(chunk.changes.last().map(|c| c.seq))
-                            .max()
-                            .unwrap_or(last_seq);
-                        last_seq = last_seq.max(covered);
-                        waiting.push_back((last_seq, chunk.ack()));
                     }
                     None => {
                         input_open = false;
                         for (i, b) in builders.iter_mut().enumerate() {
                             if !b.is_empty() {
-                                dispatch(b, &source, &lane_txs[i], &mut res_rx, &mut tally).await;
+                                dispatch(b, &source, &lane_txs[i], &mut res_rx, &mut outcomes).await;
                             }
                         }
                     }
@@ -222,38 +199,33 @@ pub async fn run(
             }
             res = res_rx.recv() => {
                 let Some(res) = res else { break };
-                tally.record(res);
+                outcomes.record(res);
             }
             _ = sleep_until(deadline) => {
                 let now = tokio::time::Instant::now().into_std();
                 for (i, b) in builders.iter_mut().enumerate() {
                     if b.opened.is_some_and(|t| t + cfg.linger <= now) {
-                        dispatch(b, &source, &lane_txs[i], &mut res_rx, &mut tally).await;
+                        dispatch(b, &source, &lane_txs[i], &mut res_rx, &mut outcomes).await;
                     }
                 }
             }
         }
-        // Acknowledge, in order, every chunk with nothing unhandled at or before its end.
-        let low = tally.unhandled.keys().next().copied();
-        while let Some((covered, _)) = waiting.front() {
-            if low.is_some_and(|l| l <= *covered) {
-                break;
-            }
-            let (_, ack) = waiting.pop_front().expect("front exists");
+        // Acknowledge, in order, every chunk with nothing unhandled at or before it.
+        while let Some(ack) = outcomes.ledger.pop_ready() {
             if acks.send(ack).await.is_err() {
                 return Ok(());
             }
         }
-        if tally.failure.is_some() || tally.abandoned {
+        if outcomes.must_stop() {
             // What is not acknowledged stays behind the checkpoint and is sent again later.
             break;
         }
-        if !input_open && tally.unhandled.is_empty() && waiting.is_empty() {
+        if !input_open && outcomes.ledger.is_settled() {
             break;
         }
     }
     drop(lane_txs);
-    match tally.failure {
+    match outcomes.failure {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -273,7 +245,7 @@ async fn dispatch(
     source: &SourceHeader,
     lane: &mpsc::Sender<Batch>,
     results: &mut mpsc::Receiver<LaneResult>,
-    tally: &mut Tally,
+    outcomes: &mut Outcomes,
 ) {
     let batch = builder.finish(source);
     loop {
@@ -286,251 +258,9 @@ async fn dispatch(
                 return;
             }
             res = results.recv() => match res {
-                Some(r) => tally.record(r),
+                Some(r) => outcomes.record(r),
                 None => return,
             },
         }
     }
-}
-
-/// Sends this lane's batches one at a time.
-async fn lane(
-    client: reqwest::Client,
-    cfg: HttpConfig,
-    dlq: Dlq,
-    mut rx: mpsc::Receiver<Batch>,
-    results: mpsc::Sender<LaneResult>,
-    mut stop: Shutdown,
-) {
-    while let Some(batch) = rx.recv().await {
-        let handled = deliver(&client, &cfg, &dlq, &batch, &mut stop).await;
-        let last = matches!(handled, Handled::Abandoned | Handled::Failed(_));
-        if results
-            .send(LaneResult {
-                min_seq: batch.min_seq,
-                handled,
-            })
-            .await
-            .is_err()
-            || last
-        {
-            return;
-        }
-    }
-}
-
-/// The outcome of one POST.
-enum Attempt {
-    Status(u16, Option<String>, String),
-    Error(String),
-}
-
-async fn post(
-    client: &reqwest::Client,
-    cfg: &HttpConfig,
-    batch: &Batch,
-    body: &bytes_body::Body,
-) -> Attempt {
-    let mut req = client
-        .post(&cfg.url)
-        .header("Content-Type", "application/json")
-        .header("Idempotency-Key", &batch.id)
-        .header("X-Binsync-Contract", "1");
-    if cfg.gzip {
-        req = req.header("Content-Encoding", "gzip");
-    }
-    if let Some(a) = &cfg.authorization {
-        req = req.header("Authorization", a);
-    }
-    match req.body(body.clone().into_reqwest()).send().await {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get("Retry-After")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let text = if (200..300).contains(&status) {
-                String::new()
-            } else {
-                let mut t = resp.text().await.unwrap_or_default();
-                t.truncate(64 * 1024);
-                t
-            };
-            Attempt::Status(status, retry_after, text)
-        }
-        Err(e) => Attempt::Error(error_chain(&e)),
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-async fn deliver(
-    client: &reqwest::Client,
-    cfg: &HttpConfig,
-    dlq: &Dlq,
-    batch: &Batch,
-    stop: &mut Shutdown,
-) -> Handled {
-    let body = match bytes_body::Body::new(&batch.body, cfg.gzip) {
-        Ok(b) => b,
-        Err(e) => return Handled::Failed(SinkError::Config(format!("gzip: {e}"))),
-    };
-    let mut backoff = Backoff::with(Duration::from_millis(100), Duration::from_secs(30));
-    loop {
-        let attempt = post(client, cfg, batch, &body).await;
-        let (verdict, status, detail) = match attempt {
-            Attempt::Status(s, ra, text) => (classify(s, ra.as_deref()), Some(s), text),
-            Attempt::Error(e) => (Verdict::Retry { after: None }, None, e),
-        };
-        match verdict {
-            Verdict::Delivered => {
-                if backoff.attempts() > 0 {
-                    tracing::info!(batch = %batch.id, retries = backoff.attempts(), "batch delivered after retries");
-                }
-                return Handled::Delivered;
-            }
-            Verdict::Reject => return reject(cfg, dlq, batch, status, detail).await,
-            Verdict::Retry { after } => {
-                if cfg.max_retries.is_some_and(|m| backoff.attempts() >= m) {
-                    tracing::warn!(batch = %batch.id, "retries exhausted");
-                    return reject(
-                        cfg,
-                        dlq,
-                        batch,
-                        status,
-                        format!("retries exhausted; last: {detail}"),
-                    )
-                    .await;
-                }
-                let delay = after.unwrap_or_else(|| backoff.next_delay());
-                if after.is_some() {
-                    backoff.next_delay();
-                }
-                let what = status.map_or_else(|| detail.clone(), |s| format!("HTTP {s}"));
-                tracing::warn!(batch = %batch.id, attempt = backoff.attempts(), retry_in = %crate::units::duration(delay), error = %what, "sync API did not take the batch; retrying");
-                if !crate::backoff::sleep_unless_stopped(delay, stop).await {
-                    return Handled::Abandoned;
-                }
-            }
-        }
-    }
-}
-
-async fn reject(
-    cfg: &HttpConfig,
-    dlq: &Dlq,
-    batch: &Batch,
-    status: Option<u16>,
-    detail: String,
-) -> Handled {
-    let status_text = status.map_or_else(|| "no response".to_string(), |s| format!("HTTP {s}"));
-    if cfg.on_reject == OnReject::Stop {
-        return Handled::Failed(SinkError::Rejected {
-            batch: batch.id.clone(),
-            status: status_text,
-            detail,
-        });
-    }
-    let entry = DeadLetter {
-        id: 0,
-        batch_id: batch.id.clone(),
-        url: cfg.url.clone(),
-        status,
-        response: detail,
-        at_unix_ms: now_unix_ms(),
-        count: batch.count,
-        first_seq: batch.min_seq,
-        last_seq: batch.max_seq,
-        payload: String::from_utf8_lossy(&batch.body).into_owned(),
-    };
-    match dlq.push(entry).await {
-        Ok(id) => {
-            tracing::error!(batch = %batch.id, dead_letter = id, status = %status_text, "sync API rejected the batch; kept in the dead-letter queue (binsync dlq show {id})");
-            Handled::DeadLettered
-        }
-        Err(e) => Handled::Failed(SinkError::Config(format!("dead-letter queue: {e}"))),
-    }
-}
-
-/// POST bodies, gzipped once and shared by every retry.
-mod bytes_body {
-    use std::io::Write;
-
-    #[derive(Clone)]
-    pub struct Body(bytes::Bytes);
-
-    impl Body {
-        pub fn new(raw: &bytes::Bytes, gzip: bool) -> std::io::Result<Body> {
-            if !gzip {
-                return Ok(Body(raw.clone()));
-            }
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            enc.write_all(raw)?;
-            Ok(Body(enc.finish()?.into()))
-        }
-
-        pub fn into_reqwest(self) -> reqwest::Body {
-            reqwest::Body::from(self.0)
-        }
-    }
-}
-
-/// Re-sends dead letters (`binsync dlq replay`): one attempt each; accepted entries are removed.
-pub async fn replay_dead_letters(
-    cfg: &HttpConfig,
-    dlq: &Dlq,
-    ids: Option<&[u64]>,
-) -> Result<(usize, usize), SinkError> {
-    let client = cfg.client()?;
-    let entries = dlq.list().map_err(|e| SinkError::Config(e.to_string()))?;
-    let (mut ok, mut failed) = (0, 0);
-    for entry in entries
-        .into_iter()
-        .filter(|e| ids.is_none_or(|ids| ids.contains(&e.id)))
-    {
-        let batch = Batch {
-            id: entry.batch_id.clone(),
-            body: entry.payload.clone().into_bytes().into(),
-            count: entry.count,
-            min_seq: entry.first_seq,
-            max_seq: entry.last_seq,
-        };
-        let body = bytes_body::Body::new(&batch.body, cfg.gzip)
-            .map_err(|e| SinkError::Config(e.to_string()))?;
-        match post(&client, cfg, &batch, &body).await {
-            Attempt::Status(s, _, _) if (200..300).contains(&s) => {
-                dlq.remove(entry.id)
-                    .await
-                    .map_err(|e| SinkError::Config(e.to_string()))?;
-                println!(
-                    "dead letter {}: delivered ({} changes), removed",
-                    entry.id, entry.count
-                );
-                ok += 1;
-            }
-            Attempt::Status(s, _, text) => {
-                println!(
-                    "dead letter {}: HTTP {s}: {}",
-                    entry.id,
-                    text.lines().next().unwrap_or("")
-                );
-                failed += 1;
-            }
-            Attempt::Error(e) => {
-                println!("dead letter {}: {e}", entry.id);
-                failed += 1;
-            }
-        }
-    }
-    Ok((ok, failed))
 }

@@ -1,0 +1,258 @@
+//! One lane of the sync API sink: POST a batch until it is settled (delivered, rejected, or
+//! given up), keep what will not be delivered in the dead-letter queue, and report back.
+//! Also `binsync dlq replay`, which sends dead letters again through the same request code.
+
+use tokio::sync::mpsc;
+
+use super::batch::Batch;
+use super::{HttpConfig, OnReject};
+use crate::dlq::{now_unix_ms, DeadLetter, Dlq};
+use crate::shutdown::Shutdown;
+use crate::sink::ledger::Pieces;
+use crate::sink::retry::{settle, Attempt, Settled};
+use crate::sink::SinkError;
+
+/// How one batch ended.
+pub(super) enum Handled {
+    Delivered,
+    DeadLettered,
+    /// `--on-reject stop`, or the DLQ could not be written.
+    Failed(SinkError),
+    /// Shutdown while retrying: not delivered, the checkpoint stays before it.
+    Abandoned,
+}
+
+pub(super) struct LaneResult {
+    pub pieces: Pieces,
+    pub handled: Handled,
+}
+
+/// Sends this lane's batches one at a time.
+pub(super) async fn lane(
+    client: reqwest::Client,
+    cfg: HttpConfig,
+    dlq: Dlq,
+    mut rx: mpsc::Receiver<Batch>,
+    results: mpsc::Sender<LaneResult>,
+    mut shutdown: Shutdown,
+) {
+    while let Some(batch) = rx.recv().await {
+        let handled = deliver(&client, &cfg, &dlq, &batch, &mut shutdown).await;
+        let last = matches!(handled, Handled::Abandoned | Handled::Failed(_));
+        if results
+            .send(LaneResult {
+                pieces: batch.pieces,
+                handled,
+            })
+            .await
+            .is_err()
+            || last
+        {
+            return;
+        }
+    }
+}
+
+async fn post(
+    client: &reqwest::Client,
+    cfg: &HttpConfig,
+    batch: &Batch,
+    body: &bytes_body::Body,
+) -> Attempt {
+    let mut req = client
+        .post(&cfg.url)
+        .header("Content-Type", "application/json")
+        .header("Idempotency-Key", &batch.id)
+        .header("X-Binsync-Contract", "1");
+    if cfg.gzip {
+        req = req.header("Content-Encoding", "gzip");
+    }
+    if let Some(a) = &cfg.authorization {
+        req = req.header("Authorization", a);
+    }
+    match req.body(body.clone().into_reqwest()).send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get("Retry-After")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = if (200..300).contains(&status) {
+                String::new()
+            } else {
+                let mut t = resp.text().await.unwrap_or_default();
+                t.truncate(64 * 1024);
+                t
+            };
+            Attempt::Response {
+                status,
+                retry_after,
+                body,
+            }
+        }
+        Err(e) => Attempt::NoResponse(error_chain(&e)),
+    }
+}
+
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+async fn deliver(
+    client: &reqwest::Client,
+    cfg: &HttpConfig,
+    dlq: &Dlq,
+    batch: &Batch,
+    shutdown: &mut Shutdown,
+) -> Handled {
+    let body = match bytes_body::Body::new(&batch.body, cfg.gzip) {
+        Ok(b) => b,
+        Err(e) => {
+            return Handled::Failed(SinkError::Gzip {
+                batch: batch.id.clone(),
+                detail: e.to_string(),
+            })
+        }
+    };
+    let settled = settle(&batch.id, cfg.max_retries, shutdown, || {
+        post(client, cfg, batch, &body)
+    })
+    .await;
+    let stop = cfg.on_reject == OnReject::Stop;
+    match settled {
+        Settled::Delivered => Handled::Delivered,
+        Settled::Rejected { status, body } if stop => Handled::Failed(SinkError::Rejected {
+            batch: batch.id.clone(),
+            status,
+            detail: body,
+        }),
+        Settled::Rejected { status, body } => {
+            dead_letter(cfg, dlq, batch, Some(status), body).await
+        }
+        Settled::Exhausted { status, detail } if stop => {
+            Handled::Failed(SinkError::RetriesExhausted {
+                batch: batch.id.clone(),
+                retries: cfg.max_retries.unwrap_or_default(),
+                last: status.map_or(detail.clone(), |s| format!("HTTP {s}: {detail}")),
+            })
+        }
+        Settled::Exhausted { status, detail } => {
+            let detail = format!("retries exhausted; last: {detail}");
+            dead_letter(cfg, dlq, batch, status, detail).await
+        }
+        Settled::Abandoned => Handled::Abandoned,
+    }
+}
+
+/// Keeps a batch that will not be delivered in the dead-letter queue, durably, before it
+/// counts as handled.
+async fn dead_letter(
+    cfg: &HttpConfig,
+    dlq: &Dlq,
+    batch: &Batch,
+    status: Option<u16>,
+    detail: String,
+) -> Handled {
+    let status_text = status.map_or_else(|| "no response".to_string(), |s| format!("HTTP {s}"));
+    let entry = DeadLetter {
+        id: 0,
+        batch_id: batch.id.clone(),
+        url: cfg.url.clone(),
+        status,
+        response: detail,
+        at_unix_ms: now_unix_ms(),
+        count: batch.count,
+        first_seq: batch.min_seq,
+        last_seq: batch.max_seq,
+        payload: String::from_utf8_lossy(&batch.body).into_owned(),
+    };
+    match dlq.push(entry).await {
+        Ok(id) => {
+            tracing::error!(batch = %batch.id, dead_letter = id, status = %status_text, "sync API rejected the batch; kept in the dead-letter queue (binsync dlq show {id})");
+            Handled::DeadLettered
+        }
+        Err(e) => Handled::Failed(SinkError::Dlq(e)),
+    }
+}
+
+/// POST bodies, gzipped once and shared by every retry.
+mod bytes_body {
+    use std::io::Write;
+
+    #[derive(Clone)]
+    pub struct Body(bytes::Bytes);
+
+    impl Body {
+        pub fn new(raw: &bytes::Bytes, gzip: bool) -> std::io::Result<Body> {
+            if !gzip {
+                return Ok(Body(raw.clone()));
+            }
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(raw)?;
+            Ok(Body(enc.finish()?.into()))
+        }
+
+        pub fn into_reqwest(self) -> reqwest::Body {
+            reqwest::Body::from(self.0)
+        }
+    }
+}
+
+/// Re-sends dead letters (`binsync dlq replay`): one attempt each; accepted entries are removed.
+pub async fn replay_dead_letters(
+    cfg: &HttpConfig,
+    dlq: &Dlq,
+    ids: Option<&[u64]>,
+) -> Result<(usize, usize), SinkError> {
+    let client = cfg.client()?;
+    let entries = dlq.list()?;
+    let (mut ok, mut failed) = (0, 0);
+    for entry in entries
+        .into_iter()
+        .filter(|e| ids.is_none_or(|ids| ids.contains(&e.id)))
+    {
+        let batch = Batch {
+            id: entry.batch_id.clone(),
+            body: entry.payload.clone().into_bytes().into(),
+            count: entry.count,
+            min_seq: entry.first_seq,
+            max_seq: entry.last_seq,
+            pieces: Pieces::default(),
+        };
+        let body = bytes_body::Body::new(&batch.body, cfg.gzip).map_err(|e| SinkError::Gzip {
+            batch: batch.id.clone(),
+            detail: e.to_string(),
+        })?;
+        match post(&client, cfg, &batch, &body).await {
+            Attempt::Response { status, .. } if (200..300).contains(&status) => {
+                dlq.remove(entry.id).await?;
+                println!(
+                    "dead letter {}: delivered ({} changes), removed",
+                    entry.id, entry.count
+                );
+                ok += 1;
+            }
+            Attempt::Response { status, body, .. } => {
+                println!(
+                    "dead letter {}: HTTP {status}: {}",
+                    entry.id,
+                    body.lines().next().unwrap_or("")
+                );
+                failed += 1;
+            }
+            Attempt::NoResponse(e) => {
+                println!("dead letter {}: {e}", entry.id);
+                failed += 1;
+            }
+        }
+    }
+    Ok((ok, failed))
+}
