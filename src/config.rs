@@ -78,8 +78,8 @@ pub struct ReceiveArgs {
     /// Reject (400) any batch with an operation whose JSON text contains this string.
     #[arg(long)]
     pub reject_containing: Option<String>,
-    /// Parse batches (one strict JSON pass over the whole body, envelope checked, no
-    /// per-operation checks) and acknowledge them without storing (benchmarks).
+    /// Parse batches (strict JSON over the whole body, envelope checked, no per-operation
+    /// checks) and acknowledge them without storing (benchmarks).
     #[arg(long)]
     pub discard: bool,
 }

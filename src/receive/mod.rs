@@ -6,11 +6,11 @@
 //! - [`store`]: the sled store in `--state-dir`: the apply rule, tombstones, counters, `dump`.
 //! - `server`: HTTP/1 over hyper: routes, authorization, gzip, size limit, fault injection,
 //!   graceful shutdown.
-//! - [`skim`]: `--discard` mode's parser: strict JSON over the whole body, envelope only.
+//! - [`discard`]: `--discard` mode's body check: serde_json over the whole body, envelope only.
 //!
 //! Invariants:
 //! - A 2xx answer means the whole batch is applied and flushed to disk (or, with `discard`,
-//!   parsed in one pass: well-formed JSON, version and count; no per-operation checks). A 4xx
+//!   read as strict JSON with its version and count checked; no per-operation checks). A 4xx
 //!   or an injected fault means nothing of it was applied. Without an answer (the sender gave
 //!   up waiting) or with a 500 it may have been applied: the retry then finds its operations
 //!   stale.
@@ -22,8 +22,8 @@
 //!   [`MAX_BODY_BYTES`] (also after gunzip) and at most a few are processed at once.
 
 pub mod batch;
+pub mod discard;
 mod server;
-pub mod skim;
 pub mod store;
 
 use std::fmt;
@@ -55,7 +55,7 @@ pub struct ReceiveOptions {
     pub faults: Vec<Fault>,
     /// Reject with 400 (body naming the reason) any batch containing an operation whose JSON text contains this string (a "poisoned" batch, for dead-letter tests).
     pub reject_containing: Option<String>,
-    /// Parse (one pass, no per-operation checks) and acknowledge without storing (benchmark mode).
+    /// Parse (strict JSON, envelope only, no per-operation checks) and acknowledge without storing (benchmark mode).
     pub discard: bool,
 }
 
