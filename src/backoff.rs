@@ -128,7 +128,10 @@ mod tests {
         b.succeeded();
         assert_eq!(b.attempts(), 0, "healthy for long enough: start over");
         b.next_delay();
-        assert!(b.healthy_since.is_none(), "a failure ends the healthy stretch");
+        assert!(
+            b.healthy_since.is_none(),
+            "a failure ends the healthy stretch"
+        );
     }
 
     #[tokio::test(start_paused = true)]

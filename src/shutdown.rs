@@ -99,9 +99,11 @@ mod tests {
             "an unfired, dropped trigger must not stop anything"
         );
         let mut n = Shutdown::never();
-        assert!(tokio::time::timeout(Duration::from_millis(20), n.requested())
-            .await
-            .is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), n.requested())
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
