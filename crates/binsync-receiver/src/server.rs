@@ -26,9 +26,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
-use super::batch;
-use super::store::Store;
-use super::{Fault, ReceiveError, ReceiveOptions, MAX_BODY_BYTES};
+use crate::batch;
+use crate::store::{Applied, Store};
+use crate::{Fault, ReceiveError, ReceiveOptions, MAX_BODY_BYTES};
 
 /// How long a hanging fault keeps the request unanswered.
 const HANG: Duration = Duration::from_secs(60);
@@ -363,7 +363,7 @@ enum Outcome {
     Done {
         batch_id: String,
         count: u64,
-        applied: super::store::Applied,
+        applied: Applied,
     },
     /// A 4xx: the batch is wrong and will stay wrong.
     Refused(StatusCode, String),
@@ -429,10 +429,10 @@ fn process(shared: &Shared, body: &[u8], encoding: Encoding, key: Option<&str>) 
     }
 }
 
-/// `--discard` (benchmarks): the whole body read by serde_json ([`super::discard`]: strict
+/// `--discard` (benchmarks): the whole body read by serde_json ([`crate::discard`]: strict
 /// JSON, the envelope's version and count), no per-operation checks, nothing stored.
 fn discard(shared: &Shared, text: &[u8]) -> Outcome {
-    match super::discard::envelope(text) {
+    match crate::discard::envelope(text) {
         Ok(e) if e.version == 1 && e.count >= 1 => {
             shared.store.count(|st| {
                 st.batches += 1;
@@ -441,7 +441,7 @@ fn discard(shared: &Shared, text: &[u8]) -> Outcome {
             Outcome::Done {
                 batch_id: e.batch_id.into_owned(),
                 count: e.count,
-                applied: super::store::Applied::default(),
+                applied: Applied::default(),
             }
         }
         Ok(_) => Outcome::Refused(StatusCode::BAD_REQUEST, "not a contract 1 batch".into()),

@@ -10,7 +10,7 @@
 //! refused here too; unlike a `Value`, nothing is allocated for them.
 //!
 //! No tuned parser on purpose: a benchmark must measure binsync, not a receiver tuned for it.
-//! The per-operation checks are the storing receiver's ([`super::batch`]).
+//! The per-operation checks are the storing receiver's ([`crate::batch`]).
 
 use std::borrow::Cow;
 use std::fmt;
