@@ -8,7 +8,8 @@
 #   python-mysql-replication                      the usual Python CDC library, counting rows
 #   binsync -> file, -> sync API (discarding receiver), -> sync API (storing receiver)
 # and measures the commit-to-delivery latency of binsync at a steady 2,000 and 20,000 row
-# changes/s. Prints markdown tables and writes them to BENCH_OUT.
+# changes/s. Prints markdown tables (wall time, rows/s, CPU time, and for the sync API runs the
+# receiver's CPU time beside binsync's, peak RSS) and writes them to BENCH_OUT.
 #
 #   scripts/bench.sh
 #
@@ -302,7 +303,7 @@ json_field() { # json key
     python3 -c 'import json, sys; print(json.loads(sys.argv[1]).get(sys.argv[2], ""))' "$1" "$2"
 }
 
-# One run of each tool; each sets WALL, RSS and NOTE.
+# One run of each tool; each sets WALL, RSS, CPU and NOTE, and the sync API runs RECV_CPU.
 run_raw() {
     rm -rf "$TMP/raw" && mkdir "$TMP/raw"
     timed raw mariadb-binlog --no-defaults --read-from-remote-server --raw --to-last-log \
@@ -352,33 +353,37 @@ run_binsync_http() { # discard|store
         --state-dir "$TMP/state" --start earliest --exit-at-end --sink "http://$RECV_ADDR/sync"
     stats=$(curl -sf "http://$RECV_ADDR/stats") || die "GET http://$RECV_ADDR/stats failed"
     got=$(json_field "$stats" "$key")
-    local recv_hwm recv_cpu
+    local recv_hwm
     recv_hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$RECV_PID/status" 2>/dev/null || echo 0)
-    # utime + stime (fields 14, 15; the command name in field 2 has no spaces here).
-    recv_cpu=$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' \
+    # The receiver's user + system time over its whole life (fields 14, 15; the command name in
+    # field 2 has no spaces here): it shares the cores with binsync.
+    RECV_CPU=$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' \
         "/proc/$RECV_PID/stat" 2>/dev/null || echo '?')
     stop_pid "$RECV_PID"
     [[ $got -eq $CHANGES ]] || die "the receiver's $key is $got; expected $CHANGES ($stats)"
-    NOTE="receiver $key = $got in $(json_field "$stats" batches) batches; receiver CPU $recv_cpu s, peak RSS $(mib $((recv_hwm * 1024))) MiB"
+    NOTE="receiver $key = $got in $(json_field "$stats" batches) batches; receiver peak RSS $(mib $((recv_hwm * 1024))) MiB"
     rm -rf "$TMP/recv-state"
 }
 
 # measure KEY NAME FUNCTION [ARGS]: BENCH_REPEAT runs, the fastest one goes into the table.
+# tools.tsv, one line per tool: key, name, wall s, peak RSS KiB, CPU s, receiver CPU s (empty
+# without a receiver), note.
 measure() {
-    local key=$1 name=$2 best_wall='' best_rss='' best_note='' i
+    local key=$1 name=$2 best_wall='' best_rss='' best_cpu='' best_recv_cpu='' best_note='' i
     shift 2
     step "$name"
     for ((i = 1; i <= REPEAT; i++)); do
+        RECV_CPU=
         "$@"
-        NOTE="CPU ${CPU} s; $NOTE"
-        note "$(printf '%s s, %s rows/s, peak RSS %s MiB; %s' "$WALL" \
+        note "$(printf '%s s, %s rows/s, CPU %s s%s, peak RSS %s MiB; %s' "$WALL" \
             "$(awk -v c="$CHANGES" -v w="$WALL" 'BEGIN { printf "%.0f", (w > 0 ? c / w : 0) }')" \
-            "$(mib $((RSS * 1024)))" "$NOTE")"
+            "$CPU" "${RECV_CPU:+, receiver CPU $RECV_CPU s}" "$(mib $((RSS * 1024)))" "$NOTE")"
         if [[ -z $best_wall ]] || awk -v a="$WALL" -v b="$best_wall" 'BEGIN { exit !(a < b) }'; then
-            best_wall=$WALL best_rss=$RSS best_note=$NOTE
+            best_wall=$WALL best_rss=$RSS best_cpu=$CPU best_recv_cpu=$RECV_CPU best_note=$NOTE
         fi
     done
-    printf '%s\t%s\t%s\t%s\t%s\n' "$key" "$name" "$best_wall" "$best_rss" "$best_note" >>"$RES/tools.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$name" "$best_wall" "$best_rss" "$best_cpu" \
+        "$best_recv_cpu" "$best_note" >>"$RES/tools.tsv"
 }
 
 measure raw 'mariadb-binlog --raw (transfer only)' run_raw

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, and every test target. The integration tests start
+# The whole test suite, for every crate of the workspace (the product at the root and
+# crates/binsync-receiver): formatting, lints, and every test target. The integration tests start
 # their own throwaway MariaDB servers (tests/common), so this installs MariaDB on a fresh Debian
 # machine that lacks it. Exits non-zero if any step fails.
 #
@@ -51,13 +52,11 @@ cargo --version
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
-if [[ -f src/lib.rs ]]; then
-    step "cargo test --doc"
-    cargo test --doc
-fi
+step "cargo test --workspace --doc"
+cargo test --workspace --doc
 
 # Tests last, so that the test runner's summary closes the output.
 threads=${BINSYNC_TEST_THREADS:-}
@@ -71,11 +70,11 @@ if [[ -z "${BINSYNC_NO_NEXTEST:-}" ]] && cargo nextest --version >/dev/null 2>&1
 slow-timeout = { period = "60s", terminate-after = ${BINSYNC_TEST_TIMEOUT:-10} }
 fail-fast = false
 EOF
-    step "cargo nextest run --all-targets"
-    cargo nextest run --all-targets --no-fail-fast \
+    step "cargo nextest run --workspace --all-targets"
+    cargo nextest run --workspace --all-targets --no-fail-fast \
         --tool-config-file "binsync-test-sh:$nextest_config" \
         ${threads:+--test-threads "$threads"}
 else
-    step "cargo test --all-targets"
-    cargo test --all-targets --no-fail-fast -- ${threads:+--test-threads "$threads"}
+    step "cargo test --workspace --all-targets"
+    cargo test --workspace --all-targets --no-fail-fast -- ${threads:+--test-threads "$threads"}
 fi

@@ -75,12 +75,12 @@ pub struct ReceiveArgs {
     pub fault_rate: f64,
     /// Faults to inject, chosen uniformly: 500, 429, hang, drop.
     #[arg(long, value_delimiter = ',', default_value = "500,429,hang,drop")]
-    pub faults: Vec<crate::receive::Fault>,
+    pub faults: Vec<binsync_receiver::Fault>,
     /// Reject (400) any batch with an operation whose JSON text contains this string.
     #[arg(long)]
     pub reject_containing: Option<String>,
-    /// Parse batches (one strict JSON pass over the whole body, envelope checked, no
-    /// per-operation checks) and acknowledge them without storing (benchmarks).
+    /// Parse batches (strict JSON over the whole body, envelope checked, no per-operation
+    /// checks) and acknowledge them without storing (benchmarks).
     #[arg(long)]
     pub discard: bool,
 }

@@ -22,8 +22,6 @@
 //! - [`replay`]: archived binlog files through the same decoder.
 //! - [`config`], [`start`], [`filter`]: flags, the TOML file, `--start`, `--include/--exclude`.
 //! - [`commands`]: `check`, `status` and `dlq`.
-//! - [`receive`]: `binsync receive`, the reference sync API receiver (docs/sync-api.md), and
-//!   the strict one-pass JSON skimmer of its benchmark mode ([`receive::skim`]).
 //! - [`error`], [`units`]: the library's error type; numbers for people. [`alloc`]: malloc
 //!   settings the binary applies at start-up.
 
@@ -39,7 +37,6 @@ pub mod error;
 pub mod filter;
 pub mod gtid;
 pub mod pipeline;
-pub mod receive;
 pub mod replay;
 pub mod shutdown;
 pub mod sink;

@@ -73,14 +73,14 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
             Ok(ExitCode::SUCCESS)
         }
         Command::Receive(args) => {
-            use binsync::receive::{self, ReceiveOptions};
+            use binsync_receiver::ReceiveOptions;
             let dir = args.state_dir.clone();
             let need_dir = || {
                 dir.clone()
                     .context("no --state-dir: name the receiver's own directory (or use --discard)")
             };
             if let Some(config::ReceiveAction::Dump) = args.action {
-                let dump = receive::dump(&need_dir()?)?;
+                let dump = binsync_receiver::dump(&need_dir()?)?;
                 println!("{}", serde_json::to_string_pretty(&dump)?);
                 return Ok(ExitCode::SUCCESS);
             }
@@ -103,7 +103,7 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
                 discard: args.discard,
                 ..ReceiveOptions::new(args.listen, state_dir)
             };
-            receive::serve(opts, shutdown_signal()).await?;
+            binsync_receiver::serve(opts, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq(args) => {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use binsync::receive::{self, Fault, ReceiveError, ReceiveOptions};
+use binsync_receiver::{self as receive, Fault, ReceiveError, ReceiveOptions};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -863,7 +863,7 @@ async fn the_published_schema_and_the_receiver_agree() {
         serde_json::from_str(&std::fs::read_to_string(&schema_path).unwrap()).unwrap();
     let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
     let (_tmp, dir) = state_dir();
-    // A storing receiver: `--discard` skims bodies without the per-operation checks.
+    // A storing receiver: `--discard` checks only the envelope, not the operations.
     let r = Receiver::start(options(&dir)).await;
 
     type Edit = fn(&mut Value);

@@ -230,6 +230,14 @@ def fmt_num(v, digits=0):
     return f"{v:,.{digits}f}"
 
 
+def seconds(text):
+    """A time bench.sh measured, or None when it has none ("" or "?")."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def read_results(d):
     """The files bench.sh leaves in its results directory."""
     meta = {}
@@ -243,9 +251,18 @@ def read_results(d):
     if os.path.exists(path):
         with open(path) as f:
             for line in f:
-                key, name, wall, rss, note = (line.rstrip("\n").split("\t") + [""] * 5)[:5]
+                key, name, wall, rss, cpu, recv_cpu, note = (line.rstrip("\n").split("\t") + [""] * 7)[:7]
                 tools.append(
-                    {"key": key, "name": name, "wall": float(wall), "rss_kib": float(rss), "note": note}
+                    {
+                        "key": key,
+                        "name": name,
+                        "wall": float(wall),
+                        "rss_kib": float(rss),
+                        "cpu": seconds(cpu),
+                        # "" for a tool without a receiver.
+                        "recv_cpu": recv_cpu,
+                        "note": note,
+                    }
                 )
     lat = []
     for name in sorted(os.listdir(d)):
@@ -284,17 +301,23 @@ def cmd_report(args):
     )
     if tools:
         out += ["", "## Throughput", ""]
-        out.append("| tool | wall s | rows/s | peak RSS MiB | its wall ÷ binsync→HTTP wall |")
-        out.append("| --- | ---: | ---: | ---: | ---: |")
+        out.append(
+            "| tool | wall s | rows/s | CPU s | receiver CPU s | peak RSS MiB | its wall ÷ binsync→HTTP wall |"
+        )
+        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for t in tools:
             ratio = t["wall"] / ref["wall"] if ref and ref["wall"] > 0 else None
             rate = changes / t["wall"] if t["wall"] > 0 else None
+            recv_cpu = fmt_num(seconds(t["recv_cpu"]), 2) if t["recv_cpu"] else "—"
             out.append(
-                f"| {t['name']} | {t['wall']:.2f} | {fmt_num(rate)} | {t['rss_kib'] / 1024:.1f} | "
-                f"{fmt_num(ratio, 2)}x |"
+                f"| {t['name']} | {t['wall']:.2f} | {fmt_num(rate)} | {fmt_num(t['cpu'], 2)} | {recv_cpu} | "
+                f"{t['rss_kib'] / 1024:.1f} | {fmt_num(ratio, 2)}x |"
             )
         out.append("")
         out.append(
+            "CPU s: user + system time of the timed process and its children. Receiver CPU s: user + "
+            "system time of the `binsync receive` process serving that run, beside binsync's own: "
+            "both share the machine's cores (with the server). "
             "Last column: above 1.0x, binsync into the sync API (`binsync receive --discard`) "
             "finishes that many times sooner than the tool; below 1.0x, later."
         )
@@ -305,7 +328,7 @@ def cmd_report(args):
                 "written out undecoded)."
             )
         out.append("")
-        out.append("Checks and details of each fastest run (CPU: user + system s of the timed process):")
+        out.append("Checks and details of each fastest run:")
         out.append("")
         for t in tools:
             if t["note"]:

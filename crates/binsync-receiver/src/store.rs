@@ -25,8 +25,8 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::batch::{Batch, OpKind};
-use super::ReceiveError;
+use crate::batch::{Batch, OpKind};
+use crate::ReceiveError;
 
 const FORMAT_KEY: &[u8] = b"m:format";
 const FORMAT: &[u8] = b"binsync-receiver 1";
@@ -107,8 +107,7 @@ impl Store {
                 detail: "it is a file, not a directory".into(),
             });
         }
-        // Entities stay on disk; the cache is small.
-        let db = crate::checkpoint::sled_config(dir)
+        let db = sled_config(dir)
             .open()
             .map_err(|e| classify_open_error(dir, e))?;
         let corrupt = |e: sled::Error| ReceiveError::Corrupt {
@@ -302,7 +301,7 @@ impl Store {
         }
     }
 
-    /// The whole state as JSON (see [`super::dump`]).
+    /// The whole state as JSON (see [`crate::dump`]).
     pub fn dump(&self) -> Result<Value, ReceiveError> {
         let mut entities = Map::new();
         if let Some(db) = &self.db {
@@ -403,10 +402,32 @@ fn write_error(dir: &Path, e: sled::Error) -> ReceiveError {
     }
 }
 
+/// Entities stay on disk; the cache is small. (binsync's own checkpoint store is opened with
+/// the same settings; this crate does not depend on binsync, so they are written twice.)
+fn sled_config(dir: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(8 * 1024 * 1024)
+        .mode(sled::Mode::LowSpace)
+}
+
+/// sled could not lock its directory: another process holds the store.
+fn is_lock_error(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock
+                // EAGAIN on Linux: the lock is held.
+                || io.raw_os_error() == Some(11)
+                || e.to_string().contains("lock")
+        }
+        _ => false,
+    }
+}
+
 fn classify_open_error(dir: &Path, e: sled::Error) -> ReceiveError {
     let detail = e.to_string();
     match &e {
-        _ if crate::checkpoint::is_lock_error(&e) => ReceiveError::Locked {
+        _ if is_lock_error(&e) => ReceiveError::Locked {
             dir: dir.to_path_buf(),
             detail,
         },
@@ -426,7 +447,7 @@ fn classify_open_error(dir: &Path, e: sled::Error) -> ReceiveError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::receive::batch;
+    use crate::batch;
 
     fn body(batch_id: &str, ops: &[(u64, &str, i64, i64)]) -> Vec<u8> {
         let ops: Vec<Value> = ops

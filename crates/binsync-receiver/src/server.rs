@@ -26,9 +26,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
-use super::batch;
-use super::store::Store;
-use super::{Fault, ReceiveError, ReceiveOptions, MAX_BODY_BYTES};
+use crate::batch;
+use crate::store::{Applied, Store};
+use crate::{Fault, ReceiveError, ReceiveOptions, MAX_BODY_BYTES};
 
 /// How long a hanging fault keeps the request unanswered.
 const HANG: Duration = Duration::from_secs(60);
@@ -363,7 +363,7 @@ enum Outcome {
     Done {
         batch_id: String,
         count: u64,
-        applied: super::store::Applied,
+        applied: Applied,
     },
     /// A 4xx: the batch is wrong and will stay wrong.
     Refused(StatusCode, String),
@@ -400,7 +400,7 @@ fn process(shared: &Shared, body: &[u8], encoding: Encoding, key: Option<&str>) 
         }
     };
     if shared.store.is_discarding() && shared.reject_containing.is_none() {
-        return skim(shared, text);
+        return discard(shared, text);
     }
     let batch = match batch::parse(text, key) {
         Ok(b) => b,
@@ -429,19 +429,19 @@ fn process(shared: &Shared, body: &[u8], encoding: Encoding, key: Option<&str>) 
     }
 }
 
-/// `--discard` (benchmarks): one strict parsing pass over the whole body ([`super::skim`]:
-/// well-formed JSON, the envelope's version and count), no per-operation checks, nothing stored.
-fn skim(shared: &Shared, text: &[u8]) -> Outcome {
-    match super::skim::skim(text) {
-        Ok(s) if s.version == 1 && s.count >= 1 => {
+/// `--discard` (benchmarks): the whole body read by serde_json ([`crate::discard`]: strict
+/// JSON, the envelope's version and count), no per-operation checks, nothing stored.
+fn discard(shared: &Shared, text: &[u8]) -> Outcome {
+    match crate::discard::envelope(text) {
+        Ok(e) if e.version == 1 && e.count >= 1 => {
             shared.store.count(|st| {
                 st.batches += 1;
-                st.ops_received += s.count;
+                st.ops_received += e.count;
             });
             Outcome::Done {
-                batch_id: s.batch_id.into_owned(),
-                count: s.count,
-                applied: super::store::Applied::default(),
+                batch_id: e.batch_id.into_owned(),
+                count: e.count,
+                applied: Applied::default(),
             }
         }
         Ok(_) => Outcome::Refused(StatusCode::BAD_REQUEST, "not a contract 1 batch".into()),

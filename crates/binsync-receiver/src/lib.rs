@@ -1,16 +1,22 @@
-//! `binsync receive`: the reference receiver of the sync API (docs/sync-api.md, contract v1).
+//! The reference receiver of binsync's sync API (docs/sync-api.md, contract v1): an HTTP
+//! server that applies the batches binsync POSTs to a sled store with the contract's apply
+//! rule. `binsync receive` is a thin call into [`serve`] and [`dump`]; tests and benchmarks use
+//! it to stand in for a real service. This crate does not depend on binsync: it knows the
+//! contract, not the sender.
 //!
-//! This file only wires the parts together and holds the public surface; the work lives in:
+//! This file only wires the parts together and holds the public surface ([`ReceiveOptions`],
+//! [`Fault`], [`serve`], [`run`], [`dump`], [`ReceiveError`]); the work lives in private
+//! modules:
 //!
-//! - [`batch`]: one request body parsed and checked against the contract (borrowing the body).
-//! - [`store`]: the sled store in `--state-dir`: the apply rule, tombstones, counters, `dump`.
+//! - `batch`: one request body parsed and checked against the contract (borrowing the body).
+//! - `store`: the sled store in `--state-dir`: the apply rule, tombstones, counters, `dump`.
 //! - `server`: HTTP/1 over hyper: routes, authorization, gzip, size limit, fault injection,
 //!   graceful shutdown.
-//! - [`skim`]: `--discard` mode's parser: strict JSON over the whole body, envelope only.
+//! - `discard`: `--discard` mode's body check: serde_json over the whole body, envelope only.
 //!
 //! Invariants:
 //! - A 2xx answer means the whole batch is applied and flushed to disk (or, with `discard`,
-//!   parsed in one pass: well-formed JSON, version and count; no per-operation checks). A 4xx
+//!   read as strict JSON with its version and count checked; no per-operation checks). A 4xx
 //!   or an injected fault means nothing of it was applied. Without an answer (the sender gave
 //!   up waiting) or with a 500 it may have been applied: the retry then finds its operations
 //!   stale.
@@ -21,10 +27,10 @@
 //! - Memory stays bounded: entities live in sled (8 MiB cache), bodies are capped at
 //!   [`MAX_BODY_BYTES`] (also after gunzip) and at most a few are processed at once.
 
-pub mod batch;
+mod batch;
+mod discard;
 mod server;
-pub mod skim;
-pub mod store;
+mod store;
 
 use std::fmt;
 use std::future::Future;
@@ -35,7 +41,7 @@ use std::str::FromStr;
 
 use tokio::net::TcpListener;
 
-use self::store::Store;
+use crate::store::Store;
 
 /// Largest request body accepted, compressed or not (413 beyond it).
 pub const MAX_BODY_BYTES: usize = 64 << 20;
@@ -55,7 +61,7 @@ pub struct ReceiveOptions {
     pub faults: Vec<Fault>,
     /// Reject with 400 (body naming the reason) any batch containing an operation whose JSON text contains this string (a "poisoned" batch, for dead-letter tests).
     pub reject_containing: Option<String>,
-    /// Parse (one pass, no per-operation checks) and acknowledge without storing (benchmark mode).
+    /// Parse (strict JSON, envelope only, no per-operation checks) and acknowledge without storing (benchmark mode).
     pub discard: bool,
 }
 
