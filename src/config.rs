@@ -447,6 +447,52 @@ impl ReplaySettings {
     }
 }
 
+/// What `binsync receive` does, validated.
+#[derive(Debug)]
+pub enum ReceiveSettings {
+    /// Serve the sync API.
+    Serve(Box<binsync_receiver::ReceiveOptions>),
+    /// Print the stored state of this directory.
+    Dump(PathBuf),
+}
+
+impl ReceiveSettings {
+    pub fn resolve(args: ReceiveArgs) -> Result<ReceiveSettings, ConfigError> {
+        let need_dir = || {
+            args.state_dir.clone().ok_or_else(|| {
+                ConfigError(
+                    "no --state-dir: name the receiver's own directory (or use --discard)".into(),
+                )
+            })
+        };
+        if let Some(ReceiveAction::Dump) = args.action {
+            return Ok(ReceiveSettings::Dump(need_dir()?));
+        }
+        let auth = match &args.auth_header_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                ConfigError(format!(
+                    "--auth-header-env {var}: the environment variable is not set; export it with the Authorization value every POST must carry"
+                ))
+            })?),
+            None => None,
+        };
+        let state_dir = match args.discard {
+            true => args.state_dir.clone().unwrap_or_default(),
+            false => need_dir()?,
+        };
+        Ok(ReceiveSettings::Serve(Box::new(
+            binsync_receiver::ReceiveOptions {
+                auth,
+                fault_rate: args.fault_rate,
+                faults: args.faults,
+                reject_containing: args.reject_containing,
+                discard: args.discard,
+                ..binsync_receiver::ReceiveOptions::new(args.listen, state_dir)
+            },
+        )))
+    }
+}
+
 /// `--sink` (default stdout), with the HTTP settings when it is the sync API.
 fn sink_spec(
     text: Option<&String>,

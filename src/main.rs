@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use binsync::config::{self, Cli, Command, FileConfig, LogFormat, ReplaySettings, RunSettings};
+use binsync::config::{
+    self, Cli, Command, FileConfig, LogFormat, ReceiveSettings, ReplaySettings, RunSettings,
+};
 use binsync::pipeline::{self, Outcome};
 use binsync::shutdown::Shutdown;
 
@@ -72,40 +74,17 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
             binsync::commands::status(src.as_ref(), &dir).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Receive(args) => {
-            use binsync_receiver::ReceiveOptions;
-            let dir = args.state_dir.clone();
-            let need_dir = || {
-                dir.clone()
-                    .context("no --state-dir: name the receiver's own directory (or use --discard)")
-            };
-            if let Some(config::ReceiveAction::Dump) = args.action {
-                let dump = binsync_receiver::dump(&need_dir()?)?;
+        Command::Receive(args) => match ReceiveSettings::resolve(args)? {
+            ReceiveSettings::Dump(dir) => {
+                let dump = binsync_receiver::dump(&dir)?;
                 println!("{}", serde_json::to_string_pretty(&dump)?);
-                return Ok(ExitCode::SUCCESS);
+                Ok(ExitCode::SUCCESS)
             }
-            let auth = match &args.auth_header_env {
-                Some(var) => Some(std::env::var(var).with_context(|| {
-                    format!("--auth-header-env {var}: the environment variable is not set")
-                })?),
-                None => None,
-            };
-            let state_dir = if args.discard {
-                dir.unwrap_or_default()
-            } else {
-                need_dir()?
-            };
-            let opts = ReceiveOptions {
-                auth,
-                fault_rate: args.fault_rate,
-                faults: args.faults,
-                reject_containing: args.reject_containing,
-                discard: args.discard,
-                ..ReceiveOptions::new(args.listen, state_dir)
-            };
-            binsync_receiver::serve(opts, shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+            ReceiveSettings::Serve(opts) => {
+                binsync_receiver::serve(*opts, shutdown_signal()).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Dlq(args) => {
             let dir = args
                 .state_dir
