@@ -70,12 +70,6 @@ impl Backoff {
         let lo = 50.min(hi);
         Duration::from_millis(fastrand::u64(lo..=hi.max(lo)))
     }
-
-    /// Sleeps for [`Backoff::next_delay`]; false if shutdown came first.
-    pub async fn wait(&mut self, shutdown: &mut Shutdown) -> bool {
-        let delay = self.next_delay();
-        sleep_unless_stopped(delay, shutdown).await
-    }
 }
 
 impl Default for Backoff {
@@ -139,7 +133,10 @@ mod tests {
         let (trigger, mut s) = crate::shutdown::channel();
         let mut b = Backoff::with(Duration::from_secs(3600), Duration::from_secs(3600));
         b.attempt = 10;
-        let waiting = tokio::spawn(async move { b.wait(&mut s).await });
+        let waiting = tokio::spawn(async move {
+            let delay = b.next_delay();
+            sleep_unless_stopped(delay, &mut s).await
+        });
         tokio::task::yield_now().await;
         trigger.fire();
         assert!(!waiting.await.unwrap(), "shutdown cuts the wait short");

@@ -144,14 +144,6 @@ impl Dlq {
             .map_err(|e| self.write_err(e))?;
         Ok(had)
     }
-
-    pub fn len(&self) -> usize {
-        self.tree.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
-    }
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -192,7 +184,7 @@ mod tests {
         assert!(dlq.get(id2 + 1).unwrap().is_none());
         assert!(dlq.remove(id).await.unwrap());
         assert!(!dlq.remove(id).await.unwrap());
-        assert_eq!(dlq.len(), 1);
+        assert_eq!(dlq.list().unwrap().len(), 1);
     }
 
     #[test]

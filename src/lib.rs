@@ -25,22 +25,24 @@
 //! - [`error`], [`units`]: the library's error type; numbers for people. [`alloc`]: malloc
 //!   settings the binary applies at start-up.
 
+// The public surface: what the binary and the integration tests use.
 pub mod alloc;
-pub mod backoff;
-pub mod change;
-pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod decode;
-pub mod dlq;
-pub mod error;
-pub mod filter;
-pub mod gtid;
 pub mod pipeline;
 pub mod replay;
 pub mod shutdown;
-pub mod sink;
-pub mod source;
 pub mod units;
+
+pub(crate) mod backoff;
+pub(crate) mod change;
+pub(crate) mod checkpoint;
+pub(crate) mod dlq;
+pub mod error;
+pub(crate) mod filter;
+pub(crate) mod gtid;
+pub(crate) mod sink;
+pub(crate) mod source;
 
 pub use error::{Error, Result};

@@ -67,10 +67,6 @@ impl Pieces {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.runs.is_empty()
-    }
-
     /// The earliest chunk these pieces belong to.
     pub fn first(&self) -> Option<Ticket> {
         self.runs.iter().map(|(t, _)| *t).min()
@@ -163,6 +159,7 @@ impl Ledger {
     }
 
     /// Registered chunks not yet acknowledged.
+    #[cfg(test)]
     pub fn unacked(&self) -> usize {
         self.entries.len()
     }

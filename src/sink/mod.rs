@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use self::http::HttpConfig;
-pub use self::ledger::Ledger;
 pub use crate::checkpoint::Ack;
 use crate::dlq::DlqError;
 

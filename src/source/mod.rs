@@ -11,7 +11,7 @@ pub mod replication;
 pub mod start;
 pub mod stream;
 
-pub use error::{classify, Disconnect, Failure, Result, ServerCode, SourceError};
+pub use error::{classify, Disconnect, Failure, Result, SourceError};
 
 use std::fmt;
 use std::time::{Duration, Instant};
