@@ -43,23 +43,25 @@ impl Backoff {
         self.attempt
     }
 
-    /// The operation works again: once it has stayed healthy for [`HEALTHY_AFTER`], the next
-    /// failure starts from the shortest delay (a server restarted twice in a day does not
-    /// wait as if it had failed twice in a row).
+    /// The operation works again (a connection opened). If it is still working
+    /// [`HEALTHY_AFTER`] later, when the next failure comes, the pace starts over from the
+    /// shortest delay: a server restarted twice in a day does not wait as if it had failed
+    /// twice in a row, even when nothing happened in between (an idle stream).
     pub fn succeeded(&mut self) {
-        if self.attempt == 0 {
-            return;
-        }
-        match self.healthy_since {
-            None => self.healthy_since = Some(Instant::now()),
-            Some(t) if t.elapsed() >= HEALTHY_AFTER => self.reset(),
-            Some(_) => {}
+        if self.healthy_since.is_none() {
+            self.healthy_since = Some(Instant::now());
         }
     }
 
     /// A random delay in [min(50 ms, ceiling), ceiling], where the ceiling doubles per attempt
     /// up to the cap.
     pub fn next_delay(&mut self) -> Duration {
+        if self
+            .healthy_since
+            .is_some_and(|t| t.elapsed() >= HEALTHY_AFTER)
+        {
+            self.attempt = 0;
+        }
         let ceiling = self
             .base
             .saturating_mul(1u32 << self.attempt.min(20))
@@ -115,17 +117,15 @@ mod tests {
             b.next_delay();
         }
         b.succeeded();
-        b.succeeded();
-        assert_eq!(b.attempts(), 6, "just back is not healthy yet");
-        // As if the first success had been HEALTHY_AFTER ago.
-        b.healthy_since = Some(Instant::now() - HEALTHY_AFTER);
-        b.succeeded();
-        assert_eq!(b.attempts(), 0, "healthy for long enough: start over");
         b.next_delay();
-        assert!(
-            b.healthy_since.is_none(),
-            "a failure ends the healthy stretch"
-        );
+        assert_eq!(b.attempts(), 7, "back for a moment only: the pace goes on");
+        b.succeeded();
+        // As if the connection had opened HEALTHY_AFTER ago and stayed up.
+        b.healthy_since = Some(Instant::now() - HEALTHY_AFTER);
+        let first = b.next_delay();
+        assert_eq!(b.attempts(), 1, "healthy for long enough: start over");
+        assert!(first <= Duration::from_millis(100), "{first:?}");
+        assert!(b.healthy_since.is_none(), "a failure ends the healthy stretch");
     }
 
     #[tokio::test(start_paused = true)]

@@ -90,7 +90,10 @@ impl Replication {
                 stream::open(c, &self.src, &self.info, self.server_id, &start).await
             };
             let result = match attempt.await {
-                Ok(s) => self.pump(s, &mut decoder, &tx, &mut backoff).await,
+                Ok(s) => {
+                    backoff.succeeded();
+                    self.pump(s, &mut decoder, &tx).await
+                }
                 Err(e) => Err(e),
             };
             // Hand on what was decoded, whatever happens next.
@@ -119,7 +122,6 @@ impl Replication {
         stream: mysql_async::BinlogStream,
         decoder: &mut Decoder,
         tx: &mpsc::Sender<Chunk>,
-        backoff: &mut Backoff,
     ) -> Result<Outcome> {
         let mut reader = Reader::spawn(stream, HEARTBEAT * 5);
         loop {
@@ -162,7 +164,6 @@ impl Replication {
                     return Ok(Outcome::Stopped);
                 }
             }
-            backoff.succeeded();
         }
     }
 
