@@ -24,6 +24,8 @@
 //! - [`commands`]: `check`, `status` and `dlq`.
 //! - [`receive`]: `binsync receive`, the reference sync API receiver (docs/sync-api.md), and
 //!   the strict one-pass JSON skimmer of its benchmark mode ([`receive::skim`]).
+//! - [`json`]: JSON text and UTC time, written by hand on the hot path (the decoder's and the
+//!   sinks' shared escaping, number formatting and timestamps).
 //! - [`error`], [`units`]: the library's error type; numbers for people. [`alloc`]: malloc
 //!   settings the binary applies at start-up.
 
@@ -38,6 +40,7 @@ pub mod dlq;
 pub mod error;
 pub mod filter;
 pub mod gtid;
+pub mod json;
 pub mod pipeline;
 pub mod receive;
 pub mod replay;

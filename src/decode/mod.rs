@@ -33,6 +33,7 @@ use crate::filter::Filter;
 use crate::gtid::mariadb::{self as maria, GtidList};
 use crate::gtid::mysql::format_uuid;
 use crate::gtid::{Flavor, GtidPos, GtidSet, MariaGtid};
+use crate::json::{format_utc_micros, push_u64, write_json_str};
 use schema::{DecodeError, ExtraSchema, TableSchema};
 
 /// What the decoder needs from the server when the binlog alone is not enough.
@@ -210,7 +211,7 @@ impl Decoder {
     fn set_file(&mut self, file: String) {
         self.file_json.clear();
         self.file_json.extend_from_slice(b"\"file\":");
-        value::write_json_str(&mut self.file_json, file.as_bytes());
+        write_json_str(&mut self.file_json, file.as_bytes());
         self.file_json.push(b',');
         self.boundary.file = file;
     }
@@ -482,7 +483,7 @@ impl Decoder {
         let mut meta = Vec::with_capacity(80);
         meta.extend_from_slice(b"\"gtid\":");
         match gtid {
-            Some(_) => value::write_json_str(&mut meta, id.as_bytes()),
+            Some(_) => write_json_str(&mut meta, id.as_bytes()),
             None => meta.extend_from_slice(b"null"),
         }
         meta.extend_from_slice(b",\"ts\":\"");
@@ -568,11 +569,11 @@ impl Decoder {
             .into();
         let mut meta = Vec::with_capacity(64);
         meta.extend_from_slice(b"\"db\":");
-        value::write_json_str(&mut meta, db.as_bytes());
+        write_json_str(&mut meta, db.as_bytes());
         meta.extend_from_slice(b",\"table\":");
-        value::write_json_str(&mut meta, table.as_bytes());
+        write_json_str(&mut meta, table.as_bytes());
         meta.extend_from_slice(b",\"entity\":");
-        value::write_json_str(&mut meta, entity.as_bytes());
+        write_json_str(&mut meta, entity.as_bytes());
         meta.push(b',');
         let key_room = schema
             .pk
@@ -1054,75 +1055,9 @@ fn is_ddl(first: &[u8]) -> bool {
         .any(|k| first.eq_ignore_ascii_case(k))
 }
 
-pub(crate) fn push_u64(buf: &mut Vec<u8>, n: u64) {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&tmp[i..]);
-}
-
-/// `2026-11-24T07:37:31Z`, or with `.ffffff` when the time has microseconds.
-pub fn format_utc_micros(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let (hh, mm, ss) = (sod / 3600, sod % 3600 / 60, sod % 60);
-    if frac == 0 {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
-    } else {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{frac:06}Z")
-    }
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_formatting() {
-        assert_eq!(format_utc_micros(0), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            format_utc_micros(1_700_000_000_123_456),
-            "2023-11-14T22:13:20.123456Z"
-        );
-        assert_eq!(
-            format_utc_micros(951_782_400_000_000),
-            "2000-02-29T00:00:00Z"
-        );
-    }
-
-    #[test]
-    fn integers() {
-        let mut b = Vec::new();
-        push_u64(&mut b, 0);
-        b.push(b' ');
-        push_u64(&mut b, u64::MAX);
-        assert_eq!(b, b"0 18446744073709551615");
-    }
 
     #[test]
     fn statement_words() {

@@ -31,7 +31,7 @@ use std::fmt;
 use mysql_common::binlog::events::TableMapEvent;
 use mysql_common::proto::MySerialize;
 
-use super::value::write_json_str;
+use crate::json::write_json_str;
 
 /// The decoded shape of the table, reused for every row of every rows event that follows the
 /// table map.

@@ -25,7 +25,8 @@ use super::retry::{classify, Verdict};
 use super::{Ack, SinkError};
 use crate::backoff::Backoff;
 use crate::change::Chunk;
-use crate::dlq::{now_unix_ms, DeadLetter, Dlq};
+use crate::dlq::{DeadLetter, Dlq};
+use crate::json::now_unix_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
