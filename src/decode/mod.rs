@@ -30,9 +30,9 @@ use mysql_common::binlog::events::{Event, EventData, RowsEventData, TableMapEven
 use crate::change::{Change, Chunk, Op};
 use crate::checkpoint::{Partial, Position};
 use crate::filter::Filter;
-use crate::gtid::mariadb::{self as maria, GtidList};
+use crate::gtid::mariadb as maria;
 use crate::gtid::mysql::format_uuid;
-use crate::gtid::{Flavor, GtidPos, GtidSet, MariaGtid};
+use crate::gtid::{Flavor, Gtid, GtidPos, GtidSet, MysqlGtid};
 use crate::json::{format_utc_micros, push_u64, write_json_str};
 use schema::{DecodeError, ExtraSchema, TableSchema};
 
@@ -98,18 +98,13 @@ struct TableInfo {
 struct Txn {
     /// GTID text, or `file:offset` of its start without GTIDs.
     id: String,
-    gtid: Option<TxnGtid>,
+    gtid: Option<Gtid>,
     /// `"gtid":"..","ts":"..",`
     meta_json: Box<[u8]>,
     next_row: u64,
     /// Rows below this index were delivered before a restart: numbered and dropped.
     skip_below: u64,
     explicit: bool,
-}
-
-enum TxnGtid {
-    Mysql { uuid: String, tag: String, gno: u64 },
-    Mariadb(MariaGtid),
 }
 
 pub struct Decoder {
@@ -313,7 +308,7 @@ impl Decoder {
                     .map_err(|e| self.malformed("GTID", log_pos, e))?;
                 self.begin_txn(
                     g.gtid.to_string(),
-                    Some(TxnGtid::Mariadb(g.gtid)),
+                    Some(Gtid::Mariadb(g.gtid)),
                     i64::from(header.timestamp()) * 1_000_000,
                 );
                 if let Some(t) = self.txn.as_mut() {
@@ -377,26 +372,16 @@ impl Decoder {
                 }
             }
             EventData::GtidEvent(g) => {
-                let uuid = format_uuid(&g.sid());
-                let tag = g.tag().map(|t| t.as_str().to_string()).unwrap_or_default();
-                let text = if tag.is_empty() {
-                    format!("{uuid}:{}", g.gno())
-                } else {
-                    format!("{uuid}:{tag}:{}", g.gno())
+                let gtid = MysqlGtid {
+                    uuid: format_uuid(&g.sid()),
+                    tag: g.tag().map(|t| t.as_str().to_string()).unwrap_or_default(),
+                    gno: g.gno(),
                 };
                 let ts = match g.immediate_commit_timestamp() {
                     0 => i64::from(header.timestamp()) * 1_000_000,
                     us => us as i64,
                 };
-                self.begin_txn(
-                    text,
-                    Some(TxnGtid::Mysql {
-                        uuid,
-                        tag,
-                        gno: g.gno(),
-                    }),
-                    ts,
-                );
+                self.begin_txn(gtid.to_string(), Some(Gtid::Mysql(gtid)), ts);
             }
             EventData::AnonymousGtidEvent(_) => {
                 let id = format!("{}:{}", self.boundary.file, self.boundary.offset);
@@ -405,22 +390,8 @@ impl Decoder {
             EventData::PreviousGtidsEvent(p)
                 if self.gtid_from_file_header == Some(Flavor::Mysql) =>
             {
-                {
-                    let mut set = GtidSet::new();
-                    for sid in p.sids() {
-                        let uuid = format_uuid(&sid.uuid());
-                        let tag = sid
-                            .tag()
-                            .map(|t| t.as_str().to_string())
-                            .unwrap_or_default();
-                        for iv in sid.intervals() {
-                            // GnoInterval is [start, end).
-                            for_each_interval(&mut set, &uuid, &tag, iv.start(), iv.end());
-                        }
-                    }
-                    self.boundary.gtid = Some(GtidPos::Mysql(set));
-                    self.gtid_from_file_header = None;
-                }
+                self.boundary.gtid = Some(GtidPos::Mysql(GtidSet::from_previous_gtids(&p)));
+                self.gtid_from_file_header = None;
             }
             EventData::TransactionPayloadEvent(_) => {
                 self.payload_end = Some(log_pos);
@@ -479,7 +450,7 @@ impl Decoder {
         }
     }
 
-    fn begin_txn(&mut self, id: String, gtid: Option<TxnGtid>, ts_micros: i64) {
+    fn begin_txn(&mut self, id: String, gtid: Option<Gtid>, ts_micros: i64) {
         let mut meta = Vec::with_capacity(80);
         meta.extend_from_slice(b"\"gtid\":");
         match gtid {
@@ -511,20 +482,15 @@ impl Decoder {
 
     fn commit(&mut self, log_pos: u64) {
         self.payload_end = None;
-        if let Some(t) = self.txn.take() {
-            match (&mut self.boundary.gtid, t.gtid) {
-                (Some(GtidPos::Mysql(set)), Some(TxnGtid::Mysql { uuid, tag, gno })) => {
-                    set.add(&uuid, &tag, gno)
+        if let Some(gtid) = self.txn.take().and_then(|t| t.gtid) {
+            match &mut self.boundary.gtid {
+                Some(pos) => pos.apply(&gtid),
+                // MariaDB always has GTIDs; a stream that began without a known state still
+                // learns each domain's newest GTID (a MySQL set cannot start mid-history).
+                None if self.gtid_from_file_header.is_none() => {
+                    self.boundary.gtid = GtidPos::from_lone(&gtid);
                 }
-                (Some(GtidPos::Mariadb(list)), Some(TxnGtid::Mariadb(g))) => list.apply(g),
-                (None, Some(TxnGtid::Mariadb(g))) if self.gtid_from_file_header.is_none() => {
-                    // MariaDB always has GTIDs; a stream that began without a known state
-                    // still learns each domain's newest GTID.
-                    let mut list = GtidList::new();
-                    list.apply(g);
-                    self.boundary.gtid = Some(GtidPos::Mariadb(list));
-                }
-                _ => {}
+                None => {}
             }
         }
         self.boundary.offset = log_pos;
@@ -1025,19 +991,6 @@ fn rotate_name(ev: &Event, raw: &[u8]) -> String {
         }
     }
     String::from_utf8_lossy(raw).into_owned()
-}
-
-fn for_each_interval(set: &mut GtidSet, uuid: &str, tag: &str, start: u64, end: u64) {
-    if end > start {
-        let text = if tag.is_empty() {
-            format!("{uuid}:{}-{}", start, end - 1)
-        } else {
-            format!("{uuid}:{tag}:{}-{}", start, end - 1)
-        };
-        if let Ok(other) = GtidSet::parse(&text) {
-            set.merge(&other);
-        }
-    }
 }
 
 fn first_word(sql: &[u8]) -> &[u8] {
