@@ -25,7 +25,10 @@ use std::sync::Arc;
 use bitvec::slice::BitSlice;
 use futures_util::future::BoxFuture;
 use mysql_common::binlog::consts::EventType;
-use mysql_common::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
+use mysql_common::binlog::events::{
+    Event, EventData, GtidEvent, PreviousGtidsEvent, QueryEvent, RotateEvent, RowsEventData,
+    TableMapEvent,
+};
 
 use crate::change::{Change, Chunk, Op};
 use crate::checkpoint::{Partial, Position};
@@ -141,8 +144,6 @@ pub struct Decoder {
     /// Whether the binlog was written by MariaDB (from the format description event), which
     /// counts YEAR columns in the signedness metadata where MySQL does not.
     mariadb_writer: Option<bool>,
-    /// Events seen (progress reporting).
-    pub events: u64,
 }
 
 impl Decoder {
@@ -182,7 +183,6 @@ impl Decoder {
             warned_statements: false,
             warned_no_metadata: false,
             mariadb_writer: None,
-            events: 0,
         };
         d.set_file(d.boundary.file.clone());
         d
@@ -291,40 +291,19 @@ impl Decoder {
         }
     }
 
-    /// Follows one event.
+    /// Follows one event: its kind chooses the handler below; the kinds not listed there only
+    /// move the position.
     pub async fn on_event(&mut self, ev: &Event) -> Result<(), StreamError> {
-        self.events += 1;
         let header = ev.header();
         let raw_type = header.event_type_raw();
         // Inner events of a MySQL compressed transaction carry log_pos 0.
-        let log_pos = if header.log_pos() == 0 {
-            self.payload_end.unwrap_or(self.boundary.offset)
-        } else {
-            u64::from(header.log_pos())
+        let log_pos = match header.log_pos() {
+            0 => self.payload_end.unwrap_or(self.boundary.offset),
+            pos => u64::from(pos),
         };
         match raw_type {
-            maria::GTID_EVENT => {
-                let g = maria::parse_gtid_event(ev.data(), header.server_id())
-                    .map_err(|e| self.malformed("GTID", log_pos, e))?;
-                self.begin_txn(
-                    g.gtid.to_string(),
-                    Some(Gtid::Mariadb(g.gtid)),
-                    i64::from(header.timestamp()) * 1_000_000,
-                );
-                if let Some(t) = self.txn.as_mut() {
-                    t.explicit = !g.standalone();
-                }
-                return Ok(());
-            }
-            maria::GTID_LIST_EVENT => {
-                let list = maria::parse_gtid_list_event(ev.data())
-                    .map_err(|e| self.malformed("GTID_LIST", log_pos, e))?;
-                if self.gtid_from_file_header == Some(Flavor::Mariadb) && header.log_pos() != 0 {
-                    self.boundary.gtid = Some(GtidPos::Mariadb(list));
-                    self.gtid_from_file_header = None;
-                }
-                return Ok(());
-            }
+            maria::GTID_EVENT => return self.on_mariadb_gtid(ev, log_pos),
+            maria::GTID_LIST_EVENT => return self.on_gtid_list(ev, log_pos),
             maria::ANNOTATE_ROWS_EVENT
             | maria::BINLOG_CHECKPOINT_EVENT
             | maria::START_ENCRYPTION_EVENT => return Ok(()),
@@ -334,111 +313,151 @@ impl Decoder {
                     offset: log_pos,
                 })
             }
+            FORMAT_DESCRIPTION_EVENT => {
+                self.on_format_description(ev);
+                return Ok(());
+            }
+            XID_EVENT => {
+                // Its body (the XA id) is not needed: the event is the commit.
+                self.commit(log_pos);
+                return Ok(());
+            }
+            // Parsing what we do not use would only cost time.
+            t if !NEEDED_EVENTS.contains(&t) => return Ok(()),
             _ => {}
         }
-        if raw_type == EventType::FORMAT_DESCRIPTION_EVENT as u8 {
-            // binlog version (2 bytes), then the server version, NUL-padded to 50 bytes.
-            if let Some(version) = ev.data().get(2..52) {
-                self.mariadb_writer = Some(version.windows(7).any(|w| w == b"MariaDB"));
-            }
-            return Ok(());
-        }
-        if raw_type == EventType::XID_EVENT as u8 {
-            // Its body (the XA id) is not needed: the event is the commit.
-            self.commit(log_pos);
-            return Ok(());
-        }
-        if !NEEDED_EVENTS.contains(&raw_type) {
-            return Ok(()); // parsing what we do not use would only cost time
-        }
-        let data = match ev.read_data() {
-            Ok(Some(d)) => d,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                let what = match header.event_type() {
-                    Ok(t) => format!("{t:?}"),
-                    Err(_) => format!("type {raw_type}"),
-                };
-                return Err(self.malformed(&what, log_pos, e));
-            }
-        };
+        let data = ev.read_data().map_err(|e| {
+            let what = match header.event_type() {
+                Ok(t) => format!("{t:?}"),
+                Err(_) => format!("type {raw_type}"),
+            };
+            self.malformed(&what, log_pos, e)
+        })?;
+        let ts = header.timestamp();
         match data {
-            EventData::RotateEvent(r) => {
-                let name = rotate_name(ev, r.name_raw());
-                if name != self.boundary.file {
-                    self.set_file(name);
-                    self.boundary.offset = r.position();
-                    self.position_dirty = true;
-                }
-            }
-            EventData::GtidEvent(g) => {
-                let gtid = MysqlGtid {
-                    uuid: format_uuid(&g.sid()),
-                    tag: g.tag().map(|t| t.as_str().to_string()).unwrap_or_default(),
-                    gno: g.gno(),
-                };
-                let ts = match g.immediate_commit_timestamp() {
-                    0 => i64::from(header.timestamp()) * 1_000_000,
-                    us => us as i64,
-                };
-                self.begin_txn(gtid.to_string(), Some(Gtid::Mysql(gtid)), ts);
-            }
-            EventData::AnonymousGtidEvent(_) => {
-                let id = format!("{}:{}", self.boundary.file, self.boundary.offset);
-                self.begin_txn(id, None, i64::from(header.timestamp()) * 1_000_000);
-            }
-            EventData::PreviousGtidsEvent(p)
-                if self.gtid_from_file_header == Some(Flavor::Mysql) =>
-            {
-                self.boundary.gtid = Some(GtidPos::Mysql(GtidSet::from_previous_gtids(&p)));
-                self.gtid_from_file_header = None;
-            }
-            EventData::TransactionPayloadEvent(_) => {
-                self.payload_end = Some(log_pos);
-            }
-            EventData::QueryEvent(q) => {
-                let sql = q.query_raw();
-                let first = first_word(sql);
-                if first.eq_ignore_ascii_case(b"BEGIN") || sql.eq_ignore_ascii_case(b"XA START") {
-                    if self.txn.is_none() {
-                        let id = format!("{}:{}", self.boundary.file, self.boundary.offset);
-                        self.begin_txn(id, None, i64::from(header.timestamp()) * 1_000_000);
-                    }
-                    if let Some(t) = self.txn.as_mut() {
-                        t.explicit = true;
-                    }
-                } else if first.eq_ignore_ascii_case(b"COMMIT")
-                    || first.eq_ignore_ascii_case(b"ROLLBACK")
-                {
-                    self.commit(log_pos);
-                } else {
-                    let ddl = is_ddl(first);
-                    if ddl {
-                        // Table ids change with DDL; re-read the information_schema view too.
-                        self.extra_cache.clear();
-                    }
-                    match &self.txn {
-                        Some(t) if t.explicit => {
-                            if !self.warned_statements && !ddl && !first.eq_ignore_ascii_case(b"XA")
-                            {
-                                self.warned_statements = true;
-                                tracing::warn!(
-                                    statement = %String::from_utf8_lossy(&sql[..sql.len().min(120)]),
-                                    "a statement-based change is in the binlog: it is not captured; set binlog_format=ROW on the source"
-                                );
-                            }
-                        }
-                        _ => self.commit(log_pos),
-                    }
-                }
-            }
-            EventData::TableMapEvent(tme) => self.on_table_map(ev.data(), &tme).await?,
-            EventData::RowsEvent(rows) if self.emitting(log_pos) => {
-                self.on_rows(&rows, raw_type, log_pos)?;
-            }
+            Some(EventData::RotateEvent(r)) => self.on_rotate(ev, &r),
+            Some(EventData::GtidEvent(g)) => self.on_mysql_gtid(&g, ts),
+            Some(EventData::AnonymousGtidEvent(_)) => self.on_anonymous_gtid(ts),
+            Some(EventData::PreviousGtidsEvent(p)) => self.on_previous_gtids(&p),
+            Some(EventData::TransactionPayloadEvent(_)) => self.payload_end = Some(log_pos),
+            Some(EventData::QueryEvent(q)) => self.on_query(&q, ts, log_pos),
+            Some(EventData::TableMapEvent(tme)) => self.on_table_map(ev.data(), &tme).await?,
+            Some(EventData::RowsEvent(rows)) => self.on_rows(&rows, raw_type, log_pos)?,
             _ => {}
         }
         Ok(())
+    }
+
+    /// MariaDB's GTID event opens a transaction, or is a statement of its own (DDL).
+    fn on_mariadb_gtid(&mut self, ev: &Event, log_pos: u64) -> Result<(), StreamError> {
+        let header = ev.header();
+        let g = maria::parse_gtid_event(ev.data(), header.server_id())
+            .map_err(|e| self.malformed("GTID", log_pos, e))?;
+        self.begin_txn(
+            Some(Gtid::Mariadb(g.gtid)),
+            i64::from(header.timestamp()) * 1_000_000,
+        );
+        if let Some(t) = self.txn.as_mut() {
+            t.explicit = !g.standalone();
+        }
+        Ok(())
+    }
+
+    /// MariaDB's GTID_LIST event heads every binlog file: the GTID state before the file,
+    /// which is where a stream opened at the head of a file starts.
+    fn on_gtid_list(&mut self, ev: &Event, log_pos: u64) -> Result<(), StreamError> {
+        let list = maria::parse_gtid_list_event(ev.data())
+            .map_err(|e| self.malformed("GTID_LIST", log_pos, e))?;
+        // (The server also sends one of its own, with log_pos 0, when a stream opens.)
+        if self.gtid_from_file_header == Some(Flavor::Mariadb) && ev.header().log_pos() != 0 {
+            self.boundary.gtid = Some(GtidPos::Mariadb(list));
+            self.gtid_from_file_header = None;
+        }
+        Ok(())
+    }
+
+    /// Which server wrote the binlog: MariaDB counts YEAR columns in the signedness metadata
+    /// of table maps, MySQL does not.
+    fn on_format_description(&mut self, ev: &Event) {
+        // binlog version (2 bytes), then the server version, NUL-padded to 50 bytes.
+        if let Some(version) = ev.data().get(2..52) {
+            self.mariadb_writer = Some(version.windows(7).any(|w| w == b"MariaDB"));
+        }
+    }
+
+    /// The stream goes on in another file (and, first of all, names the one it starts in).
+    fn on_rotate(&mut self, ev: &Event, r: &RotateEvent<'_>) {
+        let name = rotate_name(ev, r.name_raw());
+        if name != self.boundary.file {
+            self.set_file(name);
+            self.boundary.offset = r.position();
+            self.position_dirty = true;
+        }
+    }
+
+    /// MySQL's GTID event opens a transaction; its time is the commit time on the source
+    /// (in microseconds where the server says so).
+    fn on_mysql_gtid(&mut self, g: &GtidEvent, header_ts: u32) {
+        let gtid = MysqlGtid {
+            uuid: format_uuid(&g.sid()),
+            tag: g.tag().map(|t| t.as_str().to_string()).unwrap_or_default(),
+            gno: g.gno(),
+        };
+        let ts = match g.immediate_commit_timestamp() {
+            0 => i64::from(header_ts) * 1_000_000,
+            us => us as i64,
+        };
+        self.begin_txn(Some(Gtid::Mysql(gtid)), ts);
+    }
+
+    /// MySQL with GTIDs off still marks where each transaction starts.
+    fn on_anonymous_gtid(&mut self, header_ts: u32) {
+        self.begin_txn(None, i64::from(header_ts) * 1_000_000);
+    }
+
+    /// MySQL's PREVIOUS_GTIDS event heads every binlog file: the GTID set before the file,
+    /// which is where a stream opened at the head of a file starts.
+    fn on_previous_gtids(&mut self, p: &PreviousGtidsEvent<'_>) {
+        if self.gtid_from_file_header == Some(Flavor::Mysql) {
+            self.boundary.gtid = Some(GtidPos::Mysql(GtidSet::from_previous_gtids(p)));
+            self.gtid_from_file_header = None;
+        }
+    }
+
+    /// BEGIN opens a transaction and COMMIT or ROLLBACK ends it; any other statement outside
+    /// an explicit transaction (DDL) is a transaction of its own. A statement inside one is a
+    /// change logged as SQL (binlog_format=STATEMENT or MIXED), which is not captured.
+    fn on_query(&mut self, q: &QueryEvent<'_>, header_ts: u32, log_pos: u64) {
+        let sql = q.query_raw();
+        let first = first_word(sql);
+        if first.eq_ignore_ascii_case(b"BEGIN") || sql.eq_ignore_ascii_case(b"XA START") {
+            if self.txn.is_none() {
+                self.begin_txn(None, i64::from(header_ts) * 1_000_000);
+            }
+            if let Some(t) = self.txn.as_mut() {
+                t.explicit = true;
+            }
+        } else if first.eq_ignore_ascii_case(b"COMMIT") || first.eq_ignore_ascii_case(b"ROLLBACK") {
+            self.commit(log_pos);
+        } else {
+            let ddl = is_ddl(first);
+            if ddl {
+                // Table ids change with DDL; re-read the information_schema view too.
+                self.extra_cache.clear();
+            }
+            match &self.txn {
+                Some(t) if t.explicit => {
+                    if !self.warned_statements && !ddl && !first.eq_ignore_ascii_case(b"XA") {
+                        self.warned_statements = true;
+                        tracing::warn!(
+                            statement = %String::from_utf8_lossy(&sql[..sql.len().min(120)]),
+                            "a statement-based change is in the binlog: it is not captured; set binlog_format=ROW on the source"
+                        );
+                    }
+                }
+                _ => self.commit(log_pos),
+            }
+        }
     }
 
     fn malformed(&self, what: &str, offset: u64, e: impl std::fmt::Display) -> StreamError {
@@ -450,7 +469,12 @@ impl Decoder {
         }
     }
 
-    fn begin_txn(&mut self, id: String, gtid: Option<Gtid>, ts_micros: i64) {
+    /// A transaction starts: with its GTID, or named by where it starts without GTIDs.
+    fn begin_txn(&mut self, gtid: Option<Gtid>, ts_micros: i64) {
+        let id = match &gtid {
+            Some(g) => g.to_string(),
+            None => format!("{}:{}", self.boundary.file, self.boundary.offset),
+        };
         let mut meta = Vec::with_capacity(80);
         meta.extend_from_slice(b"\"gtid\":");
         match gtid {
@@ -498,6 +522,8 @@ impl Decoder {
         self.position_dirty = true;
     }
 
+    /// A table's decode plan, built when its table map first comes and reused while the same
+    /// map comes again (every transaction).
     async fn on_table_map(
         &mut self,
         raw: &[u8],
@@ -610,12 +636,17 @@ impl Decoder {
         found
     }
 
+    /// The row changes of one rows event, each decoded straight into the chunk (see
+    /// [`Decoder::row_in_place`]); none while the stream is still before `emit_from`.
     fn on_rows(
         &mut self,
         rows: &RowsEventData<'_>,
         raw_type: u8,
         log_pos: u64,
     ) -> Result<(), StreamError> {
+        if !self.emitting(log_pos) {
+            return Ok(());
+        }
         let info = self
             .tables
             .get(&rows.table_id())
@@ -627,8 +658,7 @@ impl Decoder {
         if self.txn.is_none() {
             // Row events outside BEGIN..COMMIT (non-transactional engines on old servers):
             // each event is its own transaction.
-            let id = format!("{}:{}", self.boundary.file, self.boundary.offset);
-            self.begin_txn(id, None, 0);
+            self.begin_txn(None, 0);
         }
         let op = match raw_type {
             t if t == EventType::WRITE_ROWS_EVENT as u8
@@ -950,6 +980,9 @@ fn write_head(
     push_u64(out, log_pos);
     key_at
 }
+
+const FORMAT_DESCRIPTION_EVENT: u8 = EventType::FORMAT_DESCRIPTION_EVENT as u8;
+const XID_EVENT: u8 = EventType::XID_EVENT as u8;
 
 /// The event types the decoder reads the body of; all others only move the position.
 const NEEDED_EVENTS: [u8; 15] = [
