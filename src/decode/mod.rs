@@ -41,14 +41,47 @@ use schema::{DecodeError, ExtraSchema, TableSchema};
 
 /// What the decoder needs from the server when the binlog alone is not enough.
 pub trait SchemaLookup: Send {
-    /// Column names, primary key and JSON columns of `db.table`, from information_schema.
-    fn lookup<'a>(&'a mut self, db: &'a str, table: &'a str) -> BoxFuture<'a, Option<ExtraSchema>>;
+    /// Column names, primary key and JSON columns of `db.table`, from information_schema;
+    /// `Ok(None)` when the server shows no such table (dropped or renamed since the change,
+    /// or hidden from the binsync user, who lacks privileges on it).
+    fn lookup<'a>(
+        &'a mut self,
+        db: &'a str,
+        table: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ExtraSchema>, LookupError>>;
+}
+
+/// Why information_schema could not be read for a table. The decoder neither caches it nor
+/// falls back to positional column names: it fails the table map with
+/// [`StreamError::Lookup`], and a retry reads the table map, so asks again.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// The connection was lost, the server is restarting or has no connection to spare:
+    /// reconnecting and reading again from the decoder's resume position may succeed.
+    #[error("reading information_schema for {table} failed: {detail}")]
+    Transient { table: String, detail: String },
+    /// Asking again will fail again (e.g. a privilege is missing): `fix` says what to change.
+    #[error("reading information_schema for {table} failed: {detail}; {fix}")]
+    Definite {
+        table: String,
+        detail: String,
+        fix: &'static str,
+    },
+}
+
+impl LookupError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LookupError::Transient { .. })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error("{0}")]
     Row(#[from] DecodeError),
+    /// information_schema could not be read for a table the binlog does not fully describe.
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
     #[error("rows event for table id {0} without a preceding table map event: the binlog is damaged or was cut mid-transaction")]
     UnknownTable(u64),
     #[error("malformed {what} event at {file}:{offset}: {detail}")]
@@ -60,6 +93,14 @@ pub enum StreamError {
     },
     #[error("compressed binlog event (MariaDB log_bin_compress) at {file}:{offset}: not supported; set log_bin_compress=OFF on the source")]
     Compressed { file: String, offset: u64 },
+}
+
+impl StreamError {
+    /// Reconnecting and reading again from [`Decoder::restart`]'s position may heal it (a
+    /// transient lookup failure); every other stream error is definite.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StreamError::Lookup(e) if e.is_transient())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -540,7 +581,14 @@ impl Decoder {
         let qualified = format!("{db}.{table}");
         let included = self.cfg.filter.matches(&db, &table);
         let extra = if included {
-            self.extra_schema(&db, &table, tme).await
+            match self.extra_schema(&db, &table, tme).await {
+                Ok(extra) => extra,
+                Err(e) => {
+                    // Whatever this id meant before, it does not describe the rows that follow.
+                    self.tables.remove(&id);
+                    return Err(e.into());
+                }
+            }
         } else {
             None
         };
@@ -596,14 +644,17 @@ impl Decoder {
     }
 
     /// information_schema's view of a table, when the binlog lacks names (no FULL metadata) or
-    /// may hide JSON columns (MariaDB), cached until the next DDL.
+    /// may hide JSON columns (MariaDB). Answers are cached until the next DDL; failures are
+    /// not cached.
     async fn extra_schema(
         &mut self,
         db: &str,
         table: &str,
         tme: &TableMapEvent<'_>,
-    ) -> Option<Arc<ExtraSchema>> {
-        let lookup = self.lookup.as_mut()?;
+    ) -> Result<Option<Arc<ExtraSchema>>, LookupError> {
+        let Some(lookup) = self.lookup.as_mut() else {
+            return Ok(None);
+        };
         let has_names = tme.iter_optional_meta().any(|m| {
             matches!(
                 m,
@@ -625,15 +676,21 @@ impl Decoder {
                 )
             });
         if has_names && !might_hide_json {
-            return None;
+            return Ok(None);
         }
         let key = (db.to_string(), table.to_string());
         if let Some(hit) = self.extra_cache.get(&key) {
-            return hit.clone();
+            return Ok(hit.clone());
         }
-        let found = lookup.lookup(db, table).await.map(Arc::new);
+        let found = lookup.lookup(db, table).await?.map(Arc::new);
+        if found.is_none() && !has_names {
+            tracing::warn!(
+                table = %format!("{db}.{table}"),
+                "information_schema shows no such table (dropped or renamed since this change, or the binsync user lacks privileges on it): its columns are named @1, @2, ... and its ids are whole rows; GRANT SELECT on it to the binsync user, or set binlog_row_metadata=FULL on the source"
+            );
+        }
         self.extra_cache.insert(key, found.clone());
-        found
+        Ok(found)
     }
 
     /// The row changes of one rows event, each decoded straight into the chunk (see

@@ -1,6 +1,9 @@
 //! Where the real binlog files of `shared/fixtures/mysql-binlogs/` are: the nearest such
 //! folder above this crate (the main checkout and its worktrees sit at different depths).
 
+// Each test crate that includes this module uses part of it.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 
 /// The fixtures folder; panics with the places it looked when there is none.
