@@ -33,11 +33,6 @@ impl Backoff {
         }
     }
 
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-        self.healthy_since = None;
-    }
-
     /// Failures since the last reset.
     pub fn attempts(&self) -> u32 {
         self.attempt
@@ -106,8 +101,8 @@ mod tests {
         // Jitter: late delays are not all equal.
         let late: std::collections::HashSet<_> = delays[20..].iter().collect();
         assert!(late.len() > 1);
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
+        let mut fresh = Backoff::new();
+        assert!(fresh.next_delay() <= Duration::from_millis(100));
     }
 
     #[test]
@@ -125,7 +120,10 @@ mod tests {
         let first = b.next_delay();
         assert_eq!(b.attempts(), 1, "healthy for long enough: start over");
         assert!(first <= Duration::from_millis(100), "{first:?}");
-        assert!(b.healthy_since.is_none(), "a failure ends the healthy stretch");
+        assert!(
+            b.healthy_since.is_none(),
+            "a failure ends the healthy stretch"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -125,7 +125,7 @@ pub async fn dlq(
                 println!(
                     "{:>4}  {}  {:<9} {:>6} changes  seq {}..{}  {}  {}",
                     e.id,
-                    crate::decode::format_utc_micros(e.at_unix_ms as i64 * 1000),
+                    crate::json::format_utc_micros(e.at_unix_ms as i64 * 1000),
                     e.status
                         .map_or_else(|| "no reply".into(), |s| format!("HTTP {s}")),
                     e.count,
@@ -145,7 +145,7 @@ pub async fn dlq(
                 .unwrap_or(serde_json::Value::String(e.payload.clone()));
             let shown = serde_json::json!({
                 "id": e.id, "batch_id": e.batch_id, "url": e.url, "status": e.status,
-                "response": e.response, "at": crate::decode::format_utc_micros(e.at_unix_ms as i64 * 1000),
+                "response": e.response, "at": crate::json::format_utc_micros(e.at_unix_ms as i64 * 1000),
                 "count": e.count, "first_seq": e.first_seq, "last_seq": e.last_seq, "payload": payload,
             });
             println!(

@@ -22,6 +22,8 @@
 //! - [`replay`]: archived binlog files through the same decoder.
 //! - [`config`], [`start`], [`filter`]: flags, the TOML file, `--start`, `--include/--exclude`.
 //! - [`commands`]: `check`, `status` and `dlq`.
+//! - [`json`]: JSON text and UTC time, written by hand on the hot path (the decoder's and the
+//!   sinks' shared escaping, number formatting and timestamps).
 //! - [`error`], [`units`]: the library's error type; numbers for people. [`alloc`]: malloc
 //!   settings the binary applies at start-up.
 
@@ -42,7 +44,9 @@ pub(crate) mod dlq;
 pub mod error;
 pub(crate) mod filter;
 pub(crate) mod gtid;
+pub(crate) mod json;
 pub(crate) mod sink;
 pub(crate) mod source;
 
+pub use checkpoint::Position;
 pub use error::{Error, Result};

@@ -4,10 +4,13 @@
 //! Every event is read and checked (checksums, lengths); a damaged or truncated file stops the
 //! replay with an error naming the file and the byte offset, after delivering everything before
 //! it. Nothing is skipped silently. No checkpoint is kept: a replay is a one-shot backfill.
+//!
+//! [`BinlogFile`] reads a file's events in the order a live stream delivers them; the tests of
+//! real binlog files read them the same way.
 
 use std::fs::File;
 use std::io::{BufReader, Cursor, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mysql_common::binlog::consts::{BinlogVersion, EventType};
@@ -64,54 +67,17 @@ async fn feed(
     let mut decoder = Decoder::new(cfg, Position::default(), None, None, None);
     let mut stats = ReplayStats::default();
     for path in files {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let damaged = |offset: u64, detail: String| {
-            Error::replay(format!(
-                "{}: damaged binlog at byte {offset}: {detail}; events before it were delivered, the rest of the file was not",
-                path.display()
-            ))
-        };
-        let file = File::open(path)
-            .map_err(|e| Error::replay(format!("cannot open {}: {e}", path.display())))?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut input = BufReader::with_capacity(1 << 20, file);
-        let mut magic = [0u8; 4];
-        input
-            .read_exact(&mut magic)
-            .map_err(|e| damaged(0, format!("no binlog header ({e})")))?;
-        if magic != *b"\xfebin" {
-            return Err(Error::replay(format!(
-                "{} is not a binlog file (it does not start with the binlog magic bytes)",
-                path.display()
-            )));
-        }
-        decoder.start_file(&name);
-        let mut esr = EventStreamReader::new(BinlogVersion::Version4);
-        let mut offset = 4u64;
+        let mut file = BinlogFile::open(path)?;
+        decoder.start_file(file.name());
         loop {
-            let event = match esr.read(&mut input) {
+            let event = match file.next_event() {
                 Ok(Some(e)) => e,
                 Ok(None) => break,
-                Err(e) => {
-                    return flush_then(&mut decoder, tx, damaged(offset, e.to_string())).await
-                }
+                Err(e) => return flush_then(&mut decoder, tx, e).await,
             };
-            offset += u64::from(event.header().event_size());
             stats.events += 1;
             if let Err(e) = decoder.on_event(&event).await {
-                let err = Error::replay(format!(
-                    "{}: cannot decode the event ending at byte {offset}: {e}; events before it were delivered, the rest of the file was not",
-                    path.display()
-                ));
-                return flush_then(&mut decoder, tx, err).await;
-            }
-            if event.header().event_type_raw() == EventType::TRANSACTION_PAYLOAD_EVENT as u8 {
-                if let Err(e) = feed_payload(&mut esr, &event, &mut decoder, &mut stats).await {
-                    return flush_then(&mut decoder, tx, damaged(offset, e)).await;
-                }
+                return flush_then(&mut decoder, tx, file.cannot_decode(e)).await;
             }
             if let Some(chunk) = decoder.take_chunk(false) {
                 send(tx, chunk).await?;
@@ -121,35 +87,127 @@ async fn feed(
             send(tx, chunk).await?;
         }
         stats.files += 1;
-        stats.bytes += size;
-        tracing::info!(file = %path.display(), size = %units::bytes(size), events = %units::count(stats.events), "replayed");
+        stats.bytes += file.size();
+        tracing::info!(file = %path.display(), size = %units::bytes(file.size()), events = %units::count(stats.events), "replayed");
     }
     Ok(stats)
 }
 
-/// The events inside a MySQL compressed transaction.
-async fn feed_payload(
-    esr: &mut EventStreamReader,
-    event: &Event,
-    decoder: &mut Decoder,
-    stats: &mut ReplayStats,
-) -> std::result::Result<(), String> {
+/// One archived binlog file's events, in the order a live stream delivers them to the
+/// decoder: each event read and checked (lengths, checksums), and the events inside a MySQL
+/// compressed transaction right after their TRANSACTION_PAYLOAD event.
+///
+/// `binsync replay` feeds them to a [`Decoder`] (`on_event`, then `take_chunk`); so do the
+/// tests of real binlog files.
+pub struct BinlogFile {
+    path: PathBuf,
+    name: String,
+    size: u64,
+    input: BufReader<File>,
+    esr: EventStreamReader,
+    /// Where the next event starts (the end of the last one read outside a payload).
+    offset: u64,
+    /// The rest of the compressed transaction being read, and where its event starts.
+    payload: Option<(u64, Cursor<Vec<u8>>)>,
+}
+
+impl BinlogFile {
+    /// Opens `path` and checks that it starts with the binlog magic bytes.
+    pub fn open(path: &Path) -> Result<BinlogFile> {
+        let file = File::open(path)
+            .map_err(|e| Error::replay(format!("cannot open {}: {e}", path.display())))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut f = BinlogFile {
+            path: path.to_path_buf(),
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            size,
+            input: BufReader::with_capacity(1 << 20, file),
+            esr: EventStreamReader::new(BinlogVersion::Version4),
+            offset: 0,
+            payload: None,
+        };
+        let mut magic = [0u8; 4];
+        f.input
+            .read_exact(&mut magic)
+            .map_err(|e| f.damaged(0, format!("no binlog header ({e})")))?;
+        if magic != *b"\xfebin" {
+            return Err(Error::replay(format!(
+                "{} is not a binlog file (it does not start with the binlog magic bytes)",
+                path.display()
+            )));
+        }
+        f.offset = 4;
+        Ok(f)
+    }
+
+    /// The file's name, as a position names it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Bytes in the file.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The next event, `None` at the end of the file; an error naming the file and the byte
+    /// offset when the file is damaged or cut short there.
+    pub fn next_event(&mut self) -> Result<Option<Event>> {
+        if let Some((start, payload)) = &mut self.payload {
+            let start = *start;
+            match self.esr.read_decompressed(payload) {
+                Ok(Some(inner)) => return Ok(Some(inner)),
+                Ok(None) => self.payload = None,
+                Err(e) => {
+                    self.payload = None;
+                    return Err(self.damaged(start, format!("transaction payload: {e}")));
+                }
+            }
+        }
+        let start = self.offset;
+        let event = match self.esr.read(&mut self.input) {
+            Ok(Some(e)) => e,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(self.damaged(start, e.to_string())),
+        };
+        self.offset += u64::from(event.header().event_size());
+        if event.header().event_type_raw() == EventType::TRANSACTION_PAYLOAD_EVENT as u8 {
+            let bytes = decompress(&event).map_err(|e| self.damaged(start, e))?;
+            self.payload = Some((start, Cursor::new(bytes)));
+        }
+        Ok(Some(event))
+    }
+
+    /// The decoder refused the last event read.
+    pub fn cannot_decode(&self, e: impl std::fmt::Display) -> Error {
+        Error::replay(format!(
+            "{}: cannot decode the event ending at byte {}: {e}; events before it were delivered, the rest of the file was not",
+            self.path.display(),
+            self.offset
+        ))
+    }
+
+    /// The event starting at byte `at` cannot be read.
+    fn damaged(&self, at: u64, detail: String) -> Error {
+        Error::replay(format!(
+            "{}: damaged binlog at byte {at}: {detail}; events before it were delivered, the rest of the file was not",
+            self.path.display()
+        ))
+    }
+}
+
+/// The events of a MySQL compressed transaction, decompressed.
+fn decompress(event: &Event) -> std::result::Result<Vec<u8>, String> {
     let tpe: TransactionPayloadEvent<'_> = event.read_event().map_err(|e| e.to_string())?;
-    let payload = tpe.decompressed().map_err(|e| e.to_string())?;
+    let mut payload = tpe.decompressed().map_err(|e| e.to_string())?;
     let mut bytes = Vec::new();
-    let mut payload = payload;
     payload
         .read_to_end(&mut bytes)
         .map_err(|e| format!("transaction payload: {e}"))?;
-    let mut cur = Cursor::new(bytes);
-    while let Some(inner) = esr
-        .read_decompressed(&mut cur)
-        .map_err(|e| format!("transaction payload: {e}"))?
-    {
-        stats.events += 1;
-        decoder.on_event(&inner).await.map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    Ok(bytes)
 }
 
 async fn flush_then(

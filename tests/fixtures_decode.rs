@@ -11,7 +11,7 @@
 //! `BINSYNC_DUMP=1 cargo test --test fixtures_decode -- --nocapture` prints every decoded row.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use binsync::decode::schema::{DecodeError, ExtraSchema, TableSchema};
 use binsync::decode::value::{decode_image, decode_partial_after_image, write_changed, write_key};
@@ -20,9 +20,7 @@ use mysql_common::binlog::consts::{BinlogVersion, EventType};
 use mysql_common::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
 use mysql_common::binlog::EventStreamReader;
 
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/mysql-binlogs")
-}
+mod binlog_fixtures;
 
 /// Files that are damaged on purpose (or hold a damaged event): reading them must fail.
 const DAMAGED: &[&str] = &[
@@ -306,13 +304,7 @@ fn is_rows(t: u8) -> bool {
 
 fn all_runs() -> BTreeMap<String, FileRun> {
     let mut out = BTreeMap::new();
-    let mut entries: Vec<_> = std::fs::read_dir(fixtures_dir())
-        .expect("fixtures dir")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap() != "README.md")
-        .collect();
-    entries.sort();
-    for p in entries {
+    for p in binlog_fixtures::files() {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         out.insert(name, run_file(&p));
     }

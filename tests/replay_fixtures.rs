@@ -3,16 +3,12 @@
 //! file decodes with every row event delivered as a JSON line; every damaged file stops with
 //! one error line naming the file and the byte offset, never a panic.
 
+mod binlog_fixtures;
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::Proc;
-
-fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/mysql-binlogs")
-}
 
 /// Files that are damaged on purpose (their names say so).
 fn damaged(name: &str) -> bool {
@@ -78,13 +74,7 @@ fn replay(file: &std::path::Path, out: &std::path::Path) -> (i32, String) {
 
 #[test]
 fn every_fixture_decodes_or_fails_cleanly() {
-    let dir = fixtures_dir();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("fixtures missing at {}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap() != "README.md")
-        .collect();
-    files.sort();
+    let files = binlog_fixtures::files();
     assert!(
         files.len() > 30,
         "expected the fixture set, found {}",

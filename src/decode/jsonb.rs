@@ -17,9 +17,8 @@ use serde_json::Value;
 
 use super::super::schema::ColumnKind;
 use super::temporal::{push_packed_date, push_packed_datetime, push_packed_time, write_decimal};
-use super::{
-    push_f64, push_i64, push_u64, take, write_base64_str, write_json_str, VResult, ValErr,
-};
+use super::{take, VResult, ValErr};
+use crate::json::{push_f64, push_i64, push_u64, write_base64_str, write_json_str};
 
 /// Deeper documents are rejected (MySQL itself allows 100 levels).
 pub const MAX_DEPTH: usize = 150;

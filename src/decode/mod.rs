@@ -25,26 +25,57 @@ use std::sync::Arc;
 use bitvec::slice::BitSlice;
 use futures_util::future::BoxFuture;
 use mysql_common::binlog::consts::EventType;
-use mysql_common::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
+use mysql_common::binlog::events::{
+    Event, EventData, GtidEvent, PreviousGtidsEvent, QueryEvent, RotateEvent, RowsEventData,
+    TableMapEvent,
+};
 
 use crate::change::{Change, Chunk, Op};
 use crate::checkpoint::{Partial, Position};
 use crate::filter::Filter;
-use crate::gtid::mariadb::{self as maria, GtidList};
+use crate::gtid::mariadb as maria;
 use crate::gtid::mysql::format_uuid;
-use crate::gtid::{Flavor, GtidPos, GtidSet, MariaGtid};
+use crate::gtid::{Flavor, Gtid, GtidPos, GtidSet, MysqlGtid};
+use crate::json::{format_utc_micros, push_u64, write_json_str};
 use schema::{DecodeError, ExtraSchema, TableSchema};
 
 /// What the decoder needs from the server when the binlog alone is not enough.
 pub trait SchemaLookup: Send {
-    /// Column names, primary key and JSON columns of `db.table`, from information_schema.
-    fn lookup<'a>(&'a mut self, db: &'a str, table: &'a str) -> BoxFuture<'a, Option<ExtraSchema>>;
+    /// Column names, primary key and JSON columns of `db.table`, from information_schema;
+    /// `Ok(None)` when the server shows no such table (dropped or renamed since the change,
+    /// or hidden from the binsync user, who lacks privileges on it).
+    fn lookup<'a>(
+        &'a mut self,
+        db: &'a str,
+        table: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ExtraSchema>, LookupError>>;
+}
+
+/// Why information_schema could not be read for a table. The decoder neither caches it nor
+/// falls back to positional column names: it fails the table map with
+/// [`StreamError::Lookup`], and a retry reads the table map, so asks again.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// The connection was lost, the server is restarting or has no connection to spare:
+    /// reconnecting and reading again from the decoder's resume position may succeed.
+    #[error("reading information_schema for {table} failed: {detail}")]
+    Transient { table: String, detail: String },
+    /// Asking again will fail again (e.g. a privilege is missing): `fix` says what to change.
+    #[error("reading information_schema for {table} failed: {detail}; {fix}")]
+    Definite {
+        table: String,
+        detail: String,
+        fix: &'static str,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error("{0}")]
     Row(#[from] DecodeError),
+    /// information_schema could not be read for a table the binlog does not fully describe.
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
     #[error("rows event for table id {0} without a preceding table map event: the binlog is damaged or was cut mid-transaction")]
     UnknownTable(u64),
     #[error("malformed {what} event at {file}:{offset}: {detail}")]
@@ -97,18 +128,13 @@ struct TableInfo {
 struct Txn {
     /// GTID text, or `file:offset` of its start without GTIDs.
     id: String,
-    gtid: Option<TxnGtid>,
+    gtid: Option<Gtid>,
     /// `"gtid":"..","ts":"..",`
     meta_json: Box<[u8]>,
     next_row: u64,
     /// Rows below this index were delivered before a restart: numbered and dropped.
     skip_below: u64,
     explicit: bool,
-}
-
-enum TxnGtid {
-    Mysql { uuid: String, tag: String, gno: u64 },
-    Mariadb(MariaGtid),
 }
 
 pub struct Decoder {
@@ -145,8 +171,6 @@ pub struct Decoder {
     /// Whether the binlog was written by MariaDB (from the format description event), which
     /// counts YEAR columns in the signedness metadata where MySQL does not.
     mariadb_writer: Option<bool>,
-    /// Events seen (progress reporting).
-    pub events: u64,
 }
 
 impl Decoder {
@@ -186,7 +210,6 @@ impl Decoder {
             warned_statements: false,
             warned_no_metadata: false,
             mariadb_writer: None,
-            events: 0,
         };
         d.set_file(d.boundary.file.clone());
         d
@@ -210,7 +233,7 @@ impl Decoder {
     fn set_file(&mut self, file: String) {
         self.file_json.clear();
         self.file_json.extend_from_slice(b"\"file\":");
-        value::write_json_str(&mut self.file_json, file.as_bytes());
+        write_json_str(&mut self.file_json, file.as_bytes());
         self.file_json.push(b',');
         self.boundary.file = file;
     }
@@ -295,40 +318,19 @@ impl Decoder {
         }
     }
 
-    /// Follows one event.
+    /// Follows one event: its kind chooses the handler below; the kinds not listed there only
+    /// move the position.
     pub async fn on_event(&mut self, ev: &Event) -> Result<(), StreamError> {
-        self.events += 1;
         let header = ev.header();
         let raw_type = header.event_type_raw();
         // Inner events of a MySQL compressed transaction carry log_pos 0.
-        let log_pos = if header.log_pos() == 0 {
-            self.payload_end.unwrap_or(self.boundary.offset)
-        } else {
-            u64::from(header.log_pos())
+        let log_pos = match header.log_pos() {
+            0 => self.payload_end.unwrap_or(self.boundary.offset),
+            pos => u64::from(pos),
         };
         match raw_type {
-            maria::GTID_EVENT => {
-                let g = maria::parse_gtid_event(ev.data(), header.server_id())
-                    .map_err(|e| self.malformed("GTID", log_pos, e))?;
-                self.begin_txn(
-                    g.gtid.to_string(),
-                    Some(TxnGtid::Mariadb(g.gtid)),
-                    i64::from(header.timestamp()) * 1_000_000,
-                );
-                if let Some(t) = self.txn.as_mut() {
-                    t.explicit = !g.standalone();
-                }
-                return Ok(());
-            }
-            maria::GTID_LIST_EVENT => {
-                let list = maria::parse_gtid_list_event(ev.data())
-                    .map_err(|e| self.malformed("GTID_LIST", log_pos, e))?;
-                if self.gtid_from_file_header == Some(Flavor::Mariadb) && header.log_pos() != 0 {
-                    self.boundary.gtid = Some(GtidPos::Mariadb(list));
-                    self.gtid_from_file_header = None;
-                }
-                return Ok(());
-            }
+            maria::GTID_EVENT => return self.on_mariadb_gtid(ev, log_pos),
+            maria::GTID_LIST_EVENT => return self.on_gtid_list(ev, log_pos),
             maria::ANNOTATE_ROWS_EVENT
             | maria::BINLOG_CHECKPOINT_EVENT
             | maria::START_ENCRYPTION_EVENT => return Ok(()),
@@ -338,135 +340,151 @@ impl Decoder {
                     offset: log_pos,
                 })
             }
+            FORMAT_DESCRIPTION_EVENT => {
+                self.on_format_description(ev);
+                return Ok(());
+            }
+            XID_EVENT => {
+                // Its body (the XA id) is not needed: the event is the commit.
+                self.commit(log_pos);
+                return Ok(());
+            }
+            // Parsing what we do not use would only cost time.
+            t if !NEEDED_EVENTS.contains(&t) => return Ok(()),
             _ => {}
         }
-        if raw_type == EventType::FORMAT_DESCRIPTION_EVENT as u8 {
-            // binlog version (2 bytes), then the server version, NUL-padded to 50 bytes.
-            if let Some(version) = ev.data().get(2..52) {
-                self.mariadb_writer = Some(version.windows(7).any(|w| w == b"MariaDB"));
-            }
-            return Ok(());
-        }
-        if raw_type == EventType::XID_EVENT as u8 {
-            // Its body (the XA id) is not needed: the event is the commit.
-            self.commit(log_pos);
-            return Ok(());
-        }
-        if !NEEDED_EVENTS.contains(&raw_type) {
-            return Ok(()); // parsing what we do not use would only cost time
-        }
-        let data = match ev.read_data() {
-            Ok(Some(d)) => d,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                let what = match header.event_type() {
-                    Ok(t) => format!("{t:?}"),
-                    Err(_) => format!("type {raw_type}"),
-                };
-                return Err(self.malformed(&what, log_pos, e));
-            }
-        };
+        let data = ev.read_data().map_err(|e| {
+            let what = match header.event_type() {
+                Ok(t) => format!("{t:?}"),
+                Err(_) => format!("type {raw_type}"),
+            };
+            self.malformed(&what, log_pos, e)
+        })?;
+        let ts = header.timestamp();
         match data {
-            EventData::RotateEvent(r) => {
-                let name = rotate_name(ev, r.name_raw());
-                if name != self.boundary.file {
-                    self.set_file(name);
-                    self.boundary.offset = r.position();
-                    self.position_dirty = true;
-                }
-            }
-            EventData::GtidEvent(g) => {
-                let uuid = format_uuid(&g.sid());
-                let tag = g.tag().map(|t| t.as_str().to_string()).unwrap_or_default();
-                let text = if tag.is_empty() {
-                    format!("{uuid}:{}", g.gno())
-                } else {
-                    format!("{uuid}:{tag}:{}", g.gno())
-                };
-                let ts = match g.immediate_commit_timestamp() {
-                    0 => i64::from(header.timestamp()) * 1_000_000,
-                    us => us as i64,
-                };
-                self.begin_txn(
-                    text,
-                    Some(TxnGtid::Mysql {
-                        uuid,
-                        tag,
-                        gno: g.gno(),
-                    }),
-                    ts,
-                );
-            }
-            EventData::AnonymousGtidEvent(_) => {
-                let id = format!("{}:{}", self.boundary.file, self.boundary.offset);
-                self.begin_txn(id, None, i64::from(header.timestamp()) * 1_000_000);
-            }
-            EventData::PreviousGtidsEvent(p)
-                if self.gtid_from_file_header == Some(Flavor::Mysql) =>
-            {
-                {
-                    let mut set = GtidSet::new();
-                    for sid in p.sids() {
-                        let uuid = format_uuid(&sid.uuid());
-                        let tag = sid
-                            .tag()
-                            .map(|t| t.as_str().to_string())
-                            .unwrap_or_default();
-                        for iv in sid.intervals() {
-                            // GnoInterval is [start, end).
-                            for_each_interval(&mut set, &uuid, &tag, iv.start(), iv.end());
-                        }
-                    }
-                    self.boundary.gtid = Some(GtidPos::Mysql(set));
-                    self.gtid_from_file_header = None;
-                }
-            }
-            EventData::TransactionPayloadEvent(_) => {
-                self.payload_end = Some(log_pos);
-            }
-            EventData::QueryEvent(q) => {
-                let sql = q.query_raw();
-                let first = first_word(sql);
-                if first.eq_ignore_ascii_case(b"BEGIN") || sql.eq_ignore_ascii_case(b"XA START") {
-                    if self.txn.is_none() {
-                        let id = format!("{}:{}", self.boundary.file, self.boundary.offset);
-                        self.begin_txn(id, None, i64::from(header.timestamp()) * 1_000_000);
-                    }
-                    if let Some(t) = self.txn.as_mut() {
-                        t.explicit = true;
-                    }
-                } else if first.eq_ignore_ascii_case(b"COMMIT")
-                    || first.eq_ignore_ascii_case(b"ROLLBACK")
-                {
-                    self.commit(log_pos);
-                } else {
-                    let ddl = is_ddl(first);
-                    if ddl {
-                        // Table ids change with DDL; re-read the information_schema view too.
-                        self.extra_cache.clear();
-                    }
-                    match &self.txn {
-                        Some(t) if t.explicit => {
-                            if !self.warned_statements && !ddl && !first.eq_ignore_ascii_case(b"XA")
-                            {
-                                self.warned_statements = true;
-                                tracing::warn!(
-                                    statement = %String::from_utf8_lossy(&sql[..sql.len().min(120)]),
-                                    "a statement-based change is in the binlog: it is not captured; set binlog_format=ROW on the source"
-                                );
-                            }
-                        }
-                        _ => self.commit(log_pos),
-                    }
-                }
-            }
-            EventData::TableMapEvent(tme) => self.on_table_map(ev.data(), &tme).await?,
-            EventData::RowsEvent(rows) if self.emitting(log_pos) => {
-                self.on_rows(&rows, raw_type, log_pos)?;
-            }
+            Some(EventData::RotateEvent(r)) => self.on_rotate(ev, &r),
+            Some(EventData::GtidEvent(g)) => self.on_mysql_gtid(&g, ts),
+            Some(EventData::AnonymousGtidEvent(_)) => self.on_anonymous_gtid(ts),
+            Some(EventData::PreviousGtidsEvent(p)) => self.on_previous_gtids(&p),
+            Some(EventData::TransactionPayloadEvent(_)) => self.payload_end = Some(log_pos),
+            Some(EventData::QueryEvent(q)) => self.on_query(&q, ts, log_pos),
+            Some(EventData::TableMapEvent(tme)) => self.on_table_map(ev.data(), &tme).await?,
+            Some(EventData::RowsEvent(rows)) => self.on_rows(&rows, raw_type, log_pos)?,
             _ => {}
         }
         Ok(())
+    }
+
+    /// MariaDB's GTID event opens a transaction, or is a statement of its own (DDL).
+    fn on_mariadb_gtid(&mut self, ev: &Event, log_pos: u64) -> Result<(), StreamError> {
+        let header = ev.header();
+        let g = maria::parse_gtid_event(ev.data(), header.server_id())
+            .map_err(|e| self.malformed("GTID", log_pos, e))?;
+        self.begin_txn(
+            Some(Gtid::Mariadb(g.gtid)),
+            i64::from(header.timestamp()) * 1_000_000,
+        );
+        if let Some(t) = self.txn.as_mut() {
+            t.explicit = !g.standalone();
+        }
+        Ok(())
+    }
+
+    /// MariaDB's GTID_LIST event heads every binlog file: the GTID state before the file,
+    /// which is where a stream opened at the head of a file starts.
+    fn on_gtid_list(&mut self, ev: &Event, log_pos: u64) -> Result<(), StreamError> {
+        let list = maria::parse_gtid_list_event(ev.data())
+            .map_err(|e| self.malformed("GTID_LIST", log_pos, e))?;
+        // (The server also sends one of its own, with log_pos 0, when a stream opens.)
+        if self.gtid_from_file_header == Some(Flavor::Mariadb) && ev.header().log_pos() != 0 {
+            self.boundary.gtid = Some(GtidPos::Mariadb(list));
+            self.gtid_from_file_header = None;
+        }
+        Ok(())
+    }
+
+    /// Which server wrote the binlog: MariaDB counts YEAR columns in the signedness metadata
+    /// of table maps, MySQL does not.
+    fn on_format_description(&mut self, ev: &Event) {
+        // binlog version (2 bytes), then the server version, NUL-padded to 50 bytes.
+        if let Some(version) = ev.data().get(2..52) {
+            self.mariadb_writer = Some(version.windows(7).any(|w| w == b"MariaDB"));
+        }
+    }
+
+    /// The stream goes on in another file (and, first of all, names the one it starts in).
+    fn on_rotate(&mut self, ev: &Event, r: &RotateEvent<'_>) {
+        let name = rotate_name(ev, r.name_raw());
+        if name != self.boundary.file {
+            self.set_file(name);
+            self.boundary.offset = r.position();
+            self.position_dirty = true;
+        }
+    }
+
+    /// MySQL's GTID event opens a transaction; its time is the commit time on the source
+    /// (in microseconds where the server says so).
+    fn on_mysql_gtid(&mut self, g: &GtidEvent, header_ts: u32) {
+        let gtid = MysqlGtid {
+            uuid: format_uuid(&g.sid()),
+            tag: g.tag().map(|t| t.as_str().to_string()).unwrap_or_default(),
+            gno: g.gno(),
+        };
+        let ts = match g.immediate_commit_timestamp() {
+            0 => i64::from(header_ts) * 1_000_000,
+            us => us as i64,
+        };
+        self.begin_txn(Some(Gtid::Mysql(gtid)), ts);
+    }
+
+    /// MySQL with GTIDs off still marks where each transaction starts.
+    fn on_anonymous_gtid(&mut self, header_ts: u32) {
+        self.begin_txn(None, i64::from(header_ts) * 1_000_000);
+    }
+
+    /// MySQL's PREVIOUS_GTIDS event heads every binlog file: the GTID set before the file,
+    /// which is where a stream opened at the head of a file starts.
+    fn on_previous_gtids(&mut self, p: &PreviousGtidsEvent<'_>) {
+        if self.gtid_from_file_header == Some(Flavor::Mysql) {
+            self.boundary.gtid = Some(GtidPos::Mysql(GtidSet::from_previous_gtids(p)));
+            self.gtid_from_file_header = None;
+        }
+    }
+
+    /// BEGIN opens a transaction and COMMIT or ROLLBACK ends it; any other statement outside
+    /// an explicit transaction (DDL) is a transaction of its own. A statement inside one is a
+    /// change logged as SQL (binlog_format=STATEMENT or MIXED), which is not captured.
+    fn on_query(&mut self, q: &QueryEvent<'_>, header_ts: u32, log_pos: u64) {
+        let sql = q.query_raw();
+        let first = first_word(sql);
+        if first.eq_ignore_ascii_case(b"BEGIN") || sql.eq_ignore_ascii_case(b"XA START") {
+            if self.txn.is_none() {
+                self.begin_txn(None, i64::from(header_ts) * 1_000_000);
+            }
+            if let Some(t) = self.txn.as_mut() {
+                t.explicit = true;
+            }
+        } else if first.eq_ignore_ascii_case(b"COMMIT") || first.eq_ignore_ascii_case(b"ROLLBACK") {
+            self.commit(log_pos);
+        } else {
+            let ddl = is_ddl(first);
+            if ddl {
+                // Table ids change with DDL; re-read the information_schema view too.
+                self.extra_cache.clear();
+            }
+            match &self.txn {
+                Some(t) if t.explicit => {
+                    if !self.warned_statements && !ddl && !first.eq_ignore_ascii_case(b"XA") {
+                        self.warned_statements = true;
+                        tracing::warn!(
+                            statement = %String::from_utf8_lossy(&sql[..sql.len().min(120)]),
+                            "a statement-based change is in the binlog: it is not captured; set binlog_format=ROW on the source"
+                        );
+                    }
+                }
+                _ => self.commit(log_pos),
+            }
+        }
     }
 
     fn malformed(&self, what: &str, offset: u64, e: impl std::fmt::Display) -> StreamError {
@@ -478,11 +496,16 @@ impl Decoder {
         }
     }
 
-    fn begin_txn(&mut self, id: String, gtid: Option<TxnGtid>, ts_micros: i64) {
+    /// A transaction starts: with its GTID, or named by where it starts without GTIDs.
+    fn begin_txn(&mut self, gtid: Option<Gtid>, ts_micros: i64) {
+        let id = match &gtid {
+            Some(g) => g.to_string(),
+            None => format!("{}:{}", self.boundary.file, self.boundary.offset),
+        };
         let mut meta = Vec::with_capacity(80);
         meta.extend_from_slice(b"\"gtid\":");
         match gtid {
-            Some(_) => value::write_json_str(&mut meta, id.as_bytes()),
+            Some(_) => write_json_str(&mut meta, id.as_bytes()),
             None => meta.extend_from_slice(b"null"),
         }
         meta.extend_from_slice(b",\"ts\":\"");
@@ -510,20 +533,15 @@ impl Decoder {
 
     fn commit(&mut self, log_pos: u64) {
         self.payload_end = None;
-        if let Some(t) = self.txn.take() {
-            match (&mut self.boundary.gtid, t.gtid) {
-                (Some(GtidPos::Mysql(set)), Some(TxnGtid::Mysql { uuid, tag, gno })) => {
-                    set.add(&uuid, &tag, gno)
+        if let Some(gtid) = self.txn.take().and_then(|t| t.gtid) {
+            match &mut self.boundary.gtid {
+                Some(pos) => pos.apply(&gtid),
+                // MariaDB always has GTIDs; a stream that began without a known state still
+                // learns each domain's newest GTID (a MySQL set cannot start mid-history).
+                None if self.gtid_from_file_header.is_none() => {
+                    self.boundary.gtid = GtidPos::from_lone(&gtid);
                 }
-                (Some(GtidPos::Mariadb(list)), Some(TxnGtid::Mariadb(g))) => list.apply(g),
-                (None, Some(TxnGtid::Mariadb(g))) if self.gtid_from_file_header.is_none() => {
-                    // MariaDB always has GTIDs; a stream that began without a known state
-                    // still learns each domain's newest GTID.
-                    let mut list = GtidList::new();
-                    list.apply(g);
-                    self.boundary.gtid = Some(GtidPos::Mariadb(list));
-                }
-                _ => {}
+                None => {}
             }
         }
         self.boundary.offset = log_pos;
@@ -531,6 +549,8 @@ impl Decoder {
         self.position_dirty = true;
     }
 
+    /// A table's decode plan, built when its table map first comes and reused while the same
+    /// map comes again (every transaction).
     async fn on_table_map(
         &mut self,
         raw: &[u8],
@@ -547,7 +567,14 @@ impl Decoder {
         let qualified = format!("{db}.{table}");
         let included = self.cfg.filter.matches(&db, &table);
         let extra = if included {
-            self.extra_schema(&db, &table, tme).await
+            match self.extra_schema(&db, &table, tme).await {
+                Ok(extra) => extra,
+                Err(e) => {
+                    // Whatever this id meant before, it does not describe the rows that follow.
+                    self.tables.remove(&id);
+                    return Err(e.into());
+                }
+            }
         } else {
             None
         };
@@ -568,11 +595,11 @@ impl Decoder {
             .into();
         let mut meta = Vec::with_capacity(64);
         meta.extend_from_slice(b"\"db\":");
-        value::write_json_str(&mut meta, db.as_bytes());
+        write_json_str(&mut meta, db.as_bytes());
         meta.extend_from_slice(b",\"table\":");
-        value::write_json_str(&mut meta, table.as_bytes());
+        write_json_str(&mut meta, table.as_bytes());
         meta.extend_from_slice(b",\"entity\":");
-        value::write_json_str(&mut meta, entity.as_bytes());
+        write_json_str(&mut meta, entity.as_bytes());
         meta.push(b',');
         let key_room = schema
             .pk
@@ -603,14 +630,17 @@ impl Decoder {
     }
 
     /// information_schema's view of a table, when the binlog lacks names (no FULL metadata) or
-    /// may hide JSON columns (MariaDB), cached until the next DDL.
+    /// may hide JSON columns (MariaDB). Answers are cached until the next DDL; failures are
+    /// not cached.
     async fn extra_schema(
         &mut self,
         db: &str,
         table: &str,
         tme: &TableMapEvent<'_>,
-    ) -> Option<Arc<ExtraSchema>> {
-        let lookup = self.lookup.as_mut()?;
+    ) -> Result<Option<Arc<ExtraSchema>>, LookupError> {
+        let Some(lookup) = self.lookup.as_mut() else {
+            return Ok(None);
+        };
         let has_names = tme.iter_optional_meta().any(|m| {
             matches!(
                 m,
@@ -632,23 +662,34 @@ impl Decoder {
                 )
             });
         if has_names && !might_hide_json {
-            return None;
+            return Ok(None);
         }
         let key = (db.to_string(), table.to_string());
         if let Some(hit) = self.extra_cache.get(&key) {
-            return hit.clone();
+            return Ok(hit.clone());
         }
-        let found = lookup.lookup(db, table).await.map(Arc::new);
+        let found = lookup.lookup(db, table).await?.map(Arc::new);
+        if found.is_none() && !has_names {
+            tracing::warn!(
+                table = %format!("{db}.{table}"),
+                "information_schema shows no such table (dropped or renamed since this change, or the binsync user lacks privileges on it): its columns are named @1, @2, ... and its ids are whole rows; GRANT SELECT on it to the binsync user, or set binlog_row_metadata=FULL on the source"
+            );
+        }
         self.extra_cache.insert(key, found.clone());
-        found
+        Ok(found)
     }
 
+    /// The row changes of one rows event, each decoded straight into the chunk (see
+    /// [`Decoder::row_in_place`]); none while the stream is still before `emit_from`.
     fn on_rows(
         &mut self,
         rows: &RowsEventData<'_>,
         raw_type: u8,
         log_pos: u64,
     ) -> Result<(), StreamError> {
+        if !self.emitting(log_pos) {
+            return Ok(());
+        }
         let info = self
             .tables
             .get(&rows.table_id())
@@ -660,8 +701,7 @@ impl Decoder {
         if self.txn.is_none() {
             // Row events outside BEGIN..COMMIT (non-transactional engines on old servers):
             // each event is its own transaction.
-            let id = format!("{}:{}", self.boundary.file, self.boundary.offset);
-            self.begin_txn(id, None, 0);
+            self.begin_txn(None, 0);
         }
         let op = match raw_type {
             t if t == EventType::WRITE_ROWS_EVENT as u8
@@ -984,6 +1024,9 @@ fn write_head(
     key_at
 }
 
+const FORMAT_DESCRIPTION_EVENT: u8 = EventType::FORMAT_DESCRIPTION_EVENT as u8;
+const XID_EVENT: u8 = EventType::XID_EVENT as u8;
+
 /// The event types the decoder reads the body of; all others only move the position.
 const NEEDED_EVENTS: [u8; 15] = [
     EventType::QUERY_EVENT as u8,
@@ -1026,19 +1069,6 @@ fn rotate_name(ev: &Event, raw: &[u8]) -> String {
     String::from_utf8_lossy(raw).into_owned()
 }
 
-fn for_each_interval(set: &mut GtidSet, uuid: &str, tag: &str, start: u64, end: u64) {
-    if end > start {
-        let text = if tag.is_empty() {
-            format!("{uuid}:{}-{}", start, end - 1)
-        } else {
-            format!("{uuid}:{tag}:{}-{}", start, end - 1)
-        };
-        if let Ok(other) = GtidSet::parse(&text) {
-            set.merge(&other);
-        }
-    }
-}
-
 fn first_word(sql: &[u8]) -> &[u8] {
     let s = sql.trim_ascii_start();
     let end = s
@@ -1054,75 +1084,9 @@ fn is_ddl(first: &[u8]) -> bool {
         .any(|k| first.eq_ignore_ascii_case(k))
 }
 
-pub(crate) fn push_u64(buf: &mut Vec<u8>, n: u64) {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&tmp[i..]);
-}
-
-/// `2026-11-24T07:37:31Z`, or with `.ffffff` when the time has microseconds.
-pub fn format_utc_micros(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let (hh, mm, ss) = (sod / 3600, sod % 3600 / 60, sod % 60);
-    if frac == 0 {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
-    } else {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{frac:06}Z")
-    }
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_formatting() {
-        assert_eq!(format_utc_micros(0), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            format_utc_micros(1_700_000_000_123_456),
-            "2023-11-14T22:13:20.123456Z"
-        );
-        assert_eq!(
-            format_utc_micros(951_782_400_000_000),
-            "2000-02-29T00:00:00Z"
-        );
-    }
-
-    #[test]
-    fn integers() {
-        let mut b = Vec::new();
-        push_u64(&mut b, 0);
-        b.push(b' ');
-        push_u64(&mut b, u64::MAX);
-        assert_eq!(b, b"0 18446744073709551615");
-    }
 
     #[test]
     fn statement_words() {

@@ -31,7 +31,7 @@ use std::fmt;
 use mysql_common::binlog::events::TableMapEvent;
 use mysql_common::proto::MySerialize;
 
-use super::value::write_json_str;
+use crate::json::write_json_str;
 
 /// The decoded shape of the table, reused for every row of every rows event that follows the
 /// table map.
@@ -789,14 +789,61 @@ impl TableSchema {
         let om = parse_optional(map.optional).map_err(bad)?;
         let extra = extra.filter(|e| e.columns.is_empty() || e.columns.len() == n);
 
-        // 1. types and metadata
+        let mut cols = Columns::from_metadata(map.types, map.meta).map_err(|e| bad(e.into()))?;
+        cols.apply_signedness(om.signedness, extra, year_in_signedness);
+        cols.apply_charsets(&om, extra);
+        cols.apply_labels(&om, extra);
+        let (names, names_from_binlog) = column_names(n, &om, extra);
+        let pk = primary_key(n, &om, extra, names_from_binlog);
+
+        let columns = names
+            .into_iter()
+            .zip(cols.kinds)
+            .map(|(name, kind)| ColumnSchema {
+                json_key: json_key(&name),
+                name,
+                kind,
+            })
+            .collect();
+        Ok(TableSchema {
+            db,
+            table,
+            columns,
+            pk,
+            names_from_binlog,
+        })
+    }
+
+    /// `db.table`, for messages.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.db, self.table)
+    }
+}
+
+/// Marks a column of unknown type and the columns after it in [`Columns::reals`]; not a type
+/// code that any group of types matches.
+const LOST: u8 = 0xf0;
+
+/// The columns' decode plans while [`TableSchema::from_table_map_with`] builds them, one step
+/// per source of truth (see the module docs).
+struct Columns<'a> {
+    /// The table map's type codes.
+    types: &'a [u8],
+    /// The real type of each column (CHAR, ENUM and SET hide behind STRING); [`LOST`] past a
+    /// column of unknown type.
+    reals: Vec<u8>,
+    kinds: Vec<ColumnKind>,
+}
+
+impl<'a> Columns<'a> {
+    /// 1. Types and metadata.
+    fn from_metadata(types: &'a [u8], mut meta: &[u8]) -> Result<Self, &'static str> {
+        let n = types.len();
         let mut kinds: Vec<ColumnKind> = Vec::with_capacity(n);
         let mut reals: Vec<u8> = Vec::with_capacity(n);
-        let mut meta = map.meta;
         // Past a column of unknown type the metadata of later columns cannot be located.
-        const LOST: u8 = 0xf0; // not a type code that any group below matches
         let mut lost = false;
-        for &code in map.types {
+        for &code in types {
             if lost {
                 reals.push(LOST);
                 kinds.push(ColumnKind::Unsupported {
@@ -813,7 +860,7 @@ impl TableSchema {
                     reals.push(real);
                     kinds.push(kind);
                 }
-                Some(_) => return Err(bad("column metadata block cut short".into())),
+                Some(_) => return Err("column metadata block cut short"),
                 None => {
                     lost = true;
                     reals.push(LOST);
@@ -824,44 +871,57 @@ impl TableSchema {
                 }
             }
         }
+        Ok(Columns {
+            types,
+            reals,
+            kinds,
+        })
+    }
 
-        // 2. signedness (one bit per numeric column, most significant bit first). MySQL counts
-        //    TINYINT..BIGINT, DECIMAL, FLOAT, DOUBLE; some readers also count YEAR, so when
-        //    only that reading fits the field's byte length, it is the one taken.
-        if let Some(bits) = om.signedness {
-            let count = |year: bool| {
-                (0..n)
-                    .filter(|&i| {
-                        reals[i] != LOST
-                            && (is_numeric_type(map.types[i]) || (year && map.types[i] == ty::YEAR))
-                    })
-                    .count()
-            };
-            let with_year = year_in_signedness.unwrap_or_else(|| {
-                count(false).div_ceil(8) != bits.len() && count(true).div_ceil(8) == bits.len()
-            });
-            let mut k = 0usize;
-            for (i, &code) in map.types.iter().enumerate() {
-                if reals[i] == LOST {
-                    continue;
-                }
-                if is_numeric_type(code) || (with_year && code == ty::YEAR) {
-                    let unsigned = bits.get(k / 8).is_some_and(|b| b & (0x80 >> (k % 8)) != 0);
-                    if let ColumnKind::Int { unsigned: u, .. } = &mut kinds[i] {
-                        *u = unsigned;
+    /// 2. Signedness (one bit per numeric column, most significant bit first). MySQL counts
+    ///    TINYINT..BIGINT, DECIMAL, FLOAT, DOUBLE; some readers also count YEAR, so when only
+    ///    that reading fits the field's byte length, it is the one taken.
+    fn apply_signedness(
+        &mut self,
+        bits: Option<&[u8]>,
+        extra: Option<&ExtraSchema>,
+        year_in_signedness: Option<bool>,
+    ) {
+        let Some(bits) = bits else {
+            if let Some(e) = extra {
+                for &i in &e.unsigned {
+                    if let Some(ColumnKind::Int { unsigned, .. }) = self.kinds.get_mut(i) {
+                        *unsigned = true;
                     }
-                    k += 1;
                 }
             }
-        } else if let Some(e) = extra {
-            for &i in &e.unsigned {
-                if let Some(ColumnKind::Int { unsigned, .. }) = kinds.get_mut(i) {
-                    *unsigned = true;
+            return;
+        };
+        let (types, reals) = (self.types, &self.reals);
+        let counted = |i: usize, year: bool| {
+            reals[i] != LOST && (is_numeric_type(types[i]) || (year && types[i] == ty::YEAR))
+        };
+        let count = |year: bool| (0..types.len()).filter(|&i| counted(i, year)).count();
+        let with_year = year_in_signedness.unwrap_or_else(|| {
+            count(false).div_ceil(8) != bits.len() && count(true).div_ceil(8) == bits.len()
+        });
+        let mut k = 0usize;
+        for i in 0..types.len() {
+            if counted(i, with_year) {
+                let unsigned = bits.get(k / 8).is_some_and(|b| b & (0x80 >> (k % 8)) != 0);
+                if let ColumnKind::Int { unsigned: u, .. } = &mut self.kinds[i] {
+                    *u = unsigned;
                 }
+                k += 1;
             }
         }
+    }
 
-        // 3. charsets of character columns (MariaDB also counts GEOMETRY as one)
+    /// 3. Charsets of character columns (MariaDB also counts GEOMETRY as one), and MariaDB's
+    ///    JSON columns.
+    fn apply_charsets(&mut self, om: &OptMeta<'_>, extra: Option<&ExtraSchema>) {
+        let reals = &self.reals;
+        let n = reals.len();
         let char_cols_mysql: Vec<usize> = (0..n).filter(|&i| is_char_type(reals[i])).collect();
         let geo = reals.iter().filter(|&&r| r == ty::GEOMETRY).count();
         let mut char_cols = char_cols_mysql.clone();
@@ -884,7 +944,7 @@ impl TableSchema {
         let charsets = spread_charsets(char_cols.len(), &om.default_charset, &om.column_charsets);
         let binary_extra: Vec<usize> = extra.map(|e| e.binary.clone()).unwrap_or_default();
         for (ci, &col) in char_cols.iter().enumerate() {
-            if let ColumnKind::Str { text, .. } = &mut kinds[col] {
+            if let ColumnKind::Str { text, .. } = &mut self.kinds[col] {
                 *text = match &charsets {
                     Some(cs) => text_kind_of_collation(cs[ci]),
                     None if binary_extra.contains(&col) => TextKind::Binary,
@@ -894,13 +954,17 @@ impl TableSchema {
         }
         if let Some(e) = extra {
             for &i in &e.json_columns {
-                if let Some(ColumnKind::Str { text, .. }) = kinds.get_mut(i) {
+                if let Some(ColumnKind::Str { text, .. }) = self.kinds.get_mut(i) {
                     *text = TextKind::JsonText;
                 }
             }
         }
+    }
 
-        // 4. ENUM/SET labels
+    /// 4. ENUM/SET labels.
+    fn apply_labels(&mut self, om: &OptMeta<'_>, extra: Option<&ExtraSchema>) {
+        let reals = &self.reals;
+        let n = reals.len();
         let es_cols: Vec<usize> = (0..n)
             .filter(|&i| matches!(reals[i], ty::ENUM | ty::SET))
             .collect();
@@ -920,31 +984,26 @@ impl TableSchema {
                 })
                 .unwrap_or(TextKind::Utf8)
         };
-        let enum_cols = (0..n).filter(|&i| reals[i] == ty::ENUM);
-        let set_cols = (0..n).filter(|&i| reals[i] == ty::SET);
-        let mut assign = |cols: &mut dyn Iterator<Item = usize>,
-                          lists: &Option<Vec<Vec<&[u8]>>>| {
-            if let Some(lists) = lists {
-                for (col, labels) in cols.zip(lists) {
-                    let tk = es_kind(col);
-                    let esc: Vec<Vec<u8>> = labels.iter().map(|l| escape_label(l, tk)).collect();
-                    match &mut kinds[col] {
-                        ColumnKind::Enum { labels: slot, .. }
-                        | ColumnKind::Set { labels: slot, .. } => {
-                            *slot = Some(Labels::from_escaped(&esc))
-                        }
-                        _ => {}
+        for (real, lists) in [(ty::ENUM, &om.enum_labels), (ty::SET, &om.set_labels)] {
+            let Some(lists) = lists else { continue };
+            let cols = (0..n).filter(|&i| self.reals[i] == real);
+            for (col, labels) in cols.zip(lists) {
+                let tk = es_kind(col);
+                let esc: Vec<Vec<u8>> = labels.iter().map(|l| escape_label(l, tk)).collect();
+                match &mut self.kinds[col] {
+                    ColumnKind::Enum { labels: slot, .. }
+                    | ColumnKind::Set { labels: slot, .. } => {
+                        *slot = Some(Labels::from_escaped(&esc))
                     }
+                    _ => {}
                 }
             }
-        };
-        assign(&mut enum_cols.clone(), &om.enum_labels);
-        assign(&mut set_cols.clone(), &om.set_labels);
+        }
         if let Some(e) = extra {
             for (col, labels) in &e.enum_labels {
                 if let Some(
                     ColumnKind::Enum { labels: slot, .. } | ColumnKind::Set { labels: slot, .. },
-                ) = kinds.get_mut(*col)
+                ) = self.kinds.get_mut(*col)
                 {
                     if slot.is_none() {
                         let esc: Vec<Vec<u8>> = labels
@@ -956,55 +1015,47 @@ impl TableSchema {
                 }
             }
         }
+    }
+}
 
-        // 5. names and primary key
-        let binlog_names = om.names.as_ref().filter(|v| v.len() == n);
-        let names_from_binlog = binlog_names.is_some();
-        let names: Vec<String> = match (binlog_names, extra) {
-            (Some(v), _) => v
-                .iter()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .collect(),
-            (None, Some(e)) if e.columns.len() == n => e.columns.clone(),
-            _ => (1..=n).map(|i| format!("@{i}")).collect(),
-        };
-        let mut pk: Vec<usize> = Vec::new();
-        let candidates: Vec<usize> = if !om.pk.is_empty() {
-            om.pk
-                .iter()
-                .filter_map(|&i| usize::try_from(i).ok())
-                .collect()
-        } else if let Some(e) = extra.filter(|_| !om.has_pk_field || !names_from_binlog) {
-            e.pk.clone()
-        } else {
-            Vec::new()
-        };
-        for i in candidates {
-            if i < n && !pk.contains(&i) {
-                pk.push(i);
-            }
+/// 5a. Column names: FULL metadata's, else information_schema's, else `@1`, `@2`, ...; and
+/// whether they came from the binlog.
+fn column_names(n: usize, om: &OptMeta<'_>, extra: Option<&ExtraSchema>) -> (Vec<String>, bool) {
+    let binlog_names = om.names.as_ref().filter(|v| v.len() == n);
+    let names = match (binlog_names, extra) {
+        (Some(v), _) => v
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect(),
+        (None, Some(e)) if e.columns.len() == n => e.columns.clone(),
+        _ => (1..=n).map(|i| format!("@{i}")).collect(),
+    };
+    (names, binlog_names.is_some())
+}
+
+/// 5b. The primary key's columns, distinct and in range: FULL metadata's, else
+/// information_schema's (unless FULL metadata with names says there is none).
+fn primary_key(
+    n: usize,
+    om: &OptMeta<'_>,
+    extra: Option<&ExtraSchema>,
+    names_from_binlog: bool,
+) -> Vec<usize> {
+    let candidates: Vec<usize> = if !om.pk.is_empty() {
+        om.pk
+            .iter()
+            .filter_map(|&i| usize::try_from(i).ok())
+            .collect()
+    } else if let Some(e) = extra.filter(|_| !om.has_pk_field || !names_from_binlog) {
+        e.pk.clone()
+    } else {
+        Vec::new()
+    };
+    let mut pk: Vec<usize> = Vec::new();
+    for i in candidates {
+        if i < n && !pk.contains(&i) {
+            pk.push(i);
         }
-
-        let columns = names
-            .into_iter()
-            .zip(kinds)
-            .map(|(name, kind)| ColumnSchema {
-                json_key: json_key(&name),
-                name,
-                kind,
-            })
-            .collect();
-        Ok(TableSchema {
-            db,
-            table,
-            columns,
-            pk,
-            names_from_binlog,
-        })
     }
-
-    /// `db.table`, for messages.
-    pub fn qualified_name(&self) -> String {
-        format!("{}.{}", self.db, self.table)
-    }
+    pk
 }

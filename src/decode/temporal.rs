@@ -16,7 +16,8 @@
 //! - Packed temporal values inside JSON (opaque DATE/TIME/DATETIME): 8 bytes LE,
 //!   `(ymdhms or hms) << 24 | microseconds`, negative for negative TIME.
 
-use super::{be_uint, push_u64, take, VResult, ValErr};
+use super::{be_uint, take, VResult, ValErr};
+use crate::json::{civil_from_days, push_u64};
 
 /// "00".."99"
 static DIGITS2: [[u8; 2]; 100] = {
@@ -251,20 +252,6 @@ pub(crate) fn datetime2(data: &[u8], pos: usize, fsp: u8, out: &mut Vec<u8>) -> 
     }
     push_packed_datetime(out, packed, fsp, b'T', false);
     Ok(next)
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097) as u64;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe as i64 + era * 400 + (m <= 2) as i64;
-    (y, m, d)
 }
 
 fn push_timestamp(out: &mut Vec<u8>, secs: u64, micros: u32, fsp: u8) {

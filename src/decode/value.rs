@@ -62,6 +62,10 @@
 use bitvec::slice::BitSlice;
 
 use super::schema::{ColumnKind, DecodeError, TableSchema, TextKind};
+use crate::json::{
+    escape_if_utf8, is_strict_json, needs_escape, push_escape, push_f32, push_f64, push_i64,
+    push_u64, trim_json_ws, write_base64_str,
+};
 
 #[path = "jsonb.rs"]
 pub mod jsonb;
@@ -404,128 +408,8 @@ pub fn write_changed(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Strings
+// Strings in their column's charset (JSON escaping itself is in crate::json)
 // ---------------------------------------------------------------------------------------------
-
-/// For each byte: 0 = copy as is, else the character after the backslash (`u` = \u00XX).
-static ESCAPE: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = b'u';
-        i += 1;
-    }
-    t[0x08] = b'b';
-    t[0x09] = b't';
-    t[0x0a] = b'n';
-    t[0x0c] = b'f';
-    t[0x0d] = b'r';
-    t[b'"' as usize] = b'"';
-    t[b'\\' as usize] = b'\\';
-    t
-};
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-#[inline]
-fn push_escape(out: &mut Vec<u8>, b: u8) {
-    let e = ESCAPE[b as usize];
-    if e == b'u' {
-        out.extend_from_slice(&[
-            b'\\',
-            b'u',
-            b'0',
-            b'0',
-            HEX[(b >> 4) as usize],
-            HEX[(b & 15) as usize],
-        ]);
-    } else {
-        out.extend_from_slice(&[b'\\', e]);
-    }
-}
-
-/// True when any byte of the word is < 0x20, '"' or '\\' (may also flag bytes above a true
-/// hit, never misses one).
-#[inline(always)]
-fn word_needs_escape(w: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let lt20 = w.wrapping_sub(ONES * 0x20) & !w;
-    let q = w ^ (ONES * b'"' as u64);
-    let bs = w ^ (ONES * b'\\' as u64);
-    let zq = q.wrapping_sub(ONES) & !q;
-    let zb = bs.wrapping_sub(ONES) & !bs;
-    (lt20 | zq | zb) & HIGH != 0
-}
-
-/// Appends valid UTF-8 `s` escaped for a JSON string body (no quotes).
-fn escape_utf8(out: &mut Vec<u8>, s: &[u8]) {
-    let valid = escape_if_utf8(out, s);
-    debug_assert!(valid, "escape_utf8 takes valid UTF-8");
-}
-
-/// Appends `s` escaped for a JSON string body and returns true if it is valid UTF-8; returns
-/// false otherwise, with `out` partly written (the caller truncates it). One pass: ASCII words
-/// with nothing to escape are skipped 8 bytes at a time, and each run of non-ASCII bytes is
-/// checked on its own (UTF-8 sequences never contain ASCII bytes, so the text is valid exactly
-/// when every such run is).
-fn escape_if_utf8(out: &mut Vec<u8>, s: &[u8]) -> bool {
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut start = 0;
-    let mut i = 0;
-    let n = s.len();
-    while i < n {
-        if i + 8 <= n {
-            let w = u64::from_le_bytes(s[i..i + 8].try_into().unwrap());
-            if w & HIGH == 0 && !word_needs_escape(w) {
-                i += 8;
-                continue;
-            }
-        }
-        let b = s[i];
-        if b >= 0x80 {
-            let end = s[i..].iter().position(|&c| c < 0x80).map_or(n, |p| i + p);
-            if std::str::from_utf8(&s[i..end]).is_err() {
-                return false;
-            }
-            i = end;
-        } else {
-            if ESCAPE[b as usize] != 0 {
-                out.extend_from_slice(&s[start..i]);
-                push_escape(out, b);
-                start = i + 1;
-            }
-            i += 1;
-        }
-    }
-    out.extend_from_slice(&s[start..]);
-    true
-}
-
-/// Writes `s` as a JSON string literal (escaped) to out. Fast path for ASCII.
-///
-/// Bytes that are not valid UTF-8 are replaced by U+FFFD, so the output is always valid JSON.
-pub fn write_json_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.reserve(s.len() + 2);
-    out.push(b'"');
-    let mut rest = s;
-    loop {
-        match std::str::from_utf8(rest) {
-            Ok(_) => {
-                escape_utf8(out, rest);
-                break;
-            }
-            Err(e) => {
-                let (good, bad) = rest.split_at(e.valid_up_to());
-                escape_utf8(out, good);
-                out.extend_from_slice("\u{FFFD}".as_bytes());
-                let skip = e.error_len().unwrap_or(bad.len());
-                rest = &bad[skip..];
-            }
-        }
-    }
-    out.push(b'"');
-}
 
 /// cp1252 code points for 0x80..=0x9F (MySQL's latin1); the five undefined map to C1 controls.
 static CP1252_HIGH: [u16; 32] = [
@@ -547,7 +431,7 @@ pub(crate) fn write_latin1_str(out: &mut Vec<u8>, s: &[u8]) {
     let mut start = 0;
     for (i, &b) in s.iter().enumerate() {
         if b < 0x80 {
-            if ESCAPE[b as usize] != 0 {
+            if needs_escape(b) {
                 out.extend_from_slice(&s[start..i]);
                 push_escape(out, b);
                 start = i + 1;
@@ -623,23 +507,11 @@ fn write_wide_str(out: &mut Vec<u8>, s: &[u8], kind: TextKind) -> bool {
 
 #[inline]
 fn push_text_char(out: &mut Vec<u8>, ch: char) {
-    if (ch as u32) < 0x80 && ESCAPE[ch as usize] != 0 {
+    if (ch as u32) < 0x80 && needs_escape(ch as u8) {
         push_escape(out, ch as u8);
     } else {
         push_char(out, ch);
     }
-}
-
-/// Appends `"<base64>"`.
-pub(crate) fn write_base64_str(out: &mut Vec<u8>, bytes: &[u8]) {
-    use base64::Engine;
-    let n = bytes.len().div_ceil(3) * 4;
-    out.push(b'"');
-    let at = out.len();
-    out.resize(at + n, 0);
-    // the slice has exactly the encoded size, so this cannot fail
-    let _ = base64::engine::general_purpose::STANDARD.encode_slice(bytes, &mut out[at..]);
-    out.push(b'"');
 }
 
 /// Text column bytes to JSON per the column's charset class.
@@ -672,176 +544,6 @@ fn write_text(out: &mut Vec<u8>, s: &[u8], kind: TextKind) {
                 write_text(out, s, TextKind::Utf8);
             }
         }
-    }
-}
-
-/// Whether a JSON column's text is JSON that strict parsers take as it is: serde_json's
-/// `Value` rules (valid UTF-8, no lone surrogate escapes, finite numbers). serde's
-/// `IgnoredAny` would let invalid UTF-8 through into the output. The common shapes are settled
-/// by [`quick_json`]; anything else (escapes, non-ASCII, exponents, long numbers, deep nesting,
-/// invalid text) by serde_json.
-fn is_strict_json(s: &[u8]) -> bool {
-    quick_json(s).is_some() || serde_json::from_slice::<serde_json::Value>(s).is_ok()
-}
-
-/// `Some` when `s` is one JSON value built only of strings of printable ASCII without
-/// escapes, numbers of at most 16 characters without an exponent, `true`/`false`/`null`, and
-/// at most 32 levels of arrays and objects, with JSON whitespace around tokens; `None` when
-/// it is anything else, valid or not (the caller then asks serde_json).
-fn quick_json(s: &[u8]) -> Option<()> {
-    const MAX_DEPTH: u32 = 32;
-    let n = s.len();
-    let ws = |mut i: usize| {
-        while i < n && matches!(s[i], b' ' | b'\t' | b'\n' | b'\r') {
-            i += 1;
-        }
-        i
-    };
-    // A key and its colon at `i`; returns where the value starts.
-    let key = |i: usize| -> Option<usize> {
-        if *s.get(i)? != b'"' {
-            return None;
-        }
-        let j = ws(quick_str(s, i)?);
-        (*s.get(j)? == b':').then_some(j + 1)
-    };
-    let mut stack = 0u32; // one bit per open container: 1 = object, 0 = array
-    let mut depth = 0u32;
-    let mut i = 0;
-    loop {
-        // A value starts at `i` (after whitespace).
-        i = ws(i);
-        match *s.get(i)? {
-            open @ (b'{' | b'[') => {
-                if depth == MAX_DEPTH {
-                    return None;
-                }
-                let object = open == b'{';
-                stack = stack << 1 | u32::from(object);
-                depth += 1;
-                i = ws(i + 1);
-                if s.get(i) == Some(if object { &b'}' } else { &b']' }) {
-                    stack >>= 1;
-                    depth -= 1;
-                    i += 1;
-                } else {
-                    if object {
-                        i = key(i)?;
-                    }
-                    continue;
-                }
-            }
-            b'"' => i = quick_str(s, i)?,
-            b'-' | b'0'..=b'9' => i = quick_num(s, i)?,
-            b't' if s[i..].starts_with(b"true") => i += 4,
-            b'f' if s[i..].starts_with(b"false") => i += 5,
-            b'n' if s[i..].starts_with(b"null") => i += 4,
-            _ => return None,
-        }
-        // After a value: close containers, or go on to the next element or member.
-        loop {
-            i = ws(i);
-            if depth == 0 {
-                return (i == n).then_some(());
-            }
-            let object = stack & 1 == 1;
-            match *s.get(i)? {
-                b',' => {
-                    i += 1;
-                    if object {
-                        i = key(ws(i))?;
-                    }
-                    break;
-                }
-                b'}' if object => {}
-                b']' if !object => {}
-                _ => return None,
-            }
-            stack >>= 1;
-            depth -= 1;
-            i += 1;
-        }
-    }
-}
-
-/// The end of the string at `i` (its opening quote) if it holds only printable ASCII and no
-/// backslash.
-fn quick_str(s: &[u8], i: usize) -> Option<usize> {
-    let body = s.get(i + 1..)?;
-    let end = body
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))?;
-    (body[end] == b'"').then_some(i + 1 + end + 1)
-}
-
-/// The end of the number at `i` if it is `-?(0|[1-9][0-9]*)(\.[0-9]+)?`, 16 characters at most.
-fn quick_num(s: &[u8], i: usize) -> Option<usize> {
-    let digits = |mut j: usize| {
-        while s.get(j).is_some_and(u8::is_ascii_digit) {
-            j += 1;
-        }
-        j
-    };
-    let mut j = i + usize::from(s[i] == b'-');
-    match *s.get(j)? {
-        b'0' => j += 1,
-        b'1'..=b'9' => j = digits(j + 1),
-        _ => return None,
-    }
-    if s.get(j) == Some(&b'.') {
-        let k = digits(j + 1);
-        if k == j + 1 {
-            return None;
-        }
-        j = k;
-    }
-    if matches!(s.get(j), Some(b'e' | b'E')) || j - i > 16 {
-        return None;
-    }
-    Some(j)
-}
-
-fn trim_json_ws(s: &[u8]) -> &[u8] {
-    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
-    let start = s.iter().position(|b| !ws(b)).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !ws(b)).map_or(start, |e| e + 1);
-    &s[start..end]
-}
-
-// ---------------------------------------------------------------------------------------------
-// Numbers
-// ---------------------------------------------------------------------------------------------
-
-#[inline]
-pub(crate) fn push_u64(out: &mut Vec<u8>, v: u64) {
-    let mut b = itoa::Buffer::new();
-    out.extend_from_slice(b.format(v).as_bytes());
-}
-
-#[inline]
-pub(crate) fn push_i64(out: &mut Vec<u8>, v: i64) {
-    let mut b = itoa::Buffer::new();
-    out.extend_from_slice(b.format(v).as_bytes());
-}
-
-/// Shortest round-trip text of an f64 (`null` for NaN/infinity, which MySQL cannot store).
-#[inline]
-pub(crate) fn push_f64(out: &mut Vec<u8>, v: f64) {
-    if v.is_finite() {
-        let mut b = zmij::Buffer::new();
-        out.extend_from_slice(b.format_finite(v).as_bytes());
-    } else {
-        out.extend_from_slice(b"null");
-    }
-}
-
-#[inline]
-pub(crate) fn push_f32(out: &mut Vec<u8>, v: f32) {
-    if v.is_finite() {
-        let mut b = zmij::Buffer::new();
-        out.extend_from_slice(b.format_finite(v).as_bytes());
-    } else {
-        out.extend_from_slice(b"null");
     }
 }
 

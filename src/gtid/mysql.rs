@@ -4,11 +4,56 @@
 //! non-adjacent closed intervals of transaction numbers. Formatting is canonical (sorted by
 //! UUID then tag, intervals merged), so two equal sets print the same text; that text is what
 //! the checkpoint stores and what `COM_BINLOG_DUMP_GTID` receives.
+//!
+//! One transaction's GTID is a [`MysqlGtid`], `uuid:gno` or `uuid:tag:gno`.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use mysql_common::binlog::events::PreviousGtidsEvent;
+
 use super::GtidParseError;
+
+/// One transaction's GTID: `uuid:gno`, or `uuid:tag:gno` with an 8.4 tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlGtid {
+    /// The source's server UUID, lowercase.
+    pub uuid: String,
+    /// Empty for untagged GTIDs.
+    pub tag: String,
+    /// The transaction number, from 1.
+    pub gno: u64,
+}
+
+impl MysqlGtid {
+    pub fn parse(text: &str) -> Result<Self, GtidParseError> {
+        let err = |why: &str| GtidParseError::new(text, why);
+        let mut pieces = text.trim().split(':');
+        let uuid = pieces.next().unwrap_or_default().to_ascii_lowercase();
+        if !is_uuid(&uuid) {
+            return Err(err("expected a server UUID before the first ':'"));
+        }
+        let (tag, gno) = match (pieces.next(), pieces.next(), pieces.next()) {
+            (Some(gno), None, None) => (String::new(), gno),
+            (Some(tag), Some(gno), None) if is_tag(tag) => (tag.to_string(), gno),
+            _ => return Err(err("expected uuid:gno or uuid:tag:gno")),
+        };
+        match gno.parse() {
+            Ok(gno) if gno > 0 => Ok(MysqlGtid { uuid, tag, gno }),
+            _ => Err(err("the transaction number is a positive integer")),
+        }
+    }
+}
+
+impl fmt::Display for MysqlGtid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tag.is_empty() {
+            write!(f, "{}:{}", self.uuid, self.gno)
+        } else {
+            write!(f, "{}:{}:{}", self.uuid, self.tag, self.gno)
+        }
+    }
+}
 
 /// `(uuid, tag)`; the tag is empty for untagged GTIDs.
 type SourceId = (String, String);
@@ -75,7 +120,13 @@ impl GtidSet {
         self.add_interval(uuid, tag, gno, gno);
     }
 
-    fn add_interval(&mut self, uuid: &str, tag: &str, a: u64, b: u64) {
+    /// Adds the transactions `first..=last` of one source (`tag` empty when untagged); an
+    /// empty interval (`last < first`) adds nothing.
+    pub fn add_interval(&mut self, uuid: &str, tag: &str, first: u64, last: u64) {
+        if last < first {
+            return;
+        }
+        let (a, b) = (first, last);
         let ivs = self
             .sets
             .entry((uuid.to_string(), tag.to_string()))
@@ -122,6 +173,21 @@ impl GtidSet {
                 self.add_interval(uuid, tag, a, b);
             }
         }
+    }
+
+    /// The set a PREVIOUS_GTIDS event holds: every transaction in the binlog files before
+    /// the one it opens.
+    pub fn from_previous_gtids(ev: &PreviousGtidsEvent<'_>) -> GtidSet {
+        let mut set = GtidSet::new();
+        for sid in ev.sids() {
+            let uuid = format_uuid(&sid.uuid());
+            let tag = sid.tag().map_or("", |t| t.as_str());
+            for iv in sid.intervals() {
+                // The event's intervals are half-open, [start, end).
+                set.add_interval(&uuid, tag, iv.start(), iv.end().saturating_sub(1));
+            }
+        }
+        set
     }
 
     /// The set as `mysql_common` dump-request blocks, one per (uuid, tag).
@@ -240,6 +306,62 @@ mod tests {
         s.merge(&other);
         assert!(s.is_superset_of(&other));
         assert_eq!(s.to_string(), format!("{A}:1-5,{B}:1"));
+    }
+
+    #[test]
+    fn intervals_and_previous_gtids_events() {
+        use mysql_common::binlog::events::PreviousGtidsSid;
+        use mysql_common::packets::{GnoInterval, Tag};
+        let mut s = GtidSet::new();
+        s.add_interval(A, "", 5, 9);
+        s.add_interval(A, "", 1, 3);
+        s.add_interval(A, "", 4, 4);
+        s.add_interval(A, "", 7, 6); // empty
+        s.add_interval(B, "blue", 2, 2);
+        assert_eq!(s.to_string(), format!("{A}:1-9,{B}:blue:2"));
+
+        let sid = |uuid: &str| {
+            let hex = uuid.replace('-', "");
+            let mut bytes = [0u8; 16];
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap();
+            }
+            bytes
+        };
+        let ev = PreviousGtidsEvent::new(vec![
+            PreviousGtidsSid::new(
+                sid(A),
+                None,
+                vec![GnoInterval::new(1, 6), GnoInterval::new(8, 9)],
+            ),
+            PreviousGtidsSid::new(
+                sid(A),
+                Some(Tag::new("blue").unwrap()),
+                vec![GnoInterval::new(1, 3)],
+            ),
+        ]);
+        assert_eq!(
+            GtidSet::from_previous_gtids(&ev).to_string(),
+            format!("{A}:1-5:8:blue:1-2")
+        );
+    }
+
+    #[test]
+    fn one_transaction() {
+        let g = MysqlGtid::parse(&format!("{A}:42")).unwrap();
+        assert_eq!((g.tag.as_str(), g.gno), ("", 42));
+        assert_eq!(g.to_string(), format!("{A}:42"));
+        let t = MysqlGtid::parse(&format!("{}:blue:7", A.to_uppercase())).unwrap();
+        assert_eq!(t.to_string(), format!("{A}:blue:7"));
+        for bad in [
+            A.to_string(),
+            format!("{A}:0"),
+            format!("{A}:1-3"),
+            format!("{A}:Blue:1"),
+            format!("{A}:blue:1:2"),
+        ] {
+            assert!(MysqlGtid::parse(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

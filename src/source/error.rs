@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use super::SourceConfig;
-use crate::decode::StreamError;
+use crate::decode::{LookupError, StreamError};
 
 /// What the source's functions fail with: one of the two kinds, as types.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +106,24 @@ pub enum Disconnect {
     Silent(Duration),
     #[error("the source is not serving now (error {code}: {message})")]
     Busy { code: u16, message: String },
+    /// information_schema could not be read for a table (the lookup's connection failed):
+    /// the table map comes again after the reconnect, and with it the lookup.
+    #[error(
+        "{table}: information_schema lookup failed ({detail}); retrying from the last position"
+    )]
+    Lookup { table: String, detail: String },
+}
+
+impl From<StreamError> for Failure {
+    /// A transient lookup failure reconnects; every other decoding error is definite.
+    fn from(e: StreamError) -> Failure {
+        match e {
+            StreamError::Lookup(LookupError::Transient { table, detail }) => {
+                Disconnect::Lookup { table, detail }.into()
+            }
+            other => SourceError::Decode(other).into(),
+        }
+    }
 }
 
 /// Definite: a person must act; every message names the fix.

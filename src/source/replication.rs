@@ -147,7 +147,7 @@ impl Replication {
                 ReadError::Silent(d) => Disconnect::Silent(d).into(),
             })?;
             for event in &events {
-                decoder.on_event(event).await.map_err(SourceError::from)?;
+                decoder.on_event(event).await?;
                 if !decoder.in_transaction() {
                     if let Some(t) = &self.target {
                         if t.reached(decoder.position()) {

@@ -125,22 +125,22 @@ impl Builder {
         let ops_in_body = self.ops_in_body();
         let mut body = Vec::with_capacity(self.bytes + 256);
         body.extend_from_slice(b"{\"version\":1,\"batch_id\":");
-        crate::decode::value::write_json_str(&mut body, id.as_bytes());
+        crate::json::write_json_str(&mut body, id.as_bytes());
         body.push(b',');
         body.extend_from_slice(source.json.as_bytes());
         body.extend_from_slice(b",\"first_seq\":");
-        crate::decode::push_u64(&mut body, self.min_seq);
+        crate::json::push_u64(&mut body, self.min_seq);
         body.extend_from_slice(b",\"last_seq\":");
-        crate::decode::push_u64(&mut body, self.max_seq);
+        crate::json::push_u64(&mut body, self.max_seq);
         body.extend_from_slice(b",\"count\":");
-        crate::decode::push_u64(&mut body, ops_in_body as u64);
+        crate::json::push_u64(&mut body, ops_in_body as u64);
         body.extend_from_slice(b",\"entities\":{");
         let mut first_group = true;
         let mut open_group = |body: &mut Vec<u8>, entity: &str| {
             if !std::mem::take(&mut first_group) {
                 body.push(b',');
             }
-            crate::decode::value::write_json_str(body, entity.as_bytes());
+            crate::json::write_json_str(body, entity.as_bytes());
             body.extend_from_slice(b":[");
         };
         for (entity, ops) in std::mem::take(&mut self.refs) {

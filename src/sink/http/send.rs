@@ -6,7 +6,8 @@ use tokio::sync::mpsc;
 
 use super::batch::Batch;
 use super::{HttpConfig, OnReject};
-use crate::dlq::{now_unix_ms, DeadLetter, Dlq};
+use crate::dlq::{DeadLetter, Dlq};
+use crate::json::now_unix_ms;
 use crate::shutdown::Shutdown;
 use crate::sink::ledger::Pieces;
 use crate::sink::retry::{settle, Attempt, Settled};
