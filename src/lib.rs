@@ -1,31 +1,36 @@
 //! binsync: change-data-capture from the MySQL/MariaDB binlog.
 //!
-//! The pipeline, and the module that owns each part:
+//! The pipeline ([`pipeline`] only wires it; each stage lives with its concern):
 //!
 //! ```text
-//! source ──► decode ──► (Chunk) ──► sink ──► (Ack) ──► checkpoint
+//! source::replication ──Chunk──► sink (lines | http) ──Ack, via sink::ledger──► checkpoint::Checkpointer
+//!   (source::reader task + decode::Decoder)
 //! ```
 //!
-//! - [`source`]: the server as a replica sees it: connecting with retries ([`source::SourceConfig`]),
-//!   what the server is ([`source::ServerInfo`]), error classification (retriable or not),
-//!   opening the binlog stream in its GTID dialect ([`source::stream`]), reading it on a task
-//!   of its own ([`source::reader`]), preflight checks
-//!   ([`source::preflight`]) and information_schema lookups ([`source::lookup`]).
-//! - [`gtid`]: positions as values: MySQL GTID sets, MariaDB GTID lists, MariaDB's raw events.
-//! - [`decode`]: binlog events to encoded changes: transaction boundaries, numbering (`seq`),
-//!   table schemas ([`decode::schema`]) and row images to JSON ([`decode::value`]).
-//! - [`change`]: the unit that flows downstream: a chunk of encoded changes and its resume point.
-//! - [`sink`]: where changes go (`stdout`, `file:`, the HTTP sync API), the acknowledgement
-//!   seam, retry policy; [`dlq`] keeps the batches the sync API rejected.
-//! - [`checkpoint`]: the sled store in `--state-dir`: where a restart resumes.
-//! - [`pipeline`]: `binsync run`, the stages wired with bounded channels.
-//! - [`replay`]: archived binlog files through the same decoder.
-//! - [`config`], [`start`], [`filter`]: flags, the TOML file, `--start`, `--include/--exclude`.
-//! - [`commands`]: `check`, `status` and `dlq`.
-//! - [`json`]: JSON text and UTC time, written by hand on the hot path (the decoder's and the
-//!   sinks' shared escaping, number formatting and timestamps).
-//! - [`error`], [`units`]: the library's error type; numbers for people. [`alloc`]: malloc
-//!   settings the binary applies at start-up.
+//! The modules, lowest layer first (`tests/module_graph.rs` keeps them free of import cycles):
+//! - [`units`], [`shutdown`], `backoff`, `filter`, `json`: numbers for people; the one stop
+//!   signal; the one retry pace (cancellable by shutdown); `--include/--exclude` globs; JSON
+//!   text and UTC time written by hand on the hot path.
+//! - `gtid`: positions as values: MySQL GTID sets, MariaDB GTID lists, one transaction's GTID
+//!   (`apply`, `covers`), MariaDB's raw GTID events.
+//! - `checkpoint`: [`Position`], the sled store in `--state-dir`, the `Ack` and the
+//!   checkpointer stage: when the checkpoint moves, and what a restart resumes from.
+//! - `change`: the unit that flows downstream, a chunk of encoded changes and its resume point.
+//! - [`decode`]: binlog events to encoded changes: transactions, numbering (`seq`), table
+//!   schemas (`decode::schema`), row images to JSON (`decode::value`); the `SchemaLookup` seam.
+//! - `source`: the server as a replica sees it: connecting, what the server is, its errors
+//!   (transient `Disconnect` or definite `SourceError`, by type), where a
+//!   stream starts and ends (`source::start`), opening it (`source::stream`), reading it on a
+//!   task of its own (`source::reader`), the source stage (`source::replication`), preflight
+//!   checks and information_schema lookups.
+//! - `dlq`, `sink`: the dead-letter queue; the sinks (`stdout`, `file:`, the HTTP sync API),
+//!   their retry policy, and the ordered-ack ledger every sink acknowledges through.
+//! - [`config`]: flags and the TOML file, resolved once into each component's settings.
+//! - [`error`]: the library's error, transient or definite.
+//! - [`pipeline`] (`binsync run`), [`replay`], [`commands`] (`check`, `status`, `dlq`): the
+//!   commands. [`alloc`]: malloc settings the binary applies at start-up.
+//!
+//! The reference sync API receiver (`binsync receive`) is its own crate, `binsync-receiver`.
 
 // The public surface: what the binary and the integration tests use.
 pub mod alloc;
