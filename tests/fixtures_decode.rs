@@ -106,7 +106,7 @@ struct RowsCase {
 #[derive(Default)]
 struct FileRun {
     rows_events: usize,
-    /// Rows in them, by mysql_common's count.
+    /// The changes mysql_common's reading of them calls for.
     rows: usize,
     lines: Vec<Line>,
     /// Errors of the decoder (and of mysql_common where the decoder had none).
@@ -134,8 +134,8 @@ fn to_bitslice(v: &[bool], store: &mut Vec<u8>) {
     }
 }
 
-/// Decodes all images of one rows event like the connector does. Returns the number of
-/// images.
+/// Decodes all images of one rows event with the value decoders alone (for the fuzz pass and
+/// the key spot checks; the decoder has its own loop). Returns the number of images.
 fn decode_rows(
     schema: &TableSchema,
     before_cols: Option<&BitSlice<u8>>,
