@@ -9,11 +9,11 @@
 //! real binlog files read them the same way.
 
 use std::fs::File;
-use std::io::{BufReader, Cursor, Read};
+use std::io::{BufRead, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mysql_common::binlog::consts::{BinlogVersion, EventType};
+use mysql_common::binlog::consts::{BinlogChecksumAlg, BinlogVersion, EventType};
 use mysql_common::binlog::events::{Event, TransactionPayloadEvent};
 use mysql_common::binlog::EventStreamReader;
 use tokio::sync::mpsc;
@@ -109,6 +109,10 @@ pub struct BinlogFile {
     offset: u64,
     /// The rest of the compressed transaction being read, and where its event starts.
     payload: Option<(u64, Cursor<Vec<u8>>)>,
+    /// The events after the last format description end with a checksum.
+    checksums: bool,
+    /// The bytes of the event being read.
+    frame: Vec<u8>,
 }
 
 impl BinlogFile {
@@ -128,6 +132,8 @@ impl BinlogFile {
             esr: EventStreamReader::new(BinlogVersion::Version4),
             offset: 0,
             payload: None,
+            checksums: false,
+            frame: Vec::new(),
         };
         let mut magic = [0u8; 4];
         f.input
@@ -155,10 +161,22 @@ impl BinlogFile {
 
     /// The next event, `None` at the end of the file; an error naming the file and the byte
     /// offset when the file is damaged or cut short there.
+    ///
+    /// Each event's bytes are read whole before mysql_common parses them: it panics on an
+    /// event cut short, and on one shorter than its checksum.
     pub fn next_event(&mut self) -> Result<Option<Event>> {
         if let Some((start, payload)) = &mut self.payload {
             let start = *start;
-            match self.esr.read_decompressed(payload) {
+            // (Events inside a payload carry no checksum.)
+            let inner = match read_frame(payload, &mut self.frame, 0) {
+                Ok(true) => self
+                    .esr
+                    .read_decompressed(&self.frame[..])
+                    .map_err(|e| e.to_string()),
+                Ok(false) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match inner {
                 Ok(Some(inner)) => return Ok(Some(inner)),
                 Ok(None) => self.payload = None,
                 Err(e) => {
@@ -168,13 +186,25 @@ impl BinlogFile {
             }
         }
         let start = self.offset;
-        let event = match self.esr.read(&mut self.input) {
+        let trailer = if self.checksums { CHECKSUM_LEN } else { 0 };
+        let event = match read_frame(&mut self.input, &mut self.frame, trailer) {
+            Ok(true) => self.esr.read(&self.frame[..]).map_err(|e| e.to_string()),
+            Ok(false) => return Ok(None),
+            Err(e) => Err(e),
+        };
+        let event = match event {
             Ok(Some(e)) => e,
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(self.damaged(start, e.to_string())),
+            Ok(None) => return Err(self.damaged(start, "empty event".into())),
+            Err(e) => return Err(self.damaged(start, e)),
         };
         self.offset += u64::from(event.header().event_size());
-        if event.header().event_type_raw() == EventType::TRANSACTION_PAYLOAD_EVENT as u8 {
+        let raw_type = event.header().event_type_raw();
+        if raw_type == EventType::FORMAT_DESCRIPTION_EVENT as u8 {
+            self.checksums = !matches!(
+                event.footer().get_checksum_alg(),
+                Ok(None) | Ok(Some(BinlogChecksumAlg::BINLOG_CHECKSUM_ALG_OFF))
+            );
+        } else if raw_type == EventType::TRANSACTION_PAYLOAD_EVENT as u8 {
             let bytes = decompress(&event).map_err(|e| self.damaged(start, e))?;
             self.payload = Some((start, Cursor::new(bytes)));
         }
@@ -199,8 +229,126 @@ impl BinlogFile {
     }
 }
 
+/// Checks the fields of a TRANSACTION_PAYLOAD event's header (type, length, value, up to an
+/// end mark, then the payload) as far as mysql_common trusts them: it panics on an unknown
+/// compression type and on an unknown field longer than the event.
+fn check_payload_header(body: &[u8]) -> std::result::Result<(), String> {
+    const END: u64 = 0;
+    const SIZE: u64 = 1;
+    const COMPRESSION: u64 = 2;
+    const UNCOMPRESSED_SIZE: u64 = 3;
+    let bad = |what: &str| format!("transaction payload header: {what}");
+    let mut rest = body;
+    let (mut size, mut compression) = (None, None);
+    loop {
+        match lenenc(&mut rest).ok_or_else(|| bad("cut short"))? {
+            END => break,
+            field @ (SIZE | COMPRESSION | UNCOMPRESSED_SIZE) => {
+                let _length = lenenc(&mut rest).ok_or_else(|| bad("cut short"))?;
+                let value = lenenc(&mut rest).ok_or_else(|| bad("cut short"))?;
+                match field {
+                    SIZE => size = Some(value),
+                    COMPRESSION => compression = Some(value),
+                    _ => {}
+                }
+            }
+            _ => {
+                let length = lenenc(&mut rest).ok_or_else(|| bad("cut short"))?;
+                match usize::try_from(length).ok().and_then(|n| rest.get(n..)) {
+                    Some(after) => rest = after,
+                    None => return Err(bad("a field longer than the event")),
+                }
+            }
+        }
+    }
+    match compression {
+        Some(0 | 255) => {}
+        Some(other) => return Err(bad(&format!("unknown compression type {other}"))),
+        None => return Err(bad("no compression type")),
+    }
+    match size {
+        Some(n) if n <= rest.len() as u64 => Ok(()),
+        Some(n) => Err(bad(&format!(
+            "a payload of {n} bytes in {} bytes",
+            rest.len()
+        ))),
+        None => Err(bad("no payload size")),
+    }
+}
+
+/// A length-encoded integer at the head of `rest`, which moves past it.
+fn lenenc(rest: &mut &[u8]) -> Option<u64> {
+    let (&first, tail) = rest.split_first()?;
+    let n = match first {
+        0..=0xfa => {
+            *rest = tail;
+            return Some(u64::from(first));
+        }
+        0xfc => 2,
+        0xfd => 3,
+        0xfe => 8,
+        _ => return None,
+    };
+    let bytes = tail.get(..n)?;
+    *rest = &tail[n..];
+    Some(bytes.iter().rev().fold(0, |v, &b| v << 8 | u64::from(b)))
+}
+
+/// Bytes of an event header: timestamp, type, server id, event size, log position, flags.
+const HEADER_LEN: usize = 19;
+/// Bytes of the CRC32 at the end of each event when the format description says so.
+const CHECKSUM_LEN: usize = 4;
+
+/// Reads one whole event (header and body) into `frame`; false at the end of `input`. A
+/// body must hold at least `trailer` bytes (the checksum), unless it is a format description
+/// (which mysql_common reads on its own terms).
+fn read_frame(
+    input: &mut impl BufRead,
+    frame: &mut Vec<u8>,
+    trailer: usize,
+) -> std::result::Result<bool, String> {
+    frame.clear();
+    if input.fill_buf().map_err(|e| e.to_string())?.is_empty() {
+        return Ok(false);
+    }
+    frame.resize(HEADER_LEN, 0);
+    input
+        .read_exact(frame)
+        .map_err(|e| format!("event header cut short ({e})"))?;
+    let size = u32::from_le_bytes([frame[9], frame[10], frame[11], frame[12]]) as usize;
+    let min = if frame[4] == EventType::FORMAT_DESCRIPTION_EVENT as u8 {
+        HEADER_LEN
+    } else {
+        HEADER_LEN + trailer
+    };
+    if size < min {
+        return Err(format!(
+            "an event of {size} bytes, less than its header{} ({min} bytes)",
+            if min > HEADER_LEN {
+                " and checksum"
+            } else {
+                ""
+            }
+        ));
+    }
+    // Read what is there rather than trust the size with an allocation up front.
+    let body = (size - HEADER_LEN) as u64;
+    let got = input
+        .take(body)
+        .read_to_end(frame)
+        .map_err(|e| e.to_string())?;
+    if (got as u64) < body {
+        return Err(format!(
+            "an event of {size} bytes cut short after {} bytes",
+            HEADER_LEN + got
+        ));
+    }
+    Ok(true)
+}
+
 /// The events of a MySQL compressed transaction, decompressed.
 fn decompress(event: &Event) -> std::result::Result<Vec<u8>, String> {
+    check_payload_header(event.data())?;
     let tpe: TransactionPayloadEvent<'_> = event.read_event().map_err(|e| e.to_string())?;
     let mut payload = tpe.decompressed().map_err(|e| e.to_string())?;
     let mut bytes = Vec::new();

@@ -144,3 +144,29 @@ fn a_file_that_is_not_a_binlog_is_refused() {
     assert_ne!(code, 0);
     assert!(stderr.contains("not a binlog file"), "{stderr}");
 }
+
+#[test]
+fn a_file_cut_inside_an_event_stops_with_an_error_naming_the_byte_not_a_panic() {
+    // mariadb-bin.000001 cut 29 bytes into its 31-byte event at byte 671, after the first
+    // transaction (mysql_common panics on an event cut short: binsync reads each event whole
+    // before handing it on).
+    let bytes = std::fs::read(binlog_fixtures::dir().join("mariadb-bin.000001")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("mariadb-bin.000001");
+    std::fs::write(&f, &bytes[..700]).unwrap();
+    let out = tmp.path().join("o.jsonl");
+    let (code, stderr) = replay(&f, &out);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("mariadb-bin.000001: damaged binlog at byte 671")
+            && stderr.contains("cut short"),
+        "{stderr}"
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "the row before it was delivered: {text}"
+    );
+}

@@ -26,8 +26,7 @@ use bitvec::slice::BitSlice;
 use futures_util::future::BoxFuture;
 use mysql_common::binlog::consts::EventType;
 use mysql_common::binlog::events::{
-    Event, EventData, GtidEvent, PreviousGtidsEvent, QueryEvent, RotateEvent, RowsEventData,
-    TableMapEvent,
+    Event, EventData, GtidEvent, QueryEvent, RotateEvent, RowsEventData, TableMapEvent,
 };
 
 use crate::change::{Change, Chunk, Op};
@@ -344,6 +343,13 @@ impl Decoder {
                 self.on_format_description(ev);
                 return Ok(());
             }
+            PREVIOUS_GTIDS_EVENT => return self.on_previous_gtids(ev, log_pos),
+            TRANSACTION_PAYLOAD_EVENT => {
+                // A MySQL compressed transaction: its events follow, without positions of
+                // their own. (The reader decompresses it; its body is not needed here.)
+                self.payload_end = Some(log_pos);
+                return Ok(());
+            }
             XID_EVENT => {
                 // Its body (the XA id) is not needed: the event is the commit.
                 self.commit(log_pos);
@@ -365,8 +371,6 @@ impl Decoder {
             Some(EventData::RotateEvent(r)) => self.on_rotate(ev, &r),
             Some(EventData::GtidEvent(g)) => self.on_mysql_gtid(&g, ts),
             Some(EventData::AnonymousGtidEvent(_)) => self.on_anonymous_gtid(ts),
-            Some(EventData::PreviousGtidsEvent(p)) => self.on_previous_gtids(&p),
-            Some(EventData::TransactionPayloadEvent(_)) => self.payload_end = Some(log_pos),
             Some(EventData::QueryEvent(q)) => self.on_query(&q, ts, log_pos),
             Some(EventData::TableMapEvent(tme)) => self.on_table_map(ev.data(), &tme).await?,
             Some(EventData::RowsEvent(rows)) => self.on_rows(&rows, raw_type, log_pos)?,
@@ -444,11 +448,14 @@ impl Decoder {
 
     /// MySQL's PREVIOUS_GTIDS event heads every binlog file: the GTID set before the file,
     /// which is where a stream opened at the head of a file starts.
-    fn on_previous_gtids(&mut self, p: &PreviousGtidsEvent<'_>) {
+    fn on_previous_gtids(&mut self, ev: &Event, log_pos: u64) -> Result<(), StreamError> {
+        let set = GtidSet::parse_previous_gtids(ev.data())
+            .map_err(|e| self.malformed("PREVIOUS_GTIDS_EVENT", log_pos, e))?;
         if self.gtid_from_file_header == Some(Flavor::Mysql) {
-            self.boundary.gtid = Some(GtidPos::Mysql(GtidSet::from_previous_gtids(p)));
+            self.boundary.gtid = Some(GtidPos::Mysql(set));
             self.gtid_from_file_header = None;
         }
+        Ok(())
     }
 
     /// BEGIN opens a transaction and COMMIT or ROLLBACK ends it; any other statement outside
@@ -717,11 +724,12 @@ impl Decoder {
             _ => Op::Update,
         };
         let data = rows.rows_data();
-        let missing = |what: &str| match op {
-            Op::Insert => self.malformed("WRITE_ROWS", log_pos, what),
-            Op::Update => self.malformed("UPDATE_ROWS", log_pos, what),
-            Op::Delete => self.malformed("DELETE_ROWS", log_pos, what),
+        let event = match op {
+            Op::Insert => "WRITE_ROWS",
+            Op::Update => "UPDATE_ROWS",
+            Op::Delete => "DELETE_ROWS",
         };
+        let missing = |what: &str| self.malformed(event, log_pos, what);
         let before_cols = match op {
             Op::Insert => None,
             _ => Some(
@@ -737,6 +745,17 @@ impl Decoder {
             ),
         };
         let partial = raw_type == EventType::PARTIAL_UPDATE_ROWS_EVENT as u8;
+        // A row takes at least one byte (a null bitmap; a partial update's after image starts
+        // with its value options) unless its images have no columns: such a row would be
+        // read again and again at the same place.
+        let no_columns = |cols: Option<&BitSlice<u8>>| cols.is_none_or(|c| c.not_any());
+        if !data.is_empty() && !partial && no_columns(before_cols) && no_columns(after_cols) {
+            return Err(self.malformed(
+                event,
+                log_pos,
+                "its images have no columns, yet it holds row data",
+            ));
+        }
         let mut at = 0usize;
         while at < data.len() {
             let rest = &data[at..];
@@ -1026,9 +1045,12 @@ fn write_head(
 
 const FORMAT_DESCRIPTION_EVENT: u8 = EventType::FORMAT_DESCRIPTION_EVENT as u8;
 const XID_EVENT: u8 = EventType::XID_EVENT as u8;
+const PREVIOUS_GTIDS_EVENT: u8 = EventType::PREVIOUS_GTIDS_EVENT as u8;
+const TRANSACTION_PAYLOAD_EVENT: u8 = EventType::TRANSACTION_PAYLOAD_EVENT as u8;
 
-/// The event types the decoder reads the body of; all others only move the position.
-const NEEDED_EVENTS: [u8; 15] = [
+/// The event types whose body the decoder has mysql_common parse; the ones `on_event` reads
+/// by hand come before, and all others only move the position.
+const NEEDED_EVENTS: [u8; 13] = [
     EventType::QUERY_EVENT as u8,
     EventType::ROTATE_EVENT as u8,
     EventType::TABLE_MAP_EVENT as u8,
@@ -1042,8 +1064,6 @@ const NEEDED_EVENTS: [u8; 15] = [
     EventType::GTID_EVENT as u8,
     EventType::GTID_TAGGED_LOG_EVENT as u8,
     EventType::ANONYMOUS_GTID_EVENT as u8,
-    EventType::PREVIOUS_GTIDS_EVENT as u8,
-    EventType::TRANSACTION_PAYLOAD_EVENT as u8,
 ];
 
 /// The file name of a rotate event. The rotate event a server sends first, before its format

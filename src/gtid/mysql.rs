@@ -10,8 +10,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use mysql_common::binlog::events::PreviousGtidsEvent;
-
 use super::GtidParseError;
 
 /// One transaction's GTID: `uuid:gno`, or `uuid:tag:gno` with an 8.4 tag.
@@ -175,19 +173,56 @@ impl GtidSet {
         }
     }
 
-    /// The set a PREVIOUS_GTIDS event holds: every transaction in the binlog files before
-    /// the one it opens.
-    pub fn from_previous_gtids(ev: &PreviousGtidsEvent<'_>) -> GtidSet {
+    /// The set a PREVIOUS_GTIDS event's body holds: every transaction in the binlog files
+    /// before the one it opens. Read here, bounds-checked (mysql_common reserves room for the
+    /// counts in the body before it reads them, and a damaged count asks for petabytes).
+    ///
+    /// The body: a u64 whose top byte is the format (0, or 1 for 8.4's tagged GTIDs) and whose
+    /// other bytes count the source ids (bits 0..56; tagged: bits 8..56); then per source id
+    /// its UUID (16 bytes), with format 1 its tag (a variable-length length, then the bytes),
+    /// an interval count (u64) and the intervals, `[start, end)` as two u64.
+    pub fn parse_previous_gtids(body: &[u8]) -> Result<GtidSet, String> {
+        let mut rd = Rd(body);
+        let header = rd.u64().ok_or("cut short in its header")?;
+        let tagged = header >> 56 != 0;
+        let count = if tagged {
+            (header >> 8) & ((1 << 48) - 1)
+        } else {
+            header & ((1 << 56) - 1)
+        };
         let mut set = GtidSet::new();
-        for sid in ev.sids() {
-            let uuid = format_uuid(&sid.uuid());
-            let tag = sid.tag().map_or("", |t| t.as_str());
-            for iv in sid.intervals() {
-                // The event's intervals are half-open, [start, end).
-                set.add_interval(&uuid, tag, iv.start(), iv.end().saturating_sub(1));
+        for _ in 0..count {
+            let uuid: &[u8; 16] = rd
+                .take(16)
+                .and_then(|u| u.try_into().ok())
+                .ok_or("cut short in a source UUID")?;
+            let uuid = format_uuid(uuid);
+            let tag = if tagged {
+                let len = rd.varlen().ok_or("cut short in a tag length")?;
+                let tag = usize::try_from(len)
+                    .ok()
+                    .and_then(|n| rd.take(n))
+                    .ok_or("cut short in a tag")?;
+                match std::str::from_utf8(tag) {
+                    Ok(t) if t.is_empty() || is_tag(t) => t,
+                    _ => return Err(format!("invalid tag {}", String::from_utf8_lossy(tag))),
+                }
+            } else {
+                ""
+            };
+            let n = rd.u64().ok_or("cut short in an interval count")?;
+            if n > (rd.0.len() / 16) as u64 {
+                return Err(format!("{n} intervals cannot fit in what is left"));
+            }
+            for _ in 0..n {
+                let (start, end) = (rd.u64().unwrap_or(0), rd.u64().unwrap_or(0));
+                if start == 0 {
+                    return Err("an interval from transaction 0".into());
+                }
+                set.add_interval(&uuid, tag, start, end.saturating_sub(1));
             }
         }
-        set
+        Ok(set)
     }
 
     /// The set as `mysql_common` dump-request blocks, one per (uuid, tag).
@@ -236,6 +271,35 @@ impl fmt::Display for GtidSet {
             prev_uuid = Some(uuid);
         }
         Ok(())
+    }
+}
+
+/// A cursor over an event body.
+struct Rd<'a>(&'a [u8]);
+
+impl<'a> Rd<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    /// MySQL's variable-length integer: the trailing one bits of the first byte count the
+    /// bytes after it; the value is the little-endian bytes shifted past those bits (all
+    /// ones: the next 8 bytes, as they are).
+    fn varlen(&mut self) -> Option<u64> {
+        let ones = self.0.first()?.trailing_ones() as usize;
+        if ones == 8 {
+            self.take(1)?;
+            return self.u64();
+        }
+        let mut raw = [0u8; 8];
+        raw[..ones + 1].copy_from_slice(self.take(ones + 1)?);
+        Some(u64::from_le_bytes(raw) >> (ones + 1))
     }
 }
 
@@ -310,8 +374,9 @@ mod tests {
 
     #[test]
     fn intervals_and_previous_gtids_events() {
-        use mysql_common::binlog::events::PreviousGtidsSid;
+        use mysql_common::binlog::events::{PreviousGtidsEvent, PreviousGtidsSid};
         use mysql_common::packets::{GnoInterval, Tag};
+        use mysql_common::proto::MySerialize;
         let mut s = GtidSet::new();
         s.add_interval(A, "", 5, 9);
         s.add_interval(A, "", 1, 3);
@@ -328,7 +393,22 @@ mod tests {
             }
             bytes
         };
-        let ev = PreviousGtidsEvent::new(vec![
+        let body = |sids: Vec<PreviousGtidsSid<'static>>| {
+            let mut out = Vec::new();
+            PreviousGtidsEvent::new(sids).serialize(&mut out);
+            out
+        };
+        // Written by mysql_common, read here: untagged, then tagged (8.4).
+        let plain = body(vec![
+            PreviousGtidsSid::new(sid(A), None, vec![GnoInterval::new(1, 6)]),
+            PreviousGtidsSid::new(sid(B), None, vec![GnoInterval::new(8, 9)]),
+        ]);
+        assert_eq!(
+            GtidSet::parse_previous_gtids(&plain).unwrap().to_string(),
+            format!("{A}:1-5,{B}:8")
+        );
+        let long_tag = "t".repeat(32);
+        let tagged = body(vec![
             PreviousGtidsSid::new(
                 sid(A),
                 None,
@@ -339,11 +419,34 @@ mod tests {
                 Some(Tag::new("blue").unwrap()),
                 vec![GnoInterval::new(1, 3)],
             ),
+            PreviousGtidsSid::new(
+                sid(B),
+                Some(Tag::new(long_tag.clone()).unwrap()),
+                vec![GnoInterval::new(7, 8)],
+            ),
         ]);
         assert_eq!(
-            GtidSet::from_previous_gtids(&ev).to_string(),
-            format!("{A}:1-5:8:blue:1-2")
+            GtidSet::parse_previous_gtids(&tagged).unwrap().to_string(),
+            format!("{A}:1-5:8:blue:1-2,{B}:{long_tag}:7")
         );
+        assert!(GtidSet::parse_previous_gtids(&[])
+            .unwrap_err()
+            .contains("header"));
+        // Cut anywhere, or with a count far past the body: an error, no huge allocation.
+        for body in [&plain, &tagged] {
+            for cut in 8..body.len() {
+                assert!(
+                    GtidSet::parse_previous_gtids(&body[..cut]).is_err(),
+                    "{cut}"
+                );
+            }
+            let mut huge = body.clone();
+            huge[1..7].fill(0xff);
+            assert!(GtidSet::parse_previous_gtids(&huge).is_err());
+        }
+        let mut intervals = plain.clone();
+        intervals[8 + 16..8 + 24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(GtidSet::parse_previous_gtids(&intervals).is_err());
     }
 
     #[test]
