@@ -20,11 +20,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use binsync::checkpoint::Position;
 use binsync::decode::schema::{DecodeError, ExtraSchema, TableSchema};
 use binsync::decode::value::{decode_image, decode_partial_after_image, write_changed, write_key};
 use binsync::decode::{DecodeConfig, Decoder};
 use binsync::replay::BinlogFile;
+use binsync::Position;
 use bitvec::slice::BitSlice;
 use mysql_common::binlog::consts::EventType;
 use mysql_common::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
