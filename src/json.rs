@@ -8,10 +8,10 @@
 //!
 //! Invariants:
 //! - Everything appends to the caller's `Vec<u8>` and allocates nothing of its own, except
-//!   [`format_utc_micros`] (its `String`) and the serde_json fallback of [`is_strict_json`]
+//!   [`format_utc_micros`] (its `String`) and the serde_json fallback of `is_strict_json`
 //!   (JSON text other than the usual shapes).
 //! - The output is valid JSON for any input bytes: [`write_json_str`] replaces bytes that are
-//!   not UTF-8 with U+FFFD, and [`escape_if_utf8`] says when the caller must do otherwise.
+//!   not UTF-8 with U+FFFD, and `escape_if_utf8` says when the caller must do otherwise.
 
 // ---------------------------------------------------------------------------------------------
 // Strings

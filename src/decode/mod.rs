@@ -15,6 +15,10 @@
 //!   the new one, so an entity id never silently moves.
 //! - Rows are written straight from the row image into the chunk's buffer (see
 //!   [`value::decode_image`]); nothing per column is allocated.
+//! - What the binlog does not say about a table (names without `binlog_row_metadata=FULL`,
+//!   MariaDB's JSON columns) comes from a [`SchemaLookup`]. A failed lookup fails the table map
+//!   with [`StreamError::Lookup`] and is not cached, so the retry after a reconnect asks again:
+//!   a failure never turns into positional column names.
 
 pub mod schema;
 pub mod value;

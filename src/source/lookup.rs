@@ -5,7 +5,7 @@
 //! The answer describes the table *now*, not at the time of the change: a DDL in between can
 //! mislabel columns. The decoder says so in a warning when it depends on this.
 //!
-//! A lookup that fails is an error, never an empty answer: [`classify`] decides, from the
+//! A lookup that fails is an error, never an empty answer: `classify` decides, from the
 //! driver's error, whether it is transient (the connection was lost, the server is
 //! restarting: the pipeline reconnects and the table map, read again, asks again) or definite
 //! (a privilege is missing: binsync stops and says which). The connection is opened on first
