@@ -55,3 +55,6 @@ pub(crate) mod source;
 
 pub use checkpoint::Position;
 pub use error::{Error, Result};
+/// The information_schema side of the decoder's `SchemaLookup` seam, and the source settings it
+/// connects with (tested against real servers in `tests/lookup_mariadb.rs`).
+pub use source::{lookup::InfoSchemaLookup, SourceConfig};

@@ -8,13 +8,20 @@ mod common;
 
 use std::time::Duration;
 
-use binsync::decode::SchemaLookup;
-use binsync::source::lookup::InfoSchemaLookup;
-use binsync::source::SourceConfig;
+use binsync::decode::{LookupError, SchemaLookup};
+use binsync::{InfoSchemaLookup, SourceConfig};
 use common::{MariaDb, ServerOpts};
 
 fn lookup_at(url: &str) -> InfoSchemaLookup {
-    InfoSchemaLookup::new(SourceConfig::new(url, None, Duration::from_secs(10)).unwrap())
+    InfoSchemaLookup::new(
+        SourceConfig::new(
+            url,
+            None,
+            "BINSYNC_SOURCE_PASSWORD",
+            Duration::from_secs(10),
+        )
+        .unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -48,7 +55,7 @@ async fn a_killed_lookup_connection_fails_as_transient_and_the_next_lookup_recon
         db.sql(&format!("KILL {}", id[0]));
     }
     let e = lookup.lookup("shop", "orders").await.unwrap_err();
-    assert!(e.is_transient(), "{e}");
+    assert!(matches!(e, LookupError::Transient { .. }), "{e}");
     assert!(e.to_string().contains("shop.orders"), "{e}");
     let again = lookup.lookup("shop", "orders").await.unwrap().unwrap();
     assert_eq!(again.columns, extra.columns);

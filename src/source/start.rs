@@ -253,7 +253,7 @@ impl EndTarget {
     /// `pos` (a transaction boundary) includes everything up to the target.
     pub fn reached(&self, pos: &Position) -> bool {
         if let (Some(have), Some(want)) = (&pos.gtid, &self.gtid) {
-            if covers(have, want) {
+            if have.covers(want) {
                 return true;
             }
         }
@@ -261,14 +261,6 @@ impl EndTarget {
             (Some(a), Some(b)) => (a, pos.offset) >= (b, self.offset),
             _ => false,
         }
-    }
-}
-
-fn covers(have: &GtidPos, want: &GtidPos) -> bool {
-    match (have, want) {
-        (GtidPos::Mysql(h), GtidPos::Mysql(w)) => h.is_superset_of(w),
-        (GtidPos::Mariadb(h), GtidPos::Mariadb(w)) => h.is_superset_of(w),
-        _ => false,
     }
 }
 
