@@ -11,6 +11,13 @@ use crate::shutdown::Shutdown;
 use crate::source::preflight::{run_checks, Verdict};
 use crate::source::{binlog_end, ServerInfo, SourceConfig};
 
+/// `println!` that ends the command quietly when stdout's reader goes away.
+macro_rules! say {
+    ($($t:tt)*) => {
+        crate::units::print_line(format_args!($($t)*))?
+    };
+}
+
 /// Prints every finding; returns whether binsync can run against this source.
 pub async fn check(
     src: &SourceConfig,
@@ -23,10 +30,10 @@ pub async fn check(
     };
     let mut conn = src.connect(&mut shutdown).await?;
     let info = ServerInfo::read(&mut conn, src).await?;
-    println!("source {src}: {}", info.identity);
+    say!("source {src}: {}", info.identity);
     let findings = run_checks(&mut conn, src, &info, checkpoint.as_ref()).await?;
     for f in &findings {
-        println!("{f}");
+        say!("{f}");
     }
     let failed = findings
         .iter()
@@ -37,9 +44,9 @@ pub async fn check(
         .filter(|f| f.verdict == Verdict::Warn)
         .count();
     if failed > 0 {
-        println!("{failed} setting(s) must be fixed before binsync can run ({warned} warning(s))");
+        say!("{failed} setting(s) must be fixed before binsync can run ({warned} warning(s))");
     } else {
-        println!("ready ({warned} warning(s))");
+        say!("ready ({warned} warning(s))");
     }
     Ok(failed == 0)
 }
@@ -60,29 +67,29 @@ pub async fn status(src: Option<&SourceConfig>, state_dir: &Path) -> Result<()> 
     let running = matches!(Store::open(state_dir), Err(CheckpointError::Locked { .. }));
     let cp = load_checkpoint(state_dir)?;
     match &cp {
-        None => println!(
+        None => say!(
             "checkpoint: none in {} (a run starts from --start)",
             state_dir.display()
         ),
         Some(cp) => {
-            println!("checkpoint: {}", cp.position);
-            println!("written by: {}", cp.server);
+            say!("checkpoint: {}", cp.position);
+            say!("written by: {}", cp.server);
         }
     }
     if running {
-        println!("state dir is in use by a running binsync");
+        say!("state dir is in use by a running binsync");
     }
     let Some(src) = src else { return Ok(()) };
     let mut conn = match src.connect_once().await {
         Ok(c) => c,
         Err(e) => {
-            println!("source: not reachable ({e})");
+            say!("source: not reachable ({e})");
             return Ok(());
         }
     };
     let info = ServerInfo::read(&mut conn, src).await?;
     let (file, offset, gtid) = binlog_end(&mut conn, src, info.flavor()).await?;
-    println!(
+    say!(
         "source:     {} at {file}:{offset}{}",
         info.identity,
         gtid.map(|g| format!(" gtid={g}")).unwrap_or_default()
@@ -90,9 +97,9 @@ pub async fn status(src: Option<&SourceConfig>, state_dir: &Path) -> Result<()> 
     if let Some(cp) = cp {
         if cp.position.file == file && cp.server.same_server(&info.identity) {
             let behind = offset.saturating_sub(cp.position.offset);
-            println!("lag:        {} of binlog", crate::units::bytes(behind));
+            say!("lag:        {} of binlog", crate::units::bytes(behind));
         } else {
-            println!(
+            say!(
                 "lag:        checkpoint is in {}, source writes {file}",
                 cp.position.file
             );
@@ -119,10 +126,10 @@ pub async fn dlq(
         DlqAction::List => {
             let entries = dlq.list()?;
             if entries.is_empty() {
-                println!("no dead letters");
+                say!("no dead letters");
             }
             for e in entries {
-                println!(
+                say!(
                     "{:>4}  {}  {:<9} {:>6} changes  seq {}..{}  {}  {}",
                     e.id,
                     crate::json::format_utc_micros(e.at_unix_ms as i64 * 1000),
@@ -148,7 +155,7 @@ pub async fn dlq(
                 "response": e.response, "at": crate::json::format_utc_micros(e.at_unix_ms as i64 * 1000),
                 "count": e.count, "first_seq": e.first_seq, "last_seq": e.last_seq, "payload": payload,
             });
-            println!(
+            say!(
                 "{}",
                 serde_json::to_string_pretty(&shown).unwrap_or_default()
             );
@@ -165,9 +172,9 @@ pub async fn dlq(
             };
             for id in targets {
                 if dlq.remove(id).await? {
-                    println!("dropped dead letter {id}");
+                    say!("dropped dead letter {id}");
                 } else {
-                    println!("no dead letter {id}");
+                    say!("no dead letter {id}");
                 }
             }
             Ok(true)
@@ -184,7 +191,7 @@ pub async fn dlq(
                 .collect();
             urls.dedup();
             if urls.is_empty() {
-                println!("nothing to replay");
+                say!("nothing to replay");
             }
             for url in urls {
                 let cfg = http_config(&url, &http, file_http)?;
@@ -196,7 +203,7 @@ pub async fn dlq(
                     .collect();
                 let (ok, failed) =
                     crate::sink::http::replay_dead_letters(&cfg, &dlq, Some(&these)).await?;
-                println!("{url}: {ok} delivered, {failed} still dead");
+                say!("{url}: {ok} delivered, {failed} still dead");
                 all_ok &= failed == 0;
             }
             Ok(all_ok)

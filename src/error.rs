@@ -15,6 +15,7 @@ use crate::decode::StreamError;
 use crate::dlq::DlqError;
 use crate::sink::SinkError;
 use crate::source::{Disconnect, Failure, SourceError};
+use crate::units::OutputError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,6 +50,8 @@ pub enum Definite {
     /// An archived binlog file cannot be replayed (unreadable, damaged); names file and offset.
     #[error("{0}")]
     Replay(String),
+    #[error(transparent)]
+    Output(#[from] OutputError),
     /// A command's arguments do not fit what it found (no such dead letter, say).
     #[error("{0}")]
     Usage(String),
@@ -67,7 +70,7 @@ macro_rules! into_kind {
     };
 }
 into_kind!(Transient: Disconnect);
-into_kind!(Definite: ConfigError, SourceError, StreamError, SinkError, CheckpointError, DlqError);
+into_kind!(Definite: ConfigError, SourceError, StreamError, SinkError, CheckpointError, DlqError, OutputError);
 
 impl From<Failure> for Error {
     fn from(e: Failure) -> Error {
@@ -79,6 +82,16 @@ impl From<Failure> for Error {
 }
 
 impl Error {
+    /// stdout's reader went away (`| head`): not a failure of the command.
+    pub fn is_closed_output(&self) -> bool {
+        matches!(
+            self,
+            Error::Definite(
+                Definite::Output(OutputError::Closed) | Definite::Sink(SinkError::StdoutClosed)
+            )
+        )
+    }
+
     pub fn usage(msg: impl Into<String>) -> Error {
         Definite::Usage(msg.into()).into()
     }

@@ -77,7 +77,8 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
         Command::Receive(args) => match ReceiveSettings::resolve(args)? {
             ReceiveSettings::Dump(dir) => {
                 let dump = binsync_receiver::dump(&dir)?;
-                println!("{}", serde_json::to_string_pretty(&dump)?);
+                let text = serde_json::to_string_pretty(&dump)?;
+                binsync::units::print_line(format_args!("{text}")).map_err(binsync::Error::from)?;
                 Ok(ExitCode::SUCCESS)
             }
             ReceiveSettings::Serve(opts) => {
@@ -145,8 +146,14 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// One line, no backtrace: the messages name the fix.
+/// One line, no backtrace: the messages name the fix. A closed stdout (`| head`) is no
+/// failure: the command ends quietly with exit 0, as `cat` does.
 fn fail(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<binsync::Error>()
+        .is_some_and(binsync::Error::is_closed_output)
+    {
+        return ExitCode::SUCCESS;
+    }
     eprintln!("binsync: error: {e:#}");
     ExitCode::FAILURE
 }

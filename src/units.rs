@@ -1,4 +1,5 @@
-//! Numbers for people: `12.3k`, `4.5 MiB`, `1m 05s`.
+//! Output for people: numbers (`12.3k`, `4.5 MiB`, `1m 05s`), progress lines, and printing to
+//! stdout without panicking when its reader goes away (`binsync dlq list | head -1`).
 
 use std::time::Duration;
 
@@ -77,9 +78,46 @@ impl Progress {
     }
 }
 
+/// Printing to stdout failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// The reader closed it (`| head`): the command ends quietly, with exit 0, as `cat` does.
+    #[error("stdout was closed by its reader")]
+    Closed,
+    #[error("cannot write to stdout: {0}")]
+    Failed(std::io::Error),
+}
+
+impl From<std::io::Error> for OutputError {
+    fn from(e: std::io::Error) -> OutputError {
+        match e.kind() {
+            std::io::ErrorKind::BrokenPipe => OutputError::Closed,
+            _ => OutputError::Failed(e),
+        }
+    }
+}
+
+/// `println!` that reports a closed stdout instead of panicking.
+pub fn print_line(args: std::fmt::Arguments) -> Result<(), OutputError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_pipe_is_its_own_kind() {
+        let closed = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(matches!(OutputError::from(closed), OutputError::Closed));
+        let other = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(matches!(OutputError::from(other), OutputError::Failed(_)));
+    }
 
     #[test]
     fn readable() {

@@ -228,3 +228,51 @@ fn a_server_id_in_use_is_refused() {
     assert_one_clear_error(code, &err, "already used by");
     drop(replica);
 }
+
+/// Runs binsync with its stdout's reader gone before it prints (as `binsync ... | head -c 0`
+/// would leave it); returns (exit code, stderr).
+fn with_closed_stdout(args: &[&str]) -> (i32, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_binsync"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (child.wait().unwrap().code().unwrap_or(-1), err)
+}
+
+#[test]
+fn a_closed_stdout_ends_commands_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    let state = state.to_str().unwrap();
+    for args in [
+        vec!["status", "--state-dir", state],
+        vec!["dlq", "--state-dir", state, "list"],
+    ] {
+        let (code, err) = with_closed_stdout(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!err.contains("error"), "{args:?}: {err}");
+    }
+
+    // The stdout sink: binsync stops quietly; only what was written is checkpointed.
+    let db = MariaDb::start(ServerOpts::default());
+    db.sql("CREATE DATABASE t; CREATE TABLE t.x (id INT PRIMARY KEY); INSERT INTO t.x VALUES (1),(2),(3);");
+    let run_state = dir.path().join("run");
+    let (code, err) = with_closed_stdout(&run_args(&db.url(), run_state.to_str().unwrap()));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("binsync: error"),
+        "{err}"
+    );
+}

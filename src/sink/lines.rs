@@ -203,9 +203,12 @@ impl Out {
                 let mut lock = s.lock();
                 lock.write_all(bytes)
                     .and_then(|_| lock.flush())
-                    .map_err(|e| SinkError::Write {
-                        target: "stdout".into(),
-                        detail: e.to_string(),
+                    .map_err(|e| match e.kind() {
+                        std::io::ErrorKind::BrokenPipe => SinkError::StdoutClosed,
+                        _ => SinkError::Write {
+                            target: "stdout".into(),
+                            detail: e.to_string(),
+                        },
                     })
             }
             Out::File(f, path) => {

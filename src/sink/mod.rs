@@ -57,6 +57,10 @@ pub enum SinkError {
     /// The file or stdout could not be written or fsynced.
     #[error("cannot write to {target}: {detail}; check the path, its permissions and free space")]
     Write { target: String, detail: String },
+    /// stdout's reader went away (`| head`): binsync stops quietly; only what was written
+    /// is acknowledged.
+    #[error("stdout was closed by its reader")]
+    StdoutClosed,
     /// `--on-reject stop`: the receiver refused a batch for good.
     #[error("the sync API rejected batch {batch} (HTTP {status}: {detail}); fix the receiver or the data, then restart (or run with --on-reject dlq)")]
     Rejected {
