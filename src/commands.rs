@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::checkpoint::{Checkpoint, CheckpointError, Store};
-use crate::config::{http_config, DlqAction, HttpArgs};
+use crate::config::{http_config, http_target, DlqAction, HttpArgs};
 use crate::dlq::Dlq;
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
@@ -189,12 +189,13 @@ pub async fn dlq(
                 .filter(|e| selected.is_none_or(|s| s.contains(&e.id)))
                 .map(|e| sink.clone().unwrap_or_else(|| e.url.clone()))
                 .collect();
+            urls.sort();
             urls.dedup();
             if urls.is_empty() {
                 say!("nothing to replay");
             }
             for url in urls {
-                let cfg = http_config(&url, &http, file_http)?;
+                let cfg = http_config(http_target(&url)?, &http, file_http)?;
                 let these: Vec<u64> = entries
                     .iter()
                     .filter(|e| selected.is_none_or(|s| s.contains(&e.id)))
@@ -203,7 +204,7 @@ pub async fn dlq(
                     .collect();
                 let (ok, failed) =
                     crate::sink::http::replay_dead_letters(&cfg, &dlq, Some(&these)).await?;
-                say!("{url}: {ok} delivered, {failed} still dead");
+                say!("{}: {ok} delivered, {failed} still dead", cfg.url);
                 all_ok &= failed == 0;
             }
             Ok(all_ok)

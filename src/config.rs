@@ -502,7 +502,7 @@ fn sink_spec(
     let text = text.map_or("stdout", String::as_str);
     let mut spec: SinkSpec = text.parse().map_err(ConfigError)?;
     if let SinkSpec::Http(cfg) = &mut spec {
-        **cfg = http_config(&cfg.url, http, file.http.as_ref())?;
+        **cfg = http_config((**cfg).clone(), http, file.http.as_ref())?;
     }
     Ok(spec)
 }
@@ -526,14 +526,24 @@ fn decode_config(
     })
 }
 
+/// The sync API at `url` with default settings (credentials in the URL become a header).
+pub fn http_target(url: &str) -> Result<HttpConfig, ConfigError> {
+    match url.parse::<SinkSpec>().map_err(ConfigError)? {
+        SinkSpec::Http(cfg) => Ok(*cfg),
+        _ => Err(ConfigError(format!(
+            "--sink `{}`: the dead-letter queue is replayed to an http(s):// URL",
+            crate::units::redact_url(url)
+        ))),
+    }
+}
+
 /// The sync API sink's settings: flags, then the file's `[http]` table, then defaults.
 pub fn http_config(
-    url: &str,
+    mut cfg: HttpConfig,
     args: &HttpArgs,
     file: Option<&HttpArgs>,
 ) -> Result<HttpConfig, ConfigError> {
     let a = args.over(file);
-    let mut cfg = HttpConfig::new(url.to_string());
     cfg.batch_rows = a.batch_rows.unwrap_or(cfg.batch_rows);
     cfg.batch_bytes = a.batch_bytes.unwrap_or(cfg.batch_bytes);
     cfg.in_flight = a.in_flight.unwrap_or(cfg.in_flight);

@@ -78,6 +78,24 @@ impl Progress {
     }
 }
 
+/// `url` as it may be printed: a password in it (`scheme://user:PASSWORD@host`, in any
+/// spelling, even one that does not parse) becomes `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some(at) = url.rfind('@') else {
+        return url.to_string();
+    };
+    let (creds, host) = url.split_at(at);
+    let user_start = creds.find("://").map_or(0, |i| i + 3);
+    let (scheme, user) = creds.split_at(user_start);
+    match user.split_once(':') {
+        Some((name, _)) if !name.contains(['/', '@']) && user_start > 0 => {
+            format!("{scheme}{name}:***{host}")
+        }
+        None if !user.contains('/') && user_start > 0 => url.to_string(),
+        _ => format!("***{host}"),
+    }
+}
+
 /// Printing to stdout failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -110,6 +128,21 @@ pub fn print_line(args: std::fmt::Arguments) -> Result<(), OutputError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(redact_url("http://a:s3cret@h:1/p"), "http://a:***@h:1/p");
+        assert_eq!(redact_url("http://a@h/p"), "http://a@h/p");
+        assert_eq!(redact_url("http://h/p"), "http://h/p");
+        for odd in [
+            "htp:/a:s3cret@h",
+            "a:s3cret@h",
+            "http//a:s3cret@h",
+            "http://a:b:s3cret@@h",
+        ] {
+            assert!(!redact_url(odd).contains("s3cret"), "{odd}");
+        }
+    }
 
     #[test]
     fn a_closed_pipe_is_its_own_kind() {

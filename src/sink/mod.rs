@@ -41,10 +41,11 @@ impl FromStr for SinkSpec {
             }
             Ok(SinkSpec::File(PathBuf::from(path)))
         } else if s.starts_with("http://") || s.starts_with("https://") {
-            Ok(SinkSpec::Http(Box::new(HttpConfig::new(s.to_string()))))
+            Ok(SinkSpec::Http(Box::new(HttpConfig::from_url(s)?)))
         } else {
             Err(format!(
-                "--sink `{s}`: write stdout, file:PATH or an http(s):// URL"
+                "--sink `{}`: write stdout, file:PATH or an http(s):// URL",
+                crate::units::redact_url(s)
             ))
         }
     }

@@ -188,6 +188,15 @@ impl Receiver {
     }
 
     pub fn start_on(state_dir: &std::path::Path, listen: &str, extra: &[&str]) -> Receiver {
+        Self::start_with_env(state_dir, listen, extra, &[])
+    }
+
+    pub fn start_with_env(
+        state_dir: &std::path::Path,
+        listen: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Receiver {
         let mut args: Vec<String> = vec![
             "receive".into(),
             "--listen".into(),
@@ -197,7 +206,7 @@ impl Receiver {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let proc = Proc::spawn(&refs, &[]);
+        let proc = Proc::spawn(&refs, envs);
         let mut addr = String::new();
         wait_until(Duration::from_secs(30), "receiver listening", || {
             if let Some(l) = proc

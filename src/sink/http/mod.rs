@@ -43,7 +43,7 @@ pub enum OnReject {
     Stop,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpConfig {
     pub url: String,
     /// The `Authorization` header value (from an environment variable; never logged).
@@ -59,6 +59,25 @@ pub struct HttpConfig {
     pub on_reject: OnReject,
     /// Merge several operations on one entity id within a batch (see [`batch::merge_ops`]).
     pub compact: bool,
+}
+
+impl std::fmt::Debug for HttpConfig {
+    /// Everything but the Authorization value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("url", &self.url)
+            .field("authorization", &self.authorization.as_ref().map(|_| "***"))
+            .field("gzip", &self.gzip)
+            .field("batch_rows", &self.batch_rows)
+            .field("batch_bytes", &self.batch_bytes)
+            .field("linger", &self.linger)
+            .field("in_flight", &self.in_flight)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_retries", &self.max_retries)
+            .field("on_reject", &self.on_reject)
+            .field("compact", &self.compact)
+            .finish()
+    }
 }
 
 impl HttpConfig {
@@ -78,6 +97,31 @@ impl HttpConfig {
         }
     }
 
+    /// The settings for `url`, with defaults. Credentials in the URL (`http://user:pw@host`)
+    /// become a Basic `Authorization` header and leave the URL, so that no log line, error,
+    /// or dead letter ever shows the password.
+    pub fn from_url(url: &str) -> Result<HttpConfig, String> {
+        let mut parsed = reqwest::Url::parse(url).map_err(|e| {
+            format!(
+                "--sink `{}`: {e}; write http(s)://[USER:PASSWORD@]HOST[:PORT]/PATH",
+                crate::units::redact_url(url)
+            )
+        })?;
+        let mut cfg = HttpConfig::new(String::new());
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            use base64::Engine;
+            let user = percent_decode(parsed.username());
+            let pass = percent_decode(parsed.password().unwrap_or_default());
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            cfg.authorization = Some(format!("Basic {token}"));
+            // Cannot fail on an http(s) URL.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+        }
+        cfg.url = parsed.to_string();
+        Ok(cfg)
+    }
+
     pub fn client(&self) -> Result<reqwest::Client, SinkError> {
         reqwest::Client::builder()
             .timeout(self.request_timeout)
@@ -92,6 +136,30 @@ impl HttpConfig {
 }
 /// What the lanes reported, kept in the ledger: a batch's pieces are done once it is handled,
 /// and a batch that will not be handled stops every ack from its first chunk on.
+/// `%40` -> `@` in URL user info.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 struct Outcomes {
     ledger: Ledger,
     failure: Option<SinkError>,
@@ -262,5 +330,26 @@ async fn dispatch(
                 None => return,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_url_for_a_header() {
+        let cfg = HttpConfig::from_url("http://app:s%40cret@127.0.0.1:8080/sync").unwrap();
+        assert_eq!(cfg.url, "http://127.0.0.1:8080/sync");
+        // base64("app:s@cret")
+        assert_eq!(cfg.authorization.as_deref(), Some("Basic YXBwOnNAY3JldA=="));
+        assert!(!format!("{cfg:?}").contains("YXBw"), "{cfg:?}");
+        let plain = HttpConfig::from_url("https://h/p").unwrap();
+        assert_eq!(
+            (plain.url.as_str(), plain.authorization),
+            ("https://h/p", None)
+        );
+        let e = HttpConfig::from_url("http://app:s3cret@[bad/").unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
     }
 }
