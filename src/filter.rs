@@ -38,6 +38,15 @@ impl Filter {
     }
 }
 
+impl Filter {
+    /// An `--include` names `db.table` exactly (no wildcard): how a table that is skipped by
+    /// default (a MariaDB SEQUENCE) is asked for.
+    pub fn names(&self, db: &str, table: &str) -> bool {
+        let name = format!("{db}.{table}");
+        self.include.contains(&name) && self.matches(db, table)
+    }
+}
+
 /// Iterative glob match with backtracking to the last `*` (linear in practice).
 fn glob(p: &[u8], s: &[u8]) -> bool {
     let (mut pi, mut si) = (0, 0);
@@ -63,6 +72,15 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn naming_a_table_exactly() {
+        let f = Filter::new(&["shop.*".into(), "shop.ids".into()], &[]).unwrap();
+        assert!(f.names("shop", "ids"));
+        assert!(!f.names("shop", "orders"), "a glob does not name a table");
+        let x = Filter::new(&["shop.ids".into()], &["shop.*".into()]).unwrap();
+        assert!(!x.names("shop", "ids"), "an exclude still wins");
+    }
 
     fn f(inc: &[&str], exc: &[&str]) -> Filter {
         let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();

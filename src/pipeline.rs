@@ -28,6 +28,7 @@ use crate::source::lookup::InfoSchemaLookup;
 pub use crate::source::replication::Outcome;
 use crate::source::replication::Replication;
 use crate::source::start::{self, EndTarget};
+use crate::source::tables::Catalog;
 use crate::source::ServerInfo;
 
 /// Chunks queued between the decoder and the sink.
@@ -49,6 +50,17 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
     let info = ServerInfo::read(&mut conn, &src).await?;
     tracing::info!(server = %info.identity, "connected");
     info.require_streamable()?;
+
+    let catalog = Catalog::read(&mut conn, &src).await?;
+    let mut decode = settings.decode.clone();
+    for table in &catalog.keyless {
+        if let Some((db, name)) = table.split_once('.') {
+            if decode.filter.matches(db, name) {
+                tracing::warn!(table = %table, "no primary key and no unique NOT NULL key: its entity id is the whole row, and identical rows are told apart only by count (see docs/sync-api.md); add a primary key");
+            }
+        }
+    }
+    decode.sequences.extend(catalog.sequences);
 
     let mut plan =
         start::plan(&mut conn, &src, &info, checkpoint.as_ref(), &settings.start).await?;
@@ -81,7 +93,7 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
 
     let lookup = Box::new(InfoSchemaLookup::new(src.clone()));
     let decoder = Decoder::new(
-        Arc::new(settings.decode.clone()),
+        Arc::new(decode),
         plan.position,
         plan.gtid_from_file_header,
         plan.emit_from,

@@ -219,3 +219,80 @@ fn signedness_after_a_year_column_holds_when_starting_mid_file() {
         serde_json::json!({"id": 1, "y": 2024, "b": -5, "u": u64::MAX})
     );
 }
+
+#[test]
+fn sequences_are_skipped_unless_named_and_keyless_tables_are_named_once() {
+    let db = MariaDb::start(ServerOpts::default());
+    db.sql(
+        "CREATE DATABASE shop;
+         CREATE SEQUENCE shop.ids;
+         CREATE TABLE shop.orders (id INT PRIMARY KEY, n BIGINT);
+         CREATE TABLE shop.log (msg VARCHAR(20));
+         CREATE TABLE shop.tagged (code VARCHAR(5) NOT NULL, UNIQUE KEY (code));
+         INSERT INTO shop.orders VALUES (NEXTVAL(shop.ids), 1);
+         INSERT INTO shop.log VALUES ('x'), ('x');",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, err) = run(&db, &dir.path().join("a"), &[]);
+    let tables: Vec<&str> = lines.iter().map(|l| l["table"].as_str().unwrap()).collect();
+    assert!(
+        !tables.contains(&"ids"),
+        "a sequence is no entity: {tables:?}"
+    );
+    assert_eq!(
+        tables.iter().filter(|t| **t == "log").count(),
+        2,
+        "{tables:?}"
+    );
+    let warned: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("no primary key"))
+        .collect();
+    assert_eq!(warned.len(), 1, "one warning, for shop.log only: {err}");
+    assert!(warned[0].contains("shop.log"), "{err}");
+
+    // Without a catalog (an archived binlog), sequences are learnt from their CREATE
+    // SEQUENCE statements.
+    db.sql(
+        "CREATE SEQUENCE shop.later; SELECT NEXTVAL(shop.later);
+         INSERT INTO shop.orders VALUES (99, 2); FLUSH BINARY LOGS;",
+    );
+    let (current, _) = db.binlog_position();
+    let mut files: Vec<String> = std::fs::read_dir(db.datadir())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("mariadb-bin.0") && *n != current)
+        .collect();
+    files.sort();
+    let mut args = vec!["replay".to_string()];
+    for f in &files {
+        args.push("--binlog-file".into());
+        args.push(db.datadir().join(f).display().to_string());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = Proc::spawn(&refs, &[]);
+    let st = p
+        .wait_timeout(Duration::from_secs(60))
+        .expect("replay hung");
+    assert!(st.success(), "{}", p.stderr());
+    let replayed: Vec<Value> = p
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(replayed.iter().any(|l| l["id"]["id"] == 99), "{replayed:?}");
+    assert!(
+        !replayed
+            .iter()
+            .any(|l| l["table"] == "later" || l["table"] == "ids"),
+        "{replayed:?}"
+    );
+
+    // Named exactly by --include, it is captured.
+    let (lines, _) = run(
+        &db,
+        &dir.path().join("c"),
+        &["--include", "shop.ids", "--include", "shop.orders"],
+    );
+    assert!(lines.iter().any(|l| l["table"] == "ids"), "{lines:?}");
+}

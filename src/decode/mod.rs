@@ -23,7 +23,7 @@
 pub mod schema;
 pub mod value;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bitvec::slice::BitSlice;
@@ -101,6 +101,10 @@ pub struct DecodeConfig {
     pub chunk_rows: usize,
     /// ...or this many bytes.
     pub chunk_bytes: usize,
+    /// MariaDB SEQUENCE objects (`db.table`) known at start: their row events (NEXTVAL) are no
+    /// entity's changes, so they are skipped unless an `--include` names them exactly. Ones
+    /// created later are learnt from their CREATE SEQUENCE statement.
+    pub sequences: HashSet<String>,
 }
 
 impl Default for DecodeConfig {
@@ -110,6 +114,7 @@ impl Default for DecodeConfig {
             entities: HashMap::new(),
             chunk_rows: 2048,
             chunk_bytes: 1 << 20,
+            sequences: HashSet::new(),
         }
     }
 }
@@ -171,6 +176,8 @@ pub struct Decoder {
     head: Vec<u8>,
     warned_statements: bool,
     warned_no_metadata: bool,
+    /// SEQUENCE objects created while streaming (see [`DecodeConfig::sequences`]).
+    sequences: HashSet<String>,
     /// Whether the binlog was written by MariaDB (from the format description event), which
     /// counts YEAR columns in the signedness metadata where MySQL does not.
     mariadb_writer: Option<bool>,
@@ -212,6 +219,7 @@ impl Decoder {
             head: Vec::new(),
             warned_statements: false,
             warned_no_metadata: false,
+            sequences: HashSet::new(),
             mariadb_writer: None,
         };
         d.set_file(d.boundary.file.clone());
@@ -482,6 +490,9 @@ impl Decoder {
             if ddl {
                 // Table ids change with DDL; re-read the information_schema view too.
                 self.extra_cache.clear();
+                if let Some(name) = created_sequence(sql, q.schema_raw()) {
+                    self.sequences.insert(name);
+                }
             }
             match &self.txn {
                 Some(t) if t.explicit => {
@@ -576,7 +587,12 @@ impl Decoder {
         let db = tme.database_name().into_owned();
         let table = tme.table_name().into_owned();
         let qualified = format!("{db}.{table}");
-        let included = self.cfg.filter.matches(&db, &table);
+        let sequence =
+            self.cfg.sequences.contains(&qualified) || self.sequences.contains(&qualified);
+        let included = match sequence {
+            true => self.cfg.filter.names(&db, &table),
+            false => self.cfg.filter.matches(&db, &table),
+        };
         let extra = if included {
             match self.extra_schema(&db, &table, tme).await {
                 Ok(extra) => extra,
@@ -1102,6 +1118,41 @@ fn first_word(sql: &[u8]) -> &[u8] {
     &s[..end]
 }
 
+/// `db.name` of a `CREATE [OR REPLACE] SEQUENCE [IF NOT EXISTS] [db.]name ...` statement
+/// (`default_db` is the statement's current database).
+fn created_sequence(sql: &[u8], default_db: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(sql);
+    let mut words = text.split_ascii_whitespace();
+    let mut word = words.next()?;
+    if !word.eq_ignore_ascii_case("CREATE") {
+        return None;
+    }
+    word = words.next()?;
+    if word.eq_ignore_ascii_case("OR") {
+        words.next()?; // REPLACE
+        word = words.next()?;
+    }
+    if !word.eq_ignore_ascii_case("SEQUENCE") {
+        return None;
+    }
+    let mut name = words.next()?;
+    if name.eq_ignore_ascii_case("IF") {
+        words.next()?; // NOT
+        words.next()?; // EXISTS
+        name = words.next()?;
+    }
+    let name = name.split('(').next().unwrap_or(name).trim_end_matches(';');
+    let unquote = |s: &str| s.trim_matches('`').to_string();
+    match name.split_once("`.`").or_else(|| name.split_once('.')) {
+        Some((db, table)) => Some(format!("{}.{}", unquote(db), unquote(table))),
+        None => Some(format!(
+            "{}.{}",
+            String::from_utf8_lossy(default_db),
+            unquote(name)
+        )),
+    }
+}
+
 fn is_ddl(first: &[u8]) -> bool {
     [&b"CREATE"[..], b"ALTER", b"DROP", b"RENAME", b"TRUNCATE"]
         .iter()
@@ -1111,6 +1162,22 @@ fn is_ddl(first: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequence_names_from_create_statements() {
+        let c = |sql: &str| created_sequence(sql.as_bytes(), b"shop");
+        assert_eq!(c("CREATE SEQUENCE ids"), Some("shop.ids".into()));
+        assert_eq!(
+            c("create or replace sequence `app`.`s1` start with 5"),
+            Some("app.s1".into())
+        );
+        assert_eq!(
+            c("CREATE SEQUENCE IF NOT EXISTS app.s2"),
+            Some("app.s2".into())
+        );
+        assert_eq!(c("CREATE TABLE ids (id INT)"), None);
+        assert_eq!(c("DROP SEQUENCE ids"), None);
+    }
 
     #[test]
     fn statement_words() {

@@ -10,6 +10,7 @@ pub mod reader;
 pub mod replication;
 pub mod start;
 pub mod stream;
+pub mod tables;
 
 pub use error::{classify, Disconnect, Failure, Result, SourceError};
 
