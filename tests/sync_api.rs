@@ -336,6 +336,51 @@ fn payloads_validate_against_the_published_schema() {
     assert_eq!(ops - plain, 3, "compaction merges operations on one id");
 }
 
+#[test]
+fn an_operation_larger_than_batch_bytes_travels_alone() {
+    let (addr, bodies) = capture_server();
+    let db = MariaDb::start(ServerOpts::default());
+    db.sql("CREATE DATABASE t; CREATE TABLE t.items (id INT PRIMARY KEY, v INT, note LONGTEXT)");
+    // Small rows, one 300 KB row, small rows again, in one transaction: with 64 KiB batches
+    // the big row must not share its batch (it would make a body the receiver may refuse).
+    db.sql(
+        "BEGIN; INSERT INTO t.items VALUES (1, 1, 'a'), (2, 2, 'b');
+         INSERT INTO t.items VALUES (3, 3, REPEAT('x', 300000));
+         INSERT INTO t.items VALUES (4, 4, 'c'); COMMIT;",
+    );
+    let (_d, state, _) = tmp();
+    let mut b = Binsync::new(
+        &db,
+        &state,
+        &format!("http://{addr}/sync"),
+        &[
+            "--batch-bytes",
+            "65536",
+            "--in-flight",
+            "1",
+            "--linger",
+            "200ms",
+        ],
+    );
+    b.catch_up();
+    let bodies = bodies.lock().unwrap().clone();
+    let mut counts = Vec::new();
+    for body in &bodies {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let ids: Vec<i64> = v["entities"]["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|op| op["id"]["id"].as_i64().unwrap())
+            .collect();
+        if ids.contains(&3) {
+            assert_eq!(ids, [3], "the big operation shares its batch");
+        }
+        counts.push(ids.len());
+    }
+    assert_eq!(counts.iter().sum::<usize>(), 4, "{counts:?}");
+}
+
 /// A minimal HTTP/1.1 server that records (gunzipped) request bodies and answers 200.
 fn capture_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
     use std::io::{BufRead, BufReader, Read, Write};

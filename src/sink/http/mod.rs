@@ -249,6 +249,11 @@ pub async fn run(
                         for c in &chunk.changes {
                             let lane = lane_of(&c.entity, chunk.key(c), lanes);
                             let b = &mut builders[lane];
+                            // An operation that would take the batch past batch_bytes travels
+                            // in a batch of its own: the batch before it closes first.
+                            if !b.is_empty() && b.bytes + c.line.len() > cfg.batch_bytes {
+                                dispatch(b, &source, &lane_txs[lane], &mut res_rx, &mut outcomes).await;
+                            }
                             b.push(&chunk, ticket, c);
                             if b.count >= cfg.batch_rows || b.bytes >= cfg.batch_bytes {
                                 dispatch(b, &source, &lane_txs[lane], &mut res_rx, &mut outcomes).await;
