@@ -744,6 +744,16 @@ impl Decoder {
             _ => Op::Update,
         };
         let data = rows.rows_data();
+        if data.len() > LARGE_ROWS_EVENT {
+            // Room for the whole event's lines, reserved once: growing the chunk by doubling
+            // would copy a big row (a 50 MB BLOB) and hold it twice meanwhile. Base64 and JSON
+            // take about 1.4x the row image; untouched reserved pages cost no memory.
+            let want = data.len() / 2 * 3 + (64 << 10);
+            let buf = &mut self.chunk.buf;
+            if buf.capacity() - buf.len() < want {
+                buf.reserve_exact(want);
+            }
+        }
         let event = match op {
             Op::Insert => "WRITE_ROWS",
             Op::Update => "UPDATE_ROWS",
@@ -1117,6 +1127,9 @@ fn first_word(sql: &[u8]) -> &[u8] {
         .unwrap_or(s.len());
     &s[..end]
 }
+
+/// A rows event above this size gets its chunk room reserved up front (see `on_rows`).
+const LARGE_ROWS_EVENT: usize = 1 << 20;
 
 /// `db.name` of a `CREATE [OR REPLACE] SEQUENCE [IF NOT EXISTS] [db.]name ...` statement
 /// (`default_db` is the statement's current database).

@@ -118,23 +118,19 @@ pub fn run_blocking(
                 Err(_) => break,
             }
         }
-        buf.clear();
-        for chunk in &pending {
-            for c in &chunk.changes {
-                buf.extend_from_slice(chunk.line(c));
-                buf.push(b'\n');
+        let wrote = match write_group(&mut out, &pending, &mut buf) {
+            Ok(wrote) => wrote,
+            Err(e) => {
+                result = Err(e);
+                break;
             }
-        }
-        if let Err(e) = out.write(&buf) {
-            result = Err(e);
-            break;
-        }
+        };
         let marks = pending.drain(..).map(|c| Mark::of(&c));
         match &mut durable {
             Durable::Synced { groups, .. } => {
                 let group = Group {
                     marks: marks.collect(),
-                    wrote: !buf.is_empty(),
+                    wrote,
                 };
                 // A closed syncer has failed: its error is returned below.
                 if groups.send(group).is_err() {
@@ -161,6 +157,34 @@ pub fn run_blocking(
         result = result.and(synced);
     }
     result
+}
+
+/// Lines at least this long are written from their chunk rather than copied into the group's
+/// buffer first (a 50 MB BLOB would otherwise be held twice).
+const DIRECT_LINE_BYTES: usize = 1 << 20;
+
+/// Writes the lines of `chunks`, gathered into `buf` (one write for many small lines); returns
+/// whether anything was written.
+fn write_group(out: &mut Out, chunks: &[Chunk], buf: &mut Vec<u8>) -> Result<bool, SinkError> {
+    buf.clear();
+    let mut wrote = false;
+    for chunk in chunks {
+        for c in &chunk.changes {
+            let line = chunk.line(c);
+            if line.len() >= DIRECT_LINE_BYTES {
+                out.write(buf)?;
+                out.write(line)?;
+                out.write(b"\n")?;
+                wrote = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(line);
+                buf.push(b'\n');
+            }
+        }
+    }
+    out.write(buf)?;
+    Ok(wrote || !buf.is_empty())
 }
 
 /// Groups written but not yet fsynced, at most (each a few MiB of lines already in the page
