@@ -257,3 +257,18 @@ fn a_reset_master_under_a_running_binsync_stops_it_when_the_stream_ends() {
     assert_names_the_reset_and_the_way_out(&one_error_line(&p));
     assert!(ids(&out).iter().copied().eq(1..=84), "{:?}", ids(&out));
 }
+
+/// No false alarm after a failover: the checkpoint's file and offset are the old primary's,
+/// so only the GTID coverage is checked on the replica, and the resume by GTID goes on.
+#[test]
+fn a_resume_by_gtid_on_a_replica_still_works() {
+    let primary = MariaDb::start(ServerOpts::default());
+    let replica = MariaDb::start_replica_of(&primary, ServerOpts::default());
+    history(&primary, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("s"), dir.path().join("out.jsonl"));
+    assert_eq!(run_to_end(&primary, &state, &out), vec![1, 2, 3]);
+    insert(&primary, 4..=5);
+    replica.sync_with(&primary);
+    assert_eq!(run_to_end(&replica, &state, &out), vec![4, 5]);
+}
