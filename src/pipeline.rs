@@ -91,6 +91,7 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
     };
     let checkpointer = tokio::spawn(checkpointer.run(ack_rx));
 
+    let written_by = plan.written_by.take();
     let lookup = Box::new(InfoSchemaLookup::new(src.clone()));
     let decoder = Decoder::new(
         Arc::new(decode),
@@ -99,7 +100,8 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
         plan.emit_from,
         Some(lookup),
     );
-    let source = Replication::new(src, info, settings.server_id, target, shutdown);
+    let source = Replication::new(src, info, settings.server_id, target, shutdown)
+        .position_written_by(written_by);
     let source_result = source.run(conn, plan.point, decoder, chunk_tx).await;
     // The source is done (its sender dropped): the sink drains, then the checkpointer.
     let sink_result = sink_task.await.map_err(|e| Error::stage("sink", e))?;

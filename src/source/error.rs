@@ -49,6 +49,9 @@ pub enum ServerCode {
     Deadlock,
     /// ER_SPECIFIC_ACCESS_DENIED_ERROR
     SpecificAccessDenied,
+    /// ER_ERROR_WHEN_EXECUTING_COMMAND: `SHOW BINLOG EVENTS` cannot read there (not an event
+    /// boundary, past the end, or no such file).
+    BinlogCommandFailed,
     /// ER_MASTER_FATAL_ERROR_READING_BINLOG: the dump thread cannot serve our position.
     BinlogUnavailable,
     /// ER_NOT_SUPPORTED_AUTH_MODE
@@ -79,6 +82,7 @@ impl ServerCode {
             1143 => ColumnAccessDenied,
             1205 => LockWaitTimeout,
             1213 => Deadlock,
+            1220 => BinlogCommandFailed,
             1227 => SpecificAccessDenied,
             1236 => BinlogUnavailable,
             1251 => AuthModeUnsupported,
@@ -145,8 +149,13 @@ pub enum SourceError {
         message: String,
         password_env: String,
     },
-    #[error("the binlog position we need is no longer on the source (error 1236: {0}); the changes in between are gone: start over with --reset --start earliest (or latest), or restore the purged binlogs, and raise the source's binlog retention")]
+    #[error("the binlog position we need is no longer on the source, purged ({0}); the changes since the checkpoint are gone from the source: restore the purged binlogs, or start over with --reset --start earliest (or latest), which skips those changes for good (reload the target or accept the gap); and raise the source's binlog retention")]
     Purged(String),
+    /// The source's binlog no longer holds the history the position was read from: it was
+    /// reset, restored from a backup, or the server never had those transactions (see
+    /// `source::history`).
+    #[error("the source no longer holds the history binsync read up to {position}: {found}; its binlog was reset (RESET MASTER, or RESET BINARY LOGS AND GTIDS on MySQL 8.4), restored from a backup, or this server never had those transactions, so resuming would silently skip changes; start over with --reset --start earliest (or latest), and since the changes binsync had not read before the reset are in no binlog any more, reload the target or accept the gap")]
+    HistoryLost { position: String, found: String },
     #[error("binary logging is off on the source; add log_bin (e.g. log_bin=mysql-bin) and binlog_format=ROW to its [mysqld] config and restart it")]
     BinlogOff,
     #[error("the source logs in binlog_format={0}; binsync needs ROW: SET GLOBAL binlog_format=ROW and put binlog_format=ROW in its [mysqld] config")]
@@ -206,12 +215,12 @@ fn classify_server(code: u16, message: String, src: &SourceConfig) -> Failure {
             }
             .into()
         }
-        Some(BinlogUnavailable) => SourceError::Purged(message).into(),
+        Some(BinlogUnavailable) => SourceError::Purged(format!("error {code}: {message}")).into(),
         Some(TableAccessDenied | ColumnAccessDenied | SpecificAccessDenied) => {
             SourceError::Privilege { code, message }.into()
         }
         Some(NoBinaryLogging) => SourceError::BinlogOff.into(),
-        None => SourceError::Server { code, message }.into(),
+        Some(BinlogCommandFailed) | None => SourceError::Server { code, message }.into(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! (reconnect), a [`SourceError`] definite (stop and name the fix).
 
 mod error;
+pub mod history;
 pub mod lookup;
 pub mod preflight;
 pub mod reader;
@@ -12,7 +13,7 @@ pub mod start;
 pub mod stream;
 pub mod tables;
 
-pub use error::{classify, Disconnect, Failure, Result, SourceError};
+pub use error::{classify, Disconnect, Failure, Result, ServerCode, SourceError};
 
 use std::fmt;
 use std::time::{Duration, Instant};

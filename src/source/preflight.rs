@@ -4,7 +4,7 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
-use super::{binary_logs, Result, ServerInfo, SourceConfig};
+use super::{binary_logs, history, Failure, Result, ServerInfo, SourceConfig};
 use crate::checkpoint::Checkpoint;
 use crate::gtid::Flavor;
 
@@ -146,8 +146,33 @@ pub async fn run_checks(
             ok_if(have || !same, Verdict::Fail),
             "the checkpoint's binlog was purged: restart with --reset --start earliest (changes in between are lost), and keep binlogs longer (binlog_expire_logs_seconds)",
         ));
+        out.push(history_finding(conn, src, info, cp).await?);
     }
     Ok(out)
+}
+
+/// Whether the source still holds the history the checkpoint was read from (the check a run
+/// makes before it resumes, [`history::verify`]).
+async fn history_finding(
+    conn: &mut Conn,
+    src: &SourceConfig,
+    info: &ServerInfo,
+    cp: &Checkpoint,
+) -> Result<Finding> {
+    let name = "binlog history";
+    let expected = "holds the checkpoint's";
+    match history::verify(conn, src, info, &cp.position, Some(&cp.server)).await {
+        Ok(()) => Ok(finding(name, expected, "holds it", Verdict::Ok, "")),
+        Err(Failure::Definite(e)) => {
+            let fix = e.to_string();
+            let actual = match &e {
+                super::SourceError::HistoryLost { found, .. } => found.clone(),
+                _ => "cannot resume here".to_string(),
+            };
+            Ok(finding(name, expected, &actual, Verdict::Fail, &fix))
+        }
+        Err(transient) => Err(transient),
+    }
 }
 
 async fn privileges(

@@ -7,6 +7,10 @@
 //! - A [`Failure::Transient`] error (a dropped connection, a restarting server) is retried forever with [`Backoff`], from the decoder's own position: what was
 //!   decoded is handed on first, and the rows of a transaction cut in the middle are skipped
 //!   when it comes again, so nothing reaches the sink twice. A definite error ends the stage.
+//! - Every reconnect first asks the server what it is and checks that it still holds the
+//!   history of the position it resumes from ([`super::history`]): a server restarted after
+//!   a `RESET MASTER`, or restored from a backup, stops the stage with a definite error
+//!   instead of streaming a new history from the old position.
 //! - A stream that ends is an error (transient), never success.
 //! - On shutdown it stops reading; what was decoded is handed on (or, if the sink cannot take
 //!   it within 10 s, dropped whole and never acknowledged, so it is read again after a
@@ -16,12 +20,14 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::history;
 use super::reader::{ReadError, Reader};
 use super::start::EndTarget;
 use super::stream::{self, StartPoint, HEARTBEAT};
 use super::{classify, Disconnect, Failure, Result, ServerInfo, SourceConfig, SourceError};
 use crate::backoff::Backoff;
 use crate::change::Chunk;
+use crate::checkpoint::{Position, ServerIdentity};
 use crate::decode::Decoder;
 use crate::shutdown::Shutdown;
 
@@ -42,6 +48,10 @@ pub struct Replication {
     /// Where to stop (`--exit-at-end`).
     pub target: Option<EndTarget>,
     pub shutdown: Shutdown,
+    /// The server whose binlog the decoder's file and offset name: the checkpoint's writer
+    /// until the stream moves them, then the server streamed from (None: unknown, and then
+    /// they are not checked at a reconnect).
+    written_by: Option<ServerIdentity>,
     /// A chunk was dropped while stopping (see [`Replication::send`]).
     dropped: bool,
 }
@@ -60,8 +70,17 @@ impl Replication {
             server_id,
             target,
             shutdown,
+            written_by: None,
             dropped: false,
         }
+    }
+
+    /// Names the server whose binlog the start position's file and offset are in
+    /// ([`super::start::StartPlan::written_by`]), so that a reconnect before the stream moves
+    /// them can check them.
+    pub fn position_written_by(mut self, server: Option<ServerIdentity>) -> Replication {
+        self.written_by = server;
+        self
     }
 
     /// Streams from `start` on `first_conn` (then on new connections) until stopped, caught
@@ -81,13 +100,13 @@ impl Replication {
         }
         let mut conn = Some(first_conn);
         let mut backoff = Backoff::new();
+        let mut opened_at = decoder.position().clone();
         loop {
             let attempt = async {
-                let c = match conn.take() {
-                    Some(c) => c,
-                    None => self.src.connect_once().await?,
-                };
-                stream::open(c, &self.src, &self.info, self.server_id, &start).await
+                match conn.take() {
+                    Some(c) => stream::open(c, &self.src, &self.info, self.server_id, &start).await,
+                    None => self.reopen(&opened_at).await,
+                }
             };
             let result = match attempt.await {
                 Ok(s) => {
@@ -106,13 +125,37 @@ impl Replication {
             };
             // Resume from the decoder's own position.
             let pos = decoder.restart();
-            start = StartPoint::resume(&pos, self.info.gtid_enabled());
+            if (&pos.file, pos.offset) != (&opened_at.file, opened_at.offset) {
+                // The stream moved them: they are in the binlog of the server streamed from.
+                self.written_by = Some(self.info.identity.clone());
+            }
+            opened_at = pos;
+            start = StartPoint::resume(&opened_at, self.info.gtid_enabled());
             let delay = backoff.next_delay();
             tracing::warn!(error = %e, retry_in = %crate::units::duration(delay), from = %start, "source connection lost; reconnecting");
             if !crate::backoff::sleep_unless_stopped(delay, &mut self.shutdown).await {
                 return Ok(Outcome::Stopped);
             }
         }
+    }
+
+    /// A new connection, and a stream on it from `pos`, once the server it reaches is known
+    /// (it may have been restarted, reset, restored or replaced) and still holds the history
+    /// of `pos`.
+    async fn reopen(&mut self, pos: &Position) -> Result<mysql_async::BinlogStream> {
+        let mut c = self.src.connect_once().await?;
+        let info = ServerInfo::read(&mut c, &self.src).await?;
+        if info.flavor() != self.info.flavor() {
+            return Err(SourceError::ServerChanged {
+                checkpoint: self.info.identity.to_string(),
+                now: info.identity.to_string(),
+            }
+            .into());
+        }
+        history::verify(&mut c, &self.src, &info, pos, self.written_by.as_ref()).await?;
+        self.info = info;
+        let start = StartPoint::resume(pos, self.info.gtid_enabled());
+        stream::open(c, &self.src, &self.info, self.server_id, &start).await
     }
 
     /// Decodes events until stopped, caught up, or the stream fails. The events are read on

@@ -3,17 +3,20 @@
 //! A run resumes from its checkpoint whenever there is one (`--start` is then ignored, with a
 //! log line); otherwise it begins at `--start`. Resuming by GTID works on any server of the
 //! topology; a file position only on the server that wrote it, so a checkpoint without GTIDs
-//! on another server is a definite error. The plan is read before any stage starts, on the
+//! on another server is a definite error. Before a checkpoint is resumed, the server must
+//! still hold the history it was read from ([`super::history`]): a reset or restored binlog
+//! is a definite error, not a silent gap. The plan is read before any stage starts, on the
 //! connection that will stream.
 
 use std::str::FromStr;
 
 use mysql_async::Conn;
 
+use super::history;
 use super::stream::StartPoint;
 use super::{binary_logs, binlog_end, binlog_end_target, query_one, ServerInfo, SourceConfig};
 use super::{Result, SourceError};
-use crate::checkpoint::{Checkpoint, Position};
+use crate::checkpoint::{Checkpoint, Position, ServerIdentity};
 use crate::gtid::{Flavor, GtidPos};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +77,9 @@ pub struct StartPlan {
     /// Follow events from the head of this file but emit only from this offset on (a MySQL
     /// `--start file:NAME:POS`, whose GTID state is known only from the file's head).
     pub emit_from: Option<(String, u64)>,
+    /// The server whose binlog `position`'s file and offset name (the checkpoint's writer,
+    /// which may be another server of the topology when resuming by GTID).
+    pub written_by: Option<ServerIdentity>,
 }
 
 impl StartPlan {
@@ -83,6 +89,7 @@ impl StartPlan {
             point,
             gtid_from_file_header: None,
             emit_from: None,
+            written_by: None,
         }
     }
 
@@ -104,13 +111,24 @@ pub async fn plan(
     match checkpoint {
         Some(cp) => {
             tracing::info!(checkpoint = %cp.position, "resuming from the checkpoint (--start is ignored; --reset discards the checkpoint)");
-            from_checkpoint(info, cp)
+            from_checkpoint(conn, src, info, cp).await
         }
-        None => from_spec(conn, src, info, start).await,
+        None => {
+            let plan = from_spec(conn, src, info, start).await?;
+            Ok(StartPlan {
+                written_by: Some(info.identity.clone()),
+                ..plan
+            })
+        }
     }
 }
 
-fn from_checkpoint(info: &ServerInfo, cp: &Checkpoint) -> Result<StartPlan> {
+async fn from_checkpoint(
+    conn: &mut Conn,
+    src: &SourceConfig,
+    info: &ServerInfo,
+    cp: &Checkpoint,
+) -> Result<StartPlan> {
     let changed = || SourceError::ServerChanged {
         checkpoint: cp.server.to_string(),
         now: info.identity.to_string(),
@@ -122,8 +140,12 @@ fn from_checkpoint(info: &ServerInfo, cp: &Checkpoint) -> Result<StartPlan> {
     if !by_gtid && !cp.server.same_server(&info.identity) {
         return Err(changed().into());
     }
+    history::verify(conn, src, info, &cp.position, Some(&cp.server)).await?;
     let point = StartPoint::resume(&cp.position, info.gtid_enabled());
-    Ok(StartPlan::at(cp.position.clone(), point))
+    Ok(StartPlan {
+        written_by: Some(cp.server.clone()),
+        ..StartPlan::at(cp.position.clone(), point)
+    })
 }
 
 async fn from_spec(
@@ -265,7 +287,7 @@ impl EndTarget {
 }
 
 /// `mysql-bin.000042` -> 42.
-fn file_number(name: &str) -> Option<u64> {
+pub(super) fn file_number(name: &str) -> Option<u64> {
     name.rsplit_once('.').and_then(|(_, n)| n.parse().ok())
 }
 
