@@ -58,7 +58,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ReceiveArgs {
-    /// The receiver's own state directory (not binsync's: sled locks it).
+    /// The receiver's own state directory (an SQLite database; never binsync's state dir).
     #[arg(long, global = true)]
     pub state_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -83,6 +83,14 @@ pub struct ReceiveArgs {
     /// checks) and acknowledge them without storing (benchmarks).
     #[arg(long)]
     pub discard: bool,
+    /// Largest request body in bytes, compressed and after gunzip (413 beyond it). A batch
+    /// holds at least one row, so this is also the largest row that can be delivered.
+    #[arg(long, value_name = "BYTES", default_value_t = binsync_receiver::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Deepest nesting of arrays and objects in a body, the body being depth 1 and a column
+    /// value starting at depth 6 (400 beyond it).
+    #[arg(long, value_name = "LEVELS", default_value_t = binsync_receiver::DEFAULT_MAX_DEPTH)]
+    pub max_depth: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -487,6 +495,8 @@ impl ReceiveSettings {
                 faults: args.faults,
                 reject_containing: args.reject_containing,
                 discard: args.discard,
+                max_body_bytes: args.max_body_bytes,
+                max_depth: args.max_depth,
                 ..binsync_receiver::ReceiveOptions::new(args.listen, state_dir)
             },
         )))

@@ -324,6 +324,78 @@ async fn concurrent_batches_with_replays_converge_to_the_highest_seq_per_id() {
 
 // ----- bodies -------------------------------------------------------------------------------
 
+/// An operation on `shop.tags (n INT, s VARCHAR)`, a table without a primary key: binsync
+/// marks it `"keyless": true` and its `id` is the whole row.
+fn tag(seq: u64, kind: &str, n: i64, s: &str) -> Value {
+    let row = json!({"n": n, "s": s});
+    let mut v = json!({"seq": seq, "op": kind, "db": "shop", "table": "tags", "entity": "tags",
+        "keyless": true, "id": row, "gtid": null, "ts": "2026-11-24T07:37:31Z", "row": 0,
+        "file": "mariadb-bin.000001", "offset": 1000 + seq});
+    v[if kind == "delete" { "before" } else { "after" }] = row;
+    v
+}
+
+/// The scenario: `INSERT INTO tags VALUES (1,'x'),(1,'x'),(2,'y')`, then
+/// `UPDATE tags SET n=2, s='y' WHERE n=1 LIMIT 1` (binsync sends a delete and an insert: the
+/// row's identity changes) and `DELETE FROM tags WHERE n=2 LIMIT 1`. The source keeps one
+/// (1,'x') and one (2,'y'); the receiver must too, also after replays. (With the keyed rule
+/// the delete of one (1,'x') deleted both.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_table_keeps_a_count_per_identical_row_through_replays() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    let ops = [
+        tag(1, "insert", 1, "x"),
+        tag(2, "insert", 1, "x"),
+        tag(3, "insert", 2, "y"),
+        tag(4, "delete", 1, "x"),
+        tag(5, "insert", 2, "y"),
+        tag(6, "delete", 2, "y"),
+    ];
+    let first = post(&r.url(), &batch(ops[..3].to_vec())).await;
+    assert_eq!(first.body["applied"], 3, "{}", first.body);
+    let second = post(&r.url(), &batch(ops[3..].to_vec())).await;
+    assert_eq!(second.body["applied"], 3, "{}", second.body);
+    // A sender that crashed replays, grouped otherwise: nothing counts twice.
+    let replay = post(&r.url(), &batch(ops[1..5].to_vec())).await;
+    assert_eq!(replay.body["applied"], 0, "{}", replay.body);
+    assert_eq!(replay.body["stale"], 4, "{}", replay.body);
+    r.stop().await.unwrap();
+
+    let dump = receive::dump(&dir).unwrap();
+    let tags = &dump["entities"]["tags"];
+    assert_eq!(
+        tags["{\"n\":1,\"s\":\"x\"}"],
+        json!({"seq": 4, "deleted": false, "copies": 1, "values": {"n": 1, "s": "x"}})
+    );
+    assert_eq!(
+        tags["{\"n\":2,\"s\":\"y\"}"],
+        json!({"seq": 6, "deleted": false, "copies": 1, "values": {"n": 2, "s": "y"}})
+    );
+}
+
+/// Duplicates that stay: two identical rows inserted, one deleted, one left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_one_of_two_identical_rows_leaves_the_other() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    let reply = post(
+        &r.url(),
+        &batch(vec![
+            tag(1, "insert", 1, "x"),
+            tag(2, "insert", 1, "x"),
+            tag(3, "delete", 1, "x"),
+        ]),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    r.stop().await.unwrap();
+    let dump = receive::dump(&dir).unwrap();
+    let row = &dump["entities"]["tags"]["{\"n\":1,\"s\":\"x\"}"];
+    assert_eq!(row["deleted"], false, "{row}");
+    assert_eq!(row["copies"], 1, "{row}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gzip_body_is_accepted_and_a_broken_one_is_refused() {
     let (_tmp, dir) = state_dir();
@@ -423,20 +495,108 @@ async fn garbage_is_refused_with_400_naming_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_beyond_64_mib_is_413_even_when_it_only_grows_on_gunzip() {
+async fn a_body_beyond_max_body_bytes_is_413_even_when_it_only_grows_on_gunzip() {
     let (_tmp, dir) = state_dir();
-    let r = Receiver::plain(&dir).await;
-    let bomb = gzip(&vec![b' '; (64 << 20) + 1]);
-    let reply = post_raw(&r.url(), bomb, &[("Content-Encoding", "gzip")])
+    let r = Receiver::start(ReceiveOptions {
+        max_body_bytes: 1 << 20,
+        ..options(&dir)
+    })
+    .await;
+    let plain = post_raw(&r.url(), vec![b' '; (1 << 20) + 1], &[])
         .await
         .unwrap();
-    assert_eq!(reply.status, 413, "{}", reply.body);
-    assert!(
-        reply.body["error"].as_str().unwrap().contains("64 MiB"),
-        "{}",
-        reply.body
-    );
+    let bomb = gzip(&vec![b' '; (1 << 20) + 1]);
+    assert!(bomb.len() < 1 << 20);
+    let inflated = post_raw(&r.url(), bomb, &[("Content-Encoding", "gzip")])
+        .await
+        .unwrap();
+    for reply in [plain, inflated] {
+        assert_eq!(reply.status, 413, "{}", reply.body);
+        let reason = reply.body["error"].as_str().unwrap();
+        assert!(reason.contains("1 MiB"), "{reason}");
+        assert!(reason.contains("--max-body-bytes"), "{reason}");
+    }
+    assert_eq!(r.stats().await["rejected"], 2);
     r.stop().await.unwrap();
+}
+
+/// The default limit (256 MiB) lets a batch of one 70 MB row through: a row that large must
+/// not be undeliverable forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_row_of_70_mb_is_delivered_with_the_default_limit() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    let mut big = insert(1, 1, 1);
+    big["after"]["note"] = json!("x".repeat(70_000_000));
+    let reply = post(&r.url(), &batch(vec![big])).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    r.stop().await.unwrap();
+    let dump = receive::dump(&dir).unwrap();
+    let note = entity(&dump, "products", 1)["values"]["note"]
+        .as_str()
+        .unwrap();
+    assert_eq!(note.len(), 70_000_000);
+}
+
+/// JSON nested `levels` deep: `[[...[1]...]]`.
+fn nested(levels: usize) -> Value {
+    (0..levels).fold(json!(1), |inner, _| json!([inner]))
+}
+
+/// The body is depth 1 and a column value starts at depth 6: with the default `--max-depth`
+/// 64 a value may nest 59 levels. Deeper is refused before anything is applied, so that the
+/// store stays readable (it used to be answered 200, and `dump` then refused the whole store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_nested_deeper_than_max_depth_is_400_and_the_store_stays_readable() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    let mut fits = insert(1, 1, 1);
+    fits["after"]["doc"] = nested(59);
+    assert_eq!(post(&r.url(), &batch(vec![fits])).await.status, 200);
+    let mut deep = insert(2, 2, 1);
+    deep["after"]["doc"] = nested(127);
+    let other = insert(3, 3, 1);
+    let reply = post(&r.url(), &batch(vec![deep, other])).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    let reason = reply.body["error"].as_str().unwrap();
+    assert!(reason.contains("more than 64 deep"), "{reason}");
+    assert!(reason.contains("--max-depth"), "{reason}");
+    let mut just_over = insert(4, 4, 1);
+    just_over["after"]["doc"] = nested(60);
+    assert_eq!(post(&r.url(), &batch(vec![just_over])).await.status, 400);
+    r.stop().await.unwrap();
+
+    let dump = receive::dump(&dir).expect("the store stays readable");
+    assert_eq!(entity(&dump, "products", 1)["values"]["doc"], nested(59));
+    for id in [2, 3, 4] {
+        assert!(
+            entity(&dump, "products", id).is_null(),
+            "nothing of it applied"
+        );
+    }
+    assert_eq!(dump["stats"]["rejected"], 2);
+}
+
+/// The highest `--max-depth` still leaves what it accepts readable by `dump`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_highest_max_depth_keeps_dump_readable() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::start(ReceiveOptions {
+        max_depth: receive::MAX_DEPTH_LIMIT,
+        ..options(&dir)
+    })
+    .await;
+    let mut deep = insert(1, 1, 1);
+    deep["after"]["doc"] = nested(receive::MAX_DEPTH_LIMIT - 5);
+    assert_eq!(post(&r.url(), &batch(vec![deep])).await.status, 200);
+    r.stop().await.unwrap();
+    let dump = receive::dump(&dir).unwrap();
+    let text = serde_json::to_string(&dump).unwrap();
+    let again: Value = serde_json::from_str(&text).expect("dump's output parses with serde_json");
+    assert_eq!(
+        entity(&again, "products", 1)["values"]["doc"],
+        nested(receive::MAX_DEPTH_LIMIT - 5)
+    );
 }
 
 // ----- authorization ------------------------------------------------------------------------
@@ -885,6 +1045,10 @@ async fn the_published_schema_and_the_receiver_agree() {
             b["entities"]["products"][0]["ts"] = json!("2026-11-24T07:37:31.123456Z");
             b
         }),
+        (
+            "a keyless table's operation",
+            batch(vec![tag(5, "insert", 1, "x")]),
+        ),
         ("composite id, any JSON values", {
             let mut b = one();
             b["entities"]["products"][0]["id"] = json!({"a": 1, "b": "x"});
@@ -966,6 +1130,12 @@ async fn the_published_schema_and_the_receiver_agree() {
         ("delete with after", |b| {
             b["entities"]["products"][0]["op"] = json!("delete")
         }),
+        ("keyless false", |b| {
+            b["entities"]["products"][0]["keyless"] = json!(false)
+        }),
+        ("keyless null", |b| {
+            b["entities"]["products"][0]["keyless"] = Value::Null
+        }),
     ];
     let beyond_schema: Vec<(&str, Edit)> = vec![
         ("count differs", |b| b["count"] = json!(2)),
@@ -1027,4 +1197,22 @@ fn the_schema_in_the_contract_document_is_the_published_file() {
         .expect("a json block in the section");
     let inline: Value = serde_json::from_str(inline).expect("the inline schema is JSON");
     assert_eq!(inline, file, "update the inline schema in docs/sync-api.md");
+}
+
+/// docs/sync-api.md quotes the receiver's schema and apply statements; they must be its own.
+#[test]
+fn the_sql_in_the_contract_document_is_the_receivers() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/sync-api.md"))
+            .unwrap();
+    for (name, sql) in [
+        ("SCHEMA", receive::sql::SCHEMA),
+        ("APPLY_KEYED", receive::sql::APPLY_KEYED),
+        ("APPLY_KEYLESS", receive::sql::APPLY_KEYLESS),
+    ] {
+        assert!(
+            doc.contains(sql.trim()),
+            "docs/sync-api.md does not quote store.rs's {name} as it is"
+        );
+    }
 }

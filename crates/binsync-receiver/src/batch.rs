@@ -6,6 +6,10 @@
 //! list, an operation's `entity` names its list, and `Idempotency-Key` equals `batch_id`.
 //! A reference receiver that lets a sender's mistake through would hide it until production.
 //!
+//! Beyond the contract, what this receiver cannot store is refused here too, before anything
+//! is applied: a body nested deeper than `--max-depth` ([`check_depth`]) and a `seq` above
+//! `i64::MAX` (SQLite's INTEGER).
+//!
 //! Parsing borrows from the body: operation texts, ids and after-images are slices of it.
 
 use std::borrow::Cow;
@@ -17,6 +21,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 pub const CONTRACT_VERSION: u64 = 1;
+
+/// The store keeps `seq` in an SQLite INTEGER (i64).
+pub const MAX_STORED_SEQ: u64 = i64::MAX as u64;
 
 /// Why a body is refused: a 400 answer with this text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +60,11 @@ pub struct Op<'a> {
     pub kind: OpKind,
     /// The id's JSON text without insignificant whitespace: the entity's key in the store.
     pub id: Cow<'a, str>,
+    /// `"keyless": true`: the table has no primary key, `id` is the whole row, and the
+    /// receiver counts identical rows.
+    pub keyless: bool,
+    /// The before image (update, delete).
+    pub before: Option<&'a RawValue>,
     /// The after image (insert, update).
     pub after: Option<&'a RawValue>,
     /// The whole operation as sent.
@@ -102,6 +114,13 @@ pub fn parse<'a>(body: &'a [u8], idempotency_key: Option<&str>) -> Result<Batch<
         return Err(Invalid(format!(
             "first_seq {} and last_seq {} must satisfy 1 <= first_seq <= last_seq",
             env.first_seq, env.last_seq
+        )));
+    }
+    // Every op's seq lies within the range: checking its end bounds them all.
+    if env.last_seq > MAX_STORED_SEQ {
+        return Err(Invalid(format!(
+            "last_seq {} is above {MAX_STORED_SEQ}, the largest seq this receiver stores (an SQLite INTEGER)",
+            env.last_seq
         )));
     }
     if !starts_object(env.source.get().as_bytes()) {
@@ -230,10 +249,19 @@ fn check_op<'a>(
             return Err(format!("`changed` names column `{twice}` twice"));
         }
     }
+    let keyless = match w.keyless {
+        None => false,
+        Some(true) => true,
+        Some(false) => {
+            return Err("`keyless` is either `true` or absent (a table with a key)".into())
+        }
+    };
     Ok(Op {
         seq: w.seq,
         kind: w.op,
         id,
+        keyless,
+        before: w.before,
         after: w.after,
         text,
     })
@@ -292,6 +320,40 @@ pub fn compact_json(text: &str) -> Cow<'_, str> {
         }
     }
     out.map_or(Cow::Borrowed(text), Cow::Owned)
+}
+
+/// Refuses a body whose arrays and objects nest deeper than `max`, counting the body object as
+/// depth 1 (so `entities` is 2, an entity type's list 3, an operation 4, its `id`, `before`
+/// and `after` 5, and a column value that is an array or object 6). One pass over the bytes,
+/// before any parser recurses into them; brackets inside strings do not count.
+pub fn check_depth(body: &[u8], max: usize) -> Result<(), Invalid> {
+    let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
+    for (at, &b) in body.iter().enumerate() {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Err(Invalid(format!(
+                        "the body nests arrays and objects more than {max} deep (at byte {at}; the batch is depth 1, a column value of an operation starts at depth 6): this receiver refuses what it could not read back (--max-depth)"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn starts_object(text: &[u8]) -> bool {
@@ -402,6 +464,8 @@ struct OpWire<'a> {
     before: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     after: Option<&'a RawValue>,
+    #[serde(default, deserialize_with = "present")]
+    keyless: Option<bool>,
 }
 
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
@@ -540,6 +604,42 @@ mod tests {
             .unwrap_err()
             .0
             .contains("not valid JSON"));
+    }
+
+    #[test]
+    fn keyless_is_true_or_absent() {
+        let mut o = op(1, "insert", 1);
+        o["keyless"] = json!(true);
+        let text = serde_json::to_vec(&body(vec![o.clone()])).unwrap();
+        let parsed = parse(&text, None).unwrap();
+        assert!(parsed.entities[0].1[0].keyless);
+        o["keyless"] = json!(false);
+        refused(body(vec![o.clone()]), "either `true` or absent");
+        o["keyless"] = json!(null);
+        refused(body(vec![o]), "invalid type: null");
+    }
+
+    #[test]
+    fn a_seq_beyond_what_sqlite_stores_is_refused() {
+        let big = i64::MAX as u64 + 1;
+        let mut b = body(vec![op(big, "insert", 1)]);
+        b["first_seq"] = json!(big);
+        b["last_seq"] = json!(big);
+        refused(b, "the largest seq this receiver stores");
+    }
+
+    #[test]
+    fn nesting_is_measured_outside_strings() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(check_depth(nested(64).as_bytes(), 64).is_ok());
+        let err = check_depth(nested(65).as_bytes(), 64).unwrap_err();
+        assert!(err.0.contains("more than 64 deep"), "{err}");
+        assert!(err.0.contains("--max-depth"), "{err}");
+        // Brackets in strings, escaped quotes included, are text.
+        let text = format!("{{\"a\":\"\\\"{}\"}}", "[".repeat(100));
+        assert!(check_depth(text.as_bytes(), 2).is_ok(), "{text}");
+        // Siblings do not add up.
+        assert!(check_depth(b"{\"a\":[[]],\"b\":[[]]}", 3).is_ok());
     }
 
     #[test]

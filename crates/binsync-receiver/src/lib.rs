@@ -1,31 +1,36 @@
 //! The reference receiver of binsync's sync API (docs/sync-api.md, contract v1): an HTTP
-//! server that applies the batches binsync POSTs to a sled store with the contract's apply
-//! rule. `binsync receive` is a thin call into [`serve`] and [`dump`]; tests and benchmarks use
+//! server that applies the batches binsync POSTs to an SQLite database with the contract's
+//! apply rule. `binsync receive` is a thin call into [`serve`] and [`dump`]; tests and benchmarks use
 //! it to stand in for a real service. This crate does not depend on binsync: it knows the
 //! contract, not the sender.
 //!
 //! This file only wires the parts together and holds the public surface ([`ReceiveOptions`],
-//! [`Fault`], [`serve`], [`run`], [`dump`], [`ReceiveError`]); the work lives in private
+//! [`Fault`], [`serve`], [`run`], [`dump`], [`ReceiveError`], the SQL in [`sql`]); the work lives in private
 //! modules:
 //!
 //! - `batch`: one request body parsed and checked against the contract (borrowing the body).
-//! - `store`: the sled store in `--state-dir`: the apply rule, tombstones, counters, `dump`.
-//! - `server`: HTTP/1 over hyper: routes, authorization, gzip, size limit, fault injection,
+//! - `store`: the SQLite database in `--state-dir`: the apply rule as SQL (the part users
+//!   copy), tombstones, per-row counts for keyless tables, counters, `dump`.
+//! - `server`: HTTP/1 over hyper: routes, authorization, gzip, limits, fault injection,
 //!   graceful shutdown.
 //! - `discard`: `--discard` mode's body check: serde_json over the whole body, envelope only.
 //!
 //! Invariants:
-//! - A 2xx answer means the whole batch is applied and flushed to disk (or, with `discard`,
-//!   read as strict JSON with its version and count checked; no per-operation checks). A 4xx
-//!   or an injected fault means nothing of it was applied. Without an answer (the sender gave
+//! - A 2xx answer means the whole batch is applied and committed to disk in one transaction
+//!   (or, with `discard`, read as strict JSON with its version and count checked; no
+//!   per-operation checks). A 4xx or an injected fault means nothing of it was applied: what
+//!   the store could not keep (a body over `max_body_bytes`, nesting over `max_depth`, a
+//!   `seq` above i64::MAX) is refused before anything is applied. Without an answer (the sender gave
 //!   up waiting) or with a 500 it may have been applied: the retry then finds its operations
 //!   stale.
 //! - The apply rule: per (entity type, id) the store keeps the highest `seq` applied, deletes
 //!   included (as tombstones); an operation with a `seq` not above it is counted as stale and
 //!   dropped. Replays after a sender crash are therefore harmless and the state converges to
-//!   the source's.
-//! - Memory stays bounded: entities live in sled (8 MiB cache), bodies are capped at
-//!   [`MAX_BODY_BYTES`] (also after gunzip) and at most a few are processed at once.
+//!   the source's. Rows of a table without a primary key (`"keyless": true`) are counted per
+//!   identical row, under the same guard.
+//! - Memory stays bounded: entities live in SQLite (8 MiB page cache), bodies are capped at
+//!   `max_body_bytes` (also after gunzip) and only as many are processed at once as fit twice
+//!   in [`BODY_MEMORY`].
 
 mod batch;
 mod discard;
@@ -43,15 +48,35 @@ use tokio::net::TcpListener;
 
 use crate::store::Store;
 
-/// Largest request body accepted, compressed or not (413 beyond it).
-pub const MAX_BODY_BYTES: usize = 64 << 20;
+/// The store's schema and its apply rule as SQL statements (docs/sync-api.md quotes them):
+/// the part of this receiver to copy into a service's own database.
+pub mod sql {
+    pub use crate::store::{APPLY_KEYED, APPLY_KEYLESS, SCHEMA};
+}
+
+/// Default of `--max-body-bytes`: the largest request body accepted, compressed or not, and
+/// after gunzip (413 beyond it). A batch holds at least one row, so this is also the largest
+/// row that can be delivered.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 << 20;
+/// The highest `--max-body-bytes`: a row is stored as one SQLite value (at most 1e9 bytes),
+/// and a gzip body is held twice (compressed and inflated).
+pub const MAX_BODY_BYTES_LIMIT: usize = 512 << 20;
+/// Default of `--max-depth`: how deep arrays and objects may nest in a body (the body is
+/// depth 1; a column value starts at depth 6).
+pub const DEFAULT_MAX_DEPTH: usize = 64;
+/// The highest `--max-depth`: `dump` and most JSON parsers (serde_json: 128) read the stored
+/// rows back at the depth they have in the body.
+pub const MAX_DEPTH_LIMIT: usize = 120;
+/// Bodies in memory at once are limited so that their bytes, each counted twice (compressed
+/// and inflated), stay within this; at least one, at most four.
+pub const BODY_MEMORY: usize = 1 << 30;
 
 /// How `binsync receive` runs.
 #[derive(Clone)]
 pub struct ReceiveOptions {
     /// Address to listen on; port 0 picks a free port (the `listening on` line tells which).
     pub listen: SocketAddr,
-    /// The receiver's own sled store (never binsync's state dir: sled locks it).
+    /// The receiver's own store, an SQLite database (never binsync's state dir).
     pub state_dir: PathBuf,
     /// If set, requests must carry exactly this `Authorization` header value, else 401.
     pub auth: Option<String>,
@@ -63,6 +88,10 @@ pub struct ReceiveOptions {
     pub reject_containing: Option<String>,
     /// Parse (strict JSON, envelope only, no per-operation checks) and acknowledge without storing (benchmark mode).
     pub discard: bool,
+    /// Largest body, compressed and after gunzip: 413 beyond it.
+    pub max_body_bytes: usize,
+    /// Deepest nesting of arrays and objects in a body (the body itself is 1): 400 beyond it.
+    pub max_depth: usize,
 }
 
 impl ReceiveOptions {
@@ -76,6 +105,8 @@ impl ReceiveOptions {
             faults: Vec::new(),
             reject_containing: None,
             discard: false,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_depth: DEFAULT_MAX_DEPTH,
         }
     }
 
@@ -98,6 +129,18 @@ impl ReceiveOptions {
         if self.reject_containing.as_deref() == Some("") {
             return bad("--reject-containing with an empty string would reject every batch");
         }
+        if !(1..=MAX_BODY_BYTES_LIMIT).contains(&self.max_body_bytes) {
+            return Err(ReceiveError::Options(format!(
+                "--max-body-bytes must be between 1 and {MAX_BODY_BYTES_LIMIT} ({} MiB): a row is stored as one SQLite value, and a gzip body is held twice",
+                MAX_BODY_BYTES_LIMIT >> 20
+            )));
+        }
+        // The envelope, an entity list, an operation and its `id` take 5 levels.
+        if !(6..=MAX_DEPTH_LIMIT).contains(&self.max_depth) {
+            return Err(ReceiveError::Options(format!(
+                "--max-depth must be between 6 (flat rows) and {MAX_DEPTH_LIMIT} (the stored rows are read back by `dump` and by JSON parsers, serde_json's limit being 128)"
+            )));
+        }
         Ok(())
     }
 }
@@ -113,6 +156,8 @@ impl fmt::Debug for ReceiveOptions {
             .field("faults", &self.faults)
             .field("reject_containing", &self.reject_containing)
             .field("discard", &self.discard)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_depth", &self.max_depth)
             .finish()
     }
 }
@@ -169,7 +214,7 @@ pub enum ReceiveError {
         #[source]
         source: std::io::Error,
     },
-    #[error("receiver state dir {dir} is in use by another process (a running receiver? stop it before `dump`): {detail}; stop it, or pick another --state-dir")]
+    #[error("receiver state dir {dir} is in use (a running receiver? stop it before `dump`): {detail}; stop it, or pick another --state-dir")]
     Locked { dir: PathBuf, detail: String },
     #[error("{dir} holds no receiver state (did a receiver ever run with this --state-dir?)")]
     NoState { dir: PathBuf },
@@ -193,7 +238,7 @@ pub enum ReceiveError {
     Internal(String),
 }
 
-/// Binds, prints one line `listening on ADDR` to stdout (flush it: tests read it to learn the port), serves until `shutdown` resolves, then flushes the store.
+/// Binds, prints one line `listening on ADDR` to stdout (flush it: tests read it to learn the port), serves until `shutdown` resolves, then closes the store.
 pub async fn serve(
     opts: ReceiveOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -208,7 +253,9 @@ pub async fn serve(
     let (listener, addr) = match bound {
         Ok(bound) => bound,
         Err(e) => {
-            store.close().await;
+            if let Err(close) = store.close() {
+                tracing::warn!(error = %close, "closing the store after a failed bind");
+            }
             return Err(bind_error(opts.listen, e));
         }
     };
@@ -233,11 +280,14 @@ pub async fn run(
     server::run(listener, opts, store, shutdown).await
 }
 
-/// Reads the stored state (receiver must be stopped, sled locks the dir) as the JSON printed by `binsync receive dump`.
+/// Reads the stored state (the receiver must be stopped: it locks the dir) as the JSON printed
+/// by `binsync receive dump`.
 ///
 /// `{"stats": {...}, "entities": {"<entity>": {"<id JSON text>": {"seq": N, "deleted": false,
-/// "values": {...}}}}}`; a deleted entity is `{"seq": N, "deleted": true}`.
+/// "values": {...}}}}}`; a deleted entity is `{"seq": N, "deleted": true}`. Rows of a keyless
+/// table also carry `"copies": N`, the number of identical rows (0 when deleted).
 pub fn dump(state_dir: &Path) -> Result<serde_json::Value, ReceiveError> {
+    // Dropped at the end: the database closes, then the lock is released.
     Store::open_existing(state_dir)?.dump()
 }
 
@@ -246,7 +296,7 @@ async fn open_store(opts: &ReceiveOptions) -> Result<Store, ReceiveError> {
         return Ok(Store::discarding());
     }
     let dir = opts.state_dir.clone();
-    // sled's open reads and may recover its log: keep it off the async threads.
+    // Opening may recover SQLite's WAL: keep it off the async threads.
     tokio::task::spawn_blocking(move || Store::open(&dir))
         .await
         .map_err(|e| ReceiveError::Internal(format!("opening the store: {e}")))?
@@ -303,6 +353,22 @@ mod tests {
             },
             ReceiveOptions {
                 reject_containing: Some(String::new()),
+                ..base.clone()
+            },
+            ReceiveOptions {
+                max_body_bytes: 0,
+                ..base.clone()
+            },
+            ReceiveOptions {
+                max_body_bytes: MAX_BODY_BYTES_LIMIT + 1,
+                ..base.clone()
+            },
+            ReceiveOptions {
+                max_depth: 5,
+                ..base.clone()
+            },
+            ReceiveOptions {
+                max_depth: MAX_DEPTH_LIMIT + 1,
                 ..base.clone()
             },
         ];

@@ -1,11 +1,12 @@
 //! HTTP/1 for the receiver: accept loop, one task per connection, routes, and the POST path
-//! (authorization, headers, size limit, faults, gunzip, parse, apply, flush, answer).
+//! (authorization, headers, size limit, faults, gunzip, depth limit, parse, apply and commit,
+//! answer).
 //!
 //! Routes: `POST <any other path>` takes a batch; `GET /stats` and `GET /healthz` are open
 //! (no authorization: counters only).
 //!
 //! Shutdown: the accept loop stops, every connection finishes its request in flight and
-//! closes (a hanging fault gives up at once), then the store is flushed. Connections still
+//! closes (a hanging fault gives up at once), then the store is closed. Connections still
 //! open after `DRAIN_TIMEOUT` are cut.
 
 use std::convert::Infallible;
@@ -28,14 +29,12 @@ use tokio::task::JoinSet;
 
 use crate::batch;
 use crate::store::{Applied, Store};
-use crate::{Fault, ReceiveError, ReceiveOptions, MAX_BODY_BYTES};
+use crate::{Fault, ReceiveError, ReceiveOptions, BODY_MEMORY};
 
 /// How long a hanging fault keeps the request unanswered.
 const HANG: Duration = Duration::from_secs(60);
 /// How long shutdown waits for connections to finish their request.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bodies read, parsed and applied at once; each may hold up to twice MAX_BODY_BYTES.
-const BODIES_AT_ONCE: u32 = 4;
 /// hyper's header read timeout, which also closes idle keep-alive connections: longer than
 /// clients keep idle connections pooled (binsync 60 s, reqwest's default 90 s), so that a
 /// client never sends on a connection this side is closing.
@@ -51,7 +50,11 @@ struct Shared {
     fault_rate: f64,
     faults: Vec<Fault>,
     reject_containing: Option<String>,
+    max_body_bytes: usize,
+    max_depth: usize,
+    /// Bodies read, parsed and applied at once (each may take twice `max_body_bytes`).
     bodies: Arc<Semaphore>,
+    bodies_at_once: u32,
     stop: watch::Receiver<bool>,
 }
 
@@ -62,13 +65,18 @@ pub(super) async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ReceiveError> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let bodies_at_once =
+        (BODY_MEMORY / opts.max_body_bytes.saturating_mul(2).max(1)).clamp(1, 4) as u32;
     let shared = Arc::new(Shared {
         store,
         auth: opts.auth,
         fault_rate: opts.fault_rate,
         faults: opts.faults,
         reject_containing: opts.reject_containing,
-        bodies: Arc::new(Semaphore::new(BODIES_AT_ONCE as usize)),
+        max_body_bytes: opts.max_body_bytes,
+        max_depth: opts.max_depth,
+        bodies: Arc::new(Semaphore::new(bodies_at_once as usize)),
+        bodies_at_once,
         stop: stop_rx,
     });
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -111,20 +119,22 @@ pub(super) async fn run(
         tracing::warn!("connections still busy after {DRAIN_TIMEOUT:?}; cutting them");
         tasks.shutdown().await;
     }
-    // Applies whose request was cut still hold a body permit until their sled batch is in:
+    // Applies whose request was cut still hold a body permit until their transaction ends:
     // taking every permit waits for them.
     let all = shared
         .bodies
-        .acquire_many(BODIES_AT_ONCE)
+        .acquire_many(shared.bodies_at_once)
         .await
         .expect("never closed");
-    shared.store.flush().await?;
     drop(all);
-    // Release sled's lock on the state dir now, not whenever the last clone goes, so that
-    // `dump` works as soon as this returns.
+    // Close the database and release the state dir's lock now, not whenever the last clone
+    // goes, so that `dump` works as soon as this returns.
     match Arc::try_unwrap(shared) {
-        Ok(shared) => shared.store.close().await,
-        Err(_) => tracing::warn!("receiver state still referenced at shutdown"),
+        Ok(shared) => shared.store.close()?,
+        Err(shared) => {
+            tracing::warn!("receiver state still referenced at shutdown");
+            shared.store.save_counters()?;
+        }
     }
     Ok(())
 }
@@ -263,21 +273,19 @@ async fn post(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             }
         },
     };
+    let limit = shared.max_body_bytes;
     let declared = header_text(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, too_large());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, too_large(limit));
     }
 
     let Ok(permit) = shared.bodies.clone().acquire_owned().await else {
         return Reply::Answer(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     };
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
+    let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => {
-            return refuse(StatusCode::PAYLOAD_TOO_LARGE, too_large())
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, too_large(limit))
         }
         Err(e) => {
             // The sender went away mid-body: there is nobody to answer.
@@ -327,15 +335,12 @@ async fn post(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
         Err(e) => Outcome::Failed(ReceiveError::Internal(format!("applying a batch: {e}"))),
     };
     match outcome {
+        // Committed (durably) before `process` returned.
         Outcome::Done {
             batch_id,
             count,
             applied,
         } => {
-            if let Err(e) = shared.store.flush().await {
-                tracing::error!(%batch_id, error = %e, "cannot make the batch durable");
-                return Reply::Answer(error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()));
-            }
             tracing::debug!(
                 %batch_id, ops = count, applied = applied.applied, stale = applied.stale,
                 duplicate = applied.duplicate, ms = started.elapsed().as_millis() as u64,
@@ -371,19 +376,21 @@ enum Outcome {
     Failed(ReceiveError),
 }
 
-/// Gunzip, parse, check, apply: the CPU- and disk-bound part, on a blocking thread.
+/// Gunzip, check the limits, parse, check, apply and commit: the CPU- and disk-bound part, on
+/// a blocking thread. Everything refused is refused before the store is touched.
 fn process(shared: &Shared, body: &[u8], encoding: Encoding, key: Option<&str>) -> Outcome {
+    let limit = shared.max_body_bytes;
     let inflated;
     let text: &[u8] = match encoding {
         Encoding::Identity => body,
         Encoding::Gzip => {
-            let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(MAX_BODY_BYTES));
+            let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
             let read = flate2::read::MultiGzDecoder::new(body)
-                .take(MAX_BODY_BYTES as u64 + 1)
+                .take(limit as u64 + 1)
                 .read_to_end(&mut out);
             match read {
-                Ok(n) if n > MAX_BODY_BYTES => {
-                    return Outcome::Refused(StatusCode::PAYLOAD_TOO_LARGE, too_large())
+                Ok(n) if n > limit => {
+                    return Outcome::Refused(StatusCode::PAYLOAD_TOO_LARGE, too_large(limit))
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -399,6 +406,11 @@ fn process(shared: &Shared, body: &[u8], encoding: Encoding, key: Option<&str>) 
             &inflated
         }
     };
+    // Before any parser recurses into the body; in `discard` mode too, so that a sender
+    // tested against it meets the same limits.
+    if let Err(invalid) = batch::check_depth(text, shared.max_depth) {
+        return Outcome::Refused(StatusCode::BAD_REQUEST, invalid.0);
+    }
     if shared.store.is_discarding() && shared.reject_containing.is_none() {
         return discard(shared, text);
     }
@@ -476,10 +488,14 @@ fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn too_large() -> String {
+fn too_large(limit: usize) -> String {
+    let size = if limit.is_multiple_of(1 << 20) {
+        format!("{} MiB", limit >> 20)
+    } else {
+        format!("{limit} bytes")
+    };
     format!(
-        "the body exceeds {} MiB (after gunzip too); send smaller batches (batch_bytes)",
-        MAX_BODY_BYTES >> 20
+        "the body exceeds {size} (--max-body-bytes {limit}; after gunzip too): send smaller batches (batch_bytes), or, for a single row this large, start the receiver with a higher --max-body-bytes"
     )
 }
 

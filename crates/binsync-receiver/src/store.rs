@@ -1,38 +1,111 @@
-//! The receiver's state: a sled store in `--state-dir`, applying batches with the contract's
-//! apply rule, and the counters behind `GET /stats` and `dump`.
+//! The receiver's state: an SQLite database in `--state-dir`, the contract's apply rule written
+//! as SQL, and the counters behind `GET /stats` and `dump`.
 //!
-//! Layout (the default tree):
+//! This file is meant to be copied: [`SCHEMA`], [`APPLY_KEYED`] and [`APPLY_KEYLESS`] are
+//! the whole apply rule (docs/sync-api.md quotes them), and [`Store::apply`] shows how a batch
+//! runs through them in one transaction.
 //!
-//! ```text
-//! m:format            "binsync-receiver 1"
-//! m:stats             Stats as JSON
-//! b:<batch_id>        fingerprint (u64 BE) ++ applied at (unix ms, u64 BE)
-//! e:<entity>\0<id>    seq (u64 BE) ++ deleted (0|1) ++ after image JSON (empty when deleted)
-//! ```
+//! Files in the state dir: `receiver.sqlite3` (with `-wal` and `-shm` while open) and
+//! `receiver.lock`, which the open store holds locked so that `dump` and a second receiver
+//! refuse a directory in use.
 //!
 //! Invariants:
-//! - Batches are applied one at a time (`apply_lock`), so the rule's read-then-write cannot
-//!   race; a batch's entity records, its `b:` record and the counters go in one sled batch,
-//!   which sled applies atomically.
-//! - A caller answers 2xx only after [`Store::flush`] returned: the batch is on disk.
-//! - `b:` records are kept forever (16 bytes plus the id each); they only short-cut exact
+//! - One writer connection, behind a mutex: batches are applied one at a time, each in one
+//!   `BEGIN IMMEDIATE` transaction holding its rows, its `batches` record and the counters.
+//!   [`Store::apply`] returns once that transaction is committed, in WAL mode with
+//!   `synchronous = FULL`: the batch is on disk, and a caller may answer 2xx.
+//! - Per (entity type, id) the `entities` row keeps the highest `seq` applied, deletes
+//!   included (a tombstone is a row with `copies = 0`); a statement whose `seq` is not above
+//!   it changes nothing, which is how a stale operation is told: `changes() = 0`.
+//! - A table without a primary key (operations marked `"keyless": true`, `id` = all columns)
+//!   keeps a count of identical rows in `copies`; the same `seq` guard makes a replay count
+//!   nothing twice (see [`APPLY_KEYLESS`]).
+//! - Counters changed outside a batch (rejections, faults) are kept in memory and written
+//!   with the next batch, and at [`Store::close`].
+//! - `batches` records are kept forever (a few dozen bytes each); they only short-cut exact
 //!   re-sends, the per-entity `seq` is what makes replays harmless.
+//! - Memory: SQLite's page cache is 8 MiB; a batch is read from the body it borrows.
 
-use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use rusqlite::{named_params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::batch::{Batch, OpKind};
+use crate::batch::{compact_json, Batch, Op, OpKind};
 use crate::ReceiveError;
 
-const FORMAT_KEY: &[u8] = b"m:format";
-const FORMAT: &[u8] = b"binsync-receiver 1";
-const STATS_KEY: &[u8] = b"m:stats";
-const BATCH_PREFIX: &[u8] = b"b:";
-const ENTITY_PREFIX: &[u8] = b"e:";
+/// The database file in the state dir.
+pub const DB_FILE: &str = "receiver.sqlite3";
+/// Held locked (flock) while a store is open.
+const LOCK_FILE: &str = "receiver.lock";
+/// `meta.format`: which layout the database holds. Version 1 was a sled store.
+const FORMAT: &str = "binsync-receiver 2";
+
+/// The tables, created in one transaction on first start.
+pub const SCHEMA: &str = "
+CREATE TABLE entities (
+    entity   TEXT    NOT NULL,  -- entity type: the name of the list the operation is in
+    id       TEXT    NOT NULL,  -- the operation's `id`, JSON text without whitespace, key order kept
+    seq      INTEGER NOT NULL,  -- highest seq applied to this row, deletes included
+    copies   INTEGER NOT NULL,  -- rows with this id at the source; 0: deleted (a tombstone).
+                                -- 0 or 1 for a table with a key; any count for a keyless one
+    keyless  INTEGER NOT NULL,  -- 1: written by operations marked \"keyless\": true
+    row_json TEXT,              -- the row, column -> value (JSON); NULL when copies = 0
+    PRIMARY KEY (entity, id)
+);
+CREATE TABLE batches (
+    batch_id    TEXT    PRIMARY KEY,
+    fingerprint INTEGER NOT NULL,  -- FNV-1a 64 of the body: tells a re-send from a regrouped batch
+    applied_at  INTEGER NOT NULL   -- unix ms
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,  -- 'format', 'stats'
+    value TEXT NOT NULL
+);
+";
+
+/// The apply rule for a table with a primary key: an upsert guarded by `seq`.
+///
+/// insert, update: `:copies` = 1, `:row` = `after`; delete: `:copies` = 0, `:row` = NULL (the
+/// tombstone keeps the delete's `seq`, so a replayed older insert stays deleted). No row
+/// changed (`changes() = 0`): the stored `seq` is as high or higher, the operation is stale.
+pub const APPLY_KEYED: &str = "
+INSERT INTO entities (entity, id, seq, copies, keyless, row_json)
+VALUES (:entity, :id, :seq, :copies, 0, :row)
+ON CONFLICT (entity, id) DO UPDATE
+   SET seq = excluded.seq, copies = excluded.copies, keyless = 0, row_json = excluded.row_json
+ WHERE entities.seq < excluded.seq";
+
+/// The apply rule for a table without a primary key (`"keyless": true`, `id` = all columns):
+/// a count of identical rows, guarded by `seq` like [`APPLY_KEYED`].
+///
+/// insert: `:remove` 0, `:add` 1, `:row` = `after`; delete: `:remove` 1, `:add` 0, `:row` =
+/// `before` (a delete at zero stays at zero and still leaves its `seq`); an update is a delete
+/// of its before-row and an insert of its after-row, both with its `seq` (one statement with
+/// `:remove` 1, `:add` 1 when they are the same row). The guard: binsync sends every
+/// operation on one id in `seq` order, so an operation not above the stored `seq` was counted
+/// already (a retry, a replay after a crash) and changes nothing.
+pub const APPLY_KEYLESS: &str = "
+INSERT INTO entities (entity, id, seq, copies, keyless, row_json)
+VALUES (:entity, :id, :seq, :add, 1, CASE WHEN :add > 0 THEN :row END)
+ON CONFLICT (entity, id) DO UPDATE
+   SET seq = excluded.seq,
+       copies = max(entities.copies - :remove, 0) + :add,
+       keyless = 1,
+       row_json = CASE WHEN max(entities.copies - :remove, 0) + :add > 0 THEN :row END
+ WHERE entities.seq < excluded.seq";
+
+const FIND_BATCH: &str = "SELECT fingerprint FROM batches WHERE batch_id = ?1";
+const RECORD_BATCH: &str = "
+INSERT INTO batches (batch_id, fingerprint, applied_at) VALUES (?1, ?2, ?3)
+ON CONFLICT (batch_id) DO UPDATE
+   SET fingerprint = excluded.fingerprint, applied_at = excluded.applied_at";
+const SAVE_STATS: &str = "
+INSERT INTO meta (key, value) VALUES ('stats', ?1)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
 /// The counters of `GET /stats` and `dump`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +121,7 @@ pub struct Stats {
     pub ops_applied: u64,
     /// Operations dropped because their entity already had that seq or a higher one.
     pub ops_stale: u64,
-    /// POSTs answered with a 4xx (bad body, auth, poison, size, media type).
+    /// POSTs answered with a 4xx (bad body, auth, poison, size, depth, media type).
     pub rejected: u64,
     /// POSTs answered with an injected fault.
     pub faults_injected: u64,
@@ -63,11 +136,12 @@ pub struct Applied {
 }
 
 pub struct Store {
-    /// None in `discard` mode: batches are counted, nothing is kept.
-    db: Option<sled::Db>,
+    /// The one writer; None in `discard` mode: batches are counted, nothing is kept.
+    conn: Option<Mutex<Connection>>,
+    /// Held locked while the store is open; released when dropped (after `conn`).
+    _lock: Option<File>,
     dir: PathBuf,
     stats: Mutex<Stats>,
-    apply_lock: Mutex<()>,
 }
 
 impl Store {
@@ -78,87 +152,126 @@ impl Store {
 
     /// Opens a store that must already exist (for `dump`).
     pub fn open_existing(dir: &Path) -> Result<Store, ReceiveError> {
-        if !dir.join("db").exists() && !dir.join("conf").exists() {
-            return Err(ReceiveError::NoState {
-                dir: dir.to_path_buf(),
-            });
-        }
         Self::open_inner(dir, false)
     }
 
     pub fn discarding() -> Store {
         Store {
-            db: None,
+            conn: None,
+            _lock: None,
             dir: PathBuf::new(),
             stats: Mutex::new(Stats::default()),
-            apply_lock: Mutex::new(()),
         }
     }
 
     /// `discard` mode: nothing is stored.
     pub fn is_discarding(&self) -> bool {
-        self.db.is_none()
+        self.conn.is_none()
     }
 
     fn open_inner(dir: &Path, create: bool) -> Result<Store, ReceiveError> {
-        if dir.exists() && !dir.is_dir() {
-            return Err(ReceiveError::Foreign {
-                dir: dir.to_path_buf(),
-                detail: "it is a file, not a directory".into(),
-            });
-        }
-        let db = sled_config(dir)
-            .open()
-            .map_err(|e| classify_open_error(dir, e))?;
-        let corrupt = |e: sled::Error| ReceiveError::Corrupt {
+        let foreign = |detail: &str| ReceiveError::Foreign {
             dir: dir.to_path_buf(),
-            detail: e.to_string(),
+            detail: detail.into(),
         };
-        match db.get(FORMAT_KEY).map_err(corrupt)? {
-            Some(f) if f == FORMAT => {}
-            Some(f) => {
-                return Err(ReceiveError::TooNew {
-                    dir: dir.to_path_buf(),
-                    format: String::from_utf8_lossy(&f).into_owned(),
-                })
+        if dir.exists() && !dir.is_dir() {
+            return Err(foreign("it is a file, not a directory"));
+        }
+        let path = dir.join(DB_FILE);
+        if !path.exists() {
+            // sled's files: binsync keeps its checkpoint in sled, and so did this receiver
+            // before it stored into SQLite.
+            if dir.join("conf").exists() || dir.join("db").exists() {
+                return Err(foreign(
+                    "it holds a sled store: binsync's own --state-dir, or the state of a receiver from before it stored into SQLite (start that one on an empty --state-dir and re-send from binsync)",
+                ));
             }
-            None if db.contains_key(b"checkpoint").map_err(corrupt)?
-                || db.contains_key(b"seq_floor").map_err(corrupt)? =>
-            {
-                return Err(ReceiveError::Foreign {
-                    dir: dir.to_path_buf(),
-                    detail: "it holds a binsync checkpoint: it is binsync's own --state-dir".into(),
-                })
-            }
-            None if !db.is_empty() => {
-                return Err(ReceiveError::Foreign {
-                    dir: dir.to_path_buf(),
-                    detail: "it holds a sled store written by something else".into(),
-                })
-            }
-            None if !create => {
+            if !create {
                 return Err(ReceiveError::NoState {
                     dir: dir.to_path_buf(),
+                });
+            }
+            std::fs::create_dir_all(dir).map_err(|e| write_error(dir, e))?;
+        }
+        let lock = take_lock(dir)?;
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let mut conn = Connection::open_with_flags(&path, flags).map_err(|e| db_error(dir, e))?;
+        let setup = |conn: &Connection| -> rusqlite::Result<String> {
+            // WAL: readers never block the writer; FULL: a commit is on disk when it returns.
+            let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+            conn.execute_batch(
+                "PRAGMA synchronous = FULL;
+                 PRAGMA cache_size = -8192;
+                 PRAGMA journal_size_limit = 67108864;",
+            )?;
+            Ok(mode)
+        };
+        let mode = setup(&conn).map_err(|e| db_error(dir, e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(write_error(
+                dir,
+                format!("SQLite could not switch to WAL mode (it stays in `{mode}`)"),
+            ));
+        }
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+            .map_err(|e| db_error(dir, e))?;
+        if tables == 0 {
+            if !create {
+                return Err(ReceiveError::NoState {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            let tx = conn.transaction().map_err(|e| db_error(dir, e))?;
+            tx.execute_batch(SCHEMA).map_err(|e| db_error(dir, e))?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('format', ?1)",
+                [FORMAT],
+            )
+            .map_err(|e| db_error(dir, e))?;
+            tx.commit().map_err(|e| db_error(dir, e))?;
+        }
+        let format: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|_| foreign("it holds an SQLite database written by something else"))?;
+        match format {
+            Some(f) if f == FORMAT => {}
+            Some(f) if f.starts_with("binsync-receiver ") => {
+                return Err(ReceiveError::TooNew {
+                    dir: dir.to_path_buf(),
+                    format: f,
                 })
             }
-            None => {
-                db.insert(FORMAT_KEY, FORMAT)
-                    .map_err(|e| write_error(dir, e))?;
-                db.flush().map_err(|e| write_error(dir, e))?;
+            _ => {
+                return Err(foreign(
+                    "it holds an SQLite database written by something else",
+                ))
             }
         }
-        let stats = match db.get(STATS_KEY).map_err(corrupt)? {
-            Some(raw) => serde_json::from_slice(&raw).map_err(|e| ReceiveError::Corrupt {
+        let stats: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'stats'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| db_error(dir, e))?;
+        let stats = match stats {
+            Some(text) => serde_json::from_str(&text).map_err(|e| ReceiveError::Corrupt {
                 dir: dir.to_path_buf(),
                 detail: format!("counters unreadable: {e}"),
             })?,
             None => Stats::default(),
         };
         Ok(Store {
-            db: Some(db),
+            conn: Some(Mutex::new(conn)),
+            _lock: Some(lock),
             dir: dir.to_path_buf(),
             stats: Mutex::new(stats),
-            apply_lock: Mutex::new(()),
         })
     }
 
@@ -166,164 +279,137 @@ impl Store {
         lock(&self.stats).clone()
     }
 
-    /// Changes counters outside a batch (rejections, faults); persisted, flushed later.
+    /// Changes counters outside a batch (rejections, faults); written with the next batch.
     pub fn count(&self, change: impl FnOnce(&mut Stats)) {
-        let mut stats = lock(&self.stats);
-        change(&mut stats);
-        if let Some(db) = &self.db {
-            let json = serde_json::to_vec(&*stats).expect("plain struct serializes");
-            if let Err(e) = db.insert(STATS_KEY, json) {
-                tracing::warn!(error = %e, dir = %self.dir.display(), "cannot persist the receiver's counters");
-            }
-        }
+        change(&mut lock(&self.stats));
     }
 
-    /// Applies a batch atomically with the apply rule; blocking (call off the async threads).
-    /// Not durable until [`Store::flush`].
+    /// Applies a batch with the apply rule in one transaction and commits it (durably);
+    /// blocking (call off the async threads). On an error nothing of it is applied.
     pub fn apply(&self, batch: &Batch<'_>) -> Result<Applied, ReceiveError> {
-        let Some(db) = &self.db else {
+        let Some(conn) = &self.conn else {
             self.count(|s| {
                 s.batches += 1;
                 s.ops_received += batch.count;
             });
             return Ok(Applied::default());
         };
-        let _serial = lock(&self.apply_lock);
-        let read = |e: sled::Error| ReceiveError::Corrupt {
-            dir: self.dir.clone(),
-            detail: e.to_string(),
-        };
-        let batch_key = [BATCH_PREFIX, batch.batch_id.as_bytes()].concat();
-        if let Some(prev) = db.get(&batch_key).map_err(read)? {
-            if prev.get(..8) == Some(&batch.fingerprint.to_be_bytes()[..]) {
-                self.count(|s| {
-                    s.batches += 1;
-                    s.batches_duplicate += 1;
-                    s.ops_received += batch.count;
-                    s.ops_stale += batch.count;
-                });
-                return Ok(Applied {
-                    applied: 0,
-                    stale: batch.count,
-                    duplicate: true,
-                });
-            }
+        let db = |e| db_error(&self.dir, e);
+        let mut conn = lock(conn);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        // The fingerprint is a u64 stored bit for bit in an INTEGER: compared, never ordered.
+        let fingerprint = batch.fingerprint as i64;
+        let seen: Option<i64> = tx
+            .query_row(FIND_BATCH, [&*batch.batch_id], |r| r.get(0))
+            .optional()
+            .map_err(db)?;
+        if seen == Some(fingerprint) {
+            drop(tx);
+            self.count(|s| {
+                s.batches += 1;
+                s.batches_duplicate += 1;
+                s.ops_received += batch.count;
+                s.ops_stale += batch.count;
+            });
+            return Ok(Applied {
+                applied: 0,
+                stale: batch.count,
+                duplicate: true,
+            });
+        }
+        if seen.is_some() {
             // Same id, other content: a sender that regrouped its batches after a restart.
-            // The apply rule below decides per operation, as for any other batch.
+            // The apply rule decides per operation, as for any other batch.
             tracing::info!(batch_id = %batch.batch_id, "batch id seen before with other content; applying operation by operation");
         }
-
-        let mut writes = sled::Batch::default();
-        // Seqs written by this batch so far: several operations on one id in one batch.
-        let mut pending: HashMap<Vec<u8>, u64> = HashMap::new();
         let mut result = Applied::default();
         for (entity, ops) in &batch.entities {
             for op in ops {
-                let key = entity_key(entity, &op.id);
-                let current = match pending.get(&key) {
-                    Some(seq) => Some(*seq),
-                    None => db
-                        .get(&key)
-                        .map_err(read)?
-                        .map(|raw| decode_seq(&raw))
-                        .transpose()
-                        .map_err(|detail| ReceiveError::Corrupt {
-                            dir: self.dir.clone(),
-                            detail,
-                        })?,
-                };
-                if current.is_some_and(|seq| seq >= op.seq) {
+                if apply_op(&tx, entity, op).map_err(db)? {
+                    result.applied += 1;
+                } else {
                     result.stale += 1;
-                    continue;
                 }
-                let record = match op.kind {
-                    OpKind::Delete => encode_record(op.seq, true, b""),
-                    OpKind::Insert | OpKind::Update => {
-                        encode_record(op.seq, false, op.after.map_or("{}", |a| a.get()).as_bytes())
-                    }
-                };
-                writes.insert(key.clone(), record);
-                pending.insert(key, op.seq);
-                result.applied += 1;
             }
         }
-        let mut mark = batch.fingerprint.to_be_bytes().to_vec();
-        mark.extend_from_slice(&unix_ms().to_be_bytes());
-        writes.insert(batch_key, mark);
-
+        tx.execute(
+            RECORD_BATCH,
+            rusqlite::params![&*batch.batch_id, fingerprint, unix_ms()],
+        )
+        .map_err(db)?;
         let mut stats = lock(&self.stats);
         let mut next = stats.clone();
         next.batches += 1;
         next.ops_received += batch.count;
         next.ops_applied += result.applied;
         next.ops_stale += result.stale;
-        writes.insert(
-            STATS_KEY,
-            serde_json::to_vec(&next).expect("plain struct serializes"),
-        );
-        db.apply_batch(writes)
-            .map_err(|e| write_error(&self.dir, e))?;
+        tx.execute(SAVE_STATS, [stats_json(&next)]).map_err(db)?;
+        tx.commit().map_err(db)?;
         *stats = next;
         Ok(result)
     }
 
-    /// Makes everything applied so far durable.
-    pub async fn flush(&self) -> Result<(), ReceiveError> {
-        match &self.db {
-            Some(db) => db
-                .flush_async()
-                .await
-                .map(|_| ())
-                .map_err(|e| write_error(&self.dir, e)),
-            None => Ok(()),
-        }
+    /// Writes the counters (those changed outside batches since the last one).
+    pub fn save_counters(&self) -> Result<(), ReceiveError> {
+        let Some(conn) = &self.conn else {
+            return Ok(());
+        };
+        let json = stats_json(&self.stats());
+        lock(conn)
+            .execute(SAVE_STATS, [json])
+            .map(|_| ())
+            .map_err(|e| db_error(&self.dir, e))
     }
 
-    /// Closes the store and waits (bounded) until sled's lock on the state dir is released:
-    /// sled drops its last handle on a background thread a moment after ours, and `dump`
-    /// right after `serve` returns must find the directory free.
-    pub async fn close(mut self) {
-        let Some(db) = self.db.take() else { return };
-        drop(db);
-        let lock_file = self.dir.join("db");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            match std::fs::File::open(&lock_file).map(|f| f.try_lock()) {
-                Ok(Err(std::fs::TryLockError::WouldBlock)) => {}
-                // Free (our probe's lock goes with the file), gone, or not lockable: done.
-                _ => return,
+    /// Writes the counters and closes the database (SQLite folds the WAL back into the file),
+    /// then releases the state dir's lock, so that `dump` works as soon as this returns.
+    pub fn close(self) -> Result<(), ReceiveError> {
+        let saved = self.save_counters();
+        if let Some(conn) = self.conn {
+            let conn = conn.into_inner().unwrap_or_else(|p| p.into_inner());
+            if let Err((_, e)) = conn.close() {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "closing the receiver's database failed");
             }
-            if std::time::Instant::now() > deadline {
-                tracing::warn!(dir = %self.dir.display(), "sled still holds the state dir's lock");
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        saved
     }
 
     /// The whole state as JSON (see [`crate::dump`]).
     pub fn dump(&self) -> Result<Value, ReceiveError> {
         let mut entities = Map::new();
-        if let Some(db) = &self.db {
+        if let Some(conn) = &self.conn {
             let corrupt = |detail: String| ReceiveError::Corrupt {
                 dir: self.dir.clone(),
                 detail,
             };
-            for item in db.scan_prefix(ENTITY_PREFIX) {
-                let (key, raw) = item.map_err(|e| corrupt(e.to_string()))?;
-                let rest = &key[ENTITY_PREFIX.len()..];
-                let split = rest
-                    .iter()
-                    .position(|b| *b == 0)
-                    .ok_or_else(|| corrupt("an entity key without its separator".into()))?;
-                let entity = String::from_utf8_lossy(&rest[..split]).into_owned();
-                let id = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
-                let record = decode_record(&raw).map_err(&corrupt)?;
+            let conn = lock(conn);
+            let mut rows = conn
+                .prepare(
+                    "SELECT entity, id, seq, copies, keyless, row_json FROM entities ORDER BY entity, id",
+                )
+                .map_err(|e| db_error(&self.dir, e))?;
+            let mut rows = rows.query([]).map_err(|e| db_error(&self.dir, e))?;
+            while let Some(row) = rows.next().map_err(|e| db_error(&self.dir, e))? {
+                let read = |e: rusqlite::Error| corrupt(format!("an entities row: {e}"));
+                let entity: String = row.get(0).map_err(read)?;
+                let id: String = row.get(1).map_err(read)?;
+                let seq: i64 = row.get(2).map_err(read)?;
+                let copies: i64 = row.get(3).map_err(read)?;
+                let keyless: bool = row.get(4).map_err(read)?;
+                let values: Option<String> = row.get(5).map_err(read)?;
                 let mut obj = Map::new();
-                obj.insert("seq".into(), record.seq.into());
-                obj.insert("deleted".into(), record.deleted.into());
-                if !record.deleted {
-                    let values: Value = serde_json::from_slice(record.values)
+                obj.insert("seq".into(), seq.into());
+                obj.insert("deleted".into(), (copies == 0).into());
+                if keyless {
+                    obj.insert("copies".into(), copies.into());
+                }
+                if copies > 0 {
+                    let text = values.ok_or_else(|| {
+                        corrupt(format!("{entity} {id} is present but has no values"))
+                    })?;
+                    let values: Value = serde_json::from_str(&text)
                         .map_err(|e| corrupt(format!("values of {entity} {id}: {e}")))?;
                     obj.insert("values".into(), values);
                 }
@@ -340,107 +426,101 @@ impl Store {
     }
 }
 
-struct Record<'a> {
-    seq: u64,
-    deleted: bool,
-    values: &'a [u8],
-}
-
-fn entity_key(entity: &str, id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(ENTITY_PREFIX.len() + entity.len() + 1 + id.len());
-    key.extend_from_slice(ENTITY_PREFIX);
-    key.extend_from_slice(entity.as_bytes());
-    key.push(0);
-    key.extend_from_slice(id.as_bytes());
-    key
-}
-
-fn encode_record(seq: u64, deleted: bool, values: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(9 + values.len());
-    v.extend_from_slice(&seq.to_be_bytes());
-    v.push(u8::from(deleted));
-    v.extend_from_slice(values);
-    v
-}
-
-fn decode_record(raw: &[u8]) -> Result<Record<'_>, String> {
-    let seq = decode_seq(raw)?;
-    let deleted = match raw[8] {
-        0 => false,
-        1 => true,
-        other => return Err(format!("entity record with deleted flag {other}")),
+/// One operation through the apply rule; false when it was stale (changed nothing).
+fn apply_op(tx: &rusqlite::Transaction<'_>, entity: &str, op: &Op<'_>) -> rusqlite::Result<bool> {
+    // batch::parse refused any seq above i64::MAX.
+    let seq = op.seq as i64;
+    if !op.keyless {
+        let (copies, row) = match op.kind {
+            OpKind::Delete => (0, None),
+            OpKind::Insert | OpKind::Update => (1, Some(image(op.after))),
+        };
+        let changed = tx.prepare_cached(APPLY_KEYED)?.execute(named_params! {
+            ":entity": entity, ":id": &*op.id, ":seq": seq, ":copies": copies, ":row": row,
+        })?;
+        return Ok(changed > 0);
+    }
+    let count = |id: &str, remove: i64, add: i64, row: &str| -> rusqlite::Result<bool> {
+        let changed = tx.prepare_cached(APPLY_KEYLESS)?.execute(named_params! {
+            ":entity": entity, ":id": id, ":seq": seq, ":remove": remove, ":add": add,
+            ":row": row,
+        })?;
+        Ok(changed > 0)
     };
-    Ok(Record {
-        seq,
-        deleted,
-        values: &raw[9..],
-    })
-}
-
-fn decode_seq(raw: &[u8]) -> Result<u64, String> {
-    match raw.get(..9) {
-        Some(head) => Ok(u64::from_be_bytes(head[..8].try_into().expect("8 bytes"))),
-        None => Err(format!("entity record of {} bytes", raw.len())),
+    match op.kind {
+        OpKind::Insert => count(&op.id, 0, 1, image(op.after)),
+        OpKind::Delete => count(&op.id, 1, 0, image(op.before)),
+        OpKind::Update => {
+            // The before-row's identity: all its columns, written as binsync writes an id.
+            let before_id = compact_json(image(op.before));
+            if before_id == op.id {
+                count(&op.id, 1, 1, image(op.after))
+            } else {
+                let removed = count(&before_id, 1, 0, image(op.before))?;
+                let added = count(&op.id, 0, 1, image(op.after))?;
+                Ok(removed || added)
+            }
+        }
     }
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// An image's JSON text (batch::parse made sure the operation's kind has it).
+fn image(v: Option<&serde_json::value::RawValue>) -> &str {
+    v.map_or("{}", |v| v.get())
 }
 
-/// A panic elsewhere must not wedge the receiver: the data behind these locks stays valid.
+/// Locks the state dir for this process; a second store (a running receiver, `dump`) fails.
+fn take_lock(dir: &Path) -> Result<File, ReceiveError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| write_error(dir, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ReceiveError::Locked {
+            dir: dir.to_path_buf(),
+            detail: format!("{} is locked", path.display()),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(write_error(dir, e)),
+    }
+}
+
+fn stats_json(stats: &Stats) -> String {
+    serde_json::to_string(stats).expect("plain struct serializes")
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A panic elsewhere must not wedge the receiver: the data behind these locks stays valid
+/// (an open transaction of a panicking apply rolls back when dropped).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn write_error(dir: &Path, e: sled::Error) -> ReceiveError {
+fn write_error(dir: &Path, detail: impl std::fmt::Display) -> ReceiveError {
     ReceiveError::Write {
         dir: dir.to_path_buf(),
-        detail: e.to_string(),
+        detail: detail.to_string(),
     }
 }
 
-/// Entities stay on disk; the cache is small. (binsync's own checkpoint store is opened with
-/// the same settings; this crate does not depend on binsync, so they are written twice.)
-fn sled_config(dir: &Path) -> sled::Config {
-    sled::Config::new()
-        .path(dir)
-        .cache_capacity(8 * 1024 * 1024)
-        .mode(sled::Mode::LowSpace)
-}
-
-/// sled could not lock its directory: another process holds the store.
-fn is_lock_error(e: &sled::Error) -> bool {
-    match e {
-        sled::Error::Io(io) => {
-            io.kind() == std::io::ErrorKind::WouldBlock
-                // EAGAIN on Linux: the lock is held.
-                || io.raw_os_error() == Some(11)
-                || e.to_string().contains("lock")
-        }
-        _ => false,
-    }
-}
-
-fn classify_open_error(dir: &Path, e: sled::Error) -> ReceiveError {
-    let detail = e.to_string();
-    match &e {
-        _ if is_lock_error(&e) => ReceiveError::Locked {
+/// A damaged file is corrupt; anything else (disk full, I/O, permissions) a write failure,
+/// which a retry may get past.
+fn db_error(dir: &Path, e: rusqlite::Error) -> ReceiveError {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => ReceiveError::Corrupt {
             dir: dir.to_path_buf(),
-            detail,
+            detail: e.to_string(),
         },
-        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
-            ReceiveError::Write {
-                dir: dir.to_path_buf(),
-                detail,
-            }
-        }
-        _ => ReceiveError::Corrupt {
-            dir: dir.to_path_buf(),
-            detail,
-        },
+        _ => write_error(dir, e),
     }
 }
 
@@ -469,16 +549,56 @@ mod tests {
                 v
             })
             .collect();
+        envelope(batch_id, "products", ops)
+    }
+
+    fn envelope(batch_id: &str, entity: &str, ops: Vec<Value>) -> Vec<u8> {
         let seqs = ops.iter().map(|o| o["seq"].as_u64().unwrap());
         serde_json::to_vec(&serde_json::json!({"version": 1, "batch_id": batch_id,
             "source": {"flavor": "mysql", "server_id": 1, "server_uuid": "u"},
             "first_seq": seqs.clone().min(), "last_seq": seqs.max(), "count": ops.len(),
-            "entities": {"products": ops}}))
+            "entities": {entity: ops}}))
         .unwrap()
+    }
+
+    /// An operation on the keyless table `tags (n INT, s TEXT)`: `id` is the whole row.
+    fn keyless(
+        seq: u64,
+        kind: &str,
+        before: Option<(i64, &str)>,
+        after: Option<(i64, &str)>,
+    ) -> Value {
+        let row = |(n, s): (i64, &str)| serde_json::json!({"n": n, "s": s});
+        let id = row(after.or(before).unwrap());
+        let mut v = serde_json::json!({"seq": seq, "op": kind, "db": "shop", "table": "tags",
+            "entity": "tags", "keyless": true, "id": id, "gtid": null,
+            "ts": "2026-11-24T07:37:31Z", "row": 0, "file": "f.000001", "offset": 4});
+        if let Some(b) = before {
+            v["before"] = row(b);
+        }
+        if let Some(a) = after {
+            v["after"] = row(a);
+        }
+        if kind == "update" {
+            v["changed"] = serde_json::json!(["s"]);
+        }
+        v
     }
 
     fn apply(store: &Store, text: &[u8]) -> Applied {
         store.apply(&batch::parse(text, None).unwrap()).unwrap()
+    }
+
+    /// `{"<id>": copies}` of the live keyless rows.
+    fn copies(store: &Store) -> Value {
+        let dump = store.dump().unwrap();
+        let mut out = Map::new();
+        for (id, e) in dump["entities"]["tags"].as_object().into_iter().flatten() {
+            if e["deleted"] == false {
+                out.insert(id.clone(), e["copies"].clone());
+            }
+        }
+        Value::Object(out)
     }
 
     #[test]
@@ -535,14 +655,100 @@ mod tests {
         );
     }
 
+    /// The issue's case: `INSERT (1,'x'),(1,'x'),(2,'y')`, then `UPDATE ... LIMIT 1` and
+    /// `DELETE ... LIMIT 1` on a table without a primary key. binsync sends the update of a
+    /// keyless row as a delete and an insert (its id, all columns, changes).
+    #[test]
+    fn identical_rows_of_a_keyless_table_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let x = Some((1, "x"));
+        let inserts = envelope(
+            "a",
+            "tags",
+            vec![
+                keyless(1, "insert", None, x),
+                keyless(2, "insert", None, x),
+                keyless(3, "insert", None, Some((2, "y"))),
+            ],
+        );
+        assert_eq!(apply(&store, &inserts).applied, 3);
+        // UPDATE tags SET s = 'z' WHERE n = 1 LIMIT 1
+        let update = envelope(
+            "b",
+            "tags",
+            vec![
+                keyless(4, "delete", x, None),
+                keyless(5, "insert", None, Some((1, "z"))),
+            ],
+        );
+        assert_eq!(apply(&store, &update).applied, 2);
+        // DELETE FROM tags WHERE n = 2 LIMIT 1
+        let delete = envelope(
+            "c",
+            "tags",
+            vec![keyless(6, "delete", Some((2, "y")), None)],
+        );
+        assert_eq!(apply(&store, &delete).applied, 1);
+        let expected = serde_json::json!({"{\"n\":1,\"s\":\"x\"}": 1, "{\"n\":1,\"s\":\"z\"}": 1});
+        assert_eq!(copies(&store), expected);
+
+        // Replays, regrouped (as after a sender crash), count nothing twice.
+        let replay = envelope(
+            "d",
+            "tags",
+            vec![
+                keyless(2, "insert", None, x),
+                keyless(3, "insert", None, Some((2, "y"))),
+                keyless(4, "delete", x, None),
+            ],
+        );
+        let r = apply(&store, &replay);
+        assert_eq!((r.applied, r.stale), (0, 3));
+        assert!(apply(&store, &inserts).duplicate);
+        assert_eq!(copies(&store), expected);
+        // The deleted row stays a tombstone with its seq.
+        let dump = store.dump().unwrap();
+        assert_eq!(
+            dump["entities"]["tags"]["{\"n\":2,\"s\":\"y\"}"],
+            serde_json::json!({"seq": 6, "deleted": true, "copies": 0})
+        );
+    }
+
+    #[test]
+    fn a_keyless_update_moves_one_copy_and_a_delete_at_zero_stays_at_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (x, z) = (Some((1, "x")), Some((1, "z")));
+        let ops = vec![
+            keyless(1, "insert", None, x),
+            keyless(2, "insert", None, x),
+            // An update op (another sender than binsync may send one): -1 before, +1 after.
+            keyless(3, "update", x, z),
+        ];
+        assert_eq!(apply(&store, &envelope("a", "tags", ops)).applied, 3);
+        assert_eq!(
+            copies(&store),
+            serde_json::json!({"{\"n\":1,\"s\":\"x\"}": 1, "{\"n\":1,\"s\":\"z\"}": 1})
+        );
+        let ops = vec![
+            keyless(4, "delete", z, None),
+            keyless(5, "delete", z, None),
+            keyless(6, "insert", None, z),
+        ];
+        assert_eq!(apply(&store, &envelope("b", "tags", ops)).applied, 3);
+        assert_eq!(
+            copies(&store),
+            serde_json::json!({"{\"n\":1,\"s\":\"x\"}": 1, "{\"n\":1,\"s\":\"z\"}": 1})
+        );
+    }
+
     #[test]
     fn a_binsync_state_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let db = sled::open(dir.path()).unwrap();
-            db.insert(b"checkpoint", b"{}").unwrap();
-            db.flush().unwrap();
-        }
+        // sled's files, as binsync's checkpoint store (and the old receiver) leave them.
+        std::fs::write(dir.path().join("conf"), b"segment_size: 524288\n").unwrap();
+        std::fs::write(dir.path().join("db"), b"").unwrap();
         let err = Store::open(dir.path()).err().expect("must refuse");
         assert!(matches!(err, ReceiveError::Foreign { .. }), "{err}");
         assert!(
@@ -552,11 +758,33 @@ mod tests {
     }
 
     #[test]
+    fn another_sqlite_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        other.execute_batch("CREATE TABLE t (a INT);").unwrap();
+        drop(other);
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(matches!(err, ReceiveError::Foreign { .. }), "{err}");
+    }
+
+    #[test]
     fn dump_of_an_empty_dir_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let err = Store::open_existing(&dir.path().join("nothing"))
             .err()
             .expect("must fail");
         assert!(matches!(err, ReceiveError::NoState { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_dir_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.count(|s| s.rejected += 1);
+        let err = Store::open_existing(dir.path()).err().expect("locked");
+        assert!(matches!(err, ReceiveError::Locked { .. }), "{err}");
+        store.close().unwrap();
+        let again = Store::open_existing(dir.path()).unwrap();
+        assert_eq!(again.stats().rejected, 1, "counters are written at close");
     }
 }
