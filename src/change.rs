@@ -34,6 +34,9 @@ pub struct Change {
     pub seq: u64,
     pub op: Op,
     pub entity: Arc<str>,
+    /// Of a table without a primary key: its `key` is the whole row, and operations on
+    /// identical rows must never be merged (`--compact`).
+    pub keyless: bool,
     /// The JSON object of the whole change.
     pub line: Range<usize>,
     /// The entity id (`{"pk":value,...}`) inside `line`.

@@ -628,6 +628,9 @@ impl Decoder {
         meta.extend_from_slice(b",\"entity\":");
         write_json_str(&mut meta, entity.as_bytes());
         meta.push(b',');
+        if schema.keyless {
+            meta.extend_from_slice(b"\"keyless\":true,");
+        }
         let key_room = schema
             .pk
             .iter()
@@ -966,6 +969,7 @@ impl Decoder {
             seq: self.seq,
             op,
             entity: info.entity.clone(),
+            keyless: info.schema.keyless,
             line: start..buf.len(),
             key: start + key_at..start + key_at + key.len(),
         });
@@ -1026,6 +1030,7 @@ impl Decoder {
             seq: self.seq,
             op,
             entity: info.entity.clone(),
+            keyless: info.schema.keyless,
             line: start..buf.len(),
             key: key_start..key_end,
         });

@@ -42,6 +42,9 @@ pub struct TableSchema {
     pub columns: Vec<ColumnSchema>,
     /// Column indexes of the primary key, in key order. Empty when unknown / no PK.
     pub pk: Vec<usize>,
+    /// The table is known to have no primary key: its rows' identity is the whole row, and
+    /// their operations say `"keyless":true` (docs/sync-api.md).
+    pub keyless: bool,
     /// true when names and PK came from binlog_row_metadata=FULL (not from `extra` or placeholders)
     pub names_from_binlog: bool,
 }
@@ -795,6 +798,10 @@ impl TableSchema {
         cols.apply_labels(&om, extra);
         let (names, names_from_binlog) = column_names(n, &om, extra);
         let pk = primary_key(n, &om, extra, names_from_binlog);
+        // Known to have no key: the binlog's full metadata or information_schema says so (an
+        // empty `pk` without either only means the key is unknown).
+        let keyless =
+            pk.is_empty() && (names_from_binlog || extra.is_some_and(|e| !e.columns.is_empty()));
 
         let columns = names
             .into_iter()
@@ -810,6 +817,7 @@ impl TableSchema {
             table,
             columns,
             pk,
+            keyless,
             names_from_binlog,
         })
     }

@@ -333,6 +333,7 @@ mod tests {
                 seq: offset * 10 + i as u64,
                 op: crate::change::Op::Insert,
                 entity: "t".into(),
+                keyless: false,
                 line: start..chunk.buf.len(),
                 key: start..start,
             });

@@ -246,6 +246,23 @@ impl Receiver {
             .expect("receiver did not stop");
     }
 
+    /// Stops it and returns `receive dump`'s JSON as it is.
+    pub fn dump_json(&mut self) -> Value {
+        self.stop();
+        let mut p = Proc::spawn(
+            &[
+                "receive",
+                "dump",
+                "--state-dir",
+                &self.state_dir.display().to_string(),
+            ],
+            &[],
+        );
+        let st = p.wait_timeout(Duration::from_secs(60)).expect("dump hung");
+        assert!(st.success(), "dump failed: {}", p.stderr());
+        serde_json::from_str(&p.stdout()).expect("dump prints JSON")
+    }
+
     /// Stops it and reads its store: live entities, and its counters.
     pub fn dump(&mut self) -> (State, Value) {
         self.stop();

@@ -74,7 +74,12 @@ impl Builder {
     /// Adds change `c` of `chunk`, registered in the ledger as `ticket`.
     pub fn push(&mut self, chunk: &Arc<Chunk>, ticket: Ticket, c: &Change) {
         let line = chunk.line(c);
-        if let Some(comp) = self.compactor.as_mut() {
+        if let Some(comp) = self.compactor.as_mut().filter(|_| c.keyless) {
+            // Identical rows of a keyless table are counted by the receiver: never merged.
+            comp.ops
+                .push((c.entity.clone(), c.seq, Some(line.to_vec())));
+            comp.live += 1;
+        } else if let Some(comp) = self.compactor.as_mut() {
             let key = (c.entity.clone(), chunk.key(c).to_vec());
             let merged = match comp.latest.get(&key) {
                 Some(&slot) => {
@@ -290,6 +295,7 @@ mod tests {
                 seq: *seq,
                 op: Op::Insert,
                 entity: Arc::from(*entity),
+                keyless: false,
                 line: start..chunk.buf.len(),
                 key: start..start,
             });
