@@ -62,8 +62,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 256 << 20;
 /// and a gzip body is held twice (compressed and inflated).
 pub const MAX_BODY_BYTES_LIMIT: usize = 512 << 20;
 /// Default of `--max-depth`: how deep arrays and objects may nest in a body (the body is
-/// depth 1; a column value starts at depth 6).
-pub const DEFAULT_MAX_DEPTH: usize = 64;
+/// depth 1; a column value starts at depth 6). 110 lets through a MySQL JSON document at
+/// MySQL's own limit (100 levels).
+pub const DEFAULT_MAX_DEPTH: usize = 110;
 /// The highest `--max-depth`: `dump` and most JSON parsers (serde_json: 128) read the stored
 /// rows back at the depth they have in the body.
 pub const MAX_DEPTH_LIMIT: usize = 120;
