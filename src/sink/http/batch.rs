@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
+
+use bytes::Bytes;
 use std::time::Instant;
 
 use crate::change::{Change, Chunk};
@@ -128,7 +130,15 @@ impl Builder {
             }
         }
         let ops_in_body = self.ops_in_body();
-        let mut body = Vec::with_capacity(self.bytes + 256);
+        // Large operations are shared, not copied: no room for them.
+        let shared: usize = self
+            .refs
+            .values()
+            .flatten()
+            .map(|(_, range)| range.len())
+            .filter(|&n| n >= SHARED_OP_BYTES)
+            .sum();
+        let mut body = Vec::with_capacity(self.bytes - shared + 256);
         body.extend_from_slice(b"{\"version\":1,\"batch_id\":");
         crate::json::write_json_str(&mut body, id.as_bytes());
         body.push(b',');
@@ -148,13 +158,19 @@ impl Builder {
             crate::json::write_json_str(body, entity.as_bytes());
             body.extend_from_slice(b":[");
         };
+        let mut payload = Payload::default();
         for (entity, ops) in std::mem::take(&mut self.refs) {
             open_group(&mut body, &entity);
-            for (i, (chunk, range)) in ops.iter().enumerate() {
+            for (i, (chunk, range)) in ops.into_iter().enumerate() {
                 if i > 0 {
                     body.push(b',');
                 }
-                body.extend_from_slice(&chunk.buf[range.clone()]);
+                if range.len() >= SHARED_OP_BYTES {
+                    payload.push(std::mem::take(&mut body).into());
+                    payload.push(Bytes::from_owner(ChunkLine(chunk, range)));
+                } else {
+                    body.extend_from_slice(&chunk.buf[range]);
+                }
             }
             body.push(b']');
         }
@@ -164,9 +180,10 @@ impl Builder {
             body.push(b']');
         }
         body.extend_from_slice(b"}}");
+        payload.push(body.into());
         let batch = Batch {
             id,
-            body: body.into(),
+            body: payload,
             count: ops_in_body,
             min_seq: self.min_seq,
             max_seq: self.max_seq,
@@ -254,13 +271,67 @@ pub fn merge_ops(earlier: &[u8], later: &[u8]) -> Vec<u8> {
     serde_json::to_vec(&last).unwrap_or_else(|_| later.to_vec())
 }
 
+/// Operations at least this long go into a body by reference to their chunk, not copied.
+const SHARED_OP_BYTES: usize = 1 << 20;
+
+/// A request body in parts, shared by every retry without copying: the envelope and small
+/// operations copied together, and each large operation (a big BLOB) referenced where the
+/// decoder wrote it, so a big row is never held twice.
+#[derive(Debug, Clone, Default)]
+pub struct Payload {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl Payload {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    /// The whole body in one buffer (dead letters; tests).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for p in &self.parts {
+            v.extend_from_slice(p);
+        }
+        v
+    }
+
+    fn push(&mut self, part: Bytes) {
+        if !part.is_empty() {
+            self.len += part.len();
+            self.parts.push(part);
+        }
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(v: Vec<u8>) -> Payload {
+        let mut p = Payload::default();
+        p.push(v.into());
+        p
+    }
+}
+
+/// One operation's bytes inside its chunk, as the owner of a [`Bytes`].
+struct ChunkLine(Arc<Chunk>, std::ops::Range<usize>);
+
+impl AsRef<[u8]> for ChunkLine {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.buf[self.1.clone()]
+    }
+}
+
 /// A finished request body.
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// Also the Idempotency-Key.
     pub id: String,
-    /// The JSON body (shared by every retry without copying).
-    pub body: bytes::Bytes,
+    pub body: Payload,
     pub count: usize,
     pub min_seq: u64,
     pub max_seq: u64,
@@ -325,7 +396,7 @@ mod tests {
         // The batch holds every change of the chunk: once delivered, the chunk is.
         ledger.done_all(&batch.pieces);
         assert_eq!(ledger.pop_ready().map(|a| a.changes), Some(3));
-        let v: serde_json::Value = serde_json::from_slice(&batch.body).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&batch.body.to_vec()).unwrap();
         assert_eq!(v["batch_id"], "mariadb-1-1-3");
         assert_eq!(v["count"], 3);
         assert_eq!(
@@ -390,7 +461,7 @@ mod tests {
         // Merged operations still count as delivered pieces of their chunk.
         ledger.done_all(&batch.pieces);
         assert_eq!(ledger.pop_ready().map(|a| a.changes), Some(4));
-        let body: serde_json::Value = serde_json::from_slice(&batch.body).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&batch.body.to_vec()).unwrap();
         assert_eq!(body["count"], 2);
         let seqs: Vec<u64> = body["entities"]["t"]
             .as_array()

@@ -65,6 +65,8 @@ async fn post(
         .header("Content-Type", "application/json")
         .header("Idempotency-Key", &batch.id)
         .header("X-Binsync-Contract", "1");
+    // Set for bodies in parts too (streamed), so that no receiver sees a chunked upload.
+    req = req.header("Content-Length", body.len());
     if cfg.gzip {
         req = req.header("Content-Encoding", "gzip");
     }
@@ -173,7 +175,7 @@ async fn dead_letter(
         count: batch.count,
         first_seq: batch.min_seq,
         last_seq: batch.max_seq,
-        payload: String::from_utf8_lossy(&batch.body).into_owned(),
+        payload: String::from_utf8_lossy(&batch.body.to_vec()).into_owned(),
     };
     match dlq.push(entry).await {
         Ok(id) => {
@@ -188,21 +190,35 @@ async fn dead_letter(
 mod bytes_body {
     use std::io::Write;
 
+    use super::super::batch::Payload;
+
     #[derive(Clone)]
-    pub struct Body(bytes::Bytes);
+    pub struct Body(Payload);
 
     impl Body {
-        pub fn new(raw: &bytes::Bytes, gzip: bool) -> std::io::Result<Body> {
+        pub fn new(raw: &Payload, gzip: bool) -> std::io::Result<Body> {
             if !gzip {
                 return Ok(Body(raw.clone()));
             }
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            enc.write_all(raw)?;
+            for part in raw.parts() {
+                enc.write_all(part)?;
+            }
             Ok(Body(enc.finish()?.into()))
         }
 
+        pub fn len(&self) -> usize {
+            self.0.len()
+        }
+
         pub fn into_reqwest(self) -> reqwest::Body {
-            reqwest::Body::from(self.0)
+            match self.0.parts() {
+                [one] => reqwest::Body::from(one.clone()),
+                parts => {
+                    let parts: Vec<_> = parts.iter().cloned().map(Ok::<_, std::io::Error>).collect();
+                    reqwest::Body::wrap_stream(futures_util::stream::iter(parts))
+                }
+            }
         }
     }
 }
