@@ -68,6 +68,9 @@ pub struct Store {
     dir: PathBuf,
     stats: Mutex<Stats>,
     apply_lock: Mutex<()>,
+    /// One flush at a time, held on the blocking thread that flushes: sled 0.34 deadlocks
+    /// under concurrent `flush_async` (spacejam/sled#1308), so this store never uses it.
+    flush_lock: std::sync::Arc<Mutex<()>>,
 }
 
 impl Store {
@@ -92,6 +95,7 @@ impl Store {
             dir: PathBuf::new(),
             stats: Mutex::new(Stats::default()),
             apply_lock: Mutex::new(()),
+            flush_lock: Default::default(),
         }
     }
 
@@ -159,6 +163,7 @@ impl Store {
             dir: dir.to_path_buf(),
             stats: Mutex::new(stats),
             apply_lock: Mutex::new(()),
+            flush_lock: Default::default(),
         })
     }
 
@@ -269,14 +274,17 @@ impl Store {
 
     /// Makes everything applied so far durable.
     pub async fn flush(&self) -> Result<(), ReceiveError> {
-        match &self.db {
-            Some(db) => db
-                .flush_async()
-                .await
-                .map(|_| ())
-                .map_err(|e| write_error(&self.dir, e)),
-            None => Ok(()),
-        }
+        let Some(db) = self.db.clone() else {
+            return Ok(());
+        };
+        let one_at_a_time = self.flush_lock.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            let _only = lock(&one_at_a_time);
+            db.flush().map(|_| ())
+        })
+        .await
+        .map_err(|e| ReceiveError::Internal(format!("flushing the store: {e}")))?;
+        flushed.map_err(|e| write_error(&self.dir, e))
     }
 
     /// Closes the store and waits (bounded) until sled's lock on the state dir is released:
