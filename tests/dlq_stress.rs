@@ -73,6 +73,11 @@ fn rejected_deletes_under_load_with_kills_never_freeze_the_store() {
         let mut p = Proc::spawn(&args, &[]);
         let ran = Instant::now();
         if !checked_dlq_while_running && round > 0 {
+            // Not before binsync holds the store: a `dlq` command opening it first would make
+            // this run fail with "in use".
+            wait_until(Duration::from_secs(30), "binsync streaming", || {
+                p.stderr().contains("streaming")
+            });
             wait_until(
                 Duration::from_secs(30),
                 "dead letters listed while running",
