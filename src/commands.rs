@@ -1,11 +1,11 @@
-//! The short subcommands: `check` and `status`. (`run` is [`crate::pipeline`], `replay` is
+//! The short subcommands: `check`, `status` and `dlq`. (`run` is [`crate::pipeline`], `replay` is
 //! [`crate::replay`].)
 
 use std::path::Path;
 
 use crate::checkpoint::{Checkpoint, CheckpointError, Store};
 use crate::config::{http_config, http_target, DlqAction, HttpArgs};
-use crate::dlq::Dlq;
+use crate::dlq::{DeadLetter, Dlq};
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
 use crate::source::preflight::{run_checks, Verdict};
@@ -120,51 +120,17 @@ pub async fn dlq(
             state_dir.display()
         )));
     }
-    let store = Store::open(state_dir)?;
-    let dlq = Dlq::open(&store)?;
     match action {
-        DlqAction::List => {
-            let entries = dlq.list()?;
-            if entries.is_empty() {
-                say!("no dead letters");
-            }
-            for e in entries {
-                say!(
-                    "{:>4}  {}  {:<9} {:>6} changes  seq {}..{}  {}  {}",
-                    e.id,
-                    crate::json::format_utc_micros(e.at_unix_ms as i64 * 1000),
-                    e.status
-                        .map_or_else(|| "no reply".into(), |s| format!("HTTP {s}")),
-                    e.count,
-                    e.first_seq,
-                    e.last_seq,
-                    e.batch_id,
-                    e.response.lines().next().unwrap_or("")
-                );
-            }
-            Ok(true)
-        }
+        DlqAction::List => list_dead_letters(&read_dead_letters(state_dir, None)?),
         DlqAction::Show { id } => {
-            let e = dlq.get(id)?.ok_or_else(|| {
-                Error::usage(format!("no dead letter {id}; see binsync dlq list"))
-            })?;
-            let payload: serde_json::Value = serde_json::from_str(&e.payload)
-                .unwrap_or(serde_json::Value::String(e.payload.clone()));
-            let shown = serde_json::json!({
-                "id": e.id, "batch_id": e.batch_id, "url": e.url, "status": e.status,
-                "response": e.response, "at": crate::json::format_utc_micros(e.at_unix_ms as i64 * 1000),
-                "count": e.count, "first_seq": e.first_seq, "last_seq": e.last_seq, "payload": payload,
-            });
-            say!(
-                "{}",
-                serde_json::to_string_pretty(&shown).unwrap_or_default()
-            );
-            Ok(true)
+            let found = read_dead_letters(state_dir, Some(id))?.pop();
+            show_dead_letter(id, found)
         }
         DlqAction::Drop { ids, all } => {
             if ids.is_empty() && !all {
                 return Err(Error::usage("name the dead letters to drop, or pass --all"));
             }
+            let dlq = Dlq::open(&Store::open(state_dir)?)?;
             let targets: Vec<u64> = if all {
                 dlq.list()?.iter().map(|e| e.id).collect()
             } else {
@@ -180,6 +146,7 @@ pub async fn dlq(
             Ok(true)
         }
         DlqAction::Replay { ids, sink, http } => {
+            let dlq = Dlq::open(&Store::open(state_dir)?)?;
             let entries = dlq.list()?;
             let selected: Option<&[u64]> = if ids.is_empty() { None } else { Some(&ids) };
             let mut all_ok = true;
@@ -210,4 +177,62 @@ pub async fn dlq(
             Ok(all_ok)
         }
     }
+}
+
+/// The dead letters (or the one `id`), from the store, or, while a running binsync holds it,
+/// from the copy that binsync publishes.
+fn read_dead_letters(state_dir: &Path, id: Option<u64>) -> Result<Vec<DeadLetter>> {
+    match Store::open(state_dir) {
+        Err(CheckpointError::Locked { .. }) => {
+            eprintln!("binsync: the state dir is in use by a running binsync; showing the dead letters it published");
+            let mut all = Dlq::read_published(state_dir)?;
+            all.retain(|e| id.is_none_or(|id| e.id == id));
+            Ok(all)
+        }
+        store => {
+            let dlq = Dlq::open(&store?)?;
+            Ok(match id {
+                Some(id) => dlq.get(id)?.into_iter().collect(),
+                None => dlq.list()?,
+            })
+        }
+    }
+}
+
+fn list_dead_letters(entries: &[DeadLetter]) -> Result<bool> {
+    if entries.is_empty() {
+        say!("no dead letters");
+    }
+    for e in entries {
+        say!(
+            "{:>4}  {}  {:<9} {:>6} changes  seq {}..{}  {}  {}",
+            e.id,
+            crate::json::format_utc_micros(e.at_unix_ms as i64 * 1000),
+            e.status
+                .map_or_else(|| "no reply".into(), |s| format!("HTTP {s}")),
+            e.count,
+            e.first_seq,
+            e.last_seq,
+            e.batch_id,
+            e.response.lines().next().unwrap_or("")
+        );
+    }
+    Ok(true)
+}
+
+fn show_dead_letter(id: u64, found: Option<DeadLetter>) -> Result<bool> {
+    let e =
+        found.ok_or_else(|| Error::usage(format!("no dead letter {id}; see binsync dlq list")))?;
+    let payload: serde_json::Value =
+        serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::String(e.payload.clone()));
+    let shown = serde_json::json!({
+        "id": e.id, "batch_id": e.batch_id, "url": e.url, "status": e.status,
+        "response": e.response, "at": crate::json::format_utc_micros(e.at_unix_ms as i64 * 1000),
+        "count": e.count, "first_seq": e.first_seq, "last_seq": e.last_seq, "payload": payload,
+    });
+    say!(
+        "{}",
+        serde_json::to_string_pretty(&shown).unwrap_or_default()
+    );
+    Ok(true)
 }

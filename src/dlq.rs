@@ -4,14 +4,21 @@
 //! Invariant: a rejected batch is written here, durably, before its acknowledgement reaches
 //! the checkpointer, so the checkpoint never moves past a change that is neither delivered
 //! nor dead-lettered. `binsync dlq replay` re-sends an entry and removes it once accepted.
+//!
+//! Writes go through the store's one writer thread ([`Store::write`]), never a flush of
+//! their own. After each write, a copy of the entry is published as
+//! `dlq.published/<id>.json` in the state dir (removed with the entry), so that `binsync dlq
+//! list` and `dlq show` work while a running binsync holds the store.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Store;
 
 const TREE: &str = "dlq";
+/// The folder in the state dir holding a read-only copy of each entry.
+const PUBLISHED: &str = "dlq.published";
 
 /// Why the dead-letter queue could not be used. The queue lives in the state dir's sled
 /// store, so each failure names that directory.
@@ -19,9 +26,9 @@ const TREE: &str = "dlq";
 pub enum DlqError {
     #[error("cannot open the dead-letter queue in {dir}: {detail}; check that the state dir is readable and writable")]
     Open { dir: PathBuf, detail: String },
-    #[error("cannot write the dead-letter queue in {dir}: {detail}; check the disk (space, permissions), then restart: the rejected batch is sent again")]
+    #[error("cannot write the dead-letter queue in {dir}: {detail}; check the disk (space, permissions, health), then start binsync again: the rejected batch is sent again")]
     Write { dir: PathBuf, detail: String },
-    #[error("cannot read the dead-letter queue in {dir}: {detail}; check the disk, or move the state dir away and restore it from a backup")]
+    #[error("cannot read the dead-letter queue in {dir}: {detail}; check the disk (permissions, health), or restore the state dir from a backup")]
     Read { dir: PathBuf, detail: String },
     #[error("dead letter {entry} in {dir} is unreadable ({detail}); remove it with `binsync dlq drop {entry}`")]
     Corrupt {
@@ -54,18 +61,24 @@ pub struct DeadLetter {
 pub struct Dlq {
     tree: sled::Tree,
     store: Store,
+    /// The state dir's folder of published copies, one `<id>.json` per entry.
+    published: PathBuf,
 }
 
 impl Dlq {
+    /// Opens the queue and brings its published copies up to date.
     pub fn open(store: &Store) -> Result<Dlq, DlqError> {
         let tree = store.db().open_tree(TREE).map_err(|e| DlqError::Open {
             dir: store.dir().to_path_buf(),
             detail: e.to_string(),
         })?;
-        Ok(Dlq {
+        let dlq = Dlq {
             tree,
             store: store.clone(),
-        })
+            published: store.dir().join(PUBLISHED),
+        };
+        dlq.republish()?;
+        Ok(dlq)
     }
 
     fn write_err(&self, e: impl std::fmt::Display) -> DlqError {
@@ -82,23 +95,24 @@ impl Dlq {
         }
     }
 
-    /// Stores the entry (assigning its id) and flushes.
+    /// Stores the entry (assigning its id), flushed before this returns, then publishes it.
     pub async fn push(&self, mut entry: DeadLetter) -> Result<u64, DlqError> {
+        let tree = self.tree.clone();
+        let published = self.published.clone();
         let id = self
             .store
-            .db()
-            .generate_id()
-            .map_err(|e| self.write_err(e))?
-            + 1;
-        entry.id = id;
-        let bytes = serde_json::to_vec(&entry).expect("plain struct serializes");
-        self.tree
-            .insert(id.to_be_bytes(), bytes)
-            .map_err(|e| self.write_err(e))?;
-        self.tree
-            .flush_async()
+            .write(
+                move |db| {
+                    entry.id = db.generate_id()? + 1;
+                    let bytes = serde_json::to_vec(&entry).expect("plain struct serializes");
+                    tree.insert(entry.id.to_be_bytes(), bytes)?;
+                    Ok(entry)
+                },
+                move |entry| publish(&published, entry),
+            )
             .await
-            .map_err(|e| self.write_err(e))?;
+            .map_err(|e| self.write_err(e))?
+            .id;
         Ok(id)
     }
 
@@ -132,17 +146,86 @@ impl Dlq {
         })
     }
 
+    /// Removes the entry (flushed before this returns) and its published copy.
     pub async fn remove(&self, id: u64) -> Result<bool, DlqError> {
-        let had = self
-            .tree
-            .remove(id.to_be_bytes())
-            .map_err(|e| self.write_err(e))?
-            .is_some();
-        self.tree
-            .flush_async()
+        let tree = self.tree.clone();
+        let published = self.published.clone();
+        self.store
+            .write(
+                move |_| Ok(tree.remove(id.to_be_bytes())?.is_some()),
+                move |_| {
+                    let _ = std::fs::remove_file(published.join(format!("{id}.json")));
+                },
+            )
             .await
-            .map_err(|e| self.write_err(e))?;
-        Ok(had)
+            .map_err(|e| self.write_err(e))
+    }
+
+    /// The entries as the binsync holding the store published them (for `dlq list` and
+    /// `dlq show` while a run holds the store), oldest first. Not a copy to trust for replay:
+    /// it is not fsynced.
+    pub fn read_published(dir: &Path) -> Result<Vec<DeadLetter>, DlqError> {
+        let folder = dir.join(PUBLISHED);
+        let read_err = |e: std::io::Error| DlqError::Read {
+            dir: dir.to_path_buf(),
+            detail: format!("{}: {e}", folder.display()),
+        };
+        let mut entries = Vec::new();
+        let listing = match std::fs::read_dir(&folder) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(entries),
+            Err(e) => return Err(read_err(e)),
+        };
+        for file in listing {
+            let path = file.map_err(read_err)?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            // An entry removed meanwhile, or half written: skip it.
+            let Ok(raw) = std::fs::read(&path) else {
+                continue;
+            };
+            if let Ok(entry) = serde_json::from_slice::<DeadLetter>(&raw) {
+                entries.push(entry);
+            }
+        }
+        entries.sort_by_key(|e| e.id);
+        Ok(entries)
+    }
+
+    /// Makes the published folder match the queue (after a crash between a write and its
+    /// copy, or a queue changed by an older binsync).
+    fn republish(&self) -> Result<(), DlqError> {
+        let _ = std::fs::create_dir_all(&self.published);
+        let mut held = std::collections::BTreeSet::new();
+        for kv in self.tree.iter() {
+            let (key, value) = kv.map_err(|e| self.read_err(e))?;
+            let Ok(entry) = self.decode(&key, &value) else {
+                continue;
+            };
+            held.insert(format!("{}.json", entry.id));
+            if !self.published.join(format!("{}.json", entry.id)).exists() {
+                publish(&self.published, &entry);
+            }
+        }
+        if let Ok(listing) = std::fs::read_dir(&self.published) {
+            for file in listing.flatten() {
+                if !held.contains(file.file_name().to_string_lossy().as_ref()) {
+                    let _ = std::fs::remove_file(file.path());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes the read-only copy of one entry (informational, not fsynced).
+fn publish(folder: &Path, entry: &DeadLetter) {
+    let _ = std::fs::create_dir_all(folder);
+    let tmp = folder.join(format!(".{}.tmp", entry.id));
+    let bytes = serde_json::to_vec(entry).expect("plain struct serializes");
+    if std::fs::write(&tmp, bytes).is_ok() {
+        let _ = std::fs::rename(&tmp, folder.join(format!("{}.json", entry.id)));
     }
 }
 

@@ -37,11 +37,12 @@ const ACK_QUEUE: usize = 64;
 
 /// Runs until `shutdown` fires, the end is reached (`--exit-at-end`), or a definite error.
 pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcome> {
-    let store = Store::open(&settings.state_dir)?;
-    if settings.reset {
+    let store = if settings.reset {
         tracing::info!(state_dir = %settings.state_dir.display(), "--reset: discarding the checkpoint");
-        store.reset().await?;
-    }
+        Store::open_reset(&settings.state_dir).await?
+    } else {
+        Store::open(&settings.state_dir)?
+    };
     let checkpoint = store.load()?;
 
     let src = settings.source.clone();
@@ -65,7 +66,7 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
     let mut plan =
         start::plan(&mut conn, &src, &info, checkpoint.as_ref(), &settings.start).await?;
     if checkpoint.is_none() {
-        plan.position.seq = store.seq_floor();
+        plan.position.seq = store.seq_floor().await?;
         // The start point is where a restart must resume even if nothing is delivered before
         // it (`--start latest` stopped at once would otherwise fall back to `earliest`).
         if plan.resumable() {
@@ -88,6 +89,7 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
     let checkpointer = Checkpointer {
         store,
         server: info.identity.clone(),
+        shutdown: shutdown.clone(),
     };
     let checkpointer = tokio::spawn(checkpointer.run(ack_rx));
 

@@ -120,6 +120,10 @@ fn every_type_comes_out_as_its_exact_json_value() {
     db.sql("UPDATE t.types SET vc = 'changed', i = 5 WHERE id = 1");
     db.sql("DELETE FROM t.types WHERE id = 2");
 
+    let started_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
     let lines = run_to_file(&db);
     assert_eq!(lines.len(), 5, "{lines:#?}");
 
@@ -173,8 +177,11 @@ fn every_type_comes_out_as_its_exact_json_value() {
     assert!(delete.get("after").is_none());
     assert_eq!(delete["before"]["id"], 2);
 
+    // A new state dir numbers from the wall clock (microseconds), below 2^53, consecutively.
     let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    let first = seqs[0];
+    assert!(first > started_micros && first < 1 << 53, "{seqs:?}");
+    assert_eq!(seqs, (first..first + 5).collect::<Vec<_>>());
 }
 
 #[test]

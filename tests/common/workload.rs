@@ -138,18 +138,23 @@ pub fn source_state(db: &MariaDb) -> State {
     m
 }
 
-/// Rebuilds the state from a JSON-lines sink file. Checks the numbering (no gap; a line
-/// written again after a crash is identical to the first one) and returns the state and how
-/// many lines were re-deliveries.
+/// Rebuilds the state from a JSON-lines sink file. Checks the numbering (no gap after the
+/// first line's `seq`, which a new store takes from the wall clock; a line written again after
+/// a crash is identical to the first one) and returns the state and how many lines were
+/// re-deliveries.
 pub fn file_state(path: &str) -> (State, usize) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut by_seq: Vec<String> = Vec::new();
     let mut state = BTreeMap::new();
     let mut duplicates = 0;
+    let mut base = None;
     for line in text.lines() {
         let v: Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("bad line {line}: {e}"));
-        let seq = v["seq"].as_u64().unwrap() as usize;
+        let raw = v["seq"].as_u64().unwrap();
+        let first = *base.get_or_insert(raw);
+        assert!(raw >= first, "seq {raw} below the first one, {first}");
+        let seq = (raw - first + 1) as usize;
         assert!(
             seq >= 1 && seq <= by_seq.len() + 1,
             "gap before seq {seq} (have {})",

@@ -215,7 +215,8 @@ mod bytes_body {
             match self.0.parts() {
                 [one] => reqwest::Body::from(one.clone()),
                 parts => {
-                    let parts: Vec<_> = parts.iter().cloned().map(Ok::<_, std::io::Error>).collect();
+                    let parts: Vec<_> =
+                        parts.iter().cloned().map(Ok::<_, std::io::Error>).collect();
                     reqwest::Body::wrap_stream(futures_util::stream::iter(parts))
                 }
             }
