@@ -12,7 +12,8 @@ use binsync::decode::schema::{ExtraSchema, TableSchema};
 use binsync::decode::value::{decode_image, decode_partial_after_image, write_changed, write_key};
 use bitvec::slice::BitSlice;
 use mysql_common::binlog::events::{EventData, TableMapEvent};
-use mysql_common::binlog::{BinlogVersion, EventStreamReader};
+use mysql_common::binlog::consts::BinlogVersion;
+use mysql_common::binlog::EventStreamReader;
 
 /// Panics unless `text` is one valid JSON value (the decoders promise valid JSON whatever the
 /// input bytes).
