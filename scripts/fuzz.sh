@@ -14,8 +14,9 @@
 # other can be fetched, so the stable compiler is told to accept them. It is set for the fuzz
 # build only: the product and its tests build with plain stable.
 #
-# Environment: FUZZ_BUILD_FLAGS (extra `cargo fuzz build` flags, e.g. `-a` for debug
-# assertions and overflow checks, or `-s none` for no sanitizer: faster, finds panics only).
+# cargo fuzz 0.13 builds with ASan and -Cdebug-assertions (so integer overflow panics too).
+# Environment: FUZZ_BUILD_FLAGS (extra `cargo fuzz build`/`run` flags, e.g. `-s none` for no
+# sanitizer: several times the executions per second; safe Rust gains little from ASan).
 set -uo pipefail
 
 secs=${1:-60}
