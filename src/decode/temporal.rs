@@ -246,10 +246,11 @@ pub(crate) fn datetime2(data: &[u8], pos: usize, fsp: u8, out: &mut Vec<u8>) -> 
     let b = take(data, pos, 5)?;
     let int = be_uint(b) as i64 - 0x80_0000_0000;
     let (frac, next) = read_frac(data, pos + 5, fsp)?;
-    let packed = (int << 24) + frac;
-    if packed < 0 || !(0..=999_999).contains(&frac) {
+    // Checked before packing: a negative `int` shifted and a negative `frac` added overflow.
+    if int < 0 || !(0..=999_999).contains(&frac) {
         return Err(ValErr::Invalid("DATETIME out of range"));
     }
+    let packed = (int << 24) + frac;
     push_packed_datetime(out, packed, fsp, b'T', false);
     Ok(next)
 }

@@ -292,6 +292,24 @@ pub fn dump(state_dir: &Path) -> Result<serde_json::Value, ReceiveError> {
     Store::open_existing(state_dir)?.dump()
 }
 
+/// For the fuzz targets in `fuzz/` only, not an API: both modes' body checks on one
+/// (decompressed) body, without HTTP or a store: the storing receiver's parse (`batch`,
+/// with the `Idempotency-Key` header when given) and `--discard`'s envelope read (`discard`).
+/// Each gives the batch's `batch_id` and `count`, or why the body is refused.
+#[doc(hidden)]
+pub fn fuzz_check_body(
+    body: &[u8],
+    idempotency_key: Option<&str>,
+) -> (Result<(String, u64), String>, Result<(String, u64), String>) {
+    let parsed = batch::parse(body, idempotency_key)
+        .map(|b| (b.batch_id.into_owned(), b.count))
+        .map_err(|e| e.0);
+    let envelope = discard::envelope(body)
+        .map(|e| (e.batch_id.into_owned(), e.count))
+        .map_err(|e| e.to_string());
+    (parsed, envelope)
+}
+
 async fn open_store(opts: &ReceiveOptions) -> Result<Store, ReceiveError> {
     if opts.discard {
         return Ok(Store::discarding());
