@@ -27,8 +27,7 @@ use crate::sink::{self, SinkSpec};
 use crate::source::lookup::InfoSchemaLookup;
 pub use crate::source::replication::Outcome;
 use crate::source::replication::Replication;
-use crate::source::start::{self, EndTarget};
-use crate::source::tables::Catalog;
+use crate::source::start::{self, Prepared};
 use crate::source::ServerInfo;
 
 /// Chunks queued between the decoder and the sink.
@@ -47,12 +46,21 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
 
     let src = settings.source.clone();
     tracing::info!(source = %src, "connecting");
-    let mut conn = src.connect(&mut shutdown).await?;
-    let info = ServerInfo::read(&mut conn, &src).await?;
+    let (exit_at_end, start) = (settings.exit_at_end, &settings.start);
+    let prepared = src
+        .with_retries(&mut shutdown, || {
+            start::prepare(&src, checkpoint.as_ref(), start, exit_at_end)
+        })
+        .await?;
+    let Prepared {
+        conn,
+        info,
+        catalog,
+        mut plan,
+        target,
+    } = prepared;
     tracing::info!(server = %info.identity, "connected");
-    info.require_streamable()?;
 
-    let catalog = Catalog::read(&mut conn, &src).await?;
     let mut decode = settings.decode.clone();
     for table in &catalog.keyless {
         if let Some((db, name)) = table.split_once('.') {
@@ -63,8 +71,6 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
     }
     decode.sequences.extend(catalog.sequences);
 
-    let mut plan =
-        start::plan(&mut conn, &src, &info, checkpoint.as_ref(), &settings.start).await?;
     if checkpoint.is_none() {
         plan.position.seq = store.seq_floor().await?;
         // The start point is where a restart must resume even if nothing is delivered before
@@ -77,10 +83,6 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
             store.save(&start).await?;
         }
     }
-    let target = match settings.exit_at_end {
-        true => Some(EndTarget::read(&mut conn, &src, info.flavor()).await?),
-        false => None,
-    };
     tracing::info!(start = %plan.point, position = %plan.position, "streaming");
 
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);

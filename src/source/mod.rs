@@ -112,11 +112,26 @@ impl SourceConfig {
     /// Keeps trying for `connect_timeout`, logging each failed attempt; definite errors
     /// (wrong password) end it at once.
     pub async fn connect(&self, shutdown: &mut Shutdown) -> Result<Conn> {
+        self.with_retries(shutdown, || self.connect_once()).await
+    }
+
+    /// Runs `attempt` until it succeeds, fails definitely, or `connect_timeout` has passed
+    /// (then [`SourceError::GaveUp`] with the last error). A server that restarts while
+    /// binsync starts up is waited for, not fatal.
+    pub async fn with_retries<T, F, Fut>(
+        &self,
+        shutdown: &mut Shutdown,
+        mut attempt: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let deadline = Instant::now() + self.connect_timeout;
         let mut backoff = Backoff::with(Duration::from_millis(200), Duration::from_secs(5));
         loop {
-            let e = match self.connect_once().await {
-                Ok(c) => return Ok(c),
+            let e = match attempt().await {
+                Ok(t) => return Ok(t),
                 Err(Failure::Transient(e)) => e,
                 Err(definite) => return Err(definite),
             };

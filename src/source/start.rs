@@ -14,6 +14,7 @@ use mysql_async::Conn;
 
 use super::history;
 use super::stream::StartPoint;
+use super::tables::Catalog;
 use super::{binary_logs, binlog_end, binlog_end_target, query_one, ServerInfo, SourceConfig};
 use super::{Result, SourceError};
 use crate::checkpoint::{Checkpoint, Position, ServerIdentity};
@@ -98,6 +99,42 @@ impl StartPlan {
     pub fn resumable(&self) -> bool {
         self.emit_from.is_none()
     }
+}
+
+/// What binsync learns from the source before it streams, on the connection that will stream.
+pub struct Prepared {
+    pub conn: Conn,
+    pub info: ServerInfo,
+    pub catalog: Catalog,
+    pub plan: StartPlan,
+    /// Where to stop (`--exit-at-end`).
+    pub target: Option<EndTarget>,
+}
+
+/// Connects and reads everything the stream needs to begin. Run it through
+/// [`SourceConfig::with_retries`]: a transient failure anywhere in it starts it over.
+pub async fn prepare(
+    src: &SourceConfig,
+    checkpoint: Option<&Checkpoint>,
+    start: &StartSpec,
+    exit_at_end: bool,
+) -> Result<Prepared> {
+    let mut conn = src.connect_once().await?;
+    let info = ServerInfo::read(&mut conn, src).await?;
+    info.require_streamable()?;
+    let catalog = Catalog::read(&mut conn, src).await?;
+    let plan = plan(&mut conn, src, &info, checkpoint, start).await?;
+    let target = match exit_at_end {
+        true => Some(EndTarget::read(&mut conn, src, info.flavor()).await?),
+        false => None,
+    };
+    Ok(Prepared {
+        conn,
+        info,
+        catalog,
+        plan,
+        target,
+    })
 }
 
 /// Decides where the stream begins: the checkpoint, else `start`.

@@ -292,15 +292,16 @@ pub fn dump(state_dir: &Path) -> Result<serde_json::Value, ReceiveError> {
     Store::open_existing(state_dir)?.dump()
 }
 
+/// A body's `(batch_id, count)`, or why it is refused.
+#[doc(hidden)]
+pub type BodyVerdict = Result<(String, u64), String>;
+
 /// For the fuzz targets in `fuzz/` only, not an API: both modes' body checks on one
 /// (decompressed) body, without HTTP or a store: the storing receiver's parse (`batch`,
 /// with the `Idempotency-Key` header when given) and `--discard`'s envelope read (`discard`).
 /// Each gives the batch's `batch_id` and `count`, or why the body is refused.
 #[doc(hidden)]
-pub fn fuzz_check_body(
-    body: &[u8],
-    idempotency_key: Option<&str>,
-) -> (Result<(String, u64), String>, Result<(String, u64), String>) {
+pub fn fuzz_check_body(body: &[u8], idempotency_key: Option<&str>) -> (BodyVerdict, BodyVerdict) {
     let parsed = batch::parse(body, idempotency_key)
         .map(|b| (b.batch_id.into_owned(), b.count))
         .map_err(|e| e.0);
