@@ -40,7 +40,7 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
         tracing::info!(state_dir = %settings.state_dir.display(), "--reset: discarding the checkpoint");
         Store::open_reset(&settings.state_dir).await?
     } else {
-        Store::open(&settings.state_dir)?
+        Store::open_waiting(&settings.state_dir, std::time::Duration::from_secs(3)).await?
     };
     let checkpoint = store.load()?;
 

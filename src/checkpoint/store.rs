@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::writer::Writer;
 use super::{is_disk_full, stored_to_checkpoint, Checkpoint, CheckpointError, Stored};
@@ -42,6 +43,21 @@ struct Inner {
 
 impl Store {
     /// Opens (or creates) the store; a damaged one is [`CheckpointError::Damaged`].
+    /// [`Store::open`] for the process that will own the store (`binsync run`): a lock held
+    /// only for a moment (a `status` or `dlq list` reading the store as `run` starts) is
+    /// waited out for up to `patience`, not reported as another binsync.
+    pub async fn open_waiting(dir: &Path, patience: Duration) -> Result<Store, CheckpointError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match Store::open(dir) {
+                Err(CheckpointError::Locked { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub fn open(dir: &Path) -> Result<Store, CheckpointError> {
         if dir.exists() && !dir.is_dir() {
             return Err(CheckpointError::NotADirectory {
