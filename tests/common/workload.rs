@@ -270,19 +270,7 @@ impl Receiver {
 
     /// Stops it and reads its store: live entities, and its counters.
     pub fn dump(&mut self) -> (State, Value) {
-        self.stop();
-        let mut p = Proc::spawn(
-            &[
-                "receive",
-                "dump",
-                "--state-dir",
-                &self.state_dir.display().to_string(),
-            ],
-            &[],
-        );
-        let st = p.wait_timeout(Duration::from_secs(60)).expect("dump hung");
-        assert!(st.success(), "dump failed: {}", p.stderr());
-        let v: Value = serde_json::from_str(&p.stdout()).expect("dump prints JSON");
+        let v = self.dump_json();
         let mut state = BTreeMap::new();
         for (entity, ids) in v["entities"].as_object().unwrap() {
             for (id, e) in ids.as_object().unwrap() {
