@@ -20,6 +20,7 @@
 //!   with [`StreamError::Lookup`] and is not cached, so the retry after a reconnect asks again:
 //!   a failure never turns into positional column names.
 
+pub(crate) mod frame;
 pub mod schema;
 pub mod value;
 
