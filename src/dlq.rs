@@ -254,7 +254,10 @@ mod tests {
         let id2 = dlq.push(entry.clone()).await.unwrap();
         assert!(id2 > id);
         drop((dlq, store));
-        let store = Store::open(dir.path()).unwrap();
+        // sled's own flusher thread may hold the directory's lock a moment longer.
+        let store = Store::open_waiting(dir.path(), std::time::Duration::from_secs(3))
+            .await
+            .unwrap();
         let dlq = Dlq::open(&store).unwrap();
         assert_eq!(dlq.list().unwrap().len(), 2);
         assert_eq!(dlq.get(id).unwrap().unwrap().batch_id, "b1");

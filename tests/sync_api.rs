@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::workload::{source_state, Receiver, State, Writer};
-use common::{wait_until, MariaDb, Proc, ServerOpts};
+use common::{peak_rss, wait_until, MariaDb, Proc, ServerOpts};
 
 struct Binsync {
     args: Vec<String>,
@@ -474,17 +474,6 @@ fn capture_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) 
         }
     });
     (addr, bodies)
-}
-
-/// VmHWM (peak resident set) of a process, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 #[test]

@@ -136,4 +136,3 @@ pub(crate) fn decompress(event: &Event) -> std::result::Result<Vec<u8>, String> 
         .map_err(|e| format!("transaction payload: {e}"))?;
     Ok(bytes)
 }
-

@@ -106,7 +106,7 @@ pub enum Disconnect {
     Io(String),
     #[error("the source ended the binlog stream")]
     StreamEnded,
-    #[error("no event from the source for {0:?} despite heartbeats: the connection is dead")]
+    #[error("not a byte from the source for {0:?}, not even a heartbeat: the connection is dead")]
     Silent(Duration),
     #[error("the source is not serving now (error {code}: {message})")]
     Busy { code: u16, message: String },
@@ -172,6 +172,8 @@ pub enum SourceError {
     Server { code: u16, message: String },
     #[error("{0}")]
     Unsupported(String),
+    #[error("the source sent a binlog event binsync cannot read ({0}); check that binlog on the server (mysqlbinlog from the checkpoint's position), and report it with the server's version")]
+    DamagedEvent(String),
     #[error("{0}")]
     BadStart(String),
     /// The binlog could not be decoded (a damaged event, an unknown table, a type the
@@ -198,7 +200,7 @@ pub fn classify(e: mysql_async::Error, src: &SourceConfig) -> Failure {
     }
 }
 
-fn classify_server(code: u16, message: String, src: &SourceConfig) -> Failure {
+pub(super) fn classify_server(code: u16, message: String, src: &SourceConfig) -> Failure {
     use ServerCode::*;
     match ServerCode::of(code) {
         Some(

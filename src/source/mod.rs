@@ -3,6 +3,7 @@
 //! Errors are decided at this boundary, by type ([`error`]): a [`Disconnect`] is transient
 //! (reconnect), a [`SourceError`] definite (stop and name the fix).
 
+pub mod dump;
 mod error;
 pub mod history;
 pub mod lookup;
@@ -12,6 +13,7 @@ pub mod replication;
 pub mod start;
 pub mod stream;
 pub mod tables;
+pub mod wire;
 
 pub use error::{classify, Disconnect, Failure, Result, ServerCode, SourceError};
 

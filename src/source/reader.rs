@@ -1,5 +1,5 @@
 //! The reader: binlog events off the replica connection, on a task of their own, so that
-//! socket reads, packet framing and the driver's event copies run on one core while the
+//! socket reads, packet framing and event parsing run on one core while the
 //! decoder works on another.
 //!
 //! Invariants:
@@ -7,18 +7,19 @@
 //!   [`BATCH_BYTES`] bytes, whichever comes first, and only ever holds events that were already
 //!   received (the reader never waits to fill a batch). At most [`QUEUED_BATCHES`] batches wait,
 //!   so memory is bounded by about `QUEUED_BATCHES * BATCH_BYTES` plus one event.
-//! - The first failure (a driver error, the end of the stream, or `silence` without even a
-//!   heartbeat) is the last item; the task then ends and drops the connection.
+//! - The first failure (a connection or server error, a damaged event, the end of the
+//!   stream, or `silence` without a byte, not even a heartbeat) is the last item; the task then ends and drops the connection.
 //! - Dropping the [`Reader`] stops its task and closes the connection at once, so a reconnect
 //!   never finds our previous dump thread still registered under the same server id.
 
 use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt};
-use mysql_async::binlog::events::Event;
-use mysql_async::BinlogStream;
+use mysql_common::binlog::events::Event;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use super::dump::Dump;
+use super::Failure;
 
 /// Events per batch at most: enough to amortise the hand-over, few enough to keep latency low.
 pub const BATCH_EVENTS: usize = 64;
@@ -30,12 +31,11 @@ pub const QUEUED_BATCHES: usize = 4;
 /// Why reading stopped.
 #[derive(Debug)]
 pub enum ReadError {
-    /// The driver failed (I/O, protocol, or an error packet from the server).
-    Driver(mysql_async::Error),
+    /// The connection failed, the server sent an error, or an event could not be read
+    /// (decided where it arose: transient or definite).
+    Failed(Failure),
     /// The server closed the stream.
     Ended,
-    /// Nothing, not even a heartbeat, for this long.
-    Silent(Duration),
 }
 
 pub type Batch = Result<Vec<Event>, ReadError>;
@@ -47,10 +47,10 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Starts reading `stream` on a new task.
-    pub fn spawn(stream: BinlogStream, silence: Duration) -> Reader {
+    /// Starts reading `dump` on a new task. `silence`: how long the server may send no byte.
+    pub fn spawn(dump: Dump, silence: Duration) -> Reader {
         let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
-        let task = tokio::spawn(read_loop(stream, silence, tx));
+        let task = tokio::spawn(read_loop(dump, silence, tx));
         Reader { rx, task }
     }
 
@@ -71,39 +71,39 @@ impl Drop for Reader {
     }
 }
 
-async fn read_loop(mut stream: BinlogStream, silence: Duration, tx: mpsc::Sender<Batch>) {
+async fn read_loop(mut dump: Dump, silence: Duration, tx: mpsc::Sender<Batch>) {
     loop {
-        // Wait (up to `silence`) for the first event of a batch, or for the decoder to go away.
+        // Wait for the first event of a batch, or for the decoder to go away (reading is
+        // abandoned mid-packet only then, with the connection).
         let first = tokio::select! {
-            r = tokio::time::timeout(silence, stream.next()) => r,
+            r = dump.next(silence) => r,
             _ = tx.closed() => return,
         };
         let first = match first {
-            Ok(Some(Ok(ev))) => ev,
-            Ok(Some(Err(e))) => return fail(&tx, ReadError::Driver(e)).await,
+            Ok(Some(ev)) => ev,
             Ok(None) => return fail(&tx, ReadError::Ended).await,
-            Err(_) => return fail(&tx, ReadError::Silent(silence)).await,
+            Err(e) => return fail(&tx, ReadError::Failed(e)).await,
         };
         let mut bytes = first.data().len();
         let mut batch = Vec::with_capacity(BATCH_EVENTS);
         batch.push(first);
         let mut failure = None;
-        // Then whatever is already here, without waiting.
-        while batch.len() < BATCH_EVENTS && bytes < BATCH_BYTES {
-            match stream.next().now_or_never() {
-                Some(Some(Ok(ev))) => {
+        // Then whatever is already here: only events that need no wait on the network (a
+        // read is never abandoned half-way, which would lose the stream's framing).
+        while batch.len() < BATCH_EVENTS && bytes < BATCH_BYTES && dump.has_ready() {
+            match dump.next(silence).await {
+                Ok(Some(ev)) => {
                     bytes += ev.data().len();
                     batch.push(ev);
                 }
-                Some(Some(Err(e))) => {
-                    failure = Some(ReadError::Driver(e));
-                    break;
-                }
-                Some(None) => {
+                Ok(None) => {
                     failure = Some(ReadError::Ended);
                     break;
                 }
-                None => break,
+                Err(e) => {
+                    failure = Some(ReadError::Failed(e));
+                    break;
+                }
             }
         }
         if tx.send(Ok(batch)).await.is_err() {

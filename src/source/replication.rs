@@ -24,7 +24,7 @@ use super::history;
 use super::reader::{ReadError, Reader};
 use super::start::EndTarget;
 use super::stream::{self, StartPoint, HEARTBEAT};
-use super::{classify, Disconnect, Failure, Result, ServerInfo, SourceConfig, SourceError};
+use super::{Disconnect, Failure, Result, ServerInfo, SourceConfig, SourceError};
 use crate::backoff::Backoff;
 use crate::change::Chunk;
 use crate::checkpoint::{Position, ServerIdentity};
@@ -142,7 +142,7 @@ impl Replication {
     /// A new connection, and a stream on it from `pos`, once the server it reaches is known
     /// (it may have been restarted, reset, restored or replaced) and still holds the history
     /// of `pos`.
-    async fn reopen(&mut self, pos: &Position) -> Result<mysql_async::BinlogStream> {
+    async fn reopen(&mut self, pos: &Position) -> Result<super::dump::Dump> {
         let mut c = self.src.connect_once().await?;
         let info = ServerInfo::read(&mut c, &self.src).await?;
         if info.flavor() != self.info.flavor() {
@@ -162,7 +162,7 @@ impl Replication {
     /// their own task ([`Reader`]); dropping it on return closes the connection.
     async fn pump(
         &mut self,
-        stream: mysql_async::BinlogStream,
+        stream: super::dump::Dump,
         decoder: &mut Decoder,
         tx: &mpsc::Sender<Chunk>,
     ) -> Result<Outcome> {
@@ -185,9 +185,8 @@ impl Replication {
                 }
             };
             let events = batch.map_err(|e| match e {
-                ReadError::Driver(e) => classify(e, &self.src),
+                ReadError::Failed(e) => e,
                 ReadError::Ended => Disconnect::StreamEnded.into(),
-                ReadError::Silent(d) => Disconnect::Silent(d).into(),
             })?;
             for event in &events {
                 decoder.on_event(event).await?;

@@ -8,8 +8,13 @@
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
+use mysql_async::Conn;
+use mysql_common::misc::raw::Either;
+use mysql_common::packets::binlog_request::BinlogRequest;
+use mysql_common::packets::ComRegisterSlave;
 
+use super::dump::Dump;
+use super::wire::Wire;
 use super::{Result, ServerInfo, SourceConfig, SourceError};
 use crate::checkpoint::Position;
 use crate::gtid::{Flavor, GtidPos};
@@ -111,45 +116,44 @@ pub async fn check_server_id(
     Ok(())
 }
 
-/// Turns a connection into a binlog stream from `start`.
+/// Opens a binlog stream from `start`: checks the server id on `conn` (then closes it), and
+/// asks for the dump on a [`Wire`] connection of its own (see `source::wire` for why).
 pub async fn open(
     mut conn: Conn,
     src: &SourceConfig,
     info: &ServerInfo,
     server_id: u32,
     start: &StartPoint,
-) -> Result<BinlogStream> {
-    let classify = |e| super::classify(e, src);
+) -> Result<Dump> {
     check_server_id(&mut conn, src, info, server_id).await?;
-    conn.query_drop(format!(
+    drop(conn);
+    let mut wire = Wire::connect(src, Duration::from_secs(10)).await?;
+    wire.query(&format!(
         "SET @master_heartbeat_period = {}",
         HEARTBEAT.as_nanos()
     ))
-    .await
-    .map_err(classify)?;
-    let mut req = BinlogStreamRequest::new(server_id).with_hostname(REPORT_HOST.as_bytes());
-    let file_owned;
+    .await?;
+    // Events end with their CRC32 where the server writes one (the server refuses a replica
+    // that does not say it can read them).
+    wire.query("SET @master_binlog_checksum = @@global.binlog_checksum")
+        .await?;
+    let mut req = BinlogRequest::new(server_id);
     match (info.flavor(), start) {
         (Flavor::Mariadb, _) => {
-            conn.query_drop("SET @mariadb_slave_capability = 4")
-                .await
-                .map_err(classify)?;
+            wire.query("SET @mariadb_slave_capability = 4").await?;
             match start {
                 StartPoint::Gtid(g) => {
-                    let state = g.to_string();
-                    conn.exec_drop("SET @slave_connect_state = ?", (state,))
-                        .await
-                        .map_err(classify)?;
-                    conn.query_drop("SET @slave_gtid_strict_mode = 1")
-                        .await
-                        .map_err(classify)?;
-                    conn.query_drop("SET @slave_gtid_ignore_duplicates = 0")
-                        .await
-                        .map_err(classify)?;
+                    // A GTID list is digits, dashes and commas; quoted all the same.
+                    let state = g.to_string().replace('\\', "\\\\").replace('\'', "\\'");
+                    wire.query(&format!("SET @slave_connect_state = '{state}'"))
+                        .await?;
+                    wire.query("SET @slave_gtid_strict_mode = 1").await?;
+                    wire.query("SET @slave_gtid_ignore_duplicates = 0").await?;
                 }
                 StartPoint::File { file, offset } => {
-                    file_owned = file.clone().into_bytes();
-                    req = req.with_filename(&file_owned).with_pos(*offset);
+                    req = req
+                        .with_filename(file.as_bytes().to_vec())
+                        .with_pos(*offset);
                 }
             }
         }
@@ -157,7 +161,7 @@ pub async fn open(
             let sids = set
                 .to_sids()
                 .map_err(|e| SourceError::Unsupported(e.to_string()))?;
-            req = req.with_gtid().with_gtid_set(sids);
+            req = req.with_use_gtid(true).with_sids(sids);
         }
         (Flavor::Mysql, StartPoint::Gtid(other)) => {
             return Err(SourceError::Unsupported(format!(
@@ -166,9 +170,17 @@ pub async fn open(
             .into())
         }
         (Flavor::Mysql, StartPoint::File { file, offset }) => {
-            file_owned = file.clone().into_bytes();
-            req = req.with_filename(&file_owned).with_pos(*offset);
+            req = req
+                .with_filename(file.as_bytes().to_vec())
+                .with_pos(*offset);
         }
     }
-    conn.get_binlog_stream(req).await.map_err(classify)
+    let register = ComRegisterSlave::new(server_id).with_hostname(REPORT_HOST.as_bytes());
+    wire.command_struct(&register).await?;
+    wire.read_ok().await?;
+    match req.as_cmd() {
+        Either::Left(dump) => wire.command_struct(&dump).await?,
+        Either::Right(dump) => wire.command_struct(&dump).await?,
+    }
+    Ok(Dump::new(wire))
 }

@@ -76,6 +76,17 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
 /// A TCP port on 127.0.0.1 that nothing listens on now and that this process has not handed out
 /// before. Picked below the kernel's ephemeral range when possible, so that outgoing connections
 /// (which take ephemeral ports) cannot grab it while a server restarts on it.
+/// VmHWM (peak resident set so far) of a running process, in bytes; 0 if it is gone.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 pub fn free_port() -> u16 {
     static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let handed_out = HANDED_OUT.get_or_init(Default::default);
