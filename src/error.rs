@@ -9,7 +9,7 @@
 //! Each stage owns the enum of its own causes ([`crate::source::SourceError`],
 //! [`crate::sink::SinkError`], ...); the `From` impls below put each into its kind once.
 
-use crate::checkpoint::CheckpointError;
+use crate::checkpoint::{CheckpointError, DiskFull};
 use crate::config::ConfigError;
 use crate::decode::StreamError;
 use crate::dlq::DlqError;
@@ -31,6 +31,10 @@ pub enum Error {
 pub enum Transient {
     #[error(transparent)]
     Source(#[from] Disconnect),
+    /// No space or quota left on the state dir's or the file sink's disk: `run` waits for
+    /// space and resumes from the last checkpoint saved.
+    #[error(transparent)]
+    DiskFull(#[from] DiskFull),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +73,37 @@ macro_rules! into_kind {
         })*
     };
 }
-into_kind!(Transient: Disconnect);
-into_kind!(Definite: ConfigError, SourceError, StreamError, SinkError, CheckpointError, DlqError, OutputError);
+into_kind!(Transient: Disconnect, DiskFull);
+into_kind!(Definite: ConfigError, SourceError, StreamError, OutputError);
+
+// A full disk is transient whichever stage met it.
+impl From<CheckpointError> for Error {
+    fn from(e: CheckpointError) -> Error {
+        match e {
+            CheckpointError::DiskFull(full) => full.into(),
+            e => Error::Definite(e.into()),
+        }
+    }
+}
+
+impl From<DlqError> for Error {
+    fn from(e: DlqError) -> Error {
+        match e {
+            DlqError::DiskFull(full) => full.into(),
+            e => Error::Definite(e.into()),
+        }
+    }
+}
+
+impl From<SinkError> for Error {
+    fn from(e: SinkError) -> Error {
+        match e {
+            SinkError::DiskFull(full) => full.into(),
+            SinkError::Dlq(e) => e.into(),
+            e => Error::Definite(e.into()),
+        }
+    }
+}
 
 impl From<Failure> for Error {
     fn from(e: Failure) -> Error {
@@ -90,6 +123,14 @@ impl Error {
                 Definite::Output(OutputError::Closed) | Definite::Sink(SinkError::StdoutClosed)
             )
         )
+    }
+
+    /// The disk under the state dir or the file sink is full (see [`DiskFull`]).
+    pub fn disk_full(&self) -> Option<&DiskFull> {
+        match self {
+            Error::Transient(Transient::DiskFull(full)) => Some(full),
+            _ => None,
+        }
     }
 
     pub fn usage(msg: impl Into<String>) -> Error {
