@@ -152,3 +152,34 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_transient_from_every_stage() {
+        let full = || DiskFull {
+            dir: "/state".into(),
+            detail: "No space left on device".into(),
+        };
+        let errors: [Error; 4] = [
+            CheckpointError::DiskFull(full()).into(),
+            DlqError::DiskFull(full()).into(),
+            SinkError::DiskFull(full()).into(),
+            SinkError::Dlq(DlqError::DiskFull(full())).into(),
+        ];
+        for e in errors {
+            assert!(e.disk_full().is_some(), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains("free space on /state"), "{text}");
+            assert!(!text.contains("--reset"), "{text}");
+        }
+        let other: Error = CheckpointError::Write {
+            dir: "/state".into(),
+            detail: "EIO".into(),
+        }
+        .into();
+        assert!(other.disk_full().is_none());
+    }
+}

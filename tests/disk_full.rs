@@ -136,6 +136,28 @@ fn insert_rows(db: &MariaDb, from: i64, n: i64) {
     db.sql(&sql);
 }
 
+/// Inserts rows from `from` on, 20 at a time, until binsync logs a full disk (sled writes into
+/// space its files already hold for a while); returns the next free id. `note(id)` gives
+/// each row's note.
+fn insert_until_disk_full(
+    db: &MariaDb,
+    p: &mut Proc,
+    from: i64,
+    note: impl Fn(i64) -> String,
+) -> i64 {
+    let mut id = from;
+    while disk_full_lines(&p.stderr()).is_empty() && p.is_running() {
+        assert!(id < from + 5000, "no disk-full line: {}", p.stderr());
+        let sql: String = (id..id + 20)
+            .map(|i| format!("INSERT INTO t.items VALUES ({i}, {i}, '{}');\n", note(i)))
+            .collect();
+        db.sql(&sql);
+        id += 20;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    id
+}
+
 fn disk_full_lines(stderr: &str) -> Vec<String> {
     stderr
         .lines()
@@ -239,4 +261,137 @@ fn a_full_state_dir_waits_for_space_then_saves_and_resumes() {
 #[test]
 fn a_full_sink_disk_waits_for_space_and_leaves_no_partial_line() {
     fill_wait_recover_resume(false);
+}
+
+/// Scenario: SIGTERM while binsync waits for space on the state dir: it exits at once (exit 0)
+/// with the checkpoint where it was; with space back, a restart delivers every row.
+#[test]
+fn a_stop_while_waiting_for_space_ends_promptly_at_the_last_checkpoint() {
+    let Some(fs) = Tmpfs::mount("8m") else {
+        return;
+    };
+    let db = MariaDb::start(ServerOpts::default());
+    db.sql(SCHEMA);
+    insert_rows(&db, 1, 20);
+    let other = tempfile::tempdir().unwrap();
+    let (state, out) = (fs.path().join("state"), other.path().join("out.jsonl"));
+    let mut p = spawn_run(&db, &state, &out, &[]);
+    wait_until(
+        Duration::from_secs(60),
+        "the first rows checkpointed",
+        || source_state(&db) == delivered(&out) && saved_seq(&state) == Some(last_seq(&out)),
+    );
+    let filler = fs.fill();
+    insert_until_disk_full(&db, &mut p, 100, |i| format!("r{i}"));
+    let before = saved_seq(&state);
+    p.sigterm();
+    let st = p
+        .wait_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("a stop must end the wait at once: {}", p.stderr()));
+    assert!(st.success(), "{}", p.stderr());
+    assert_eq!(saved_seq(&state), before, "the checkpoint stays put");
+    assert!(!advises_reset(&p.stderr()), "{}", p.stderr());
+
+    std::fs::remove_file(&filler).unwrap();
+    let mut p = spawn_run(&db, &state, &out, &["--exit-at-end"]);
+    let st = p
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the restart returns");
+    assert!(st.success(), "{}", p.stderr());
+    assert_eq!(source_state(&db), delivered(&out));
+}
+
+/// Scenario: the receiver rejects a batch while the state dir is full, so its dead letter
+/// cannot be kept. binsync waits (logged once), and once space is back the batch is sent again
+/// and dead-lettered; every other row reaches the receiver.
+#[test]
+fn a_dead_letter_on_a_full_state_dir_is_kept_once_space_is_back() {
+    let Some(fs) = Tmpfs::mount("8m") else {
+        return;
+    };
+    let db = MariaDb::start(ServerOpts::default());
+    db.sql(SCHEMA);
+    insert_rows(&db, 1, 10);
+    let other = tempfile::tempdir().unwrap();
+    let mut recv = common::workload::Receiver::start(
+        &other.path().join("receiver"),
+        &["--reject-containing", "rejectme"],
+    );
+    let state = fs.path().join("state");
+    let (url, state_s, sink) = (db.url(), state.display().to_string(), recv.url());
+    let args = [
+        "run",
+        "--source",
+        &url,
+        "--server-id",
+        "4848",
+        "--state-dir",
+        &state_s,
+        "--sink",
+        &sink,
+        "--batch-rows",
+        "1",
+    ];
+    let mut p = Proc::spawn(&args, &[]);
+    wait_until(
+        Duration::from_secs(60),
+        "the first rows checkpointed",
+        || saved_seq(&state).is_some_and(|s| s > 0) && p.stderr().contains("streaming"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let filler = fs.fill();
+    // Every 4th row rejected: dead letters and checkpoints both write to the full state dir.
+    let next = insert_until_disk_full(&db, &mut p, 100, |i| {
+        if i % 4 == 0 {
+            "rejectme".into()
+        } else {
+            format!("r{i}")
+        }
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let stderr = p.stderr();
+    assert!(p.is_running(), "binsync must wait, not exit: {stderr}");
+    let lines = disk_full_lines(&stderr);
+    assert_eq!(lines.len(), 1, "logged once: {stderr}");
+    assert!(
+        lines[0].contains(&format!("free space on {}", state.display())),
+        "{}",
+        lines[0]
+    );
+    assert!(!advises_reset(&stderr), "never advises --reset: {stderr}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let rejected = (100..next).filter(|i| i % 4 == 0).count();
+    wait_until(Duration::from_secs(90), "every rejected row kept", || {
+        dead_letter_seqs(&state).len() == rejected
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    p.sigterm();
+    let st = p
+        .wait_timeout(Duration::from_secs(30))
+        .expect("stops on SIGTERM");
+    assert!(st.success(), "{}", p.stderr());
+    assert_eq!(disk_full_lines(&p.stderr()).len(), 1, "{}", p.stderr());
+
+    // Every row but the rejected one is at the receiver; the rejected one is a dead letter
+    // (kept again, with the same seq, only if a re-send came after an unsaved checkpoint).
+    let (got, _) = recv.dump();
+    let mut want = source_state(&db);
+    want.retain(|_, v| v["note"] != "rejectme");
+    assert_eq!(got, want);
+    assert_eq!(dead_letter_seqs(&state).len(), rejected);
+}
+
+/// The distinct `first_seq`s of the dead letters binsync published in the state dir (a batch
+/// re-sent after an unsaved checkpoint is kept again, with the same seq).
+fn dead_letter_seqs(state: &Path) -> std::collections::BTreeSet<u64> {
+    let Ok(dir) = std::fs::read_dir(state.join("dlq.published")) else {
+        return Default::default();
+    };
+    dir.flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|raw| serde_json::from_slice::<serde_json::Value>(&raw).ok())
+        .filter_map(|v| v["first_seq"].as_u64())
+        .collect()
 }
