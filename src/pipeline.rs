@@ -50,7 +50,7 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
             other => return other,
         };
         // Every stage has ended and dropped its handle on the store: it can be reopened.
-        tracing::error!("{err}");
+        tracing::error!(error = %err, "waiting for disk space; nothing is lost: the checkpoint stays at the last one saved, and binsync goes on from it once there is space");
         if !wait_for_space(&settings, &mut shutdown).await? {
             tracing::info!(
                 "stopped while waiting for disk space; the checkpoint stays at the last one saved"

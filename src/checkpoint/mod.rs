@@ -13,6 +13,9 @@
 //!   backwards: a new store (or a `--reset` one) numbers from a floor at or above the wall
 //!   clock in microseconds, kept in the store before anything is sent.
 //! - A damaged store is a definite error naming `--reset`, never silently a new store.
+//! - A full disk ([`DiskFull`]) is not damage: it never moves the checkpoint and never calls
+//!   for `--reset`; `binsync run` waits for space, reopens the store (sled keeps a failed
+//!   write's error for the life of its `Db`) and resumes from the last checkpoint saved.
 //! - `file`/`offset` are only meaningful on the server named by `server`; GTIDs are not.
 
 use std::path::PathBuf;
@@ -165,9 +168,10 @@ pub enum CheckpointError {
 /// No space (ENOSPC) or quota (EDQUOT) left on the disk holding `dir` (the state dir, or the
 /// file sink's folder). Its own kind of error ([`crate::error::Transient`]): `binsync run`
 /// waits for space, logging this once, and goes on from the last checkpoint saved; nothing
-/// is reset, so the message never names `--reset`.
+/// is reset, so the message never names `--reset`. (Worded for any command: a `dlq replay`
+/// stopped by it just fails.)
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the disk holding {} is full ({detail}); free space on {} (or raise its quota): binsync waits for space, then goes on from the last checkpoint saved (nothing is lost)", dir.display(), dir.display())]
+#[error("the disk holding {} is full ({detail}); free space on {} (or raise its quota)", dir.display(), dir.display())]
 pub struct DiskFull {
     pub dir: PathBuf,
     pub detail: String,

@@ -200,7 +200,7 @@ fn write_group_waiting(
             Err(SinkError::DiskFull(full)) => {
                 out.truncate(start)?;
                 if backoff.attempts() == 0 {
-                    tracing::error!("{full}");
+                    tracing::error!(error = %full, "waiting for disk space; the same lines are written again then, and nothing is acknowledged meanwhile");
                 }
                 if !sleep_blocking_unless_stopped(backoff.next_delay(), shutdown) {
                     return Ok(None);
