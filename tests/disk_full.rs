@@ -3,7 +3,9 @@
 //! situation once, naming the directory to free, keeps running (no exit, no advice to
 //! `--reset`), and once space is back it saves the checkpoint and the sink holds every row
 //! (a re-delivered line carries the same `seq`), with no partial line left in the file. After
-//! a SIGTERM, a restart on the same state dir resumes without losing a row.
+//! a SIGTERM, a restart on the same state dir resumes without losing a row. A SIGTERM while
+//! it waits ends it at once, the checkpoint where it was; and a dead letter that cannot be kept
+//! on a full state dir is kept once space is back.
 //!
 //! Mounting needs root (CI runs as root); without it the tests say so on stderr and pass.
 
@@ -263,10 +265,10 @@ fn a_full_sink_disk_waits_for_space_and_leaves_no_partial_line() {
     fill_wait_recover_resume(false);
 }
 
-/// Scenario: SIGTERM while binsync waits for space on the state dir: it exits at once (exit 0)
-/// with the checkpoint where it was; with space back, a restart delivers every row.
-#[test]
-fn a_stop_while_waiting_for_space_ends_promptly_at_the_last_checkpoint() {
+/// Scenario: SIGTERM while binsync waits for space (on the state dir, or on the file sink):
+/// it exits at once (exit 0) with the checkpoint where it was; with space back, a restart
+/// delivers every row.
+fn stop_while_waiting(state_on_tmpfs: bool) {
     let Some(fs) = Tmpfs::mount("8m") else {
         return;
     };
@@ -274,7 +276,11 @@ fn a_stop_while_waiting_for_space_ends_promptly_at_the_last_checkpoint() {
     db.sql(SCHEMA);
     insert_rows(&db, 1, 20);
     let other = tempfile::tempdir().unwrap();
-    let (state, out) = (fs.path().join("state"), other.path().join("out.jsonl"));
+    let (state, out) = if state_on_tmpfs {
+        (fs.path().join("state"), other.path().join("out.jsonl"))
+    } else {
+        (other.path().join("state"), fs.path().join("out.jsonl"))
+    };
     let mut p = spawn_run(&db, &state, &out, &[]);
     wait_until(
         Duration::from_secs(60),
@@ -299,6 +305,16 @@ fn a_stop_while_waiting_for_space_ends_promptly_at_the_last_checkpoint() {
         .expect("the restart returns");
     assert!(st.success(), "{}", p.stderr());
     assert_eq!(source_state(&db), delivered(&out));
+}
+
+#[test]
+fn a_stop_while_waiting_for_space_on_the_state_dir_ends_promptly() {
+    stop_while_waiting(true);
+}
+
+#[test]
+fn a_stop_while_waiting_for_space_for_the_sink_ends_promptly() {
+    stop_while_waiting(false);
 }
 
 /// Scenario: the receiver rejects a batch while the state dir is full, so its dead letter
