@@ -86,6 +86,22 @@ pub async fn sleep_unless_stopped(delay: Duration, shutdown: &mut Shutdown) -> b
     }
 }
 
+/// [`sleep_unless_stopped`] for a blocking thread (the file sink's): polls the signal, so a
+/// stop ends the wait within 50 ms.
+pub fn sleep_blocking_unless_stopped(delay: Duration, shutdown: &Shutdown) -> bool {
+    let until = Instant::now() + delay;
+    loop {
+        if shutdown.is_requested() {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return true;
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(50)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

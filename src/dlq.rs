@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Store;
+use crate::checkpoint::{is_disk_full, DiskFull, Store};
 
 const TREE: &str = "dlq";
 /// The folder in the state dir holding a read-only copy of each entry.
@@ -28,6 +28,10 @@ pub enum DlqError {
     Open { dir: PathBuf, detail: String },
     #[error("cannot write the dead-letter queue in {dir}: {detail}; check the disk (space, permissions, health), then start binsync again: the rejected batch is sent again")]
     Write { dir: PathBuf, detail: String },
+    /// No space or quota left for a dead letter: retriable; the checkpoint stays before the
+    /// rejected batch, so it is sent again (and kept) once there is space.
+    #[error(transparent)]
+    DiskFull(#[from] DiskFull),
     #[error("cannot read the dead-letter queue in {dir}: {detail}; check the disk (permissions, health), or restore the state dir from a backup")]
     Read { dir: PathBuf, detail: String },
     #[error("dead letter {entry} in {dir} is unreadable ({detail}); remove it with `binsync dlq drop {entry}`")]
@@ -81,7 +85,16 @@ impl Dlq {
         Ok(dlq)
     }
 
-    fn write_err(&self, e: impl std::fmt::Display) -> DlqError {
+    fn write_err(&self, e: sled::Error) -> DlqError {
+        if let sled::Error::Io(io) = &e {
+            if is_disk_full(io) {
+                return DiskFull {
+                    dir: self.store.dir().to_path_buf(),
+                    detail: e.to_string(),
+                }
+                .into();
+            }
+        }
         DlqError::Write {
             dir: self.store.dir().to_path_buf(),
             detail: e.to_string(),

@@ -9,7 +9,7 @@
 //! Each stage owns the enum of its own causes ([`crate::source::SourceError`],
 //! [`crate::sink::SinkError`], ...); the `From` impls below put each into its kind once.
 
-use crate::checkpoint::CheckpointError;
+use crate::checkpoint::{CheckpointError, DiskFull};
 use crate::config::ConfigError;
 use crate::decode::StreamError;
 use crate::dlq::DlqError;
@@ -31,6 +31,10 @@ pub enum Error {
 pub enum Transient {
     #[error(transparent)]
     Source(#[from] Disconnect),
+    /// No space or quota left on the state dir's or the file sink's disk: `run` waits for
+    /// space and resumes from the last checkpoint saved.
+    #[error(transparent)]
+    DiskFull(#[from] DiskFull),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +73,37 @@ macro_rules! into_kind {
         })*
     };
 }
-into_kind!(Transient: Disconnect);
-into_kind!(Definite: ConfigError, SourceError, StreamError, SinkError, CheckpointError, DlqError, OutputError);
+into_kind!(Transient: Disconnect, DiskFull);
+into_kind!(Definite: ConfigError, SourceError, StreamError, OutputError);
+
+// A full disk is transient whichever stage met it.
+impl From<CheckpointError> for Error {
+    fn from(e: CheckpointError) -> Error {
+        match e {
+            CheckpointError::DiskFull(full) => full.into(),
+            e => Error::Definite(e.into()),
+        }
+    }
+}
+
+impl From<DlqError> for Error {
+    fn from(e: DlqError) -> Error {
+        match e {
+            DlqError::DiskFull(full) => full.into(),
+            e => Error::Definite(e.into()),
+        }
+    }
+}
+
+impl From<SinkError> for Error {
+    fn from(e: SinkError) -> Error {
+        match e {
+            SinkError::DiskFull(full) => full.into(),
+            SinkError::Dlq(e) => e.into(),
+            e => Error::Definite(e.into()),
+        }
+    }
+}
 
 impl From<Failure> for Error {
     fn from(e: Failure) -> Error {
@@ -92,6 +125,14 @@ impl Error {
         )
     }
 
+    /// The disk under the state dir or the file sink is full (see [`DiskFull`]).
+    pub fn disk_full(&self) -> Option<&DiskFull> {
+        match self {
+            Error::Transient(Transient::DiskFull(full)) => Some(full),
+            _ => None,
+        }
+    }
+
     pub fn usage(msg: impl Into<String>) -> Error {
         Definite::Usage(msg.into()).into()
     }
@@ -111,3 +152,34 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_transient_from_every_stage() {
+        let full = || DiskFull {
+            dir: "/state".into(),
+            detail: "No space left on device".into(),
+        };
+        let errors: [Error; 4] = [
+            CheckpointError::DiskFull(full()).into(),
+            DlqError::DiskFull(full()).into(),
+            SinkError::DiskFull(full()).into(),
+            SinkError::Dlq(DlqError::DiskFull(full())).into(),
+        ];
+        for e in errors {
+            assert!(e.disk_full().is_some(), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains("free space on /state"), "{text}");
+            assert!(!text.contains("--reset"), "{text}");
+        }
+        let other: Error = CheckpointError::Write {
+            dir: "/state".into(),
+            detail: "EIO".into(),
+        }
+        .into();
+        assert!(other.disk_full().is_none());
+    }
+}

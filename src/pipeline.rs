@@ -9,14 +9,21 @@
 //! - The checkpoint moves only over acknowledged chunks, in order (see [`crate::checkpoint`]).
 //! - Shutdown (SIGINT/SIGTERM, or `--exit-at-end` reaching its target) stops the reading;
 //!   what was decoded is delivered and checkpointed, then `run` returns.
+//! - A full disk (state dir or file sink, [`crate::checkpoint::DiskFull`]) ends the stages;
+//!   `run` logs it once, waits with backoff until the state dir's store reopens and takes a
+//!   write, then starts them again from the last checkpoint saved, exactly as a restart after
+//!   a crash would (re-sent operations carry the same `seq`). A stop while waiting ends `run`
+//!   at once, the checkpoint at the last one saved.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::backoff::{sleep_unless_stopped, Backoff};
 use crate::change::Chunk;
-use crate::checkpoint::{Ack, Checkpoint, Checkpointer, Store};
+use crate::checkpoint::{Ack, Checkpoint, CheckpointError, Checkpointer, Store};
 use crate::config::RunSettings;
 use crate::decode::Decoder;
 use crate::dlq::Dlq;
@@ -36,11 +43,61 @@ const ACK_QUEUE: usize = 64;
 
 /// Runs until `shutdown` fires, the end is reached (`--exit-at-end`), or a definite error.
 pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcome> {
-    let store = if settings.reset {
+    let mut reset = settings.reset;
+    loop {
+        let err = match run_once(&settings, &mut reset, shutdown.clone()).await {
+            Err(e) if e.disk_full().is_some() => e,
+            other => return other,
+        };
+        // Every stage has ended and dropped its handle on the store: it can be reopened.
+        tracing::error!(error = %err, "waiting for disk space; nothing is lost: the checkpoint stays at the last one saved, and binsync goes on from it once there is space");
+        if !wait_for_space(&settings, &mut shutdown).await? {
+            tracing::info!(
+                "stopped while waiting for disk space; the checkpoint stays at the last one saved"
+            );
+            return Ok(Outcome::Stopped);
+        }
+        tracing::info!("disk has space again: resuming from the last checkpoint saved");
+    }
+}
+
+/// Waits (silently: the caller logged the cause once) until the state dir's store opens and
+/// takes a write. False if binsync was stopped first. A full file sink is waited out by the
+/// sink itself once the stages run again.
+async fn wait_for_space(settings: &RunSettings, shutdown: &mut Shutdown) -> Result<bool> {
+    let mut backoff = Backoff::new();
+    loop {
+        if !sleep_unless_stopped(backoff.next_delay(), shutdown).await {
+            return Ok(false);
+        }
+        let probed = match Store::open_waiting(&settings.state_dir, Duration::from_secs(3)).await {
+            Ok(store) => store.probe().await,
+            Err(e) => Err(e),
+        };
+        match probed {
+            Ok(()) => return Ok(true),
+            Err(CheckpointError::DiskFull(full)) => {
+                tracing::debug!(error = %full, "still no space");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// One run of the stages, from the store's checkpoint; `reset` is cleared once done.
+async fn run_once(
+    settings: &RunSettings,
+    reset: &mut bool,
+    mut shutdown: Shutdown,
+) -> Result<Outcome> {
+    let store = if *reset {
         tracing::info!(state_dir = %settings.state_dir.display(), "--reset: discarding the checkpoint");
-        Store::open_reset(&settings.state_dir).await?
+        let store = Store::open_reset(&settings.state_dir).await?;
+        // A run started again after a full disk must not forget the checkpoint again.
+        *reset = false;
+        store
     } else {
-        Store::open_waiting(&settings.state_dir, std::time::Duration::from_secs(3)).await?
+        Store::open_waiting(&settings.state_dir, Duration::from_secs(3)).await?
     };
     let checkpoint = store.load()?;
 
@@ -91,7 +148,6 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
     let checkpointer = Checkpointer {
         store,
         server: info.identity.clone(),
-        shutdown: shutdown.clone(),
     };
     let checkpointer = tokio::spawn(checkpointer.run(ack_rx));
 
@@ -147,8 +203,9 @@ fn spawn_sink(
         }
         lines => {
             let spec = lines.clone();
+            let shutdown = shutdown.clone();
             tokio::task::spawn_blocking(move || {
-                sink::lines::run_blocking(spec, rx, acks).map_err(Error::from)
+                sink::lines::run_blocking(spec, rx, acks, shutdown).map_err(Error::from)
             })
         }
     })

@@ -42,8 +42,11 @@ pub async fn replay(files: &[PathBuf], spec: SinkSpec, cfg: DecodeConfig) -> Res
     }
     let (tx, rx) = mpsc::channel::<Chunk>(8);
     let (ack_tx, mut ack_rx) = mpsc::channel::<Ack>(64);
-    let sink_task =
-        tokio::task::spawn_blocking(move || sink::lines::run_blocking(spec, rx, ack_tx));
+    // No stop signal of its own: a full disk is waited out until space is back or the
+    // process is interrupted (replay installs no signal handler).
+    let sink_task = tokio::task::spawn_blocking(move || {
+        sink::lines::run_blocking(spec, rx, ack_tx, crate::shutdown::Shutdown::never())
+    });
     let counter = tokio::spawn(async move {
         let mut n = 0u64;
         while let Some(a) = ack_rx.recv().await {

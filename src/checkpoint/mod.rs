@@ -13,15 +13,16 @@
 //!   backwards: a new store (or a `--reset` one) numbers from a floor at or above the wall
 //!   clock in microseconds, kept in the store before anything is sent.
 //! - A damaged store is a definite error naming `--reset`, never silently a new store.
+//! - A full disk ([`DiskFull`]) is not damage: it never moves the checkpoint and never calls
+//!   for `--reset`; `binsync run` waits for space, reopens the store (sled keeps a failed
+//!   write's error for the life of its `Db`) and resumes from the last checkpoint saved.
 //! - `file`/`offset` are only meaningful on the server named by `server`; GTIDs are not.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backoff::{sleep_unless_stopped, Backoff};
 use crate::gtid::{Flavor, GtidParseError, GtidPos};
-use crate::shutdown::Shutdown;
 
 mod store;
 mod writer;
@@ -157,12 +158,23 @@ pub enum CheckpointError {
         "checkpoint in {dir} was written by a newer binsync (format {version}); upgrade binsync"
     )]
     TooNew { dir: PathBuf, version: u32 },
-    /// No space (ENOSPC) or quota (EDQUOT) left. The checkpointer waits and retries; this
-    /// only ends a run when binsync is stopped while waiting.
-    #[error("the disk holding {dir} is full ({detail}); the checkpoint stays at the last one saved: free space (or raise the quota) and start binsync again")]
-    DiskFull { dir: PathBuf, detail: String },
+    /// No space (ENOSPC) or quota (EDQUOT) left: retriable (see [`DiskFull`]).
+    #[error(transparent)]
+    DiskFull(#[from] DiskFull),
     #[error("writing the checkpoint to {dir} failed: {detail}; check the disk (permissions, health), then start binsync again: it resumes from the last checkpoint saved")]
     Write { dir: PathBuf, detail: String },
+}
+
+/// No space (ENOSPC) or quota (EDQUOT) left on the disk holding `dir` (the state dir, or the
+/// file sink's folder). Its own kind of error ([`crate::error::Transient`]): `binsync run`
+/// waits for space, logging this once, and goes on from the last checkpoint saved; nothing
+/// is reset, so the message never names `--reset`. (Worded for any command: a `dlq replay`
+/// stopped by it just fails.)
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the disk holding {} is full ({detail}); free space on {} (or raise its quota)", dir.display(), dir.display())]
+pub struct DiskFull {
+    pub dir: PathBuf,
+    pub detail: String,
 }
 
 /// Is this I/O error "no space left" (ENOSPC, 28) or "quota exceeded" (EDQUOT, 122)? Both the
@@ -189,19 +201,19 @@ pub struct Ack {
 ///
 /// Acks arrive in chunk order from the sink's ordered-ack ledger, each only once its chunk
 /// and every one before it is delivered, so the checkpoint never passes an undelivered
-/// change. Acks that arrive together are saved with one durable write. When the disk is full
-/// it logs once and retries with [`Backoff`] (saving the newest position when space is back);
-/// meanwhile the ack channel fills and the pipeline pauses. Only a stop ends that wait.
+/// change. Acks that arrive together are saved with one durable write. A full disk ends the
+/// stage with [`CheckpointError::DiskFull`] rather than a retry here: after a failed write
+/// sled 0.34 fails every later operation on that `Db` until it is reopened, so the wait and
+/// the reopen happen in `pipeline::run`, which then resumes from the last checkpoint saved.
 pub struct Checkpointer {
     pub store: Store,
     pub server: ServerIdentity,
-    pub shutdown: Shutdown,
 }
 
 impl Checkpointer {
     /// Runs until the sink closes its ack channel; returns the number of changes delivered.
     pub async fn run(
-        mut self,
+        self,
         mut acks: tokio::sync::mpsc::Receiver<Ack>,
     ) -> Result<u64, CheckpointError> {
         let mut progress = crate::units::Progress::new("delivered");
@@ -211,45 +223,15 @@ impl Checkpointer {
             // Coalesce: one durable write for everything acknowledged meanwhile.
             drain(&mut acks, &mut newest, &mut changes);
             if let Some(position) = newest {
-                self.save(position, &mut acks, &mut changes).await?;
+                let cp = Checkpoint {
+                    server: self.server.clone(),
+                    position,
+                };
+                self.store.save(&cp).await?;
             }
             progress.add(changes);
         }
         Ok(progress.total())
-    }
-
-    /// Saves `position`, or a newer one acknowledged while the disk was full.
-    async fn save(
-        &mut self,
-        mut position: Position,
-        acks: &mut tokio::sync::mpsc::Receiver<Ack>,
-        changes: &mut u64,
-    ) -> Result<(), CheckpointError> {
-        let mut backoff = Backoff::new();
-        loop {
-            let cp = Checkpoint {
-                server: self.server.clone(),
-                position,
-            };
-            match self.store.save(&cp).await {
-                Err(e @ CheckpointError::DiskFull { .. }) => {
-                    if backoff.attempts() == 0 {
-                        tracing::error!(error = %e, "cannot save the checkpoint: disk full; waiting for space, retrying (nothing is lost: the checkpoint stays at the last one saved)");
-                    }
-                    if !sleep_unless_stopped(backoff.next_delay(), &mut self.shutdown).await {
-                        return Err(e);
-                    }
-                    let mut newest = Some(cp.position);
-                    drain(acks, &mut newest, changes);
-                    position = newest.expect("still set");
-                }
-                Ok(()) if backoff.attempts() > 0 => {
-                    tracing::info!(position = %cp.position, "disk has space again: checkpoint saved");
-                    return Ok(());
-                }
-                other => return other,
-            }
-        }
     }
 }
 

@@ -16,10 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::writer::Writer;
-use super::{is_disk_full, stored_to_checkpoint, Checkpoint, CheckpointError, Stored};
+use super::{is_disk_full, stored_to_checkpoint, Checkpoint, CheckpointError, DiskFull, Stored};
 
 const KEY: &[u8] = b"checkpoint";
 const SEQ_FLOOR_KEY: &[u8] = b"seq_floor";
+/// Written by [`Store::probe`] only; never read.
+const PROBE_KEY: &[u8] = b"probe";
 const FORMAT_VERSION: u32 = 1;
 const STATUS_FILE: &str = "status.json";
 
@@ -191,6 +193,18 @@ impl Store {
         .map_err(|e| self.write_error(e))
     }
 
+    /// Whether a write reaches the disk (after a disk-full failure, on a freshly opened store:
+    /// sled fails every operation on a `Db` that once failed a write).
+    pub async fn probe(&self) -> Result<(), CheckpointError> {
+        let now = now_micros();
+        self.write(
+            move |db| db.insert(PROBE_KEY, &now.to_be_bytes()).map(|_| ()),
+            |_| {},
+        )
+        .await
+        .map_err(|e| self.write_error(e))
+    }
+
     /// Where numbering starts without a checkpoint: the floor kept in the store, set (and
     /// flushed) from the wall clock in microseconds the first time, so that a state dir
     /// created again numbers above anything sent before, and a restart before the first
@@ -289,7 +303,7 @@ impl Store {
         let dir = self.dir().to_path_buf();
         let detail = e.to_string();
         match &e {
-            sled::Error::Io(io) if is_disk_full(io) => CheckpointError::DiskFull { dir, detail },
+            sled::Error::Io(io) if is_disk_full(io) => DiskFull { dir, detail }.into(),
             _ => CheckpointError::Write { dir, detail },
         }
     }
@@ -356,10 +370,11 @@ fn classify_open_error(dir: &Path, e: sled::Error) -> CheckpointError {
             dir: dir.to_path_buf(),
             detail,
         },
-        sled::Error::Io(io) if is_disk_full(io) => CheckpointError::DiskFull {
+        sled::Error::Io(io) if is_disk_full(io) => DiskFull {
             dir: dir.to_path_buf(),
             detail,
-        },
+        }
+        .into(),
         _ => CheckpointError::Damaged {
             dir: dir.to_path_buf(),
             detail,

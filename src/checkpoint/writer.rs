@@ -9,6 +9,10 @@
 //!
 //! Writes queued while a flush runs are applied together and share the next flush (group
 //! commit). A job must not hold a `Store`: the thread ends when the last `Store` is dropped.
+//!
+//! After one failed write or flush (a full disk) sled 0.34 fails every later operation on the
+//! same `Db`, so the thread does not retry: callers get the error, and `binsync run` reopens
+//! the store once there is space (see `pipeline`).
 
 use std::sync::mpsc;
 

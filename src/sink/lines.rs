@@ -5,6 +5,12 @@
 //! changes that the checkpoint does not cover (written, not yet acked): a restart writes them
 //! again, each with the same `seq`, which is how a reader de-duplicates. A torn last line (a
 //! crash mid-write) is cut off at start-up, so the file stays valid JSON lines.
+//!
+//! A full disk (ENOSPC, EDQUOT) on a write cuts the file back to its length before the group
+//! (no partial line), logs once, waits with backoff (a stop ends the wait) and writes the same
+//! lines again; nothing is acked meanwhile. A full disk on `fdatasync` (the written pages'
+//! fate unknown) ends the sink with [`SinkError::DiskFull`] after cutting the file back to the
+//! end of its last successful fsync; `pipeline::run` waits and resumes from the checkpoint.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -14,7 +20,10 @@ use tokio::sync::mpsc;
 
 use super::ledger::{Ack, Ledger, Mark, Ticket};
 use super::{SinkError, SinkSpec};
+use crate::backoff::{sleep_blocking_unless_stopped, Backoff};
 use crate::change::Chunk;
+use crate::checkpoint::{is_disk_full, DiskFull};
+use crate::shutdown::Shutdown;
 
 /// Bytes of changes gathered into one write (and one fsync).
 const MAX_WRITE_BYTES: usize = 4 << 20;
@@ -31,7 +40,8 @@ enum Durable {
     /// A file: lines are delivered once the fsync thread's `fdatasync` covers them.
     Synced {
         groups: std::sync::mpsc::SyncSender<Group>,
-        thread: std::thread::JoinHandle<Result<(), SinkError>>,
+        /// Returns with the file's length at its last successful fsync.
+        thread: std::thread::JoinHandle<(Result<(), SinkError>, u64)>,
     },
 }
 
@@ -40,6 +50,8 @@ struct Group {
     marks: Vec<Mark>,
     /// Any bytes written (a group of position-only chunks needs no fsync).
     wrote: bool,
+    /// The file's length once the group was written.
+    end: u64,
 }
 
 /// Chunks taken but not yet durable: one piece each in the ledger, done once their lines are.
@@ -79,6 +91,7 @@ pub fn run_blocking(
     spec: SinkSpec,
     mut rx: mpsc::Receiver<Chunk>,
     acks: mpsc::Sender<Ack>,
+    shutdown: Shutdown,
 ) -> Result<(), SinkError> {
     let mut out = match &spec {
         SinkSpec::Stdout => Out::Stdout(std::io::stdout()),
@@ -88,11 +101,12 @@ pub fn run_blocking(
     let mut durable = match &out {
         Out::File(f, path) => {
             let file = f.try_clone().map_err(|e| file_error(path, e))?;
+            let synced = out.len()?;
             let (groups, rx) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
             let (sync_path, sync_acks) = (path.clone(), acks.clone());
             let thread = std::thread::Builder::new()
                 .name("binsync-fsync".into())
-                .spawn(move || sync_loop(&file, &sync_path, rx, sync_acks))
+                .spawn(move || sync_loop(&file, &sync_path, rx, sync_acks, synced))
                 .map_err(|e| SinkError::Thread {
                     target: path.display().to_string(),
                     detail: e.to_string(),
@@ -118,8 +132,10 @@ pub fn run_blocking(
                 Err(_) => break,
             }
         }
-        let wrote = match write_group(&mut out, &pending, &mut buf) {
-            Ok(wrote) => wrote,
+        let wrote = match write_group_waiting(&mut out, &pending, &mut buf, &shutdown) {
+            Ok(Some(wrote)) => wrote,
+            // Stopped while the disk was full: these chunks stay unacked.
+            Ok(None) => break,
             Err(e) => {
                 result = Err(e);
                 break;
@@ -131,6 +147,7 @@ pub fn run_blocking(
                 let group = Group {
                     marks: marks.collect(),
                     wrote,
+                    end: out.len()?,
                 };
                 // A closed syncer has failed: its error is returned below.
                 if groups.send(group).is_err() {
@@ -151,12 +168,51 @@ pub fn run_blocking(
     if let Durable::Synced { groups, thread } = durable {
         drop(groups);
         // A panic is a bug: it goes on as one (the pipeline reports the sink task's panic).
-        let synced = thread
+        let (synced, synced_len) = thread
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        if let (Err(SinkError::DiskFull(_)), Out::File(f, path)) = (&synced, &out) {
+            // The failed fsync leaves the pages after the last good one in doubt: cut them
+            // (unacked, so sent again after the restart) rather than keep lines that may read
+            // back as zeros once evicted. The writer has stopped, so nothing races this.
+            f.set_len(synced_len)
+                .and_then(|_| f.sync_data())
+                .map_err(|e| file_error(path, e))?;
+        }
         result = result.and(synced);
     }
     result
+}
+
+/// [`write_group`], waiting out a full disk: the file is cut back to its length before the
+/// group (no partial line), the situation logged once, and the same lines written again after
+/// a backoff. None when binsync is stopped while waiting.
+fn write_group_waiting(
+    out: &mut Out,
+    chunks: &[Chunk],
+    buf: &mut Vec<u8>,
+    shutdown: &Shutdown,
+) -> Result<Option<bool>, SinkError> {
+    let start = out.len()?;
+    let mut backoff = Backoff::new();
+    loop {
+        match write_group(out, chunks, buf) {
+            Err(SinkError::DiskFull(full)) => {
+                out.truncate(start)?;
+                if backoff.attempts() == 0 {
+                    tracing::error!(error = %full, "waiting for disk space; the same lines are written again then, and nothing is acknowledged meanwhile");
+                }
+                if !sleep_blocking_unless_stopped(backoff.next_delay(), shutdown) {
+                    return Ok(None);
+                }
+            }
+            Ok(wrote) if backoff.attempts() > 0 => {
+                tracing::info!("disk has space again: the sink file is written");
+                return Ok(Some(wrote));
+            }
+            other => return other.map(Some),
+        }
+    }
 }
 
 /// Lines at least this long are written from their chunk rather than copied into the group's
@@ -193,30 +249,56 @@ const SYNC_QUEUE: usize = 2;
 
 /// Makes written groups durable and acknowledges them: one `fdatasync` for every group queued
 /// meanwhile (each was written before it was queued, so the sync covers it).
+/// Returns with the file's length as of its last successful fsync (`synced` at the start).
 fn sync_loop(
     file: &File,
     path: &Path,
     groups: std::sync::mpsc::Receiver<Group>,
     acks: mpsc::Sender<Ack>,
-) -> Result<(), SinkError> {
+    mut synced: u64,
+) -> (Result<(), SinkError>, u64) {
     let mut taken = Taken::default();
     while let Ok(first) = groups.recv() {
         let mut wrote = false;
+        let mut end = synced;
         for group in std::iter::once(first).chain(groups.try_iter()) {
             wrote |= group.wrote;
+            end = end.max(group.end);
             taken.take(group.marks);
         }
         if wrote {
-            file.sync_data().map_err(|e| file_error(path, e))?;
+            if let Err(e) = file.sync_data() {
+                return (Err(file_error(path, e)), synced);
+            }
         }
+        synced = end;
         if !taken.durable(&acks) {
-            return Ok(()); // the checkpointer is gone: shutting down
+            return (Ok(()), synced); // the checkpointer is gone: shutting down
         }
     }
-    Ok(())
+    (Ok(()), synced)
 }
 
 impl Out {
+    /// The file's length (0 for stdout).
+    fn len(&self) -> Result<u64, SinkError> {
+        match self {
+            Out::Stdout(_) => Ok(0),
+            Out::File(f, path) => f
+                .metadata()
+                .map(|m| m.len())
+                .map_err(|e| file_error(path, e)),
+        }
+    }
+
+    /// Cuts the file back to `len` (nothing for stdout).
+    fn truncate(&self, len: u64) -> Result<(), SinkError> {
+        match self {
+            Out::Stdout(_) => Ok(()),
+            Out::File(f, path) => f.set_len(len).map_err(|e| file_error(path, e)),
+        }
+    }
+
     /// Writes `bytes`: flushed for stdout; for a file, durable only after the syncer's fsync.
     fn write(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
         match self {
@@ -246,6 +328,14 @@ impl Out {
 }
 
 fn file_error(path: &Path, e: std::io::Error) -> SinkError {
+    if is_disk_full(&e) {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        return DiskFull {
+            dir: dir.unwrap_or(Path::new(".")).to_path_buf(),
+            detail: e.to_string(),
+        }
+        .into();
+    }
     SinkError::Write {
         target: path.display().to_string(),
         detail: e.to_string(),
@@ -348,7 +438,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         let (ack_tx, mut ack_rx) = mpsc::channel(8);
         let spec = SinkSpec::File(p.clone());
-        let sink = std::thread::spawn(move || run_blocking(spec, rx, ack_tx));
+        let sink = std::thread::spawn(move || run_blocking(spec, rx, ack_tx, Shutdown::never()));
         for c in [
             chunk(&["{\"a\":1}", "{\"a\":2}"], 1),
             chunk(&[], 2), // position only

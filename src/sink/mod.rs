@@ -58,6 +58,10 @@ pub enum SinkError {
     /// The file or stdout could not be written or fsynced.
     #[error("cannot write to {target}: {detail}; check the path, its permissions and free space")]
     Write { target: String, detail: String },
+    /// No space or quota left for the file sink after waiting in place was cut short by an
+    /// fsync failure: the pipeline restarts from the checkpoint once there is space.
+    #[error(transparent)]
+    DiskFull(#[from] crate::checkpoint::DiskFull),
     /// stdout's reader went away (`| head`): binsync stops quietly; only what was written
     /// is acknowledged.
     #[error("stdout was closed by its reader")]

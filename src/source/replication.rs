@@ -181,6 +181,15 @@ impl Replication {
                     tokio::select! {
                         b = reader.next() => b.unwrap_or(Err(ReadError::Ended)),
                         _ = self.shutdown.requested() => return Ok(Outcome::Stopped),
+                        // A failed sink or checkpointer (a full disk, say) ends the run now,
+                        // not at the next event.
+                        // (The HTTP sink may close on the stop signal before this task sees it.)
+                        _ = tx.closed() => {
+                            if self.shutdown.is_requested() {
+                                return Ok(Outcome::Stopped);
+                            }
+                            return Err(SourceError::SinkClosed.into());
+                        }
                     }
                 }
             };
