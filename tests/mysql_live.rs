@@ -1,0 +1,317 @@
+//! Scenario: an operator points binsync at MySQL 8.0, 8.4 and 9.x (issue 10). No MySQL server
+//! is available here, so `tests/mysql_double` plays one over real MySQL-written binlogs: the
+//! same handshake, authentication, statements and dump protocol. A run to the binlog's end
+//! must deliver exactly the rows `binsync replay` reads from the same file; `check` and
+//! `status` must work against it too.
+
+mod binlog_fixtures;
+mod common;
+mod mysql_double;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::Proc;
+use mysql_async::prelude::Queryable;
+use mysql_double::{ColumnDesc, MysqlDouble, Options, Plugin, Profile, TableDesc};
+
+fn fixture(name: &str) -> PathBuf {
+    binlog_fixtures::dir().join(name)
+}
+
+/// The 8.0 fixture: ENUM/SET rows with full row metadata, five GTIDs of one server.
+const ENUM_SET: &str = "mysql-enum-string-set.000001";
+/// The 8.4/9.x fixture: a tagged GTID (`uuid:mytag:3`), minimal row metadata.
+const TAGGED: &str = "binlog_transaction_with_GTID_TAG.000001";
+
+/// `test.orders` as the 9.6 server that wrote TAGGED had it (three columns; the binlog has no
+/// names). The names here are the test's own: information_schema is their only source.
+fn orders() -> TableDesc {
+    TableDesc {
+        db: "test".into(),
+        name: "orders".into(),
+        columns: vec![
+            ColumnDesc::new("id", "int", true),
+            ColumnDesc::new("customer", "int", false),
+            ColumnDesc::new("total", "decimal(10,2)", false),
+        ],
+    }
+}
+
+fn options_for(file: &str) -> Options {
+    let mut o = Options::default();
+    if file == TAGGED {
+        o.tables = vec![orders()];
+    }
+    if file == ENUM_SET {
+        o.row_metadata = "FULL".into();
+    }
+    o
+}
+
+/// What `binsync replay` prints for `file`, with the names information_schema would give.
+fn replayed(file: &str) -> Vec<serde_json::Value> {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.jsonl");
+    let path = fixture(file);
+    let mut p = Proc::spawn(
+        &[
+            "replay",
+            "--binlog-file",
+            path.to_str().unwrap(),
+            "--sink",
+            &format!("file:{}", out.display()),
+        ],
+        &[],
+    );
+    let st = p
+        .wait_timeout(Duration::from_secs(60))
+        .expect("replay hung");
+    assert!(st.success(), "replay {file}: {}", p.stderr());
+    lines_without_seq(&std::fs::read_to_string(out).unwrap())
+}
+
+fn lines_without_seq(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seq");
+            v
+        })
+        .collect()
+}
+
+/// Renames replay's positional columns (`@1`, ...) to `names`, as a live run gets them from
+/// information_schema.
+fn named(mut rows: Vec<serde_json::Value>, names: &[&str]) -> Vec<serde_json::Value> {
+    for r in rows.iter_mut() {
+        for key in ["id", "before", "after"] {
+            if let Some(obj) = r.get_mut(key).and_then(|v| v.as_object_mut()) {
+                let renamed: serde_json::Map<String, serde_json::Value> = obj
+                    .iter()
+                    .map(|(k, v)| {
+                        let i: Option<usize> = k.strip_prefix('@').and_then(|n| n.parse().ok());
+                        let k = i.map_or(k.clone(), |i| names[i - 1].to_string());
+                        (k, v.clone())
+                    })
+                    .collect();
+                *obj = renamed;
+            }
+        }
+    }
+    rows
+}
+
+fn run_to_end(double: &MysqlDouble, state: &std::path::Path, out: &std::path::Path) -> Proc {
+    let mut p = Proc::spawn(
+        &[
+            "run",
+            "--source",
+            &double.url(),
+            "--server-id",
+            "4242",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--start",
+            "earliest",
+            "--exit-at-end",
+            "--connect-timeout",
+            "5s",
+            "--sink",
+            &format!("file:{}", out.display()),
+        ],
+        &[],
+    );
+    p.wait_timeout(Duration::from_secs(60)).expect("run hung");
+    p
+}
+
+fn live_run_matches_replay(profile: Profile, file: &str) {
+    let double = MysqlDouble::start(profile, vec![fixture(file)], options_for(file));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.jsonl");
+    let state = tmp.path().join("state");
+    let mut p = run_to_end(&double, &state, &out);
+    let stderr = p.stderr();
+    assert_eq!(
+        p.try_status().and_then(|s| s.code()),
+        Some(0),
+        "binsync run against {profile:?} failed:\n{stderr}\nstatements: {:#?}",
+        double.statements()
+    );
+    assert!(
+        double.unknown_statements().is_empty(),
+        "the double did not know: {:?}",
+        double.unknown_statements()
+    );
+    let live = lines_without_seq(&std::fs::read_to_string(&out).unwrap_or_default());
+    let mut want = replayed(file);
+    if file == TAGGED {
+        want = named(want, &["id", "customer", "total"]);
+    }
+    assert!(!want.is_empty(), "{file} holds rows");
+    assert_eq!(live, want, "{profile:?}: live rows differ from replay's");
+    let stmts = double.statements();
+    assert!(
+        stmts
+            .iter()
+            .any(|s| s.starts_with("COM_REGISTER_SLAVE server_id=4242")),
+        "{stmts:?}"
+    );
+    assert!(
+        stmts.iter().any(|s| s.starts_with("COM_BINLOG_DUMP")),
+        "{stmts:?}"
+    );
+
+    // `binsync status` reads the checkpoint and, with --source, the lag.
+    let mut st = Proc::spawn(
+        &[
+            "status",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--source",
+            &double.url(),
+        ],
+        &[],
+    );
+    let code = st
+        .wait_timeout(Duration::from_secs(30))
+        .expect("status hung");
+    assert!(
+        code.success(),
+        "status against {profile:?}: {}{}",
+        st.stdout(),
+        st.stderr()
+    );
+}
+
+fn check_passes(profile: Profile, file: &str) {
+    let double = MysqlDouble::start(profile, vec![fixture(file)], options_for(file));
+    let mut p = Proc::spawn(&["check", "--source", &double.url()], &[]);
+    let st = p.wait_timeout(Duration::from_secs(30)).expect("check hung");
+    let out = p.stdout();
+    assert!(
+        st.success(),
+        "check against {profile:?}:\n{out}\n{}",
+        p.stderr()
+    );
+    for name in ["log_bin", "binlog_format", "gtid_mode", "REPLICATION SLAVE"] {
+        assert!(
+            out.lines().any(|l| l.starts_with("ok") && l.contains(name)),
+            "{name} not ok:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn mysql80_run_to_end_delivers_the_rows_replay_reads() {
+    live_run_matches_replay(Profile::Mysql80, ENUM_SET);
+}
+
+#[test]
+#[ignore = "issue 10 finding 1: binsync asks SHOW MASTER STATUS, which 8.4 removed (error 1064); SHOW BINARY LOG STATUS is the 8.2+ name"]
+fn mysql84_run_to_end_delivers_the_rows_replay_reads() {
+    live_run_matches_replay(Profile::Mysql84, TAGGED);
+}
+
+#[test]
+#[ignore = "issue 10 finding 1: binsync asks SHOW MASTER STATUS, which 8.4 removed (error 1064); SHOW BINARY LOG STATUS is the 8.2+ name"]
+fn mysql9x_run_to_end_delivers_the_rows_replay_reads() {
+    live_run_matches_replay(Profile::Mysql9x, TAGGED);
+}
+
+#[test]
+fn mysql80_check_passes() {
+    check_passes(Profile::Mysql80, ENUM_SET);
+}
+
+#[test]
+fn mysql84_check_passes() {
+    check_passes(Profile::Mysql84, TAGGED);
+}
+
+#[test]
+fn mysql9x_check_passes() {
+    check_passes(Profile::Mysql9x, TAGGED);
+}
+
+/// The double's own handshake, against mysql_async (the driver binsync uses).
+async fn connect(double: &MysqlDouble, password: &str) -> Result<mysql_async::Conn, String> {
+    // As binsync connects: over TCP, never a socket the server names.
+    let url = format!(
+        "mysql://cdc:{password}@127.0.0.1:{}?prefer_socket=false",
+        double.port()
+    );
+    mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn caching_sha2_full_then_fast_authentication_and_wrong_password() {
+    for profile in Profile::ALL {
+        let double = MysqlDouble::start(profile, vec![fixture(ENUM_SET)], Options::default());
+        let mut conn = connect(&double, "cdc-pw").await.expect("full auth");
+        let v: Option<String> = conn.query_first("SELECT VERSION()").await.unwrap();
+        assert_eq!(v.as_deref(), Some(profile.version()));
+        drop(conn);
+        let _conn = connect(&double, "cdc-pw").await.expect("fast auth");
+        let auths: Vec<String> = double
+            .statements()
+            .into_iter()
+            .filter(|s| s.starts_with("AUTH"))
+            .collect();
+        assert_eq!(
+            auths,
+            [
+                "AUTH caching_sha2_password full (RSA)",
+                "AUTH caching_sha2_password fast"
+            ],
+            "{profile:?}"
+        );
+        let e = connect(&double, "wrong").await.unwrap_err();
+        assert!(e.contains("1045") && e.contains("Access denied"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn native_password_on_80_and_not_loaded_on_84() {
+    let opts = Options {
+        plugin: Plugin::MysqlNative,
+        ..Options::default()
+    };
+    let double = MysqlDouble::start(Profile::Mysql80, vec![fixture(ENUM_SET)], opts.clone());
+    connect(&double, "cdc-pw")
+        .await
+        .expect("native auth on 8.0");
+    let e = connect(&double, "nope").await.unwrap_err();
+    assert!(e.contains("1045"), "{e}");
+    let double = MysqlDouble::start(Profile::Mysql84, vec![fixture(ENUM_SET)], opts);
+    let e = connect(&double, "cdc-pw").await.unwrap_err();
+    assert!(
+        e.contains("1524") && e.contains("mysql_native_password"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn show_master_status_is_a_syntax_error_from_84() {
+    for profile in Profile::ALL {
+        let double = MysqlDouble::start(profile, vec![fixture(ENUM_SET)], Options::default());
+        let mut conn = connect(&double, "cdc-pw").await.unwrap();
+        let old = conn.query_drop("SHOW MASTER STATUS").await;
+        let new = conn.query_drop("SHOW BINARY LOG STATUS").await;
+        match profile {
+            Profile::Mysql80 => assert!(old.is_ok() && new.is_err(), "{old:?} {new:?}"),
+            _ => {
+                let e = old.unwrap_err().to_string();
+                assert!(e.contains("1064"), "{e}");
+                assert!(new.is_ok(), "{new:?}");
+            }
+        }
+        assert!(double.unknown_statements().is_empty());
+        let e = conn.query_drop("SELECT frobnicate()").await.unwrap_err();
+        assert!(e.to_string().contains("1064"), "{e}");
+        assert_eq!(double.unknown_statements(), ["SELECT frobnicate()"]);
+    }
+}
