@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mysql_common::binlog::consts::BinlogVersion;
 use mysql_common::binlog::events::{EventData, GtidEvent};
@@ -333,6 +333,8 @@ struct BinlogFile {
     /// FORMAT_DESCRIPTION first.
     events: Vec<RawEvent>,
     crc32: bool,
+    /// The set in its PREVIOUS_GTIDS event (empty without one).
+    previous: GtidSet,
 }
 
 impl BinlogFile {
@@ -396,11 +398,14 @@ impl BinlogFile {
         if events.last().map(RawEvent::kind) == Some(ROTATE_EVENT) {
             events.pop();
         }
-        BinlogFile {
+        let mut file = BinlogFile {
             name: path.file_name().unwrap().to_string_lossy().into_owned(),
             events,
             crc32,
-        }
+            previous: GtidSet::default(),
+        };
+        file.previous = file.previous_gtids();
+        file
     }
 
     /// The GTID set in this file's PREVIOUS_GTIDS event (empty without one).
@@ -445,7 +450,7 @@ impl Binlog {
             "the double needs at least one binlog file"
         );
         let files: Vec<BinlogFile> = paths.iter().map(|p| BinlogFile::load(p)).collect();
-        let purged = files[0].previous_gtids();
+        let purged = files[0].previous.clone();
         let mut executed = purged.clone();
         for f in &files {
             for g in f.events.iter().filter_map(|e| e.gtid.as_ref()) {
@@ -476,6 +481,8 @@ struct Seen {
     replicas: Vec<(u32, String, u16)>,
     sha2_cached: bool,
     connections: u32,
+    /// Heartbeats sent while idle at the binlog's end.
+    idle_heartbeats: u32,
 }
 
 struct Server {
@@ -592,6 +599,11 @@ impl MysqlDouble {
             .into_iter()
             .filter_map(|s| s.strip_prefix("UNKNOWN ").map(str::to_string))
             .collect()
+    }
+
+    /// Heartbeats sent so far by dumps idle at the binlog's end.
+    pub fn idle_heartbeats(&self) -> u32 {
+        self.server.seen.lock().unwrap().idle_heartbeats
     }
 
     pub fn connections(&self) -> u32 {
@@ -1384,7 +1396,109 @@ impl Session {
                 "Unknown column 'TABLE_NAME' in 'where clause'".into(),
             );
         }
+        if u.starts_with("SHOW BINLOG EVENTS") {
+            return self.show_binlog_events(&norm);
+        }
         syntax_error(&norm)
+    }
+
+    /// `SHOW BINLOG EVENTS [IN 'file'] [FROM pos] [LIMIT [skip,] n]`, with MySQL's Info text
+    /// for the events binsync reads (GTIDs, PREVIOUS_GTIDS) and the common others.
+    fn show_binlog_events(&self, sql: &str) -> Reply {
+        let cols = [
+            "Log_name",
+            "Pos",
+            "Event_type",
+            "Server_id",
+            "End_log_pos",
+            "Info",
+        ];
+        let words: Vec<&str> = sql.split(' ').collect();
+        let after = |kw: &str| {
+            words
+                .iter()
+                .position(|w| w.eq_ignore_ascii_case(kw))
+                .and_then(|i| words.get(i + 1).copied())
+        };
+        let binlog = &self.srv.binlog;
+        let index = match after("IN") {
+            None => 0,
+            Some(name) => {
+                let name = name.trim_matches('\'');
+                match binlog.files.iter().position(|f| f.name == name) {
+                    Some(i) => i,
+                    // ER_ERROR_WHEN_EXECUTING_COMMAND with the binlog reader's message.
+                    None => {
+                        return Reply::Err(
+                            1220,
+                            "HY000",
+                            "Error when executing command SHOW BINLOG EVENTS: Could not find target log".into(),
+                        )
+                    }
+                }
+            }
+        };
+        let f = &binlog.files[index];
+        let from: u64 = after("FROM").and_then(|v| v.parse().ok()).unwrap_or(4);
+        let (skip, limit) = match after("LIMIT") {
+            Some(l) => match l.split_once(',') {
+                Some((a, b)) => (a.parse().unwrap_or(0), b.parse().unwrap_or(usize::MAX)),
+                None => (0, l.parse().unwrap_or(usize::MAX)),
+            },
+            None => (0, usize::MAX),
+        };
+        let mut events: Vec<RawEvent> = f.events.clone();
+        if let Some(next) = binlog.files.get(index + 1) {
+            events.push(RawEvent {
+                pos: f.end(),
+                bytes: self.closing_rotate(f, &next.name),
+                gtid: None,
+            });
+        }
+        if from > 4 && !events.iter().any(|e| e.pos == from) && from != f.end() {
+            // A FROM that is not an event boundary: the reader fails (MySQL's wording).
+            return Reply::Err(
+                1220,
+                "HY000",
+                "Error when executing command SHOW BINLOG EVENTS: Wrong offset or I/O error".into(),
+            );
+        }
+        let out = events
+            .iter()
+            .filter(|e| e.pos >= from)
+            .skip(skip)
+            .take(limit)
+            .map(|e| {
+                let (kind, info) = describe_event(e, f, self.srv.profile);
+                vec![
+                    Some(f.name.clone()),
+                    Some(e.pos.to_string()),
+                    Some(kind.to_string()),
+                    Some(u32::from_le_bytes(e.bytes[5..9].try_into().unwrap()).to_string()),
+                    Some(e.end().to_string()),
+                    Some(info),
+                ]
+            })
+            .collect();
+        rows(&cols, out)
+    }
+
+    /// The real ROTATE that closes `f` when `next` follows it.
+    fn closing_rotate(&self, f: &BinlogFile, next: &str) -> Vec<u8> {
+        let ts = f
+            .events
+            .last()
+            .map_or(0, |e| u32::from_le_bytes(e.bytes[..4].try_into().unwrap()));
+        let len = HEADER_LEN + 8 + next.len() + if f.crc32 { 4 } else { 0 };
+        event(
+            ROTATE_EVENT,
+            ts,
+            self.srv.opts.server_id,
+            f.end() + len as u64,
+            0,
+            &rotate_body(4, next),
+            f.crc32,
+        )
     }
 
     fn table(&self, db: &str, table: &str) -> Option<&TableDesc> {
@@ -1512,21 +1626,8 @@ impl Session {
                 break;
             }
             // A real ROTATE closes a file that is not the last.
-            let next = &binlog.files[index + 1].name;
-            let ts = f
-                .events
-                .last()
-                .map_or(0, |e| u32::from_le_bytes(e.bytes[..4].try_into().unwrap()));
-            let rotate_len = HEADER_LEN + 8 + next.len() + if f.crc32 { 4 } else { 0 };
-            let rotate = event(
-                ROTATE_EVENT,
-                ts,
-                server_id,
-                f.end() + rotate_len as u64,
-                0,
-                &rotate_body(4, next),
-                f.crc32,
-            );
+            let next = binlog.files[index + 1].name.clone();
+            let rotate = self.closing_rotate(f, &next);
             self.send_event(&rotate).await?;
             index += 1;
             start = 4;
@@ -1537,7 +1638,6 @@ impl Session {
             return self.eof(true).await;
         }
         // Idle at the end of the active file: a heartbeat every period (none without one).
-        let _ = Instant::now();
         loop {
             if heartbeat_ns == 0 {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -1546,6 +1646,7 @@ impl Session {
             tokio::time::sleep(Duration::from_nanos(heartbeat_ns)).await;
             let hb = heartbeat(server_id, &last.name, last.end(), last.crc32);
             self.send_event(&hb).await?;
+            self.srv.seen.lock().unwrap().idle_heartbeats += 1;
         }
     }
 
@@ -1555,6 +1656,93 @@ impl Session {
         p.push(0x00);
         p.extend_from_slice(ev);
         self.write_packet(&p).await
+    }
+}
+
+/// SHOW BINLOG EVENTS' Event_type and Info for one event.
+fn describe_event(e: &RawEvent, f: &BinlogFile, profile: Profile) -> (&'static str, String) {
+    let b = &e.bytes[..e.bytes.len() - if f.crc32 { 4 } else { 0 }];
+    let body = &b[HEADER_LEN..];
+    let gtid_next = |g: &Gtid| {
+        let tag = if g.tag.is_empty() {
+            String::new()
+        } else {
+            format!(":{}", g.tag)
+        };
+        format!(
+            "SET @@SESSION.GTID_NEXT= '{}{tag}:{}'",
+            uuid_text(&g.uuid),
+            g.gno
+        )
+    };
+    match e.kind() {
+        2 if body.len() >= 13 => {
+            let db_len = body[8] as usize;
+            let vars = u16::from_le_bytes([body[11], body[12]]) as usize;
+            let db_at = 13 + vars;
+            let db = String::from_utf8_lossy(body.get(db_at..db_at + db_len).unwrap_or_default());
+            let query = String::from_utf8_lossy(body.get(db_at + db_len + 1..).unwrap_or_default());
+            let info = if db.is_empty() {
+                query.into_owned()
+            } else {
+                format!("use `{db}`; {query}")
+            };
+            ("Query", info)
+        }
+        3 => ("Stop", String::new()),
+        ROTATE_EVENT => (
+            "Rotate",
+            format!(
+                "{};pos={}",
+                String::from_utf8_lossy(&body[8..]),
+                u64::from_le_bytes(body[..8].try_into().unwrap())
+            ),
+        ),
+        FORMAT_DESCRIPTION_EVENT => (
+            "Format_desc",
+            // The version of the server listing the file, as MySQL prints it.
+            format!("Server ver: {}, Binlog ver: 4", profile.version()),
+        ),
+        16 => (
+            "Xid",
+            format!(
+                "COMMIT /* xid={} */",
+                u64::from_le_bytes(body[..8].try_into().unwrap())
+            ),
+        ),
+        19 => {
+            let id =
+                u64::from_le_bytes([body[0], body[1], body[2], body[3], body[4], body[5], 0, 0]);
+            let db_len = body[8] as usize;
+            let db = String::from_utf8_lossy(&body[9..9 + db_len]);
+            let t_at = 9 + db_len + 1;
+            let t_len = body[t_at] as usize;
+            let t = String::from_utf8_lossy(&body[t_at + 1..t_at + 1 + t_len]);
+            ("Table_map", format!("table_id: {id} ({db}.{t})"))
+        }
+        k @ (30..=32) => {
+            let id =
+                u64::from_le_bytes([body[0], body[1], body[2], body[3], body[4], body[5], 0, 0]);
+            let end = if body[6] & 1 != 0 {
+                " flags: STMT_END_F"
+            } else {
+                ""
+            };
+            let kind = ["Write_rows", "Update_rows", "Delete_rows"][(k - 30) as usize];
+            (kind, format!("table_id: {id}{end}"))
+        }
+        GTID_LOG_EVENT => ("Gtid", e.gtid.as_ref().map(gtid_next).unwrap_or_default()),
+        GTID_TAGGED_LOG_EVENT => (
+            "Gtid_tagged",
+            e.gtid.as_ref().map(gtid_next).unwrap_or_default(),
+        ),
+        34 => (
+            "Anonymous_Gtid",
+            "SET @@SESSION.GTID_NEXT= 'ANONYMOUS'".into(),
+        ),
+        PREVIOUS_GTIDS_LOG_EVENT => ("Previous_gtids", f.previous.to_string()),
+        40 => ("Transaction_payload", String::new()),
+        _ => ("Unknown", String::new()),
     }
 }
 
