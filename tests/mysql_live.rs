@@ -49,7 +49,17 @@ fn options_for(file: &str) -> Options {
     o
 }
 
-/// What `binsync replay` prints for `file`, with the names information_schema would give.
+/// What `binsync replay` prints for `file`, as if the file were called `served` (the double
+/// serves its files as `binlog.000001`, ...).
+fn replayed_as(file: &str, served: &str) -> Vec<serde_json::Value> {
+    let mut rows = replayed(file);
+    for r in rows.iter_mut() {
+        r["file"] = serde_json::Value::String(served.to_string());
+    }
+    rows
+}
+
+/// What `binsync replay` prints for `file`.
 fn replayed(file: &str) -> Vec<serde_json::Value> {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.jsonl");
@@ -158,7 +168,7 @@ fn live_run_matches_replay(profile: Profile, file: &str) {
         double.unknown_statements()
     );
     let live = lines_without_seq(&std::fs::read_to_string(&out).unwrap_or_default());
-    let mut want = replayed(file);
+    let mut want = replayed_as(file, &double.file_name(0));
     if file == TAGGED {
         want = with_orders_schema(want);
     }
@@ -336,7 +346,7 @@ fn streams_and_resumes_by_tagged_gtid(profile: Profile) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.jsonl");
     let state = tmp.path().join("state");
-    let want = with_orders_schema(replayed(TAGGED));
+    let want = with_orders_schema(replayed_as(TAGGED, &double.file_name(0)));
     let args = |start: &str| -> Vec<String> {
         [
             "run",
@@ -430,4 +440,123 @@ fn mysql84_streams_and_resumes_by_tagged_gtid() {
 #[test]
 fn mysql9x_streams_and_resumes_by_tagged_gtid() {
     streams_and_resumes_by_tagged_gtid(Profile::Mysql9x);
+}
+
+/// One event as a replica receives it: type, log_pos, flags, and the GTID if it is one.
+#[derive(Debug)]
+struct Received {
+    kind: u8,
+    log_pos: u32,
+    timestamp: u32,
+    gtid: Option<String>,
+}
+
+/// Reads a dump with mysql_async's own BinlogStream (the reader binsync uses) until `until`.
+async fn read_dump(
+    double: &MysqlDouble,
+    setup: &[&str],
+    req: mysql_async::BinlogStreamRequest<'_>,
+    until: impl Fn(&[Received]) -> bool,
+) -> Vec<Received> {
+    use futures_util::StreamExt;
+    let mut conn = connect(double, "cdc-pw").await.unwrap();
+    for sql in setup {
+        conn.query_drop(*sql).await.unwrap();
+    }
+    let mut stream = conn.get_binlog_stream(req).await.unwrap();
+    let mut got = Vec::new();
+    while !until(&got) {
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event within 10s")
+            .expect("the stream goes on")
+            .expect("a well-formed event");
+        let h = ev.header();
+        let gtid = match ev.read_data() {
+            Ok(Some(mysql_common::binlog::events::EventData::GtidEvent(g))) => {
+                Some(format!("{}:{}", mysql_double::uuid_text(&g.sid()), g.gno()))
+            }
+            _ => None,
+        };
+        got.push(Received {
+            kind: h.event_type_raw(),
+            log_pos: h.log_pos(),
+            timestamp: h.timestamp(),
+            gtid,
+        });
+    }
+    got
+}
+
+/// The dump protocol itself, as `Binlog_sender` speaks it: a fake ROTATE (timestamp 0,
+/// log_pos 0), the FORMAT_DESCRIPTION, the events; transactions the GTID request holds are
+/// skipped (a heartbeat marks where they ended); heartbeats while idle at the end.
+#[tokio::test]
+async fn gtid_dump_skips_held_transactions_then_heartbeats() {
+    let double = MysqlDouble::start(
+        Profile::Mysql80,
+        vec![fixture(ENUM_SET)],
+        Options::default(),
+    );
+    let uuid = double.server_uuid();
+    let held: mysql_common::packets::Sid<'static> = format!("{uuid}:1-3").parse().unwrap();
+    let req = mysql_async::BinlogStreamRequest::new(77)
+        .with_gtid()
+        .with_gtid_set(vec![held]);
+    // 100 ms heartbeats; wait for two of them after the last event.
+    let got = read_dump(
+        &double,
+        &["SET @master_heartbeat_period = 100000000"],
+        req,
+        |got| got.iter().rev().take(2).filter(|e| e.kind == 27).count() == 2 && got.len() > 3,
+    )
+    .await;
+    assert_eq!(
+        (got[0].kind, got[0].timestamp, got[0].log_pos),
+        (4, 0, 0),
+        "{got:?}"
+    );
+    assert_eq!(got[1].kind, 15, "{got:?}");
+    let gtids: Vec<&str> = got.iter().filter_map(|e| e.gtid.as_deref()).collect();
+    assert_eq!(gtids, [format!("{uuid}:4"), format!("{uuid}:5")], "{got:?}");
+    // The skipped transactions end in a heartbeat before the first one sent.
+    let first_gtid = got.iter().position(|e| e.gtid.is_some()).unwrap();
+    assert_eq!(got[first_gtid - 1].kind, 27, "{got:?}");
+    let stmts = double.statements();
+    assert!(
+        stmts
+            .iter()
+            .any(|s| s.starts_with("COM_BINLOG_DUMP_GTID") && s.ends_with(&format!("{uuid}:1-3"))),
+        "{stmts:?}"
+    );
+}
+
+/// Two files: the first closes with a real ROTATE to the second, which begins with its own
+/// fake ROTATE and FORMAT_DESCRIPTION; a run to the end delivers both files' rows in order.
+#[test]
+fn mysql80_run_across_a_rotation_delivers_both_files() {
+    const SECOND: &str = "mysql_type_bit.000001";
+    let opts = Options {
+        row_metadata: "FULL".into(),
+        ..Options::default()
+    };
+    let double = MysqlDouble::start(
+        Profile::Mysql80,
+        vec![fixture(ENUM_SET), fixture(SECOND)],
+        opts,
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.jsonl");
+    let mut p = run_to_end(&double, &tmp.path().join("state"), &out);
+    assert_eq!(
+        p.try_status().and_then(|s| s.code()),
+        Some(0),
+        "{}\n{:#?}",
+        p.stderr(),
+        double.statements()
+    );
+    let live = lines_without_seq(&std::fs::read_to_string(&out).unwrap_or_default());
+    let mut want = replayed_as(ENUM_SET, "binlog.000001");
+    want.extend(replayed_as(SECOND, "binlog.000002"));
+    assert_eq!(live, want);
 }

@@ -8,7 +8,7 @@
 //! Every statement and command it receives is logged (`statements()`), and a statement it does
 //! not know gets error 1064 and a line on stderr, so that a test sees what binsync sent.
 //!
-//! What it serves is the list of fixture files, under their own names, as one server's binlog:
+//! What it serves is the list of fixture files, as `binlog.000001`, `binlog.000002`, ... of one server:
 //! `SHOW BINARY LOGS` lists them, the GTID state is read from their events, and a dump streams
 //! them as `Binlog_sender` does (a fake ROTATE before each file, its FORMAT_DESCRIPTION, the
 //! events with their own checksums, a real ROTATE between files, heartbeats while idle). A
@@ -287,7 +287,7 @@ impl std::fmt::Display for GtidSet {
     }
 }
 
-fn uuid_text(u: &[u8; 16]) -> String {
+pub fn uuid_text(u: &[u8; 16]) -> String {
     let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",
@@ -449,7 +449,17 @@ impl Binlog {
             !paths.is_empty(),
             "the double needs at least one binlog file"
         );
-        let files: Vec<BinlogFile> = paths.iter().map(|p| BinlogFile::load(p)).collect();
+        // Served under the names a MySQL 8 server gives them (log_bin's default basename
+        // `binlog`, numbered from 1), whatever the fixture files are called: binsync orders
+        // files by their number.
+        let files: Vec<BinlogFile> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| BinlogFile {
+                name: format!("binlog.{:06}", i + 1),
+                ..BinlogFile::load(p)
+            })
+            .collect();
         let purged = files[0].previous.clone();
         let mut executed = purged.clone();
         for f in &files {
@@ -604,6 +614,11 @@ impl MysqlDouble {
     /// Heartbeats sent so far by dumps idle at the binlog's end.
     pub fn idle_heartbeats(&self) -> u32 {
         self.server.seen.lock().unwrap().idle_heartbeats
+    }
+
+    /// The name the `i`th file is served under.
+    pub fn file_name(&self, i: usize) -> String {
+        self.server.binlog.files[i].name.clone()
     }
 
     pub fn connections(&self) -> u32 {
