@@ -150,6 +150,38 @@ pub struct Options {
     pub tables: Vec<TableDesc>,
     /// The grants `SHOW GRANTS` prints.
     pub grants: Vec<String>,
+    /// What goes wrong, and when.
+    pub faults: Faults,
+}
+
+/// Fault switches. Each acts on the first dump only (a reconnect then streams normally), and
+/// counts the events of the binlog files it has sent (not the fake ROTATE, the
+/// FORMAT_DESCRIPTION or heartbeats).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Close the connection once this many events were sent.
+    pub drop_after_events: Option<usize>,
+    /// With `drop_after_events`: first send part of the next event's packet (its header says
+    /// the whole length), so that the connection ends inside a packet.
+    pub drop_mid_payload: bool,
+    /// Send nothing more, heartbeats included, once this many events were sent; the
+    /// connection stays open.
+    pub stall_after_events: Option<usize>,
+    /// Answer the first dump with this error instead of events (see [`mysql_1236`]).
+    pub dump_error: Option<(u16, String)>,
+}
+
+/// Error 1236 (ER_SOURCE_FATAL_ERROR_READING_BINLOG) as MySQL words it for each cause
+/// (sql/rpl_binlog_sender.cc, sql/binlog.cc).
+pub mod mysql_1236 {
+    /// The requested file is not in the index (purged, or never there).
+    pub const FILE_NOT_FOUND: &str = "Could not find first log file name in binary log index file";
+    /// An event larger than the replica's max_allowed_packet.
+    pub const EVENT_TOO_LARGE: &str = "log event entry exceeded max_allowed_packet; Increase max_allowed_packet on source; the first event 'binlog.000001' at 4, the last event read from './binlog.000001' at 126, the last byte read from './binlog.000001' at 126.";
+    /// The replica holds GTIDs of the source's UUID that the source does not (8.0.26+ wording).
+    pub const REPLICA_HAS_MORE_GTIDS: &str = "Replica has more GTIDs than the source has, using the source's SERVER_UUID. This may indicate that the end of the binary log was truncated or that the last binary log file was lost, e.g., after a power or disk failure when sync_binlog != 1. The source may or may not have rolled back transactions that were already replicated to the replica. Suggest to replicate any transactions that source has rolled back from replica to source, and/or commit empty transactions on source to account for transactions that have been committed on source but are not included in GTID_EXECUTED.";
+    /// A damaged event in the binlog.
+    pub const BOGUS_DATA: &str = "bogus data in log event; the first event 'binlog.000001' at 4, the last event read from './binlog.000001' at 126, the last byte read from './binlog.000001' at 126.";
 }
 
 impl Default for Options {
@@ -167,6 +199,7 @@ impl Default for Options {
                 "GRANT SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO `cdc`@`%`"
                     .into(),
             ],
+            faults: Faults::default(),
         }
     }
 }
@@ -493,6 +526,8 @@ struct Seen {
     connections: u32,
     /// Heartbeats sent while idle at the binlog's end.
     idle_heartbeats: u32,
+    /// Dumps requested so far.
+    dumps: u32,
 }
 
 struct Server {
@@ -619,6 +654,11 @@ impl MysqlDouble {
     /// The name the `i`th file is served under.
     pub fn file_name(&self, i: usize) -> String {
         self.server.binlog.files[i].name.clone()
+    }
+
+    /// Dumps (COM_BINLOG_DUMP and COM_BINLOG_DUMP_GTID) requested so far.
+    pub fn dumps(&self) -> u32 {
+        self.server.seen.lock().unwrap().dumps
     }
 
     pub fn connections(&self) -> u32 {
@@ -1534,6 +1574,21 @@ impl Session {
     ) -> std::io::Result<()> {
         let binlog = self.srv.binlog.clone();
         let server_id = self.srv.opts.server_id;
+        let first_dump = {
+            let mut seen = self.srv.seen.lock().unwrap();
+            seen.dumps += 1;
+            seen.dumps == 1
+        };
+        let faults = if first_dump {
+            self.srv.opts.faults.clone()
+        } else {
+            Faults::default()
+        };
+        if let Some((code, msg)) = &faults.dump_error {
+            self.log(format!("FAULT dump error {code}"));
+            return self.err(*code, "HY000", msg).await;
+        }
+        let mut sent = 0usize;
         let heartbeat_ns: u64 = self
             .user_vars
             .get("source_heartbeat_period")
@@ -1631,7 +1686,19 @@ impl Session {
                     self.send_event(&hb).await?;
                     excluded_end = 0;
                 }
+                if faults.drop_after_events == Some(sent) {
+                    self.log(format!("FAULT drop after {sent} events"));
+                    if faults.drop_mid_payload {
+                        self.send_partial(&ev.bytes).await?;
+                    }
+                    return Ok(());
+                }
+                if faults.stall_after_events == Some(sent) {
+                    self.log(format!("FAULT stall after {sent} events"));
+                    std::future::pending::<()>().await;
+                }
                 self.send_event(&ev.bytes).await?;
+                sent += 1;
             }
             if excluded_end != 0 {
                 let hb = heartbeat(server_id, &f.name, excluded_end, f.crc32);
@@ -1663,6 +1730,17 @@ impl Session {
             self.send_event(&hb).await?;
             self.srv.seen.lock().unwrap().idle_heartbeats += 1;
         }
+    }
+
+    /// The start of `ev`'s packet: a header with the whole length, then half the payload.
+    async fn send_partial(&mut self, ev: &[u8]) -> std::io::Result<()> {
+        let len = ev.len() + 1;
+        let mut buf = (len as u32).to_le_bytes()[..3].to_vec();
+        buf.push(self.seq);
+        buf.push(0x00);
+        buf.extend_from_slice(&ev[..ev.len() / 2]);
+        self.stream.write_all(&buf).await?;
+        self.stream.flush().await
     }
 
     /// One binlog event on the wire: the OK byte, then the event.
