@@ -580,7 +580,7 @@ fn run_with_faults(faults: mysql_double::Faults) -> (MysqlDouble, Proc, Vec<serd
     (double, p, rows)
 }
 
-fn reconnects_and_delivers_every_row_once(faults: mysql_double::Faults) {
+fn reconnects_and_delivers_every_row_once(faults: mysql_double::Faults) -> MysqlDouble {
     let (double, mut p, rows) = run_with_faults(faults.clone());
     assert_eq!(
         p.try_status().and_then(|s| s.code()),
@@ -605,6 +605,7 @@ fn reconnects_and_delivers_every_row_once(faults: mysql_double::Faults) {
             && dumps[1].ends_with(":1-3"),
         "the reconnect resumes after uuid:3 by GTID: {dumps:?}"
     );
+    double
 }
 
 #[test]
@@ -679,4 +680,92 @@ fn error_1236_for_other_causes_names_the_cause_not_a_purge() {
             "{line}"
         );
     }
+}
+
+/// Refusals at connect time stop binsync at once with the server's reason (no retries).
+#[test]
+fn refused_logins_stop_at_once_with_the_reason() {
+    let cases: Vec<(&str, Profile, Options, &str)> = vec![
+        (
+            "wrong password",
+            Profile::Mysql80,
+            Options {
+                password: "other".into(),
+                ..Options::default()
+            },
+            "Access denied for user 'cdc'",
+        ),
+        (
+            "native password on 8.4",
+            Profile::Mysql84,
+            Options {
+                plugin: Plugin::MysqlNative,
+                ..Options::default()
+            },
+            "Plugin 'mysql_native_password' is not loaded",
+        ),
+        (
+            "require_secure_transport",
+            Profile::Mysql84,
+            Options {
+                require_secure_transport: true,
+                ..Options::default()
+            },
+            "insecure transport are prohibited",
+        ),
+    ];
+    for (what, profile, opts, reason) in cases {
+        let double = MysqlDouble::start(profile, vec![fixture(ENUM_SET)], opts);
+        // binsync's password is the account's; the double's account may want another.
+        let url = format!("mysql://cdc:cdc-pw@127.0.0.1:{}", double.port());
+        let mut p = Proc::spawn(
+            &[
+                "run",
+                "--source",
+                &url,
+                "--server-id",
+                "4242",
+                "--sink",
+                "stdout",
+                "--state-dir",
+                tempfile::tempdir()
+                    .unwrap()
+                    .path()
+                    .join("s")
+                    .to_str()
+                    .unwrap(),
+                "--connect-timeout",
+                "20s",
+            ],
+            &[],
+        );
+        let st = p
+            .wait_timeout(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("{what}: still retrying after 15s: {}", p.stderr()));
+        assert!(!st.success(), "{what}");
+        let err = p.stderr();
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("binsync: error:"))
+            .unwrap_or_default();
+        assert!(line.contains(reason), "{what}: {err}");
+        assert_eq!(double.connections(), 1, "{what}: a refusal is not retried");
+    }
+}
+
+/// After a reconnect the source has another server_uuid (a failover to another server of
+/// the topology, with the same GTIDs): binsync resumes by GTID and delivers every row once.
+#[test]
+fn a_reconnect_to_a_server_with_another_uuid_resumes_by_gtid() {
+    let double = reconnects_and_delivers_every_row_once(mysql_double::Faults {
+        drop_after_events: Some(INSIDE_TXN_4),
+        server_uuid_after_first_dump: Some("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee".into()),
+        ..Default::default()
+    });
+    let stmts = double.statements();
+    let fault = stmts.iter().position(|s| s.starts_with("FAULT")).unwrap();
+    assert!(
+        stmts[fault..].iter().any(|s| s == "SELECT @@server_uuid"),
+        "binsync read the new identity after the reconnect: {stmts:?}"
+    );
 }

@@ -150,6 +150,8 @@ pub struct Options {
     pub tables: Vec<TableDesc>,
     /// The grants `SHOW GRANTS` prints.
     pub grants: Vec<String>,
+    /// `require_secure_transport=ON`: a plain TCP client is refused with 3159.
+    pub require_secure_transport: bool,
     /// What goes wrong, and when.
     pub faults: Faults,
 }
@@ -169,6 +171,9 @@ pub struct Faults {
     pub stall_after_events: Option<usize>,
     /// Answer the first dump with this error instead of events (see [`mysql_1236`]).
     pub dump_error: Option<(u16, String)>,
+    /// Once a dump was requested, `@@server_uuid` answers this: the replica reconnects to
+    /// another server of the topology (same binlog and GTIDs, another identity).
+    pub server_uuid_after_first_dump: Option<String>,
 }
 
 /// Error 1236 (ER_SOURCE_FATAL_ERROR_READING_BINLOG) as MySQL words it for each cause
@@ -199,6 +204,7 @@ impl Default for Options {
                 "GRANT SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO `cdc`@`%`"
                     .into(),
             ],
+            require_secure_transport: false,
             faults: Faults::default(),
         }
     }
@@ -821,7 +827,10 @@ impl Session {
             };
             match cmd {
                 // COM_QUIT
-                0x01 => return Ok(()),
+                0x01 => {
+                    self.log("COM_QUIT".into());
+                    return Ok(());
+                }
                 // COM_QUERY
                 0x03 => {
                     let sql = String::from_utf8_lossy(self.query_text(body)).into_owned();
@@ -829,7 +838,10 @@ impl Session {
                     self.send_reply(reply, false).await?;
                 }
                 // COM_PING
-                0x0e => self.ok().await?,
+                0x0e => {
+                    self.log("COM_PING".into());
+                    self.ok().await?
+                }
                 // COM_REGISTER_SLAVE: MySQL records the replica (SHOW REPLICAS lists it), answers OK.
                 0x15 => {
                     let reg: ComRegisterSlave<'_> = ParseBuf(&packet).parse(()).map_err(bad)?;
@@ -975,6 +987,16 @@ impl Session {
         let scramble = resp.scramble_buf().to_vec();
         self.log(format!("CONNECT user={user} plugin={client_plugin}"));
         let opts = &self.srv.opts;
+        if opts.require_secure_transport {
+            // ER_SECURE_TRANSPORT_REQUIRED: checked before the account's plugin runs.
+            self.err(
+                3159,
+                "HY000",
+                "Connections using insecure transport are prohibited while --require_secure_transport=ON.",
+            )
+            .await?;
+            return Ok(false);
+        }
         let using_password = if scramble.is_empty() { "NO" } else { "YES" };
         // ER_ACCESS_DENIED_ERROR, as MySQL words it for a TCP client from 127.0.0.1.
         let denied = format!(
@@ -1211,7 +1233,13 @@ impl Session {
             "wait_timeout" => "28800".to_string(),
             "version" => srv.profile.version().to_string(),
             "server_id" => srv.opts.server_id.to_string(),
-            "server_uuid" => srv.server_uuid.clone(),
+            "server_uuid" => {
+                let dumped = srv.seen.lock().unwrap().dumps > 0;
+                match &srv.opts.faults.server_uuid_after_first_dump {
+                    Some(other) if dumped => other.clone(),
+                    _ => srv.server_uuid.clone(),
+                }
+            }
             "log_bin" => "ON".into(),
             "binlog_format" => "ROW".into(),
             "binlog_row_image" => "FULL".into(),
