@@ -277,22 +277,77 @@ impl GtidSet {
         }
         out
     }
+}
 
-    /// From mysql_common's SID block (COM_BINLOG_DUMP_GTID).
-    fn from_sids(sids: &[mysql_common::packets::Sid<'_>]) -> GtidSet {
-        let mut set = GtidSet::default();
-        for sid in sids {
-            let tag = sid
-                .tag()
-                .map(|t| t.as_str().to_string())
-                .unwrap_or_default();
-            for iv in sid.intervals() {
-                // Intervals on the wire are half-open: [start, end).
-                set.add(sid.uuid(), &tag, iv.start(), iv.end() - 1);
+/// COM_BINLOG_DUMP_GTID after its command byte: flags (2), server_id (4), name length (4),
+/// name, position (8), data size (4), then the SID block.
+fn dump_gtid_sid_block(body: &[u8]) -> Result<&[u8], String> {
+    let short = || "short COM_BINLOG_DUMP_GTID".to_string();
+    let name_len = u32::from_le_bytes(body.get(6..10).ok_or_else(short)?.try_into().unwrap());
+    let at = 10 + name_len as usize + 8;
+    let size = u32::from_le_bytes(body.get(at..at + 4).ok_or_else(short)?.try_into().unwrap());
+    body.get(at + 4..at + 4 + size as usize).ok_or_else(short)
+}
+
+/// A GTID set's binary encoding as MySQL reads it (Gtid_set::add_gtid_encoding and
+/// decode_nsids_format, sql/rpl_gtid_set.cc): the top byte of the first u64 is the format;
+/// untagged (0): the rest is the number of entries; tagged (1): bits 8..55 are, and every
+/// entry has a tag (its length << 1 in one byte, then its bytes) after the UUID. Intervals
+/// are [start, end) with start > the previous end.
+fn decode_sid_block(b: &[u8]) -> Result<GtidSet, String> {
+    let u64_at = |at: usize| -> Result<u64, String> {
+        b.get(at..at + 8)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap()))
+            .ok_or_else(|| format!("short SID block at {at}"))
+    };
+    let head = u64_at(0)?;
+    let tagged = match head >> 56 {
+        0 => false,
+        1 => true,
+        f => return Err(format!("unknown GTID set format {f}")),
+    };
+    let n = if tagged {
+        (head & 0x00ff_ffff_ffff_ff00) >> 8
+    } else {
+        head & 0x00ff_ffff_ffff_ffff
+    };
+    let mut at = 8;
+    let mut set = GtidSet::default();
+    for _ in 0..n {
+        let uuid: [u8; 16] = b
+            .get(at..at + 16)
+            .ok_or("short SID block")?
+            .try_into()
+            .unwrap();
+        at += 16;
+        let mut tag = String::new();
+        if tagged {
+            let len_byte = *b.get(at).ok_or("short tag")?;
+            if len_byte & 1 != 0 {
+                return Err("a tag longer than one length byte allows".into());
             }
+            let len = (len_byte >> 1) as usize;
+            let bytes = b.get(at + 1..at + 1 + len).ok_or("short tag")?;
+            tag = String::from_utf8(bytes.to_vec()).map_err(|e| e.to_string())?;
+            at += 1 + len;
         }
-        set
+        let intervals = u64_at(at)?;
+        at += 8;
+        let mut last = 0;
+        for _ in 0..intervals {
+            let (start, end) = (u64_at(at)?, u64_at(at + 8)?);
+            at += 16;
+            if start <= last || end <= start {
+                return Err(format!("interval {start}-{end} after {last}"));
+            }
+            last = end;
+            set.add(uuid, &tag, start, end - 1);
+        }
     }
+    if at != b.len() {
+        return Err(format!("{} bytes after the SID block", b.len() - at));
+    }
+    Ok(set)
 }
 
 /// MySQL's text form: `uuid:1-3:tag:5,uuid2:7`, untagged intervals first, tags in order.
@@ -875,7 +930,18 @@ impl Session {
                 // COM_BINLOG_DUMP_GTID
                 0x1e => {
                     let dump: ComBinlogDumpGtid<'_> = ParseBuf(&packet).parse(()).map_err(bad)?;
-                    let set = GtidSet::from_sids(dump.sids());
+                    // The SID block is read as MySQL reads it, not with mysql_common (which
+                    // wrote it on binsync's side): a disagreement must show.
+                    let set = match dump_gtid_sid_block(body).and_then(decode_sid_block) {
+                        Ok(set) => set,
+                        Err(why) => {
+                            self.log(format!("COM_BINLOG_DUMP_GTID malformed: {why}"));
+                            // ER_MALFORMED_GTID_SET_ENCODING (Gtid_set::add_gtid_encoding).
+                            return self
+                                .err(1773, "HY000", "Malformed GTID_set encoding.")
+                                .await;
+                        }
+                    };
                     self.log(format!(
                         "COM_BINLOG_DUMP_GTID file={} pos={} gtids={set}",
                         dump.filename(),
@@ -2066,4 +2132,27 @@ fn column_def(name: &str) -> Vec<u8> {
     p.push(0);
     p.extend_from_slice(&[0, 0]);
     p
+}
+
+/// The SID block as MySQL 8.4 writes it (encode_nsids_format puts the format in the low byte
+/// too), decoded.
+#[test]
+fn sid_block_as_mysql_writes_it() {
+    let uuid = [0x55u8; 16];
+    let mut b = ((1u64 << 56) | (2 << 8) | 1).to_le_bytes().to_vec();
+    for (tag, start, end) in [("", 1u64, 6u64), ("mytag", 1, 4)] {
+        b.extend_from_slice(&uuid);
+        b.push((tag.len() as u8) << 1);
+        b.extend_from_slice(tag.as_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&start.to_le_bytes());
+        b.extend_from_slice(&end.to_le_bytes());
+    }
+    let set = decode_sid_block(&b).unwrap();
+    assert_eq!(
+        set.to_string(),
+        "55555555-5555-5555-5555-555555555555:1-5:mytag:1-3"
+    );
+    b.push(0);
+    assert!(decode_sid_block(&b).is_err(), "trailing bytes");
 }
