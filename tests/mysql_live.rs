@@ -769,3 +769,29 @@ fn a_reconnect_to_a_server_with_another_uuid_resumes_by_gtid() {
         "binsync read the new identity after the reconnect: {stmts:?}"
     );
 }
+
+/// An event larger than the source's max_allowed_packet (64 MiB, MySQL's default): a row
+/// image of a large BLOB updated with binlog_row_image=FULL is one. A replica reads it (its
+/// replica_max_allowed_packet is 1 GiB); binsync must deliver every row, or stop saying what
+/// to change, never retry forever.
+#[test]
+#[ignore = "issue 10 (new finding): an event above @@max_allowed_packet fails the read (mysql_async: packet too large) and binsync reconnects forever"]
+fn an_event_above_max_allowed_packet_is_read_or_named() {
+    let (double, mut p, rows) = run_with_faults(mysql_double::Faults {
+        // Inside transaction uuid:4, after its BEGIN: 65 MiB.
+        large_event: Some((12, 65 << 20)),
+        ..Default::default()
+    });
+    let code = p.try_status().and_then(|s| s.code());
+    let err = p.stderr();
+    if code == Some(0) {
+        assert_eq!(rows, replayed_as(ENUM_SET, "binlog.000001"));
+    } else {
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("binsync: error:"))
+            .unwrap_or_default();
+        assert!(line.contains("max_allowed_packet"), "{code:?}: {err}");
+        assert!(double.dumps() <= 2, "retried {} times", double.dumps());
+    }
+}

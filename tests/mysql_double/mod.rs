@@ -171,6 +171,10 @@ pub struct Faults {
     pub stall_after_events: Option<usize>,
     /// Answer the first dump with this error instead of events (see [`mysql_1236`]).
     pub dump_error: Option<(u16, String)>,
+    /// A ROWS_QUERY event (ignorable: what `binlog_rows_query_log_events=ON` writes) of this
+    /// many bytes, written into the first file after this many of its events: in every dump,
+    /// and in the file as listed (later events' positions and checksums follow it).
+    pub large_event: Option<(usize, usize)>,
     /// Once a dump was requested, `@@server_uuid` answers this: the replica reconnects to
     /// another server of the topology (same binlog and GTIDs, another identity).
     pub server_uuid_after_first_dump: Option<String>,
@@ -502,6 +506,48 @@ impl BinlogFile {
         file
     }
 
+    /// Inserts an ignorable ROWS_QUERY event of `size` bytes after `after` events (the
+    /// FORMAT_DESCRIPTION not counted), moving the positions of the events after it.
+    fn insert_rows_query(&mut self, after: usize, size: usize) {
+        const ROWS_QUERY_LOG_EVENT: u8 = 29;
+        const LOG_EVENT_IGNORABLE_F: u16 = 0x80;
+        let at = after + 1;
+        let pos = self.events[at].pos;
+        let overhead = HEADER_LEN + 1 + if self.crc32 { 4 } else { 0 };
+        let mut body = vec![0xffu8];
+        body.resize(size - overhead + 1, b'x');
+        let ts = u32::from_le_bytes(self.events[at].bytes[..4].try_into().unwrap());
+        let server_id = u32::from_le_bytes(self.events[at].bytes[5..9].try_into().unwrap());
+        let bytes = event(
+            ROWS_QUERY_LOG_EVENT,
+            ts,
+            server_id,
+            pos + size as u64,
+            LOG_EVENT_IGNORABLE_F,
+            &body,
+            self.crc32,
+        );
+        assert_eq!(bytes.len(), size);
+        for ev in self.events[at..].iter_mut() {
+            ev.pos += size as u64;
+            let log_pos = u32::from_le_bytes(ev.bytes[13..17].try_into().unwrap());
+            ev.bytes[13..17].copy_from_slice(&(log_pos + size as u32).to_le_bytes());
+            if self.crc32 {
+                let n = ev.bytes.len();
+                let crc = crc32fast::hash(&ev.bytes[..n - 4]);
+                ev.bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+            }
+        }
+        self.events.insert(
+            at,
+            RawEvent {
+                pos,
+                bytes,
+                gtid: None,
+            },
+        );
+    }
+
     /// The GTID set in this file's PREVIOUS_GTIDS event (empty without one).
     fn previous_gtids(&self) -> GtidSet {
         let mut set = GtidSet::default();
@@ -594,7 +640,7 @@ struct Seen {
 struct Server {
     profile: Profile,
     opts: Options,
-    binlog: Binlog,
+    binlog: Arc<Binlog>,
     server_uuid: String,
     seen: Mutex<Seen>,
     rsa: rsa::RsaPrivateKey,
@@ -615,7 +661,11 @@ impl MysqlDouble {
             opts.plugin != Plugin::MysqlNative || profile != Profile::Mysql9x,
             "MySQL 9 has no mysql_native_password: no account can use it"
         );
-        let binlog = Binlog::load(&files);
+        let mut binlog = Binlog::load(&files);
+        if let Some((after, size)) = opts.faults.large_event {
+            binlog.files[0].insert_rows_query(after, size);
+        }
+        let binlog = Arc::new(binlog);
         let server_uuid = opts.server_uuid.clone().unwrap_or_else(|| {
             binlog
                 .first_uuid()
