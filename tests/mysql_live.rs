@@ -449,6 +449,8 @@ struct Received {
     log_pos: u32,
     timestamp: u32,
     gtid: Option<String>,
+    /// A ROTATE's file.
+    rotate_to: Option<String>,
 }
 
 /// Reads a dump with mysql_async's own BinlogStream (the reader binsync uses) until `until`.
@@ -472,17 +474,21 @@ async fn read_dump(
             .expect("the stream goes on")
             .expect("a well-formed event");
         let h = ev.header();
-        let gtid = match ev.read_data() {
-            Ok(Some(mysql_common::binlog::events::EventData::GtidEvent(g))) => {
-                Some(format!("{}:{}", mysql_double::uuid_text(&g.sid()), g.gno()))
+        use mysql_common::binlog::events::EventData;
+        let (mut gtid, mut rotate_to) = (None, None);
+        match ev.read_data() {
+            Ok(Some(EventData::GtidEvent(g))) => {
+                gtid = Some(format!("{}:{}", mysql_double::uuid_text(&g.sid()), g.gno()))
             }
-            _ => None,
-        };
+            Ok(Some(EventData::RotateEvent(r))) => rotate_to = Some(r.name().into_owned()),
+            _ => {}
+        }
         got.push(Received {
             kind: h.event_type_raw(),
             log_pos: h.log_pos(),
             timestamp: h.timestamp(),
             gtid,
+            rotate_to,
         });
     }
     got
@@ -794,4 +800,33 @@ fn an_event_above_max_allowed_packet_is_read_or_named() {
         assert!(line.contains("max_allowed_packet"), "{code:?}: {err}");
         assert!(double.dumps() <= 2, "retried {} times", double.dumps());
     }
+}
+
+/// By GTID the dump begins at the newest file whose PREVIOUS_GTIDS the request holds
+/// (find_first_log_not_in_gtid_set), not at the first file.
+#[tokio::test]
+async fn gtid_dump_begins_at_the_newest_file_the_request_covers() {
+    let double = MysqlDouble::start(
+        Profile::Mysql80,
+        vec![fixture(ENUM_SET), fixture("mysql_type_bit.000001")],
+        Options::default(),
+    );
+    let first: mysql_common::packets::Sid<'static> =
+        format!("{}:1-5", double.server_uuid()).parse().unwrap();
+    // mysql_type_bit.000001 was written by another server; its PREVIOUS_GTIDS hold 1-2.
+    let second: mysql_common::packets::Sid<'static> =
+        "fbda2ad0-7c46-11ec-ae30-4ef7efc81a2a:1-2".parse().unwrap();
+    let req = mysql_async::BinlogStreamRequest::new(77)
+        .with_gtid()
+        .with_gtid_set(vec![first, second]);
+    let got = read_dump(&double, &[], req, |got| {
+        got.iter().any(|e| e.gtid.is_some())
+    })
+    .await;
+    // The fake ROTATE comes before any FORMAT_DESCRIPTION says whether events carry a
+    // checksum, so a reader sees its CRC32 as part of the name.
+    let to = got[0].rotate_to.clone().unwrap_or_default();
+    assert!(to.starts_with("binlog.000002"), "{got:?}");
+    let gtids: Vec<&str> = got.iter().filter_map(|e| e.gtid.as_deref()).collect();
+    assert_eq!(gtids, ["fbda2ad0-7c46-11ec-ae30-4ef7efc81a2a:3"], "{got:?}");
 }

@@ -1747,7 +1747,13 @@ impl Session {
                     let msg = format!("Cannot replicate because the source purged required binary logs. Replicate the missing transactions from elsewhere, or provision a new replica from backup. Consider increasing the source's binary log expiration period. The GTID set sent by the replica is '{set}', and the missing transactions are '{missing}'");
                     return self.err(1236, "HY000", &msg).await;
                 }
-                (0, 4)
+                // find_first_log_not_in_gtid_set: the newest file whose PREVIOUS_GTIDS the
+                // request holds.
+                let newest = binlog
+                    .files
+                    .iter()
+                    .rposition(|f| f.previous.is_subset_of(set));
+                (newest.unwrap_or(0), 4)
             }
             None if file.is_empty() => (0, pos.max(4)),
             None => match binlog.files.iter().position(|f| f.name == file) {
@@ -1763,6 +1769,16 @@ impl Session {
                 }
             },
         };
+        // By GTID, the FORMAT_DESCRIPTION's log_pos and `created` are cleared when the first
+        // transaction of the first file is skipped, and then for every file of the dump
+        // (m_gtid_clear_fd_created_flag).
+        let clear_fd_by_gtid = exclude.as_ref().is_some_and(|set| {
+            binlog.files[index]
+                .events
+                .iter()
+                .find_map(|e| e.gtid.as_ref())
+                .is_some_and(|g| set.contains(g))
+        });
         if start < 4 {
             return self
                 .err(
@@ -1799,7 +1815,7 @@ impl Session {
             let mut fde = f.events[0].bytes.clone();
             let flags = u16::from_le_bytes([fde[17], fde[18]]) & !LOG_EVENT_BINLOG_IN_USE_F;
             fde[17..19].copy_from_slice(&flags.to_le_bytes());
-            if start > 4 {
+            if start > 4 && exclude.is_none() || clear_fd_by_gtid {
                 fde[13..17].copy_from_slice(&0u32.to_le_bytes());
                 fde[HEADER_LEN + 52..HEADER_LEN + 56].copy_from_slice(&0u32.to_le_bytes());
             }
