@@ -17,6 +17,15 @@
 //!
 //! Table shapes (information_schema) come only from the `TableDesc`s a test supplies; a table
 //! the test did not describe has no columns, as on a server that does not have it.
+//!
+//! Fault switches (`Faults`) act on the first dump: drop the connection after N events (or
+//! inside the next packet), stall, answer with an error (1236 in MySQL's words,
+//! `mysql_1236`), a large event inside a transaction, another `server_uuid` after the first
+//! dump; `Options::require_secure_transport` refuses plain TCP (3159).
+//!
+//! Not modelled: TLS, compression, COM_CHANGE_USER, multi-statement queries, semi-sync, and a
+//! binlog that grows while a dump runs (the files are fixed when the double starts). Every
+//! result column is a VAR_STRING (the driver converts text to the type asked for).
 
 #![allow(dead_code)]
 
@@ -1344,9 +1353,11 @@ impl Session {
         let srv = &self.srv;
         let first_crc = srv.binlog.files[0].crc32;
         let v = match name.to_ascii_lowercase().as_str() {
-            // mysql_async reads these two right after connecting.
+            // mysql_async reads these two right after connecting; MySQL 8+'s defaults (64 MiB,
+            // 8 hours).
             "max_allowed_packet" => "67108864".to_string(),
             "wait_timeout" => "28800".to_string(),
+            // MySQL 8+ prints the bare version (no "-log" suffix).
             "version" => srv.profile.version().to_string(),
             "server_id" => srv.opts.server_id.to_string(),
             "server_uuid" => {
@@ -1356,16 +1367,23 @@ impl Session {
                     _ => srv.server_uuid.clone(),
                 }
             }
+            // MySQL 8.0+ defaults: binary logging on, ROW, FULL images.
             "log_bin" => "ON".into(),
             "binlog_format" => "ROW".into(),
             "binlog_row_image" => "FULL".into(),
+            // MINIMAL is MySQL's default; FULL where the test says the files were written so.
             "binlog_row_metadata" => srv.opts.row_metadata.clone(),
+            // Not MySQL's default (OFF): a source set up as binsync's README asks, and the
+            // fixtures carry GTIDs.
             "gtid_mode" => "ON".into(),
             "enforce_gtid_consistency" => "ON".into(),
+            // What the files hold: the first file's PREVIOUS_GTIDS (the purged part, as after
+            // PURGE BINARY LOGS) and every GTID logged after it.
             "gtid_executed" => srv.binlog.executed.to_string(),
             "gtid_purged" => srv.binlog.purged.to_string(),
             // As the files were written: CRC32 or NONE (the first file's FORMAT_DESCRIPTION).
             "binlog_checksum" => if first_crc { "CRC32" } else { "NONE" }.into(),
+            // MySQL 8.0+'s default: 30 days.
             "binlog_expire_logs_seconds" => "2592000".into(),
             _ => return None,
         };
@@ -1430,7 +1448,7 @@ impl Session {
             return rows(&["Variable_name", "Value"], out);
         }
         // SET @user_var = value: any user variable is accepted (the dump reads
-        // @master_heartbeat_period / @source_heartbeat_period and @master_binlog_checksum).
+        // @master_heartbeat_period and @master_binlog_checksum).
         if u.starts_with("SET @") && !u.starts_with("SET @@") {
             for part in norm[4..].split(',') {
                 if let Some((k, v)) = part.split_once('=') {
@@ -1733,10 +1751,11 @@ impl Session {
             return self.err(*code, "HY000", msg).await;
         }
         let mut sent = 0usize;
+        // Binlog_sender::init_heartbeat_period reads @master_heartbeat_period (nanoseconds; 0 or
+        // unset: no heartbeats). That is the 8.0 sender's name; 8.4/9.x's is not verified here.
         let heartbeat_ns: u64 = self
             .user_vars
-            .get("source_heartbeat_period")
-            .or_else(|| self.user_vars.get("master_heartbeat_period"))
+            .get("master_heartbeat_period")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let (mut index, mut start) = match &exclude {
