@@ -749,6 +749,7 @@ fn refused_logins_stop_at_once_with_the_reason() {
     ];
     for (what, profile, opts, reason) in cases {
         let double = MysqlDouble::start(profile, vec![fixture(ENUM_SET)], opts);
+        let state = tempfile::tempdir().unwrap();
         // binsync's password is the account's; the double's account may want another.
         let url = format!("mysql://cdc:cdc-pw@127.0.0.1:{}", double.port());
         let mut p = Proc::spawn(
@@ -761,12 +762,7 @@ fn refused_logins_stop_at_once_with_the_reason() {
                 "--sink",
                 "stdout",
                 "--state-dir",
-                tempfile::tempdir()
-                    .unwrap()
-                    .path()
-                    .join("s")
-                    .to_str()
-                    .unwrap(),
+                state.path().join("s").to_str().unwrap(),
                 "--connect-timeout",
                 "20s",
             ],
