@@ -79,9 +79,18 @@ impl Store {
                 _ => {}
             }
         }
-        let db = sled_config(dir)
-            .open()
-            .map_err(|e| classify_open_error(dir, e))?;
+        // sled's background flusher of a store this process just closed may hold the lock a
+        // moment longer: a lock still held after half a second is another holder.
+        let mut tries = 0;
+        let db = loop {
+            match sled_config(dir).open() {
+                Err(e) if is_lock_error(&e) && tries < 10 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => break other.map_err(|e| classify_open_error(dir, e))?,
+            }
+        };
         let writer = Writer::start(db.clone()).map_err(|e| CheckpointError::Write {
             dir: dir.to_path_buf(),
             detail: format!("cannot start the store's writer thread: {e}"),
