@@ -320,16 +320,22 @@ pub async fn binlog_end_target(
     Ok((file, pos, gtid))
 }
 
-/// `SHOW MASTER STATUS`: the current file and offset, and the rest of the row (MySQL's
+/// `SHOW BINARY LOG STATUS` (`SHOW MASTER STATUS` before MySQL 8.2, and on MariaDB): the current file and offset, and the rest of the row (MySQL's
 /// executed GTID set is its fifth column).
 async fn master_status(
     conn: &mut Conn,
     src: &SourceConfig,
 ) -> Result<(String, u64, mysql_async::Row)> {
-    let row: Option<mysql_async::Row> = conn
-        .query_first("SHOW MASTER STATUS")
-        .await
-        .map_err(|e| classify(e, src))?;
+    // MySQL 8.2 named it SHOW BINARY LOG STATUS, and 8.4 removed the old name (error 1064);
+    // MariaDB and older MySQL know only the old one.
+    let row: Option<mysql_async::Row> = match conn.query_first("SHOW BINARY LOG STATUS").await {
+        Ok(row) => row,
+        Err(mysql_async::Error::Server(e)) if e.code == 1064 => conn
+            .query_first("SHOW MASTER STATUS")
+            .await
+            .map_err(|e| classify(e, src))?,
+        Err(e) => return Err(classify(e, src)),
+    };
     let Some(mut row) = row else {
         return Err(SourceError::BinlogOff.into());
     };
