@@ -94,6 +94,7 @@ fuzz_target!(|data: &[u8]| {
         columns,
         pk: vec![0],
         names_from_binlog: true,
+        keyless: false,
     };
     let present = [0xffu8];
     let cols = &BitSlice::<u8>::from_slice(&present)[..n];

@@ -22,6 +22,7 @@ fn schema() -> TableSchema {
         }],
         pk: Vec::new(),
         names_from_binlog: true,
+        keyless: false,
     }
 }
 
