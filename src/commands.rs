@@ -53,7 +53,7 @@ pub async fn check(
 
 /// The checkpoint, from the store or (while a binsync holds the store) from its published copy.
 fn load_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
-    if !dir.exists() {
+    if !Store::exists(dir) {
         return Ok(None);
     }
     match Store::open(dir) {
@@ -64,7 +64,9 @@ fn load_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
 }
 
 pub async fn status(src: Option<&SourceConfig>, state_dir: &Path) -> Result<()> {
-    let running = matches!(Store::open(state_dir), Err(CheckpointError::Locked { .. }));
+    // A reader never creates a store: a `run` starting meanwhile would find it half made.
+    let running = Store::exists(state_dir)
+        && matches!(Store::open(state_dir), Err(CheckpointError::Locked { .. }));
     let cp = load_checkpoint(state_dir)?;
     match &cp {
         None => say!(
@@ -182,6 +184,9 @@ pub async fn dlq(
 /// The dead letters (or the one `id`), from the store, or, while a running binsync holds it,
 /// from the copy that binsync publishes.
 fn read_dead_letters(state_dir: &Path, id: Option<u64>) -> Result<Vec<DeadLetter>> {
+    if !Store::exists(state_dir) {
+        return Ok(Vec::new());
+    }
     match Store::open(state_dir) {
         Err(CheckpointError::Locked { .. }) => {
             eprintln!("binsync: the state dir is in use by a running binsync; showing the dead letters it published");

@@ -254,6 +254,7 @@ fn with_closed_stdout(args: &[&str]) -> (i32, String) {
 fn a_closed_stdout_ends_commands_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("s");
+    std::fs::create_dir(&state).unwrap();
     let state = state.to_str().unwrap();
     for args in [
         vec!["status", "--state-dir", state],

@@ -60,6 +60,11 @@ impl Store {
         }
     }
 
+    /// A store was created in `dir` (readers check this rather than create one).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("conf").exists()
+    }
+
     pub fn open(dir: &Path) -> Result<Store, CheckpointError> {
         if dir.exists() && !dir.is_dir() {
             return Err(CheckpointError::NotADirectory {
