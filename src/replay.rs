@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::change::Chunk;
 use crate::checkpoint::Position;
-use crate::decode::frame::{decompress, read_frame, CHECKSUM_LEN};
+use crate::decode::frame::{decompress, next_in_payload, read_frame, CHECKSUM_LEN};
 use crate::decode::{DecodeConfig, Decoder};
 use crate::error::{Error, Result};
 use crate::sink::{self, Ack, SinkSpec};
@@ -171,15 +171,7 @@ impl BinlogFile {
     pub fn next_event(&mut self) -> Result<Option<Event>> {
         if let Some((start, payload)) = &mut self.payload {
             let start = *start;
-            // (Events inside a payload carry no checksum.)
-            let inner = match read_frame(payload, &mut self.frame, 0) {
-                Ok(true) => self
-                    .esr
-                    .read_decompressed(&self.frame[..])
-                    .map_err(|e| e.to_string()),
-                Ok(false) => Ok(None),
-                Err(e) => Err(e),
-            };
+            let inner = next_in_payload(payload, &mut self.esr, &mut self.frame);
             match inner {
                 Ok(Some(inner)) => return Ok(Some(inner)),
                 Ok(None) => self.payload = None,

@@ -136,3 +136,16 @@ pub(crate) fn decompress(event: &Event) -> std::result::Result<Vec<u8>, String> 
         .map_err(|e| format!("transaction payload: {e}"))?;
     Ok(bytes)
 }
+
+/// The next event inside a decompressed TRANSACTION_PAYLOAD (those carry no checksum), read
+/// whole into `frame` first; `None` at the payload's end.
+pub(crate) fn next_in_payload(
+    payload: &mut std::io::Cursor<Vec<u8>>,
+    esr: &mut mysql_common::binlog::EventStreamReader,
+    frame: &mut Vec<u8>,
+) -> Result<Option<Event>, String> {
+    if !read_frame(payload, frame, 0)? {
+        return Ok(None);
+    }
+    esr.read_decompressed(&frame[..]).map_err(|e| e.to_string())
+}

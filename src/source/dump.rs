@@ -17,7 +17,7 @@ use mysql_common::binlog::EventStreamReader;
 
 use super::wire::{Packet, Wire};
 use super::{Result, SourceError};
-use crate::decode::frame::{decompress, read_frame, CHECKSUM_LEN, HEADER_LEN};
+use crate::decode::frame::{decompress, next_in_payload, CHECKSUM_LEN, HEADER_LEN};
 
 pub struct Dump {
     wire: Wire,
@@ -46,15 +46,7 @@ impl Dump {
     /// server may send no byte at all (it sends heartbeats when idle).
     pub async fn next(&mut self, silence: Duration) -> Result<Option<Event>> {
         if let Some(payload) = &mut self.payload {
-            // (Events inside a payload carry no checksum.)
-            let inner = match read_frame(payload, &mut self.frame, 0) {
-                Ok(true) => self
-                    .esr
-                    .read_decompressed(&self.frame[..])
-                    .map_err(|e| e.to_string()),
-                Ok(false) => Ok(None),
-                Err(e) => Err(e),
-            };
+            let inner = next_in_payload(payload, &mut self.esr, &mut self.frame);
             match inner {
                 Ok(Some(event)) => return Ok(Some(event)),
                 Ok(None) => self.payload = None,
