@@ -27,6 +27,10 @@ fn check_payload_header(body: &[u8]) -> std::result::Result<(), String> {
                 let value = lenenc(&mut rest).ok_or_else(|| bad("cut short"))?;
                 match field {
                     SIZE => size = Some(value),
+                    // mysql_common panics on every unknown value it meets, not only the last.
+                    COMPRESSION if !matches!(value, 0 | 255) => {
+                        return Err(bad(&format!("unknown compression type {value}")))
+                    }
                     COMPRESSION => compression = Some(value),
                     _ => {}
                 }

@@ -350,10 +350,34 @@ pub fn check_depth(body: &[u8], max: usize) -> Result<(), Invalid> {
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
+            // A number's first byte (outside strings, nothing else starts with these): one
+            // that overflows a double is refused, as the JSON reader of `dump` refuses it.
+            b'-' | b'0'..=b'9' if at == 0 || !is_number_byte(body[at - 1]) => {
+                let len = body[at..]
+                    .iter()
+                    .take_while(|&&c| is_number_byte(c))
+                    .count();
+                let token = &body[at..at + len];
+                if token.iter().any(|&c| c == b'e' || c == b'E') || len > 300 {
+                    let finite = std::str::from_utf8(token)
+                        .ok()
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .is_none_or(f64::is_finite);
+                    if !finite {
+                        return Err(Invalid(format!(
+                            "a number out of a double's range at byte {at}: this receiver refuses what it could not read back"
+                        )));
+                    }
+                }
+            }
             _ => {}
         }
     }
     Ok(())
+}
+
+fn is_number_byte(c: u8) -> bool {
+    matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
 }
 
 fn starts_object(text: &[u8]) -> bool {
@@ -631,6 +655,8 @@ mod tests {
     #[test]
     fn nesting_is_measured_outside_strings() {
         let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(check_depth(br#"{"a":[1.5e308,-2E-400,"1e999",12]}"#, 64).is_ok());
+        assert!(check_depth(br#"{"a":1.5e+315}"#, 64).is_err());
         assert!(check_depth(nested(64).as_bytes(), 64).is_ok());
         let err = check_depth(nested(65).as_bytes(), 64).unwrap_err();
         assert!(err.0.contains("more than 64 deep"), "{err}");

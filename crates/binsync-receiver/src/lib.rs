@@ -302,7 +302,9 @@ pub type BodyVerdict = Result<(String, u64), String>;
 /// Each gives the batch's `batch_id` and `count`, or why the body is refused.
 #[doc(hidden)]
 pub fn fuzz_check_body(body: &[u8], idempotency_key: Option<&str>) -> (BodyVerdict, BodyVerdict) {
-    let parsed = batch::parse(body, idempotency_key)
+    // As the server takes a body: the byte scan (depth, numbers) first, then the parse.
+    let parsed = batch::check_depth(body, DEFAULT_MAX_DEPTH)
+        .and_then(|()| batch::parse(body, idempotency_key))
         .map(|b| (b.batch_id.into_owned(), b.count))
         .map_err(|e| e.0);
     let envelope = discard::envelope(body)
