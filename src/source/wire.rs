@@ -41,13 +41,6 @@ pub struct Wire {
     src: SourceConfig,
 }
 
-/// What the server answered a command with.
-pub enum Reply {
-    Ok,
-    /// Rows (a result set), drained.
-    Rows,
-}
-
 /// How a packet starts once it is read.
 pub enum Packet {
     /// A dump packet: the event bytes follow the 0x00 status byte.
@@ -223,14 +216,14 @@ impl Wire {
     }
 
     /// Runs a statement that returns no rows to keep (SET ...). Rows, if any, are drained.
-    pub async fn query(&mut self, sql: &str) -> Result<Reply> {
+    pub async fn query(&mut self, sql: &str) -> Result<()> {
         let mut buf = Vec::with_capacity(sql.len() + 1);
         buf.push(0x03);
         buf.extend_from_slice(sql.as_bytes());
         self.command(&buf).await?;
         let p = self.read_small().await?;
         match p.first() {
-            Some(0x00) => Ok(Reply::Ok),
+            Some(0x00) => Ok(()),
             Some(0xFF) => Err(self.server_error(&p)),
             _ => {
                 // A result set: column definitions up to an EOF, then rows up to an EOF.
@@ -243,7 +236,7 @@ impl Wire {
                         _ => {}
                     }
                 }
-                Ok(Reply::Rows)
+                Ok(())
             }
         }
     }
