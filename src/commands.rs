@@ -28,7 +28,10 @@ pub async fn check(
         Some(dir) => load_checkpoint(dir)?,
         None => None,
     };
-    let mut conn = src.connect(&mut shutdown).await?;
+    let Some(mut conn) = src.connect(&mut shutdown).await? else {
+        tracing::warn!("stopped before the source was reached; nothing was checked");
+        return Ok(false);
+    };
     let info = ServerInfo::read(&mut conn, src).await?;
     say!("source {src}: {}", info.identity);
     let findings = run_checks(&mut conn, src, &info, checkpoint.as_ref()).await?;

@@ -8,7 +8,8 @@
 //! - Memory is bounded by the channels: a slow or absent sink pauses the reader.
 //! - The checkpoint moves only over acknowledged chunks, in order (see [`crate::checkpoint`]).
 //! - Shutdown (SIGINT/SIGTERM, or `--exit-at-end` reaching its target) stops the reading;
-//!   what was decoded is delivered and checkpointed, then `run` returns.
+//!   what was decoded is delivered and checkpointed, then `run` returns. A stop while the
+//!   source is still being reached at start-up returns at once: nothing was read.
 //! - A full disk (state dir or file sink, [`crate::checkpoint::DiskFull`]) ends the stages;
 //!   `run` logs it once, waits with backoff until the state dir's store reopens and takes a
 //!   write, then starts them again from the last checkpoint saved, exactly as a restart after
@@ -109,6 +110,10 @@ async fn run_once(
             start::prepare(&src, checkpoint.as_ref(), start, exit_at_end)
         })
         .await?;
+    let Some(prepared) = prepared else {
+        tracing::info!("stopped before the source was reached; nothing was read");
+        return Ok(Outcome::Stopped);
+    };
     let Prepared {
         conn,
         info,

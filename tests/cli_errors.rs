@@ -168,6 +168,38 @@ fn unreachable_host_gives_up_after_the_connect_timeout() {
     );
 }
 
+/// A stop while binsync still waits for the source at start-up (the server down or restarting)
+/// ends it at once, quietly: nothing was read, so nothing is left to deliver, and it has not
+/// given up on the source (it said "gave up ... after 30s" 3 s after starting).
+#[test]
+fn a_stop_while_still_connecting_exits_0_without_giving_up() {
+    let port = free_port();
+    let url = format!("mysql://root@127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    let mut args = run_args(&url, state.to_str().unwrap());
+    args.retain(|a| *a != "--exit-at-end");
+    let mut p = Proc::spawn(&args, &[]);
+    common::wait_until(Duration::from_secs(30), "a retry", || {
+        p.stderr().contains("retrying")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    p.sigterm();
+    let stopping = Instant::now();
+    let status = p
+        .wait_timeout(Duration::from_secs(10))
+        .expect("a stop while connecting must end binsync");
+    let err = p.stderr();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(stopping.elapsed() < Duration::from_secs(5), "{err}");
+    assert!(!err.contains("gave up"), "{err}");
+    assert!(!err.contains("binsync: error:"), "{err}");
+    assert!(
+        err.contains("stopped before the source was reached"),
+        "{err}"
+    );
+}
+
 #[test]
 fn corrupt_state_dir_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -112,19 +112,21 @@ impl SourceConfig {
     }
 
     /// Keeps trying for `connect_timeout`, logging each failed attempt; definite errors
-    /// (wrong password) end it at once.
-    pub async fn connect(&self, shutdown: &mut Shutdown) -> Result<Conn> {
+    /// (wrong password) end it at once. `None`: stopped first (see [`Self::with_retries`]).
+    pub async fn connect(&self, shutdown: &mut Shutdown) -> Result<Option<Conn>> {
         self.with_retries(shutdown, || self.connect_once()).await
     }
 
     /// Runs `attempt` until it succeeds, fails definitely, or `connect_timeout` has passed
     /// (then [`SourceError::GaveUp`] with the last error). A server that restarts while
-    /// binsync starts up is waited for, not fatal.
+    /// binsync starts up is waited for, not fatal. A stop (SIGTERM, SIGINT) ends it at once,
+    /// during an attempt or between two, with `Ok(None)`: nothing was read, and nobody gave
+    /// up on the source.
     pub async fn with_retries<T, F, Fut>(
         &self,
         shutdown: &mut Shutdown,
         mut attempt: F,
-    ) -> Result<T>
+    ) -> Result<Option<T>>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -132,24 +134,33 @@ impl SourceConfig {
         let deadline = Instant::now() + self.connect_timeout;
         let mut backoff = Backoff::with(Duration::from_millis(200), Duration::from_secs(5));
         loop {
-            let e = match attempt().await {
-                Ok(t) => return Ok(t),
+            if shutdown.is_requested() {
+                return Ok(None);
+            }
+            // An attempt only reads (it may wait 10 s for a host that does not answer): a stop
+            // drops it where it is.
+            let result = tokio::select! {
+                r = attempt() => r,
+                _ = shutdown.requested() => return Ok(None),
+            };
+            let e = match result {
+                Ok(t) => return Ok(Some(t)),
                 Err(Failure::Transient(e)) => e,
                 Err(definite) => return Err(definite),
             };
             let now = Instant::now();
-            let gave_up = SourceError::GaveUp {
-                addr: self.to_string(),
-                waited: self.connect_timeout,
-                last: e.to_string(),
-            };
             if now >= deadline {
-                return Err(gave_up.into());
+                return Err(SourceError::GaveUp {
+                    addr: self.to_string(),
+                    waited: self.connect_timeout,
+                    last: e.to_string(),
+                }
+                .into());
             }
             tracing::warn!(attempt = backoff.attempts() + 1, error = %e, "source not reachable yet; retrying");
             let delay = backoff.next_delay().min(deadline - now);
             if !sleep_unless_stopped(delay, shutdown).await {
-                return Err(gave_up.into());
+                return Ok(None);
             }
         }
     }
