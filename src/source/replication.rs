@@ -132,7 +132,7 @@ impl Replication {
             opened_at = pos;
             start = StartPoint::resume(&opened_at, self.info.gtid_enabled());
             let delay = backoff.next_delay();
-            tracing::warn!(error = %e, retry_in = %crate::units::duration(delay), from = %start, "source connection lost; reconnecting");
+            tracing::warn!(error = %e, attempt = backoff.attempts(), retry_in = %crate::units::duration(delay), from = %start, "source connection lost; reconnecting");
             if !crate::backoff::sleep_unless_stopped(delay, &mut self.shutdown).await {
                 return Ok(Outcome::Stopped);
             }
