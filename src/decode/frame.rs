@@ -10,7 +10,7 @@ use mysql_common::binlog::events::{Event, TransactionPayloadEvent};
 
 /// Checks the fields of a TRANSACTION_PAYLOAD event's header (type, length, value, up to an
 /// end mark, then the payload) as far as mysql_common trusts them: it panics on an unknown
-/// compression type and on an unknown field longer than the event.
+/// compression type, on an unknown field longer than the event, and on a field type above 255.
 fn check_payload_header(body: &[u8]) -> std::result::Result<(), String> {
     const END: u64 = 0;
     const SIZE: u64 = 1;
@@ -34,6 +34,10 @@ fn check_payload_header(body: &[u8]) -> std::result::Result<(), String> {
                     COMPRESSION => compression = Some(value),
                     _ => {}
                 }
+            }
+            // mysql_common panics on a field type that does not fit a byte.
+            unknown if unknown > 0xff => {
+                return Err(bad(&format!("unknown field type {unknown}")));
             }
             _ => {
                 let length = lenenc(&mut rest).ok_or_else(|| bad("cut short"))?;
@@ -152,4 +156,33 @@ pub(crate) fn next_in_payload(
         return Ok(None);
     }
     esr.read_decompressed(&frame[..]).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header: payload size, compression type NONE (255), the end mark; then the payload.
+    fn header(fields_before: &[u8], payload: &[u8]) -> Vec<u8> {
+        let mut body = fields_before.to_vec();
+        body.extend([1, 1, payload.len() as u8]);
+        body.extend([2, 3, 0xfc, 0xff, 0x00]);
+        body.push(0);
+        body.extend(payload);
+        body
+    }
+
+    #[test]
+    fn payload_headers_are_checked_as_far_as_mysql_common_trusts_them() {
+        assert_eq!(check_payload_header(&header(&[], b"xyz")), Ok(()));
+        // An unknown field of known length is skipped, as mysql_common skips it.
+        assert_eq!(check_payload_header(&header(&[7, 2, 0, 0], b"xyz")), Ok(()));
+        // Field type 256 (fuzz find: mysql_common's TryFrom<u64> unwraps it into a u8).
+        let e = check_payload_header(&header(&[0xfc, 0x00, 0x01, 0], b"xyz")).unwrap_err();
+        assert!(e.contains("unknown field type 256"), "{e}");
+        let e = check_payload_header(&header(&[2, 1, 7], b"")).unwrap_err();
+        assert!(e.contains("unknown compression type 7"), "{e}");
+        let e = check_payload_header(&[1, 1, 9, 2, 1, 0, 0, b'x']).unwrap_err();
+        assert!(e.contains("a payload of 9 bytes in 1 bytes"), "{e}");
+    }
 }
