@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::ledger::{Ack, Ledger, Mark, Ticket};
 use super::{SinkError, SinkSpec};
@@ -42,6 +42,10 @@ enum Durable {
         groups: std::sync::mpsc::SyncSender<Group>,
         /// Returns with the file's length at its last successful fsync.
         thread: std::thread::JoinHandle<(Result<(), SinkError>, u64)>,
+        /// Resolves when the thread ends: before the writer is done only after a failed
+        /// fsync, which must end the sink at once, not at the next chunk (a caught-up binsync
+        /// may wait long for one, its checkpoint frozen and the failure unsaid).
+        ended: oneshot::Receiver<()>,
     },
 }
 
@@ -104,21 +108,37 @@ pub fn run_blocking(
             let synced = out.len()?;
             let (groups, rx) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
             let (sync_path, sync_acks) = (path.clone(), acks.clone());
+            let (alive, ended) = oneshot::channel::<()>();
             let thread = std::thread::Builder::new()
                 .name("binsync-fsync".into())
-                .spawn(move || sync_loop(&file, &sync_path, rx, sync_acks, synced))
+                .spawn(move || {
+                    let _alive = alive;
+                    sync_loop(&file, &sync_path, rx, sync_acks, synced)
+                })
                 .map_err(|e| SinkError::Thread {
                     target: path.display().to_string(),
                     detail: e.to_string(),
                 })?;
-            Durable::Synced { groups, thread }
+            Durable::Synced {
+                groups,
+                thread,
+                ended,
+            }
         }
         Out::Stdout(_) => Durable::Flushed(Taken::default()),
     };
     let mut buf = Vec::with_capacity(1 << 20);
     let mut pending = Vec::new();
     let mut result = Ok(());
-    while let Some(first) = rx.blocking_recv() {
+    loop {
+        let ended = match &mut durable {
+            Durable::Synced { ended, .. } => Some(ended),
+            Durable::Flushed(_) => None,
+        };
+        // No more input, or the fsync thread failed: its error is returned below.
+        let Some(first) = next_chunk(&mut rx, ended) else {
+            break;
+        };
         let mut bytes = first.buf.len();
         pending.push(first);
         // Take what else is already queued (one write and one fsync for all of it), up to a
@@ -165,7 +185,7 @@ pub fn run_blocking(
             buf = Vec::with_capacity(MAX_WRITE_BYTES);
         }
     }
-    if let Durable::Synced { groups, thread } = durable {
+    if let Durable::Synced { groups, thread, .. } = durable {
         drop(groups);
         // A panic is a bug: it goes on as one (the pipeline reports the sink task's panic).
         let (synced, synced_len) = thread
@@ -182,6 +202,41 @@ pub fn run_blocking(
         result = result.and(synced);
     }
     result
+}
+
+/// The next chunk; None when the input is closed or, first, when `sync_ended` resolves.
+fn next_chunk(
+    rx: &mut mpsc::Receiver<Chunk>,
+    mut sync_ended: Option<&mut oneshot::Receiver<()>>,
+) -> Option<Chunk> {
+    block_on(std::future::poll_fn(|cx| {
+        if let Some(ended) = sync_ended.as_deref_mut() {
+            if std::future::Future::poll(std::pin::Pin::new(ended), cx).is_ready() {
+                return std::task::Poll::Ready(None);
+            }
+        }
+        rx.poll_recv(cx)
+    }))
+}
+
+/// Runs `f` to completion on this (blocking) thread, parked while it is pending: what
+/// `Receiver::blocking_recv` does, for a wait on two things at once.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
 }
 
 /// [`write_group`], waiting out a full disk: the file is cut back to its length before the
@@ -456,6 +511,24 @@ mod tests {
             std::fs::read(&p).unwrap(),
             b"{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n"
         );
+    }
+
+    #[test]
+    fn the_writer_stops_waiting_for_chunks_when_the_fsync_thread_ends() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let (alive, mut ended) = oneshot::channel::<()>();
+        let waiting = std::thread::spawn(move || {
+            let first = next_chunk(&mut rx, Some(&mut ended)).is_some();
+            // Ended first: the waiting writer returns with no chunk, though its input is open.
+            let second = next_chunk(&mut rx, Some(&mut ended));
+            (first, second.is_none(), rx)
+        });
+        tx.blocking_send(chunk(&["{\"a\":1}"], 1)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(alive); // the fsync thread returned (an fsync failed)
+        let (first, stopped, _rx) = waiting.join().unwrap();
+        assert!(first && stopped);
+        drop(tx);
     }
 
     #[test]
