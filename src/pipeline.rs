@@ -12,10 +12,13 @@
 //!   source is still being reached at start-up returns at once: nothing was read.
 //! - A full disk (state dir or file sink, [`crate::checkpoint::DiskFull`]) ends the stages;
 //!   `run` logs it once, waits with backoff until the state dir's store reopens and takes a
-//!   write, then starts them again from the last checkpoint saved, exactly as a restart after
-//!   a crash would (re-sent operations carry the same `seq`). A stop while waiting ends `run`
-//!   at once, the checkpoint at the last one saved.
+//!   write (and, for the file sink's disk, until a synced write there succeeds), then starts
+//!   them again from the last checkpoint saved, exactly as a restart after a crash would
+//!   (re-sent operations carry the same `seq`). A stop while waiting ends `run` at once, the
+//!   checkpoint at the last one saved.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +27,9 @@ use tokio::task::JoinHandle;
 
 use crate::backoff::{sleep_unless_stopped, Backoff};
 use crate::change::Chunk;
-use crate::checkpoint::{Ack, Checkpoint, CheckpointError, Checkpointer, Store};
+use crate::checkpoint::{
+    is_disk_full, Ack, Checkpoint, CheckpointError, Checkpointer, DiskFull, Store,
+};
 use crate::config::RunSettings;
 use crate::decode::Decoder;
 use crate::dlq::Dlq;
@@ -45,31 +50,54 @@ const ACK_QUEUE: usize = 64;
 /// Runs until `shutdown` fires, the end is reached (`--exit-at-end`), or a definite error.
 pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcome> {
     let mut reset = settings.reset;
+    // One pace for all the waits: a disk that is full again right after a resume is waited
+    // out longer each time; after a healthy stretch the pace starts over.
+    let mut backoff = Backoff::new();
     loop {
-        let err = match run_once(&settings, &mut reset, shutdown.clone()).await {
-            Err(e) if e.disk_full().is_some() => e,
-            other => return other,
+        let (err, full) = match run_once(&settings, &mut reset, shutdown.clone()).await {
+            Err(e) => match e.disk_full().cloned() {
+                Some(full) => (e, full),
+                None => return Err(e),
+            },
+            done => return done,
         };
         // Every stage has ended and dropped its handle on the store: it can be reopened.
         tracing::error!(error = %err, "waiting for disk space; nothing is lost: the checkpoint stays at the last one saved, and binsync goes on from it once there is space");
-        if !wait_for_space(&settings, &mut shutdown).await? {
+        if !wait_for_space(&settings, &full, &mut backoff, &mut shutdown).await? {
             tracing::info!(
                 "stopped while waiting for disk space; the checkpoint stays at the last one saved"
             );
             return Ok(Outcome::Stopped);
         }
+        backoff.succeeded();
         tracing::info!("disk has space again: resuming from the last checkpoint saved");
     }
 }
 
 /// Waits (silently: the caller logged the cause once) until the state dir's store opens and
-/// takes a write. False if binsync was stopped first. A full file sink is waited out by the
-/// sink itself once the stages run again.
-async fn wait_for_space(settings: &RunSettings, shutdown: &mut Shutdown) -> Result<bool> {
-    let mut backoff = Backoff::new();
+/// takes a write, and, if the full disk is another one (the file sink's: its `fdatasync`
+/// failed), until a synced write there succeeds: resuming before would only fill it again. A
+/// full file sink met on a write is waited out by the sink itself, in place. False if binsync
+/// was stopped first.
+async fn wait_for_space(
+    settings: &RunSettings,
+    full: &DiskFull,
+    backoff: &mut Backoff,
+    shutdown: &mut Shutdown,
+) -> Result<bool> {
     loop {
         if !sleep_unless_stopped(backoff.next_delay(), shutdown).await {
             return Ok(false);
+        }
+        if full.dir != settings.state_dir {
+            match probe_dir(full.dir.clone()).await {
+                Err(e) if is_disk_full(&e) => {
+                    tracing::debug!(dir = %full.dir.display(), error = %e, "still no space");
+                    continue;
+                }
+                // Space, or another failure: the sink meets it again and reports it.
+                _ => {}
+            }
         }
         let probed = match Store::open_waiting(&settings.state_dir, Duration::from_secs(3)).await {
             Ok(store) => store.probe().await,
@@ -83,6 +111,24 @@ async fn wait_for_space(settings: &RunSettings, shutdown: &mut Shutdown) -> Resu
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Bytes of the synced write that tells whether a disk takes data again (removed at once).
+const PROBE_BYTES: usize = 1 << 20;
+
+/// Writes [`PROBE_BYTES`] into a new file in `dir`, `fdatasync`s and removes it.
+async fn probe_dir(dir: PathBuf) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let path = dir.join(format!(".binsync-space-probe-{}", std::process::id()));
+        let written = std::fs::File::create(&path).and_then(|mut f| {
+            f.write_all(&vec![0u8; PROBE_BYTES])?;
+            f.sync_data()
+        });
+        let _ = std::fs::remove_file(&path);
+        written
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 /// One run of the stages, from the store's checkpoint; `reset` is cleared once done.
