@@ -161,7 +161,9 @@ pub enum CheckpointError {
     /// No space (ENOSPC) or quota (EDQUOT) left: retriable (see [`DiskFull`]).
     #[error(transparent)]
     DiskFull(#[from] DiskFull),
-    #[error("writing the checkpoint to {dir} failed: {detail}; check the disk (permissions, health), then start binsync again: it resumes from the last checkpoint saved")]
+    /// The disk refused (read-only, an I/O error, permissions): not damage of the store, and
+    /// nothing `--reset` could mend.
+    #[error("the checkpoint store in {dir} cannot be written or read: {detail}; check the disk (permissions, a read-only mount, I/O errors in the kernel log), then start binsync again: it resumes from the last checkpoint saved")]
     Write { dir: PathBuf, detail: String },
 }
 

@@ -6,10 +6,12 @@
 //! - `status.json` is a copy of the last checkpoint saved, written after the flush (so it is
 //!   never ahead of the store) for `binsync status` while a run holds sled's lock.
 //! - Damage is detected at open, before anything is sent: a `conf` without its `db` (missing
-//!   or empty), a store sled cannot open, a checkpoint record that does not parse, or a
-//!   `status.json` ahead of the store (the store lost what it had saved: truncated). Each is
-//!   [`CheckpointError::Damaged`], naming `--reset`; [`Store::open_reset`] moves the damaged
-//!   files aside and starts a new store numbering above everything before.
+//!   or empty), a store sled cannot open (it finds a file short or corrupt; a disk that
+//!   refuses, read-only or failing, is [`CheckpointError::Write`] instead), a checkpoint
+//!   record that does not parse, or a `status.json` ahead of the store (the store lost what
+//!   it had saved: truncated). Each is [`CheckpointError::Damaged`], naming `--reset`;
+//!   [`Store::open_reset`] moves the damaged files aside and starts a new store numbering
+//!   above everything before.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -389,6 +391,19 @@ fn classify_open_error(dir: &Path, e: sled::Error) -> CheckpointError {
             detail,
         }
         .into(),
+        // The disk refuses (EROFS after a journal abort, EIO, EACCES): the store may be
+        // fine, and `--reset` would only renumber everything. A short or garbled file is damage.
+        sled::Error::Io(io)
+            if !matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            CheckpointError::Write {
+                dir: dir.to_path_buf(),
+                detail,
+            }
+        }
         _ => CheckpointError::Damaged {
             dir: dir.to_path_buf(),
             detail,
@@ -476,6 +491,28 @@ mod tests {
             floor,
             "same numbering on restart"
         );
+    }
+
+    #[test]
+    fn a_disk_that_refuses_is_not_damage() {
+        let dir = Path::new("/state");
+        for refused in [
+            std::io::Error::from_raw_os_error(30), // EROFS: a journal aborted
+            std::io::Error::from_raw_os_error(5),  // EIO
+            std::io::Error::from_raw_os_error(13), // EACCES
+            std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem),
+        ] {
+            let err = classify_open_error(dir, sled::Error::Io(refused));
+            assert!(matches!(err, CheckpointError::Write { .. }), "{err}");
+            assert!(!err.to_string().contains("--reset"), "{err}");
+        }
+        for damage in [
+            sled::Error::Io(std::io::ErrorKind::UnexpectedEof.into()),
+            sled::Error::Corruption { at: None, bt: () },
+        ] {
+            let err = classify_open_error(dir, damage);
+            assert!(matches!(err, CheckpointError::Damaged { .. }), "{err}");
+        }
     }
 
     #[test]
