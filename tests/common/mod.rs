@@ -979,13 +979,20 @@ impl Drop for MariaDb {
         }
         if std::thread::panicking() {
             if let Some(dir) = &self.datadir {
+                let log = read_lossy(&dir.path().join("error.log"));
                 eprintln!(
                     "--- mariadbd port {} pid {} datadir {}: end of error log ---\n{}",
                     self.port,
                     self.pid,
                     dir.path().display(),
-                    tail(&read_lossy(&dir.path().join("error.log")), 15)
+                    tail(&log, 15)
                 );
+                // A crashed server's report (signal, query, stack trace) is longer than that.
+                if let Some(at) = log.rfind("got signal") {
+                    let start = log[..at].rfind('\n').map_or(0, |i| i + 1);
+                    let report: Vec<&str> = log[start..].lines().take(120).collect();
+                    eprintln!("--- mariadbd crash report ---\n{}", report.join("\n"));
+                }
             }
             if std::env::var_os("BINSYNC_KEEP_DATADIR").is_some_and(|v| !v.is_empty()) {
                 if let Some(dir) = self.datadir.take() {
