@@ -64,6 +64,8 @@ pub enum ServerCode {
     AccessDeniedNoPassword,
     /// ER_CONNECTION_KILLED (MariaDB)
     ConnectionKilled,
+    /// ER_SLAVE_SAME_ID (MariaDB): another replica registered with our server id.
+    ReplicaSameId,
     /// CR_SERVER_GONE_ERROR
     GoneAway,
     /// CR_SERVER_LOST
@@ -90,6 +92,7 @@ impl ServerCode {
             1381 => NoBinaryLogging,
             1698 => AccessDeniedNoPassword,
             1927 => ConnectionKilled,
+            4052 => ReplicaSameId,
             2006 => GoneAway,
             2013 => Lost,
             _ => return None,
@@ -149,6 +152,9 @@ pub enum SourceError {
         message: String,
         password_env: String,
     },
+    /// Error 1236 with a cause that is not a purge (see [`DumpStop`]).
+    #[error("{0}")]
+    DumpStopped(DumpStop),
     #[error("the binlog position we need is no longer on the source, purged ({0}); the changes since the checkpoint are gone from the source: restore the purged binlogs, or start over with --reset --start earliest (or latest), which skips those changes for good (reload the target or accept the gap); and raise the source's binlog retention")]
     Purged(String),
     /// The source's binlog no longer holds the history the position was read from: it was
@@ -185,6 +191,105 @@ pub enum SourceError {
     SinkClosed,
 }
 
+/// Why the source's dump thread stopped the stream with error 1236
+/// (ER_MASTER_FATAL_ERROR_READING_BINLOG). MySQL and MariaDB send that one code for every
+/// fatal cause and say which only in the message, so the message decides; the advice differs
+/// (a purge wants the binlogs back, a shared server id wants another id, a diverged server
+/// wants another server) and resetting is right for none but the purge. Each variant holds
+/// `error 1236: <the server's message>`. A purge is [`SourceError::Purged`]: MySQL "purged
+/// required binary logs" (8.0: "Cannot replicate because the source purged ..."), "Could not
+/// find first log file name in binary log index file" (purged, or never on this server);
+/// MariaDB "requested to start from GTID ..., which is not in the master's binlog".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DumpStop {
+    /// Another replica (or binsync run) registered with the same server id, and the server
+    /// dropped this one: "A replica/slave with the same server_uuid/server_id ...".
+    SameServerId(String),
+    /// The server lacks transactions binsync already read, or its file is shorter than the
+    /// position: "Replica/Slave has more GTIDs than the source/master has", MariaDB "... has
+    /// diverged" and "missing the GTID ... requested by the slave", "position > file size".
+    Diverged(String),
+    /// "log event entry exceeded max_allowed_packet": the source's own packet limit.
+    TooLarge(String),
+    /// The server cannot read its own binlog there: "bogus data in log event", "binlog
+    /// truncated in the middle of event", "event too small", "impossible position".
+    Damaged(String),
+    /// Any other message: reported as the server words it, with no advice to reset.
+    Other(String),
+}
+
+impl DumpStop {
+    pub fn classify(code: u16, message: String) -> SourceError {
+        let m = message.to_ascii_lowercase();
+        let has = |needles: &[&str]| needles.iter().any(|n| m.contains(n));
+        let text = format!("error {code}: {message}");
+        if has(&["same server_uuid/server_id", "same server_id"]) {
+            return SourceError::DumpStopped(DumpStop::SameServerId(text));
+        }
+        if has(&[
+            "more gtids than",
+            "diverged",
+            "is missing the gtid",
+            "position > file size",
+            "position larger than file size",
+            "conflicts with the binary log",
+        ]) {
+            return SourceError::DumpStopped(DumpStop::Diverged(text));
+        }
+        if has(&[
+            "purged",
+            "could not find first log file name",
+            "not in the master's binlog",
+        ]) {
+            return SourceError::Purged(text);
+        }
+        if has(&["max_allowed_packet"]) {
+            return SourceError::DumpStopped(DumpStop::TooLarge(text));
+        }
+        if has(&[
+            "bogus data",
+            "truncated in the middle",
+            "event too small",
+            "impossible position",
+            "corrupt",
+            "checksum",
+            "crc check",
+            "could not open log file",
+            "i/o error reading",
+        ]) {
+            return SourceError::DumpStopped(DumpStop::Damaged(text));
+        }
+        SourceError::DumpStopped(DumpStop::Other(text))
+    }
+}
+
+impl std::fmt::Display for DumpStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DumpStop::SameServerId(m) => write!(
+                f,
+                "the source dropped this stream because another replica connected with the same server id ({m}); every replica of a source needs its own server id: give this run or the other one another --server-id (two binsync runs, each with its own state dir, need two ids)"
+            ),
+            DumpStop::Diverged(m) => write!(
+                f,
+                "the source does not hold the history binsync resumes from ({m}): it lacks transactions binsync already read, or its binlog ends before the position (a failover to a server that had not received them, a binlog lost or truncated in a crash, a restored backup); point --source at a server that has them, or start over with --reset --start earliest (or latest) and reload the target or accept the gap"
+            ),
+            DumpStop::TooLarge(m) => write!(
+                f,
+                "the source refused to send an event larger than its max_allowed_packet ({m}); raise max_allowed_packet on the source (up to 1G: SET GLOBAL max_allowed_packet=1073741824, and in its config) and run again"
+            ),
+            DumpStop::Damaged(m) => write!(
+                f,
+                "the source cannot read its own binlog at this position ({m}); check the file with mysqlbinlog on the server; resuming needs a server whose binlog is intact (--source, e.g. a replica of it), or --reset --start latest and a reload of the target"
+            ),
+            DumpStop::Other(m) => write!(
+                f,
+                "the source stopped the binlog stream ({m}); nothing was skipped: fix what the server names and run again"
+            ),
+        }
+    }
+}
+
 /// Sorts a driver error into [`Disconnect`] or [`SourceError`].
 pub fn classify(e: mysql_async::Error, src: &SourceConfig) -> Failure {
     match e {
@@ -217,7 +322,11 @@ pub(super) fn classify_server(code: u16, message: String, src: &SourceConfig) ->
             }
             .into()
         }
-        Some(BinlogUnavailable) => SourceError::Purged(format!("error {code}: {message}")).into(),
+        Some(BinlogUnavailable) => DumpStop::classify(code, message).into(),
+        Some(ReplicaSameId) => {
+            SourceError::DumpStopped(DumpStop::SameServerId(format!("error {code}: {message}")))
+                .into()
+        }
         Some(TableAccessDenied | ColumnAccessDenied | SpecificAccessDenied) => {
             SourceError::Privilege { code, message }.into()
         }
@@ -263,5 +372,59 @@ mod tests {
         let e = classify_server(1045, "Access denied".into(), &src("CDC_PW")).to_string();
         assert!(e.contains("env CDC_PW"), "{e}");
         assert!(!e.contains("BINSYNC_SOURCE_PASSWORD"), "{e}");
+    }
+
+    /// Error 1236 as MySQL (5.7, 8.0, 8.4) and MariaDB word each cause: only a purge says
+    /// "purged", and only the purge and a diverged server advise a reset.
+    #[test]
+    fn error_1236_is_sorted_by_its_message() {
+        let purged = [
+            "Cannot replicate because the source purged required binary logs. Replicate the missing transactions from elsewhere, or provision a new replica from backup. Consider increasing the source's binary log expiration period. The GTID set sent by the replica is 'u:1-5', and the missing transactions are 'u:1-3'",
+            "The slave is connecting using CHANGE MASTER TO MASTER_AUTO_POSITION = 1, but the master has purged binary logs containing GTIDs that the slave requires.",
+            "Could not find first log file name in binary log index file",
+            "Error: connecting slave requested to start from GTID 0-1-100, which is not in the master's binlog",
+        ];
+        for m in purged {
+            assert!(
+                matches!(DumpStop::classify(1236, m.into()), SourceError::Purged(_)),
+                "{m}"
+            );
+        }
+        let cases = [
+            ("A replica with the same server_uuid/server_id as this replica has connected to the source; the first event 'binlog.000001' at 4, the last event read from './binlog.000001' at 126, the last byte read from './binlog.000001' at 126.", DumpStop::SameServerId(String::new())),
+            ("Replica has more GTIDs than the source has, using the source's SERVER_UUID. This may indicate that the end of the binary log was truncated", DumpStop::Diverged(String::new())),
+            ("Client requested source to start replication from position > file size", DumpStop::Diverged(String::new())),
+            ("Error: connecting slave requested to start from GTID 0-1-100, which is not in the master's binlog. Since the master's binlog contains GTIDs with higher sequence numbers, it probably means that the slave has diverged due to executing extra erroneous transactions", DumpStop::Diverged(String::new())),
+            ("log event entry exceeded max_allowed_packet; Increase max_allowed_packet on source; the first event 'binlog.000001' at 4", DumpStop::TooLarge(String::new())),
+            ("bogus data in log event; the first event 'binlog.000001' at 4", DumpStop::Damaged(String::new())),
+            ("binlog truncated in the middle of event; consider out of disk space on source; the first event 'binlog.000001' at 4", DumpStop::Damaged(String::new())),
+            ("a cause nobody has seen yet", DumpStop::Other(String::new())),
+        ];
+        for (m, want) in cases {
+            match DumpStop::classify(1236, m.into()) {
+                SourceError::DumpStopped(d) => {
+                    let kind = std::mem::discriminant(&d);
+                    assert_eq!(kind, std::mem::discriminant(&want), "{m}: {d:?}");
+                    let line = d.to_string();
+                    assert!(line.contains(m), "the server's words are kept: {line}");
+                    assert!(!line.contains("purged"), "{line}");
+                }
+                other => panic!("{m}: {other:?}"),
+            }
+        }
+    }
+
+    /// MariaDB drops a replica whose server id another one registers with error 4052.
+    #[test]
+    fn a_replica_dropped_for_its_server_id_is_told_to_pick_another() {
+        let e = classify_server(
+            4052,
+            "A slave with the same server_uuid/server_id as this slave has connected to the master"
+                .into(),
+            &src("X"),
+        );
+        let line = e.to_string();
+        assert!(matches!(e, Failure::Definite(_)), "{line}");
+        assert!(line.contains("--server-id"), "{line}");
     }
 }
