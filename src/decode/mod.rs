@@ -168,6 +168,11 @@ pub struct Decoder {
     payload_end: Option<u64>,
     chunk: Chunk,
     position_dirty: bool,
+    /// Offset in the boundary's file just past the last event read (events with a position of
+    /// their own). Ahead of the boundary over events that are no transaction (a file's header
+    /// events); `--exit-at-end` compares it with its target, since a newest file that holds
+    /// no transaction yet never moves the boundary to its end.
+    read_to: u64,
     img_a: Vec<u8>,
     img_b: Vec<u8>,
     spans_a: Vec<Option<(u32, u32)>>,
@@ -212,6 +217,7 @@ impl Decoder {
             payload_end: None,
             chunk: Chunk::default(),
             position_dirty: false,
+            read_to: 0,
             img_a: Vec::new(),
             img_b: Vec::new(),
             spans_a: Vec::new(),
@@ -231,6 +237,11 @@ impl Decoder {
         &self.boundary
     }
 
+    /// Offset just past the last event read in [`Decoder::position`]'s file (see `read_to`).
+    pub fn read_to(&self) -> u64 {
+        self.read_to.max(self.boundary.offset)
+    }
+
     pub fn in_transaction(&self) -> bool {
         self.txn.is_some()
     }
@@ -239,6 +250,7 @@ impl Decoder {
     pub fn start_file(&mut self, name: &str) {
         self.set_file(name.to_string());
         self.boundary.offset = 4;
+        self.read_to = 4;
         self.txn = None;
     }
 
@@ -340,6 +352,10 @@ impl Decoder {
             0 => self.payload_end.unwrap_or(self.boundary.offset),
             pos => u64::from(pos),
         };
+        // (Not heartbeats: their position may name events the server skipped, not sent.)
+        if header.log_pos() != 0 && !matches!(raw_type, HEARTBEAT_EVENT | HEARTBEAT_EVENT_V2) {
+            self.read_to = self.read_to.max(log_pos);
+        }
         match raw_type {
             maria::GTID_EVENT => return self.on_mariadb_gtid(ev, log_pos),
             maria::GTID_LIST_EVENT => return self.on_gtid_list(ev, log_pos),
@@ -435,6 +451,7 @@ impl Decoder {
         if name != self.boundary.file {
             self.set_file(name);
             self.boundary.offset = r.position();
+            self.read_to = r.position();
             self.position_dirty = true;
         }
     }
@@ -1082,6 +1099,9 @@ fn write_head(
 const FORMAT_DESCRIPTION_EVENT: u8 = EventType::FORMAT_DESCRIPTION_EVENT as u8;
 const XID_EVENT: u8 = EventType::XID_EVENT as u8;
 const PREVIOUS_GTIDS_EVENT: u8 = EventType::PREVIOUS_GTIDS_EVENT as u8;
+const HEARTBEAT_EVENT: u8 = EventType::HEARTBEAT_EVENT as u8;
+/// MySQL 8.0.26+'s heartbeat (mysql_common has no name for it).
+const HEARTBEAT_EVENT_V2: u8 = 0x29;
 const TRANSACTION_PAYLOAD_EVENT: u8 = EventType::TRANSACTION_PAYLOAD_EVENT as u8;
 
 /// The event types whose body the decoder has mysql_common parse; the ones `on_event` reads
