@@ -688,27 +688,48 @@ fn error_1236_for_a_purged_file_stops_with_the_purge_named() {
     );
 }
 
-/// A 1236 for another cause must not send the operator to restore purged binlogs.
+/// A 1236 for another cause must not send the operator to restore purged binlogs or to
+/// reset: each names its own way out, with the server's words, and is not retried.
 #[test]
-#[ignore = "issue 10 (new finding): every error 1236 is reported as a purged binlog, whatever MySQL's message says (src/source/error.rs maps the code alone)"]
 fn error_1236_for_other_causes_names_the_cause_not_a_purge() {
-    for msg in [
-        mysql_double::mysql_1236::EVENT_TOO_LARGE,
-        mysql_double::mysql_1236::REPLICA_HAS_MORE_GTIDS,
+    for (msg, fix) in [
+        (
+            mysql_double::mysql_1236::EVENT_TOO_LARGE,
+            "raise max_allowed_packet on the source",
+        ),
+        (
+            mysql_double::mysql_1236::REPLICA_HAS_MORE_GTIDS,
+            "point --source at a server that has them",
+        ),
+        (
+            mysql_double::mysql_1236::PAST_END,
+            "point --source at a server that has them",
+        ),
+        (
+            mysql_double::mysql_1236::SAME_SERVER_ID,
+            "another --server-id",
+        ),
+        (
+            mysql_double::mysql_1236::BOGUS_DATA,
+            "check the file with mysqlbinlog",
+        ),
     ] {
-        let (_double, mut p, _) = run_with_faults(mysql_double::Faults {
+        let (double, mut p, rows) = run_with_faults(mysql_double::Faults {
             dump_error: Some((1236, msg.into())),
             ..Default::default()
         });
-        assert!(p.try_status().is_some_and(|s| !s.success()));
+        let code = p.try_status().and_then(|s| s.code());
+        assert!(code.is_some_and(|c| c != 0), "{msg}: {code:?}");
+        assert!(rows.is_empty());
+        assert_eq!(double.dumps(), 1, "{msg}: a definite error is not retried");
         let err = p.stderr();
         let line = err
             .lines()
             .find(|l| l.starts_with("binsync: error:"))
             .unwrap_or_default();
         assert!(
-            !line.contains("purged") && !line.contains("restore the purged binlogs"),
-            "{line}"
+            !line.contains("purged") && line.contains(msg) && line.contains(fix),
+            "{msg}: {line}"
         );
     }
 }
@@ -956,4 +977,233 @@ fn mysql84_status_with_source_after_a_run() {
 #[test]
 fn mysql9x_status_with_source_after_a_run() {
     status_with_source_after_a_run(Profile::Mysql9x);
+}
+
+/// MySQL's default `gtid_mode=OFF`: the files hold ANONYMOUS_GTID events.
+const ANONYMOUS: &str = "binlog_transaction_with_anonymous_GTID.000001";
+
+/// A run with `--start START --exit-at-end` into `out`; None if it is still running after
+/// `wait` (then it is killed).
+fn run_until_end(
+    double: &MysqlDouble,
+    state: &std::path::Path,
+    out: &std::path::Path,
+    start: &str,
+    wait: Duration,
+) -> Option<(i32, String)> {
+    let mut p = Proc::spawn(
+        &[
+            "run",
+            "--source",
+            &double.url(),
+            "--server-id",
+            "4242",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--start",
+            start,
+            "--exit-at-end",
+            "--connect-timeout",
+            "5s",
+            "--sink",
+            &format!("file:{}", out.display()),
+        ],
+        &[],
+    );
+    match p.wait_timeout(wait) {
+        Some(status) => Some((status.code().unwrap_or(-1), p.stderr())),
+        None => {
+            p.kill9();
+            None
+        }
+    }
+}
+
+/// The head of a binlog file (its FORMAT_DESCRIPTION and PREVIOUS_GTIDS events): what a server
+/// writes into a new file after a restart or FLUSH LOGS, before any transaction.
+fn empty_binlog_like(file: &str, dir: &std::path::Path) -> PathBuf {
+    let bytes = std::fs::read(fixture(file)).unwrap();
+    let mut end = 4;
+    while end + 19 <= bytes.len() {
+        let kind = bytes[end + 4];
+        let len = u32::from_le_bytes(bytes[end + 9..end + 13].try_into().unwrap()) as usize;
+        // FORMAT_DESCRIPTION (15), PREVIOUS_GTIDS (35).
+        if kind != 15 && kind != 35 {
+            break;
+        }
+        end += len;
+    }
+    assert!(end > 4 && end < bytes.len(), "{file} has a header");
+    let path = dir.join("empty.000002");
+    std::fs::write(&path, &bytes[..end]).unwrap();
+    path
+}
+
+/// Finding 5: without GTIDs, `--exit-at-end` on an idle source whose newest binlog holds no
+/// transaction yet (after a restart or FLUSH LOGS) must return once it has read that far,
+/// not wait forever for a transaction to move its position there.
+#[test]
+fn exit_at_end_without_gtids_returns_when_the_newest_binlog_is_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = empty_binlog_like(ANONYMOUS, tmp.path());
+    let double = MysqlDouble::start(
+        Profile::Mysql80,
+        vec![fixture(ANONYMOUS), empty],
+        Options {
+            gtid_mode_off: true,
+            ..Options::default()
+        },
+    );
+    let out = tmp.path().join("out.jsonl");
+    let run = run_until_end(
+        &double,
+        &tmp.path().join("state"),
+        &out,
+        "earliest",
+        Duration::from_secs(30),
+    );
+    let (code, err) = run.expect("--exit-at-end returns on an idle source without GTIDs");
+    assert_eq!(code, 0, "{err}");
+    let stmts = double.statements();
+    assert!(
+        stmts
+            .iter()
+            .any(|s| s.starts_with("COM_BINLOG_DUMP file=binlog.000001")),
+        "streamed by file: {stmts:?}"
+    );
+}
+
+/// Finding 6: without GTIDs a position is a file and offset of one server. A reconnect that
+/// reaches another server (a VIP or DNS failover) must stop with a definite error, not ask the
+/// new server for the old one's offset.
+#[test]
+fn a_reconnect_to_another_server_without_gtids_stops_before_streaming() {
+    let tmp = tempfile::tempdir().unwrap();
+    let double = MysqlDouble::start(
+        Profile::Mysql80,
+        vec![fixture(ANONYMOUS)],
+        Options {
+            gtid_mode_off: true,
+            faults: mysql_double::Faults {
+                drop_after_events: Some(5),
+                server_uuid_after_first_dump: Some("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee".into()),
+                ..Default::default()
+            },
+            ..Options::default()
+        },
+    );
+    let out = tmp.path().join("out.jsonl");
+    let (code, err) = run_until_end(
+        &double,
+        &tmp.path().join("state"),
+        &out,
+        "earliest",
+        Duration::from_secs(60),
+    )
+    .expect("the run ends");
+    assert_ne!(code, 0, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("binsync: error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee")
+            && line.contains("file positions only mean something on the server that wrote them"),
+        "{line}"
+    );
+    assert_eq!(double.dumps(), 1, "no dump was asked of the other server");
+}
+
+/// Finding 9: MySQL fills SHOW BINARY LOG STATUS in two steps, so a transaction committing
+/// meanwhile is after the row's position yet missing from its Executed_Gtid_Set. `--start
+/// latest` must take one consistent state: what the first run does not deliver, a resumed
+/// run must not deliver later either (before: the first run started at the file position
+/// past the transaction, and the resume by GTID then sent it, late and out of order).
+#[test]
+fn start_latest_takes_one_consistent_state_from_a_racing_status_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = Options {
+        row_metadata: "FULL".into(),
+        faults: mysql_double::Faults {
+            status_gtid_behind: true,
+            ..Default::default()
+        },
+        ..Options::default()
+    };
+    let double = MysqlDouble::start(Profile::Mysql80, vec![fixture(ENUM_SET)], opts);
+    let state = tmp.path().join("state");
+    let first = tmp.path().join("first.jsonl");
+    let (code, err) = run_until_end(&double, &state, &first, "latest", Duration::from_secs(60))
+        .expect("the first run ends");
+    assert_eq!(code, 0, "{err}");
+    let second = tmp.path().join("second.jsonl");
+    let (code, err) = run_until_end(&double, &state, &second, "latest", Duration::from_secs(60))
+        .expect("the resumed run ends");
+    assert_eq!(code, 0, "{err}");
+    let first = lines_without_seq(&std::fs::read_to_string(&first).unwrap_or_default());
+    let second = lines_without_seq(&std::fs::read_to_string(&second).unwrap_or_default());
+    assert!(second.is_empty(), "the resume delivered more: {second:#?}");
+    // The set is the state taken: the transaction it lacks (uuid:5, the last) comes at once.
+    let last: Vec<_> = replayed_as(ENUM_SET, "binlog.000001")
+        .into_iter()
+        .filter(|r| r["gtid"].as_str().is_some_and(|g| g.ends_with(":5")))
+        .collect();
+    assert!(!last.is_empty());
+    assert_eq!(first, last);
+}
+
+/// Finding 4's pre-check: a checkpoint that lacks transactions the source has purged is
+/// reported as a purge before any dump is asked for, and `check --state-dir` says so too.
+#[test]
+fn a_checkpoint_behind_gtid_purged_is_named_before_the_dump() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let out = tmp.path().join("out.jsonl");
+    let first = MysqlDouble::start(
+        Profile::Mysql80,
+        vec![fixture(ENUM_SET)],
+        options_for(ENUM_SET),
+    );
+    let (code, err) = run_until_end(&first, &state, &out, "earliest", Duration::from_secs(60))
+        .expect("the first run ends");
+    assert_eq!(code, 0, "{err}");
+    drop(first);
+    // The same server, which has meanwhile purged transactions of another source UUID that
+    // the checkpoint never saw.
+    let purged = MysqlDouble::start(
+        Profile::Mysql80,
+        vec![fixture(ENUM_SET)],
+        Options {
+            extra_purged: Some(([0x11; 16], 7)),
+            ..options_for(ENUM_SET)
+        },
+    );
+    let (code, err) = run_until_end(&purged, &state, &out, "earliest", Duration::from_secs(60))
+        .expect("the resumed run ends");
+    assert_ne!(code, 0, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("binsync: error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("purged") && line.contains("11111111-1111-1111-1111-111111111111:1-7"),
+        "{line}"
+    );
+    assert_eq!(purged.dumps(), 0, "found before asking for a dump");
+    let mut check = Proc::spawn(
+        &[
+            "check",
+            "--source",
+            &purged.url(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let status = check
+        .wait_timeout(Duration::from_secs(60))
+        .expect("check ends");
+    assert!(!status.success());
+    let text = format!("{}{}", check.stdout(), check.stderr());
+    assert!(text.contains("purged"), "{text}");
 }

@@ -161,6 +161,12 @@ pub struct Options {
     pub grants: Vec<String>,
     /// `require_secure_transport=ON`: a plain TCP client is refused with 3159.
     pub require_secure_transport: bool,
+    /// `gtid_mode=OFF` (MySQL's default): the variables say so and the GTID sets are empty
+    /// (the files then hold ANONYMOUS_GTID events).
+    pub gtid_mode_off: bool,
+    /// Transactions 1..=n of this source UUID were purged (in `gtid_purged` and
+    /// `gtid_executed`, before the first file), as after PURGE BINARY LOGS.
+    pub extra_purged: Option<([u8; 16], u64)>,
     /// What goes wrong, and when.
     pub faults: Faults,
 }
@@ -187,6 +193,11 @@ pub struct Faults {
     /// Once a dump was requested, `@@server_uuid` answers this: the replica reconnects to
     /// another server of the topology (same binlog and GTIDs, another identity).
     pub server_uuid_after_first_dump: Option<String>,
+    /// The first `SHOW BINARY LOG STATUS` row names the end of the last file but an
+    /// Executed_Gtid_Set without the last transaction: MySQL fills the row in two steps (the
+    /// position under the binlog lock, the set under another), so a transaction committing
+    /// in between shows this way. Later rows are whole (the commit has finished).
+    pub status_gtid_behind: bool,
 }
 
 /// Error 1236 (ER_SOURCE_FATAL_ERROR_READING_BINLOG) as MySQL words it for each cause
@@ -198,6 +209,12 @@ pub mod mysql_1236 {
     pub const EVENT_TOO_LARGE: &str = "log event entry exceeded max_allowed_packet; Increase max_allowed_packet on source; the first event 'binlog.000001' at 4, the last event read from './binlog.000001' at 126, the last byte read from './binlog.000001' at 126.";
     /// The replica holds GTIDs of the source's UUID that the source does not (8.0.26+ wording).
     pub const REPLICA_HAS_MORE_GTIDS: &str = "Replica has more GTIDs than the source has, using the source's SERVER_UUID. This may indicate that the end of the binary log was truncated or that the last binary log file was lost, e.g., after a power or disk failure when sync_binlog != 1. The source may or may not have rolled back transactions that were already replicated to the replica. Suggest to replicate any transactions that source has rolled back from replica to source, and/or commit empty transactions on source to account for transactions that have been committed on source but are not included in GTID_EXECUTED.";
+    /// Another replica registered with this one's server id (8.0.26+ wording); the server
+    /// ends the older dump with this.
+    pub const SAME_SERVER_ID: &str = "A replica with the same server_uuid/server_id as this replica has connected to the source; the first event 'binlog.000001' at 4, the last event read from './binlog.000001' at 126, the last byte read from './binlog.000001' at 126.";
+    /// The requested offset lies past the end of the file (truncated, or another server's).
+    pub const PAST_END: &str =
+        "Client requested source to start replication from position > file size";
     /// A damaged event in the binlog.
     pub const BOGUS_DATA: &str = "bogus data in log event; the first event 'binlog.000001' at 4, the last event read from './binlog.000001' at 126, the last byte read from './binlog.000001' at 126.";
 }
@@ -218,6 +235,8 @@ impl Default for Options {
                     .into(),
             ],
             require_secure_transport: false,
+            gtid_mode_off: false,
+            extra_purged: None,
             faults: Faults::default(),
         }
     }
@@ -644,6 +663,8 @@ struct Seen {
     idle_heartbeats: u32,
     /// Dumps requested so far.
     dumps: u32,
+    /// Binlog status rows answered so far.
+    status_rows: u32,
 }
 
 struct Server {
@@ -671,6 +692,10 @@ impl MysqlDouble {
             "MySQL 9 has no mysql_native_password: no account can use it"
         );
         let mut binlog = Binlog::load(&files);
+        if let Some((uuid, n)) = opts.extra_purged {
+            binlog.purged.add(uuid, "", 1, n);
+            binlog.executed.add(uuid, "", 1, n);
+        }
         if let Some((after, size)) = opts.faults.large_event {
             binlog.files[0].insert_rows_query(after, size);
         }
@@ -1349,6 +1374,33 @@ impl Session {
             || u == "SHOW BINARY LOG STATUS" && !self.srv.profile.has_binary_log_status()
     }
 
+    /// The status row's Executed_Gtid_Set (see [`Faults::status_gtid_behind`]).
+    fn status_executed(&self) -> String {
+        let binlog = &self.srv.binlog;
+        if self.srv.opts.gtid_mode_off {
+            return String::new();
+        }
+        let first = {
+            let mut seen = self.srv.seen.lock().unwrap();
+            seen.status_rows += 1;
+            seen.status_rows == 1
+        };
+        if !self.srv.opts.faults.status_gtid_behind || !first {
+            return binlog.executed.to_string();
+        }
+        self.log("FAULT status row without the last transaction".into());
+        let last = binlog
+            .files
+            .iter()
+            .flat_map(|f| f.events.iter())
+            .filter_map(|e| e.gtid.clone())
+            .next_back()
+            .expect("status_gtid_behind needs a GTID in the files");
+        let mut one = GtidSet::default();
+        one.add(last.uuid, &last.tag, last.gno, last.gno);
+        binlog.executed.minus(&one).to_string()
+    }
+
     fn variable(&self, name: &str) -> Option<String> {
         let srv = &self.srv;
         let first_crc = srv.binlog.files[0].crc32;
@@ -1375,6 +1427,8 @@ impl Session {
             "binlog_row_metadata" => srv.opts.row_metadata.clone(),
             // Not MySQL's default (OFF): a source set up as binsync's README asks, and the
             // fixtures carry GTIDs.
+            "gtid_mode" | "enforce_gtid_consistency" if srv.opts.gtid_mode_off => "OFF".into(),
+            "gtid_executed" | "gtid_purged" if srv.opts.gtid_mode_off => String::new(),
             "gtid_mode" => "ON".into(),
             "enforce_gtid_consistency" => "ON".into(),
             // What the files hold: the first file's PREVIOUS_GTIDS (the purged part, as after
@@ -1466,7 +1520,7 @@ impl Session {
                 Some(last.end().to_string()),
                 Some(String::new()),
                 Some(String::new()),
-                Some(self.srv.binlog.executed.to_string()),
+                Some(self.status_executed()),
             ]
         };
         let status_cols = [
