@@ -754,7 +754,16 @@ fn refused_logins_stop_at_once_with_the_reason() {
                 plugin: Plugin::MysqlNative,
                 ..Options::default()
             },
-            "Plugin 'mysql_native_password' is not loaded",
+            "ALTER USER `cdc` IDENTIFIED WITH caching_sha2_password",
+        ),
+        (
+            "a public key that is no PEM",
+            Profile::Mysql84,
+            Options {
+                bad_public_key: true,
+                ..Options::default()
+            },
+            "sent no usable RSA public key",
         ),
         (
             "require_secure_transport",
@@ -797,6 +806,7 @@ fn refused_logins_stop_at_once_with_the_reason() {
             .find(|l| l.starts_with("binsync: error:"))
             .unwrap_or_default();
         assert!(line.contains(reason), "{what}: {err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
         assert_eq!(double.connections(), 1, "{what}: a refusal is not retried");
     }
 }

@@ -66,6 +66,9 @@ pub enum ServerCode {
     ConnectionKilled,
     /// ER_SLAVE_SAME_ID (MariaDB): another replica registered with our server id.
     ReplicaSameId,
+    /// ER_PLUGIN_IS_NOT_LOADED: at login, the account's authentication plugin is not loaded
+    /// (mysql_native_password on MySQL 8.4, where it is off by default; gone in 9.0).
+    PluginNotLoaded,
     /// CR_SERVER_GONE_ERROR
     GoneAway,
     /// CR_SERVER_LOST
@@ -93,6 +96,7 @@ impl ServerCode {
             1698 => AccessDeniedNoPassword,
             1927 => ConnectionKilled,
             4052 => ReplicaSameId,
+            1524 => PluginNotLoaded,
             2006 => GoneAway,
             2013 => Lost,
             _ => return None,
@@ -155,6 +159,13 @@ pub enum SourceError {
     /// Error 1236 with a cause that is not a purge (see [`DumpStop`]).
     #[error("{0}")]
     DumpStopped(DumpStop),
+    #[error("the source {addr} cannot log in user `{user}` (error {code}: {message}): the account's authentication plugin is not loaded there (mysql_native_password is off by default from MySQL 8.4 and gone in 9.0); ALTER USER `{user}` IDENTIFIED WITH caching_sha2_password BY '...' (binsync supports it), or load the plugin on the server (mysql_native_password=ON)")]
+    AuthPlugin {
+        addr: String,
+        user: String,
+        code: u16,
+        message: String,
+    },
     #[error("the binlog position we need is no longer on the source, purged ({0}); the changes since the checkpoint are gone from the source: restore the purged binlogs, or start over with --reset --start earliest (or latest), which skips those changes for good (reload the target or accept the gap); and raise the source's binlog retention")]
     Purged(String),
     /// The source's binlog no longer holds the history the position was read from: it was
@@ -331,6 +342,13 @@ pub(super) fn classify_server(code: u16, message: String, src: &SourceConfig) ->
             SourceError::Privilege { code, message }.into()
         }
         Some(NoBinaryLogging) => SourceError::BinlogOff.into(),
+        Some(PluginNotLoaded) => SourceError::AuthPlugin {
+            addr: src.to_string(),
+            user: src.user.clone(),
+            code,
+            message,
+        }
+        .into(),
         Some(BinlogCommandFailed) | None => SourceError::Server { code, message }.into(),
     }
 }

@@ -98,7 +98,17 @@ impl SourceConfig {
     }
 
     /// One connection attempt, bounded by 10 s.
+    ///
+    /// The login is made first by binsync's own client ([`wire::Wire`]), then by the
+    /// driver: mysql_common panics ("valid PEM is mandatory here") when a server without RSA
+    /// keys answers caching_sha2_password's request for its public key, while our client
+    /// names the problem; and a successful full authentication leaves the password in the
+    /// server's cache, so the driver's login that follows takes the fast path, without RSA.
     pub async fn connect_once(&self) -> Result<Conn> {
+        wire::Wire::connect(self, Duration::from_secs(10))
+            .await?
+            .quit()
+            .await;
         let attempt = tokio::time::timeout(Duration::from_secs(10), Conn::new(self.opts())).await;
         match attempt {
             Ok(Ok(conn)) => Ok(conn),

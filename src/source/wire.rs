@@ -216,6 +216,12 @@ impl Wire {
     }
 
     /// Runs a statement that returns no rows to keep (SET ...). Rows, if any, are drained.
+    /// Ends the session politely (COM_QUIT), so that the server does not log an aborted
+    /// connection.
+    pub async fn quit(mut self) {
+        let _ = self.command(&[0x01]).await;
+    }
+
     pub async fn query(&mut self, sql: &str) -> Result<()> {
         let mut buf = Vec::with_capacity(sql.len() + 1);
         buf.push(0x03);

@@ -164,6 +164,10 @@ pub struct Options {
     /// `gtid_mode=OFF` (MySQL's default): the variables say so and the GTID sets are empty
     /// (the files then hold ANONYMOUS_GTID events).
     pub gtid_mode_off: bool,
+    /// caching_sha2_password's request for the public key is answered with an empty key:
+    /// not a PEM. (MySQL without RSA keys refuses the login instead; a damaged key file or a
+    /// proxy in between can send this. A client must not crash on it.)
+    pub bad_public_key: bool,
     /// Transactions 1..=n of this source UUID were purged (in `gtid_purged` and
     /// `gtid_executed`, before the first file), as after PURGE BINARY LOGS.
     pub extra_purged: Option<([u8; 16], u64)>,
@@ -236,6 +240,7 @@ impl Default for Options {
             ],
             require_secure_transport: false,
             gtid_mode_off: false,
+            bad_public_key: false,
             extra_purged: None,
             faults: Faults::default(),
         }
@@ -1237,7 +1242,9 @@ impl Session {
         if reply == [0x02] {
             // The client asks for the public key: AuthMoreData with the PEM.
             let mut p = vec![0x01];
-            p.extend_from_slice(self.srv.rsa_public_pem.as_bytes());
+            if !self.srv.opts.bad_public_key {
+                p.extend_from_slice(self.srv.rsa_public_pem.as_bytes());
+            }
             self.write_packet(&p).await?;
             reply = self.read_packet().await?;
         }
