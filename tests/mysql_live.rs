@@ -1217,3 +1217,48 @@ fn a_checkpoint_behind_gtid_purged_is_named_before_the_dump() {
     let text = format!("{}{}", check.stdout(), check.stderr());
     assert!(text.contains("purged"), "{text}");
 }
+
+/// `binsync check` on an account whose privileges come from a MySQL 8 role (finding 11): with
+/// the role active at login they count; granted but inactive, check fails and says how to
+/// activate it.
+#[test]
+fn check_counts_privileges_granted_through_an_active_role() {
+    for active in [true, false] {
+        let double = MysqlDouble::start(
+            Profile::Mysql84,
+            vec![fixture(ENUM_SET)],
+            Options {
+                grants: vec!["GRANT USAGE ON *.* TO `cdc`@`%`".into()],
+                role: Some((
+                    "SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT".into(),
+                    active,
+                )),
+                ..options_for(ENUM_SET)
+            },
+        );
+        let mut p = Proc::spawn(&["check", "--source", &double.url()], &[]);
+        let st = p.wait_timeout(Duration::from_secs(30)).expect("check hung");
+        let out = p.stdout();
+        let line = |name: &str| {
+            out.lines()
+                .find(|l| l.contains(name))
+                .unwrap_or_default()
+                .to_string()
+        };
+        for name in ["REPLICATION SLAVE", "REPLICATION CLIENT"] {
+            if active {
+                assert!(line(name).starts_with("ok"), "{name}:\n{out}");
+            } else {
+                assert!(!line(name).starts_with("ok"), "{name}:\n{out}");
+            }
+        }
+        assert_eq!(st.success(), active, "{out}");
+        if !active {
+            assert!(
+                out.contains("`binsync_role`@`%` is granted but not active at login")
+                    && out.contains("SET DEFAULT ROLE ALL TO 'cdc'@'%'"),
+                "{out}"
+            );
+        }
+    }
+}

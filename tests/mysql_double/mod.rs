@@ -159,6 +159,13 @@ pub struct Options {
     pub tables: Vec<TableDesc>,
     /// The grants `SHOW GRANTS` prints.
     pub grants: Vec<String>,
+    /// A role `binsync_role`@`%` granted to the user with these privileges on *.*
+    /// (e.g. "SELECT, REPLICATION SLAVE, REPLICATION CLIENT"), and whether it is active at
+    /// login (a default role, or activate_all_roles_on_login=ON). MySQL 8 then answers
+    /// `SHOW GRANTS` with the role's name only, `CURRENT_ROLE()` with `` `binsync_role`@`%` ``
+    /// (NONE when inactive), and `SHOW GRANTS FOR CURRENT_USER() USING <roles>` with the
+    /// role's privileges merged into the user's.
+    pub role: Option<(String, bool)>,
     /// `require_secure_transport=ON`: a plain TCP client is refused with 3159.
     pub require_secure_transport: bool,
     /// `gtid_mode=OFF` (MySQL's default): the variables say so and the GTID sets are empty
@@ -240,6 +247,7 @@ impl Default for Options {
             ],
             require_secure_transport: false,
             gtid_mode_off: false,
+            role: None,
             bad_public_key: false,
             extra_purged: None,
             faults: Faults::default(),
@@ -1568,15 +1576,23 @@ impl Session {
                 .collect();
             return rows(&["Log_name", "File_size", "Encrypted"], out);
         }
+        if u == "SELECT CURRENT_ROLE()" {
+            let role = match &self.srv.opts.role {
+                Some((_, true)) => "`binsync_role`@`%`",
+                _ => "NONE",
+            };
+            return rows(&["CURRENT_ROLE()"], vec![vec![Some(role.into())]]);
+        }
         if u == "SHOW GRANTS" || u.starts_with("SHOW GRANTS FOR CURRENT_USER") {
             let user = &self.srv.opts.user;
-            let out = self
-                .srv
-                .opts
-                .grants
-                .iter()
-                .map(|g| vec![Some(g.clone())])
-                .collect();
+            let mut grants = self.srv.opts.grants.clone();
+            if let Some((privileges, _)) = &self.srv.opts.role {
+                if u.contains(" USING ") {
+                    grants.insert(0, format!("GRANT {privileges} ON *.* TO `{user}`@`%`"));
+                }
+                grants.push(format!("GRANT `binsync_role`@`%` TO `{user}`@`%`"));
+            }
+            let out = grants.into_iter().map(|g| vec![Some(g)]).collect();
             return Reply::Rows(vec![format!("Grants for {user}@%")], out);
         }
         if u == "SHOW REPLICAS" || u == "SHOW SLAVE HOSTS" {
