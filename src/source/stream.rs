@@ -101,6 +101,46 @@ pub async fn check_server_id(
         }
         .into());
     }
+    // A binsync run that has just stopped stays listed until the server notices its closed
+    // connection (at its next heartbeat, within a second): wait that out before refusing.
+    let deadline = std::time::Instant::now() + LINGER;
+    loop {
+        let Some(other) = other_replica(conn, info, replica).await? else {
+            return Ok(());
+        };
+        let (host, port) = other;
+        let lingering = host.starts_with(REPORT_HOST) && std::time::Instant::now() < deadline;
+        if lingering {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
+        let who = if host.is_empty() {
+            "another replica".to_string()
+        } else if host.starts_with(REPORT_HOST) {
+            format!("another binsync run (registered as {host}: it has another state dir)")
+        } else {
+            format!("the replica at {host}:{port}")
+        };
+        return Err(SourceError::ServerIdInUse {
+            id: server_id,
+            by: who,
+        }
+        .into());
+    }
+}
+
+/// How long another binsync's registration may linger after it stopped.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// Host and port of a replica registered with `replica`'s server id that is not `replica`
+/// itself; None when there is none, or when the replicas cannot be listed (then with a
+/// warning: the check is skipped).
+async fn other_replica(
+    conn: &mut Conn,
+    info: &ServerInfo,
+    replica: &Replica,
+) -> Result<Option<(String, String)>> {
+    let server_id = replica.server_id;
     let statements: &[&str] = match info.flavor() {
         Flavor::Mariadb => &["SHOW SLAVE HOSTS"],
         // MySQL 8.4 knows only the new name; older versions only the old one.
@@ -122,7 +162,7 @@ pub async fn check_server_id(
             error = %last_err.map(|e| e.to_string()).unwrap_or_default(),
             "cannot list the source's replicas, so --server-id {server_id} is not checked against them; grant REPLICATION MASTER ADMIN (MariaDB) or REPLICATION SLAVE (MySQL) to check it"
         );
-        return Ok(());
+        return Ok(None);
     };
     for mut row in sql {
         let id: Option<u32> = row.take_opt(0).and_then(Result::ok);
@@ -133,21 +173,10 @@ pub async fn check_server_id(
             .map(|v| v.as_sql(true).trim_matches('\'').to_string())
             .unwrap_or_default();
         if id == Some(server_id) && !replica.is_own(&host) {
-            let who = if host.is_empty() {
-                "another replica".to_string()
-            } else if host.starts_with(REPORT_HOST) {
-                format!("another binsync run (registered as {host}: it has another state dir)")
-            } else {
-                format!("the replica at {host}:{port}")
-            };
-            return Err(SourceError::ServerIdInUse {
-                id: server_id,
-                by: who,
-            }
-            .into());
+            return Ok(Some((host, port)));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Opens a binlog stream from `start`: checks the server id on `conn` (then closes it), and
