@@ -1479,3 +1479,37 @@ fn mysql9x_live_path_latest_tagged_gtid_kill9_and_drop() {
         ":mytag:3",
     );
 }
+
+/// Liveness counts bytes, not whole events: an 8 MiB event that takes 12 s to arrive over a
+/// slow link (no heartbeat comes meanwhile) is read, not taken for a dead connection after 5 s
+/// and retried forever (the event is slow in every dump).
+#[test]
+fn a_big_event_arriving_slowly_is_not_taken_for_silence() {
+    let (double, mut p, rows) = run_with_faults(mysql_double::Faults {
+        large_event: Some((12, 8 << 20)),
+        slow_large_events: Some(Duration::from_secs(12)),
+        ..Default::default()
+    });
+    assert_eq!(
+        p.try_status().and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        p.stderr()
+    );
+    // (Offsets after the inserted event are larger than in the fixture.)
+    let without_offsets = |mut rows: Vec<serde_json::Value>| {
+        for r in rows.iter_mut() {
+            r.as_object_mut().unwrap().remove("offset");
+        }
+        rows
+    };
+    assert_eq!(
+        without_offsets(rows),
+        without_offsets(replayed_as(ENUM_SET, "binlog.000001"))
+    );
+    assert!(double
+        .statements()
+        .iter()
+        .any(|s| s.starts_with("FAULT slow event")));
+    assert_eq!(double.dumps(), 1, "no reconnect: {}", p.stderr());
+}

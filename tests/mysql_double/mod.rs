@@ -209,6 +209,9 @@ pub struct Faults {
     /// position under the binlog lock, the set under another), so a transaction committing
     /// in between shows this way. Later rows are whole (the commit has finished).
     pub status_gtid_behind: bool,
+    /// Every event over 1 MiB, in every dump, goes out in 64 KiB pieces spread over this
+    /// long (a slow link): no heartbeat comes meanwhile, as from a real server.
+    pub slow_large_events: Option<Duration>,
 }
 
 /// Error 1236 (ER_SOURCE_FATAL_ERROR_READING_BINLOG) as MySQL words it for each cause
@@ -908,6 +911,12 @@ impl Session {
     }
 
     async fn write_packet(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        let buf = self.frame_packet(payload);
+        self.stream.write_all(&buf).await
+    }
+
+    /// `payload` as wire chunks of at most 16 MiB - 1, each with its header.
+    fn frame_packet(&mut self, payload: &[u8]) -> Vec<u8> {
         let mut buf = Vec::with_capacity(payload.len() + 8);
         let mut chunks = payload.chunks(0xff_ffff).peekable();
         if payload.is_empty() {
@@ -924,7 +933,7 @@ impl Session {
                 self.seq = self.seq.wrapping_add(1);
             }
         }
-        self.stream.write_all(&buf).await
+        buf
     }
 
     async fn ok(&mut self) -> std::io::Result<()> {
@@ -2004,7 +2013,23 @@ impl Session {
         let mut p = Vec::with_capacity(ev.len() + 1);
         p.push(0x00);
         p.extend_from_slice(ev);
-        self.write_packet(&p).await
+        match self.srv.opts.faults.slow_large_events {
+            Some(total) if ev.len() > 1 << 20 => {
+                let wire = self.frame_packet(&p);
+                let pieces = wire.len().div_ceil(64 << 10);
+                self.log(format!(
+                    "FAULT slow event of {} bytes over {total:?}",
+                    ev.len()
+                ));
+                for piece in wire.chunks(64 << 10) {
+                    self.stream.write_all(piece).await?;
+                    self.stream.flush().await?;
+                    tokio::time::sleep(total / pieces as u32).await;
+                }
+                Ok(())
+            }
+            _ => self.write_packet(&p).await,
+        }
     }
 }
 
