@@ -16,6 +16,8 @@
 //! - `checkpoint`: [`Position`], the sled store in `--state-dir`, the `Ack` and the
 //!   checkpointer stage: when the checkpoint moves, and what a restart resumes from.
 //! - `change`: the unit that flows downstream, a chunk of encoded changes and its resume point.
+//! - [`schema`]: the schema history's model (issue 11, being built): tables as their DDL left
+//!   them, and DDL read from the binlog applied to them with a SQL parser (`schema::ddl`).
 //! - [`decode`]: binlog events to encoded changes: transactions, numbering (`seq`), table
 //!   schemas (`decode::schema`), row images to JSON (`decode::value`); the `SchemaLookup` seam.
 //! - `source`: the server as a replica sees it: connecting, what the server is, its errors
@@ -39,6 +41,7 @@ pub mod config;
 pub mod decode;
 pub mod pipeline;
 pub mod replay;
+pub mod schema;
 pub mod shutdown;
 pub mod units;
 
