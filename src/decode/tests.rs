@@ -68,7 +68,7 @@ fn labels_tlv(t: u8, cols: &[&[&str]]) -> Vec<u8> {
 }
 
 /// A TABLE_MAP_EVENT body for `shop.products` with the given (type, metadata) columns.
-fn tme_bytes(cols: &[(u8, &[u8])], optional: &[u8]) -> Vec<u8> {
+pub(crate) fn tme_bytes(cols: &[(u8, &[u8])], optional: &[u8]) -> Vec<u8> {
     let mut b = vec![1, 0, 0, 0, 0, 0, 0, 0];
     b.push(4);
     b.extend_from_slice(b"shop\0");
@@ -97,7 +97,7 @@ fn schema_x(cols: &[(u8, &[u8])], optional: &[u8], extra: Option<&ExtraSchema>) 
     TableSchema::from_table_map(&parse_tme(&tme_bytes(cols, optional)), extra).unwrap()
 }
 
-fn schema(cols: &[(u8, &[u8])], optional: &[u8]) -> TableSchema {
+pub(crate) fn schema(cols: &[(u8, &[u8])], optional: &[u8]) -> TableSchema {
     schema_x(cols, optional, None)
 }
 

@@ -15,6 +15,7 @@
 //!   columns case-insensitively.
 
 pub mod ddl;
+pub mod fit;
 
 use std::collections::{BTreeMap, BTreeSet};
 
