@@ -1,5 +1,6 @@
 //! Scenario: an operator replays an archived binlog file that was cut short (a copy
-//! interrupted, a disk that filled while the server wrote it). Real MySQL- and
+//! interrupted, a disk that filled while the server wrote it) or damaged in the middle (one
+//! event's length wrong). Real MySQL- and
 //! MariaDB-written files from `../shared/fixtures/mysql-binlogs/` are cut at every byte
 //! offset and replayed in-process through `binsync::replay::replay`, the function behind `binsync replay`. Each replay must
 //! give exactly the changes of the events wholly before the cut, and then either succeed (the
@@ -196,6 +197,92 @@ async fn a_binlog_cut_at_any_byte_gives_the_events_before_the_cut_then_one_error
     assert!(
         failures.is_empty(),
         "{} of {cuts} cuts went wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0);
+}
+/// Replays a copy of the fixture whose event at `start` has `xor` applied to byte `byte` of
+/// its size field; returns what went wrong, if anything.
+async fn check_bad_length(
+    f: &Fixture,
+    start: usize,
+    byte: usize,
+    xor: u8,
+    dir: &Path,
+) -> Result<(), String> {
+    let mut bytes = f.bytes.clone();
+    bytes[start + 9 + byte] ^= xor;
+    let copy: PathBuf = dir.join(f.name);
+    std::fs::write(&copy, &bytes).unwrap();
+    let got = replay(&copy, &dir.join("bad.jsonl")).await;
+    let before = f.lines_before(start);
+    if got.lines.len() < before.len() || got.lines[..before.len()] != before[..] {
+        return Err(format!(
+            "{} lines delivered, not starting with the {} of the events before the damage",
+            got.lines.len(),
+            before.len()
+        ));
+    }
+    if got.lines.len() > before.len() {
+        return Err(format!(
+            "{} lines delivered from the damaged event or after it",
+            got.lines.len() - before.len()
+        ));
+    }
+    let want = format!("{}: damaged binlog at byte {start}", f.name);
+    match &got.error {
+        Some(e) if e.contains(&want) => Ok(()),
+        // The format description's own length says where its checksum algorithm is, so a
+        // wrong one reads "no checksums" and cannot be caught by its CRC: the damage shows
+        // at the next event, which then starts in the wrong place.
+        Some(e) if start == 4 && damaged_at(e, f.name).is_some_and(|at| at > start) => Ok(()),
+        got => Err(format!("error {got:?}, expected one containing {want:?}")),
+    }
+}
+
+/// The byte a replay error says the damage of file `name` is at.
+fn damaged_at(error: &str, name: &str) -> Option<usize> {
+    let (_, rest) = error.split_once(&format!("{name}: damaged binlog at byte "))?;
+    rest.split(':').next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binlog_with_a_wrong_event_length_gives_the_events_before_it_then_one_error_naming_file_and_byte(
+) {
+    count_panics();
+    let dir = scratch_dir();
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for &name in FILES {
+        let f = Arc::new(fixture(name, dir.path()).await);
+        for &(start, _) in &f.events {
+            for byte in 0..4 {
+                for xor in [0x01, 0x80] {
+                    cases += 1;
+                    let panics = PANICS.load(Ordering::SeqCst);
+                    let (f, dir) = (f.clone(), dir.path().to_path_buf());
+                    let result =
+                        tokio::spawn(
+                            async move { check_bad_length(&f, start, byte, xor, &dir).await },
+                        )
+                        .await;
+                    let case = format!("{name} event at {start}, size byte {byte} ^ {xor:#x}");
+                    match result {
+                        _ if PANICS.load(Ordering::SeqCst) != panics => {
+                            failures.push(format!("{case}: panicked"))
+                        }
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => failures.push(format!("{case}: {e}")),
+                        Err(e) => failures.push(format!("{case}: {e}")),
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} damaged copies went wrong:\n{}",
         failures.len(),
         failures.join("\n")
     );

@@ -129,6 +129,43 @@ pub(crate) fn read_frame(
     Ok(true)
 }
 
+/// Checks the CRC32 at the end of an event read whole into `frame` (header, body,
+/// checksum), as the server checks it (`event_checksum_test`, the same in MySQL and MariaDB):
+/// a format description's is computed with its in-use flag clear, which the server sets
+/// while it writes the file. Without this, a damaged length reads the next event's bytes as
+/// part of this one, and the rows decoded from them would look valid.
+pub(crate) fn check_checksum(frame: &[u8]) -> std::result::Result<(), String> {
+    /// LOG_EVENT_BINLOG_IN_USE_F, in the low byte of the header's flags.
+    const IN_USE: u8 = 0x01;
+    let Some(body_end) = frame
+        .len()
+        .checked_sub(CHECKSUM_LEN)
+        .filter(|&n| n >= HEADER_LEN)
+    else {
+        return Err(format!(
+            "an event of {} bytes, too short for its checksum",
+            frame.len()
+        ));
+    };
+    let (event, stored) = frame.split_at(body_end);
+    let mut crc = crc32fast::Hasher::new();
+    if event[4] == EventType::FORMAT_DESCRIPTION_EVENT as u8 {
+        crc.update(&event[..17]);
+        crc.update(&[event[17] & !IN_USE]);
+        crc.update(&event[18..]);
+    } else {
+        crc.update(event);
+    }
+    let computed = crc.finalize();
+    let stored = u32::from_le_bytes([stored[0], stored[1], stored[2], stored[3]]);
+    if computed != stored {
+        return Err(format!(
+            "checksum mismatch (the event's CRC32 is {stored:#010x}, its bytes give {computed:#010x}): the event or its length is damaged"
+        ));
+    }
+    Ok(())
+}
+
 /// The events of a MySQL compressed transaction, decompressed.
 pub(crate) fn decompress(event: &Event) -> std::result::Result<Vec<u8>, String> {
     check_payload_header(event.data())?;
