@@ -9,7 +9,7 @@
 //! real binlog files read them the same way.
 
 use std::fs::File;
-use std::io::{BufReader, Cursor, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::change::Chunk;
 use crate::checkpoint::Position;
-use crate::decode::frame::{check_checksum, decompress, next_in_payload, read_frame, CHECKSUM_LEN};
+use crate::decode::frame::{check_checksum, read_frame, Payload, CHECKSUM_LEN};
 use crate::decode::{DecodeConfig, Decoder};
 use crate::error::{Error, Result};
 use crate::sink::{self, Ack, SinkSpec};
@@ -112,7 +112,7 @@ pub struct BinlogFile {
     /// Where the next event starts (the end of the last one read outside a payload).
     offset: u64,
     /// The rest of the compressed transaction being read, and where its event starts.
-    payload: Option<(u64, Cursor<Vec<u8>>)>,
+    payload: Option<(u64, Payload)>,
     /// The events after the last format description end with a checksum.
     checksums: bool,
     /// The bytes of the event being read.
@@ -171,13 +171,12 @@ impl BinlogFile {
     pub fn next_event(&mut self) -> Result<Option<Event>> {
         if let Some((start, payload)) = &mut self.payload {
             let start = *start;
-            let inner = next_in_payload(payload, &mut self.esr, &mut self.frame);
-            match inner {
+            match payload.next(&mut self.esr, &mut self.frame) {
                 Ok(Some(inner)) => return Ok(Some(inner)),
                 Ok(None) => self.payload = None,
                 Err(e) => {
                     self.payload = None;
-                    return Err(self.damaged(start, format!("transaction payload: {e}")));
+                    return Err(self.damaged(start, e));
                 }
             }
         }
@@ -214,8 +213,10 @@ impl BinlogFile {
         }
         self.offset += u64::from(event.header().event_size());
         if raw_type == EventType::TRANSACTION_PAYLOAD_EVENT as u8 {
-            let bytes = decompress(&event).map_err(|e| self.damaged(start, e))?;
-            self.payload = Some((start, Cursor::new(bytes)));
+            // The payload is read out of the event's bytes: the next event gets a new buffer.
+            let frame = std::mem::take(&mut self.frame);
+            let payload = Payload::open(frame, trailer).map_err(|e| self.damaged(start, e))?;
+            self.payload = Some((start, payload));
         }
         Ok(Some(event))
     }

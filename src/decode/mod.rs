@@ -1105,7 +1105,7 @@ const NEEDED_EVENTS: [u8; 13] = [
 /// The file name of a rotate event. The rotate event a server sends first, before its format
 /// description, carries a checksum that the reader cannot know about yet (MariaDB): strip it
 /// when the last four bytes are the CRC32 of the rest of the event.
-fn rotate_name(ev: &Event, raw: &[u8]) -> String {
+pub(crate) fn rotate_name(ev: &Event, raw: &[u8]) -> String {
     let h = ev.header();
     if raw.len() > 4 {
         let (name, tail) = raw.split_at(raw.len() - 4);
