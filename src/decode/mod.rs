@@ -1,9 +1,10 @@
 //! From binlog events to encoded row changes.
 //!
 //! [`Decoder`] follows the event stream of one connection (or one archived file): rotations,
-//! transaction boundaries (GTID events, BEGIN, XID/COMMIT, standalone DDL), table maps and row
-//! events. It assigns every row change its `seq`, encodes it as one JSON object into the current
-//! [`Chunk`], and stamps each chunk with the position a restart may resume from.
+//! transaction boundaries (GTID events, BEGIN, XID/COMMIT, standalone DDL, XA groups up to
+//! their prepare: see `on_query`), table maps and row events. It assigns every row change its
+//! `seq`, encodes it as one JSON object into the current [`Chunk`], and stamps each chunk
+//! with the position a restart may resume from.
 //!
 //! Invariants:
 //! - A chunk's position is either a commit boundary or, inside a large transaction, the
@@ -368,6 +369,13 @@ impl Decoder {
                 self.commit(log_pos);
                 return Ok(());
             }
+            XA_PREPARE_LOG_EVENT => {
+                // The end of an XA transaction's group (MySQL, MariaDB 10.5+): what a replica
+                // applies, and so what binsync delivers (see `on_query`). Also MySQL's
+                // `XA COMMIT ... ONE PHASE`, which it logs as a prepare with a flag.
+                self.commit(log_pos);
+                return Ok(());
+            }
             // Parsing what we do not use would only cost time.
             t if !NEEDED_EVENTS.contains(&t) => return Ok(()),
             _ => {}
@@ -474,10 +482,21 @@ impl Decoder {
     /// BEGIN opens a transaction and COMMIT or ROLLBACK ends it; any other statement outside
     /// an explicit transaction (DDL) is a transaction of its own. A statement inside one is a
     /// change logged as SQL (binlog_format=STATEMENT or MIXED), which is not captured.
+    ///
+    /// XA transactions are logged in two groups, each with a GTID of its own: `XA START xid`
+    /// (MySQL; MariaDB 10.5+ puts it in the GTID event), the rows, `XA END xid` and an
+    /// XA_PREPARE event, which ends the first; then `XA COMMIT xid` or `XA ROLLBACK xid`
+    /// alone. The first group is the transaction (its GTID, its time, the checkpoint moving
+    /// only at its prepare), as a replica applies it; the second a transaction without rows.
+    /// An XA rolled back after its prepare was delivered at the prepare: a warning names it.
     fn on_query(&mut self, q: &QueryEvent<'_>, header_ts: u32, log_pos: u64) {
         let sql = q.query_raw();
         let first = first_word(sql);
-        if first.eq_ignore_ascii_case(b"BEGIN") || sql.eq_ignore_ascii_case(b"XA START") {
+        let xa = first
+            .eq_ignore_ascii_case(b"XA")
+            .then(|| first_word(&sql.trim_ascii_start()[2..]));
+        let xa_is = |word: &[u8]| xa.is_some_and(|w| w.eq_ignore_ascii_case(word));
+        if first.eq_ignore_ascii_case(b"BEGIN") || xa_is(b"START") || xa_is(b"BEGIN") {
             if self.txn.is_none() {
                 self.begin_txn(None, i64::from(header_ts) * 1_000_000);
             }
@@ -485,6 +504,17 @@ impl Decoder {
                 t.explicit = true;
             }
         } else if first.eq_ignore_ascii_case(b"COMMIT") || first.eq_ignore_ascii_case(b"ROLLBACK") {
+            self.commit(log_pos);
+        } else if xa_is(b"END") {
+            // Inside the XA transaction; its XA_PREPARE event comes next.
+        } else if xa_is(b"PREPARE") || xa_is(b"COMMIT") {
+            // (XA PREPARE as a statement: servers that do not write the XA_PREPARE event.)
+            self.commit(log_pos);
+        } else if xa_is(b"ROLLBACK") {
+            tracing::warn!(
+                xid = %xa_id(sql),
+                "an XA transaction was rolled back after XA PREPARE: its rows were delivered at its prepare (as a replica applies them) and are not undone; the receiver holds them"
+            );
             self.commit(log_pos);
         } else {
             let ddl = is_ddl(first);
@@ -497,7 +527,7 @@ impl Decoder {
             }
             match &self.txn {
                 Some(t) if t.explicit => {
-                    if !self.warned_statements && !ddl && !first.eq_ignore_ascii_case(b"XA") {
+                    if !self.warned_statements && !ddl && xa.is_none() {
                         self.warned_statements = true;
                         tracing::warn!(
                             statement = %String::from_utf8_lossy(&sql[..sql.len().min(120)]),
@@ -1083,6 +1113,7 @@ const FORMAT_DESCRIPTION_EVENT: u8 = EventType::FORMAT_DESCRIPTION_EVENT as u8;
 const XID_EVENT: u8 = EventType::XID_EVENT as u8;
 const PREVIOUS_GTIDS_EVENT: u8 = EventType::PREVIOUS_GTIDS_EVENT as u8;
 const TRANSACTION_PAYLOAD_EVENT: u8 = EventType::TRANSACTION_PAYLOAD_EVENT as u8;
+const XA_PREPARE_LOG_EVENT: u8 = EventType::XA_PREPARE_LOG_EVENT as u8;
 
 /// The event types whose body the decoder has mysql_common parse; the ones `on_event` reads
 /// by hand come before, and all others only move the position.
@@ -1123,6 +1154,15 @@ pub(crate) fn rotate_name(ev: &Event, raw: &[u8]) -> String {
         }
     }
     String::from_utf8_lossy(raw).into_owned()
+}
+
+/// The xid of an `XA <verb> xid...` statement, as the binlog writes it (`X'78',X'',1`).
+fn xa_id(sql: &[u8]) -> String {
+    let text = String::from_utf8_lossy(sql);
+    let mut words = text.trim().splitn(3, char::is_whitespace);
+    let (_xa, _verb) = (words.next(), words.next());
+    let xid = words.next().unwrap_or("").trim();
+    xid.chars().take(300).collect()
 }
 
 fn first_word(sql: &[u8]) -> &[u8] {
