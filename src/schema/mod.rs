@@ -16,6 +16,7 @@
 
 pub mod ddl;
 pub mod fit;
+pub mod history;
 
 use std::collections::{BTreeMap, BTreeSet};
 
