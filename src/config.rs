@@ -54,6 +54,23 @@ pub enum Command {
     Dlq(DlqArgs),
     /// Run the reference receiver of the sync API (docs/sync-api.md), for tests and benchmarks.
     Receive(ReceiveArgs),
+    /// The schema history: `show` prints the tracked tables as the source defines them now,
+    /// read as binsync reads DDL (one JSON object per table).
+    Schema(SchemaArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct SchemaArgs {
+    /// `show` (the only action so far; `refresh` and `history` come with the stored history).
+    #[arg(value_parser = ["show"])]
+    pub action: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Tables to show (globs, as for `run`); default: every table.
+    #[arg(long)]
+    pub include: Vec<String>,
+    #[arg(long)]
+    pub exclude: Vec<String>,
 }
 
 #[derive(Debug, Args)]

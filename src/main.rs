@@ -98,6 +98,12 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
                 ExitCode::FAILURE
             })
         }
+        Command::Schema(args) => {
+            let src = config::source_config(&args.source, &file)?;
+            let filter = binsync::commands::table_filter(&args.include, &args.exclude)?;
+            binsync::commands::schema_show(&src, &filter, Shutdown::on(shutdown_signal())).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay(args) => {
             let settings = ReplaySettings::resolve(&args, &file)?;
             let stats =

@@ -10,6 +10,7 @@ pub mod lookup;
 pub mod preflight;
 pub mod reader;
 pub mod replication;
+pub mod schema_seed;
 pub mod start;
 pub mod stream;
 pub mod tables;
