@@ -17,6 +17,7 @@ use crate::filter::Filter;
 use crate::sink::http::{HttpConfig, OnReject};
 use crate::sink::SinkSpec;
 use crate::source::start::StartSpec;
+use crate::source::tls::{SslMode, TlsSettings};
 use crate::source::SourceConfig;
 
 /// binsync: tails the MySQL/MariaDB binlog as a replica and delivers committed row changes.
@@ -40,6 +41,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once at start-up: the size of `run`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream changes from the source into the sink (the main job).
@@ -143,6 +146,23 @@ pub struct SourceArgs {
     /// How long to keep trying to reach the source at start-up (e.g. 30s, 2m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub connect_timeout: Option<Duration>,
+    /// TLS to the source, as the mysql client's --ssl-mode: disabled; preferred (TLS when the
+    /// server offers it, certificate not checked); required (TLS or stop, certificate not
+    /// checked); verify-ca (signed by --ssl-ca); verify-identity (signed by --ssl-ca and naming
+    /// the host of --source). Default: preferred, or verify-ca when --ssl-ca is given.
+    #[arg(long, value_enum)]
+    pub ssl_mode: Option<SslMode>,
+    /// PEM file of the CA certificate(s) that signed the source's certificate; only these are
+    /// trusted (verify-ca, verify-identity).
+    #[arg(long, value_name = "FILE")]
+    pub ssl_ca: Option<PathBuf>,
+    /// PEM client certificate, for a source account that requires one (REQUIRE X509, SUBJECT,
+    /// ISSUER); with --ssl-key.
+    #[arg(long, value_name = "FILE")]
+    pub ssl_cert: Option<PathBuf>,
+    /// PEM private key of --ssl-cert.
+    #[arg(long, value_name = "FILE")]
+    pub ssl_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Default)]
@@ -296,6 +316,13 @@ pub struct FileConfig {
     /// e.g. "30s"
     #[serde(default, deserialize_with = "human_duration")]
     pub connect_timeout: Option<Duration>,
+    /// disabled, preferred, required, verify-ca, verify-identity (as --ssl-mode).
+    pub ssl_mode: Option<SslMode>,
+    /// PEM CA certificate(s) of the source (as --ssl-ca).
+    pub ssl_ca: Option<PathBuf>,
+    /// PEM client certificate and its key (as --ssl-cert, --ssl-key).
+    pub ssl_cert: Option<PathBuf>,
+    pub ssl_key: Option<PathBuf>,
     pub server_id: Option<u32>,
     pub state_dir: Option<PathBuf>,
     pub sink: Option<String>,
@@ -379,8 +406,19 @@ pub fn source_config(args: &SourceArgs, file: &FileConfig) -> Result<SourceConfi
         .or(file.connect_timeout)
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let password = std::env::var(&password_env).ok();
-    SourceConfig::new(&url, password, &password_env, connect_timeout)
-        .map_err(|e| ConfigError(e.to_string()))
+    let pick = |flag: &Option<PathBuf>, key: &Option<PathBuf>| flag.clone().or_else(|| key.clone());
+    let tls = TlsSettings::new(
+        args.ssl_mode.or(file.ssl_mode),
+        pick(&args.ssl_ca, &file.ssl_ca).as_deref(),
+        pick(&args.ssl_cert, &file.ssl_cert).as_deref(),
+        pick(&args.ssl_key, &file.ssl_key).as_deref(),
+    )
+    .map_err(|e| ConfigError(e.to_string()))?;
+    Ok(
+        SourceConfig::new(&url, password, &password_env, connect_timeout)
+            .map_err(|e| ConfigError(e.to_string()))?
+            .with_tls(tls),
+    )
 }
 
 fn pick_vec(flag: &[String], file: &Option<Vec<String>>) -> Vec<String> {
