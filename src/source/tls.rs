@@ -588,6 +588,83 @@ mod tests {
         assert!(e.contains("--ssl-key") && e.contains("junk.pem"), "{e}");
     }
 
+    /// The dump connection's verifier, by mode, on certificates of a CA and of another CA.
+    #[test]
+    fn the_dump_connections_verifier_checks_what_the_mode_says() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = |name: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let key = KeyPair::generate().unwrap();
+            let cert = p.self_signed(&key).unwrap();
+            let path = write(dir.path(), name, &cert.pem());
+            (cert, key, path)
+        };
+        let (ca_cert, ca_key, ca_path) = ca("ca.pem");
+        let (_, _, other_path) = ca("other.pem");
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["db.example".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca_cert, &ca_key)
+            .unwrap();
+        let check = |mode, ca: &Path, host: &str| {
+            let driver_name = Arc::new(Mutex::new(DriverName::Unknown));
+            let verifier = Verifier {
+                mode,
+                roots: Some(Arc::new(
+                    root_store(&read("--ssl-ca", ca).unwrap()).unwrap(),
+                )),
+                algs: provider().signature_verification_algorithms,
+                driver_name: driver_name.clone(),
+            };
+            let name = ServerName::try_from(host.to_string()).unwrap();
+            let r = verifier.verify_server_cert(leaf.der(), &[], &name, &[], UnixTime::now());
+            let learnt = driver_name.lock().unwrap().clone();
+            (r.map(drop), learnt)
+        };
+        use SslMode::*;
+        let (r, _) = check(VerifyIdentity, &ca_path, "db.example");
+        assert!(r.is_ok(), "{r:?}");
+        let (r, _) = check(VerifyIdentity, &ca_path, "127.0.0.1");
+        assert!(
+            matches!(
+                r,
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForNameContext { .. }
+                ))
+            ),
+            "{r:?}"
+        );
+        let (r, learnt) = check(VerifyCa, &ca_path, "127.0.0.1");
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(learnt, DriverName::Other("db.example".into()));
+        let (_, learnt) = check(VerifyCa, &ca_path, "db.example");
+        assert_eq!(learnt, DriverName::Host);
+        // The other CA has the same (default) name: the signature is what fails.
+        for mode in [VerifyCa, VerifyIdentity] {
+            let (r, learnt) = check(mode, &other_path, "db.example");
+            let Err(e) = r else {
+                panic!("{mode}: a certificate of another CA passed")
+            };
+            assert!(
+                matches!(
+                    e,
+                    rustls::Error::InvalidCertificate(
+                        CertificateError::BadSignature | CertificateError::UnknownIssuer
+                    )
+                ),
+                "{mode}: {e:?}"
+            );
+            let msg = TlsSettings::new(Some(mode), Some(&other_path), None, None)
+                .unwrap()
+                .handshake_error("mysql://cdc@db.example:3306", "db.example", &e)
+                .to_string();
+            assert!(msg.contains("not signed by --ssl-ca"), "{msg}");
+            assert_eq!(learnt, DriverName::Unknown);
+        }
+    }
+
     /// The names of a mismatch come from webpki's `Debug` of a subjectAltName: this pins the
     /// form [`presented_name`] reads.
     #[test]
