@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::decode::DecodeConfig;
 use crate::filter::Filter;
-use crate::sink::http::{HttpConfig, OnReject};
+use crate::sink::http::{HttpConfig, OnReject, SinkCa};
 use crate::sink::SinkSpec;
 use crate::source::start::StartSpec;
 use crate::source::tls::{SslMode, TlsSettings};
@@ -94,6 +94,12 @@ pub struct ReceiveArgs {
     /// value starting at depth 6 (400 beyond it).
     #[arg(long, value_name = "LEVELS", default_value_t = binsync_receiver::DEFAULT_MAX_DEPTH)]
     pub max_depth: usize,
+    /// Serve https with this PEM certificate chain (the receiver's own first); with --tls-key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -242,6 +248,10 @@ pub struct HttpArgs {
     /// Environment variable whose value is sent as the Authorization header.
     #[arg(long)]
     pub auth_header_env: Option<String>,
+    /// PEM file of the CA certificate(s) that signed an https:// sink's certificate; only
+    /// these are trusted (default: the public roots).
+    #[arg(long, value_name = "FILE")]
+    pub sink_ca: Option<PathBuf>,
 }
 
 impl HttpArgs {
@@ -260,6 +270,7 @@ impl HttpArgs {
             gzip: self.gzip || f.gzip,
             compact: self.compact || f.compact,
             auth_header_env: self.auth_header_env.clone().or(f.auth_header_env.clone()),
+            sink_ca: self.sink_ca.clone().or(f.sink_ca.clone()),
         }
     }
 }
@@ -526,6 +537,20 @@ impl ReceiveSettings {
             true => args.state_dir.clone().unwrap_or_default(),
             false => need_dir()?,
         };
+        let tls = match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(binsync_receiver::TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError(
+                    "--tls-cert needs --tls-key FILE (the certificate's private key)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError(
+                    "--tls-key needs --tls-cert FILE (the certificate chain to serve)".into(),
+                ))
+            }
+        };
         Ok(ReceiveSettings::Serve(Box::new(
             binsync_receiver::ReceiveOptions {
                 auth,
@@ -535,6 +560,7 @@ impl ReceiveSettings {
                 discard: args.discard,
                 max_body_bytes: args.max_body_bytes,
                 max_depth: args.max_depth,
+                tls,
                 ..binsync_receiver::ReceiveOptions::new(args.listen, state_dir)
             },
         )))
@@ -549,8 +575,18 @@ fn sink_spec(
 ) -> Result<SinkSpec, ConfigError> {
     let text = text.map_or("stdout", String::as_str);
     let mut spec: SinkSpec = text.parse().map_err(ConfigError)?;
-    if let SinkSpec::Http(cfg) = &mut spec {
-        **cfg = http_config((**cfg).clone(), http, file.http.as_ref())?;
+    match &mut spec {
+        SinkSpec::Http(cfg) => **cfg = http_config((**cfg).clone(), http, file.http.as_ref())?,
+        // The file's [http] table is for an HTTP sink and unused by others, but a flag given
+        // here would be silently ignored.
+        _ => {
+            if let Some(ca) = &http.sink_ca {
+                return Err(ConfigError(format!(
+                    "--sink-ca {} means nothing with --sink {text}: it is for an https:// sink; drop it",
+                    ca.display()
+                )));
+            }
+        }
     }
     Ok(spec)
 }
@@ -605,6 +641,16 @@ pub fn http_config(
         return Err(ConfigError(
             "batch_rows, batch_bytes and in_flight must be at least 1".into(),
         ));
+    }
+    if let Some(path) = &a.sink_ca {
+        if !cfg.url.starts_with("https://") {
+            return Err(ConfigError(format!(
+                "--sink-ca {} means nothing for {}: it is for an https:// sink; use https, or drop --sink-ca",
+                path.display(),
+                cfg.url
+            )));
+        }
+        cfg.ca = Some(SinkCa::load(path).map_err(ConfigError)?);
     }
     if let Some(var) = &a.auth_header_env {
         let value = std::env::var(var).map_err(|_| {

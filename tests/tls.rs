@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::workload::Receiver;
 use common::{MariaDb, Proc, ServerOpts};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -94,13 +95,12 @@ fn s(p: &Path) -> String {
 }
 
 /// A MariaDB serving TLS with `cert`/`key`, trusting client certificates signed by `ca`.
-fn tls_server(ca: &Path, cert: &Path, key: &Path, extra: &[&str]) -> MariaDb {
-    let mut args = vec![
+fn tls_server(ca: &Path, cert: &Path, key: &Path) -> MariaDb {
+    let args = vec![
         format!("--ssl-ca={}", s(ca)),
         format!("--ssl-cert={}", s(cert)),
         format!("--ssl-key={}", s(key)),
     ];
-    args.extend(extra.iter().map(|a| a.to_string()));
     let db = MariaDb::start(ServerOpts {
         extra_args: args,
         ..ServerOpts::default()
@@ -126,11 +126,16 @@ fn setup(db: &MariaDb) {
 }
 
 /// `binsync run --exit-at-end` from `url` into a file; its exit status, the file, stderr.
-fn run(url: &str, extra: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+fn run(url: &str, extra: &[&str]) -> (bool, String, String) {
+    run_into(url, None, extra)
+}
+
+/// [`run`] into `sink` (default: a file, whose text is returned).
+fn run_into(url: &str, sink: Option<&str>, extra: &[&str]) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
     let state = s(&dir.path().join("state"));
-    let sink = format!("file:{}", out.display());
+    let file = format!("file:{}", out.display());
     let mut args = vec![
         "run",
         "--source",
@@ -140,13 +145,13 @@ fn run(url: &str, extra: &[&str], envs: &[(&str, &str)]) -> (bool, String, Strin
         "--state-dir",
         &state,
         "--sink",
-        &sink,
+        sink.unwrap_or(&file),
         "--exit-at-end",
         "--connect-timeout",
         "20s",
     ];
     args.extend(extra);
-    let mut p = Proc::spawn(&args, envs);
+    let mut p = Proc::spawn(&args, &[]);
     let st = p
         .wait_timeout(Duration::from_secs(60))
         .expect("binsync did not return");
@@ -219,7 +224,7 @@ fn verify_identity_with_the_right_ca_delivers_and_nothing_crosses_in_clear() {
     let pki = Pki::new();
     let ca = pki.ca("ca");
     let (cert, key) = pki.leaf("server", &ca, &["localhost", "127.0.0.1"], false);
-    let db = tls_server(&pki.path("ca.pem"), &cert, &key, &[]);
+    let db = tls_server(&pki.path("ca.pem"), &cert, &key);
     setup(&db);
     let ca_pem = s(&pki.path("ca.pem"));
 
@@ -227,7 +232,6 @@ fn verify_identity_with_the_right_ca_delivers_and_nothing_crosses_in_clear() {
     let (ok, out, err) = run(
         &relay.url(),
         &["--ssl-mode", "verify-identity", "--ssl-ca", &ca_pem],
-        &[],
     );
     assert!(ok, "{err}");
     assert!(out.contains(MARKER), "the row is delivered: {out}\n{err}");
@@ -238,7 +242,7 @@ fn verify_identity_with_the_right_ca_delivers_and_nothing_crosses_in_clear() {
 
     // The same relay sees it without TLS: the check above can see what it looks for.
     let relay = Relay::start(db.port());
-    let (ok, out, err) = run(&relay.url(), &["--ssl-mode", "disabled"], &[]);
+    let (ok, out, err) = run(&relay.url(), &["--ssl-mode", "disabled"]);
     assert!(ok && out.contains(MARKER), "{err}");
     assert!(relay.saw(MARKER), "the relay saw no row in clear");
 }
@@ -249,11 +253,11 @@ fn a_wrong_ca_stops_with_one_line_naming_the_ca_file() {
     let ca = pki.ca("ca");
     pki.ca("other-ca");
     let (cert, key) = pki.leaf("server", &ca, &["localhost", "127.0.0.1"], false);
-    let db = tls_server(&pki.path("ca.pem"), &cert, &key, &[]);
+    let db = tls_server(&pki.path("ca.pem"), &cert, &key);
     setup(&db);
     let other = s(&pki.path("other-ca.pem"));
     for mode in ["verify-ca", "verify-identity"] {
-        let (ok, out, err) = run(&db.url(), &["--ssl-mode", mode, "--ssl-ca", &other], &[]);
+        let (ok, out, err) = run(&db.url(), &["--ssl-mode", mode, "--ssl-ca", &other]);
         assert!(!ok && out.is_empty(), "{mode}: {err}");
         let line = error_line(&err);
         assert!(
@@ -268,13 +272,12 @@ fn a_certificate_for_another_host_fails_verify_identity_and_passes_verify_ca() {
     let pki = Pki::new();
     let ca = pki.ca("ca");
     let (cert, key) = pki.leaf("server", &ca, &["db.example"], false);
-    let db = tls_server(&pki.path("ca.pem"), &cert, &key, &[]);
+    let db = tls_server(&pki.path("ca.pem"), &cert, &key);
     setup(&db);
     let ca_pem = s(&pki.path("ca.pem"));
     let (ok, _, err) = run(
         &db.url(),
         &["--ssl-mode", "verify-identity", "--ssl-ca", &ca_pem],
-        &[],
     );
     assert!(!ok, "{err}");
     let line = error_line(&err);
@@ -283,7 +286,7 @@ fn a_certificate_for_another_host_fails_verify_identity_and_passes_verify_ca() {
         "{line}"
     );
     // verify-ca checks the signature only (both the dump connection and the driver's).
-    let (ok, out, err) = run(&db.url(), &["--ssl-ca", &ca_pem], &[]);
+    let (ok, out, err) = run(&db.url(), &["--ssl-ca", &ca_pem]);
     assert!(ok && out.contains(MARKER), "{err}");
 }
 
@@ -293,7 +296,7 @@ fn accounts_requiring_tls_work_with_ssl_mode_required_and_are_refused_clearly_wi
     let ca = pki.ca("ca");
     let (cert, key) = pki.leaf("server", &ca, &["localhost", "127.0.0.1"], false);
     let (ccert, ckey) = pki.leaf("client", &ca, &["binsync"], true);
-    let db = tls_server(&pki.path("ca.pem"), &cert, &key, &[]);
+    let db = tls_server(&pki.path("ca.pem"), &cert, &key);
     setup(&db);
     let grants = "REPLICATION SLAVE, BINLOG MONITOR, SELECT ON *.*";
     db.create_user("cdc_ssl", "pw-ssl", grants);
@@ -301,9 +304,9 @@ fn accounts_requiring_tls_work_with_ssl_mode_required_and_are_refused_clearly_wi
     db.sql("ALTER USER 'cdc_ssl'@'%' REQUIRE SSL; ALTER USER 'cdc_x509'@'%' REQUIRE X509;");
     let ssl_url = db.url_as("cdc_ssl", "pw-ssl");
 
-    let (ok, out, err) = run(&ssl_url, &["--ssl-mode", "required"], &[]);
+    let (ok, out, err) = run(&ssl_url, &["--ssl-mode", "required"]);
     assert!(ok && out.contains(MARKER), "{err}");
-    let (ok, _, err) = run(&ssl_url, &["--ssl-mode", "disabled"], &[]);
+    let (ok, _, err) = run(&ssl_url, &["--ssl-mode", "disabled"]);
     assert!(!ok, "{err}");
     let line = error_line(&err);
     assert!(line.contains("--ssl-mode required"), "{line}");
@@ -321,10 +324,9 @@ fn accounts_requiring_tls_work_with_ssl_mode_required_and_are_refused_clearly_wi
             "--ssl-key",
             &s(&ckey),
         ],
-        &[],
     );
     assert!(ok && out.contains(MARKER), "{err}");
-    let (ok, _, err) = run(&x509_url, &["--ssl-mode", "required"], &[]);
+    let (ok, _, err) = run(&x509_url, &["--ssl-mode", "required"]);
     assert!(!ok, "{err}");
     let line = error_line(&err);
     assert!(line.contains("--ssl-cert"), "{line}");
@@ -335,15 +337,15 @@ fn require_secure_transport_is_met_by_tls_and_named_without_it() {
     let pki = Pki::new();
     let ca = pki.ca("ca");
     let (cert, key) = pki.leaf("server", &ca, &["localhost", "127.0.0.1"], false);
-    let db = tls_server(&pki.path("ca.pem"), &cert, &key, &[]);
+    let db = tls_server(&pki.path("ca.pem"), &cert, &key);
     setup(&db);
     db.sql("SET GLOBAL require_secure_transport = ON");
     // preferred (the default) takes the TLS the server offers.
     for extra in [&[][..], &["--ssl-mode", "required"][..]] {
-        let (ok, out, err) = run(&db.url(), extra, &[]);
+        let (ok, out, err) = run(&db.url(), extra);
         assert!(ok && out.contains(MARKER), "{extra:?}: {err}");
     }
-    let (ok, _, err) = run(&db.url(), &["--ssl-mode", "disabled"], &[]);
+    let (ok, _, err) = run(&db.url(), &["--ssl-mode", "disabled"]);
     assert!(!ok, "{err}");
     let line = error_line(&err);
     // MariaDB refuses it as it refuses a wrong password (error 1045; MySQL has error 3159).
@@ -357,11 +359,57 @@ fn require_secure_transport_is_met_by_tls_and_named_without_it() {
 fn ssl_mode_required_against_a_server_without_tls_stops() {
     let db = MariaDb::start(ServerOpts::default());
     setup(&db);
-    let (ok, _, err) = run(&db.url(), &["--ssl-mode", "required"], &[]);
+    let (ok, _, err) = run(&db.url(), &["--ssl-mode", "required"]);
     assert!(!ok, "{err}");
     let line = error_line(&err);
     assert!(line.contains("does not offer TLS"), "{line}");
     // preferred (the default) goes on in clear.
-    let (ok, out, err) = run(&db.url(), &[], &[]);
+    let (ok, out, err) = run(&db.url(), &[]);
     assert!(ok && out.contains(MARKER), "{err}");
+}
+
+#[test]
+fn an_https_sink_is_reached_with_sink_ca_and_refused_clearly_without() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let (cert, key) = pki.leaf("receiver", &ca, &["localhost", "127.0.0.1"], false);
+    let db = MariaDb::start(ServerOpts::default());
+    setup(&db);
+    let rdir = tempfile::tempdir().unwrap();
+    let mut recv = Receiver::start(
+        rdir.path(),
+        &["--tls-cert", &s(&cert), "--tls-key", &s(&key)],
+    );
+    let url = format!("https://{}/sync", recv.addr);
+    let ca_pem = s(&pki.path("ca.pem"));
+
+    // Without --sink-ca: the receiver's certificate is not trusted; binsync stops at once.
+    let (ok, _, err) = run_to(&db, &url, &[]);
+    assert!(!ok, "{err}");
+    let line = error_line(&err);
+    assert!(line.contains("--sink-ca") && line.contains(&url), "{line}");
+    // A file that holds no certificate is refused before anything starts.
+    let junk = pki.write("junk.pem", "not a certificate\n");
+    let (ok, _, err) = run_to(&db, &url, &["--sink-ca", &s(&junk)]);
+    assert!(!ok, "{err}");
+    let line = error_line(&err);
+    assert!(line.contains(&s(&junk)), "{line}");
+    // --sink-ca with a plain http sink means nothing.
+    let plain = format!("http://{}/sync", recv.addr);
+    let (ok, _, err) = run_to(&db, &plain, &["--sink-ca", &ca_pem]);
+    assert!(!ok, "{err}");
+    assert!(error_line(&err).contains("https://"), "{err}");
+
+    let (ok, _, err) = run_to(&db, &url, &["--sink-ca", &ca_pem]);
+    assert!(ok, "{err}");
+    let (state, _) = recv.dump();
+    assert!(
+        state.values().any(|v| v.to_string().contains(MARKER)),
+        "the receiver holds the row: {state:?}"
+    );
+}
+
+/// `binsync run --exit-at-end` from `db` into the sync API at `url`.
+fn run_to(db: &MariaDb, url: &str, extra: &[&str]) -> (bool, String, String) {
+    run_into(&db.url(), Some(url), extra)
 }
