@@ -243,6 +243,7 @@ fn tls_failure(e: &mysql_async::Error, src: &SourceConfig) -> Option<TlsError> {
                 addr: src.to_string(),
                 detail: other.to_string(),
                 fix: "check --source's host and the --ssl-* settings",
+                preferred: src.tls.mode() == super::tls::SslMode::Preferred,
             })
         }
         mysql_async::Error::Io(IoError::Io(io)) => rustls_error(io),

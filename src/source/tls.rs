@@ -97,11 +97,13 @@ pub enum TlsError {
     Required { code: u16, message: String },
     #[error("the source's certificate names no host (it has no subjectAltName), and binsync's query connections (mysql_async 0.37) cannot check a certificate without one under --ssl-mode verify-ca; give the server a certificate with a subjectAltName, or use --ssl-mode required")]
     Nameless,
-    #[error("the TLS handshake with the source {addr} failed: {detail}; {fix}")]
+    #[error("the TLS handshake with the source {addr} failed: {detail}; {fix}{}", if *.preferred { " (--ssl-mode preferred uses the TLS a server offers; --ssl-mode disabled connects in clear)" } else { "" })]
     Handshake {
         addr: String,
         detail: String,
         fix: &'static str,
+        /// Under `preferred`: the way back to what binsync did before TLS.
+        preferred: bool,
     },
 }
 
@@ -330,6 +332,7 @@ impl TlsSettings {
             addr: addr.to_string(),
             detail: e.to_string(),
             fix,
+            preferred: self.mode == SslMode::Preferred,
         };
         match e {
             rustls::Error::InvalidCertificate(c) => match c {

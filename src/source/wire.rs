@@ -330,6 +330,13 @@ impl Wire {
                     .into(),
                 None => self.io(e),
             })?;
+        let (_, session) = tls.get_ref();
+        tracing::debug!(
+            source = %self.src,
+            version = ?session.protocol_version(),
+            cipher = ?session.negotiated_cipher_suite().map(|c| c.suite()),
+            "dump connection: TLS"
+        );
         *self.stream.get_mut() = Stream::Tls(Box::new(tls));
         Ok(())
     }
