@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use super::tls::TlsError;
 use super::SourceConfig;
 use crate::decode::{LookupError, StreamError};
 
@@ -73,6 +74,8 @@ pub enum ServerCode {
     GoneAway,
     /// CR_SERVER_LOST
     Lost,
+    /// ER_SECURE_TRANSPORT_REQUIRED (MySQL; `require_secure_transport=ON`, plain TCP)
+    SecureTransportRequired,
 }
 
 impl ServerCode {
@@ -99,6 +102,7 @@ impl ServerCode {
             1524 => PluginNotLoaded,
             2006 => GoneAway,
             2013 => Lost,
+            3159 => SecureTransportRequired,
             _ => return None,
         })
     }
@@ -125,6 +129,13 @@ pub enum Disconnect {
     Lookup { table: String, detail: String },
 }
 
+impl From<TlsError> for Failure {
+    /// Every TLS failure is definite.
+    fn from(e: TlsError) -> Failure {
+        SourceError::Tls(e).into()
+    }
+}
+
 impl From<StreamError> for Failure {
     /// A transient lookup failure reconnects; every other decoding error is definite.
     fn from(e: StreamError) -> Failure {
@@ -148,13 +159,17 @@ pub enum SourceError {
         waited: Duration,
         last: String,
     },
-    #[error("the source {addr} refused user `{user}` (error {code}: {message}); check the user and the password (env {password_env})")]
+    #[error("the source {addr} refused user `{user}` (error {code}: {message}); check the user and the password (env {password_env}){tls_hint}")]
     Auth {
         addr: String,
         user: String,
         code: u16,
         message: String,
         password_env: String,
+        /// What TLS may have to do with it: the server refuses a connection that lacks the
+        /// TLS or the client certificate an account or the server requires with this same
+        /// error (MariaDB also for `require_secure_transport`). Empty or `; ...`.
+        tls_hint: &'static str,
     },
     /// Error 1236 with a cause that is not a purge (see [`DumpStop`]).
     #[error("{0}")]
@@ -197,6 +212,9 @@ pub enum SourceError {
     /// decoder cannot read); the message names the place.
     #[error(transparent)]
     Decode(#[from] StreamError),
+    /// TLS to the source: settings, certificates, a server without TLS or requiring it.
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
     /// The sink stopped taking changes; its own error is the cause.
     #[error("the sink stopped taking changes")]
     SinkClosed,
@@ -303,6 +321,9 @@ impl std::fmt::Display for DumpStop {
 
 /// Sorts a driver error into [`Disconnect`] or [`SourceError`].
 pub fn classify(e: mysql_async::Error, src: &SourceConfig) -> Failure {
+    if let Some(tls) = tls_failure(&e, src) {
+        return tls.into();
+    }
     match e {
         mysql_async::Error::Server(se) => classify_server(se.code, se.message, src),
         mysql_async::Error::Io(io) => Disconnect::Unreachable {
@@ -314,6 +335,51 @@ pub fn classify(e: mysql_async::Error, src: &SourceConfig) -> Failure {
         mysql_async::Error::Url(u) => SourceError::BadUrl(u.to_string()).into(),
         other => Disconnect::Io(other.to_string()).into(),
     }
+}
+
+/// See [`SourceError::Auth`]'s `tls_hint`.
+fn tls_hint(tls: &super::tls::TlsSettings) -> &'static str {
+    use super::tls::SslMode;
+    match tls.mode() {
+        SslMode::Disabled => "; the connection was not encrypted (--ssl-mode disabled): if the account or the server requires TLS (REQUIRE SSL, require_secure_transport=ON), use --ssl-mode required",
+        mode if mode.requires_tls() && !tls.has_client_cert() => "; if the account requires a client certificate (REQUIRE X509, SUBJECT or ISSUER), pass one with --ssl-cert and --ssl-key",
+        _ => "",
+    }
+}
+
+/// The driver's TLS failures: a handshake rustls refused, a server without TLS.
+fn tls_failure(e: &mysql_async::Error, src: &SourceConfig) -> Option<TlsError> {
+    use mysql_async::{DriverError, IoError};
+    let rustls_error = match e {
+        mysql_async::Error::Io(IoError::Tls(mysql_async::TlsError::Tls(e))) => Some(e),
+        // The driver could not set up TLS from the settings (a name rustls cannot check, a
+        // file it reads differently): asking again fails again.
+        mysql_async::Error::Io(IoError::Tls(other)) => {
+            return Some(TlsError::Handshake {
+                addr: src.to_string(),
+                detail: other.to_string(),
+                fix: "check --source's host and the --ssl-* settings",
+                preferred: src.tls.mode() == super::tls::SslMode::Preferred,
+            })
+        }
+        mysql_async::Error::Io(IoError::Io(io)) => rustls_error(io),
+        mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer) => {
+            return Some(TlsError::NotOffered {
+                addr: src.to_string(),
+                mode: src.tls.mode(),
+            })
+        }
+        _ => None,
+    }?;
+    Some(
+        src.tls
+            .handshake_error(&src.to_string(), &src.host, rustls_error),
+    )
+}
+
+/// The rustls error inside an I/O error of a TLS stream, if that is what it is.
+pub(super) fn rustls_error(io: &std::io::Error) -> Option<&rustls::Error> {
+    io.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
 pub(super) fn classify_server(code: u16, message: String, src: &SourceConfig) -> Failure {
@@ -330,9 +396,11 @@ pub(super) fn classify_server(code: u16, message: String, src: &SourceConfig) ->
                 code,
                 message,
                 password_env: src.password_env.clone(),
+                tls_hint: tls_hint(&src.tls),
             }
             .into()
         }
+        Some(SecureTransportRequired) => TlsError::Required { code, message }.into(),
         Some(BinlogUnavailable) => DumpStop::classify(code, message).into(),
         Some(ReplicaSameId) => {
             SourceError::DumpStopped(DumpStop::SameServerId(format!("error {code}: {message}")))

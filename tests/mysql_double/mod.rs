@@ -23,7 +23,11 @@
 //! `mysql_1236`), a large event inside a transaction, another `server_uuid` after the first
 //! dump; `Options::require_secure_transport` refuses plain TCP (3159).
 //!
-//! Not modelled: TLS, compression, COM_CHANGE_USER, multi-statement queries, semi-sync, and a
+//! TLS (`Options::tls`, a rustls server configuration): CLIENT_SSL is advertised, an SSL
+//! request switches the connection to TLS, and there caching_sha2_password's full
+//! authentication takes the password in clear, as MySQL does.
+//!
+//! Not modelled: compression, COM_CHANGE_USER, multi-statement queries, semi-sync, and a
 //! binlog that grows while a dump runs (the files are fixed when the double starts). Every
 //! result column is a VAR_STRING (the driver converts text to the type asked for).
 
@@ -151,6 +155,9 @@ pub struct Options {
     /// caching_sha2_password's cache already holds the account (a fast-path login at once),
     /// as after an earlier full authentication on the same server.
     pub sha2_cache_warm: bool,
+    /// caching_sha2_password's cache never keeps the account (as with FLUSH PRIVILEGES before
+    /// every login): each connection goes through full authentication.
+    pub sha2_cache_off: bool,
     pub server_id: u32,
     /// None: the UUID of the first GTID in the files (the server that wrote them).
     pub server_uuid: Option<String>,
@@ -178,6 +185,8 @@ pub struct Options {
     /// Transactions 1..=n of this source UUID were purged (in `gtid_purged` and
     /// `gtid_executed`, before the first file), as after PURGE BINARY LOGS.
     pub extra_purged: Option<([u8; 16], u64)>,
+    /// Serve TLS with this configuration (None: no CLIENT_SSL, as MySQL without certificates).
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// What goes wrong, and when.
     pub faults: Faults,
 }
@@ -240,6 +249,7 @@ impl Default for Options {
             password: "cdc-pw".into(),
             plugin: Plugin::CachingSha2,
             sha2_cache_warm: false,
+            sha2_cache_off: false,
             server_id: 1,
             server_uuid: None,
             row_metadata: "MINIMAL".into(),
@@ -253,6 +263,7 @@ impl Default for Options {
             role: None,
             bad_public_key: false,
             extra_purged: None,
+            tls: None,
             faults: Faults::default(),
         }
     }
@@ -857,9 +868,15 @@ fn syntax_error(sql: &str) -> Reply {
     )
 }
 
+/// A session's socket, plain or inside TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 struct Session {
     srv: Arc<Server>,
-    stream: TcpStream,
+    stream: Box<dyn Io>,
+    /// The client switched to TLS.
+    tls: bool,
     seq: u8,
     caps: CapabilityFlags,
     conn_id: u32,
@@ -880,7 +897,8 @@ impl Session {
         }
         Session {
             srv,
-            stream,
+            stream: Box::new(stream),
+            tls: false,
             seq: 0,
             caps: CapabilityFlags::empty(),
             conn_id,
@@ -1104,7 +1122,7 @@ impl Session {
         let profile = self.srv.profile;
         // What MySQL 8.0.36 / 8.4 / 9.x advertise without TLS configured (no CLIENT_SSL), less
         // CLIENT_COMPRESS (the double does not compress).
-        let caps = CapabilityFlags::CLIENT_LONG_PASSWORD
+        let mut caps = CapabilityFlags::CLIENT_LONG_PASSWORD
             | CapabilityFlags::CLIENT_FOUND_ROWS
             | CapabilityFlags::CLIENT_LONG_FLAG
             | CapabilityFlags::CLIENT_CONNECT_WITH_DB
@@ -1129,6 +1147,9 @@ impl Session {
             | CapabilityFlags::CLIENT_DEPRECATE_EOF
             | CapabilityFlags::CLIENT_QUERY_ATTRIBUTES
             | CapabilityFlags::MULTI_FACTOR_AUTHENTICATION;
+        if self.srv.opts.tls.is_some() {
+            caps |= CapabilityFlags::CLIENT_SSL;
+        }
         let mut scramble_2 = self.nonce[8..].to_vec();
         scramble_2.push(0);
         let hs = HandshakePacket::new(
@@ -1148,7 +1169,26 @@ impl Session {
         hs.serialize(&mut buf);
         self.seq = 0;
         self.write_packet(&buf).await?;
-        let resp = self.read_packet().await?;
+        let mut resp = self.read_packet().await?;
+        // An SSL request: the fixed part of a handshake response with CLIENT_SSL, and nothing
+        // else; TLS follows, then the whole response inside it.
+        if let Some(config) = self.srv.opts.tls.clone() {
+            let flags = resp
+                .get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            if resp.len() == 32
+                && flags.is_some_and(|f| f & CapabilityFlags::CLIENT_SSL.bits() != 0)
+            {
+                let plain = std::mem::replace(&mut self.stream, Box::new(tokio::io::duplex(1).0));
+                let tls = tokio_rustls::TlsAcceptor::from(config)
+                    .accept(plain)
+                    .await?;
+                self.stream = Box::new(tls);
+                self.tls = true;
+                self.log("TLS".into());
+                resp = self.read_packet().await?;
+            }
+        }
         let resp: HandshakeResponse<'_> = ParseBuf(&resp).parse(()).map_err(bad)?;
         self.caps = resp.capabilities() & caps;
         let user = String::from_utf8_lossy(resp.user()).into_owned();
@@ -1159,7 +1199,7 @@ impl Session {
         let scramble = resp.scramble_buf().to_vec();
         self.log(format!("CONNECT user={user} plugin={client_plugin}"));
         let opts = &self.srv.opts;
-        if opts.require_secure_transport {
+        if opts.require_secure_transport && !self.tls {
             // ER_SECURE_TRANSPORT_REQUIRED: checked before the account's plugin runs.
             self.err(
                 3159,
@@ -1245,7 +1285,7 @@ impl Session {
         let expected = mysql_common::scramble::scramble_sha256(&self.nonce, password.as_bytes())
             .map(|s| s.to_vec())
             .unwrap_or_default();
-        let cached = self.srv.seen.lock().unwrap().sha2_cached;
+        let cached = self.srv.seen.lock().unwrap().sha2_cached && !self.srv.opts.sha2_cache_off;
         if cached && scramble == expected {
             self.log("AUTH caching_sha2_password fast".into());
             // fast_auth_success, then OK.
@@ -1256,6 +1296,19 @@ impl Session {
         // perform_full_authentication
         self.write_packet(&[0x01, 0x04]).await?;
         let mut reply = self.read_packet().await?;
+        if self.tls {
+            // Inside TLS the client sends the password itself.
+            self.log("AUTH caching_sha2_password full (TLS)".into());
+            let mut want = password.as_bytes().to_vec();
+            want.push(0);
+            if reply != want {
+                self.err(1045, "28000", denied).await?;
+                return Ok(false);
+            }
+            self.srv.seen.lock().unwrap().sha2_cached = true;
+            self.ok().await?;
+            return Ok(true);
+        }
         if reply == [0x02] {
             // The client asks for the public key: AuthMoreData with the PEM.
             let mut p = vec![0x01];
