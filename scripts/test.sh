@@ -64,6 +64,11 @@ cargo check --locked --manifest-path fuzz/Cargo.toml
 step "cargo test --workspace --doc"
 cargo test --workspace --doc
 
+# The opt-in Docker scenario (tests/docker.rs, MySQL 8.4 and MariaDB 11 containers) cannot run
+# here (no Docker engine), but it must keep compiling.
+step "cargo test --features docker-tests --test docker --no-run"
+cargo test --features docker-tests --test docker --no-run
+
 # Tests last, so that the test runner's summary closes the output.
 threads=${BINSYNC_TEST_THREADS:-}
 if [[ -z "${BINSYNC_NO_NEXTEST:-}" ]] && cargo nextest --version >/dev/null 2>&1; then

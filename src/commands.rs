@@ -18,6 +18,52 @@ macro_rules! say {
     };
 }
 
+/// `--include`/`--exclude` for a command; a bad glob is a definite error.
+pub fn table_filter(include: &[String], exclude: &[String]) -> Result<crate::filter::Filter> {
+    crate::filter::Filter::new(include, exclude)
+        .map_err(|e| Error::from(crate::config::ConfigError(e)))
+}
+
+/// `schema show`: each tracked table as the schema history would first hold it (its
+/// `SHOW CREATE TABLE` read by binsync's DDL reader), one JSON object per line. False when
+/// stopped before the source answered (nothing shown).
+pub async fn schema_show(
+    src: &SourceConfig,
+    filter: &crate::filter::Filter,
+    mut shutdown: Shutdown,
+) -> Result<bool> {
+    use crate::source::schema_seed;
+    let Some(mut conn) = src.connect(&mut shutdown).await? else {
+        tracing::warn!("stopped before the source was reached; nothing was shown");
+        return Ok(false);
+    };
+    let tables = schema_seed::tracked_tables(&mut conn, src, filter).await?;
+    let catalog = schema_seed::read(&mut conn, src, &tables).await?;
+    for t in catalog.tables.values() {
+        let columns: Vec<serde_json::Value> = t
+            .columns
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name,
+                    "type": c.data_type.to_string(),
+                    "nullable": c.nullable,
+                    "json": c.json,
+                    "binary": c.binary,
+                    "unsigned": c.unsigned(),
+                    "labels": c.labels(),
+                    "generated": c.generated,
+                })
+            })
+            .collect();
+        let line = serde_json::json!({
+            "db": t.db, "table": t.name, "columns": columns, "pk": t.pk, "complete": t.complete,
+        });
+        say!("{line}");
+    }
+    Ok(true)
+}
+
 /// Prints every finding; returns whether binsync can run against this source.
 pub async fn check(
     src: &SourceConfig,

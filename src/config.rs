@@ -14,9 +14,10 @@ use serde::Deserialize;
 
 use crate::decode::DecodeConfig;
 use crate::filter::Filter;
-use crate::sink::http::{HttpConfig, OnReject};
+use crate::sink::http::{HttpConfig, OnReject, SinkCa};
 use crate::sink::SinkSpec;
 use crate::source::start::StartSpec;
+use crate::source::tls::{SslMode, TlsSettings};
 use crate::source::SourceConfig;
 
 /// binsync: tails the MySQL/MariaDB binlog as a replica and delivers committed row changes.
@@ -40,6 +41,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once at start-up: the size of `run`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream changes from the source into the sink (the main job).
@@ -54,6 +57,23 @@ pub enum Command {
     Dlq(DlqArgs),
     /// Run the reference receiver of the sync API (docs/sync-api.md), for tests and benchmarks.
     Receive(ReceiveArgs),
+    /// The schema history: `show` prints the tracked tables as the source defines them now,
+    /// read as binsync reads DDL (one JSON object per table).
+    Schema(SchemaArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct SchemaArgs {
+    /// `show` (the only action so far; `refresh` and `history` come with the stored history).
+    #[arg(value_parser = ["show"])]
+    pub action: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Tables to show (globs, as for `run`); default: every table.
+    #[arg(long)]
+    pub include: Vec<String>,
+    #[arg(long)]
+    pub exclude: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +111,12 @@ pub struct ReceiveArgs {
     /// value starting at depth 6 (400 beyond it).
     #[arg(long, value_name = "LEVELS", default_value_t = binsync_receiver::DEFAULT_MAX_DEPTH)]
     pub max_depth: usize,
+    /// Serve https with this PEM certificate chain (the receiver's own first); with --tls-key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +169,23 @@ pub struct SourceArgs {
     /// How long to keep trying to reach the source at start-up (e.g. 30s, 2m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub connect_timeout: Option<Duration>,
+    /// TLS to the source, as the mysql client's --ssl-mode: disabled; preferred (TLS when the
+    /// server offers it, certificate not checked); required (TLS or stop, certificate not
+    /// checked); verify-ca (signed by --ssl-ca); verify-identity (signed by --ssl-ca and naming
+    /// the host of --source). Default: preferred, or verify-ca when --ssl-ca is given.
+    #[arg(long, value_enum)]
+    pub ssl_mode: Option<SslMode>,
+    /// PEM file of the CA certificate(s) that signed the source's certificate; only these are
+    /// trusted (verify-ca, verify-identity).
+    #[arg(long, value_name = "FILE")]
+    pub ssl_ca: Option<PathBuf>,
+    /// PEM client certificate, for a source account that requires one (REQUIRE X509, SUBJECT,
+    /// ISSUER); with --ssl-key.
+    #[arg(long, value_name = "FILE")]
+    pub ssl_cert: Option<PathBuf>,
+    /// PEM private key of --ssl-cert.
+    #[arg(long, value_name = "FILE")]
+    pub ssl_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Default)]
@@ -222,6 +265,10 @@ pub struct HttpArgs {
     /// Environment variable whose value is sent as the Authorization header.
     #[arg(long)]
     pub auth_header_env: Option<String>,
+    /// PEM file of the CA certificate(s) that signed an https:// sink's certificate; only
+    /// these are trusted (default: the public roots).
+    #[arg(long, value_name = "FILE")]
+    pub sink_ca: Option<PathBuf>,
 }
 
 impl HttpArgs {
@@ -240,6 +287,7 @@ impl HttpArgs {
             gzip: self.gzip || f.gzip,
             compact: self.compact || f.compact,
             auth_header_env: self.auth_header_env.clone().or(f.auth_header_env.clone()),
+            sink_ca: self.sink_ca.clone().or(f.sink_ca.clone()),
         }
     }
 }
@@ -296,6 +344,13 @@ pub struct FileConfig {
     /// e.g. "30s"
     #[serde(default, deserialize_with = "human_duration")]
     pub connect_timeout: Option<Duration>,
+    /// disabled, preferred, required, verify-ca, verify-identity (as --ssl-mode).
+    pub ssl_mode: Option<SslMode>,
+    /// PEM CA certificate(s) of the source (as --ssl-ca).
+    pub ssl_ca: Option<PathBuf>,
+    /// PEM client certificate and its key (as --ssl-cert, --ssl-key).
+    pub ssl_cert: Option<PathBuf>,
+    pub ssl_key: Option<PathBuf>,
     pub server_id: Option<u32>,
     pub state_dir: Option<PathBuf>,
     pub sink: Option<String>,
@@ -379,8 +434,19 @@ pub fn source_config(args: &SourceArgs, file: &FileConfig) -> Result<SourceConfi
         .or(file.connect_timeout)
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let password = std::env::var(&password_env).ok();
-    SourceConfig::new(&url, password, &password_env, connect_timeout)
-        .map_err(|e| ConfigError(e.to_string()))
+    let pick = |flag: &Option<PathBuf>, key: &Option<PathBuf>| flag.clone().or_else(|| key.clone());
+    let tls = TlsSettings::new(
+        args.ssl_mode.or(file.ssl_mode),
+        pick(&args.ssl_ca, &file.ssl_ca).as_deref(),
+        pick(&args.ssl_cert, &file.ssl_cert).as_deref(),
+        pick(&args.ssl_key, &file.ssl_key).as_deref(),
+    )
+    .map_err(|e| ConfigError(e.to_string()))?;
+    Ok(
+        SourceConfig::new(&url, password, &password_env, connect_timeout)
+            .map_err(|e| ConfigError(e.to_string()))?
+            .with_tls(tls),
+    )
 }
 
 fn pick_vec(flag: &[String], file: &Option<Vec<String>>) -> Vec<String> {
@@ -488,6 +554,20 @@ impl ReceiveSettings {
             true => args.state_dir.clone().unwrap_or_default(),
             false => need_dir()?,
         };
+        let tls = match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(binsync_receiver::TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError(
+                    "--tls-cert needs --tls-key FILE (the certificate's private key)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError(
+                    "--tls-key needs --tls-cert FILE (the certificate chain to serve)".into(),
+                ))
+            }
+        };
         Ok(ReceiveSettings::Serve(Box::new(
             binsync_receiver::ReceiveOptions {
                 auth,
@@ -497,6 +577,7 @@ impl ReceiveSettings {
                 discard: args.discard,
                 max_body_bytes: args.max_body_bytes,
                 max_depth: args.max_depth,
+                tls,
                 ..binsync_receiver::ReceiveOptions::new(args.listen, state_dir)
             },
         )))
@@ -511,8 +592,18 @@ fn sink_spec(
 ) -> Result<SinkSpec, ConfigError> {
     let text = text.map_or("stdout", String::as_str);
     let mut spec: SinkSpec = text.parse().map_err(ConfigError)?;
-    if let SinkSpec::Http(cfg) = &mut spec {
-        **cfg = http_config((**cfg).clone(), http, file.http.as_ref())?;
+    match &mut spec {
+        SinkSpec::Http(cfg) => **cfg = http_config((**cfg).clone(), http, file.http.as_ref())?,
+        // The file's [http] table is for an HTTP sink and unused by others, but a flag given
+        // here would be silently ignored.
+        _ => {
+            if let Some(ca) = &http.sink_ca {
+                return Err(ConfigError(format!(
+                    "--sink-ca {} means nothing with --sink {text}: it is for an https:// sink; drop it",
+                    ca.display()
+                )));
+            }
+        }
     }
     Ok(spec)
 }
@@ -567,6 +658,16 @@ pub fn http_config(
         return Err(ConfigError(
             "batch_rows, batch_bytes and in_flight must be at least 1".into(),
         ));
+    }
+    if let Some(path) = &a.sink_ca {
+        if !cfg.url.starts_with("https://") {
+            return Err(ConfigError(format!(
+                "--sink-ca {} means nothing for {}: it is for an https:// sink; use https, or drop --sink-ca",
+                path.display(),
+                cfg.url
+            )));
+        }
+        cfg.ca = Some(SinkCa::load(path).map_err(ConfigError)?);
     }
     if let Some(var) = &a.auth_header_env {
         let value = std::env::var(var).map_err(|_| {

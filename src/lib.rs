@@ -16,13 +16,16 @@
 //! - `checkpoint`: [`Position`], the sled store in `--state-dir`, the `Ack` and the
 //!   checkpointer stage: when the checkpoint moves, and what a restart resumes from.
 //! - `change`: the unit that flows downstream, a chunk of encoded changes and its resume point.
+//! - [`schema`]: the schema history's model (issue 11, being built): tables as their DDL left
+//!   them, and DDL read from the binlog applied to them with a SQL parser (`schema::ddl`).
 //! - [`decode`]: binlog events to encoded changes: transactions, numbering (`seq`), table
 //!   schemas (`decode::schema`), row images to JSON (`decode::value`); the `SchemaLookup` seam.
 //! - `source`: the server as a replica sees it: connecting, what the server is, its errors
 //!   (transient `Disconnect` or definite `SourceError`, by type), where a
-//!   stream starts and ends (`source::start`), opening it (`source::stream`), reading it on a
-//!   task of its own (`source::reader`), the source stage (`source::replication`), preflight
-//!   checks and information_schema lookups.
+//!   stream starts and ends (`source::start`), opening it (`source::stream`) on binsync's own
+//!   replica connection (`source::wire`), reading it on a task of its own (`source::reader`),
+//!   the source stage (`source::replication`), preflight checks and information_schema
+//!   lookups; TLS to the server for both its connections (`source::tls`).
 //! - `dlq`, `sink`: the dead-letter queue; the sinks (`stdout`, `file:`, the HTTP sync API),
 //!   their retry policy, and the ordered-ack ledger every sink acknowledges through.
 //! - [`config`]: flags and the TOML file, resolved once into each component's settings.
@@ -39,6 +42,7 @@ pub mod config;
 pub mod decode;
 pub mod pipeline;
 pub mod replay;
+pub mod schema;
 pub mod shutdown;
 pub mod units;
 

@@ -98,6 +98,18 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
                 ExitCode::FAILURE
             })
         }
+        Command::Schema(args) => {
+            let src = config::source_config(&args.source, &file)?;
+            let filter = binsync::commands::table_filter(&args.include, &args.exclude)?;
+            let shown =
+                binsync::commands::schema_show(&src, &filter, Shutdown::on(shutdown_signal()))
+                    .await?;
+            Ok(if shown {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Replay(args) => {
             let settings = ReplaySettings::resolve(&args, &file)?;
             let stats =

@@ -41,6 +41,7 @@ use crate::source::lookup::InfoSchemaLookup;
 pub use crate::source::replication::Outcome;
 use crate::source::replication::Replication;
 use crate::source::start::{self, Prepared};
+use crate::source::stream::Replica;
 use crate::source::ServerInfo;
 
 /// Chunks queued between the decoder and the sink.
@@ -211,8 +212,9 @@ async fn run_once(
         plan.emit_from,
         Some(lookup),
     );
-    let source = Replication::new(src, info, settings.server_id, target, shutdown)
-        .position_written_by(written_by);
+    let replica = Replica::new(settings.server_id, &settings.state_dir);
+    let source =
+        Replication::new(src, info, replica, target, shutdown).position_written_by(written_by);
     let source_result = source.run(conn, plan.point, decoder, chunk_tx).await;
     // The source is done (its sender dropped): the sink drains, then the checkpointer.
     let sink_result = sink_task.await.map_err(|e| Error::stage("sink", e))?;

@@ -9,7 +9,7 @@
 //! real binlog files read them the same way.
 
 use std::fs::File;
-use std::io::{BufReader, Cursor, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::change::Chunk;
 use crate::checkpoint::Position;
-use crate::decode::frame::{decompress, next_in_payload, read_frame, CHECKSUM_LEN};
+use crate::decode::frame::{check_checksum, read_frame, Payload, CHECKSUM_LEN};
 use crate::decode::{DecodeConfig, Decoder};
 use crate::error::{Error, Result};
 use crate::sink::{self, Ack, SinkSpec};
@@ -112,7 +112,7 @@ pub struct BinlogFile {
     /// Where the next event starts (the end of the last one read outside a payload).
     offset: u64,
     /// The rest of the compressed transaction being read, and where its event starts.
-    payload: Option<(u64, Cursor<Vec<u8>>)>,
+    payload: Option<(u64, Payload)>,
     /// The events after the last format description end with a checksum.
     checksums: bool,
     /// The bytes of the event being read.
@@ -171,19 +171,25 @@ impl BinlogFile {
     pub fn next_event(&mut self) -> Result<Option<Event>> {
         if let Some((start, payload)) = &mut self.payload {
             let start = *start;
-            let inner = next_in_payload(payload, &mut self.esr, &mut self.frame);
-            match inner {
+            match payload.next(&mut self.esr, &mut self.frame) {
                 Ok(Some(inner)) => return Ok(Some(inner)),
                 Ok(None) => self.payload = None,
                 Err(e) => {
                     self.payload = None;
-                    return Err(self.damaged(start, format!("transaction payload: {e}")));
+                    return Err(self.damaged(start, e));
                 }
             }
         }
         let start = self.offset;
         let trailer = if self.checksums { CHECKSUM_LEN } else { 0 };
         let event = match read_frame(&mut self.input, &mut self.frame, trailer) {
+            Ok(true) if self.frame[4] == EventType::FORMAT_DESCRIPTION_EVENT as u8 => {
+                self.esr.read(&self.frame[..]).map_err(|e| e.to_string())
+            }
+            // Checked before mysql_common reads it: a damaged length makes a plausible event
+            // of the wrong bytes.
+            Ok(true) if self.checksums => check_checksum(&self.frame)
+                .and_then(|()| self.esr.read(&self.frame[..]).map_err(|e| e.to_string())),
             Ok(true) => self.esr.read(&self.frame[..]).map_err(|e| e.to_string()),
             Ok(false) => return Ok(None),
             Err(e) => Err(e),
@@ -193,16 +199,24 @@ impl BinlogFile {
             Ok(None) => return Err(self.damaged(start, "empty event".into())),
             Err(e) => return Err(self.damaged(start, e)),
         };
-        self.offset += u64::from(event.header().event_size());
         let raw_type = event.header().event_type_raw();
         if raw_type == EventType::FORMAT_DESCRIPTION_EVENT as u8 {
-            self.checksums = !matches!(
-                event.footer().get_checksum_alg(),
-                Ok(None) | Ok(Some(BinlogChecksumAlg::BINLOG_CHECKSUM_ALG_OFF))
-            );
-        } else if raw_type == EventType::TRANSACTION_PAYLOAD_EVENT as u8 {
-            let bytes = decompress(&event).map_err(|e| self.damaged(start, e))?;
-            self.payload = Some((start, Cursor::new(bytes)));
+            // Its own footer says whether it, and the events after it, end with a CRC32.
+            self.checksums = match event.footer().get_checksum_alg() {
+                Ok(None | Some(BinlogChecksumAlg::BINLOG_CHECKSUM_ALG_OFF)) => false,
+                Ok(Some(BinlogChecksumAlg::BINLOG_CHECKSUM_ALG_CRC32)) => true,
+                Err(e) => return Err(self.damaged(start, format!("format description: {e}"))),
+            };
+            if self.checksums {
+                check_checksum(&self.frame).map_err(|e| self.damaged(start, e))?;
+            }
+        }
+        self.offset += u64::from(event.header().event_size());
+        if raw_type == EventType::TRANSACTION_PAYLOAD_EVENT as u8 {
+            // The payload is read out of the event's bytes: the next event gets a new buffer.
+            let frame = std::mem::take(&mut self.frame);
+            let payload = Payload::open(frame, trailer).map_err(|e| self.damaged(start, e))?;
+            self.payload = Some((start, payload));
         }
         Ok(Some(event))
     }

@@ -1,6 +1,9 @@
 //! Scenario (opt-in, needs a Docker engine): the core round trip against MySQL 8.4 and
 //! MariaDB 11 containers. binsync streams inserts, an update and a delete from each and
-//! `--exit-at-end` returns with every change in the file sink, values exact.
+//! `--exit-at-end` returns with every change in the file sink, values exact; then `check` and
+//! `status --source` pass (on 8.4 through its new statements: SHOW BINARY LOG STATUS, SHOW
+//! REPLICAS). scripts/test.sh compiles it; the MySQL test double (tests/mysql_double) plays
+//! the same statements where no Docker engine is.
 //!
 //! `cargo test --features docker-tests --test docker`. Without the feature this file is empty;
 //! the default suite uses local `mariadbd` processes (tests/common) instead.
@@ -69,6 +72,31 @@ async fn round_trip(url: &str) {
         serde_json::json!({"a": [1, "ü"]})
     );
     assert_eq!(lines[1]["after"]["price"], "2.25");
+
+    // The statements an operator's checks send (on MySQL 8.4: SHOW BINARY LOG STATUS, SHOW
+    // REPLICAS, no SHOW MASTER STATUS), against the state the run left.
+    for args in [
+        vec!["check", "--source", url],
+        vec![
+            "status",
+            "--state-dir",
+            dir.path().join("state").to_str().unwrap(),
+            "--source",
+            url,
+        ],
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_binsync"))
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[tokio::test]

@@ -782,18 +782,22 @@ async fn a_rows_event_whose_images_have_no_columns_is_an_error_not_an_endless_lo
     let mut bytes =
         std::fs::read(binlog_fixtures::dir().join("minimal_row_metadata.000001")).unwrap();
     let mut at = 4;
-    let bitmap = loop {
+    let (bitmap, event) = loop {
         let size = u32::from_le_bytes(bytes[at + 9..at + 13].try_into().unwrap()) as usize;
         if bytes[at + 4] == EventType::WRITE_ROWS_EVENT as u8 {
             let body = at + 19;
             let extra = u16::from_le_bytes([bytes[body + 8], bytes[body + 9]]) as usize;
             assert!(bytes[body + 8 + extra] < 251, "a one-byte column count");
-            break body + 8 + extra + 1;
+            break (body + 8 + extra + 1, at..at + size);
         }
         at += size;
     };
     assert_ne!(bytes[bitmap], 0);
     bytes[bitmap] = 0;
+    // A valid event as a server could write it: its checksum agrees.
+    let crc_at = event.end - 4;
+    let crc = crc32fast::hash(&bytes[event.start..crc_at]);
+    bytes[crc_at..event.end].copy_from_slice(&crc.to_le_bytes());
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("minimal_row_metadata.000001");
     std::fs::write(&copy, &bytes).unwrap();

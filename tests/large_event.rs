@@ -1,11 +1,14 @@
-//! A 50 MB row against a real MariaDB: it is read whatever the server's `max_allowed_packet`
+//! A 64 MiB row against a real MariaDB: it is read whatever the server's `max_allowed_packet`
 //! (the packet limit a client follows; the dump thread sends events past it), delivered whole
 //! to the file sink and to the reference receiver, and binsync's peak memory above its idle
 //! baseline stays under three times the event's size.
 //!
-//! The row is written while the server's limit is raised (64 MiB), and the limit is set back to
+//! The row is written while the server's limit is raised (128 MiB), and the limit is set back to
 //! the default (16 MiB) before binsync connects. The idle baseline is the peak resident set of
 //! the same command started at the binlog's end (`--start latest`) once it is streaming.
+//!
+//! And a small one: a 700 KB value updated (the event holds both images, 1.4 MB) on a server
+//! whose `max_allowed_packet` is 1 MiB all along.
 
 mod common;
 
@@ -14,11 +17,12 @@ use std::time::Duration;
 use common::workload::Receiver;
 use common::{peak_rss, wait_until, MariaDb, Proc, ServerOpts};
 
-const BLOB_BYTES: usize = 50_000_000;
+/// A 64 MiB LONGBLOB value (the event is a little larger).
+const BLOB_BYTES: usize = 64 << 20;
 
 fn server_with_a_big_row() -> (MariaDb, u64, String) {
     let db = MariaDb::start(ServerOpts {
-        extra_args: vec!["--max-allowed-packet=64M".into()],
+        extra_args: vec!["--max-allowed-packet=128M".into()],
         ..ServerOpts::default()
     });
     db.sql("CREATE DATABASE t; CREATE TABLE t.big (id INT PRIMARY KEY, b LONGBLOB)");
@@ -97,7 +101,7 @@ fn check_peak(what: &str, peak: u64, idle: u64, event: u64) {
 }
 
 #[test]
-fn a_50_mb_row_reaches_the_file_sink_with_peak_memory_under_three_times_the_event() {
+fn a_64_mib_row_reaches_the_file_sink_with_peak_memory_under_three_times_the_event() {
     let (db, event, _) = server_with_a_big_row();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("changes.jsonl");
@@ -133,7 +137,7 @@ fn a_50_mb_row_reaches_the_file_sink_with_peak_memory_under_three_times_the_even
 }
 
 #[test]
-fn a_50_mb_row_reaches_the_receiver_with_peak_memory_under_three_times_the_event() {
+fn a_64_mib_row_reaches_the_receiver_with_peak_memory_under_three_times_the_event() {
     let (db, event, gtid) = server_with_a_big_row();
     let dir = tempfile::tempdir().unwrap();
     let mut recv = Receiver::start(&dir.path().join("receiver"), &[]);
@@ -162,4 +166,46 @@ fn a_50_mb_row_reaches_the_receiver_with_peak_memory_under_three_times_the_event
         .unwrap_or_else(|| panic!("no row 1 at the receiver: {}", big));
     let b64 = row.as_str().expect("a base64 string");
     assert_eq!(b64.len(), BLOB_BYTES.div_ceil(3) * 4, "the whole value");
+}
+
+/// Finding 2 of issue 10 as reported: an UPDATE of a 700 KB value on a server whose
+/// `max_allowed_packet` is 1 MiB (its default on MySQL 5.7, MariaDB 10.1): the FULL-image
+/// event holds the value twice, over the packet limit binsync's client would follow. Before,
+/// that was "packet too large", retried forever at the same position.
+#[test]
+fn a_700_kb_update_over_a_1_mib_packet_limit_is_delivered() {
+    let db = MariaDb::start(ServerOpts {
+        extra_args: vec!["--max-allowed-packet=1M".into()],
+        ..ServerOpts::default()
+    });
+    db.sql("CREATE DATABASE t; CREATE TABLE t.big (id INT PRIMARY KEY, b LONGBLOB)");
+    db.sql("INSERT INTO t.big VALUES (1, REPEAT('x', 700000))");
+    let (_, before) = db.binlog_position();
+    db.sql("UPDATE t.big SET b = REPEAT('y', 700000) WHERE id = 1");
+    let (_, after) = db.binlog_position();
+    assert!(after - before > 1 << 20, "the update's event is over 1 MiB");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("changes.jsonl");
+    let mut args = run_args(
+        &db,
+        &dir.path().join("state"),
+        &format!("file:{}", out.display()),
+        "earliest",
+    );
+    args.push("--exit-at-end".into());
+    let mut p = spawn(&args);
+    let st = p
+        .wait_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("binsync did not get past the event: {}", p.stderr()));
+    assert!(st.success(), "{}", p.stderr());
+    let text = std::fs::read_to_string(&out).unwrap();
+    let ops: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(ops.len(), 2, "{}", p.stderr());
+    assert_eq!(ops[1]["op"], "update");
+    let b64 = |v: &serde_json::Value| v.as_str().map(str::len).unwrap_or(0);
+    assert_eq!(b64(&ops[1]["after"]["b"]), 700000_usize.div_ceil(3) * 4);
+    assert_eq!(b64(&ops[1]["before"]["b"]), 700000_usize.div_ceil(3) * 4);
 }

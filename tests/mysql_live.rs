@@ -126,25 +126,36 @@ fn named(mut rows: Vec<serde_json::Value>, names: &[&str]) -> Vec<serde_json::Va
 }
 
 fn run_to_end(double: &MysqlDouble, state: &std::path::Path, out: &std::path::Path) -> Proc {
-    let mut p = Proc::spawn(
-        &[
-            "run",
-            "--source",
-            &double.url(),
-            "--server-id",
-            "4242",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--start",
-            "earliest",
-            "--exit-at-end",
-            "--connect-timeout",
-            "5s",
-            "--sink",
-            &format!("file:{}", out.display()),
-        ],
-        &[],
-    );
+    run_to_end_with(double, state, out, &[])
+}
+
+/// [`run_to_end`] with more flags.
+fn run_to_end_with(
+    double: &MysqlDouble,
+    state: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> Proc {
+    let url = double.url();
+    let sink = format!("file:{}", out.display());
+    let mut args = vec![
+        "run",
+        "--source",
+        &url,
+        "--server-id",
+        "4242",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--start",
+        "earliest",
+        "--exit-at-end",
+        "--connect-timeout",
+        "5s",
+        "--sink",
+        &sink,
+    ];
+    args.extend(extra);
+    let mut p = Proc::spawn(&args, &[]);
     p.wait_timeout(Duration::from_secs(60)).expect("run hung");
     p
 }
@@ -688,27 +699,48 @@ fn error_1236_for_a_purged_file_stops_with_the_purge_named() {
     );
 }
 
-/// A 1236 for another cause must not send the operator to restore purged binlogs.
+/// A 1236 for another cause must not send the operator to restore purged binlogs or to
+/// reset: each names its own way out, with the server's words, and is not retried.
 #[test]
-#[ignore = "issue 10 (new finding): every error 1236 is reported as a purged binlog, whatever MySQL's message says (src/source/error.rs maps the code alone)"]
 fn error_1236_for_other_causes_names_the_cause_not_a_purge() {
-    for msg in [
-        mysql_double::mysql_1236::EVENT_TOO_LARGE,
-        mysql_double::mysql_1236::REPLICA_HAS_MORE_GTIDS,
+    for (msg, fix) in [
+        (
+            mysql_double::mysql_1236::EVENT_TOO_LARGE,
+            "raise max_allowed_packet on the source",
+        ),
+        (
+            mysql_double::mysql_1236::REPLICA_HAS_MORE_GTIDS,
+            "point --source at a server that has them",
+        ),
+        (
+            mysql_double::mysql_1236::PAST_END,
+            "point --source at a server that has them",
+        ),
+        (
+            mysql_double::mysql_1236::SAME_SERVER_ID,
+            "another --server-id",
+        ),
+        (
+            mysql_double::mysql_1236::BOGUS_DATA,
+            "check the file with mysqlbinlog",
+        ),
     ] {
-        let (_double, mut p, _) = run_with_faults(mysql_double::Faults {
+        let (double, mut p, rows) = run_with_faults(mysql_double::Faults {
             dump_error: Some((1236, msg.into())),
             ..Default::default()
         });
-        assert!(p.try_status().is_some_and(|s| !s.success()));
+        let code = p.try_status().and_then(|s| s.code());
+        assert!(code.is_some_and(|c| c != 0), "{msg}: {code:?}");
+        assert!(rows.is_empty());
+        assert_eq!(double.dumps(), 1, "{msg}: a definite error is not retried");
         let err = p.stderr();
         let line = err
             .lines()
             .find(|l| l.starts_with("binsync: error:"))
             .unwrap_or_default();
         assert!(
-            !line.contains("purged") && !line.contains("restore the purged binlogs"),
-            "{line}"
+            !line.contains("purged") && line.contains(msg) && line.contains(fix),
+            "{msg}: {line}"
         );
     }
 }
@@ -733,7 +765,16 @@ fn refused_logins_stop_at_once_with_the_reason() {
                 plugin: Plugin::MysqlNative,
                 ..Options::default()
             },
-            "Plugin 'mysql_native_password' is not loaded",
+            "ALTER USER `cdc` IDENTIFIED WITH caching_sha2_password",
+        ),
+        (
+            "a public key that is no PEM",
+            Profile::Mysql84,
+            Options {
+                bad_public_key: true,
+                ..Options::default()
+            },
+            "sent no usable RSA public key",
         ),
         (
             "require_secure_transport",
@@ -776,7 +817,14 @@ fn refused_logins_stop_at_once_with_the_reason() {
             .find(|l| l.starts_with("binsync: error:"))
             .unwrap_or_default();
         assert!(line.contains(reason), "{what}: {err}");
-        assert_eq!(double.connections(), 1, "{what}: a refusal is not retried");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        // binsync's own client logs in first and stops at the refusal; under --ssl-mode
+        // preferred (the default) a driver login may take a second connection (TLS asked,
+        // then in clear). A retry would make more.
+        assert!(
+            double.connections() <= 2,
+            "{what}: a refusal is not retried"
+        );
     }
 }
 
@@ -956,4 +1004,654 @@ fn mysql84_status_with_source_after_a_run() {
 #[test]
 fn mysql9x_status_with_source_after_a_run() {
     status_with_source_after_a_run(Profile::Mysql9x);
+}
+
+/// MySQL's default `gtid_mode=OFF`: the files hold ANONYMOUS_GTID events.
+const ANONYMOUS: &str = "binlog_transaction_with_anonymous_GTID.000001";
+
+/// A run with `--start START --exit-at-end` into `out`; None if it is still running after
+/// `wait` (then it is killed).
+fn run_until_end(
+    double: &MysqlDouble,
+    state: &std::path::Path,
+    out: &std::path::Path,
+    start: &str,
+    wait: Duration,
+) -> Option<(i32, String)> {
+    let mut p = Proc::spawn(
+        &[
+            "run",
+            "--source",
+            &double.url(),
+            "--server-id",
+            "4242",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--start",
+            start,
+            "--exit-at-end",
+            "--connect-timeout",
+            "5s",
+            "--sink",
+            &format!("file:{}", out.display()),
+        ],
+        &[],
+    );
+    match p.wait_timeout(wait) {
+        Some(status) => Some((status.code().unwrap_or(-1), p.stderr())),
+        None => {
+            p.kill9();
+            None
+        }
+    }
+}
+
+/// The head of a binlog file (its FORMAT_DESCRIPTION and PREVIOUS_GTIDS events): what a server
+/// writes into a new file after a restart or FLUSH LOGS, before any transaction.
+fn empty_binlog_like(file: &str, dir: &std::path::Path) -> PathBuf {
+    let bytes = std::fs::read(fixture(file)).unwrap();
+    let mut end = 4;
+    while end + 19 <= bytes.len() {
+        let kind = bytes[end + 4];
+        let len = u32::from_le_bytes(bytes[end + 9..end + 13].try_into().unwrap()) as usize;
+        // FORMAT_DESCRIPTION (15), PREVIOUS_GTIDS (35).
+        if kind != 15 && kind != 35 {
+            break;
+        }
+        end += len;
+    }
+    assert!(end > 4 && end < bytes.len(), "{file} has a header");
+    let path = dir.join("empty.000002");
+    std::fs::write(&path, &bytes[..end]).unwrap();
+    path
+}
+
+/// Finding 5: without GTIDs, `--exit-at-end` on an idle source whose newest binlog holds no
+/// transaction yet (after a restart or FLUSH LOGS) must return once it has read that far,
+/// not wait forever for a transaction to move its position there.
+#[test]
+fn exit_at_end_without_gtids_returns_when_the_newest_binlog_is_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = empty_binlog_like(ANONYMOUS, tmp.path());
+    let double = MysqlDouble::start(
+        Profile::Mysql80,
+        vec![fixture(ANONYMOUS), empty],
+        Options {
+            gtid_mode_off: true,
+            ..Options::default()
+        },
+    );
+    let out = tmp.path().join("out.jsonl");
+    let run = run_until_end(
+        &double,
+        &tmp.path().join("state"),
+        &out,
+        "earliest",
+        Duration::from_secs(30),
+    );
+    let (code, err) = run.expect("--exit-at-end returns on an idle source without GTIDs");
+    assert_eq!(code, 0, "{err}");
+    let stmts = double.statements();
+    assert!(
+        stmts
+            .iter()
+            .any(|s| s.starts_with("COM_BINLOG_DUMP file=binlog.000001")),
+        "streamed by file: {stmts:?}"
+    );
+}
+
+/// Finding 6: without GTIDs a position is a file and offset of one server. A reconnect that
+/// reaches another server (a VIP or DNS failover) must stop with a definite error, not ask the
+/// new server for the old one's offset.
+#[test]
+fn a_reconnect_to_another_server_without_gtids_stops_before_streaming() {
+    let tmp = tempfile::tempdir().unwrap();
+    let double = MysqlDouble::start(
+        Profile::Mysql80,
+        vec![fixture(ANONYMOUS)],
+        Options {
+            gtid_mode_off: true,
+            faults: mysql_double::Faults {
+                drop_after_events: Some(5),
+                server_uuid_after_first_dump: Some("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee".into()),
+                ..Default::default()
+            },
+            ..Options::default()
+        },
+    );
+    let out = tmp.path().join("out.jsonl");
+    let (code, err) = run_until_end(
+        &double,
+        &tmp.path().join("state"),
+        &out,
+        "earliest",
+        Duration::from_secs(60),
+    )
+    .expect("the run ends");
+    assert_ne!(code, 0, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("binsync: error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee")
+            && line.contains("file positions only mean something on the server that wrote them"),
+        "{line}"
+    );
+    assert_eq!(double.dumps(), 1, "no dump was asked of the other server");
+}
+
+/// Finding 9: MySQL fills SHOW BINARY LOG STATUS in two steps, so a transaction committing
+/// meanwhile is after the row's position yet missing from its Executed_Gtid_Set. `--start
+/// latest` must take one consistent state: what the first run does not deliver, a resumed
+/// run must not deliver later either (before: the first run started at the file position
+/// past the transaction, and the resume by GTID then sent it, late and out of order).
+#[test]
+fn start_latest_takes_one_consistent_state_from_a_racing_status_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = Options {
+        row_metadata: "FULL".into(),
+        faults: mysql_double::Faults {
+            status_gtid_behind: true,
+            ..Default::default()
+        },
+        ..Options::default()
+    };
+    let double = MysqlDouble::start(Profile::Mysql80, vec![fixture(ENUM_SET)], opts);
+    let state = tmp.path().join("state");
+    let first = tmp.path().join("first.jsonl");
+    let (code, err) = run_until_end(&double, &state, &first, "latest", Duration::from_secs(60))
+        .expect("the first run ends");
+    assert_eq!(code, 0, "{err}");
+    let second = tmp.path().join("second.jsonl");
+    let (code, err) = run_until_end(&double, &state, &second, "latest", Duration::from_secs(60))
+        .expect("the resumed run ends");
+    assert_eq!(code, 0, "{err}");
+    let first = lines_without_seq(&std::fs::read_to_string(&first).unwrap_or_default());
+    let second = lines_without_seq(&std::fs::read_to_string(&second).unwrap_or_default());
+    assert!(second.is_empty(), "the resume delivered more: {second:#?}");
+    // The set is the state taken: the transaction it lacks (uuid:5, the last) comes at once.
+    let last: Vec<_> = replayed_as(ENUM_SET, "binlog.000001")
+        .into_iter()
+        .filter(|r| r["gtid"].as_str().is_some_and(|g| g.ends_with(":5")))
+        .collect();
+    assert!(!last.is_empty());
+    assert_eq!(first, last);
+}
+
+/// Finding 4's pre-check: a checkpoint that lacks transactions the source has purged is
+/// reported as a purge before any dump is asked for, and `check --state-dir` says so too.
+#[test]
+fn a_checkpoint_behind_gtid_purged_is_named_before_the_dump() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let out = tmp.path().join("out.jsonl");
+    let first = MysqlDouble::start(
+        Profile::Mysql80,
+        vec![fixture(ENUM_SET)],
+        options_for(ENUM_SET),
+    );
+    let (code, err) = run_until_end(&first, &state, &out, "earliest", Duration::from_secs(60))
+        .expect("the first run ends");
+    assert_eq!(code, 0, "{err}");
+    drop(first);
+    // The same server, which has meanwhile purged transactions of another source UUID that
+    // the checkpoint never saw.
+    let purged = MysqlDouble::start(
+        Profile::Mysql80,
+        vec![fixture(ENUM_SET)],
+        Options {
+            extra_purged: Some(([0x11; 16], 7)),
+            ..options_for(ENUM_SET)
+        },
+    );
+    let (code, err) = run_until_end(&purged, &state, &out, "earliest", Duration::from_secs(60))
+        .expect("the resumed run ends");
+    assert_ne!(code, 0, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("binsync: error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("purged") && line.contains("11111111-1111-1111-1111-111111111111:1-7"),
+        "{line}"
+    );
+    assert_eq!(purged.dumps(), 0, "found before asking for a dump");
+    let mut check = Proc::spawn(
+        &[
+            "check",
+            "--source",
+            &purged.url(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let status = check
+        .wait_timeout(Duration::from_secs(60))
+        .expect("check ends");
+    assert!(!status.success());
+    let text = format!("{}{}", check.stdout(), check.stderr());
+    assert!(text.contains("purged"), "{text}");
+}
+
+/// `binsync check` on an account whose privileges come from a MySQL 8 role (finding 11): with
+/// the role active at login they count; granted but inactive, check fails and says how to
+/// activate it.
+#[test]
+fn check_counts_privileges_granted_through_an_active_role() {
+    for active in [true, false] {
+        let double = MysqlDouble::start(
+            Profile::Mysql84,
+            vec![fixture(ENUM_SET)],
+            Options {
+                grants: vec!["GRANT USAGE ON *.* TO `cdc`@`%`".into()],
+                role: Some((
+                    "SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT".into(),
+                    active,
+                )),
+                ..options_for(ENUM_SET)
+            },
+        );
+        let mut p = Proc::spawn(&["check", "--source", &double.url()], &[]);
+        let st = p.wait_timeout(Duration::from_secs(30)).expect("check hung");
+        let out = p.stdout();
+        let line = |name: &str| {
+            out.lines()
+                .find(|l| l.contains(name))
+                .unwrap_or_default()
+                .to_string()
+        };
+        for name in ["REPLICATION SLAVE", "REPLICATION CLIENT"] {
+            if active {
+                assert!(line(name).starts_with("ok"), "{name}:\n{out}");
+            } else {
+                assert!(!line(name).starts_with("ok"), "{name}:\n{out}");
+            }
+        }
+        assert_eq!(st.success(), active, "{out}");
+        if !active {
+            assert!(
+                out.contains("`binsync_role`@`%` is granted but not active at login")
+                    && out.contains("SET DEFAULT ROLE ALL TO 'cdc'@'%'"),
+                "{out}"
+            );
+        }
+    }
+}
+
+/// The events of `file` the double counts for its faults (all but FORMAT_DESCRIPTION) before
+/// the first rows event: a drop after that many lands inside a transaction, before its rows.
+fn events_before_first_rows(file: &str) -> usize {
+    let bytes = std::fs::read(fixture(file)).unwrap();
+    let (mut at, mut n) = (4, 0);
+    while at + 19 <= bytes.len() {
+        let kind = bytes[at + 4];
+        // WRITE/UPDATE/DELETE_ROWS v1 (23-25) and v2 (30-32).
+        if matches!(kind, 23..=25 | 30..=32) {
+            return n;
+        }
+        if kind != 15 {
+            n += 1;
+        }
+        at += u32::from_le_bytes(bytes[at + 9..at + 13].try_into().unwrap()) as usize;
+    }
+    panic!("{file} has no rows event");
+}
+
+/// The rows `binsync replay` reads from the profile's fixture, as served.
+fn fixture_rows(double: &MysqlDouble, file: &str) -> Vec<serde_json::Value> {
+    let rows = replayed_as(file, &double.file_name(0));
+    if file == TAGGED {
+        with_orders_schema(rows)
+    } else {
+        rows
+    }
+}
+
+/// Acceptance 1 of issue 10 on one profile: `--start latest`, `--start gtid:SET`, kill -9 and
+/// resume, and a connection dropped inside a transaction, each delivering exactly the rows
+/// replay reads (a row delivered twice around the kill carries the same seq, so a receiver
+/// drops the repeat).
+fn live_path_on(profile: Profile, file: &str, all_but_last: &str, last_gtid_suffix: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+
+    // --start latest: nothing before it.
+    let double = MysqlDouble::start(profile, vec![fixture(file)], options_for(file));
+    let want = fixture_rows(&double, file);
+    let out = tmp.path().join("latest.jsonl");
+    let (code, err) = run_until_end(
+        &double,
+        &tmp.path().join("latest"),
+        &out,
+        "latest",
+        Duration::from_secs(60),
+    )
+    .expect("--start latest ends");
+    assert_eq!(code, 0, "{profile:?}: {err}");
+    assert!(read(&out).is_empty(), "{profile:?}");
+
+    // --start gtid:SET: exactly what the set lacks.
+    let out = tmp.path().join("gtid.jsonl");
+    let start = format!("gtid:{all_but_last}");
+    let (code, err) = run_until_end(
+        &double,
+        &tmp.path().join("gtid"),
+        &out,
+        &start,
+        Duration::from_secs(60),
+    )
+    .expect("--start gtid: ends");
+    assert_eq!(code, 0, "{profile:?}: {err}");
+    let last: Vec<_> = want
+        .iter()
+        .filter(|r| {
+            r["gtid"]
+                .as_str()
+                .is_some_and(|g| g.ends_with(last_gtid_suffix))
+        })
+        .cloned()
+        .collect();
+    assert!(!last.is_empty());
+    assert_eq!(
+        lines_without_seq(&std::fs::read_to_string(&out).unwrap()),
+        last,
+        "{profile:?}"
+    );
+    drop(double);
+
+    // kill -9 while the stream is stalled inside the rows, then resume to the end.
+    let before_rows = events_before_first_rows(file);
+    let double = MysqlDouble::start(
+        profile,
+        vec![fixture(file)],
+        Options {
+            faults: mysql_double::Faults {
+                stall_after_events: Some(before_rows + 1),
+                ..Default::default()
+            },
+            ..options_for(file)
+        },
+    );
+    let state = tmp.path().join("killed");
+    let out = tmp.path().join("killed.jsonl");
+    let url = double.url();
+    let state_s = state.display().to_string();
+    let sink = format!("file:{}", out.display());
+    let mut p = Proc::spawn(
+        &[
+            "run",
+            "--source",
+            &url,
+            "--server-id",
+            "4242",
+            "--state-dir",
+            &state_s,
+            "--start",
+            "earliest",
+            "--sink",
+            &sink,
+        ],
+        &[],
+    );
+    common::wait_until(Duration::from_secs(30), "the stall", || {
+        double.statements().iter().any(|s| s.starts_with("FAULT")) || !p.is_running()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(p.is_running(), "{profile:?}: {}", p.stderr());
+    p.kill9();
+    let (code, err) = run_until_end(&double, &state, &out, "earliest", Duration::from_secs(60))
+        .expect("the resume ends");
+    assert_eq!(code, 0, "{profile:?}: {err}");
+    let mut by_seq = std::collections::BTreeMap::new();
+    for row in read(&out) {
+        let seq = row["seq"].as_u64().unwrap();
+        let mut bare = row.clone();
+        bare.as_object_mut().unwrap().remove("seq");
+        if let Some(seen) = by_seq.insert(seq, bare.clone()) {
+            assert_eq!(seen, bare, "{profile:?}: seq {seq} names two operations");
+        }
+    }
+    assert_eq!(
+        by_seq.into_values().collect::<Vec<_>>(),
+        want,
+        "{profile:?}: after kill -9"
+    );
+    drop(double);
+
+    // A connection dropped inside the transaction: the reconnect resumes by GTID, no loss,
+    // no repeat.
+    let double = MysqlDouble::start(
+        profile,
+        vec![fixture(file)],
+        Options {
+            faults: mysql_double::Faults {
+                drop_after_events: Some(before_rows),
+                ..Default::default()
+            },
+            ..options_for(file)
+        },
+    );
+    let out = tmp.path().join("dropped.jsonl");
+    let (code, err) = run_until_end(
+        &double,
+        &tmp.path().join("dropped"),
+        &out,
+        "earliest",
+        Duration::from_secs(60),
+    )
+    .expect("the run ends");
+    assert_eq!(code, 0, "{profile:?}: {err}");
+    assert_eq!(
+        lines_without_seq(&std::fs::read_to_string(&out).unwrap()),
+        want,
+        "{profile:?}"
+    );
+    let stmts = double.statements();
+    let dumps: Vec<&String> = stmts
+        .iter()
+        .filter(|s| s.starts_with("COM_BINLOG_DUMP"))
+        .collect();
+    assert!(
+        stmts.iter().any(|s| s.starts_with("FAULT"))
+            && dumps.len() >= 2
+            && dumps[1].starts_with("COM_BINLOG_DUMP_GTID"),
+        "{profile:?}: {dumps:?}"
+    );
+}
+
+#[test]
+fn mysql80_live_path_latest_gtid_kill9_and_drop() {
+    live_path_on(
+        Profile::Mysql80,
+        ENUM_SET,
+        "93e95066-a2f4-11ec-9b69-9657f0ae95e2:1-4",
+        ":5",
+    );
+}
+
+#[test]
+fn mysql84_live_path_latest_tagged_gtid_kill9_and_drop() {
+    live_path_on(
+        Profile::Mysql84,
+        TAGGED,
+        "55778904-0299-11f1-b1b8-4ef0c4956feb:1-13:mytag:1-2",
+        ":mytag:3",
+    );
+}
+
+#[test]
+fn mysql9x_live_path_latest_tagged_gtid_kill9_and_drop() {
+    live_path_on(
+        Profile::Mysql9x,
+        TAGGED,
+        "55778904-0299-11f1-b1b8-4ef0c4956feb:1-13:mytag:1-2",
+        ":mytag:3",
+    );
+}
+
+/// Liveness counts bytes, not whole events: an 8 MiB event that takes 12 s to arrive over a
+/// slow link (no heartbeat comes meanwhile) is read, not taken for a dead connection after 5 s
+/// and retried forever (the event is slow in every dump).
+#[test]
+fn a_big_event_arriving_slowly_is_not_taken_for_silence() {
+    let (double, mut p, rows) = run_with_faults(mysql_double::Faults {
+        large_event: Some((12, 8 << 20)),
+        slow_large_events: Some(Duration::from_secs(12)),
+        ..Default::default()
+    });
+    assert_eq!(
+        p.try_status().and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        p.stderr()
+    );
+    // (Offsets after the inserted event are larger than in the fixture.)
+    let without_offsets = |mut rows: Vec<serde_json::Value>| {
+        for r in rows.iter_mut() {
+            r.as_object_mut().unwrap().remove("offset");
+        }
+        rows
+    };
+    assert_eq!(
+        without_offsets(rows),
+        without_offsets(replayed_as(ENUM_SET, "binlog.000001"))
+    );
+    assert!(double
+        .statements()
+        .iter()
+        .any(|s| s.starts_with("FAULT slow event")));
+    assert_eq!(double.dumps(), 1, "no reconnect: {}", p.stderr());
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it (rcgen), as the double's TLS
+/// configuration; the CA's PEM is written to `dir/ca.pem`.
+fn double_tls(dir: &std::path::Path) -> (std::sync::Arc<rustls::ServerConfig>, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+    )
+    .unwrap();
+    let ca_pem = dir.join("ca.pem");
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    (std::sync::Arc::new(config), ca_pem)
+}
+
+/// MySQL 8.4 with TLS, its caching_sha2 cache off: every connection of binsync's (the
+/// driver's and the dump's) goes through TLS, and full authentication sends the password
+/// inside it, without the server's RSA key.
+#[test]
+fn caching_sha2_full_authentication_inside_tls_needs_no_rsa() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tls, ca) = double_tls(tmp.path());
+    let double = MysqlDouble::start(
+        Profile::Mysql84,
+        vec![fixture(TAGGED)],
+        Options {
+            tls: Some(tls),
+            sha2_cache_off: true,
+            ..options_for(TAGGED)
+        },
+    );
+    let out = tmp.path().join("out.jsonl");
+    let ca = ca.display().to_string();
+    let mut p = run_to_end_with(
+        &double,
+        &tmp.path().join("state"),
+        &out,
+        &["--ssl-mode", "verify-identity", "--ssl-ca", &ca],
+    );
+    assert_eq!(
+        p.try_status().and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        p.stderr()
+    );
+    let live = lines_without_seq(&std::fs::read_to_string(&out).unwrap_or_default());
+    let want = with_orders_schema(replayed_as(TAGGED, &double.file_name(0)));
+    assert_eq!(live, want);
+    let stmts = double.statements();
+    let count = |prefix: &str| stmts.iter().filter(|s| s.starts_with(prefix)).count();
+    assert!(count("COM_BINLOG_DUMP") > 0, "{stmts:?}");
+    assert_eq!(
+        count("TLS"),
+        count("CONNECT"),
+        "every connection: {stmts:?}"
+    );
+    assert_eq!(
+        count("AUTH caching_sha2_password full (TLS)"),
+        count("CONNECT"),
+        "{stmts:?}"
+    );
+}
+
+/// MySQL's require_secure_transport (error 3159 for plain TCP): met by the TLS the server
+/// offers under the default `preferred`; under `disabled` one line names --ssl-mode.
+#[test]
+fn require_secure_transport_is_met_by_tls_and_error_3159_names_ssl_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tls, _) = double_tls(tmp.path());
+    let double = MysqlDouble::start(
+        Profile::Mysql84,
+        vec![fixture(TAGGED)],
+        Options {
+            tls: Some(tls),
+            require_secure_transport: true,
+            ..options_for(TAGGED)
+        },
+    );
+    let out = tmp.path().join("out.jsonl");
+    let mut p = run_to_end(&double, &tmp.path().join("state"), &out);
+    assert_eq!(
+        p.try_status().and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        p.stderr()
+    );
+    let mut p = run_to_end_with(
+        &double,
+        &tmp.path().join("state2"),
+        &tmp.path().join("out2.jsonl"),
+        &["--ssl-mode", "disabled"],
+    );
+    assert_eq!(
+        p.try_status().and_then(|s| s.code()),
+        Some(1),
+        "{}",
+        p.stderr()
+    );
+    let err = p.stderr();
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("binsync: error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("requires TLS")
+            && line.contains("3159")
+            && line.contains("--ssl-mode required"),
+        "{err}"
+    );
 }

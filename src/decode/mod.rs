@@ -1,9 +1,10 @@
 //! From binlog events to encoded row changes.
 //!
 //! [`Decoder`] follows the event stream of one connection (or one archived file): rotations,
-//! transaction boundaries (GTID events, BEGIN, XID/COMMIT, standalone DDL), table maps and row
-//! events. It assigns every row change its `seq`, encodes it as one JSON object into the current
-//! [`Chunk`], and stamps each chunk with the position a restart may resume from.
+//! transaction boundaries (GTID events, BEGIN, XID/COMMIT, standalone DDL, XA groups up to
+//! their prepare: see `on_query`), table maps and row events. It assigns every row change its
+//! `seq`, encodes it as one JSON object into the current [`Chunk`], and stamps each chunk
+//! with the position a restart may resume from.
 //!
 //! Invariants:
 //! - A chunk's position is either a commit boundary or, inside a large transaction, the
@@ -168,6 +169,11 @@ pub struct Decoder {
     payload_end: Option<u64>,
     chunk: Chunk,
     position_dirty: bool,
+    /// Offset in the boundary's file just past the last event read (events with a position of
+    /// their own). Ahead of the boundary over events that are no transaction (a file's header
+    /// events); `--exit-at-end` compares it with its target, since a newest file that holds
+    /// no transaction yet never moves the boundary to its end.
+    read_to: u64,
     img_a: Vec<u8>,
     img_b: Vec<u8>,
     spans_a: Vec<Option<(u32, u32)>>,
@@ -212,6 +218,7 @@ impl Decoder {
             payload_end: None,
             chunk: Chunk::default(),
             position_dirty: false,
+            read_to: 0,
             img_a: Vec::new(),
             img_b: Vec::new(),
             spans_a: Vec::new(),
@@ -231,6 +238,11 @@ impl Decoder {
         &self.boundary
     }
 
+    /// Offset just past the last event read in [`Decoder::position`]'s file (see `read_to`).
+    pub fn read_to(&self) -> u64 {
+        self.read_to.max(self.boundary.offset)
+    }
+
     pub fn in_transaction(&self) -> bool {
         self.txn.is_some()
     }
@@ -239,6 +251,7 @@ impl Decoder {
     pub fn start_file(&mut self, name: &str) {
         self.set_file(name.to_string());
         self.boundary.offset = 4;
+        self.read_to = 4;
         self.txn = None;
     }
 
@@ -340,6 +353,10 @@ impl Decoder {
             0 => self.payload_end.unwrap_or(self.boundary.offset),
             pos => u64::from(pos),
         };
+        // (Not heartbeats: their position may name events the server skipped, not sent.)
+        if header.log_pos() != 0 && !matches!(raw_type, HEARTBEAT_EVENT | HEARTBEAT_EVENT_V2) {
+            self.read_to = self.read_to.max(log_pos);
+        }
         match raw_type {
             maria::GTID_EVENT => return self.on_mariadb_gtid(ev, log_pos),
             maria::GTID_LIST_EVENT => return self.on_gtid_list(ev, log_pos),
@@ -365,6 +382,13 @@ impl Decoder {
             }
             XID_EVENT => {
                 // Its body (the XA id) is not needed: the event is the commit.
+                self.commit(log_pos);
+                return Ok(());
+            }
+            XA_PREPARE_LOG_EVENT => {
+                // The end of an XA transaction's group (MySQL, MariaDB 10.5+): what a replica
+                // applies, and so what binsync delivers (see `on_query`). Also MySQL's
+                // `XA COMMIT ... ONE PHASE`, which it logs as a prepare with a flag.
                 self.commit(log_pos);
                 return Ok(());
             }
@@ -435,6 +459,7 @@ impl Decoder {
         if name != self.boundary.file {
             self.set_file(name);
             self.boundary.offset = r.position();
+            self.read_to = r.position();
             self.position_dirty = true;
         }
     }
@@ -474,10 +499,21 @@ impl Decoder {
     /// BEGIN opens a transaction and COMMIT or ROLLBACK ends it; any other statement outside
     /// an explicit transaction (DDL) is a transaction of its own. A statement inside one is a
     /// change logged as SQL (binlog_format=STATEMENT or MIXED), which is not captured.
+    ///
+    /// XA transactions are logged in two groups, each with a GTID of its own: `XA START xid`
+    /// (MySQL; MariaDB 10.5+ puts it in the GTID event), the rows, `XA END xid` and an
+    /// XA_PREPARE event, which ends the first; then `XA COMMIT xid` or `XA ROLLBACK xid`
+    /// alone. The first group is the transaction (its GTID, its time, the checkpoint moving
+    /// only at its prepare), as a replica applies it; the second a transaction without rows.
+    /// An XA rolled back after its prepare was delivered at the prepare: a warning names it.
     fn on_query(&mut self, q: &QueryEvent<'_>, header_ts: u32, log_pos: u64) {
         let sql = q.query_raw();
         let first = first_word(sql);
-        if first.eq_ignore_ascii_case(b"BEGIN") || sql.eq_ignore_ascii_case(b"XA START") {
+        let xa = first
+            .eq_ignore_ascii_case(b"XA")
+            .then(|| first_word(&sql.trim_ascii_start()[2..]));
+        let xa_is = |word: &[u8]| xa.is_some_and(|w| w.eq_ignore_ascii_case(word));
+        if first.eq_ignore_ascii_case(b"BEGIN") || xa_is(b"START") || xa_is(b"BEGIN") {
             if self.txn.is_none() {
                 self.begin_txn(None, i64::from(header_ts) * 1_000_000);
             }
@@ -485,6 +521,17 @@ impl Decoder {
                 t.explicit = true;
             }
         } else if first.eq_ignore_ascii_case(b"COMMIT") || first.eq_ignore_ascii_case(b"ROLLBACK") {
+            self.commit(log_pos);
+        } else if xa_is(b"END") {
+            // Inside the XA transaction; its XA_PREPARE event comes next.
+        } else if xa_is(b"PREPARE") || xa_is(b"COMMIT") {
+            // (XA PREPARE as a statement: servers that do not write the XA_PREPARE event.)
+            self.commit(log_pos);
+        } else if xa_is(b"ROLLBACK") {
+            tracing::warn!(
+                xid = %xa_id(sql),
+                "an XA transaction was rolled back after XA PREPARE: its rows were delivered at its prepare (as a replica applies them) and are not undone; the receiver holds them"
+            );
             self.commit(log_pos);
         } else {
             let ddl = is_ddl(first);
@@ -497,7 +544,7 @@ impl Decoder {
             }
             match &self.txn {
                 Some(t) if t.explicit => {
-                    if !self.warned_statements && !ddl && !first.eq_ignore_ascii_case(b"XA") {
+                    if !self.warned_statements && !ddl && xa.is_none() {
                         self.warned_statements = true;
                         tracing::warn!(
                             statement = %String::from_utf8_lossy(&sql[..sql.len().min(120)]),
@@ -1082,7 +1129,11 @@ fn write_head(
 const FORMAT_DESCRIPTION_EVENT: u8 = EventType::FORMAT_DESCRIPTION_EVENT as u8;
 const XID_EVENT: u8 = EventType::XID_EVENT as u8;
 const PREVIOUS_GTIDS_EVENT: u8 = EventType::PREVIOUS_GTIDS_EVENT as u8;
+const HEARTBEAT_EVENT: u8 = EventType::HEARTBEAT_EVENT as u8;
+/// MySQL 8.0.26+'s heartbeat (mysql_common has no name for it).
+const HEARTBEAT_EVENT_V2: u8 = 0x29;
 const TRANSACTION_PAYLOAD_EVENT: u8 = EventType::TRANSACTION_PAYLOAD_EVENT as u8;
+const XA_PREPARE_LOG_EVENT: u8 = EventType::XA_PREPARE_LOG_EVENT as u8;
 
 /// The event types whose body the decoder has mysql_common parse; the ones `on_event` reads
 /// by hand come before, and all others only move the position.
@@ -1105,7 +1156,7 @@ const NEEDED_EVENTS: [u8; 13] = [
 /// The file name of a rotate event. The rotate event a server sends first, before its format
 /// description, carries a checksum that the reader cannot know about yet (MariaDB): strip it
 /// when the last four bytes are the CRC32 of the rest of the event.
-fn rotate_name(ev: &Event, raw: &[u8]) -> String {
+pub(crate) fn rotate_name(ev: &Event, raw: &[u8]) -> String {
     let h = ev.header();
     if raw.len() > 4 {
         let (name, tail) = raw.split_at(raw.len() - 4);
@@ -1123,6 +1174,15 @@ fn rotate_name(ev: &Event, raw: &[u8]) -> String {
         }
     }
     String::from_utf8_lossy(raw).into_owned()
+}
+
+/// The xid of an `XA <verb> xid...` statement, as the binlog writes it (`X'78',X'',1`).
+fn xa_id(sql: &[u8]) -> String {
+    let text = String::from_utf8_lossy(sql);
+    let mut words = text.trim().splitn(3, char::is_whitespace);
+    let (_xa, _verb) = (words.next(), words.next());
+    let xid = words.next().unwrap_or("").trim();
+    xid.chars().take(300).collect()
 }
 
 fn first_word(sql: &[u8]) -> &[u8] {

@@ -1,5 +1,5 @@
 //! Unit tests: hand-built table maps and row images for every supported type, with exact
-//! expected JSON.
+//! expected JSON; and hand-built event streams through the decoder (XA transactions).
 
 use bitvec::prelude::*;
 use mysql_common::binlog::consts::BinlogVersion;
@@ -68,7 +68,7 @@ fn labels_tlv(t: u8, cols: &[&[&str]]) -> Vec<u8> {
 }
 
 /// A TABLE_MAP_EVENT body for `shop.products` with the given (type, metadata) columns.
-fn tme_bytes(cols: &[(u8, &[u8])], optional: &[u8]) -> Vec<u8> {
+pub(crate) fn tme_bytes(cols: &[(u8, &[u8])], optional: &[u8]) -> Vec<u8> {
     let mut b = vec![1, 0, 0, 0, 0, 0, 0, 0];
     b.push(4);
     b.extend_from_slice(b"shop\0");
@@ -97,7 +97,7 @@ fn schema_x(cols: &[(u8, &[u8])], optional: &[u8], extra: Option<&ExtraSchema>) 
     TableSchema::from_table_map(&parse_tme(&tme_bytes(cols, optional)), extra).unwrap()
 }
 
-fn schema(cols: &[(u8, &[u8])], optional: &[u8]) -> TableSchema {
+pub(crate) fn schema(cols: &[(u8, &[u8])], optional: &[u8]) -> TableSchema {
     schema_x(cols, optional, None)
 }
 
@@ -1319,4 +1319,297 @@ fn partial_json_update_applies_diffs_to_the_before_image() {
     )
     .unwrap();
     assert_eq!(abuf, bbuf);
+}
+
+// ---- transactions: XA ------------------------------------------------------------------------
+//
+// The decoder over hand-built event streams, as MySQL 8 and MariaDB 10.5+ log XA transactions
+// (`XA START 'x'; INSERT ...; XA END 'x'; XA PREPARE 'x'; XA COMMIT 'x'`). The XA group up to
+// its prepare is the transaction: its GTID and commit time go on its rows, and the position
+// moves only at its end. `XA COMMIT` and `XA ROLLBACK` come later with GTIDs of their own, as
+// transactions without rows.
+
+mod xa {
+    use std::sync::Arc;
+
+    use mysql_common::binlog::consts::BinlogVersion;
+    use mysql_common::binlog::events::Event;
+    use mysql_common::binlog::EventStreamReader;
+
+    use super::{list_tlv, names_tlv, tme_bytes, LONG, SIMPLE_PRIMARY_KEY};
+    use crate::checkpoint::Position;
+    use crate::decode::{DecodeConfig, Decoder};
+    use crate::gtid::{GtidPos, GtidSet};
+
+    const QUERY: u8 = 2;
+    const XID: u8 = 16;
+    const TABLE_MAP: u8 = 19;
+    const WRITE_ROWS: u8 = 30;
+    const MYSQL_GTID: u8 = 33;
+    const XA_PREPARE: u8 = 38;
+    const MARIADB_GTID: u8 = 162;
+
+    /// The source's UUID, 3e11fa47-71ca-11e1-9e33-c80aa9429562.
+    const SID: [u8; 16] = [
+        0x3e, 0x11, 0xfa, 0x47, 0x71, 0xca, 0x11, 0xe1, 0x9e, 0x33, 0xc8, 0x0a, 0xa9, 0x42, 0x95,
+        0x62,
+    ];
+    const UUID: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+    /// 2024-03-01T12:00:00Z, in seconds.
+    const T: u32 = 1_709_294_400;
+
+    /// A stream of events as a replica reads them (no checksums), each ending where its
+    /// `log_pos` says.
+    struct Stream {
+        esr: EventStreamReader,
+        events: Vec<Event>,
+        pos: u32,
+    }
+
+    impl Stream {
+        fn new() -> Stream {
+            Stream {
+                esr: EventStreamReader::new(BinlogVersion::Version4),
+                events: Vec::new(),
+                pos: 4,
+            }
+        }
+
+        fn push(&mut self, kind: u8, ts: u32, server_id: u32, body: &[u8]) -> u32 {
+            let size = 19 + body.len() as u32;
+            self.pos += size;
+            let mut frame = Vec::new();
+            frame.extend_from_slice(&ts.to_le_bytes());
+            frame.push(kind);
+            frame.extend_from_slice(&server_id.to_le_bytes());
+            frame.extend_from_slice(&size.to_le_bytes());
+            frame.extend_from_slice(&self.pos.to_le_bytes());
+            frame.extend_from_slice(&0u16.to_le_bytes());
+            frame.extend_from_slice(body);
+            let ev = self.esr.read(&frame[..]).unwrap().unwrap();
+            self.events.push(ev);
+            self.pos
+        }
+
+        /// MySQL's GTID event: `SID:gno`, committed at `commit_us` (immediate_commit_timestamp).
+        fn mysql_gtid(&mut self, gno: u64, commit_us: u64) -> u32 {
+            let mut b = vec![0u8];
+            b.extend_from_slice(&SID);
+            b.extend_from_slice(&gno.to_le_bytes());
+            b.push(2); // logical timestamps follow
+            b.extend_from_slice(&0u64.to_le_bytes());
+            b.extend_from_slice(&0u64.to_le_bytes());
+            b.extend_from_slice(&commit_us.to_le_bytes()[..7]);
+            self.push(MYSQL_GTID, T, 1, &b)
+        }
+
+        /// MariaDB's GTID event `0-1-seq` with `flags` (FL_STANDALONE 1, FL_TRANSACTIONAL 4,
+        /// FL_ALLOW_PARALLEL 8, FL_PREPARED_XA 64, FL_COMPLETED_XA 128); an XA's carries
+        /// its xid after them (format id, gtrid and bqual lengths, the bytes), as 10.11
+        /// writes it.
+        fn mariadb_gtid(&mut self, seq: u64, flags: u8, ts: u32) -> u32 {
+            let mut b = seq.to_le_bytes().to_vec();
+            b.extend_from_slice(&0u32.to_le_bytes());
+            b.push(flags);
+            if flags & (64 | 128) != 0 {
+                b.extend_from_slice(&1u32.to_le_bytes());
+                b.extend_from_slice(&[1, 0, b'x']);
+            } else {
+                b.extend_from_slice(&[0; 6]);
+            }
+            self.push(MARIADB_GTID, ts, 1, &b)
+        }
+
+        fn query(&mut self, sql: &str, ts: u32) -> u32 {
+            let mut b = Vec::new();
+            b.extend_from_slice(&9u32.to_le_bytes()); // thread id
+            b.extend_from_slice(&0u32.to_le_bytes()); // execution time
+            b.push(4); // schema length
+            b.extend_from_slice(&0u16.to_le_bytes()); // error code
+            b.extend_from_slice(&0u16.to_le_bytes()); // status variables' length
+            b.extend_from_slice(b"shop\0");
+            b.extend_from_slice(sql.as_bytes());
+            self.push(QUERY, ts, 1, &b)
+        }
+
+        /// `shop.products (id INT PRIMARY KEY, v INT)`, table id 1, with full metadata.
+        fn table_map(&mut self, ts: u32) -> u32 {
+            let mut opt = names_tlv(&["id", "v"]);
+            opt.extend(list_tlv(SIMPLE_PRIMARY_KEY, &[0]));
+            self.push(
+                TABLE_MAP,
+                ts,
+                1,
+                &tme_bytes(&[(LONG, &[]), (LONG, &[])], &opt),
+            )
+        }
+
+        /// One WRITE_ROWS event of rows `(id, id * 10)`.
+        fn insert(&mut self, ids: &[i32], ts: u32) -> u32 {
+            let mut b = vec![1, 0, 0, 0, 0, 0]; // table id
+            b.extend_from_slice(&1u16.to_le_bytes()); // STMT_END_F
+            b.extend_from_slice(&2u16.to_le_bytes()); // no extra data
+            b.push(2); // columns
+            b.push(0b11); // both in the image
+            for id in ids {
+                b.push(0); // no NULLs
+                b.extend_from_slice(&id.to_le_bytes());
+                b.extend_from_slice(&(id * 10).to_le_bytes());
+            }
+            self.push(WRITE_ROWS, ts, 1, &b)
+        }
+
+        /// XA_PREPARE_LOG_EVENT for xid `x`; `one_phase`: XA COMMIT ... ONE PHASE (MySQL).
+        fn xa_prepare(&mut self, one_phase: bool, ts: u32) -> u32 {
+            let mut b = vec![u8::from(one_phase)];
+            b.extend_from_slice(&1u32.to_le_bytes()); // format id
+            b.extend_from_slice(&1u32.to_le_bytes()); // gtrid length
+            b.extend_from_slice(&0u32.to_le_bytes()); // bqual length
+            b.push(b'x');
+            self.push(XA_PREPARE, ts, 1, &b)
+        }
+
+        fn xid(&mut self, ts: u32) -> u32 {
+            self.push(XID, ts, 1, &7u64.to_le_bytes())
+        }
+    }
+
+    /// What the decoder made of an event: the lines it handed on, and the position a restart
+    /// would resume from.
+    struct Step {
+        lines: Vec<serde_json::Value>,
+        position: Position,
+    }
+
+    /// Feeds each event, taking the chunk after it (as when the stream pauses there); the
+    /// stream starts after the GTIDs `gtids` (MySQL), or with none known (MariaDB: each
+    /// domain's last GTID is learnt).
+    fn decode(events: &[Event], gtids: Option<&str>) -> Vec<Step> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let start = Position {
+            gtid: gtids.map(|g| GtidPos::Mysql(GtidSet::parse(g).unwrap())),
+            ..Position::default()
+        };
+        let mut d = Decoder::new(Arc::new(DecodeConfig::default()), start, None, None, None);
+        d.start_file("binlog.000001");
+        events
+            .iter()
+            .map(|ev| {
+                rt.block_on(d.on_event(ev)).unwrap();
+                let chunk = d.take_chunk(true);
+                let lines = chunk
+                    .iter()
+                    .flat_map(|c| c.changes.iter().map(|ch| c.line(ch).to_vec()))
+                    .map(|l| serde_json::from_slice(&l).unwrap())
+                    .collect();
+                Step {
+                    lines,
+                    position: chunk
+                        .and_then(|c| c.position)
+                        .unwrap_or_else(|| d.position().clone()),
+                }
+            })
+            .collect()
+    }
+
+    fn gtid_text(p: &Position) -> String {
+        p.gtid.as_ref().map(|g| g.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn mysql_xa_is_one_transaction_up_to_its_prepare_with_its_gtid_and_time() {
+        let commit_us = u64::from(T) * 1_000_000 + 250_000;
+        let mut s = Stream::new();
+        s.mysql_gtid(7, commit_us);
+        // MySQL logs the xid as gtrid, bqual and format id (sql/xa.cc, XID::serialize).
+        s.query("XA START X'78',X'',1", T);
+        s.table_map(T);
+        s.insert(&[1, 2], T);
+        s.query("XA END X'78',X'',1", T);
+        let prepared = s.xa_prepare(false, T);
+        s.mysql_gtid(8, commit_us + 1_000_000);
+        let committed = s.query("XA COMMIT X'78',X'',1", T + 1);
+        let steps = decode(&s.events, Some(&format!("{UUID}:1-6")));
+
+        let rows: Vec<&serde_json::Value> = steps.iter().flat_map(|s| &s.lines).collect();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(r["gtid"], format!("{UUID}:7"), "{r}");
+            assert_eq!(r["ts"], "2024-03-01T12:00:00.250000Z", "{r}");
+            assert_eq!(r["row"], i);
+            assert_eq!(r["id"], serde_json::json!({ "id": i + 1 }));
+        }
+        // Inside the XA group the position stays before it (with the rows handed on so far).
+        for step in &steps[..5] {
+            assert_eq!(step.position.offset, 4, "{:?}", step.position);
+            assert_eq!(gtid_text(&step.position), format!("{UUID}:1-6"));
+        }
+        assert_eq!(steps[3].position.partial.as_ref().unwrap().next_row, 2);
+        // The prepare ends it: the GTID is applied there, and only there.
+        assert_eq!(steps[5].position.offset, u64::from(prepared));
+        assert_eq!(steps[5].position.partial, None);
+        assert_eq!(gtid_text(&steps[5].position), format!("{UUID}:1-7"));
+        // XA COMMIT is a transaction of its own, without rows.
+        assert_eq!(steps[7].position.offset, u64::from(committed));
+        assert_eq!(gtid_text(&steps[7].position), format!("{UUID}:1-8"));
+    }
+
+    #[test]
+    fn mysql_xa_commit_one_phase_and_rollback() {
+        let mut s = Stream::new();
+        // XA COMMIT ... ONE PHASE: the XA_PREPARE event says one_phase.
+        s.mysql_gtid(3, 0);
+        s.query("XA START X'78',X'',1", T);
+        s.table_map(T);
+        s.insert(&[5], T);
+        s.query("XA END X'78',X'',1", T);
+        let one_phase = s.xa_prepare(true, T);
+        // A prepared XA rolled back: its own GTID, no rows.
+        s.mysql_gtid(4, 0);
+        let rolled_back = s.query("XA ROLLBACK X'78',X'',1", T + 2);
+        let steps = decode(&s.events, Some(&format!("{UUID}:1-2")));
+        let rows: Vec<&serde_json::Value> = steps.iter().flat_map(|s| &s.lines).collect();
+        assert_eq!(rows.len(), 1);
+        // Without an immediate_commit_timestamp, the GTID event's header time.
+        assert_eq!(rows[0]["gtid"], format!("{UUID}:3"));
+        assert_eq!(rows[0]["ts"], "2024-03-01T12:00:00Z");
+        assert_eq!(steps[5].position.offset, u64::from(one_phase));
+        assert_eq!(gtid_text(&steps[5].position), format!("{UUID}:1-3"));
+        assert_eq!(steps[7].position.offset, u64::from(rolled_back));
+        assert_eq!(gtid_text(&steps[7].position), format!("{UUID}:1-4"));
+    }
+
+    #[test]
+    fn mariadb_xa_is_one_transaction_up_to_its_prepare() {
+        // MariaDB 10.5+: the GTID event itself opens the XA (flag FL_PREPARED_XA, the xid in
+        // it; no XA START statement), XA END is a statement, XA_PREPARE ends the group; XA
+        // COMMIT comes alone, with a GTID flagged FL_COMPLETED_XA and FL_STANDALONE (the
+        // flags MariaDB 10.11 writes: 76 and 141).
+        let mut s = Stream::new();
+        s.mariadb_gtid(3, 76, T);
+        s.table_map(T);
+        s.insert(&[1], T);
+        s.query("XA END X'78',X'',1", T);
+        let prepared = s.xa_prepare(false, T);
+        s.mariadb_gtid(4, 141, T + 1);
+        let committed = s.query("XA COMMIT X'78',X'',1", T + 1);
+        // A plain transaction after it.
+        s.mariadb_gtid(5, 12, T + 2);
+        s.query("BEGIN", T + 2);
+        s.table_map(T + 2);
+        s.insert(&[2], T + 2);
+        s.xid(T + 2);
+        let steps = decode(&s.events, None);
+        let rows: Vec<&serde_json::Value> = steps.iter().flat_map(|s| &s.lines).collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["gtid"], "0-1-3");
+        assert_eq!(rows[0]["ts"], "2024-03-01T12:00:00Z");
+        assert_eq!(rows[1]["gtid"], "0-1-5");
+        assert_eq!(steps[4].position.offset, u64::from(prepared));
+        assert_eq!(gtid_text(&steps[4].position), "0-1-3");
+        assert_eq!(steps[6].position.offset, u64::from(committed));
+        assert_eq!(gtid_text(&steps[6].position), "0-1-4");
+    }
 }

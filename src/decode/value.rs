@@ -73,7 +73,7 @@ pub mod jsonb;
 pub mod temporal;
 #[cfg(test)]
 #[path = "tests.rs"]
-mod tests;
+pub(crate) mod tests;
 
 /// Why one value could not be decoded (turned into a [`DecodeError`] with names by the caller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -85,6 +85,9 @@ pub enum SinkError {
     Dlq(#[from] DlqError),
     #[error("cannot set up the HTTP client: {0}; the TLS backend of this build did not start (a bug: please report it with this message)")]
     Client(String),
+    /// The sync API's TLS handshake failed (`detail` names the fix: --sink-ca, the host).
+    #[error("no TLS connection to the sync API at {url}: {detail}")]
+    Tls { url: String, detail: String },
     #[error("cannot gzip batch {batch}: {detail}; run without --gzip")]
     Gzip { batch: String, detail: String },
     #[error("cannot start the fsync thread for {target}: {detail}; the host is short of memory or of threads (see ulimit -u)")]

@@ -2,8 +2,9 @@
 //!
 //! 2xx: delivered. 408, 429, 5xx, timeouts, connection errors: retry the same batch (same
 //! Idempotency-Key) after a capped, jittered backoff ([`Backoff`]), or after `Retry-After` when
-//! the receiver names a time. Any other status: rejected (dead letter). Retriable outcomes are
-//! handled here, by [`settle`], and never leave the sink as errors.
+//! the receiver names a time. Any other status: rejected (dead letter). A failed TLS handshake
+//! (an untrusted certificate, one for another host): settled at once, for a person to fix.
+//! Retriable outcomes are handled here, by [`settle`], and never leave the sink as errors.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,6 +45,9 @@ pub enum Attempt {
     },
     /// No response: a timeout, a refused or broken connection (the error chain).
     NoResponse(String),
+    /// The TLS handshake failed on the receiver's certificate or settings (what and the fix):
+    /// retrying cannot change that, a person must.
+    Tls(String),
 }
 
 /// How the attempts at one request ended.
@@ -62,6 +66,8 @@ pub enum Settled {
     },
     /// Shutdown came while waiting to retry: not delivered.
     Abandoned,
+    /// No TLS connection could be made (see [`Attempt::Tls`]).
+    Tls(String),
 }
 
 /// Makes attempts at request `id` until it is settled: each retriable outcome waits for the
@@ -95,6 +101,7 @@ where
                 Verdict::Retry { after } => (after, Some(status), body),
             },
             Attempt::NoResponse(e) => (None, None, e),
+            Attempt::Tls(e) => return Settled::Tls(e),
         };
         if max_retries.is_some_and(|m| backoff.attempts() >= m) {
             tracing::warn!(batch = %id, "retries exhausted");
@@ -243,6 +250,21 @@ mod tests {
                 status: 400,
                 body: "body 400".into()
             }
+        );
+        assert_eq!(at, vec![Duration::ZERO]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_tls_handshake_is_final_at_once() {
+        let (settled, at) = settle_with(
+            vec![Attempt::Tls("UnknownIssuer; pass --sink-ca".into())],
+            None,
+            &mut Shutdown::never(),
+        )
+        .await;
+        assert_eq!(
+            settled,
+            Settled::Tls("UnknownIssuer; pass --sink-ca".into())
         );
         assert_eq!(at, vec![Duration::ZERO]);
     }

@@ -4,30 +4,32 @@
 //! Each event arrives whole in a buffer of its own size ([`Wire::read_dump_packet`]), is
 //! checked as `replay` checks a file's events (`decode::frame`: long enough for its header
 //! and checksum), then parsed by mysql_common. The events inside a MySQL compressed
-//! transaction follow their TRANSACTION_PAYLOAD event, read from the decompressed payload with
-//! the same checks; a payload that does not decompress is a definite error naming the
-//! event, never an empty transaction.
+//! transaction follow their TRANSACTION_PAYLOAD event, decompressed one by one as they are
+//! read ([`Payload`], the reader `replay` uses too); a payload that does not decompress, or
+//! not to the size its header states, is a definite error naming the binlog file and the
+//! event's end position, never an empty or shortened transaction.
 
-use std::io::Cursor;
 use std::time::Duration;
 
 use mysql_common::binlog::consts::{BinlogChecksumAlg, BinlogVersion, EventType};
-use mysql_common::binlog::events::Event;
+use mysql_common::binlog::events::{Event, EventData};
 use mysql_common::binlog::EventStreamReader;
 
 use super::wire::{Packet, Wire};
 use super::{Result, SourceError};
-use crate::decode::frame::{decompress, next_in_payload, CHECKSUM_LEN, HEADER_LEN};
+use crate::decode::frame::{Payload, CHECKSUM_LEN, HEADER_LEN};
 
 pub struct Dump {
     wire: Wire,
     esr: EventStreamReader,
-    /// The rest of the compressed transaction being read.
-    payload: Option<Cursor<Vec<u8>>>,
+    /// The rest of the compressed transaction being read, and where its event ends.
+    payload: Option<(u64, Payload)>,
     /// The events after the last format description end with a checksum.
     checksums: bool,
     /// The bytes of the event being read from a payload.
     frame: Vec<u8>,
+    /// The binlog file being streamed (from the last rotate event), for errors.
+    file: String,
 }
 
 impl Dump {
@@ -39,20 +41,21 @@ impl Dump {
             payload: None,
             checksums: false,
             frame: Vec::new(),
+            file: String::new(),
         }
     }
 
     /// The next event; `None` when the server ended the stream. `silence`: how long the
     /// server may send no byte at all (it sends heartbeats when idle).
     pub async fn next(&mut self, silence: Duration) -> Result<Option<Event>> {
-        if let Some(payload) = &mut self.payload {
-            let inner = next_in_payload(payload, &mut self.esr, &mut self.frame);
-            match inner {
+        if let Some((end, payload)) = &mut self.payload {
+            let end = *end;
+            match payload.next(&mut self.esr, &mut self.frame) {
                 Ok(Some(event)) => return Ok(Some(event)),
                 Ok(None) => self.payload = None,
                 Err(e) => {
                     self.payload = None;
-                    return Err(damaged(format!("inside a compressed transaction: {e}")));
+                    return Err(self.payload_damaged(end, e));
                 }
             }
         }
@@ -77,23 +80,34 @@ impl Dump {
             Ok(None) => return Err(damaged("an empty event".into())),
             Err(e) => return Err(damaged(e.to_string())),
         };
-        // The event holds its own copy: give the packet's memory back before decoding.
-        drop(bytes);
         if event_type == EventType::FORMAT_DESCRIPTION_EVENT as u8 {
             self.checksums = !matches!(
                 event.footer().get_checksum_alg(),
                 Ok(None) | Ok(Some(BinlogChecksumAlg::BINLOG_CHECKSUM_ALG_OFF))
             );
+        } else if event_type == EventType::ROTATE_EVENT as u8 {
+            if let Ok(Some(EventData::RotateEvent(r))) = event.read_data() {
+                self.file = crate::decode::rotate_name(&event, r.name_raw());
+            }
         } else if event_type == EventType::TRANSACTION_PAYLOAD_EVENT as u8 {
-            let inner = decompress(&event).map_err(|e| {
-                damaged(format!(
-                    "the compressed transaction ending at {}: {e}",
-                    event.header().log_pos()
-                ))
-            })?;
-            self.payload = Some(Cursor::new(inner));
+            // The payload is read out of the packet's bytes (the event holds a copy of its
+            // own, for the decoder).
+            let end = u64::from(event.header().log_pos());
+            let trailer = if self.checksums { CHECKSUM_LEN } else { 0 };
+            let payload =
+                Payload::open(bytes, trailer).map_err(|e| self.payload_damaged(end, e))?;
+            self.payload = Some((end, payload));
         }
+        // (Any other packet's memory goes back here, before the event is decoded.)
         Ok(Some(event))
+    }
+
+    /// The compressed transaction ending at `end` in the current file cannot be read.
+    fn payload_damaged(&self, end: u64, e: String) -> super::Failure {
+        damaged(format!(
+            "{}: the compressed transaction ending at byte {end}: {e}",
+            self.file
+        ))
     }
 
     /// Another event can be returned without waiting for the network: one is left in a

@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use super::tls::TlsError;
 use super::SourceConfig;
 use crate::decode::{LookupError, StreamError};
 
@@ -64,10 +65,17 @@ pub enum ServerCode {
     AccessDeniedNoPassword,
     /// ER_CONNECTION_KILLED (MariaDB)
     ConnectionKilled,
+    /// ER_SLAVE_SAME_ID (MariaDB): another replica registered with our server id.
+    ReplicaSameId,
+    /// ER_PLUGIN_IS_NOT_LOADED: at login, the account's authentication plugin is not loaded
+    /// (mysql_native_password on MySQL 8.4, where it is off by default; gone in 9.0).
+    PluginNotLoaded,
     /// CR_SERVER_GONE_ERROR
     GoneAway,
     /// CR_SERVER_LOST
     Lost,
+    /// ER_SECURE_TRANSPORT_REQUIRED (MySQL; `require_secure_transport=ON`, plain TCP)
+    SecureTransportRequired,
 }
 
 impl ServerCode {
@@ -90,8 +98,11 @@ impl ServerCode {
             1381 => NoBinaryLogging,
             1698 => AccessDeniedNoPassword,
             1927 => ConnectionKilled,
+            4052 => ReplicaSameId,
+            1524 => PluginNotLoaded,
             2006 => GoneAway,
             2013 => Lost,
+            3159 => SecureTransportRequired,
             _ => return None,
         })
     }
@@ -118,6 +129,13 @@ pub enum Disconnect {
     Lookup { table: String, detail: String },
 }
 
+impl From<TlsError> for Failure {
+    /// Every TLS failure is definite.
+    fn from(e: TlsError) -> Failure {
+        SourceError::Tls(e).into()
+    }
+}
+
 impl From<StreamError> for Failure {
     /// A transient lookup failure reconnects; every other decoding error is definite.
     fn from(e: StreamError) -> Failure {
@@ -141,13 +159,27 @@ pub enum SourceError {
         waited: Duration,
         last: String,
     },
-    #[error("the source {addr} refused user `{user}` (error {code}: {message}); check the user and the password (env {password_env})")]
+    #[error("the source {addr} refused user `{user}` (error {code}: {message}); check the user and the password (env {password_env}){tls_hint}")]
     Auth {
         addr: String,
         user: String,
         code: u16,
         message: String,
         password_env: String,
+        /// What TLS may have to do with it: the server refuses a connection that lacks the
+        /// TLS or the client certificate an account or the server requires with this same
+        /// error (MariaDB also for `require_secure_transport`). Empty or `; ...`.
+        tls_hint: &'static str,
+    },
+    /// Error 1236 with a cause that is not a purge (see [`DumpStop`]).
+    #[error("{0}")]
+    DumpStopped(DumpStop),
+    #[error("the source {addr} cannot log in user `{user}` (error {code}: {message}): the account's authentication plugin is not loaded there (mysql_native_password is off by default from MySQL 8.4 and gone in 9.0); ALTER USER `{user}` IDENTIFIED WITH caching_sha2_password BY '...' (binsync supports it), or load the plugin on the server (mysql_native_password=ON)")]
+    AuthPlugin {
+        addr: String,
+        user: String,
+        code: u16,
+        message: String,
     },
     #[error("the binlog position we need is no longer on the source, purged ({0}); the changes since the checkpoint are gone from the source: restore the purged binlogs, or start over with --reset --start earliest (or latest), which skips those changes for good (reload the target or accept the gap); and raise the source's binlog retention")]
     Purged(String),
@@ -180,13 +212,118 @@ pub enum SourceError {
     /// decoder cannot read); the message names the place.
     #[error(transparent)]
     Decode(#[from] StreamError),
+    /// TLS to the source: settings, certificates, a server without TLS or requiring it.
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
     /// The sink stopped taking changes; its own error is the cause.
     #[error("the sink stopped taking changes")]
     SinkClosed,
 }
 
+/// Why the source's dump thread stopped the stream with error 1236
+/// (ER_MASTER_FATAL_ERROR_READING_BINLOG). MySQL and MariaDB send that one code for every
+/// fatal cause and say which only in the message, so the message decides; the advice differs
+/// (a purge wants the binlogs back, a shared server id wants another id, a diverged server
+/// wants another server) and resetting is right for none but the purge. Each variant holds
+/// `error 1236: <the server's message>`. A purge is [`SourceError::Purged`]: MySQL "purged
+/// required binary logs" (8.0: "Cannot replicate because the source purged ..."), "Could not
+/// find first log file name in binary log index file" (purged, or never on this server);
+/// MariaDB "requested to start from GTID ..., which is not in the master's binlog".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DumpStop {
+    /// Another replica (or binsync run) registered with the same server id, and the server
+    /// dropped this one: "A replica/slave with the same server_uuid/server_id ...".
+    SameServerId(String),
+    /// The server lacks transactions binsync already read, or its file is shorter than the
+    /// position: "Replica/Slave has more GTIDs than the source/master has", MariaDB "... has
+    /// diverged" and "missing the GTID ... requested by the slave", "position > file size".
+    Diverged(String),
+    /// "log event entry exceeded max_allowed_packet": the source's own packet limit.
+    TooLarge(String),
+    /// The server cannot read its own binlog there: "bogus data in log event", "binlog
+    /// truncated in the middle of event", "event too small", "impossible position".
+    Damaged(String),
+    /// Any other message: reported as the server words it, with no advice to reset.
+    Other(String),
+}
+
+impl DumpStop {
+    pub fn classify(code: u16, message: String) -> SourceError {
+        let m = message.to_ascii_lowercase();
+        let has = |needles: &[&str]| needles.iter().any(|n| m.contains(n));
+        let text = format!("error {code}: {message}");
+        if has(&["same server_uuid/server_id", "same server_id"]) {
+            return SourceError::DumpStopped(DumpStop::SameServerId(text));
+        }
+        if has(&[
+            "more gtids than",
+            "diverged",
+            "is missing the gtid",
+            "position > file size",
+            "position larger than file size",
+            "conflicts with the binary log",
+        ]) {
+            return SourceError::DumpStopped(DumpStop::Diverged(text));
+        }
+        if has(&[
+            "purged",
+            "could not find first log file name",
+            "not in the master's binlog",
+        ]) {
+            return SourceError::Purged(text);
+        }
+        if has(&["max_allowed_packet"]) {
+            return SourceError::DumpStopped(DumpStop::TooLarge(text));
+        }
+        if has(&[
+            "bogus data",
+            "truncated in the middle",
+            "event too small",
+            "impossible position",
+            "corrupt",
+            "checksum",
+            "crc check",
+            "could not open log file",
+            "i/o error reading",
+        ]) {
+            return SourceError::DumpStopped(DumpStop::Damaged(text));
+        }
+        SourceError::DumpStopped(DumpStop::Other(text))
+    }
+}
+
+impl std::fmt::Display for DumpStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DumpStop::SameServerId(m) => write!(
+                f,
+                "the source dropped this stream because another replica connected with the same server id ({m}); every replica of a source needs its own server id: give this run or the other one another --server-id (two binsync runs, each with its own state dir, need two ids)"
+            ),
+            DumpStop::Diverged(m) => write!(
+                f,
+                "the source does not hold the history binsync resumes from ({m}): it lacks transactions binsync already read, or its binlog ends before the position (a failover to a server that had not received them, a binlog lost or truncated in a crash, a restored backup); point --source at a server that has them, or start over with --reset --start earliest (or latest) and reload the target or accept the gap"
+            ),
+            DumpStop::TooLarge(m) => write!(
+                f,
+                "the source refused to send an event larger than its max_allowed_packet ({m}); raise max_allowed_packet on the source (up to 1G: SET GLOBAL max_allowed_packet=1073741824, and in its config) and run again"
+            ),
+            DumpStop::Damaged(m) => write!(
+                f,
+                "the source cannot read its own binlog at this position ({m}); check the file with mysqlbinlog on the server; resuming needs a server whose binlog is intact (--source, e.g. a replica of it), or --reset --start latest and a reload of the target"
+            ),
+            DumpStop::Other(m) => write!(
+                f,
+                "the source stopped the binlog stream ({m}); nothing was skipped: fix what the server names and run again"
+            ),
+        }
+    }
+}
+
 /// Sorts a driver error into [`Disconnect`] or [`SourceError`].
 pub fn classify(e: mysql_async::Error, src: &SourceConfig) -> Failure {
+    if let Some(tls) = tls_failure(&e, src) {
+        return tls.into();
+    }
     match e {
         mysql_async::Error::Server(se) => classify_server(se.code, se.message, src),
         mysql_async::Error::Io(io) => Disconnect::Unreachable {
@@ -198,6 +335,51 @@ pub fn classify(e: mysql_async::Error, src: &SourceConfig) -> Failure {
         mysql_async::Error::Url(u) => SourceError::BadUrl(u.to_string()).into(),
         other => Disconnect::Io(other.to_string()).into(),
     }
+}
+
+/// See [`SourceError::Auth`]'s `tls_hint`.
+fn tls_hint(tls: &super::tls::TlsSettings) -> &'static str {
+    use super::tls::SslMode;
+    match tls.mode() {
+        SslMode::Disabled => "; the connection was not encrypted (--ssl-mode disabled): if the account or the server requires TLS (REQUIRE SSL, require_secure_transport=ON), use --ssl-mode required",
+        mode if mode.requires_tls() && !tls.has_client_cert() => "; if the account requires a client certificate (REQUIRE X509, SUBJECT or ISSUER), pass one with --ssl-cert and --ssl-key",
+        _ => "",
+    }
+}
+
+/// The driver's TLS failures: a handshake rustls refused, a server without TLS.
+fn tls_failure(e: &mysql_async::Error, src: &SourceConfig) -> Option<TlsError> {
+    use mysql_async::{DriverError, IoError};
+    let rustls_error = match e {
+        mysql_async::Error::Io(IoError::Tls(mysql_async::TlsError::Tls(e))) => Some(e),
+        // The driver could not set up TLS from the settings (a name rustls cannot check, a
+        // file it reads differently): asking again fails again.
+        mysql_async::Error::Io(IoError::Tls(other)) => {
+            return Some(TlsError::Handshake {
+                addr: src.to_string(),
+                detail: other.to_string(),
+                fix: "check --source's host and the --ssl-* settings",
+                preferred: src.tls.mode() == super::tls::SslMode::Preferred,
+            })
+        }
+        mysql_async::Error::Io(IoError::Io(io)) => rustls_error(io),
+        mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer) => {
+            return Some(TlsError::NotOffered {
+                addr: src.to_string(),
+                mode: src.tls.mode(),
+            })
+        }
+        _ => None,
+    }?;
+    Some(
+        src.tls
+            .handshake_error(&src.to_string(), &src.host, rustls_error),
+    )
+}
+
+/// The rustls error inside an I/O error of a TLS stream, if that is what it is.
+pub(super) fn rustls_error(io: &std::io::Error) -> Option<&rustls::Error> {
+    io.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
 pub(super) fn classify_server(code: u16, message: String, src: &SourceConfig) -> Failure {
@@ -214,14 +396,27 @@ pub(super) fn classify_server(code: u16, message: String, src: &SourceConfig) ->
                 code,
                 message,
                 password_env: src.password_env.clone(),
+                tls_hint: tls_hint(&src.tls),
             }
             .into()
         }
-        Some(BinlogUnavailable) => SourceError::Purged(format!("error {code}: {message}")).into(),
+        Some(SecureTransportRequired) => TlsError::Required { code, message }.into(),
+        Some(BinlogUnavailable) => DumpStop::classify(code, message).into(),
+        Some(ReplicaSameId) => {
+            SourceError::DumpStopped(DumpStop::SameServerId(format!("error {code}: {message}")))
+                .into()
+        }
         Some(TableAccessDenied | ColumnAccessDenied | SpecificAccessDenied) => {
             SourceError::Privilege { code, message }.into()
         }
         Some(NoBinaryLogging) => SourceError::BinlogOff.into(),
+        Some(PluginNotLoaded) => SourceError::AuthPlugin {
+            addr: src.to_string(),
+            user: src.user.clone(),
+            code,
+            message,
+        }
+        .into(),
         Some(BinlogCommandFailed) | None => SourceError::Server { code, message }.into(),
     }
 }
@@ -263,5 +458,59 @@ mod tests {
         let e = classify_server(1045, "Access denied".into(), &src("CDC_PW")).to_string();
         assert!(e.contains("env CDC_PW"), "{e}");
         assert!(!e.contains("BINSYNC_SOURCE_PASSWORD"), "{e}");
+    }
+
+    /// Error 1236 as MySQL (5.7, 8.0, 8.4) and MariaDB word each cause: only a purge says
+    /// "purged", and only the purge and a diverged server advise a reset.
+    #[test]
+    fn error_1236_is_sorted_by_its_message() {
+        let purged = [
+            "Cannot replicate because the source purged required binary logs. Replicate the missing transactions from elsewhere, or provision a new replica from backup. Consider increasing the source's binary log expiration period. The GTID set sent by the replica is 'u:1-5', and the missing transactions are 'u:1-3'",
+            "The slave is connecting using CHANGE MASTER TO MASTER_AUTO_POSITION = 1, but the master has purged binary logs containing GTIDs that the slave requires.",
+            "Could not find first log file name in binary log index file",
+            "Error: connecting slave requested to start from GTID 0-1-100, which is not in the master's binlog",
+        ];
+        for m in purged {
+            assert!(
+                matches!(DumpStop::classify(1236, m.into()), SourceError::Purged(_)),
+                "{m}"
+            );
+        }
+        let cases = [
+            ("A replica with the same server_uuid/server_id as this replica has connected to the source; the first event 'binlog.000001' at 4, the last event read from './binlog.000001' at 126, the last byte read from './binlog.000001' at 126.", DumpStop::SameServerId(String::new())),
+            ("Replica has more GTIDs than the source has, using the source's SERVER_UUID. This may indicate that the end of the binary log was truncated", DumpStop::Diverged(String::new())),
+            ("Client requested source to start replication from position > file size", DumpStop::Diverged(String::new())),
+            ("Error: connecting slave requested to start from GTID 0-1-100, which is not in the master's binlog. Since the master's binlog contains GTIDs with higher sequence numbers, it probably means that the slave has diverged due to executing extra erroneous transactions", DumpStop::Diverged(String::new())),
+            ("log event entry exceeded max_allowed_packet; Increase max_allowed_packet on source; the first event 'binlog.000001' at 4", DumpStop::TooLarge(String::new())),
+            ("bogus data in log event; the first event 'binlog.000001' at 4", DumpStop::Damaged(String::new())),
+            ("binlog truncated in the middle of event; consider out of disk space on source; the first event 'binlog.000001' at 4", DumpStop::Damaged(String::new())),
+            ("a cause nobody has seen yet", DumpStop::Other(String::new())),
+        ];
+        for (m, want) in cases {
+            match DumpStop::classify(1236, m.into()) {
+                SourceError::DumpStopped(d) => {
+                    let kind = std::mem::discriminant(&d);
+                    assert_eq!(kind, std::mem::discriminant(&want), "{m}: {d:?}");
+                    let line = d.to_string();
+                    assert!(line.contains(m), "the server's words are kept: {line}");
+                    assert!(!line.contains("purged"), "{line}");
+                }
+                other => panic!("{m}: {other:?}"),
+            }
+        }
+    }
+
+    /// MariaDB drops a replica whose server id another one registers with error 4052.
+    #[test]
+    fn a_replica_dropped_for_its_server_id_is_told_to_pick_another() {
+        let e = classify_server(
+            4052,
+            "A slave with the same server_uuid/server_id as this slave has connected to the master"
+                .into(),
+            &src("X"),
+        );
+        let line = e.to_string();
+        assert!(matches!(e, Failure::Definite(_)), "{line}");
+        assert!(line.contains("--server-id"), "{line}");
     }
 }

@@ -21,7 +21,8 @@
 //!    for each domain of the position, the position's GTID's server at that sequence number or
 //!    later (the state, not `@@gtid_binlog_pos`: without `gtid_strict_mode` a domain's last
 //!    GTID may have a lower sequence number than an earlier one). MySQL: `@@gtid_executed` is
-//!    a superset of the position's set.
+//!    a superset of the position's set, and `@@gtid_purged` a subset of it (else
+//!    [`SourceError::Purged`], as the server would answer the dump).
 //! 3. Identity of the position's transaction, when its file is on this server (1):
 //!    - MariaDB: `BINLOG_GTID_POS(file, offset)` names, for each domain of the position,
 //!      exactly the position's GTID. NULL means the offset is no longer an event boundary of
@@ -141,6 +142,17 @@ pub async fn verify(
                 return Err(lost(format!(
                     "its gtid_executed ({shown}) lacks part of the position's"
                 )));
+            }
+            // The server refuses the dump the same way (1236); asked here, `check` says it too.
+            let text: String = query_one(conn, src, "SELECT @@GLOBAL.gtid_purged")
+                .await?
+                .unwrap_or_default();
+            let purged = mysql_set(&text)?;
+            if !want.is_superset_of(&purged) {
+                return Err(SourceError::Purged(format!(
+                    "its gtid_purged ({purged}) holds transactions the position ({want}) lacks"
+                ))
+                .into());
             }
             if file_here {
                 let head = events(conn, src, &pos.file, None, 2).await?;

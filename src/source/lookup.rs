@@ -38,9 +38,10 @@ impl InfoSchemaLookup {
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => {
-                let conn = tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(self.src.opts()))
+                let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.src.connect_once())
                     .await
-                    .map_err(|_| Failure::ConnectTimeout)??;
+                    .map_err(|_| Failure::ConnectTimeout)?
+                    .map_err(Failure::Connect)?;
                 self.conn.insert(conn)
             }
         };
@@ -156,6 +157,8 @@ impl SchemaLookup for InfoSchemaLookup {
 enum Failure {
     Driver(mysql_async::Error),
     ConnectTimeout,
+    /// Opening the connection failed, already sorted by the source's `classify`.
+    Connect(super::Failure),
 }
 
 impl From<mysql_async::Error> for Failure {
@@ -175,6 +178,19 @@ fn classify(table: String, failure: Failure) -> LookupError {
             return LookupError::Transient {
                 table,
                 detail: format!("no connection within {CONNECT_TIMEOUT:?}"),
+            }
+        }
+        Failure::Connect(super::Failure::Transient(e)) => {
+            return LookupError::Transient {
+                table,
+                detail: e.to_string(),
+            }
+        }
+        Failure::Connect(super::Failure::Definite(e)) => {
+            return LookupError::Definite {
+                table,
+                detail: e.to_string(),
+                fix: "binsync stops rather than guess the table's columns",
             }
         }
         Failure::Driver(e) => e,

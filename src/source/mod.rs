@@ -10,9 +10,11 @@ pub mod lookup;
 pub mod preflight;
 pub mod reader;
 pub mod replication;
+pub mod schema_seed;
 pub mod start;
 pub mod stream;
 pub mod tables;
+pub mod tls;
 pub mod wire;
 
 pub use error::{classify, Disconnect, Failure, Result, ServerCode, SourceError};
@@ -21,12 +23,13 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder};
+use mysql_async::{Conn, DriverError, Opts, OptsBuilder};
 
 use crate::backoff::{sleep_unless_stopped, Backoff};
 use crate::checkpoint::ServerIdentity;
 use crate::gtid::{Flavor, GtidPos};
 use crate::shutdown::Shutdown;
+use tls::{DriverName, SslMode, TlsError, TlsSettings};
 
 /// Where and how to connect. `Display` never shows the password.
 #[derive(Clone)]
@@ -38,6 +41,8 @@ pub struct SourceConfig {
     /// The environment variable the password comes from (named in authentication errors).
     pub password_env: String,
     pub connect_timeout: Duration,
+    /// `--ssl-mode` and its files, for both clients (the dump connection and the driver).
+    pub tls: TlsSettings,
 }
 
 impl fmt::Debug for SourceConfig {
@@ -83,10 +88,17 @@ impl SourceConfig {
             password: env_password.or_else(|| opts.pass().map(str::to_string)),
             password_env: password_env.to_string(),
             connect_timeout,
+            tls: TlsSettings::default(),
         })
     }
 
-    fn opts(&self) -> Opts {
+    /// These settings with `tls` for TLS (the default: `preferred`, no files).
+    pub fn with_tls(mut self, tls: TlsSettings) -> SourceConfig {
+        self.tls = tls;
+        self
+    }
+
+    fn plain_opts(&self) -> OptsBuilder {
         OptsBuilder::default()
             .ip_or_hostname(self.host.clone())
             .tcp_port(self.port)
@@ -94,15 +106,67 @@ impl SourceConfig {
             .pass(self.password.clone())
             .prefer_socket(false)
             .tcp_keepalive(Some(Duration::from_secs(10)))
-            .into()
+    }
+
+    /// The driver's options, TLS included. Under `verify-ca` the certificate name the driver
+    /// must expect is learnt first, by a TLS handshake of the dump connection's own client
+    /// (see `source::tls`).
+    async fn opts(&self) -> Result<Opts> {
+        let mut learnt = match self.tls.mode() {
+            SslMode::VerifyCa => self.tls.driver_name(),
+            _ => DriverName::Host,
+        };
+        if learnt == DriverName::Unknown {
+            wire::Wire::probe_tls(self, Duration::from_secs(10)).await?;
+            learnt = self.tls.driver_name();
+        }
+        let name = match learnt {
+            DriverName::Unknown | DriverName::Host => None,
+            DriverName::Other(name) => Some(name),
+            DriverName::Nameless => return Err(TlsError::Nameless.into()),
+        };
+        Ok(self
+            .plain_opts()
+            .ssl_opts(self.tls.driver_opts(name.as_deref()))
+            .into())
+    }
+
+    /// One driver connection, TLS as `--ssl-mode` says (`preferred` falls back to plain TCP
+    /// when the server offers no TLS).
+    async fn driver_conn(&self) -> Result<Conn> {
+        let preferred = self.tls.mode() == SslMode::Preferred;
+        if preferred && self.tls.known_plain() {
+            return Conn::new(Opts::from(self.plain_opts()))
+                .await
+                .map_err(|e| classify(e, self));
+        }
+        let conn = match Conn::new(self.opts().await?).await {
+            Err(mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer))
+                if preferred =>
+            {
+                self.tls.set_offered(false);
+                Conn::new(Opts::from(self.plain_opts())).await
+            }
+            other => other,
+        };
+        conn.map_err(|e| classify(e, self))
     }
 
     /// One connection attempt, bounded by 10 s.
+    ///
+    /// The login is made first by binsync's own client ([`wire::Wire`]), then by the
+    /// driver: mysql_common panics ("valid PEM is mandatory here") when a server without RSA
+    /// keys answers caching_sha2_password's request for its public key, while our client
+    /// names the problem; and a successful full authentication leaves the password in the
+    /// server's cache, so the driver's login that follows takes the fast path, without RSA.
     pub async fn connect_once(&self) -> Result<Conn> {
-        let attempt = tokio::time::timeout(Duration::from_secs(10), Conn::new(self.opts())).await;
+        wire::Wire::connect(self, Duration::from_secs(10))
+            .await?
+            .quit()
+            .await;
+        let attempt = tokio::time::timeout(Duration::from_secs(10), self.driver_conn()).await;
         match attempt {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(classify(e, self)),
+            Ok(r) => r,
             Err(_) => Err(Disconnect::Unreachable {
                 addr: self.to_string(),
                 detail: "no answer within 10s".into(),

@@ -180,10 +180,7 @@ async fn privileges(
     src: &SourceConfig,
     info: &ServerInfo,
 ) -> Result<Vec<Finding>> {
-    let grants: Vec<String> = conn
-        .query("SHOW GRANTS")
-        .await
-        .map_err(|e| super::classify(e, src))?;
+    let (grants, active) = effective_grants(conn, src, info).await?;
     let all = grants.join("\n").to_ascii_uppercase();
     let global: Vec<&str> = all.lines().filter(|l| l.contains(" ON *.* ")).collect();
     let has = |p: &str| {
@@ -192,6 +189,22 @@ async fn privileges(
             .any(|l| l.contains("ALL PRIVILEGES") || l.contains(p))
     };
     let user = &src.user;
+    // Roles granted to the user but not active in its sessions give it nothing.
+    let idle_roles = idle_roles(&grants, &active);
+    let roles_hint = if idle_roles.is_empty() {
+        String::new()
+    } else {
+        let set_default = match info.flavor() {
+            Flavor::Mysql => {
+                format!("SET DEFAULT ROLE ALL TO '{user}'@'%' (or activate_all_roles_on_login=ON)")
+            }
+            Flavor::Mariadb => format!("SET DEFAULT ROLE {} FOR '{user}'@'%'", idle_roles[0]),
+        };
+        format!(
+            " (or, since the role {} is granted but not active at login: {set_default})",
+            idle_roles.join(", ")
+        )
+    };
     let mut out = Vec::new();
     out.push(finding(
         "REPLICATION SLAVE",
@@ -202,7 +215,7 @@ async fn privileges(
             "missing"
         },
         ok_if(has("REPLICATION SLAVE"), Verdict::Fail),
-        &format!("GRANT REPLICATION SLAVE ON *.* TO '{user}'@'%';"),
+        &format!("GRANT REPLICATION SLAVE ON *.* TO '{user}'@'%';{roles_hint}"),
     ));
     // MariaDB 10.5 renamed REPLICATION CLIENT to BINLOG MONITOR.
     let client = has("REPLICATION CLIENT") || has("BINLOG MONITOR");
@@ -215,7 +228,7 @@ async fn privileges(
         "granted",
         if client { "granted" } else { "missing" },
         ok_if(client, Verdict::Fail),
-        &format!("GRANT {client_name} ON *.* TO '{user}'@'%';"),
+        &format!("GRANT {client_name} ON *.* TO '{user}'@'%';{roles_hint}"),
     ));
     let select = has("SELECT") || all.contains("GRANT SELECT");
     out.push(finding(
@@ -223,7 +236,61 @@ async fn privileges(
         "granted",
         if select { "granted" } else { "missing" },
         ok_if(select, Verdict::Warn),
-        &format!("GRANT SELECT ON *.* TO '{user}'@'%'; (needed for information_schema lookups)"),
+        &format!("GRANT SELECT ON *.* TO '{user}'@'%'; (needed for information_schema lookups){roles_hint}"),
     ));
     Ok(out)
+}
+
+/// The grants that hold in binsync's sessions, and the roles active at login (default roles,
+/// or all with MySQL's activate_all_roles_on_login), by name. MariaDB's SHOW GRANTS lists the
+/// active role's privileges itself; MySQL's lists only the role's name unless asked `USING`
+/// the roles, which `CURRENT_ROLE()` names in the form it takes.
+async fn effective_grants(
+    conn: &mut Conn,
+    src: &SourceConfig,
+    info: &ServerInfo,
+) -> Result<(Vec<String>, Vec<String>)> {
+    // MySQL: NONE without an active role; MariaDB: NULL. An error where there are no roles.
+    let current: Option<Option<String>> = conn
+        .query_first("SELECT CURRENT_ROLE()")
+        .await
+        .unwrap_or(None);
+    let current = current.flatten().filter(|r| !r.is_empty() && r != "NONE");
+    let sql = match (&current, info.flavor()) {
+        (Some(roles), Flavor::Mysql) => format!("SHOW GRANTS FOR CURRENT_USER() USING {roles}"),
+        _ => "SHOW GRANTS".to_string(),
+    };
+    let grants = conn.query(sql).await.map_err(|e| super::classify(e, src))?;
+    let active = current
+        .map(|r| r.split(',').map(role_name).collect())
+        .unwrap_or_default();
+    Ok((grants, active))
+}
+
+/// `` `r`@`%` `` or `r` -> `r`.
+fn role_name(role: &str) -> String {
+    let role = role.trim();
+    let name = role.split('@').next().unwrap_or(role);
+    name.trim_matches(|c| c == '`' || c == '\'' || c == '"')
+        .to_string()
+}
+
+/// Roles granted to the user (a grant line without ON: `` GRANT `r`@`%` TO ... ``) that are
+/// not among the `active` ones: granted, but giving the user nothing.
+fn idle_roles(grants: &[String], active: &[String]) -> Vec<String> {
+    let mut idle = Vec::new();
+    for line in grants {
+        if !line.starts_with("GRANT ") || line.contains(" ON ") {
+            continue;
+        }
+        let Some(to) = line.find(" TO ") else {
+            continue;
+        };
+        for role in line["GRANT ".len()..to].split(',') {
+            if !active.contains(&role_name(role)) {
+                idle.push(role.trim().to_string());
+            }
+        }
+    }
+    idle
 }

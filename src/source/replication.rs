@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::history;
 use super::reader::{ReadError, Reader};
 use super::start::EndTarget;
-use super::stream::{self, StartPoint, HEARTBEAT};
+use super::stream::{self, Replica, StartPoint, HEARTBEAT};
 use super::{Disconnect, Failure, Result, ServerInfo, SourceConfig, SourceError};
 use crate::backoff::Backoff;
 use crate::change::Chunk;
@@ -43,8 +43,8 @@ pub enum Outcome {
 pub struct Replication {
     pub src: SourceConfig,
     pub info: ServerInfo,
-    /// The replica id we register with.
-    pub server_id: u32,
+    /// Who we register as.
+    pub replica: Replica,
     /// Where to stop (`--exit-at-end`).
     pub target: Option<EndTarget>,
     pub shutdown: Shutdown,
@@ -60,14 +60,14 @@ impl Replication {
     pub fn new(
         src: SourceConfig,
         info: ServerInfo,
-        server_id: u32,
+        replica: Replica,
         target: Option<EndTarget>,
         shutdown: Shutdown,
     ) -> Replication {
         Replication {
             src,
             info,
-            server_id,
+            replica,
             target,
             shutdown,
             written_by: None,
@@ -104,7 +104,7 @@ impl Replication {
         loop {
             let attempt = async {
                 match conn.take() {
-                    Some(c) => stream::open(c, &self.src, &self.info, self.server_id, &start).await,
+                    Some(c) => stream::open(c, &self.src, &self.info, &self.replica, &start).await,
                     None => self.reopen(&opened_at).await,
                 }
             };
@@ -155,7 +155,7 @@ impl Replication {
         history::verify(&mut c, &self.src, &info, pos, self.written_by.as_ref()).await?;
         self.info = info;
         let start = StartPoint::resume(pos, self.info.gtid_enabled());
-        stream::open(c, &self.src, &self.info, self.server_id, &start).await
+        stream::open(c, &self.src, &self.info, &self.replica, &start).await
     }
 
     /// Decodes events until stopped, caught up, or the stream fails. The events are read on
@@ -201,7 +201,7 @@ impl Replication {
                 decoder.on_event(event).await?;
                 if !decoder.in_transaction() {
                     if let Some(t) = &self.target {
-                        if t.reached(decoder.position()) {
+                        if t.reached_reading(decoder.position(), decoder.read_to()) {
                             return Ok(Outcome::CaughtUp);
                         }
                     }

@@ -213,6 +213,18 @@ async fn from_spec(
         StartSpec::Latest => {
             let (file, offset, gtid) = binlog_end(conn, src, flavor).await?;
             let gtid = gtid.filter(|_| info.gtid_enabled());
+            if let (Flavor::Mysql, Some(g)) = (flavor, &gtid) {
+                // MySQL fills the status row in two steps (the file position under the binlog
+                // lock, Executed_Gtid_Set under another), so a transaction committing in
+                // between is after the position but in the set, or the other way round.
+                // The set alone is one consistent state: stream by it, and learn the file
+                // and offset from the stream.
+                let position = Position {
+                    gtid: Some(g.clone()),
+                    ..Position::default()
+                };
+                return Ok(StartPlan::at(position, StartPoint::Gtid(g.clone())));
+            }
             let position = Position {
                 file: file.clone(),
                 offset,
@@ -311,13 +323,21 @@ impl EndTarget {
 
     /// `pos` (a transaction boundary) includes everything up to the target.
     pub fn reached(&self, pos: &Position) -> bool {
+        self.reached_reading(pos, pos.offset)
+    }
+
+    /// As [`EndTarget::reached`], for a stream read up to `read_to` in `pos`'s file while no
+    /// transaction is open: the events between `pos` and `read_to` are none (a file's header
+    /// events), so a target at the end of a newest file that holds no transaction yet (after
+    /// a restart or FLUSH LOGS) is reached without GTIDs too.
+    pub fn reached_reading(&self, pos: &Position, read_to: u64) -> bool {
         if let (Some(have), Some(want)) = (&pos.gtid, &self.gtid) {
             if have.covers(want) {
                 return true;
             }
         }
         match (file_number(&pos.file), file_number(&self.file)) {
-            (Some(a), Some(b)) => (a, pos.offset) >= (b, self.offset),
+            (Some(a), Some(b)) => (a, read_to.max(pos.offset)) >= (b, self.offset),
             _ => false,
         }
     }

@@ -21,9 +21,40 @@ use crate::gtid::{Flavor, GtidPos};
 
 /// How often the source sends a heartbeat when it has nothing else to send.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
-/// The name we register under: lets us tell our own lingering registration (after a crash)
-/// from another replica that uses the same server id.
+/// The head of the name binsync registers under (see [`Replica`]).
 pub const REPORT_HOST: &str = "binsync";
+
+/// Who binsync is to the source: the server id it registers with, and the report host it
+/// gives, `binsync-<hash of the state dir>`. The name tells our own lingering registration
+/// (the dump thread of a run killed a moment ago, which the server drops when we register
+/// again) from another replica with the same id, another binsync run included: that one
+/// would be dropped by the server the moment we register, so it is refused before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub server_id: u32,
+    pub report_host: String,
+}
+
+impl Replica {
+    pub fn new(server_id: u32, state_dir: &std::path::Path) -> Replica {
+        let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+        // FNV-1a: stable across builds and platforms (std's hasher is not promised to be).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in dir.as_os_str().as_encoded_bytes() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Replica {
+            server_id,
+            report_host: format!("{REPORT_HOST}-{h:016x}"),
+        }
+    }
+
+    /// Whether a registration under `host` is this run's own (or from a binsync before
+    /// report hosts named the state dir, which registered as plain `binsync`).
+    fn is_own(&self, host: &str) -> bool {
+        host == self.report_host || host == REPORT_HOST
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartPoint {
@@ -60,8 +91,9 @@ pub async fn check_server_id(
     conn: &mut Conn,
     src: &SourceConfig,
     info: &ServerInfo,
-    server_id: u32,
+    replica: &Replica,
 ) -> Result<()> {
+    let server_id = replica.server_id;
     if info.identity.server_id == server_id {
         return Err(SourceError::ServerIdInUse {
             id: server_id,
@@ -69,6 +101,46 @@ pub async fn check_server_id(
         }
         .into());
     }
+    // A binsync run that has just stopped stays listed until the server notices its closed
+    // connection (at its next heartbeat, within a second): wait that out before refusing.
+    let deadline = std::time::Instant::now() + LINGER;
+    loop {
+        let Some(other) = other_replica(conn, info, replica).await? else {
+            return Ok(());
+        };
+        let (host, port) = other;
+        let lingering = host.starts_with(REPORT_HOST) && std::time::Instant::now() < deadline;
+        if lingering {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
+        let who = if host.is_empty() {
+            "another replica".to_string()
+        } else if host.starts_with(REPORT_HOST) {
+            format!("another binsync run (registered as {host}: it has another state dir)")
+        } else {
+            format!("the replica at {host}:{port}")
+        };
+        return Err(SourceError::ServerIdInUse {
+            id: server_id,
+            by: who,
+        }
+        .into());
+    }
+}
+
+/// How long another binsync's registration may linger after it stopped.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// Host and port of a replica registered with `replica`'s server id that is not `replica`
+/// itself; None when there is none, or when the replicas cannot be listed (then with a
+/// warning: the check is skipped).
+async fn other_replica(
+    conn: &mut Conn,
+    info: &ServerInfo,
+    replica: &Replica,
+) -> Result<Option<(String, String)>> {
+    let server_id = replica.server_id;
     let statements: &[&str] = match info.flavor() {
         Flavor::Mariadb => &["SHOW SLAVE HOSTS"],
         // MySQL 8.4 knows only the new name; older versions only the old one.
@@ -90,7 +162,7 @@ pub async fn check_server_id(
             error = %last_err.map(|e| e.to_string()).unwrap_or_default(),
             "cannot list the source's replicas, so --server-id {server_id} is not checked against them; grant REPLICATION MASTER ADMIN (MariaDB) or REPLICATION SLAVE (MySQL) to check it"
         );
-        return Ok(());
+        return Ok(None);
     };
     for mut row in sql {
         let id: Option<u32> = row.take_opt(0).and_then(Result::ok);
@@ -100,20 +172,11 @@ pub async fn check_server_id(
             .and_then(Result::ok)
             .map(|v| v.as_sql(true).trim_matches('\'').to_string())
             .unwrap_or_default();
-        if id == Some(server_id) && host != REPORT_HOST {
-            let who = if host.is_empty() {
-                "another replica".to_string()
-            } else {
-                format!("the replica at {host}:{port}")
-            };
-            return Err(SourceError::ServerIdInUse {
-                id: server_id,
-                by: who,
-            }
-            .into());
+        if id == Some(server_id) && !replica.is_own(&host) {
+            return Ok(Some((host, port)));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Opens a binlog stream from `start`: checks the server id on `conn` (then closes it), and
@@ -122,10 +185,11 @@ pub async fn open(
     mut conn: Conn,
     src: &SourceConfig,
     info: &ServerInfo,
-    server_id: u32,
+    replica: &Replica,
     start: &StartPoint,
 ) -> Result<Dump> {
-    check_server_id(&mut conn, src, info, server_id).await?;
+    check_server_id(&mut conn, src, info, replica).await?;
+    let server_id = replica.server_id;
     drop(conn);
     let mut wire = Wire::connect(src, Duration::from_secs(10)).await?;
     wire.query(&format!(
@@ -175,7 +239,7 @@ pub async fn open(
                 .with_pos(*offset);
         }
     }
-    let register = ComRegisterSlave::new(server_id).with_hostname(REPORT_HOST.as_bytes());
+    let register = ComRegisterSlave::new(server_id).with_hostname(replica.report_host.as_bytes());
     wire.command_struct(&register).await?;
     wire.read_ok().await?;
     match req.as_cmd() {

@@ -14,17 +14,30 @@
 //!
 //! Queries, lookups and everything else still go through the driver's `Conn`; this client only
 //! knows what a dump connection needs (SET statements, COM_REGISTER_SLAVE, the dump command).
+//!
+//! TLS (`--ssl-mode`, see `source::tls`): after the server's handshake packet, if TLS is wanted
+//! and the server offers it (CLIENT_SSL), the client sends the SSL request (the handshake
+//! response cut after its fixed part), runs the TLS handshake on the socket, and goes on with
+//! authentication inside TLS; there caching_sha2_password's full authentication sends the
+//! password itself, as the mysql client does, instead of encrypting it with the server's RSA
+//! key. The read path is the same [`BufReader`] over either stream.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mysql_common::constants::CapabilityFlags;
 use mysql_common::io::ParseBuf;
-use mysql_common::packets::HandshakeResponse;
 use mysql_common::packets::{AuthPlugin, AuthSwitchRequest, ErrPacket, HandshakePacket};
+use mysql_common::packets::{HandshakeResponse, SslRequest};
 use mysql_common::proto::MySerialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
+use super::tls::TlsError;
 use super::{Disconnect, Failure, Result, SourceConfig, SourceError};
 
 /// The largest event a server sends (the dump thread's limit, `max_allowed_packet`'s ceiling).
@@ -32,9 +45,70 @@ pub const MAX_EVENT: usize = 1 << 30;
 /// Bytes of one wire chunk at most: a longer packet continues in the next chunk.
 const MAX_CHUNK: usize = 0xFF_FFFF;
 
+/// The socket, in clear or inside TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while the socket is handed to the TLS handshake.
+    Detached,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Detached => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Detached => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Detached => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Detached => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// How far [`Wire::open`] goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Authenticated: a connection to use.
+    Authenticated,
+    /// Through the TLS handshake (certificate checked), then closed.
+    Tls,
+}
+
 /// A connected, authenticated connection; see the module docs.
 pub struct Wire {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Stream>,
     /// Sequence id of the next packet written.
     seq: u8,
     caps: CapabilityFlags,
@@ -52,6 +126,16 @@ pub enum Packet {
 impl Wire {
     /// Connects and authenticates as `src`'s user, within `timeout`.
     pub async fn connect(src: &SourceConfig, timeout: Duration) -> Result<Wire> {
+        Wire::open(src, timeout, Until::Authenticated).await
+    }
+
+    /// Connects and runs the TLS handshake only, checking the server's certificate as
+    /// `--ssl-mode` says (and so learning its names for the driver, see `source::tls`).
+    pub async fn probe_tls(src: &SourceConfig, timeout: Duration) -> Result<()> {
+        Wire::open(src, timeout, Until::Tls).await.map(drop)
+    }
+
+    async fn open(src: &SourceConfig, timeout: Duration, until: Until) -> Result<Wire> {
         let addr = format!("{}:{}", src.host, src.port);
         let unreachable = |detail: String| -> Failure {
             Disconnect::Unreachable {
@@ -66,12 +150,12 @@ impl Wire {
                 .map_err(|e| unreachable(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
             let mut wire = Wire {
-                stream: BufReader::with_capacity(64 << 10, tcp),
+                stream: BufReader::with_capacity(64 << 10, Stream::Plain(tcp)),
                 seq: 0,
                 caps: CapabilityFlags::empty(),
                 src: src.clone(),
             };
-            wire.handshake(src).await?;
+            wire.handshake(src, until).await?;
             Ok(wire)
         };
         match tokio::time::timeout(timeout, attempt).await {
@@ -83,7 +167,7 @@ impl Wire {
         }
     }
 
-    async fn handshake(&mut self, src: &SourceConfig) -> Result<()> {
+    async fn handshake(&mut self, src: &SourceConfig, until: Until) -> Result<()> {
         let first = self.read_small().await?;
         if first.first() == Some(&0xFF) {
             return Err(self.server_error(&first));
@@ -117,6 +201,27 @@ impl Wire {
             Some(AuthPlugin::CachingSha2Password) => AuthPlugin::CachingSha2Password,
             _ => AuthPlugin::MysqlNativePassword,
         };
+        let mode = src.tls.mode();
+        let offered = hs.capabilities().contains(CapabilityFlags::CLIENT_SSL);
+        src.tls.set_offered(offered);
+        match src.tls.client_config() {
+            Some(config) if offered => {
+                self.caps |= CapabilityFlags::CLIENT_SSL;
+                self.start_tls(config, version).await?;
+            }
+            _ if mode.requires_tls() => {
+                return Err(TlsError::NotOffered {
+                    addr: self.src.to_string(),
+                    mode,
+                }
+                .into())
+            }
+            _ => {}
+        }
+        if until == Until::Tls {
+            return Ok(());
+        }
+        let tls = self.caps.contains(CapabilityFlags::CLIENT_SSL);
         let pass = src.password.as_deref();
         let data = plugin.gen_data(pass, &nonce);
         let response = HandshakeResponse::new(
@@ -131,7 +236,7 @@ impl Wire {
         );
         let mut buf = Vec::new();
         response.serialize(&mut buf);
-        self.seq = 1;
+        // The sequence goes on from the handshake (and the SSL request).
         self.write_packet(&buf).await?;
         let mut switched = false;
         loop {
@@ -167,6 +272,12 @@ impl Wire {
                 // caching_sha2_password: "fast auth worked", then the OK follows.
                 Some(0x01) if p.get(1) == Some(&0x03) => {}
                 // caching_sha2_password: the server wants the password itself.
+                // Inside TLS the password itself, as the mysql client sends it.
+                Some(0x01) if p.get(1) == Some(&0x04) && tls => {
+                    let mut clear = pass.unwrap_or_default().as_bytes().to_vec();
+                    clear.push(0);
+                    self.write_packet(&clear).await?;
+                }
                 Some(0x01) if p.get(1) == Some(&0x04) => {
                     self.full_auth(pass.unwrap_or_default(), &nonce).await?;
                 }
@@ -178,6 +289,56 @@ impl Wire {
                 }
             }
         }
+    }
+
+    /// Sends the SSL request and runs the TLS handshake on the socket; the connection goes on
+    /// inside TLS.
+    async fn start_tls(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        version: (u16, u16, u16),
+    ) -> Result<()> {
+        let collation = if version >= (5, 5, 3) {
+            mysql_common::collations::CollationId::UTF8MB4_GENERAL_CI
+        } else {
+            mysql_common::collations::CollationId::UTF8MB3_GENERAL_CI
+        };
+        let request = SslRequest::new(self.caps, MAX_EVENT as u32, collation as u8);
+        let mut buf = Vec::new();
+        request.serialize(&mut buf);
+        self.write_packet(&buf).await?;
+        if !self.stream.buffer().is_empty() {
+            return Err(self.protocol("bytes from the server before the TLS handshake".into()));
+        }
+        let Stream::Plain(tcp) = std::mem::replace(self.stream.get_mut(), Stream::Detached) else {
+            return Err(self.protocol("a second TLS handshake".into()));
+        };
+        let name = rustls::pki_types::ServerName::try_from(self.src.host.clone()).map_err(|e| {
+            TlsError::Settings(format!(
+                "--source host `{}` cannot be checked against a certificate: {e}",
+                self.src.host
+            ))
+        })?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| match super::error::rustls_error(&e) {
+                Some(r) => self
+                    .src
+                    .tls
+                    .handshake_error(&self.src.to_string(), &self.src.host, r)
+                    .into(),
+                None => self.io(e),
+            })?;
+        let (_, session) = tls.get_ref();
+        tracing::debug!(
+            source = %self.src,
+            version = ?session.protocol_version(),
+            cipher = ?session.negotiated_cipher_suite().map(|c| c.suite()),
+            "dump connection: TLS"
+        );
+        *self.stream.get_mut() = Stream::Tls(Box::new(tls));
+        Ok(())
     }
 
     /// caching_sha2_password's full authentication over plain TCP: the password, XORed with
@@ -216,6 +377,12 @@ impl Wire {
     }
 
     /// Runs a statement that returns no rows to keep (SET ...). Rows, if any, are drained.
+    /// Ends the session politely (COM_QUIT), so that the server does not log an aborted
+    /// connection.
+    pub async fn quit(mut self) {
+        let _ = self.command(&[0x01]).await;
+    }
+
     pub async fn query(&mut self, sql: &str) -> Result<()> {
         let mut buf = Vec::with_capacity(sql.len() + 1);
         buf.push(0x03);

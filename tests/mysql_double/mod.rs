@@ -23,7 +23,11 @@
 //! `mysql_1236`), a large event inside a transaction, another `server_uuid` after the first
 //! dump; `Options::require_secure_transport` refuses plain TCP (3159).
 //!
-//! Not modelled: TLS, compression, COM_CHANGE_USER, multi-statement queries, semi-sync, and a
+//! TLS (`Options::tls`, a rustls server configuration): CLIENT_SSL is advertised, an SSL
+//! request switches the connection to TLS, and there caching_sha2_password's full
+//! authentication takes the password in clear, as MySQL does.
+//!
+//! Not modelled: compression, COM_CHANGE_USER, multi-statement queries, semi-sync, and a
 //! binlog that grows while a dump runs (the files are fixed when the double starts). Every
 //! result column is a VAR_STRING (the driver converts text to the type asked for).
 
@@ -151,6 +155,9 @@ pub struct Options {
     /// caching_sha2_password's cache already holds the account (a fast-path login at once),
     /// as after an earlier full authentication on the same server.
     pub sha2_cache_warm: bool,
+    /// caching_sha2_password's cache never keeps the account (as with FLUSH PRIVILEGES before
+    /// every login): each connection goes through full authentication.
+    pub sha2_cache_off: bool,
     pub server_id: u32,
     /// None: the UUID of the first GTID in the files (the server that wrote them).
     pub server_uuid: Option<String>,
@@ -159,8 +166,27 @@ pub struct Options {
     pub tables: Vec<TableDesc>,
     /// The grants `SHOW GRANTS` prints.
     pub grants: Vec<String>,
+    /// A role `binsync_role`@`%` granted to the user with these privileges on *.*
+    /// (e.g. "SELECT, REPLICATION SLAVE, REPLICATION CLIENT"), and whether it is active at
+    /// login (a default role, or activate_all_roles_on_login=ON). MySQL 8 then answers
+    /// `SHOW GRANTS` with the role's name only, `CURRENT_ROLE()` with `` `binsync_role`@`%` ``
+    /// (NONE when inactive), and `SHOW GRANTS FOR CURRENT_USER() USING <roles>` with the
+    /// role's privileges merged into the user's.
+    pub role: Option<(String, bool)>,
     /// `require_secure_transport=ON`: a plain TCP client is refused with 3159.
     pub require_secure_transport: bool,
+    /// `gtid_mode=OFF` (MySQL's default): the variables say so and the GTID sets are empty
+    /// (the files then hold ANONYMOUS_GTID events).
+    pub gtid_mode_off: bool,
+    /// caching_sha2_password's request for the public key is answered with an empty key:
+    /// not a PEM. (MySQL without RSA keys refuses the login instead; a damaged key file or a
+    /// proxy in between can send this. A client must not crash on it.)
+    pub bad_public_key: bool,
+    /// Transactions 1..=n of this source UUID were purged (in `gtid_purged` and
+    /// `gtid_executed`, before the first file), as after PURGE BINARY LOGS.
+    pub extra_purged: Option<([u8; 16], u64)>,
+    /// Serve TLS with this configuration (None: no CLIENT_SSL, as MySQL without certificates).
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// What goes wrong, and when.
     pub faults: Faults,
 }
@@ -187,6 +213,14 @@ pub struct Faults {
     /// Once a dump was requested, `@@server_uuid` answers this: the replica reconnects to
     /// another server of the topology (same binlog and GTIDs, another identity).
     pub server_uuid_after_first_dump: Option<String>,
+    /// The first `SHOW BINARY LOG STATUS` row names the end of the last file but an
+    /// Executed_Gtid_Set without the last transaction: MySQL fills the row in two steps (the
+    /// position under the binlog lock, the set under another), so a transaction committing
+    /// in between shows this way. Later rows are whole (the commit has finished).
+    pub status_gtid_behind: bool,
+    /// Every event over 1 MiB, in every dump, goes out in 64 KiB pieces spread over this
+    /// long (a slow link): no heartbeat comes meanwhile, as from a real server.
+    pub slow_large_events: Option<Duration>,
 }
 
 /// Error 1236 (ER_SOURCE_FATAL_ERROR_READING_BINLOG) as MySQL words it for each cause
@@ -198,6 +232,12 @@ pub mod mysql_1236 {
     pub const EVENT_TOO_LARGE: &str = "log event entry exceeded max_allowed_packet; Increase max_allowed_packet on source; the first event 'binlog.000001' at 4, the last event read from './binlog.000001' at 126, the last byte read from './binlog.000001' at 126.";
     /// The replica holds GTIDs of the source's UUID that the source does not (8.0.26+ wording).
     pub const REPLICA_HAS_MORE_GTIDS: &str = "Replica has more GTIDs than the source has, using the source's SERVER_UUID. This may indicate that the end of the binary log was truncated or that the last binary log file was lost, e.g., after a power or disk failure when sync_binlog != 1. The source may or may not have rolled back transactions that were already replicated to the replica. Suggest to replicate any transactions that source has rolled back from replica to source, and/or commit empty transactions on source to account for transactions that have been committed on source but are not included in GTID_EXECUTED.";
+    /// Another replica registered with this one's server id (8.0.26+ wording); the server
+    /// ends the older dump with this.
+    pub const SAME_SERVER_ID: &str = "A replica with the same server_uuid/server_id as this replica has connected to the source; the first event 'binlog.000001' at 4, the last event read from './binlog.000001' at 126, the last byte read from './binlog.000001' at 126.";
+    /// The requested offset lies past the end of the file (truncated, or another server's).
+    pub const PAST_END: &str =
+        "Client requested source to start replication from position > file size";
     /// A damaged event in the binlog.
     pub const BOGUS_DATA: &str = "bogus data in log event; the first event 'binlog.000001' at 4, the last event read from './binlog.000001' at 126, the last byte read from './binlog.000001' at 126.";
 }
@@ -209,6 +249,7 @@ impl Default for Options {
             password: "cdc-pw".into(),
             plugin: Plugin::CachingSha2,
             sha2_cache_warm: false,
+            sha2_cache_off: false,
             server_id: 1,
             server_uuid: None,
             row_metadata: "MINIMAL".into(),
@@ -218,6 +259,11 @@ impl Default for Options {
                     .into(),
             ],
             require_secure_transport: false,
+            gtid_mode_off: false,
+            role: None,
+            bad_public_key: false,
+            extra_purged: None,
+            tls: None,
             faults: Faults::default(),
         }
     }
@@ -644,6 +690,8 @@ struct Seen {
     idle_heartbeats: u32,
     /// Dumps requested so far.
     dumps: u32,
+    /// Binlog status rows answered so far.
+    status_rows: u32,
 }
 
 struct Server {
@@ -671,6 +719,10 @@ impl MysqlDouble {
             "MySQL 9 has no mysql_native_password: no account can use it"
         );
         let mut binlog = Binlog::load(&files);
+        if let Some((uuid, n)) = opts.extra_purged {
+            binlog.purged.add(uuid, "", 1, n);
+            binlog.executed.add(uuid, "", 1, n);
+        }
         if let Some((after, size)) = opts.faults.large_event {
             binlog.files[0].insert_rows_query(after, size);
         }
@@ -816,9 +868,15 @@ fn syntax_error(sql: &str) -> Reply {
     )
 }
 
+/// A session's socket, plain or inside TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 struct Session {
     srv: Arc<Server>,
-    stream: TcpStream,
+    stream: Box<dyn Io>,
+    /// The client switched to TLS.
+    tls: bool,
     seq: u8,
     caps: CapabilityFlags,
     conn_id: u32,
@@ -839,7 +897,8 @@ impl Session {
         }
         Session {
             srv,
-            stream,
+            stream: Box::new(stream),
+            tls: false,
             seq: 0,
             caps: CapabilityFlags::empty(),
             conn_id,
@@ -870,6 +929,12 @@ impl Session {
     }
 
     async fn write_packet(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        let buf = self.frame_packet(payload);
+        self.stream.write_all(&buf).await
+    }
+
+    /// `payload` as wire chunks of at most 16 MiB - 1, each with its header.
+    fn frame_packet(&mut self, payload: &[u8]) -> Vec<u8> {
         let mut buf = Vec::with_capacity(payload.len() + 8);
         let mut chunks = payload.chunks(0xff_ffff).peekable();
         if payload.is_empty() {
@@ -886,7 +951,7 @@ impl Session {
                 self.seq = self.seq.wrapping_add(1);
             }
         }
-        self.stream.write_all(&buf).await
+        buf
     }
 
     async fn ok(&mut self) -> std::io::Result<()> {
@@ -1057,7 +1122,7 @@ impl Session {
         let profile = self.srv.profile;
         // What MySQL 8.0.36 / 8.4 / 9.x advertise without TLS configured (no CLIENT_SSL), less
         // CLIENT_COMPRESS (the double does not compress).
-        let caps = CapabilityFlags::CLIENT_LONG_PASSWORD
+        let mut caps = CapabilityFlags::CLIENT_LONG_PASSWORD
             | CapabilityFlags::CLIENT_FOUND_ROWS
             | CapabilityFlags::CLIENT_LONG_FLAG
             | CapabilityFlags::CLIENT_CONNECT_WITH_DB
@@ -1082,6 +1147,9 @@ impl Session {
             | CapabilityFlags::CLIENT_DEPRECATE_EOF
             | CapabilityFlags::CLIENT_QUERY_ATTRIBUTES
             | CapabilityFlags::MULTI_FACTOR_AUTHENTICATION;
+        if self.srv.opts.tls.is_some() {
+            caps |= CapabilityFlags::CLIENT_SSL;
+        }
         let mut scramble_2 = self.nonce[8..].to_vec();
         scramble_2.push(0);
         let hs = HandshakePacket::new(
@@ -1101,7 +1169,26 @@ impl Session {
         hs.serialize(&mut buf);
         self.seq = 0;
         self.write_packet(&buf).await?;
-        let resp = self.read_packet().await?;
+        let mut resp = self.read_packet().await?;
+        // An SSL request: the fixed part of a handshake response with CLIENT_SSL, and nothing
+        // else; TLS follows, then the whole response inside it.
+        if let Some(config) = self.srv.opts.tls.clone() {
+            let flags = resp
+                .get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            if resp.len() == 32
+                && flags.is_some_and(|f| f & CapabilityFlags::CLIENT_SSL.bits() != 0)
+            {
+                let plain = std::mem::replace(&mut self.stream, Box::new(tokio::io::duplex(1).0));
+                let tls = tokio_rustls::TlsAcceptor::from(config)
+                    .accept(plain)
+                    .await?;
+                self.stream = Box::new(tls);
+                self.tls = true;
+                self.log("TLS".into());
+                resp = self.read_packet().await?;
+            }
+        }
         let resp: HandshakeResponse<'_> = ParseBuf(&resp).parse(()).map_err(bad)?;
         self.caps = resp.capabilities() & caps;
         let user = String::from_utf8_lossy(resp.user()).into_owned();
@@ -1112,7 +1199,7 @@ impl Session {
         let scramble = resp.scramble_buf().to_vec();
         self.log(format!("CONNECT user={user} plugin={client_plugin}"));
         let opts = &self.srv.opts;
-        if opts.require_secure_transport {
+        if opts.require_secure_transport && !self.tls {
             // ER_SECURE_TRANSPORT_REQUIRED: checked before the account's plugin runs.
             self.err(
                 3159,
@@ -1198,7 +1285,7 @@ impl Session {
         let expected = mysql_common::scramble::scramble_sha256(&self.nonce, password.as_bytes())
             .map(|s| s.to_vec())
             .unwrap_or_default();
-        let cached = self.srv.seen.lock().unwrap().sha2_cached;
+        let cached = self.srv.seen.lock().unwrap().sha2_cached && !self.srv.opts.sha2_cache_off;
         if cached && scramble == expected {
             self.log("AUTH caching_sha2_password fast".into());
             // fast_auth_success, then OK.
@@ -1209,10 +1296,25 @@ impl Session {
         // perform_full_authentication
         self.write_packet(&[0x01, 0x04]).await?;
         let mut reply = self.read_packet().await?;
+        if self.tls {
+            // Inside TLS the client sends the password itself.
+            self.log("AUTH caching_sha2_password full (TLS)".into());
+            let mut want = password.as_bytes().to_vec();
+            want.push(0);
+            if reply != want {
+                self.err(1045, "28000", denied).await?;
+                return Ok(false);
+            }
+            self.srv.seen.lock().unwrap().sha2_cached = true;
+            self.ok().await?;
+            return Ok(true);
+        }
         if reply == [0x02] {
             // The client asks for the public key: AuthMoreData with the PEM.
             let mut p = vec![0x01];
-            p.extend_from_slice(self.srv.rsa_public_pem.as_bytes());
+            if !self.srv.opts.bad_public_key {
+                p.extend_from_slice(self.srv.rsa_public_pem.as_bytes());
+            }
             self.write_packet(&p).await?;
             reply = self.read_packet().await?;
         }
@@ -1349,6 +1451,33 @@ impl Session {
             || u == "SHOW BINARY LOG STATUS" && !self.srv.profile.has_binary_log_status()
     }
 
+    /// The status row's Executed_Gtid_Set (see [`Faults::status_gtid_behind`]).
+    fn status_executed(&self) -> String {
+        let binlog = &self.srv.binlog;
+        if self.srv.opts.gtid_mode_off {
+            return String::new();
+        }
+        let first = {
+            let mut seen = self.srv.seen.lock().unwrap();
+            seen.status_rows += 1;
+            seen.status_rows == 1
+        };
+        if !self.srv.opts.faults.status_gtid_behind || !first {
+            return binlog.executed.to_string();
+        }
+        self.log("FAULT status row without the last transaction".into());
+        let last = binlog
+            .files
+            .iter()
+            .flat_map(|f| f.events.iter())
+            .filter_map(|e| e.gtid.clone())
+            .next_back()
+            .expect("status_gtid_behind needs a GTID in the files");
+        let mut one = GtidSet::default();
+        one.add(last.uuid, &last.tag, last.gno, last.gno);
+        binlog.executed.minus(&one).to_string()
+    }
+
     fn variable(&self, name: &str) -> Option<String> {
         let srv = &self.srv;
         let first_crc = srv.binlog.files[0].crc32;
@@ -1375,6 +1504,8 @@ impl Session {
             "binlog_row_metadata" => srv.opts.row_metadata.clone(),
             // Not MySQL's default (OFF): a source set up as binsync's README asks, and the
             // fixtures carry GTIDs.
+            "gtid_mode" | "enforce_gtid_consistency" if srv.opts.gtid_mode_off => "OFF".into(),
+            "gtid_executed" | "gtid_purged" if srv.opts.gtid_mode_off => String::new(),
             "gtid_mode" => "ON".into(),
             "enforce_gtid_consistency" => "ON".into(),
             // What the files hold: the first file's PREVIOUS_GTIDS (the purged part, as after
@@ -1466,7 +1597,7 @@ impl Session {
                 Some(last.end().to_string()),
                 Some(String::new()),
                 Some(String::new()),
-                Some(self.srv.binlog.executed.to_string()),
+                Some(self.status_executed()),
             ]
         };
         let status_cols = [
@@ -1507,15 +1638,23 @@ impl Session {
                 .collect();
             return rows(&["Log_name", "File_size", "Encrypted"], out);
         }
+        if u == "SELECT CURRENT_ROLE()" {
+            let role = match &self.srv.opts.role {
+                Some((_, true)) => "`binsync_role`@`%`",
+                _ => "NONE",
+            };
+            return rows(&["CURRENT_ROLE()"], vec![vec![Some(role.into())]]);
+        }
         if u == "SHOW GRANTS" || u.starts_with("SHOW GRANTS FOR CURRENT_USER") {
             let user = &self.srv.opts.user;
-            let out = self
-                .srv
-                .opts
-                .grants
-                .iter()
-                .map(|g| vec![Some(g.clone())])
-                .collect();
+            let mut grants = self.srv.opts.grants.clone();
+            if let Some((privileges, _)) = &self.srv.opts.role {
+                if u.contains(" USING ") {
+                    grants.insert(0, format!("GRANT {privileges} ON *.* TO `{user}`@`%`"));
+                }
+                grants.push(format!("GRANT `binsync_role`@`%` TO `{user}`@`%`"));
+            }
+            let out = grants.into_iter().map(|g| vec![Some(g)]).collect();
             return Reply::Rows(vec![format!("Grants for {user}@%")], out);
         }
         if u == "SHOW REPLICAS" || u == "SHOW SLAVE HOSTS" {
@@ -1927,7 +2066,23 @@ impl Session {
         let mut p = Vec::with_capacity(ev.len() + 1);
         p.push(0x00);
         p.extend_from_slice(ev);
-        self.write_packet(&p).await
+        match self.srv.opts.faults.slow_large_events {
+            Some(total) if ev.len() > 1 << 20 => {
+                let wire = self.frame_packet(&p);
+                let pieces = wire.len().div_ceil(64 << 10);
+                self.log(format!(
+                    "FAULT slow event of {} bytes over {total:?}",
+                    ev.len()
+                ));
+                for piece in wire.chunks(64 << 10) {
+                    self.stream.write_all(piece).await?;
+                    self.stream.flush().await?;
+                    tokio::time::sleep(total / pieces as u32).await;
+                }
+                Ok(())
+            }
+            _ => self.write_packet(&p).await,
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //!   copy), tombstones, per-row counts for keyless tables, counters, `dump`.
 //! - `server`: HTTP/1 over hyper: routes, authorization, gzip, limits, fault injection,
 //!   graceful shutdown.
+//! - `tls`: https (`tls`): the certificate and key, read before anything binds.
 //! - `discard`: `--discard` mode's body check: serde_json over the whole body, envelope only.
 //!
 //! Invariants:
@@ -36,6 +37,7 @@ mod batch;
 mod discard;
 mod server;
 mod store;
+mod tls;
 
 use std::fmt;
 use std::future::Future;
@@ -93,6 +95,15 @@ pub struct ReceiveOptions {
     pub max_body_bytes: usize,
     /// Deepest nesting of arrays and objects in a body (the body itself is 1): 400 beyond it.
     pub max_depth: usize,
+    /// Serve https with this certificate and key (None: plain http).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of an https receiver: its certificate chain (leaf first) and private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl ReceiveOptions {
@@ -108,6 +119,7 @@ impl ReceiveOptions {
             discard: false,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_depth: DEFAULT_MAX_DEPTH,
+            tls: None,
         }
     }
 
@@ -159,6 +171,7 @@ impl fmt::Debug for ReceiveOptions {
             .field("discard", &self.discard)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_depth", &self.max_depth)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -245,6 +258,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ReceiveError> {
     opts.validate()?;
+    let tls = tls::acceptor(opts.tls.as_ref())?;
     // Open the store before binding: `listening on` must mean ready.
     let store = open_store(&opts).await?;
     let bound = match TcpListener::bind(opts.listen).await {
@@ -266,7 +280,7 @@ pub async fn serve(
             .and_then(|_| out.flush())
             .map_err(ReceiveError::Stdout)?;
     }
-    server::run(listener, opts, store, shutdown).await
+    server::run(listener, opts, tls, store, shutdown).await
 }
 
 /// Serves on a listener the caller bound (what [`serve`] does after binding and printing);
@@ -277,8 +291,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ReceiveError> {
     opts.validate()?;
+    let tls = tls::acceptor(opts.tls.as_ref())?;
     let store = open_store(&opts).await?;
-    server::run(listener, opts, store, shutdown).await
+    server::run(listener, opts, tls, store, shutdown).await
 }
 
 /// Reads the stored state (the receiver must be stopped: it locks the dir) as the JSON printed

@@ -2,6 +2,9 @@
 //! (authorization, headers, size limit, faults, gunzip, depth limit, parse, apply and commit,
 //! answer).
 //!
+//! With TLS files (`--tls-cert/--tls-key`) every connection goes through the TLS handshake
+//! first (bounded by `TLS_HANDSHAKE`), then the same HTTP/1.
+//!
 //! Routes: `POST <any other path>` takes a batch; `GET /stats` and `GET /healthz` are open
 //! (no authorization: counters only).
 //!
@@ -23,9 +26,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use crate::batch;
 use crate::store::{Applied, Store};
@@ -41,6 +46,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Open connections at once; the accept loop waits beyond it.
 const MAX_CONNECTIONS: usize = 1024;
+/// How long a client may take over the TLS handshake (https only).
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 type Answer = Response<Full<Bytes>>;
 
@@ -61,6 +68,7 @@ struct Shared {
 pub(super) async fn run(
     listener: TcpListener,
     opts: ReceiveOptions,
+    tls: Option<TlsAcceptor>,
     store: Store,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ReceiveError> {
@@ -93,8 +101,19 @@ pub(super) async fn run(
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             let shared = shared.clone();
+                            let tls = tls.clone();
                             tasks.spawn(async move {
-                                connection(shared, stream, peer).await;
+                                let _ = stream.set_nodelay(true);
+                                match tls {
+                                    None => connection(shared, stream, peer).await,
+                                    Some(tls) => {
+                                        match tokio::time::timeout(TLS_HANDSHAKE, tls.accept(stream)).await {
+                                            Ok(Ok(stream)) => connection(shared, stream, peer).await,
+                                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                            Err(_) => tracing::debug!(%peer, "no TLS handshake within {TLS_HANDSHAKE:?}"),
+                                        }
+                                    }
+                                }
                                 drop(permit);
                             });
                         }
@@ -139,8 +158,11 @@ pub(super) async fn run(
     Ok(())
 }
 
-async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+/// HTTP/1 on one connection, plain or inside TLS.
+async fn connection<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // A `drop` fault asks for the connection to be closed without an answer.
     let cut = Arc::new(Notify::new());
     let mut stop = shared.stop.clone();

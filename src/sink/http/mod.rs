@@ -21,6 +21,7 @@
 pub mod batch;
 mod send;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -59,6 +60,44 @@ pub struct HttpConfig {
     pub on_reject: OnReject,
     /// Merge several operations on one entity id within a batch (see [`batch::merge_ops`]).
     pub compact: bool,
+    /// `--sink-ca`: the only CAs trusted for an https sink (None: the public roots).
+    pub ca: Option<SinkCa>,
+}
+
+/// `--sink-ca FILE`, read and parsed at start-up.
+#[derive(Clone)]
+pub struct SinkCa {
+    pub path: PathBuf,
+    certs: Vec<reqwest::Certificate>,
+}
+
+impl SinkCa {
+    /// Every certificate of the PEM file at `path`; at least one.
+    pub fn load(path: &Path) -> Result<SinkCa, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let bad = |why: String| {
+            format!(
+                "--sink-ca {}: {why}; give a PEM file of the CA certificate(s) that signed the sync API's certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            )
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let ders = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if ders.is_empty() {
+            return Err(bad("no certificate in it".into()));
+        }
+        let certs = ders
+            .iter()
+            .map(|d| reqwest::Certificate::from_der(d).map_err(|e| bad(error_chain(&e))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SinkCa {
+            path: path.to_path_buf(),
+            certs,
+        })
+    }
 }
 
 impl std::fmt::Debug for HttpConfig {
@@ -76,6 +115,7 @@ impl std::fmt::Debug for HttpConfig {
             .field("max_retries", &self.max_retries)
             .field("on_reject", &self.on_reject)
             .field("compact", &self.compact)
+            .field("ca", &self.ca.as_ref().map(|c| &c.path))
             .finish()
     }
 }
@@ -94,6 +134,7 @@ impl HttpConfig {
             max_retries: None,
             on_reject: OnReject::Dlq,
             compact: false,
+            ca: None,
         }
     }
 
@@ -123,17 +164,56 @@ impl HttpConfig {
     }
 
     pub fn client(&self) -> Result<reqwest::Client, SinkError> {
-        reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(self.request_timeout)
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
             // 3xx is a rejection in the contract; following it would turn the POST into a GET.
             .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(ca) = &self.ca {
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in &ca.certs {
+                builder = builder.add_root_certificate(cert.clone());
+            }
+        }
+        builder
             .build()
             .map_err(|e| SinkError::Client(error_chain(&e)))
     }
+
+    /// A failed TLS handshake with the sync API: what happened and the fix.
+    fn tls_failure(&self, e: &rustls::Error) -> String {
+        use rustls::CertificateError as C;
+        let fix = match (e, &self.ca) {
+            #[allow(deprecated)]
+            (
+                rustls::Error::InvalidCertificate(
+                    C::UnknownIssuer | C::BadSignature | C::UnsupportedSignatureAlgorithm,
+                ),
+                Some(ca),
+            ) => format!(
+                "its certificate is not signed by --sink-ca {}: pass the CA certificate that signed it",
+                ca.path.display()
+            ),
+            (rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature), None) => {
+                "its certificate is not signed by a public CA: pass the CA certificate that signed it with --sink-ca FILE".into()
+            }
+            (
+                rustls::Error::InvalidCertificate(
+                    C::NotValidForName | C::NotValidForNameContext { .. },
+                ),
+                _,
+            ) => "its certificate is not valid for the host in --sink: use a name the certificate holds in the URL, or give the receiver a certificate for this one".into(),
+            (rustls::Error::InvalidCertificate(_), _) => {
+                "its certificate cannot be used (expired, not yet valid, or not for a server): renew it".into()
+            }
+            _ => "check the receiver's TLS settings".into(),
+        };
+        format!("{e}; {fix}")
+    }
 }
+
 /// What the lanes reported, kept in the ledger: a batch's pieces are done once it is handled,
 /// and a batch that will not be handled stops every ack from its first chunk on.
 /// `%40` -> `@` in URL user info.

@@ -94,8 +94,31 @@ async fn post(
                 body,
             }
         }
-        Err(e) => Attempt::NoResponse(error_chain(&e)),
+        Err(e) => match rustls_error(&e) {
+            Some(tls) => Attempt::Tls(cfg.tls_failure(tls)),
+            None => Attempt::NoResponse(error_chain(&e)),
+        },
     }
+}
+
+/// The rustls error somewhere in `e`'s chain, if the request failed in the TLS handshake. It
+/// sits inside I/O errors (hyper-util wraps tokio-rustls's), whose own `source` skips what they
+/// wrap, so each one is opened with `get_ref`.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(e);
+    while let Some(mut e) = cur {
+        while let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            e = inner;
+        }
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        cur = e.source();
+    }
+    None
 }
 
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
@@ -152,6 +175,10 @@ async fn deliver(
             dead_letter(cfg, dlq, batch, status, detail).await
         }
         Settled::Abandoned => Handled::Abandoned,
+        Settled::Tls(detail) => Handled::Failed(SinkError::Tls {
+            url: cfg.url.clone(),
+            detail,
+        }),
     }
 }
 
@@ -266,7 +293,7 @@ pub async fn replay_dead_letters(
                 );
                 failed += 1;
             }
-            Attempt::NoResponse(e) => {
+            Attempt::NoResponse(e) | Attempt::Tls(e) => {
                 println!("dead letter {}: {e}", entry.id);
                 failed += 1;
             }

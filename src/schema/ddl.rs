@@ -1,0 +1,579 @@
+//! DDL statements from the binlog applied to a [`Catalog`], read with sqlparser's MySQL
+//! dialect (not regular expressions: quoting, comments and multi-table statements are the
+//! parser's job).
+//!
+//! [`apply`] changes the catalog only when the whole statement was understood: a statement the
+//! parser cannot read, or one it reads but that refers to a table or column the catalog lacks,
+//! is a [`DdlError`] naming the tables it touches (from the statement's tokens), and the
+//! catalog is left as it was. The caller decides what that means (a tracked table: stop; an
+//! untracked one: record and go on).
+
+use sqlparser::ast::{
+    AlterTableOperation, ColumnDef, ColumnOption, CreateTable, CreateTableLikeKind, DataType, Expr,
+    MySQLColumnPosition, ObjectName, ObjectType, Statement, TableConstraint,
+};
+use sqlparser::dialect::MySqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
+
+use super::{Catalog, Column, Table};
+
+/// What a statement did, for the sync API's DDL operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Created (also `CREATE TABLE ... LIKE` / `AS SELECT`, `CREATE OR REPLACE`).
+    Created {
+        db: String,
+        table: String,
+    },
+    /// Columns, their types or the primary key changed.
+    Altered {
+        db: String,
+        table: String,
+    },
+    Renamed {
+        from: (String, String),
+        to: (String, String),
+    },
+    Truncated {
+        db: String,
+        table: String,
+    },
+    Dropped {
+        db: String,
+        table: String,
+    },
+    CreatedDatabase(String),
+    DroppedDatabase(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DdlError {
+    #[error("cannot read the DDL statement ({reason}): {statement}")]
+    Unparsed {
+        statement: String,
+        reason: String,
+        /// `(db, table)` named after TABLE in its tokens (best effort).
+        tables: Vec<(String, String)>,
+    },
+    #[error(
+        "the DDL statement refers to {what}, which the schema history does not hold: {statement}"
+    )]
+    Unknown {
+        statement: String,
+        what: String,
+        tables: Vec<(String, String)>,
+    },
+}
+
+impl DdlError {
+    /// The tables the failed statement touches.
+    pub fn tables(&self) -> &[(String, String)] {
+        match self {
+            DdlError::Unparsed { tables, .. } | DdlError::Unknown { tables, .. } => tables,
+        }
+    }
+}
+
+/// Applies `sql` (one query event's text; `default_db` is the event's current database) to
+/// `catalog`. Statements that are no DDL (DML logged as statements, GRANT, ...) change
+/// nothing and return no effect. See the module docs.
+pub fn apply(catalog: &mut Catalog, default_db: &str, sql: &str) -> Result<Vec<Effect>, DdlError> {
+    let statements = Parser::parse_sql(&MySqlDialect {}, sql).map_err(|e| DdlError::Unparsed {
+        statement: sql.to_string(),
+        reason: e.to_string(),
+        tables: tables_in_tokens(sql, default_db),
+    })?;
+    let mut next = catalog.clone();
+    let mut effects = Vec::new();
+    for st in &statements {
+        let mut cx = Cx {
+            catalog: &mut next,
+            default_db,
+            sql,
+        };
+        effects.extend(cx.statement(st)?);
+    }
+    *catalog = next;
+    Ok(effects)
+}
+
+struct Cx<'a> {
+    catalog: &'a mut Catalog,
+    default_db: &'a str,
+    sql: &'a str,
+}
+
+impl Cx<'_> {
+    fn name(&self, n: &ObjectName) -> (String, String) {
+        let parts: Vec<String> =
+            n.0.iter()
+                .map(|p| {
+                    p.as_ident()
+                        .map(|i| i.value.clone())
+                        .unwrap_or_else(|| p.to_string())
+                })
+                .collect();
+        match parts.as_slice() {
+            [db, table] => (db.clone(), table.clone()),
+            [table] => (self.default_db.to_string(), table.clone()),
+            _ => (self.default_db.to_string(), n.to_string()),
+        }
+    }
+
+    fn unknown(&self, what: String) -> DdlError {
+        DdlError::Unknown {
+            statement: self.sql.to_string(),
+            what,
+            tables: tables_in_tokens(self.sql, self.default_db),
+        }
+    }
+
+    fn statement(&mut self, st: &Statement) -> Result<Vec<Effect>, DdlError> {
+        match st {
+            Statement::CreateTable(ct) => self.create(ct),
+            Statement::AlterTable(at) => {
+                let (db, table) = self.name(&at.name);
+                let Some(mut t) = self.catalog.table(&db, &table).cloned() else {
+                    return Err(self.unknown(format!("the table {db}.{table}")));
+                };
+                let mut effects = vec![Effect::Altered {
+                    db: db.clone(),
+                    table: table.clone(),
+                }];
+                for op in &at.operations {
+                    if let Some(renamed) = self.alter(&mut t, op)? {
+                        effects.push(renamed);
+                    }
+                }
+                self.catalog.remove(&db, &table);
+                self.catalog.insert(t);
+                Ok(effects)
+            }
+            Statement::RenameTable(renames) => {
+                // In order: `t TO _t_old, _t_gho TO t` (an online schema change's cut-over).
+                let mut effects = Vec::new();
+                for r in renames {
+                    let from = self.name(&r.old_name);
+                    let to = self.name(&r.new_name);
+                    effects.push(self.rename(from, to)?);
+                }
+                Ok(effects)
+            }
+            Statement::Truncate(tr) => Ok(tr
+                .table_names
+                .iter()
+                .map(|t| {
+                    let (db, table) = self.name(&t.name);
+                    Effect::Truncated { db, table }
+                })
+                .collect()),
+            Statement::Drop {
+                object_type, names, ..
+            } => match object_type {
+                ObjectType::Table => Ok(names
+                    .iter()
+                    .filter_map(|n| {
+                        let (db, table) = self.name(n);
+                        // DROP TABLE IF EXISTS of a table never seen: nothing to forget.
+                        self.catalog
+                            .remove(&db, &table)
+                            .map(|_| Effect::Dropped { db, table })
+                    })
+                    .collect()),
+                ObjectType::Schema | ObjectType::Database => {
+                    let mut effects = Vec::new();
+                    for n in names {
+                        let db = n.to_string().trim_matches('`').to_string();
+                        let gone: Vec<(String, String)> = self
+                            .catalog
+                            .tables
+                            .keys()
+                            .filter(|(d, _)| *d == db)
+                            .cloned()
+                            .collect();
+                        for (d, t) in gone {
+                            self.catalog.remove(&d, &t);
+                            effects.push(Effect::Dropped { db: d, table: t });
+                        }
+                        self.catalog.databases.remove(&db);
+                        effects.push(Effect::DroppedDatabase(db));
+                    }
+                    Ok(effects)
+                }
+                _ => Ok(Vec::new()),
+            },
+            Statement::CreateDatabase { db_name, .. } => {
+                let db = self.name(db_name).1;
+                self.catalog.databases.insert(db.clone());
+                Ok(vec![Effect::CreatedDatabase(db)])
+            }
+            Statement::CreateSchema { schema_name, .. } => {
+                let db = schema_name.to_string().trim_matches('`').to_string();
+                self.catalog.databases.insert(db.clone());
+                Ok(vec![Effect::CreatedDatabase(db)])
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn create(&mut self, ct: &CreateTable) -> Result<Vec<Effect>, DdlError> {
+        let (db, table) = self.name(&ct.name);
+        if ct.if_not_exists && self.catalog.table(&db, &table).is_some() {
+            return Ok(Vec::new());
+        }
+        let mut t = Table {
+            db: db.clone(),
+            name: table.clone(),
+            columns: Vec::new(),
+            pk: Vec::new(),
+            complete: true,
+        };
+        if let Some(like) = &ct.like {
+            let source = match like {
+                CreateTableLikeKind::Parenthesized(l) | CreateTableLikeKind::Plain(l) => &l.name,
+            };
+            let (sdb, stable) = self.name(source);
+            let Some(src) = self.catalog.table(&sdb, &stable) else {
+                return Err(self.unknown(format!("the table {sdb}.{stable}")));
+            };
+            t.columns = src.columns.clone();
+            t.pk = src.pk.clone();
+            t.complete = src.complete;
+        } else {
+            for c in &ct.columns {
+                t.columns.push(column(c));
+                if is_primary(c) {
+                    t.pk = vec![c.name.value.clone()];
+                }
+            }
+            for k in &ct.constraints {
+                self.constraint(&mut t, k);
+            }
+            // AS SELECT adds the query's columns, of types the statement does not spell.
+            if ct.query.is_some() {
+                t.complete = false;
+            }
+        }
+        self.catalog.remove(&db, &table);
+        self.catalog.insert(t);
+        Ok(vec![Effect::Created { db, table }])
+    }
+
+    fn constraint(&self, t: &mut Table, k: &TableConstraint) {
+        match k {
+            TableConstraint::PrimaryKey(pk) => {
+                t.pk = pk
+                    .columns
+                    .iter()
+                    .map(|c| c.column.expr.to_string())
+                    .map(unquote)
+                    .collect();
+            }
+            TableConstraint::Check(check) => {
+                if let Some(col) = json_valid_column(&check.expr) {
+                    if let Some(i) = t.column_index(&col) {
+                        t.columns[i].json = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn alter(
+        &mut self,
+        t: &mut Table,
+        op: &AlterTableOperation,
+    ) -> Result<Option<Effect>, DdlError> {
+        match op {
+            AlterTableOperation::AddColumn {
+                if_not_exists,
+                column_def,
+                column_position,
+                ..
+            } => {
+                if *if_not_exists && t.column_index(&column_def.name.value).is_some() {
+                    return Ok(None);
+                }
+                let at = self.position(t, column_position.as_ref(), t.columns.len())?;
+                t.columns.insert(at, column(column_def));
+                if is_primary(column_def) {
+                    t.pk = vec![column_def.name.value.clone()];
+                }
+            }
+            AlterTableOperation::DropColumn {
+                column_names,
+                if_exists,
+                ..
+            } => {
+                for name in column_names {
+                    match t.column_index(&name.value) {
+                        Some(i) => {
+                            t.columns.remove(i);
+                            t.pk.retain(|k| !k.eq_ignore_ascii_case(&name.value));
+                        }
+                        None if *if_exists => {}
+                        None => {
+                            return Err(self.unknown(format!(
+                                "the column {}.{}",
+                                t.qualified(),
+                                name.value
+                            )))
+                        }
+                    }
+                }
+            }
+            AlterTableOperation::ChangeColumn {
+                old_name,
+                new_name,
+                data_type,
+                options,
+                column_position,
+            } => {
+                self.replace(
+                    t,
+                    &old_name.value,
+                    &new_name.value,
+                    data_type,
+                    options,
+                    column_position.as_ref(),
+                )?;
+            }
+            AlterTableOperation::ModifyColumn {
+                col_name,
+                data_type,
+                options,
+                column_position,
+            } => {
+                self.replace(
+                    t,
+                    &col_name.value,
+                    &col_name.value,
+                    data_type,
+                    options,
+                    column_position.as_ref(),
+                )?;
+            }
+            AlterTableOperation::RenameColumn {
+                old_column_name,
+                new_column_name,
+            } => {
+                let Some(i) = t.column_index(&old_column_name.value) else {
+                    return Err(self.unknown(format!(
+                        "the column {}.{}",
+                        t.qualified(),
+                        old_column_name.value
+                    )));
+                };
+                t.columns[i].name = new_column_name.value.clone();
+                for k in t.pk.iter_mut() {
+                    if k.eq_ignore_ascii_case(&old_column_name.value) {
+                        *k = new_column_name.value.clone();
+                    }
+                }
+            }
+            AlterTableOperation::AddConstraint { constraint, .. } => self.constraint(t, constraint),
+            AlterTableOperation::DropPrimaryKey { .. } => t.pk.clear(),
+            AlterTableOperation::RenameTable { table_name } => {
+                let new = match table_name {
+                    sqlparser::ast::RenameTableNameKind::As(n)
+                    | sqlparser::ast::RenameTableNameKind::To(n) => self.name(n),
+                };
+                let from = (t.db.clone(), t.name.clone());
+                t.db = new.0.clone();
+                t.name = new.1.clone();
+                return Ok(Some(Effect::Renamed { from, to: new }));
+            }
+            // Defaults, indexes, constraints other than the key, ALGORITHM/LOCK, engine and
+            // auto-increment settings: nothing a row image shows.
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    /// CHANGE / MODIFY: the column `old` becomes `new` of `data_type`, maybe moved.
+    fn replace(
+        &self,
+        t: &mut Table,
+        old: &str,
+        new: &str,
+        data_type: &DataType,
+        options: &[ColumnOption],
+        position: Option<&MySQLColumnPosition>,
+    ) -> Result<(), DdlError> {
+        let Some(i) = t.column_index(old) else {
+            return Err(self.unknown(format!("the column {}.{old}", t.qualified())));
+        };
+        let def = ColumnDef {
+            name: sqlparser::ast::Ident::new(new),
+            data_type: data_type.clone(),
+            options: options
+                .iter()
+                .map(|o| sqlparser::ast::ColumnOptionDef {
+                    name: None,
+                    option: o.clone(),
+                })
+                .collect(),
+        };
+        let mut c = column(&def);
+        // A JSON CHECK stays with the column unless the type changed away from text.
+        c.json |= t.columns[i].json && same_type(&t.columns[i].data_type, data_type);
+        t.columns.remove(i);
+        let at = self.position(t, position, i)?;
+        t.columns.insert(at, c);
+        for k in t.pk.iter_mut() {
+            if k.eq_ignore_ascii_case(old) {
+                *k = new.to_string();
+            }
+        }
+        if is_primary(&def) {
+            t.pk = vec![new.to_string()];
+        }
+        Ok(())
+    }
+
+    fn position(
+        &self,
+        t: &Table,
+        pos: Option<&MySQLColumnPosition>,
+        default: usize,
+    ) -> Result<usize, DdlError> {
+        match pos {
+            None => Ok(default.min(t.columns.len())),
+            Some(MySQLColumnPosition::First) => Ok(0),
+            Some(MySQLColumnPosition::After(name)) => {
+                t.column_index(&name.value).map(|i| i + 1).ok_or_else(|| {
+                    self.unknown(format!("the column {}.{}", t.qualified(), name.value))
+                })
+            }
+        }
+    }
+
+    fn rename(&mut self, from: (String, String), to: (String, String)) -> Result<Effect, DdlError> {
+        let Some(mut t) = self.catalog.remove(&from.0, &from.1) else {
+            return Err(self.unknown(format!("the table {}.{}", from.0, from.1)));
+        };
+        t.db = to.0.clone();
+        t.name = to.1.clone();
+        self.catalog.insert(t);
+        Ok(Effect::Renamed { from, to })
+    }
+}
+
+fn unquote(s: String) -> String {
+    s.trim_matches('`').to_string()
+}
+
+fn same_type(a: &DataType, b: &DataType) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+fn is_primary(c: &ColumnDef) -> bool {
+    c.options
+        .iter()
+        .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)))
+}
+
+/// The column a `json_valid(col)` check names (MariaDB's JSON type is LONGTEXT with it).
+fn json_valid_column(e: &Expr) -> Option<String> {
+    let Expr::Function(f) = e else {
+        return None;
+    };
+    if !f.name.to_string().eq_ignore_ascii_case("json_valid") {
+        return None;
+    }
+    let args = f.args.to_string();
+    let inner = args.trim_start_matches('(').trim_end_matches(')').trim();
+    Some(unquote(inner.to_string()))
+}
+
+fn column(c: &ColumnDef) -> Column {
+    let mut col = Column {
+        name: c.name.value.clone(),
+        data_type: c.data_type.clone(),
+        nullable: true,
+        json: matches!(c.data_type, DataType::JSON),
+        binary: matches!(
+            c.data_type,
+            DataType::Binary(_)
+                | DataType::Varbinary(_)
+                | DataType::Blob(_)
+                | DataType::TinyBlob
+                | DataType::MediumBlob
+                | DataType::LongBlob
+        ),
+        generated: false,
+    };
+    for o in &c.options {
+        match &o.option {
+            ColumnOption::NotNull | ColumnOption::PrimaryKey(_) => col.nullable = false,
+            ColumnOption::Null => col.nullable = true,
+            ColumnOption::CharacterSet(cs) => {
+                col.binary |= cs.to_string().eq_ignore_ascii_case("binary");
+            }
+            ColumnOption::Check(check)
+                if json_valid_column(&check.expr)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(&col.name)) =>
+            {
+                col.json = true;
+            }
+            ColumnOption::Generated { .. } => col.generated = true,
+            _ => {}
+        }
+    }
+    col
+}
+
+/// `(db, table)` for each name that follows the keyword TABLE (or TABLE ... TO, RENAME's
+/// pairs) in `sql`'s tokens: what a statement the parser cannot read is about.
+pub fn tables_in_tokens(sql: &str, default_db: &str) -> Vec<(String, String)> {
+    let Ok(tokens) = Tokenizer::new(&MySqlDialect {}, sql).tokenize() else {
+        return Vec::new();
+    };
+    let words: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let ident = |t: &Token| match t {
+        Token::Word(w) => Some(w.value.clone()),
+        _ => None,
+    };
+    let is_kw = |t: &Token, kw: &str| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(kw));
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        // RENAME TABLE a TO b, c TO d: names follow TO and the commas too.
+        let renaming = words.first().is_some_and(|w| is_kw(w, "RENAME"));
+        let after_table = is_kw(words[i], "TABLE")
+            || (renaming && (is_kw(words[i], "TO") || matches!(words[i], Token::Comma)));
+        if after_table {
+            let mut j = i + 1;
+            // IF [NOT] EXISTS
+            while j < words.len()
+                && (is_kw(words[j], "IF") || is_kw(words[j], "NOT") || is_kw(words[j], "EXISTS"))
+            {
+                j += 1;
+            }
+            if let Some(first) = words.get(j).and_then(|t| ident(t)) {
+                if matches!(words.get(j + 1), Some(Token::Period)) {
+                    if let Some(second) = words.get(j + 2).and_then(|t| ident(t)) {
+                        out.push((first, second));
+                        i = j + 3;
+                        continue;
+                    }
+                }
+                out.push((default_db.to_string(), first));
+                i = j + 1;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|t| seen.insert(t.clone()));
+    out
+}
+
+#[cfg(test)]
+mod tests;

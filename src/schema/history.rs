@@ -1,0 +1,227 @@
+//! The schema history on disk: a tree of the state dir's sled store holding every table
+//! version with the `seq` of the DDL that made it (issue 11).
+//!
+//! Keys are `seq` (8 bytes, big-endian, so sled's order is `seq` order), then `db`, a 0 byte,
+//! and the table name; a value is the [`Table`] as JSON, or empty for a table the DDL dropped
+//! (renamed away included). Writes go through the store's one writer ([`Store::write`]).
+//!
+//! Invariants (the caller keeps them with the checkpoint; see the module docs of `schema`):
+//! - [`catalog_at`] is the catalog as of a `seq`: for each table, its newest version at or
+//!   below it.
+//! - Versions above the checkpoint's `seq` describe DDL not yet delivered; at start they are
+//!   dropped ([`discard_above`]), since the stream reads that DDL again.
+//! - [`prune_below`] keeps, below a `seq`, only each table's newest version: what
+//!   [`catalog_at`] needs for any `seq` from there on.
+
+use std::collections::BTreeMap;
+
+use crate::checkpoint::Store;
+
+use super::{Catalog, Table};
+
+const TREE: &[u8] = b"schema_history";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("the schema history in {dir} cannot be {doing}: {detail}")]
+    Store {
+        dir: String,
+        doing: &'static str,
+        detail: String,
+    },
+}
+
+fn key(seq: u64, db: &str, table: &str) -> Vec<u8> {
+    let mut k = seq.to_be_bytes().to_vec();
+    k.extend_from_slice(db.as_bytes());
+    k.push(0);
+    k.extend_from_slice(table.as_bytes());
+    k
+}
+
+fn parse_key(k: &[u8]) -> Option<(u64, String, String)> {
+    let seq = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+    let rest = &k[8..];
+    let nul = rest.iter().position(|&b| b == 0)?;
+    Some((
+        seq,
+        String::from_utf8(rest[..nul].to_vec()).ok()?,
+        String::from_utf8(rest[nul + 1..].to_vec()).ok()?,
+    ))
+}
+
+fn failed(store: &Store, doing: &'static str, e: impl std::fmt::Display) -> HistoryError {
+    HistoryError::Store {
+        dir: store.dir().display().to_string(),
+        doing,
+        detail: e.to_string(),
+    }
+}
+
+/// Records the versions a DDL at `seq` made: `Some(table)` for a new version of
+/// `(db, table)`, `None` for a table that is gone.
+pub async fn record(
+    store: &Store,
+    seq: u64,
+    versions: Vec<((String, String), Option<Table>)>,
+) -> Result<(), HistoryError> {
+    let mut batch = sled::Batch::default();
+    for ((db, table), version) in &versions {
+        let value = match version {
+            Some(t) => serde_json::to_vec(t).map_err(|e| failed(store, "written", e))?,
+            None => Vec::new(),
+        };
+        batch.insert(key(seq, db, table), value);
+    }
+    store
+        .write(move |db| db.open_tree(TREE)?.apply_batch(batch), |_| {})
+        .await
+        .map_err(|e| failed(store, "written", e))
+}
+
+/// The catalog as of `seq` (see the module docs).
+pub fn catalog_at(store: &Store, seq: u64) -> Result<Catalog, HistoryError> {
+    let tree = store
+        .db()
+        .open_tree(TREE)
+        .map_err(|e| failed(store, "read", e))?;
+    let mut newest: BTreeMap<(String, String), Option<Table>> = BTreeMap::new();
+    for item in tree.range(..(seq.saturating_add(1)).to_be_bytes().to_vec()) {
+        let (k, v) = item.map_err(|e| failed(store, "read", e))?;
+        let Some((_, db, table)) = parse_key(&k) else {
+            return Err(failed(store, "read", "a key that is not seq, db, table"));
+        };
+        let version = if v.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_slice::<Table>(&v).map_err(|e| failed(store, "read", e))?)
+        };
+        newest.insert((db, table), version);
+    }
+    let mut catalog = Catalog::default();
+    for t in newest.into_values().flatten() {
+        catalog.insert(t);
+    }
+    Ok(catalog)
+}
+
+/// Drops every version above `seq` (DDL not delivered yet: the stream reads it again).
+pub async fn discard_above(store: &Store, seq: u64) -> Result<usize, HistoryError> {
+    let from = seq.saturating_add(1).to_be_bytes().to_vec();
+    store
+        .write(
+            move |db| {
+                let tree = db.open_tree(TREE)?;
+                let mut batch = sled::Batch::default();
+                let mut n = 0;
+                for item in tree.range(from..) {
+                    batch.remove(item?.0);
+                    n += 1;
+                }
+                tree.apply_batch(batch)?;
+                Ok(n)
+            },
+            |_| {},
+        )
+        .await
+        .map_err(|e| failed(store, "cut back", e))
+}
+
+/// Keeps, at or below `seq`, only each table's newest version (and forgets tables dropped
+/// there entirely).
+pub async fn prune_below(store: &Store, seq: u64) -> Result<usize, HistoryError> {
+    let upto = seq.saturating_add(1).to_be_bytes().to_vec();
+    store
+        .write(
+            move |db| {
+                let tree = db.open_tree(TREE)?;
+                let mut newest: BTreeMap<(String, String), (sled::IVec, bool)> = BTreeMap::new();
+                let mut batch = sled::Batch::default();
+                let mut n = 0;
+                for item in tree.range(..upto) {
+                    let (k, v) = item?;
+                    let Some((_, d, t)) = parse_key(&k) else {
+                        continue;
+                    };
+                    if let Some((older, _)) = newest.insert((d, t), (k.clone(), v.is_empty())) {
+                        batch.remove(older);
+                        n += 1;
+                    }
+                }
+                for (k, gone) in newest.into_values() {
+                    if gone {
+                        batch.remove(k);
+                        n += 1;
+                    }
+                }
+                tree.apply_batch(batch)?;
+                Ok(n)
+            },
+            |_| {},
+        )
+        .await
+        .map_err(|e| failed(store, "pruned", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::ddl;
+
+    fn versions_of(c: &Catalog, names: &[(&str, &str)]) -> Vec<((String, String), Option<Table>)> {
+        names
+            .iter()
+            .map(|(d, t)| ((d.to_string(), t.to_string()), c.table(d, t).cloned()))
+            .collect()
+    }
+
+    fn columns(c: &Catalog, t: &str) -> Vec<String> {
+        c.table("s", t)
+            .map(|t| t.columns.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Versions read back after a restart (the store reopened), each at its own seq; a
+    /// crash's undelivered DDL dropped; old versions pruned without changing any answer.
+    #[tokio::test]
+    async fn versions_by_seq_survive_a_reopen_are_cut_back_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut live = Catalog::default();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            ddl::apply(&mut live, "s", "CREATE TABLE t (id INT PRIMARY KEY, a INT)").unwrap();
+            record(&store, 10, versions_of(&live, &[("s", "t")]))
+                .await
+                .unwrap();
+            ddl::apply(&mut live, "s", "ALTER TABLE t ADD COLUMN b INT").unwrap();
+            record(&store, 20, versions_of(&live, &[("s", "t")]))
+                .await
+                .unwrap();
+            ddl::apply(&mut live, "s", "RENAME TABLE t TO u").unwrap();
+            record(&store, 30, versions_of(&live, &[("s", "t"), ("s", "u")]))
+                .await
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(catalog_at(&store, 9).unwrap().tables.is_empty());
+        assert_eq!(columns(&catalog_at(&store, 10).unwrap(), "t"), ["id", "a"]);
+        assert_eq!(
+            columns(&catalog_at(&store, 29).unwrap(), "t"),
+            ["id", "a", "b"]
+        );
+        let at30 = catalog_at(&store, 30).unwrap();
+        assert!(at30.table("s", "t").is_none());
+        assert_eq!(columns(&at30, "u"), ["id", "a", "b"]);
+
+        // The checkpoint stayed at 25: the rename is read again after the restart.
+        assert_eq!(discard_above(&store, 25).await.unwrap(), 2);
+        assert_eq!(
+            catalog_at(&store, u64::MAX).unwrap(),
+            catalog_at(&store, 25).unwrap()
+        );
+
+        let before = catalog_at(&store, 25).unwrap();
+        assert_eq!(prune_below(&store, 25).await.unwrap(), 1);
+        assert_eq!(catalog_at(&store, 25).unwrap(), before);
+    }
+}

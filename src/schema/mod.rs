@@ -1,0 +1,117 @@
+//! The schema history's model (issue 11): tables as their DDL left them, and DDL statements
+//! read from the binlog applied to them ([`ddl`]).
+//!
+//! Why: without `binlog_row_metadata=FULL` a table-map event carries column types but no
+//! names, key, ENUM/SET labels or JSON-ness; information_schema only knows the table as it is
+//! *now*, so rows written before a DDL would be decoded with the wrong version. The history
+//! holds every version, keyed by the position of the DDL that made it.
+//!
+//! Invariants:
+//! - A [`Table`] lists its columns in table order, as a row image does.
+//! - `complete == false` means the columns are not known (a `CREATE TABLE ... AS SELECT`, or
+//!   a DDL the parser could not read): decoding a row of that version without FULL metadata is
+//!   a definite error, never a guess.
+//! - Names compare as MySQL compares them on Linux: databases and tables case-sensitively,
+//!   columns case-insensitively.
+
+pub mod ddl;
+pub mod fit;
+pub mod history;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sqlparser::ast::DataType;
+
+/// One column as its DDL declared it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    /// The declared type (sqlparser's reading of the DDL).
+    pub data_type: DataType,
+    pub nullable: bool,
+    /// MySQL's `JSON` type, or MariaDB's `LONGTEXT ... CHECK (json_valid(col))`.
+    pub json: bool,
+    /// `CHARACTER SET binary`, or a binary string type (BINARY, VARBINARY, BLOB).
+    pub binary: bool,
+    /// A generated column (`GENERATED ALWAYS AS ...`).
+    pub generated: bool,
+}
+
+impl Column {
+    /// `unsigned` integer, decimal or float type.
+    pub fn unsigned(&self) -> bool {
+        let text = self.data_type.to_string().to_ascii_uppercase();
+        text.contains("UNSIGNED")
+    }
+
+    /// ENUM or SET labels, in declaration order (empty for any other type).
+    pub fn labels(&self) -> Vec<String> {
+        match &self.data_type {
+            DataType::Enum(members, _) => members
+                .iter()
+                .map(|m| match m {
+                    sqlparser::ast::EnumMember::Name(n) => n.clone(),
+                    sqlparser::ast::EnumMember::NamedValue(n, _) => n.clone(),
+                })
+                .collect(),
+            DataType::Set(labels) => labels.clone(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A table version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Table {
+    pub db: String,
+    pub name: String,
+    pub columns: Vec<Column>,
+    /// Primary key column names, in key order (empty: none).
+    pub pk: Vec<String>,
+    /// Whether `columns` is the whole table (see the module docs).
+    pub complete: bool,
+}
+
+impl Table {
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns
+            .iter()
+            .position(|c| c.name.eq_ignore_ascii_case(name))
+    }
+
+    /// Primary key column indexes, in key order.
+    pub fn pk_indexes(&self) -> Vec<usize> {
+        self.pk
+            .iter()
+            .filter_map(|n| self.column_index(n))
+            .collect()
+    }
+
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.db, self.name)
+    }
+}
+
+/// Every table (and database) the history knows, as of one position.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Catalog {
+    pub databases: BTreeSet<String>,
+    pub tables: BTreeMap<(String, String), Table>,
+}
+
+impl Catalog {
+    pub fn table(&self, db: &str, name: &str) -> Option<&Table> {
+        self.tables.get(&(db.to_string(), name.to_string()))
+    }
+
+    pub fn insert(&mut self, table: Table) {
+        self.databases.insert(table.db.clone());
+        self.tables
+            .insert((table.db.clone(), table.name.clone()), table);
+    }
+
+    pub fn remove(&mut self, db: &str, name: &str) -> Option<Table> {
+        self.tables.remove(&(db.to_string(), name.to_string()))
+    }
+}
