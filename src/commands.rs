@@ -24,17 +24,27 @@ pub fn table_filter(include: &[String], exclude: &[String]) -> Result<crate::fil
         .map_err(|e| Error::from(crate::config::ConfigError(e)))
 }
 
+/// The tracked tables of `src` as the schema history's starting catalog (`schema show`,
+/// `replay --schema-from`).
+pub async fn schema_catalog(
+    src: &SourceConfig,
+    filter: &crate::filter::Filter,
+    mut shutdown: Shutdown,
+) -> Result<crate::schema::Catalog> {
+    use crate::source::schema_seed;
+    let mut conn = src.connect(&mut shutdown).await?;
+    let tables = schema_seed::tracked_tables(&mut conn, src, filter).await?;
+    Ok(schema_seed::read(&mut conn, src, &tables).await?)
+}
+
 /// `schema show`: each tracked table as the schema history would first hold it (its
 /// `SHOW CREATE TABLE` read by binsync's DDL reader), one JSON object per line.
 pub async fn schema_show(
     src: &SourceConfig,
     filter: &crate::filter::Filter,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> Result<()> {
-    use crate::source::schema_seed;
-    let mut conn = src.connect(&mut shutdown).await?;
-    let tables = schema_seed::tracked_tables(&mut conn, src, filter).await?;
-    let catalog = schema_seed::read(&mut conn, src, &tables).await?;
+    let catalog = schema_catalog(src, filter, shutdown).await?;
     for t in catalog.tables.values() {
         let columns: Vec<serde_json::Value> = t
             .columns

@@ -106,8 +106,24 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
         }
         Command::Replay(args) => {
             let settings = ReplaySettings::resolve(&args, &file)?;
-            let stats =
-                binsync::replay::replay(&settings.files, settings.sink, settings.decode).await?;
+            let history = match &settings.schema_from {
+                Some(src) => Some(
+                    binsync::commands::schema_catalog(
+                        src,
+                        &settings.decode.filter,
+                        Shutdown::on(shutdown_signal()),
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            let stats = binsync::replay::replay_with_history(
+                &settings.files,
+                settings.sink,
+                settings.decode,
+                history,
+            )
+            .await?;
             tracing::info!(files = stats.files, events = %binsync::units::count(stats.events), changes = %binsync::units::count(stats.changes), "replay done");
             Ok(ExitCode::SUCCESS)
         }
