@@ -537,6 +537,17 @@ fn column(c: &ColumnDef) -> Column {
     col
 }
 
+/// `sql`'s tokens without whitespace and comments; None if it cannot be tokenized.
+fn words(sql: &str) -> Option<Vec<Token>> {
+    let tokens = Tokenizer::new(&MySqlDialect {}, sql).tokenize().ok()?;
+    Some(
+        tokens
+            .into_iter()
+            .filter(|t| !matches!(t, Token::Whitespace(_)))
+            .collect(),
+    )
+}
+
 /// An `ALTER TABLE` whose every clause (split at top-level commas) leaves the columns, their
 /// types and the primary key alone: table options (ENGINE, COMMENT, AUTO_INCREMENT, the
 /// table's default charset...), FORCE, index and foreign-key changes, partitioning. sqlparser
@@ -591,13 +602,10 @@ fn alter_without_column_change(sql: &str) -> bool {
         &["REMOVE", "PARTITIONING"],
         &["PARTITION", "BY"],
     ];
-    let Ok(tokens) = Tokenizer::new(&MySqlDialect {}, sql).tokenize() else {
+    let Some(tokens) = words(sql) else {
         return false;
     };
-    let words: Vec<&Token> = tokens
-        .iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .collect();
+    let words: Vec<&Token> = tokens.iter().collect();
     let kw = |t: &Token| match t {
         Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
         _ => None,
@@ -648,13 +656,10 @@ fn alter_without_column_change(sql: &str) -> bool {
 /// `(db, table)` for each name that follows the keyword TABLE (or TABLE ... TO, RENAME's
 /// pairs) in `sql`'s tokens: what a statement the parser cannot read is about.
 pub fn tables_in_tokens(sql: &str, default_db: &str) -> Vec<(String, String)> {
-    let Ok(tokens) = Tokenizer::new(&MySqlDialect {}, sql).tokenize() else {
+    let Some(tokens) = words(sql) else {
         return Vec::new();
     };
-    let words: Vec<&Token> = tokens
-        .iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .collect();
+    let words: Vec<&Token> = tokens.iter().collect();
     let ident = |t: &Token| match t {
         Token::Word(w) => Some(w.value.clone()),
         _ => None,
