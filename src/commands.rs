@@ -24,21 +24,33 @@ pub fn table_filter(include: &[String], exclude: &[String]) -> Result<crate::fil
         .map_err(|e| Error::from(crate::config::ConfigError(e)))
 }
 
+/// The tracked tables of `src` as the schema history's starting catalog (`schema show`,
+/// `replay --schema-from`). None when stopped before the source answered.
+pub async fn schema_catalog(
+    src: &SourceConfig,
+    filter: &crate::filter::Filter,
+    mut shutdown: Shutdown,
+) -> Result<Option<crate::schema::Catalog>> {
+    use crate::source::schema_seed;
+    let Some(mut conn) = src.connect(&mut shutdown).await? else {
+        tracing::warn!("stopped before the source was reached");
+        return Ok(None);
+    };
+    let tables = schema_seed::tracked_tables(&mut conn, src, filter).await?;
+    Ok(Some(schema_seed::read(&mut conn, src, &tables).await?))
+}
+
 /// `schema show`: each tracked table as the schema history would first hold it (its
 /// `SHOW CREATE TABLE` read by binsync's DDL reader), one JSON object per line. False when
 /// stopped before the source answered (nothing shown).
 pub async fn schema_show(
     src: &SourceConfig,
     filter: &crate::filter::Filter,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> Result<bool> {
-    use crate::source::schema_seed;
-    let Some(mut conn) = src.connect(&mut shutdown).await? else {
-        tracing::warn!("stopped before the source was reached; nothing was shown");
+    let Some(catalog) = schema_catalog(src, filter, shutdown).await? else {
         return Ok(false);
     };
-    let tables = schema_seed::tracked_tables(&mut conn, src, filter).await?;
-    let catalog = schema_seed::read(&mut conn, src, &tables).await?;
     for t in catalog.tables.values() {
         let columns: Vec<serde_json::Value> = t
             .columns

@@ -322,6 +322,11 @@ pub struct ReplayArgs {
     /// Binlog files, in order.
     #[arg(long = "binlog-file", required = true, num_args = 1..)]
     pub binlog_files: Vec<PathBuf>,
+    /// Take the tables' definitions from this server (mysql://user@host:port) as the schema
+    /// history's starting point: tables without FULL metadata are decoded with them, checked
+    /// against each table map, and advanced by the DDL in the files.
+    #[arg(long, value_name = "URL")]
+    pub schema_from: Option<String>,
     /// Where changes go: `stdout`, `file:PATH`, or an http(s):// URL.
     #[arg(long)]
     pub sink: Option<String>,
@@ -408,6 +413,8 @@ pub struct ReplaySettings {
     pub files: Vec<PathBuf>,
     pub sink: SinkSpec,
     pub decode: DecodeConfig,
+    /// `--schema-from`.
+    pub schema_from: Option<SourceConfig>,
 }
 
 pub const DEFAULT_PASSWORD_ENV: &str = "BINSYNC_SOURCE_PASSWORD";
@@ -517,6 +524,17 @@ impl ReplaySettings {
             files: args.binlog_files.clone(),
             sink: sink_spec(args.sink.as_ref().or(file.sink.as_ref()), &none, file)?,
             decode: decode_config(&args.include, &args.exclude, &args.entity, file)?,
+            schema_from: args
+                .schema_from
+                .as_ref()
+                .map(|url| {
+                    let src = SourceArgs {
+                        source: Some(url.clone()),
+                        ..SourceArgs::default()
+                    };
+                    source_config(&src, &FileConfig::default())
+                })
+                .transpose()?,
         })
     }
 }

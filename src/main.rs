@@ -112,8 +112,29 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
         }
         Command::Replay(args) => {
             let settings = ReplaySettings::resolve(&args, &file)?;
-            let stats =
-                binsync::replay::replay(&settings.files, settings.sink, settings.decode).await?;
+            let history = match &settings.schema_from {
+                Some(src) => {
+                    let catalog = binsync::commands::schema_catalog(
+                        src,
+                        &settings.decode.filter,
+                        Shutdown::on(shutdown_signal()),
+                    )
+                    .await?;
+                    // Stopped before the source answered: nothing was replayed.
+                    let Some(catalog) = catalog else {
+                        return Ok(ExitCode::FAILURE);
+                    };
+                    Some(catalog)
+                }
+                None => None,
+            };
+            let stats = binsync::replay::replay_with_history(
+                &settings.files,
+                settings.sink,
+                settings.decode,
+                history,
+            )
+            .await?;
             tracing::info!(files = stats.files, events = %binsync::units::count(stats.events), changes = %binsync::units::count(stats.changes), "replay done");
             Ok(ExitCode::SUCCESS)
         }

@@ -35,6 +35,17 @@ pub struct ReplayStats {
 }
 
 pub async fn replay(files: &[PathBuf], spec: SinkSpec, cfg: DecodeConfig) -> Result<ReplayStats> {
+    replay_with_history(files, spec, cfg, None).await
+}
+
+/// [`replay`], decoding tables without FULL metadata with `history` (the catalog as of the
+/// first file's start, advanced by the DDL in the files) instead of positional names.
+pub async fn replay_with_history(
+    files: &[PathBuf],
+    spec: SinkSpec,
+    cfg: DecodeConfig,
+    history: Option<crate::schema::Catalog>,
+) -> Result<ReplayStats> {
     if matches!(spec, SinkSpec::Http(_)) {
         return Err(Error::replay(
             "replay into the HTTP sink is not available in this build; use stdout or file:PATH",
@@ -54,7 +65,7 @@ pub async fn replay(files: &[PathBuf], spec: SinkSpec, cfg: DecodeConfig) -> Res
         }
         n
     });
-    let result = feed(files, Arc::new(cfg), &tx).await;
+    let result = feed(files, Arc::new(cfg), history, &tx).await;
     drop(tx);
     sink_task.await.map_err(|e| Error::stage("sink", e))??;
     let delivered = counter.await.map_err(|e| Error::stage("ack counter", e))?;
@@ -66,9 +77,13 @@ pub async fn replay(files: &[PathBuf], spec: SinkSpec, cfg: DecodeConfig) -> Res
 async fn feed(
     files: &[PathBuf],
     cfg: Arc<DecodeConfig>,
+    history: Option<crate::schema::Catalog>,
     tx: &mpsc::Sender<Chunk>,
 ) -> Result<ReplayStats> {
     let mut decoder = Decoder::new(cfg, Position::default(), None, None, None);
+    if let Some(catalog) = history {
+        decoder = decoder.with_history(catalog);
+    }
     let mut stats = ReplayStats::default();
     for path in files {
         let mut file = BinlogFile::open(path)?;

@@ -136,6 +136,19 @@ fn run_to_end_with(
     out: &std::path::Path,
     extra: &[&str],
 ) -> Proc {
+    let mut p = spawn_run(double, state, out, "earliest", extra);
+    p.wait_timeout(Duration::from_secs(60)).expect("run hung");
+    p
+}
+
+/// `binsync run --start START --exit-at-end` into the file `out`, with more flags.
+fn spawn_run(
+    double: &MysqlDouble,
+    state: &std::path::Path,
+    out: &std::path::Path,
+    start: &str,
+    extra: &[&str],
+) -> Proc {
     let url = double.url();
     let sink = format!("file:{}", out.display());
     let mut args = vec![
@@ -147,7 +160,7 @@ fn run_to_end_with(
         "--state-dir",
         state.to_str().unwrap(),
         "--start",
-        "earliest",
+        start,
         "--exit-at-end",
         "--connect-timeout",
         "5s",
@@ -155,9 +168,7 @@ fn run_to_end_with(
         &sink,
     ];
     args.extend(extra);
-    let mut p = Proc::spawn(&args, &[]);
-    p.wait_timeout(Duration::from_secs(60)).expect("run hung");
-    p
+    Proc::spawn(&args, &[])
 }
 
 fn live_run_matches_replay(profile: Profile, file: &str) {
@@ -1018,25 +1029,7 @@ fn run_until_end(
     start: &str,
     wait: Duration,
 ) -> Option<(i32, String)> {
-    let mut p = Proc::spawn(
-        &[
-            "run",
-            "--source",
-            &double.url(),
-            "--server-id",
-            "4242",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--start",
-            start,
-            "--exit-at-end",
-            "--connect-timeout",
-            "5s",
-            "--sink",
-            &format!("file:{}", out.display()),
-        ],
-        &[],
-    );
+    let mut p = spawn_run(double, state, out, start, &[]);
     match p.wait_timeout(wait) {
         Some(status) => Some((status.code().unwrap_or(-1), p.stderr())),
         None => {

@@ -21,6 +21,7 @@
 //!   with [`StreamError::Lookup`] and is not cached, so the retry after a reconnect asks again:
 //!   a failure never turns into positional column names.
 
+pub mod fit;
 pub(crate) mod frame;
 pub mod schema;
 pub mod value;
@@ -92,6 +93,15 @@ pub enum StreamError {
     },
     #[error("compressed binlog event (MariaDB log_bin_compress) at {file}:{offset}: not supported; set log_bin_compress=OFF on the source")]
     Compressed { file: String, offset: u64 },
+    /// The schema history cannot describe a table's rows (its version does not fit the table
+    /// map, it does not know the table, or a DDL on it could not be read): never guessed.
+    #[error("{table} in the transaction at {file}:{offset}: {detail}; binsync will not guess column names: set binlog_row_metadata=FULL on the source and start again from before this position, or give the history the table as it was here (replay --schema-from a server that still has that version)")]
+    SchemaHistory {
+        table: String,
+        file: String,
+        offset: u64,
+        detail: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -188,6 +198,10 @@ pub struct Decoder {
     /// Whether the binlog was written by MariaDB (from the format description event), which
     /// counts YEAR columns in the signedness metadata where MySQL does not.
     mariadb_writer: Option<bool>,
+    /// The schema history's catalog as of the stream's position (issue 11), when one is kept:
+    /// tables without FULL metadata are decoded with their version, checked against each
+    /// table map, and DDL read from the stream advances it. Without it, information_schema.
+    history: Option<crate::schema::Catalog>,
 }
 
 impl Decoder {
@@ -229,9 +243,21 @@ impl Decoder {
             warned_no_metadata: false,
             sequences: HashSet::new(),
             mariadb_writer: None,
+            history: None,
         };
         d.set_file(d.boundary.file.clone());
         d
+    }
+
+    /// Decodes with this catalog as the schema history (see the `history` field).
+    pub fn with_history(mut self, catalog: crate::schema::Catalog) -> Self {
+        self.history = Some(catalog);
+        self
+    }
+
+    /// The history's catalog as of the stream's position, if one is kept.
+    pub fn history(&self) -> Option<&crate::schema::Catalog> {
+        self.history.as_ref()
     }
 
     pub fn position(&self) -> &Position {
@@ -408,7 +434,7 @@ impl Decoder {
             Some(EventData::RotateEvent(r)) => self.on_rotate(ev, &r),
             Some(EventData::GtidEvent(g)) => self.on_mysql_gtid(&g, ts),
             Some(EventData::AnonymousGtidEvent(_)) => self.on_anonymous_gtid(ts),
-            Some(EventData::QueryEvent(q)) => self.on_query(&q, ts, log_pos),
+            Some(EventData::QueryEvent(q)) => self.on_query(&q, ts, log_pos)?,
             Some(EventData::TableMapEvent(tme)) => self.on_table_map(ev.data(), &tme).await?,
             Some(EventData::RowsEvent(rows)) => self.on_rows(&rows, raw_type, log_pos)?,
             _ => {}
@@ -506,7 +532,12 @@ impl Decoder {
     /// alone. The first group is the transaction (its GTID, its time, the checkpoint moving
     /// only at its prepare), as a replica applies it; the second a transaction without rows.
     /// An XA rolled back after its prepare was delivered at the prepare: a warning names it.
-    fn on_query(&mut self, q: &QueryEvent<'_>, header_ts: u32, log_pos: u64) {
+    fn on_query(
+        &mut self,
+        q: &QueryEvent<'_>,
+        header_ts: u32,
+        log_pos: u64,
+    ) -> Result<(), StreamError> {
         let sql = q.query_raw();
         let first = first_word(sql);
         let xa = first
@@ -541,6 +572,7 @@ impl Decoder {
                 if let Some(name) = created_sequence(sql, q.schema_raw()) {
                     self.sequences.insert(name);
                 }
+                self.apply_ddl(q, log_pos)?;
             }
             match &self.txn {
                 Some(t) if t.explicit => {
@@ -553,6 +585,38 @@ impl Decoder {
                     }
                 }
                 _ => self.commit(log_pos),
+            }
+        }
+        Ok(())
+    }
+
+    /// A DDL statement advances the history's catalog. One the reader cannot follow stops the
+    /// stream when it touches a tracked table; on other tables it is noted and passed over.
+    fn apply_ddl(&mut self, q: &QueryEvent<'_>, log_pos: u64) -> Result<(), StreamError> {
+        let Some(history) = self.history.as_mut() else {
+            return Ok(());
+        };
+        let sql = String::from_utf8_lossy(q.query_raw()).into_owned();
+        let db = String::from_utf8_lossy(q.schema_raw()).into_owned();
+        match crate::schema::ddl::apply(history, &db, &sql) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let tracked = e
+                    .tables()
+                    .iter()
+                    .find(|(d, t)| self.cfg.filter.matches(d, t));
+                match tracked {
+                    Some((d, t)) => Err(StreamError::SchemaHistory {
+                        table: format!("{d}.{t}"),
+                        file: self.boundary.file.clone(),
+                        offset: log_pos,
+                        detail: e.to_string(),
+                    }),
+                    None => {
+                        tracing::warn!(error = %e, "a DDL statement on tables binsync does not track could not be followed; ignored");
+                        Ok(())
+                    }
+                }
             }
         }
     }
@@ -641,7 +705,9 @@ impl Decoder {
             true => self.cfg.filter.names(&db, &table),
             false => self.cfg.filter.matches(&db, &table),
         };
-        let extra = if included {
+        let extra = if included && self.history.is_some() {
+            self.history_extra(&db, &table, tme)?
+        } else if included {
             match self.extra_schema(&db, &table, tme).await {
                 Ok(extra) => extra,
                 Err(e) => {
@@ -710,6 +776,36 @@ impl Decoder {
     /// information_schema's view of a table, when the binlog lacks names (no FULL metadata) or
     /// may hide JSON columns (MariaDB). Answers are cached until the next DDL; failures are
     /// not cached.
+    /// What the history's version of `db.table` adds to the table map, after checking that
+    /// it fits (see `fit`). FULL metadata wins: then the version only adds what the binlog
+    /// never says (MariaDB's JSON columns), and only when it fits.
+    fn history_extra(
+        &self,
+        db: &str,
+        table: &str,
+        tme: &TableMapEvent<'_>,
+    ) -> Result<Option<Arc<ExtraSchema>>, StreamError> {
+        let plain = TableSchema::from_table_map_with(tme, None, self.mariadb_writer)?;
+        let version = self.history.as_ref().and_then(|h| h.table(db, table));
+        let refused = |detail: String| StreamError::SchemaHistory {
+            table: format!("{db}.{table}"),
+            file: self.boundary.file.clone(),
+            offset: self.boundary.offset,
+            detail,
+        };
+        match version {
+            Some(t) => match fit::check(t, &plain) {
+                Ok(()) => Ok(Some(Arc::new(fit::extra(t)))),
+                Err(_) if plain.names_from_binlog => Ok(None),
+                Err(m) => Err(refused(m.to_string())),
+            },
+            None if plain.names_from_binlog => Ok(None),
+            None => Err(refused(
+                "the schema history holds no such table (created before the history began, or by a statement it could not read)".into(),
+            )),
+        }
+    }
+
     async fn extra_schema(
         &mut self,
         db: &str,

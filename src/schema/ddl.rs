@@ -79,11 +79,23 @@ impl DdlError {
 /// `catalog`. Statements that are no DDL (DML logged as statements, GRANT, ...) change
 /// nothing and return no effect. See the module docs.
 pub fn apply(catalog: &mut Catalog, default_db: &str, sql: &str) -> Result<Vec<Effect>, DdlError> {
-    let statements = Parser::parse_sql(&MySqlDialect {}, sql).map_err(|e| DdlError::Unparsed {
-        statement: sql.to_string(),
-        reason: e.to_string(),
-        tables: tables_in_tokens(sql, default_db),
-    })?;
+    let statements = match Parser::parse_sql(&MySqlDialect {}, sql) {
+        Ok(s) => s,
+        // Statements sqlparser does not know but that leave every column as it was.
+        Err(_) if alter_without_column_change(sql) => {
+            return Ok(tables_in_tokens(sql, default_db)
+                .into_iter()
+                .map(|(db, table)| Effect::Altered { db, table })
+                .collect())
+        }
+        Err(e) => {
+            return Err(DdlError::Unparsed {
+                statement: sql.to_string(),
+                reason: e.to_string(),
+                tables: tables_in_tokens(sql, default_db),
+            })
+        }
+    };
     let mut next = catalog.clone();
     let mut effects = Vec::new();
     for st in &statements {
@@ -525,16 +537,129 @@ fn column(c: &ColumnDef) -> Column {
     col
 }
 
+/// `sql`'s tokens without whitespace and comments; None if it cannot be tokenized.
+fn words(sql: &str) -> Option<Vec<Token>> {
+    let tokens = Tokenizer::new(&MySqlDialect {}, sql).tokenize().ok()?;
+    Some(
+        tokens
+            .into_iter()
+            .filter(|t| !matches!(t, Token::Whitespace(_)))
+            .collect(),
+    )
+}
+
+/// An `ALTER TABLE` whose every clause (split at top-level commas) leaves the columns, their
+/// types and the primary key alone: table options (ENGINE, COMMENT, AUTO_INCREMENT, the
+/// table's default charset...), FORCE, index and foreign-key changes, partitioning. sqlparser
+/// refuses several of these; refusing them here would stop binsync on a routine rebuild.
+/// `CONVERT TO CHARACTER SET` is not one (it changes columns' charsets, even TEXT to
+/// MEDIUMTEXT).
+fn alter_without_column_change(sql: &str) -> bool {
+    const HARMLESS: &[&[&str]] = &[
+        &["ENGINE"],
+        &["FORCE"],
+        &["COMMENT"],
+        &["AUTO_INCREMENT"],
+        &["ROW_FORMAT"],
+        &["KEY_BLOCK_SIZE"],
+        &["STATS_PERSISTENT"],
+        &["STATS_AUTO_RECALC"],
+        &["STATS_SAMPLE_PAGES"],
+        &["PACK_KEYS"],
+        &["CHECKSUM"],
+        &["MAX_ROWS"],
+        &["MIN_ROWS"],
+        &["AVG_ROW_LENGTH"],
+        &["ALGORITHM"],
+        &["LOCK"],
+        &["ORDER", "BY"],
+        &["ENABLE", "KEYS"],
+        &["DISABLE", "KEYS"],
+        &["DEFAULT", "CHARSET"],
+        &["DEFAULT", "CHARACTER"],
+        &["DEFAULT", "COLLATE"],
+        &["CHARSET"],
+        &["CHARACTER", "SET"],
+        &["COLLATE"],
+        &["RENAME", "INDEX"],
+        &["RENAME", "KEY"],
+        &["ADD", "INDEX"],
+        &["ADD", "KEY"],
+        &["ADD", "UNIQUE"],
+        &["ADD", "FULLTEXT"],
+        &["ADD", "SPATIAL"],
+        &["ADD", "FOREIGN"],
+        &["DROP", "INDEX"],
+        &["DROP", "KEY"],
+        &["DROP", "FOREIGN"],
+        &["DROP", "CHECK"],
+        &["DROP", "CONSTRAINT"],
+        &["ALTER", "INDEX"],
+        &["ADD", "PARTITION"],
+        &["DROP", "PARTITION"],
+        &["COALESCE", "PARTITION"],
+        &["REORGANIZE", "PARTITION"],
+        &["REMOVE", "PARTITIONING"],
+        &["PARTITION", "BY"],
+    ];
+    let Some(tokens) = words(sql) else {
+        return false;
+    };
+    let words: Vec<&Token> = tokens.iter().collect();
+    let kw = |t: &Token| match t {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    };
+    if words.len() < 4
+        || kw(words[0]).as_deref() != Some("ALTER")
+        || kw(words[1]).as_deref() != Some("TABLE")
+    {
+        return false;
+    }
+    // The table name: a word, maybe `db.` before it.
+    let mut i = 3;
+    if matches!(words.get(i), Some(Token::Period)) {
+        i += 2;
+    }
+    let mut clauses: Vec<Vec<String>> = vec![Vec::new()];
+    let mut depth = 0i32;
+    for t in &words[i..] {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Comma if depth == 0 => clauses.push(Vec::new()),
+            Token::SemiColon if depth == 0 => break,
+            t => {
+                if depth == 0 {
+                    if let Some(k) = kw(t) {
+                        clauses.last_mut().expect("one clause").push(k);
+                    }
+                }
+            }
+        }
+    }
+    clauses.iter().all(|c| {
+        // `ADD CONSTRAINT name FOREIGN KEY` / `ADD CONSTRAINT name UNIQUE`: past the name.
+        let c: Vec<&str> = c.iter().map(String::as_str).collect();
+        let c = match c.as_slice() {
+            ["ADD", "CONSTRAINT", rest @ ..] if rest.contains(&"PRIMARY") => return false,
+            ["ADD", "CONSTRAINT", _, rest @ ..] => [&["ADD"][..], rest].concat(),
+            other => other.to_vec(),
+        };
+        !c.is_empty()
+            && HARMLESS
+                .iter()
+                .any(|h| c.len() >= h.len() && c[..h.len()] == **h)
+    })
+}
+
 /// `(db, table)` for each name that follows the keyword TABLE (or TABLE ... TO, RENAME's
 /// pairs) in `sql`'s tokens: what a statement the parser cannot read is about.
 pub fn tables_in_tokens(sql: &str, default_db: &str) -> Vec<(String, String)> {
-    let Ok(tokens) = Tokenizer::new(&MySqlDialect {}, sql).tokenize() else {
+    let Some(tokens) = words(sql) else {
         return Vec::new();
     };
-    let words: Vec<&Token> = tokens
-        .iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .collect();
+    let words: Vec<&Token> = tokens.iter().collect();
     let ident = |t: &Token| match t {
         Token::Word(w) => Some(w.value.clone()),
         _ => None,

@@ -15,7 +15,6 @@
 //!   columns case-insensitively.
 
 pub mod ddl;
-pub mod fit;
 pub mod history;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -233,3 +233,39 @@ fn tokens_name_the_tables_of_renames_and_qualified_names() {
         [("d".to_string(), "x".to_string())]
     );
 }
+
+/// Routine ALTERs that sqlparser does not read but that change no column: followed, not
+/// stopped on; one that does change columns stays an error.
+#[test]
+fn alters_that_leave_the_columns_alone_are_followed() {
+    let mut c = with_t();
+    let before = c.clone();
+    for sql in [
+        "ALTER TABLE t ENGINE=InnoDB",
+        "ALTER TABLE `s`.`t` FORCE",
+        "ALTER TABLE t COMMENT 'x', AUTO_INCREMENT=100",
+        "ALTER TABLE t RENAME INDEX i TO j",
+        "ALTER TABLE t ADD INDEX i (a), ENGINE=InnoDB",
+        "ALTER TABLE t DEFAULT CHARSET=utf8mb4",
+        "ALTER TABLE t CHARACTER SET = utf8mb4, ALGORITHM=INPLACE",
+        "ALTER TABLE t ADD CONSTRAINT fk FOREIGN KEY (a) REFERENCES u (id), LOCK=NONE",
+    ] {
+        let e = apply(&mut c, "s", sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert_eq!(
+            e,
+            vec![Effect::Altered {
+                db: "s".into(),
+                table: "t".into()
+            }],
+            "{sql}"
+        );
+        assert_eq!(c, before, "{sql}");
+    }
+    for sql in [
+        "ALTER TABLE t CONVERT TO CHARACTER SET utf8mb4",
+        "ALTER TABLE t ENGINE=InnoDB, ADD COLUMN IF NOT EXISTS z INT",
+        "ALTER TABLE t ADD CONSTRAINT pk PRIMARY KEY (a), ENGINE=InnoDB",
+    ] {
+        assert!(apply(&mut c, "s", sql).is_err(), "{sql}");
+    }
+}

@@ -10,8 +10,8 @@
 
 use sqlparser::ast::{DataType, ExactNumberInfo};
 
-use super::{Column, Table};
-use crate::decode::schema::{ColumnKind, ExtraSchema, TableSchema};
+use super::schema::{ColumnKind, ExtraSchema, TableSchema};
+use crate::schema::{Column, Table};
 
 /// Why a table map does not fit a table version.
 #[derive(Debug, Clone, PartialEq, Eq)]
