@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::workload::{file_state, source_state, SCHEMA};
+use common::workload::{
+    advises_reset, delivered, saved_seq, sink_seqs, source_state, spawn_file_run, SCHEMA,
+};
 use common::{wait_until, MariaDb, Proc, ServerOpts};
 
 /// A size-limited tmpfs mounted on a temp dir, unmounted (lazily) when dropped, panics included.
@@ -80,56 +82,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn spawn_run(db: &MariaDb, state: &Path, out: &Path, extra: &[&str]) -> Proc {
-    let url = db.url();
-    let state = state.display().to_string();
-    let sink = format!("file:{}", out.display());
-    let mut args = vec![
-        "run",
-        "--source",
-        &url,
-        "--server-id",
-        "4747",
-        "--state-dir",
-        &state,
-        "--sink",
-        &sink,
-    ];
-    args.extend(extra);
-    Proc::spawn(&args, &[])
-}
-
-/// The `seq` of the checkpoint binsync published in the state dir.
-fn saved_seq(state: &Path) -> Option<u64> {
-    let raw = std::fs::read(state.join("status.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
-    let partial = v["partial"]["seq"].as_u64();
-    partial.or(v["seq"].as_u64())
-}
-
-/// The highest `seq` in the sink file (every line must parse).
-fn last_seq(out: &Path) -> u64 {
-    std::fs::read_to_string(out)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .unwrap_or_else(|e| panic!("a garbled line in the sink: {l:?}: {e}"))["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
-/// The rows the sink file holds (none before it exists).
-fn delivered(out: &Path) -> common::workload::State {
-    if !out.exists() {
-        return Default::default();
-    }
-    file_state(&out.display().to_string()).0
-}
-
 fn insert_rows(db: &MariaDb, from: i64, n: i64) {
     // One transaction (and one checkpoint save, at least) per row.
     let sql: String = (from..from + n)
@@ -168,15 +120,6 @@ fn disk_full_lines(stderr: &str) -> Vec<String> {
         .collect()
 }
 
-/// A warning or error naming `--reset` (the info line of every resume names it too, as the
-/// way to discard a checkpoint; that is not advice).
-fn advises_reset(stderr: &str) -> bool {
-    stderr.lines().any(|l| {
-        (l.contains(" ERROR ") || l.contains(" WARN ") || l.starts_with("binsync: error"))
-            && l.contains("--reset")
-    })
-}
-
 /// The scenario; `state_on_tmpfs` picks which of the two directories fills up.
 fn fill_wait_recover_resume(state_on_tmpfs: bool) {
     let Some(fs) = Tmpfs::mount("8m") else {
@@ -191,12 +134,12 @@ fn fill_wait_recover_resume(state_on_tmpfs: bool) {
     } else {
         (other.path().join("state"), fs.path().join("out.jsonl"))
     };
-    let mut p = spawn_run(&db, &state, &out, &[]);
+    let mut p = spawn_file_run(&db, "4747", &state, &out, &[]);
     wait_until(Duration::from_secs(60), "the first rows delivered", || {
         source_state(&db) == delivered(&out)
     });
     wait_until(Duration::from_secs(30), "their checkpoint", || {
-        saved_seq(&state) == Some(last_seq(&out))
+        saved_seq(&state) == Some(sink_seqs(&out).into_iter().max().unwrap_or(0))
     });
 
     let filler = fs.fill();
@@ -213,8 +156,8 @@ fn fill_wait_recover_resume(state_on_tmpfs: bool) {
     std::thread::sleep(Duration::from_secs(3));
     let stderr = p.stderr();
     assert!(p.is_running(), "binsync must wait, not exit: {stderr}");
-    // Nothing half written meanwhile: every line parses (last_seq checks).
-    last_seq(&out);
+    // Nothing half written meanwhile: every line parses (sink_seqs checks).
+    sink_seqs(&out);
     let lines = disk_full_lines(&stderr);
     assert_eq!(lines.len(), 1, "logged once: {stderr}");
     assert!(
@@ -232,7 +175,7 @@ fn fill_wait_recover_resume(state_on_tmpfs: bool) {
     wait_until(
         Duration::from_secs(60),
         "the checkpoint saved again",
-        || saved_seq(&state) == Some(last_seq(&out)),
+        || saved_seq(&state) == Some(sink_seqs(&out).into_iter().max().unwrap_or(0)),
     );
     let stderr = p.stderr();
     assert_eq!(disk_full_lines(&stderr).len(), 1, "logged once: {stderr}");
@@ -247,7 +190,7 @@ fn fill_wait_recover_resume(state_on_tmpfs: bool) {
 
     // Resumes from the checkpoint: nothing lost, re-deliveries identical (file_state checks).
     insert_rows(&db, 1000, 10);
-    let mut p = spawn_run(&db, &state, &out, &["--exit-at-end"]);
+    let mut p = spawn_file_run(&db, "4747", &state, &out, &["--exit-at-end"]);
     let st = p
         .wait_timeout(Duration::from_secs(60))
         .expect("the restart returns");
@@ -281,11 +224,14 @@ fn stop_while_waiting(state_on_tmpfs: bool) {
     } else {
         (other.path().join("state"), fs.path().join("out.jsonl"))
     };
-    let mut p = spawn_run(&db, &state, &out, &[]);
+    let mut p = spawn_file_run(&db, "4747", &state, &out, &[]);
     wait_until(
         Duration::from_secs(60),
         "the first rows checkpointed",
-        || source_state(&db) == delivered(&out) && saved_seq(&state) == Some(last_seq(&out)),
+        || {
+            source_state(&db) == delivered(&out)
+                && saved_seq(&state) == Some(sink_seqs(&out).into_iter().max().unwrap_or(0))
+        },
     );
     let filler = fs.fill();
     insert_until_disk_full(&db, &mut p, 100, |i| format!("r{i}"));
@@ -299,7 +245,7 @@ fn stop_while_waiting(state_on_tmpfs: bool) {
     assert!(!advises_reset(&p.stderr()), "{}", p.stderr());
 
     std::fs::remove_file(&filler).unwrap();
-    let mut p = spawn_run(&db, &state, &out, &["--exit-at-end"]);
+    let mut p = spawn_file_run(&db, "4747", &state, &out, &["--exit-at-end"]);
     let st = p
         .wait_timeout(Duration::from_secs(60))
         .expect("the restart returns");

@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::workload::{file_state, source_state, SCHEMA};
+use common::workload::{
+    advises_reset, delivered, saved_seq, sink_seqs, source_state, spawn_file_run, SCHEMA,
+};
 use common::{wait_until, MariaDb, Proc, ServerOpts};
 
 /// An ext4 on a loop device over a sparse file on a small tmpfs; torn down (lazily) on drop.
@@ -160,54 +162,6 @@ impl Drop for ThinDisk {
     }
 }
 
-fn spawn_run(db: &MariaDb, state: &Path, out: &Path, extra: &[&str]) -> Proc {
-    let url = db.url();
-    let state = state.display().to_string();
-    let sink = format!("file:{}", out.display());
-    let mut args = vec![
-        "run",
-        "--source",
-        &url,
-        "--server-id",
-        "4848",
-        "--state-dir",
-        &state,
-        "--sink",
-        &sink,
-    ];
-    args.extend(extra);
-    Proc::spawn(&args, &[])
-}
-
-/// The `seq` of the checkpoint binsync published in the state dir.
-fn saved_seq(state: &Path) -> Option<u64> {
-    let raw = std::fs::read(state.join("status.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
-    let partial = v["partial"]["seq"].as_u64();
-    partial.or(v["seq"].as_u64())
-}
-
-/// The `seq`s in the sink file (every line must parse).
-fn seqs(out: &Path) -> Vec<u64> {
-    std::fs::read_to_string(out)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .unwrap_or_else(|e| panic!("a garbled line in the sink: {l:?}: {e}"))["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
-}
-
-fn delivered(out: &Path) -> common::workload::State {
-    if !out.exists() {
-        return Default::default();
-    }
-    file_state(&out.display().to_string()).0
-}
-
 /// One transaction (and one checkpoint save, at least) per row.
 fn insert_rows(db: &MariaDb, from: i64, n: i64) {
     let sql: String = (from..from + n)
@@ -221,15 +175,6 @@ fn error_lines(stderr: &str) -> Vec<&str> {
         .lines()
         .filter(|l| l.starts_with("binsync: error:"))
         .collect()
-}
-
-/// A warning or error naming `--reset` (the info line of every resume names it too, as the
-/// way to discard a checkpoint; that is not advice).
-fn advises_reset(stderr: &str) -> bool {
-    stderr.lines().any(|l| {
-        (l.contains(" ERROR ") || l.contains(" WARN ") || l.starts_with("binsync: error"))
-            && l.contains("--reset")
-    })
 }
 
 /// The first rows delivered and checkpointed, with the state dir or the sink file on `disk`.
@@ -246,11 +191,14 @@ fn start(
     } else {
         (other.path().join("state"), disk.path().join("out.jsonl"))
     };
-    let p = spawn_run(db, &state, &out, &[]);
+    let p = spawn_file_run(db, "4848", &state, &out, &[]);
     wait_until(
         Duration::from_secs(60),
         "the first rows checkpointed",
-        || source_state(db) == delivered(&out) && saved_seq(&state) == seqs(&out).into_iter().max(),
+        || {
+            source_state(db) == delivered(&out)
+                && saved_seq(&state) == sink_seqs(&out).into_iter().max()
+        },
     );
     (p, state, out, other)
 }
@@ -290,7 +238,7 @@ fn enospc_on_fdatasync(state_on_disk: bool) {
         source_state(&db) == delivered(&out)
     });
     wait_until(Duration::from_secs(60), "the checkpoint saved", || {
-        saved_seq(&state) == seqs(&out).into_iter().max()
+        saved_seq(&state) == sink_seqs(&out).into_iter().max()
     });
     p.sigterm();
     let st = p.wait_timeout(Duration::from_secs(30)).expect("stops");
@@ -369,7 +317,7 @@ fn io_error_on_a_journaled_disk(state_on_disk: bool) {
     let checkpoint = saved_seq(&state);
 
     disk.repair();
-    let mut p = spawn_run(&db, &state, &out, &["--exit-at-end"]);
+    let mut p = spawn_file_run(&db, "4848", &state, &out, &["--exit-at-end"]);
     let st = p
         .wait_timeout(Duration::from_secs(120))
         .expect("the restart returns");
@@ -409,14 +357,14 @@ fn io_error_on_a_journaled_disk(state_on_disk: bool) {
         "only the store itself may be lost, and then it says so: {stderr}"
     );
     let again = other.path().join("after-reset.jsonl");
-    let mut p = spawn_run(&db, &state, &again, &["--exit-at-end", "--reset"]);
+    let mut p = spawn_file_run(&db, "4848", &state, &again, &["--exit-at-end", "--reset"]);
     let st = p
         .wait_timeout(Duration::from_secs(120))
         .expect("the run with --reset returns");
     assert!(st.success(), "{}", p.stderr());
     assert_eq!(source_state(&db), delivered(&again));
-    let before = seqs(&out).into_iter().max().unwrap();
-    assert!(seqs(&again)[0] > before, "numbered above the old ones");
+    let before = sink_seqs(&out).into_iter().max().unwrap();
+    assert!(sink_seqs(&again)[0] > before, "numbered above the old ones");
 }
 
 #[test]

@@ -285,3 +285,69 @@ impl Receiver {
         (state, v["stats"].clone())
     }
 }
+
+/// `binsync run` from `db` into the file `out` (the disk-fault tests' run), with this server id
+/// and state dir, and more flags.
+pub fn spawn_file_run(
+    db: &MariaDb,
+    server_id: &str,
+    state: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> Proc {
+    let url = db.url();
+    let state = state.display().to_string();
+    let sink = format!("file:{}", out.display());
+    let mut args = vec![
+        "run",
+        "--source",
+        &url,
+        "--server-id",
+        server_id,
+        "--state-dir",
+        &state,
+        "--sink",
+        &sink,
+    ];
+    args.extend(extra);
+    Proc::spawn(&args, &[])
+}
+
+/// The `seq` of the checkpoint binsync published in the state dir.
+pub fn saved_seq(state: &std::path::Path) -> Option<u64> {
+    let raw = std::fs::read(state.join("status.json")).ok()?;
+    let v: Value = serde_json::from_slice(&raw).ok()?;
+    let partial = v["partial"]["seq"].as_u64();
+    partial.or(v["seq"].as_u64())
+}
+
+/// The `seq`s in the sink file, in file order (every line must parse).
+pub fn sink_seqs(out: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l)
+                .unwrap_or_else(|e| panic!("a garbled line in the sink: {l:?}: {e}"))["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The rows the sink file holds (none before it exists).
+pub fn delivered(out: &std::path::Path) -> State {
+    if !out.exists() {
+        return Default::default();
+    }
+    file_state(&out.display().to_string()).0
+}
+
+/// A warning or error naming `--reset` (the info line of every resume names it too, as the
+/// way to discard a checkpoint; that is not advice).
+pub fn advises_reset(stderr: &str) -> bool {
+    stderr.lines().any(|l| {
+        (l.contains(" ERROR ") || l.contains(" WARN ") || l.starts_with("binsync: error"))
+            && l.contains("--reset")
+    })
+}
