@@ -14,6 +14,12 @@ pub enum Op {
     Insert,
     Update,
     Delete,
+    /// A table's definition changed (contract v2): no `id`, the operation names the table.
+    Ddl,
+    /// Every row of the entity type is gone (contract v2): no `id`.
+    Truncate,
+    /// The table is gone with its rows (contract v2): no `id`.
+    Drop,
 }
 
 impl Op {
@@ -22,8 +28,26 @@ impl Op {
             Op::Insert => "insert",
             Op::Update => "update",
             Op::Delete => "delete",
+            Op::Ddl => "ddl",
+            Op::Truncate => "truncate",
+            Op::Drop => "drop",
         }
     }
+
+    /// A row change (it has an `id`), as opposed to an operation on the whole entity type.
+    pub fn is_row(self) -> bool {
+        matches!(self, Op::Insert | Op::Update | Op::Delete)
+    }
+}
+
+/// The schema history's new table versions made by one DDL statement, numbered by the `seq`
+/// the statement took: saved by the checkpointer together with the first checkpoint past it
+/// (see `schema::history`), so the history is never ahead of the checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchemaStep {
+    pub seq: u64,
+    /// `(db, table)` → its new version, or None: gone (dropped, or renamed away).
+    pub versions: Vec<((String, String), Option<crate::schema::Table>)>,
 }
 
 /// One row change, as ranges into its chunk's buffer.
@@ -39,7 +63,8 @@ pub struct Change {
     pub keyless: bool,
     /// The JSON object of the whole change.
     pub line: Range<usize>,
-    /// The entity id (`{"pk":value,...}`) inside `line`.
+    /// The entity id (`{"pk":value,...}`) inside `line`; empty for an operation on the whole
+    /// entity type (`!op.is_row()`).
     pub key: Range<usize>,
 }
 
@@ -53,6 +78,8 @@ pub struct Chunk {
     /// The chunk ends exactly at the end of the stream's binlog as it stood at start-up
     /// (`--exit-at-end`).
     pub at_end: bool,
+    /// Schema history steps read in this chunk's part of the stream, in `seq` order.
+    pub schema: Vec<SchemaStep>,
 }
 
 impl Chunk {

@@ -191,12 +191,14 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
 
 /// A chunk, and every one before it, is delivered: what the sinks' ordered-ack ledger
 /// (`sink::ledger`) sends the checkpointer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Ack {
     /// The chunk's resume point (None before the first resumable position of a stream).
     pub position: Option<Position>,
     /// Changes the chunk held (progress counting).
     pub changes: usize,
+    /// The chunk's schema history steps: saved with the checkpoint, in one write.
+    pub schema: Vec<crate::change::SchemaStep>,
 }
 
 /// The checkpointer stage: saves the position of the newest acknowledged chunk.

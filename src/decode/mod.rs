@@ -877,18 +877,18 @@ impl Decoder {
             // each event is its own transaction.
             self.begin_txn(None, 0);
         }
-        let op = match raw_type {
+        let (op, event) = match raw_type {
             t if t == EventType::WRITE_ROWS_EVENT as u8
                 || t == EventType::WRITE_ROWS_EVENT_V1 as u8 =>
             {
-                Op::Insert
+                (Op::Insert, "WRITE_ROWS")
             }
             t if t == EventType::DELETE_ROWS_EVENT as u8
                 || t == EventType::DELETE_ROWS_EVENT_V1 as u8 =>
             {
-                Op::Delete
+                (Op::Delete, "DELETE_ROWS")
             }
-            _ => Op::Update,
+            _ => (Op::Update, "UPDATE_ROWS"),
         };
         let data = rows.rows_data();
         if data.len() > LARGE_ROWS_EVENT {
@@ -901,11 +901,6 @@ impl Decoder {
                 buf.reserve_exact(want);
             }
         }
-        let event = match op {
-            Op::Insert => "WRITE_ROWS",
-            Op::Update => "UPDATE_ROWS",
-            Op::Delete => "DELETE_ROWS",
-        };
         let missing = |what: &str| self.malformed(event, log_pos, what);
         let before_cols = match op {
             Op::Insert => None,

@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 
-use crate::change::Chunk;
+use crate::change::{Chunk, SchemaStep};
 use crate::checkpoint::Position;
 
 /// Acks are the checkpointer's type; in the product they are made only by
@@ -34,6 +34,7 @@ pub use crate::checkpoint::Ack;
 pub struct Mark {
     position: Option<Position>,
     changes: usize,
+    schema: Vec<SchemaStep>,
 }
 
 impl Mark {
@@ -41,6 +42,7 @@ impl Mark {
         Mark {
             position: chunk.position.clone(),
             changes: chunk.changes.len(),
+            schema: chunk.schema.clone(),
         }
     }
 }
@@ -150,6 +152,7 @@ impl Ledger {
         Some(Ack {
             position: entry.mark.position,
             changes: entry.mark.changes,
+            schema: entry.mark.schema,
         })
     }
 
@@ -194,6 +197,7 @@ mod tests {
                 ..Position::default()
             }),
             changes,
+            schema: Vec::new(),
         }
     }
 
@@ -226,6 +230,7 @@ mod tests {
         Ack {
             position: m.position,
             changes: m.changes,
+            schema: m.schema,
         }
     }
 
@@ -265,6 +270,7 @@ mod tests {
             Mark {
                 position: None,
                 changes: 0,
+                schema: Vec::new(),
             },
             0,
         );

@@ -353,10 +353,37 @@ pub fn binsync_bin() -> PathBuf {
 // Datadirs
 // ---------------------------------------------------------------------------------------------
 
+/// Installs a fresh datadir. The bootstrap server gets a temp dir of its own: with the shared
+/// /tmp, concurrent installs on a cold CI machine once failed ("Could not remove temporary
+/// table '/tmp/#sql-temptable-...', error: 2", then "Unknown table 'mysql.tmp_user_sys'").
+/// A failed install is retried once, saying so, since it is the harness's fixture and not
+/// what any test examines.
 fn install_db(datadir: &Path) -> Result<(), String> {
+    match install_db_once(datadir) {
+        Ok(()) => Ok(()),
+        Err(first) => {
+            eprintln!("harness: {first}; installing once more");
+            // Empty it, keeping the sweeper's owner file.
+            for entry in fs::read_dir(datadir).into_iter().flatten().flatten() {
+                if entry.file_name() != OWNER_FILE {
+                    let path = entry.path();
+                    let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+                }
+            }
+            install_db_once(datadir)
+        }
+    }
+}
+
+fn install_db_once(datadir: &Path) -> Result<(), String> {
+    let tmpdir = tempfile::Builder::new()
+        .prefix("binsync-install-tmp-")
+        .tempdir_in(temp_base())
+        .map_err(|e| format!("create a temp dir in {}: {e}", temp_base().display()))?;
     let mut cmd = Command::new(install_db_bin());
     cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", datadir.display()))
+        .arg(format!("--tmpdir={}", tmpdir.path().display()))
         .args([
             "--auth-root-authentication-method=normal",
             "--skip-test-db",

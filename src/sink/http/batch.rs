@@ -76,8 +76,13 @@ impl Builder {
     /// Adds change `c` of `chunk`, registered in the ledger as `ticket`.
     pub fn push(&mut self, chunk: &Arc<Chunk>, ticket: Ticket, c: &Change) {
         let line = chunk.line(c);
-        if let Some(comp) = self.compactor.as_mut().filter(|_| c.keyless) {
-            // Identical rows of a keyless table are counted by the receiver: never merged.
+        if let Some(comp) = self
+            .compactor
+            .as_mut()
+            .filter(|_| c.keyless || !c.op.is_row())
+        {
+            // Identical rows of a keyless table are counted by the receiver, and an operation
+            // on a whole entity type has no id: never merged.
             comp.ops
                 .push((c.entity.clone(), c.seq, Some(line.to_vec())));
             comp.live += 1;
