@@ -7,7 +7,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::checkpoint::Position;
+use crate::checkpoint::{Position, Records};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -40,17 +40,6 @@ impl Op {
     }
 }
 
-/// The schema history's new table versions made by one DDL statement, numbered by the `seq`
-/// the statement took: saved by the checkpointer together with the first checkpoint past it
-/// (see `schema::history`), so the history is never ahead of the checkpoint.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SchemaStep {
-    pub seq: u64,
-    /// `(db, table)` → its new version, or None: gone (dropped, or renamed away).
-    pub versions: Vec<((String, String), Option<crate::schema::Table>)>,
-}
-
-/// One row change, as ranges into its chunk's buffer.
 #[derive(Debug, Clone)]
 pub struct Change {
     /// Position key: numbers every delivered operation of a source, in commit order, the same
@@ -78,8 +67,9 @@ pub struct Chunk {
     /// The chunk ends exactly at the end of the stream's binlog as it stood at start-up
     /// (`--exit-at-end`).
     pub at_end: bool,
-    /// Schema history steps read in this chunk's part of the stream, in `seq` order.
-    pub schema: Vec<SchemaStep>,
+    /// Writes to save with the checkpoint past this chunk (the schema history's steps, see
+    /// `schema::history`), in stream order.
+    pub records: Vec<Records>,
 }
 
 impl Chunk {

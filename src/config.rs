@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 use crate::decode::DecodeConfig;
-use crate::filter::Filter;
+use crate::filter::{Filter, OnDdl};
 use crate::sink::http::{HttpConfig, OnReject, SinkCa};
 use crate::sink::SinkSpec;
 use crate::source::start::StartSpec;
@@ -216,6 +216,12 @@ pub struct RunArgs {
     /// Entity type name for a table: db.table=name (repeatable). Default: the table name.
     #[arg(long)]
     pub entity: Vec<String>,
+    /// What a DDL statement on a captured table becomes: `emit` (a ddl, truncate or drop
+    /// operation, contract v2), `ignore` (followed in the schema history only) or `stop` (a
+    /// definite error before it). `ACTION` sets the default (emit), `db.table=ACTION` a rule
+    /// for matching tables; the first matching rule wins (repeatable).
+    #[arg(long, value_name = "[PATTERN=]ACTION")]
+    pub on_ddl: Vec<String>,
     /// Stop with exit code 0 once everything up to the source's binlog end at start-up is
     /// delivered and checkpointed.
     #[arg(long)]
@@ -322,10 +328,13 @@ pub struct ReplayArgs {
     /// Binlog files, in order.
     #[arg(long = "binlog-file", required = true, num_args = 1..)]
     pub binlog_files: Vec<PathBuf>,
-    /// Take the tables' definitions from this server (mysql://user@host:port) as the schema
-    /// history's starting point: tables without FULL metadata are decoded with them, checked
-    /// against each table map, and advanced by the DDL in the files.
-    #[arg(long, value_name = "URL")]
+    /// Take the tables' definitions from this server (mysql://user@host:port), or from a file
+    /// of CREATE TABLE statements (file:PATH, e.g. `mysqldump --no-data` output; `USE db;`
+    /// sets the database of unqualified names), as the schema history's starting point:
+    /// tables without FULL metadata are decoded with them, checked against each table map,
+    /// and advanced by the DDL in the files. Without it, only tables the files create are
+    /// known.
+    #[arg(long, value_name = "URL|file:PATH")]
     pub schema_from: Option<String>,
     /// Where changes go: `stdout`, `file:PATH`, or an http(s):// URL.
     #[arg(long)]
@@ -364,6 +373,8 @@ pub struct FileConfig {
     pub exclude: Option<Vec<String>>,
     /// db.table = "entity name"
     pub entity: Option<HashMap<String, String>>,
+    /// As `--on-ddl`: ["db.audit*=ignore", "emit"].
+    pub on_ddl: Option<Vec<String>>,
     pub log_format: Option<LogFormat>,
     /// HTTP sink settings, named as the flags (batch_rows, linger = "5ms", ...).
     pub http: Option<HttpArgs>,
@@ -414,7 +425,15 @@ pub struct ReplaySettings {
     pub sink: SinkSpec,
     pub decode: DecodeConfig,
     /// `--schema-from`.
-    pub schema_from: Option<SourceConfig>,
+    pub schema_from: Option<SchemaFrom>,
+}
+
+/// Where `replay` takes the tables' first definitions from.
+#[derive(Debug, Clone)]
+pub enum SchemaFrom {
+    Source(Box<SourceConfig>),
+    /// A file of CREATE TABLE statements.
+    File(PathBuf),
 }
 
 pub const DEFAULT_PASSWORD_ENV: &str = "BINSYNC_SOURCE_PASSWORD";
@@ -511,7 +530,10 @@ impl RunSettings {
             sink,
             start,
             reset: args.reset,
-            decode: decode_config(&args.include, &args.exclude, &args.entity, file)?,
+            decode: DecodeConfig {
+                on_ddl: OnDdl::parse(&pick_vec(&args.on_ddl, &file.on_ddl)).map_err(ConfigError)?,
+                ..decode_config(&args.include, &args.exclude, &args.entity, file)?
+            },
             exit_at_end: args.exit_at_end,
         })
     }
@@ -527,12 +549,15 @@ impl ReplaySettings {
             schema_from: args
                 .schema_from
                 .as_ref()
-                .map(|url| {
-                    let src = SourceArgs {
-                        source: Some(url.clone()),
-                        ..SourceArgs::default()
-                    };
-                    source_config(&src, &FileConfig::default())
+                .map(|from| match from.strip_prefix("file:") {
+                    Some(path) => Ok(SchemaFrom::File(PathBuf::from(path))),
+                    None => {
+                        let src = SourceArgs {
+                            source: Some(from.clone()),
+                            ..SourceArgs::default()
+                        };
+                        source_config(&src, &FileConfig::default()).map(|c| SchemaFrom::Source(Box::new(c)))
+                    }
                 })
                 .transpose()?,
         })

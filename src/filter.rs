@@ -1,6 +1,7 @@
 //! `--include` / `--exclude`: which tables are captured, by `db.table` globs (`*` any run of
 //! characters, `?` one character). A table is captured when it matches an include (or there are
 //! none) and no exclude. The decision is made once per table map, never per row.
+//! `--on-ddl` picks, by the same globs, what a DDL statement on a captured table becomes.
 
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -47,6 +48,80 @@ impl Filter {
     }
 }
 
+/// What `--on-ddl` does with a DDL statement on a captured table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DdlAction {
+    /// Deliver it as a `ddl`, `truncate` or `drop` operation (contract v2).
+    Emit,
+    /// Follow it in the schema history only; receivers see nothing.
+    Ignore,
+    /// Stop binsync before it, with the checkpoint before it (a definite error).
+    Stop,
+}
+
+impl std::str::FromStr for DdlAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "emit" => Ok(DdlAction::Emit),
+            "ignore" => Ok(DdlAction::Ignore),
+            "stop" => Ok(DdlAction::Stop),
+            other => Err(format!(
+                "--on-ddl `{other}`: expected emit, ignore or stop, alone or as db.table=ACTION"
+            )),
+        }
+    }
+}
+
+/// `--on-ddl`: an action per table pattern (`db.table` globs as for `--include`), the first
+/// matching rule winning, then a default (`emit` unless one value is a bare action).
+#[derive(Debug, Clone)]
+pub struct OnDdl {
+    rules: Vec<(String, DdlAction)>,
+    default: DdlAction,
+}
+
+impl Default for OnDdl {
+    fn default() -> Self {
+        OnDdl {
+            rules: Vec::new(),
+            default: DdlAction::Emit,
+        }
+    }
+}
+
+impl OnDdl {
+    /// Values are `ACTION` (the default) or `db.table=ACTION`.
+    pub fn parse(values: &[String]) -> Result<OnDdl, String> {
+        let mut on = OnDdl::default();
+        for v in values {
+            match v.rsplit_once('=') {
+                Some((pattern, action)) => {
+                    if !pattern.contains('.') {
+                        return Err(format!("--on-ddl pattern `{pattern}` has no `.`: write db.table=ACTION, e.g. `{pattern}.*={action}`"));
+                    }
+                    on.rules.push((pattern.to_string(), action.parse()?));
+                }
+                None => on.default = v.parse()?,
+            }
+        }
+        Ok(on)
+    }
+
+    pub fn action(&self, db: &str, table: &str) -> DdlAction {
+        let name = format!("{db}.{table}");
+        self.rules
+            .iter()
+            .find(|(p, _)| glob(p.as_bytes(), name.as_bytes()))
+            .map_or(self.default, |(_, a)| *a)
+    }
+
+    /// Whether any table may get a DDL operation: the sync API then speaks contract v2.
+    pub fn may_emit(&self) -> bool {
+        self.default == DdlAction::Emit || self.rules.iter().any(|(_, a)| *a == DdlAction::Emit)
+    }
+}
+
 /// Iterative glob match with backtracking to the last `*` (linear in practice).
 fn glob(p: &[u8], s: &[u8]) -> bool {
     let (mut pi, mut si) = (0, 0);
@@ -72,6 +147,28 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn on_ddl_rules_first_match_then_the_default() {
+        let on = OnDdl::parse(&[
+            "shop.audit*=ignore".into(),
+            "stop".into(),
+            "shop.*=emit".into(),
+        ])
+        .unwrap();
+        assert_eq!(on.action("shop", "audit_log"), DdlAction::Ignore);
+        assert_eq!(on.action("shop", "orders"), DdlAction::Emit);
+        assert_eq!(on.action("crm", "users"), DdlAction::Stop);
+        assert!(on.may_emit());
+        assert_eq!(OnDdl::default().action("a", "b"), DdlAction::Emit);
+        assert!(!OnDdl::parse(&["ignore".into()]).unwrap().may_emit());
+        assert!(OnDdl::parse(&["shop=stop".into()])
+            .unwrap_err()
+            .contains("db.table=ACTION"));
+        assert!(OnDdl::parse(&["drop".into()])
+            .unwrap_err()
+            .contains("emit, ignore or stop"));
+    }
 
     #[test]
     fn naming_a_table_exactly() {

@@ -113,7 +113,11 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
         Command::Replay(args) => {
             let settings = ReplaySettings::resolve(&args, &file)?;
             let history = match &settings.schema_from {
-                Some(src) => {
+                Some(binsync::config::SchemaFrom::File(path)) => Some(
+                    binsync::schema::ddl::catalog_from_file(path)
+                        .map_err(binsync::error::Error::replay)?,
+                ),
+                Some(binsync::config::SchemaFrom::Source(src)) => {
                     let catalog = binsync::commands::schema_catalog(
                         src,
                         &settings.decode.filter,

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::backoff::{sleep_unless_stopped, Backoff};
 use crate::change::Chunk;
+use crate::checkpoint::Position;
 use crate::checkpoint::{
     is_disk_full, Ack, Checkpoint, CheckpointError, Checkpointer, DiskFull, Store,
 };
@@ -34,15 +35,18 @@ use crate::config::RunSettings;
 use crate::decode::Decoder;
 use crate::dlq::Dlq;
 use crate::error::{Error, Result};
+use crate::filter::Filter;
+use crate::schema::history::{self, SeedGaps};
+use crate::schema::Catalog;
 use crate::shutdown::Shutdown;
 use crate::sink::http::batch::SourceHeader;
 use crate::sink::{self, SinkSpec};
-use crate::source::lookup::InfoSchemaLookup;
 pub use crate::source::replication::Outcome;
 use crate::source::replication::Replication;
 use crate::source::start::{self, Prepared};
 use crate::source::stream::Replica;
 use crate::source::ServerInfo;
+use crate::source::{schema_seed, SourceConfig};
 
 /// Chunks queued between the decoder and the sink.
 const CHUNK_QUEUE: usize = 8;
@@ -192,6 +196,19 @@ async fn run_once(
             store.save(&start).await?;
         }
     }
+    let history = history_at_start(
+        &store,
+        &src,
+        &decode.filter,
+        checkpoint.is_some(),
+        &plan.position,
+        &mut shutdown,
+    )
+    .await?;
+    let Some((history, gaps)) = history else {
+        tracing::info!("stopped before the source was reached; nothing was read");
+        return Ok(Outcome::Stopped);
+    };
     tracing::info!(start = %plan.point, position = %plan.position, "streaming");
 
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
@@ -204,14 +221,16 @@ async fn run_once(
     let checkpointer = tokio::spawn(checkpointer.run(ack_rx));
 
     let written_by = plan.written_by.take();
-    let lookup = Box::new(InfoSchemaLookup::new(src.clone()));
     let decoder = Decoder::new(
         Arc::new(decode),
         plan.position,
         plan.gtid_from_file_header,
         plan.emit_from,
-        Some(lookup),
-    );
+        // The history names every captured table's columns: no information_schema lookup.
+        None,
+    )
+    .with_history(history)
+    .with_seed_gaps(gaps.unknown, gaps.pending);
     let replica = Replica::new(settings.server_id, &settings.state_dir);
     let source =
         Replication::new(src, info, replica, target, shutdown).position_written_by(written_by);
@@ -230,6 +249,59 @@ async fn run_once(
         "stopped; everything read was delivered and checkpointed"
     );
     Ok(outcome)
+}
+
+/// The schema history a stream starting at `start` decodes with: read back from the state
+/// dir when it holds one and a checkpoint (versions above the checkpoint, never delivered,
+/// dropped; older ones pruned), or else seeded from the source (read with retries, as
+/// start-up reads are) and saved at `start.seq`. None when stopped before the source
+/// answered.
+async fn history_at_start(
+    store: &Store,
+    src: &SourceConfig,
+    filter: &Filter,
+    resumed: bool,
+    start: &Position,
+    shutdown: &mut Shutdown,
+) -> Result<Option<(Catalog, SeedGaps)>> {
+    if resumed && !history::is_empty(store)? {
+        let dropped = history::discard_above(store, start.seq).await?;
+        let pruned = history::prune_below(store, start.seq).await?;
+        let catalog = history::catalog_at(store, start.seq)?;
+        let gaps = history::seed_gaps(store, start, &catalog)?;
+        tracing::info!(
+            tables = catalog.tables.len(),
+            undelivered_dropped = dropped,
+            pruned,
+            "schema history read back"
+        );
+        return Ok(Some((catalog, gaps)));
+    }
+    // No history yet (a first start, or a state dir from before binsync kept one), or one
+    // left by a start that never saved a checkpoint: seed it afresh.
+    history::clear(store).await?;
+    let from = (!start.file.is_empty()).then(|| (start.file.clone(), start.offset));
+    let seeded = src
+        .with_retries(shutdown, || async {
+            let mut conn = src.connect_once().await?;
+            schema_seed::seed(&mut conn, src, filter, from.clone()).await
+        })
+        .await?;
+    let Some(seed) = seeded else {
+        return Ok(None);
+    };
+    let gaps = SeedGaps {
+        unknown: seed.unknown,
+        pending: seed.pending,
+    };
+    history::save_seed(store, start.seq, &seed.catalog, &gaps).await?;
+    tracing::info!(
+        tables = seed.catalog.tables.len(),
+        at = %format!("{}:{}", seed.at.0, seed.at.1),
+        unknown_at_start = gaps.unknown.len(),
+        "schema history seeded from the source"
+    );
+    Ok(Some((seed.catalog, gaps)))
 }
 
 /// Starts the sink task for `spec`: it takes chunks from `rx` and sends their acks, in

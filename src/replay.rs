@@ -39,7 +39,8 @@ pub async fn replay(files: &[PathBuf], spec: SinkSpec, cfg: DecodeConfig) -> Res
 }
 
 /// [`replay`], decoding tables without FULL metadata with `history` (the catalog as of the
-/// first file's start, advanced by the DDL in the files) instead of positional names.
+/// first file's start, advanced by the DDL in the files; without it, what the files' DDL
+/// says) instead of positional names.
 pub async fn replay_with_history(
     files: &[PathBuf],
     spec: SinkSpec,
@@ -80,10 +81,10 @@ async fn feed(
     history: Option<crate::schema::Catalog>,
     tx: &mpsc::Sender<Chunk>,
 ) -> Result<ReplayStats> {
-    let mut decoder = Decoder::new(cfg, Position::default(), None, None, None);
-    if let Some(catalog) = history {
-        decoder = decoder.with_history(catalog);
-    }
+    // Tables neither `--schema-from` nor a CREATE in the files describes are unknown: their
+    // rows need FULL metadata (never positional names).
+    let mut decoder = Decoder::new(cfg, Position::default(), None, None, None)
+        .with_partial_history(history.unwrap_or_default());
     let mut stats = ReplayStats::default();
     for path in files {
         let mut file = BinlogFile::open(path)?;

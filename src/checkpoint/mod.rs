@@ -189,6 +189,17 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
         )
 }
 
+/// Writes that must reach the disk together with the first checkpoint past the part of the
+/// stream they describe, in one sled transaction (the schema history's steps: the history is
+/// then never ahead of the checkpoint, nor behind it). The module that owns `tree` encodes
+/// them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Records {
+    pub tree: &'static [u8],
+    /// Key and value; an empty value is a value too (not a removal).
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
 /// A chunk, and every one before it, is delivered: what the sinks' ordered-ack ledger
 /// (`sink::ledger`) sends the checkpointer.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,8 +208,8 @@ pub struct Ack {
     pub position: Option<Position>,
     /// Changes the chunk held (progress counting).
     pub changes: usize,
-    /// The chunk's schema history steps: saved with the checkpoint, in one write.
-    pub schema: Vec<crate::change::SchemaStep>,
+    /// The chunk's writes to save with the checkpoint ([`Records`]).
+    pub records: Vec<Records>,
 }
 
 /// The checkpointer stage: saves the position of the newest acknowledged chunk.
@@ -221,17 +232,23 @@ impl Checkpointer {
         mut acks: tokio::sync::mpsc::Receiver<Ack>,
     ) -> Result<u64, CheckpointError> {
         let mut progress = crate::units::Progress::new("delivered");
+        let mut records = Vec::new();
         while let Some(first) = acks.recv().await {
             let mut newest = first.position;
             let mut changes = first.changes as u64;
+            records.extend(first.records);
             // Coalesce: one durable write for everything acknowledged meanwhile.
-            drain(&mut acks, &mut newest, &mut changes);
+            drain(&mut acks, &mut newest, &mut changes, &mut records);
+            // Records wait for a position to go with (a chunk before the first resumable
+            // position of a stream has none).
             if let Some(position) = newest {
                 let cp = Checkpoint {
                     server: self.server.clone(),
                     position,
                 };
-                self.store.save(&cp).await?;
+                self.store
+                    .save_with(&cp, std::mem::take(&mut records))
+                    .await?;
             }
             progress.add(changes);
         }
@@ -244,9 +261,11 @@ fn drain(
     acks: &mut tokio::sync::mpsc::Receiver<Ack>,
     newest: &mut Option<Position>,
     changes: &mut u64,
+    records: &mut Vec<Records>,
 ) {
     while let Ok(a) = acks.try_recv() {
         *changes += a.changes as u64;
+        records.extend(a.records);
         if a.position.is_some() {
             *newest = a.position;
         }

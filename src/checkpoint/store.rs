@@ -179,6 +179,16 @@ impl Store {
 
     /// Writes and flushes (fsync) the checkpoint, then publishes its copy (`status.json`).
     pub async fn save(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
+        self.save_with(cp, Vec::new()).await
+    }
+
+    /// [`Store::save`], and `records` written in the same sled transaction: after a crash
+    /// either all of it is on disk or none.
+    pub async fn save_with(
+        &self,
+        cp: &Checkpoint,
+        records: Vec<super::Records>,
+    ) -> Result<(), CheckpointError> {
         let stored = Stored {
             version: FORMAT_VERSION,
             server: cp.server.clone(),
@@ -195,7 +205,41 @@ impl Store {
         let value = sled::IVec::from(&bytes[..]);
         let dir = self.dir().to_path_buf();
         self.write(
-            move |db| db.insert(KEY, value).map(|_| ()),
+            move |db| {
+                if records.is_empty() {
+                    return db.insert(KEY, value).map(|_| ());
+                }
+                use sled::Transactional;
+                // The checkpoint's tree first, then each tree the records name.
+                let mut names: Vec<&'static [u8]> = Vec::new();
+                for r in &records {
+                    if !names.contains(&r.tree) {
+                        names.push(r.tree);
+                    }
+                }
+                let mut trees: Vec<sled::Tree> = vec![(**db).clone()];
+                for n in &names {
+                    trees.push(db.open_tree(n)?);
+                }
+                trees
+                    .as_slice()
+                    .transaction(|t| {
+                        t[0].insert(KEY, value.clone())?;
+                        for r in &records {
+                            let i = 1 + names.iter().position(|n| *n == r.tree).unwrap_or(0);
+                            for (k, v) in &r.entries {
+                                t[i].insert(k.as_slice(), v.as_slice())?;
+                            }
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| match e {
+                        sled::transaction::TransactionError::Storage(e) => e,
+                        sled::transaction::TransactionError::Abort(()) => {
+                            sled::Error::Unsupported("transaction aborted".into())
+                        }
+                    })
+            },
             // Informational only (never read to resume, only to detect a store that lost
             // what it saved), so not fsynced.
             move |_| {
@@ -315,7 +359,7 @@ impl Store {
         Ok(())
     }
 
-    fn write_error(&self, e: sled::Error) -> CheckpointError {
+    pub(crate) fn write_error(&self, e: sled::Error) -> CheckpointError {
         let dir = self.dir().to_path_buf();
         let detail = e.to_string();
         match &e {

@@ -38,7 +38,7 @@ use mysql_common::binlog::events::{
 
 use crate::change::{Change, Chunk, Op};
 use crate::checkpoint::{Partial, Position};
-use crate::filter::Filter;
+use crate::filter::{DdlAction, Filter, OnDdl};
 use crate::gtid::mariadb as maria;
 use crate::gtid::mysql::format_uuid;
 use crate::gtid::{Flavor, Gtid, GtidPos, GtidSet, MysqlGtid};
@@ -102,6 +102,14 @@ pub enum StreamError {
         offset: u64,
         detail: String,
     },
+    /// `--on-ddl ... stop` for a table a DDL statement touches: nothing of it is delivered.
+    #[error("{table}: a DDL statement at {file}:{offset} ({statement}) and --on-ddl says stop for this table; the checkpoint stays before it. Prepare the receiver for the change, then start again with --on-ddl {table}=emit (deliver it as a ddl operation) or --on-ddl {table}=ignore")]
+    DdlStop {
+        table: String,
+        file: String,
+        offset: u64,
+        statement: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +125,8 @@ pub struct DecodeConfig {
     /// entity's changes, so they are skipped unless an `--include` names them exactly. Ones
     /// created later are learnt from their CREATE SEQUENCE statement.
     pub sequences: HashSet<String>,
+    /// What a DDL statement on a captured table becomes (`--on-ddl`).
+    pub on_ddl: OnDdl,
 }
 
 impl Default for DecodeConfig {
@@ -127,6 +137,7 @@ impl Default for DecodeConfig {
             chunk_rows: 2048,
             chunk_bytes: 1 << 20,
             sequences: HashSet::new(),
+            on_ddl: OnDdl::default(),
         }
     }
 }
@@ -202,6 +213,18 @@ pub struct Decoder {
     /// tables without FULL metadata are decoded with their version, checked against each
     /// table map, and DDL read from the stream advances it. Without it, information_schema.
     history: Option<crate::schema::Catalog>,
+    /// The catalog before the first DDL of the open transaction (`CREATE TABLE ... SELECT`
+    /// is a DDL inside one): a restart reads that transaction again, DDL included.
+    history_before_txn: Option<crate::schema::Catalog>,
+    /// Captured tables whose definition here is unknown (changed between the stream's start
+    /// and the history's seed, see `source::schema_seed`): their rows without FULL metadata
+    /// are a definite error, and DDL on them that cannot be followed is passed over.
+    unknown: HashSet<(String, String)>,
+    /// Seed versions that hold from the end of a DDL statement on.
+    pending: Vec<crate::schema::Pending>,
+    /// The history does not claim to know every table (`replay`): a table it lacks is
+    /// unknown, not a DDL it failed to follow.
+    open_world: bool,
 }
 
 impl Decoder {
@@ -244,6 +267,10 @@ impl Decoder {
             sequences: HashSet::new(),
             mariadb_writer: None,
             history: None,
+            history_before_txn: None,
+            unknown: HashSet::new(),
+            pending: Vec::new(),
+            open_world: false,
         };
         d.set_file(d.boundary.file.clone());
         d
@@ -252,6 +279,31 @@ impl Decoder {
     /// Decodes with this catalog as the schema history (see the `history` field).
     pub fn with_history(mut self, catalog: crate::schema::Catalog) -> Self {
         self.history = Some(catalog);
+        self
+    }
+
+    /// Tables whose definition at the stream's start is unknown, and the seed versions that
+    /// hold from a DDL statement on (see `source::schema_seed::Seed`).
+    pub fn with_seed_gaps(
+        mut self,
+        unknown: impl IntoIterator<Item = (String, String)>,
+        pending: Vec<crate::schema::Pending>,
+    ) -> Self {
+        self.unknown.extend(unknown);
+        self.unknown.extend(
+            pending
+                .iter()
+                .map(|p| (p.table.db.clone(), p.table.name.clone())),
+        );
+        self.pending = pending;
+        self
+    }
+
+    /// Decodes with `catalog` as a partial history (see `open_world`): what `replay` knows
+    /// from `--schema-from` (if given) and the DDL in its files.
+    pub fn with_partial_history(mut self, catalog: crate::schema::Catalog) -> Self {
+        self.history = Some(catalog);
+        self.open_world = true;
         self
     }
 
@@ -326,6 +378,9 @@ impl Decoder {
         let pos = self.resume_position();
         self.resume = pos.partial.clone();
         self.txn = None;
+        if let Some(before) = self.history_before_txn.take() {
+            self.history = Some(before);
+        }
         self.seq = self.boundary.seq;
         self.payload_end = None;
         pos
@@ -572,7 +627,9 @@ impl Decoder {
                 if let Some(name) = created_sequence(sql, q.schema_raw()) {
                     self.sequences.insert(name);
                 }
-                self.apply_ddl(q, log_pos)?;
+                if self.emitting(log_pos) {
+                    self.on_ddl(q, header_ts, log_pos)?;
+                }
             }
             match &self.txn {
                 Some(t) if t.explicit => {
@@ -590,22 +647,48 @@ impl Decoder {
         Ok(())
     }
 
-    /// A DDL statement advances the history's catalog. One the reader cannot follow stops the
-    /// stream when it touches a tracked table; on other tables it is noted and passed over.
-    fn apply_ddl(&mut self, q: &QueryEvent<'_>, log_pos: u64) -> Result<(), StreamError> {
-        let Some(history) = self.history.as_mut() else {
-            return Ok(());
-        };
+    /// A DDL statement: it takes a `seq` of its own (one per operation it delivers), advances
+    /// the history's catalog (the new versions go into the chunk as records, saved
+    /// with the checkpoint past it), and becomes `ddl`/`truncate`/`drop` operations for the
+    /// captured tables `--on-ddl` says to emit for. One the reader cannot follow stops the
+    /// stream when it touches a captured table; on other tables it is noted and passed over.
+    fn on_ddl(
+        &mut self,
+        q: &QueryEvent<'_>,
+        header_ts: u32,
+        log_pos: u64,
+    ) -> Result<(), StreamError> {
         let sql = String::from_utf8_lossy(q.query_raw()).into_owned();
         let db = String::from_utf8_lossy(q.schema_raw()).into_owned();
-        match crate::schema::ddl::apply(history, &db, &sql) {
-            Ok(_) => Ok(()),
+        let Some(history) = self.history.as_ref() else {
+            // No history kept (FULL metadata read without one): nothing to record or deliver.
+            let touched = crate::schema::ddl::tables_in_tokens(&sql, &db);
+            return self.stop_if_asked(&touched, &sql, log_pos);
+        };
+        let mut next = history.clone();
+        let effects = match crate::schema::ddl::apply(&mut next, &db, &sql) {
+            Ok(effects) => effects,
+            Err(e)
+                if e.tables().iter().any(|n| {
+                    self.unknown.contains(n)
+                        || (self.open_world && next.table(&n.0, &n.1).is_none())
+                }) =>
+            {
+                // About a table whose definition is unknown here anyway: everything it touches
+                // becomes unknown (never guessed), until a seed version or a CREATE holds.
+                let mut versions = Vec::new();
+                for (d, t) in e.tables() {
+                    next.remove(d, t);
+                    self.unknown.insert((d.clone(), t.clone()));
+                    versions.push(((d.clone(), t.clone()), None));
+                }
+                self.take_step_seq();
+                self.history = Some(next);
+                return self.finish_ddl(versions, log_pos);
+            }
             Err(e) => {
-                let tracked = e
-                    .tables()
-                    .iter()
-                    .find(|(d, t)| self.cfg.filter.matches(d, t));
-                match tracked {
+                let tracked = e.tables().iter().find(|(d, t)| self.captures(d, t));
+                return match tracked {
                     Some((d, t)) => Err(StreamError::SchemaHistory {
                         table: format!("{d}.{t}"),
                         file: self.boundary.file.clone(),
@@ -613,12 +696,228 @@ impl Decoder {
                         detail: e.to_string(),
                     }),
                     None => {
-                        tracing::warn!(error = %e, "a DDL statement on tables binsync does not track could not be followed; ignored");
+                        tracing::warn!(error = %e, "a DDL statement on tables binsync does not capture could not be followed; ignored");
                         Ok(())
                     }
+                };
+            }
+        };
+        // Every table the statement touched, once, in the order it did.
+        let mut touched: Vec<(String, String)> = Vec::new();
+        let mut emptied: HashSet<(String, String)> = HashSet::new();
+        for e in &effects {
+            use crate::schema::ddl::Effect;
+            let names: Vec<(String, String)> = match e {
+                Effect::Created { db, table } | Effect::Altered { db, table } => {
+                    vec![(db.clone(), table.clone())]
+                }
+                Effect::Truncated { db, table } => {
+                    emptied.insert((db.clone(), table.clone()));
+                    vec![(db.clone(), table.clone())]
+                }
+                Effect::Dropped { db, table } => vec![(db.clone(), table.clone())],
+                Effect::Renamed { from, to } => vec![from.clone(), to.clone()],
+                Effect::CreatedDatabase(_) | Effect::DroppedDatabase(_) => Vec::new(),
+            };
+            if let Effect::Created { db, table } = e {
+                self.unknown.remove(&(db.clone(), table.clone()));
+            }
+            for n in names {
+                if !touched.contains(&n) {
+                    touched.push(n);
                 }
             }
         }
+        self.stop_if_asked(&touched, &sql, log_pos)?;
+        if self.txn.is_some() && self.history_before_txn.is_none() {
+            self.history_before_txn = self.history.clone();
+        }
+        let versions: Vec<((String, String), Option<crate::schema::Table>)> = touched
+            .iter()
+            .map(|(d, t)| ((d.clone(), t.clone()), next.table(d, t).cloned()))
+            .collect();
+        self.history = Some(next);
+        let mut emitted = false;
+        for ((d, t), version) in &versions {
+            if !self.captures(d, t) || self.cfg.on_ddl.action(d, t) != DdlAction::Emit {
+                continue;
+            }
+            let op = if emptied.contains(&(d.clone(), t.clone())) {
+                Op::Truncate
+            } else if version.is_none() && !effects.iter().any(|e| matches!(e, crate::schema::ddl::Effect::Renamed { from, .. } if from.0 == *d && from.1 == *t)) {
+                Op::Drop
+            } else {
+                Op::Ddl
+            };
+            self.emit_ddl(d, t, op, version.as_ref(), &sql, header_ts, log_pos);
+            emitted = true;
+        }
+        if !emitted {
+            self.take_step_seq();
+        }
+        self.finish_ddl(versions, log_pos)
+    }
+
+    /// A statement that delivers nothing keeps the `seq` of the last operation for its
+    /// history step: the step is saved only with a checkpoint past the statement, so it is
+    /// on disk exactly when that checkpoint is (numbers without gaps where nothing was
+    /// delivered). Inside an explicit transaction (`CREATE TABLE ... SELECT`) it takes a
+    /// number of its own: a checkpoint inside that transaction (its rows split over chunks)
+    /// keeps the `seq` before it, so the step stays above it and is read again on a resume.
+    fn take_step_seq(&mut self) {
+        if self.txn.as_ref().is_some_and(|t| t.explicit) {
+            self.seq += 1;
+        }
+    }
+
+    /// Installs the seed versions that hold from the end of this statement on, and hands
+    /// the step on with the chunk (saved with the checkpoint past it).
+    fn finish_ddl(
+        &mut self,
+        mut versions: Vec<((String, String), Option<crate::schema::Table>)>,
+        log_pos: u64,
+    ) -> Result<(), StreamError> {
+        let file = &self.boundary.file;
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.file == *file && p.end == log_pos);
+        self.pending = later;
+        for p in now {
+            let name = (p.table.db.clone(), p.table.name.clone());
+            self.unknown.remove(&name);
+            versions.retain(|(n, _)| *n != name);
+            versions.push((name, Some(p.table.clone())));
+            if let Some(h) = self.history.as_mut() {
+                h.insert(p.table);
+            }
+        }
+        let records = crate::schema::history::records(self.seq, &versions).map_err(|e| {
+            StreamError::SchemaHistory {
+                table: versions
+                    .first()
+                    .map(|((d, t), _)| format!("{d}.{t}"))
+                    .unwrap_or_default(),
+                file: self.boundary.file.clone(),
+                offset: log_pos,
+                detail: format!("its new definition cannot be recorded: {e}"),
+            }
+        })?;
+        self.chunk.records.push(records);
+        self.position_dirty = true;
+        Ok(())
+    }
+
+    /// The definite error `--on-ddl ... stop` asks for, if it does for a captured table among
+    /// `touched`.
+    fn stop_if_asked(
+        &self,
+        touched: &[(String, String)],
+        sql: &str,
+        log_pos: u64,
+    ) -> Result<(), StreamError> {
+        let stop = touched
+            .iter()
+            .find(|(d, t)| self.captures(d, t) && self.cfg.on_ddl.action(d, t) == DdlAction::Stop);
+        match stop {
+            Some((d, t)) => Err(StreamError::DdlStop {
+                table: format!("{d}.{t}"),
+                file: self.boundary.file.clone(),
+                offset: log_pos,
+                statement: sql.chars().take(200).collect(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Numbers and writes one operation on a whole entity type (contract v2; see
+    /// docs/sync-api.md): `version` is the table as the statement left it (None: gone).
+    #[allow(clippy::too_many_arguments)]
+    fn emit_ddl(
+        &mut self,
+        db: &str,
+        table: &str,
+        op: Op,
+        version: Option<&crate::schema::Table>,
+        sql: &str,
+        header_ts: u32,
+        log_pos: u64,
+    ) {
+        self.seq += 1;
+        if let Some(txn) = self.txn.as_mut() {
+            // Counted as a row of its transaction, so a resume inside it skips it as one.
+            let row = txn.next_row;
+            txn.next_row += 1;
+            if row < txn.skip_below {
+                return;
+            }
+        }
+        let entity: Arc<str> = self
+            .cfg
+            .entities
+            .get(&format!("{db}.{table}"))
+            .cloned()
+            .unwrap_or_else(|| table.to_string())
+            .into();
+        let buf = &mut self.chunk.buf;
+        let start = buf.len();
+        buf.extend_from_slice(b"{\"seq\":");
+        push_u64(buf, self.seq);
+        buf.extend_from_slice(b",\"op\":\"");
+        buf.extend_from_slice(op.as_str().as_bytes());
+        buf.extend_from_slice(b"\",\"db\":");
+        write_json_str(buf, db.as_bytes());
+        buf.extend_from_slice(b",\"table\":");
+        write_json_str(buf, table.as_bytes());
+        buf.extend_from_slice(b",\"entity\":");
+        write_json_str(buf, entity.as_bytes());
+        buf.push(b',');
+        match &self.txn {
+            Some(t) => buf.extend_from_slice(&t.meta_json),
+            None => {
+                buf.extend_from_slice(b"\"gtid\":null,\"ts\":\"");
+                buf.extend_from_slice(
+                    format_utc_micros(i64::from(header_ts) * 1_000_000).as_bytes(),
+                );
+                buf.extend_from_slice(b"\",");
+            }
+        }
+        buf.extend_from_slice(&self.file_json);
+        buf.extend_from_slice(b"\"offset\":");
+        push_u64(buf, log_pos);
+        buf.extend_from_slice(b",\"statement\":");
+        write_json_str(buf, sql.as_bytes());
+        if op == Op::Ddl {
+            let (columns, key) = match version {
+                Some(t) => (
+                    serde_json::Value::Array(
+                        t.columns
+                            .iter()
+                            .map(|c| {
+                                serde_json::json!({
+                                    "name": c.name,
+                                    "type": c.data_type.to_string(),
+                                    "nullable": c.nullable,
+                                    "json": c.json,
+                                })
+                            })
+                            .collect(),
+                    ),
+                    serde_json::json!(t.pk),
+                ),
+                None => (serde_json::Value::Null, serde_json::Value::Null),
+            };
+            buf.extend_from_slice(format!(",\"columns\":{columns},\"key\":{key}").as_bytes());
+        }
+        buf.push(b'}');
+        let end = buf.len();
+        self.chunk.changes.push(Change {
+            seq: self.seq,
+            op,
+            entity,
+            keyless: false,
+            line: start..end,
+            key: end..end,
+        });
     }
 
     fn malformed(&self, what: &str, offset: u64, e: impl std::fmt::Display) -> StreamError {
@@ -667,6 +966,7 @@ impl Decoder {
 
     fn commit(&mut self, log_pos: u64) {
         self.payload_end = None;
+        self.history_before_txn = None;
         if let Some(gtid) = self.txn.take().and_then(|t| t.gtid) {
             match &mut self.boundary.gtid {
                 Some(pos) => pos.apply(&gtid),
@@ -699,12 +999,7 @@ impl Decoder {
         let db = tme.database_name().into_owned();
         let table = tme.table_name().into_owned();
         let qualified = format!("{db}.{table}");
-        let sequence =
-            self.cfg.sequences.contains(&qualified) || self.sequences.contains(&qualified);
-        let included = match sequence {
-            true => self.cfg.filter.names(&db, &table),
-            false => self.cfg.filter.matches(&db, &table),
-        };
+        let included = self.captures(&db, &table);
         let extra = if included && self.history.is_some() {
             self.history_extra(&db, &table, tme)?
         } else if included {
@@ -720,6 +1015,20 @@ impl Decoder {
             None
         };
         let schema = TableSchema::from_table_map_with(tme, extra.as_deref(), self.mariadb_writer)?;
+        let named = schema.names_from_binlog
+            || extra
+                .as_ref()
+                .is_some_and(|e| e.columns.len() == tme.columns_count() as usize);
+        if included && !named {
+            // Positional names (@1, @2) and a whole-row id would be a guess: never emitted.
+            self.tables.remove(&id);
+            return Err(StreamError::SchemaHistory {
+                table: qualified,
+                file: self.boundary.file.clone(),
+                offset: self.boundary.offset,
+                detail: "the binlog carries no column names for it (binlog_row_metadata=MINIMAL) and no schema history or information_schema answer gives them".into(),
+            });
+        }
         if included && !schema.names_from_binlog && !self.warned_no_metadata {
             self.warned_no_metadata = true;
             tracing::warn!(
@@ -773,6 +1082,17 @@ impl Decoder {
         Ok(())
     }
 
+    /// Whether `db.table`'s changes are delivered: `--include`/`--exclude`, and SEQUENCE
+    /// objects only when an `--include` names them.
+    fn captures(&self, db: &str, table: &str) -> bool {
+        let qualified = format!("{db}.{table}");
+        if self.cfg.sequences.contains(&qualified) || self.sequences.contains(&qualified) {
+            self.cfg.filter.names(db, table)
+        } else {
+            self.cfg.filter.matches(db, table)
+        }
+    }
+
     /// information_schema's view of a table, when the binlog lacks names (no FULL metadata) or
     /// may hide JSON columns (MariaDB). Answers are cached until the next DDL; failures are
     /// not cached.
@@ -800,6 +1120,9 @@ impl Decoder {
                 Err(m) => Err(refused(m.to_string())),
             },
             None if plain.names_from_binlog => Ok(None),
+            None if self.unknown.contains(&(db.to_string(), table.to_string())) => Err(refused(
+                "its definition here is unknown: a DDL statement changed it between where this stream started and where binsync first read the definitions (the schema history's seed)".into(),
+            )),
             None => Err(refused(
                 "the schema history holds no such table (created before the history began, or by a statement it could not read)".into(),
             )),

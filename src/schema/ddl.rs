@@ -653,6 +653,46 @@ fn alter_without_column_change(sql: &str) -> bool {
     })
 }
 
+/// The catalog a file of CREATE TABLE statements describes (`replay --schema-from
+/// file:PATH`): statements end with `;` at the end of a line, `USE db;` sets the database of
+/// unqualified names, and `SET`, `LOCK`/`UNLOCK` and comment-only statements (as in
+/// `mysqldump --no-data` output) are passed over. A statement the reader cannot follow is an
+/// error naming it.
+pub fn catalog_from_file(path: &std::path::Path) -> Result<Catalog, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--schema-from file:{}: {e}", path.display()))?;
+    let mut catalog = Catalog::default();
+    let mut db = String::new();
+    let mut statement = String::new();
+    for line in text.lines() {
+        if statement.is_empty() && (line.trim().is_empty() || line.trim_start().starts_with("--")) {
+            continue;
+        }
+        statement.push_str(line);
+        statement.push('\n');
+        if !line.trim_end().ends_with(';') {
+            continue;
+        }
+        let sql = std::mem::take(&mut statement);
+        let sql = sql.trim().trim_end_matches(';').trim();
+        let head = sql
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        match head.as_str() {
+            "USE" => db = sql[3..].trim().trim_matches('`').replace("``", "`"),
+            "SET" | "LOCK" | "UNLOCK" => {}
+            _ if sql.starts_with("/*") && sql.ends_with("*/") => {}
+            _ => {
+                apply(&mut catalog, &db, sql)
+                    .map_err(|e| format!("--schema-from file:{}: {e}", path.display()))?;
+            }
+        }
+    }
+    Ok(catalog)
+}
+
 /// `(db, table)` for each name that follows the keyword TABLE (or TABLE ... TO, RENAME's
 /// pairs) in `sql`'s tokens: what a statement the parser cannot read is about.
 pub fn tables_in_tokens(sql: &str, default_db: &str) -> Vec<(String, String)> {

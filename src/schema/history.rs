@@ -15,21 +15,16 @@
 
 use std::collections::BTreeMap;
 
-use crate::checkpoint::Store;
+use crate::checkpoint::{CheckpointError, Position, Records, Store};
 
 use super::{Catalog, Table};
 
 const TREE: &[u8] = b"schema_history";
 
-#[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
-    #[error("the schema history in {dir} cannot be {doing}: {detail}")]
-    Store {
-        dir: String,
-        doing: &'static str,
-        detail: String,
-    },
-}
+/// The history's failures are the store's: a write that fails is a
+/// [`CheckpointError`] of the disk (a full one is waited out), a record that does not read
+/// back is damage of the store.
+type Result<T> = std::result::Result<T, CheckpointError>;
 
 fn key(seq: u64, db: &str, table: &str) -> Vec<u8> {
     let mut k = seq.to_be_bytes().to_vec();
@@ -50,12 +45,37 @@ fn parse_key(k: &[u8]) -> Option<(u64, String, String)> {
     ))
 }
 
-fn failed(store: &Store, doing: &'static str, e: impl std::fmt::Display) -> HistoryError {
-    HistoryError::Store {
-        dir: store.dir().display().to_string(),
-        doing,
-        detail: e.to_string(),
+fn damaged(store: &Store, e: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::Damaged {
+        dir: store.dir().to_path_buf(),
+        detail: format!("its schema history does not read back: {e}"),
     }
+}
+
+/// The records a DDL statement's step makes, for the checkpointer to save with the first
+/// checkpoint past it: each `(db, table)`'s new version (None: gone) keyed by `seq`.
+pub fn records(
+    seq: u64,
+    versions: &[((String, String), Option<Table>)],
+) -> std::result::Result<Records, serde_json::Error> {
+    let mut entries = Vec::with_capacity(versions.len());
+    for ((db, table), version) in versions {
+        let value = match version {
+            Some(t) => serde_json::to_vec(t)?,
+            None => Vec::new(),
+        };
+        entries.push((key(seq, db, table), value));
+    }
+    Ok(Records {
+        tree: TREE,
+        entries,
+    })
+}
+
+/// Whether the history holds anything (a state dir from before it existed does not).
+pub fn is_empty(store: &Store) -> Result<bool> {
+    let tree = store.db().open_tree(TREE).map_err(|e| damaged(store, e))?;
+    Ok(tree.is_empty())
 }
 
 /// Records the versions a DDL at `seq` made: `Some(table)` for a new version of
@@ -64,11 +84,11 @@ pub async fn record(
     store: &Store,
     seq: u64,
     versions: Vec<((String, String), Option<Table>)>,
-) -> Result<(), HistoryError> {
+) -> Result<()> {
     let mut batch = sled::Batch::default();
     for ((db, table), version) in &versions {
         let value = match version {
-            Some(t) => serde_json::to_vec(t).map_err(|e| failed(store, "written", e))?,
+            Some(t) => serde_json::to_vec(t).map_err(|e| damaged(store, e))?,
             None => Vec::new(),
         };
         batch.insert(key(seq, db, table), value);
@@ -76,25 +96,22 @@ pub async fn record(
     store
         .write(move |db| db.open_tree(TREE)?.apply_batch(batch), |_| {})
         .await
-        .map_err(|e| failed(store, "written", e))
+        .map_err(|e| store.write_error(e))
 }
 
 /// The catalog as of `seq` (see the module docs).
-pub fn catalog_at(store: &Store, seq: u64) -> Result<Catalog, HistoryError> {
-    let tree = store
-        .db()
-        .open_tree(TREE)
-        .map_err(|e| failed(store, "read", e))?;
+pub fn catalog_at(store: &Store, seq: u64) -> Result<Catalog> {
+    let tree = store.db().open_tree(TREE).map_err(|e| damaged(store, e))?;
     let mut newest: BTreeMap<(String, String), Option<Table>> = BTreeMap::new();
     for item in tree.range(..(seq.saturating_add(1)).to_be_bytes().to_vec()) {
-        let (k, v) = item.map_err(|e| failed(store, "read", e))?;
+        let (k, v) = item.map_err(|e| damaged(store, e))?;
         let Some((_, db, table)) = parse_key(&k) else {
-            return Err(failed(store, "read", "a key that is not seq, db, table"));
+            return Err(damaged(store, "a key that is not seq, db, table"));
         };
         let version = if v.is_empty() {
             None
         } else {
-            Some(serde_json::from_slice::<Table>(&v).map_err(|e| failed(store, "read", e))?)
+            Some(serde_json::from_slice::<Table>(&v).map_err(|e| damaged(store, e))?)
         };
         newest.insert((db, table), version);
     }
@@ -106,7 +123,7 @@ pub fn catalog_at(store: &Store, seq: u64) -> Result<Catalog, HistoryError> {
 }
 
 /// Drops every version above `seq` (DDL not delivered yet: the stream reads it again).
-pub async fn discard_above(store: &Store, seq: u64) -> Result<usize, HistoryError> {
+pub async fn discard_above(store: &Store, seq: u64) -> Result<usize> {
     let from = seq.saturating_add(1).to_be_bytes().to_vec();
     store
         .write(
@@ -124,12 +141,12 @@ pub async fn discard_above(store: &Store, seq: u64) -> Result<usize, HistoryErro
             |_| {},
         )
         .await
-        .map_err(|e| failed(store, "cut back", e))
+        .map_err(|e| store.write_error(e))
 }
 
 /// Keeps, at or below `seq`, only each table's newest version (and forgets tables dropped
 /// there entirely).
-pub async fn prune_below(store: &Store, seq: u64) -> Result<usize, HistoryError> {
+pub async fn prune_below(store: &Store, seq: u64) -> Result<usize> {
     let upto = seq.saturating_add(1).to_be_bytes().to_vec();
     store
         .write(
@@ -160,7 +177,7 @@ pub async fn prune_below(store: &Store, seq: u64) -> Result<usize, HistoryError>
             |_| {},
         )
         .await
-        .map_err(|e| failed(store, "pruned", e))
+        .map_err(|e| store.write_error(e))
 }
 
 #[cfg(test)]
@@ -224,4 +241,91 @@ mod tests {
         assert_eq!(prune_below(&store, 25).await.unwrap(), 1);
         assert_eq!(catalog_at(&store, 25).unwrap(), before);
     }
+}
+
+const SEED_TREE: &[u8] = b"schema_seed";
+
+/// Forgets the whole history (before a new seed).
+pub async fn clear(store: &Store) -> Result<()> {
+    store
+        .write(
+            |db| {
+                db.open_tree(TREE)?.clear()?;
+                db.open_tree(SEED_TREE)?.clear()
+            },
+            |_| {},
+        )
+        .await
+        .map_err(|e| store.write_error(e))
+}
+
+/// What the seed left open (see `source::schema_seed::Seed`), kept until the checkpoint is
+/// past it: tables unknown at the stream's start, and the versions that hold from a later
+/// DDL statement on.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SeedGaps {
+    pub unknown: Vec<(String, String)>,
+    pub pending: Vec<super::Pending>,
+}
+
+/// Records the seed's versions at `seq` (the start's) and what it left open, in one write.
+pub async fn save_seed(store: &Store, seq: u64, catalog: &Catalog, gaps: &SeedGaps) -> Result<()> {
+    let mut batch = sled::Batch::default();
+    for t in catalog.tables.values() {
+        batch.insert(
+            key(seq, &t.db, &t.name),
+            serde_json::to_vec(t).map_err(|e| damaged(store, e))?,
+        );
+    }
+    let gaps = serde_json::to_vec(gaps).map_err(|e| damaged(store, e))?;
+    store
+        .write(
+            move |db| {
+                use sled::Transactional;
+                let (h, g) = (db.open_tree(TREE)?, db.open_tree(SEED_TREE)?);
+                (&h, &g)
+                    .transaction(|(h, g)| {
+                        h.apply_batch(&batch)?;
+                        g.insert(&b"gaps"[..], gaps.clone())?;
+                        Ok(())
+                    })
+                    .map_err(|e| match e {
+                        sled::transaction::TransactionError::Storage(e) => e,
+                        sled::transaction::TransactionError::Abort(()) => {
+                            sled::Error::Unsupported("transaction aborted".into())
+                        }
+                    })
+            },
+            |_| {},
+        )
+        .await
+        .map_err(|e| store.write_error(e))
+}
+
+/// What the seed left open that a stream resuming at `at` still meets: pending versions
+/// at or before `at` were installed by a step saved with the checkpoint; tables known in
+/// `catalog` are no longer unknown.
+pub fn seed_gaps(store: &Store, at: &Position, catalog: &Catalog) -> Result<SeedGaps> {
+    let tree = store
+        .db()
+        .open_tree(SEED_TREE)
+        .map_err(|e| damaged(store, e))?;
+    let Some(raw) = tree.get(b"gaps").map_err(|e| damaged(store, e))? else {
+        return Ok(SeedGaps::default());
+    };
+    let mut gaps: SeedGaps = serde_json::from_slice(&raw).map_err(|e| damaged(store, e))?;
+    let here = binlog_order(&at.file, at.offset);
+    gaps.pending.retain(|p| binlog_order(&p.file, p.end) > here);
+    gaps.unknown.retain(|(d, t)| catalog.table(d, t).is_none());
+    Ok(gaps)
+}
+
+/// Orders positions in one server's binlog: files by their numeric suffix, then offsets.
+pub fn binlog_order(file: &str, offset: u64) -> (u64, String, u64) {
+    let n = file
+        .rsplit('.')
+        .next()
+        .and_then(|x| x.parse::<u64>().ok())
+        .unwrap_or(0);
+    (n, file.to_string(), offset)
 }

@@ -92,6 +92,16 @@ impl Table {
     }
 }
 
+/// A captured table whose definition at the stream's start is unknown (a DDL changed it
+/// between the start and where the history was seeded): from the end of the DDL at
+/// `file:end` on, `table` (read at the seed) holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub file: String,
+    pub end: u64,
+    pub table: Table,
+}
+
 /// Every table (and database) the history knows, as of one position.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Catalog {

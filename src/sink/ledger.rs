@@ -21,8 +21,8 @@
 
 use std::collections::VecDeque;
 
-use crate::change::{Chunk, SchemaStep};
-use crate::checkpoint::Position;
+use crate::change::Chunk;
+use crate::checkpoint::{Position, Records};
 
 /// Acks are the checkpointer's type; in the product they are made only by
 /// [`Ledger::pop_ready`].
@@ -34,7 +34,7 @@ pub use crate::checkpoint::Ack;
 pub struct Mark {
     position: Option<Position>,
     changes: usize,
-    schema: Vec<SchemaStep>,
+    records: Vec<Records>,
 }
 
 impl Mark {
@@ -42,7 +42,7 @@ impl Mark {
         Mark {
             position: chunk.position.clone(),
             changes: chunk.changes.len(),
-            schema: chunk.schema.clone(),
+            records: chunk.records.clone(),
         }
     }
 }
@@ -152,7 +152,7 @@ impl Ledger {
         Some(Ack {
             position: entry.mark.position,
             changes: entry.mark.changes,
-            schema: entry.mark.schema,
+            records: entry.mark.records,
         })
     }
 
@@ -197,7 +197,7 @@ mod tests {
                 ..Position::default()
             }),
             changes,
-            schema: Vec::new(),
+            records: Vec::new(),
         }
     }
 
@@ -230,7 +230,7 @@ mod tests {
         Ack {
             position: m.position,
             changes: m.changes,
-            schema: m.schema,
+            records: m.records,
         }
     }
 
@@ -270,7 +270,7 @@ mod tests {
             Mark {
                 position: None,
                 changes: 0,
-                schema: Vec::new(),
+                records: Vec::new(),
             },
             0,
         );

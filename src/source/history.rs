@@ -326,13 +326,15 @@ async fn binlog_gtid_pos_at(
 
 /// One row of `SHOW BINLOG EVENTS`.
 #[derive(Debug, Clone)]
-struct EventRow {
-    kind: String,
-    info: String,
+pub(super) struct EventRow {
+    pub(super) kind: String,
+    pub(super) info: String,
+    /// `End_log_pos`: the offset just past the event.
+    pub(super) end: u64,
 }
 
 /// `SHOW BINLOG EVENTS IN file [FROM offset] LIMIT n`.
-async fn events(
+pub(super) async fn events(
     conn: &mut Conn,
     src: &SourceConfig,
     file: &str,
@@ -357,12 +359,13 @@ async fn events(
         .into_iter()
         .map(|mut r| EventRow {
             kind: r.take_opt(2).and_then(Result::ok).unwrap_or_default(),
+            end: r.take_opt(4).and_then(Result::ok).unwrap_or_default(),
             info: r.take_opt(5).and_then(Result::ok).unwrap_or_default(),
         })
         .collect())
 }
 
-enum EventsError {
+pub(super) enum EventsError {
     /// The server cannot read events there (error 1220: not an event boundary, or beyond
     /// the file's end).
     Unreadable(String),
@@ -506,6 +509,7 @@ mod tests {
         let ev = |kind: &str, gno: u64| EventRow {
             kind: kind.into(),
             info: format!("SET @@SESSION.GTID_NEXT= '{A}:{gno}'"),
+            end: 0,
         };
         assert_eq!(mysql_already_held(&ev("Gtid", 87), &want), None);
         assert!(mysql_already_held(&ev("Gtid", 12), &want).is_some());

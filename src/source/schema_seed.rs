@@ -10,7 +10,8 @@ use mysql_async::Conn;
 
 use super::{classify, Failure, Result, SourceConfig, SourceError};
 use crate::filter::Filter;
-use crate::schema::{ddl, Catalog};
+use crate::schema::history::binlog_order;
+use crate::schema::{ddl, Catalog, Pending};
 
 const SYSTEM_SCHEMAS: &str = "'mysql', 'information_schema', 'performance_schema', 'sys'";
 
@@ -62,4 +63,288 @@ pub async fn read(
 /// A backquoted identifier.
 fn quote(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
+}
+
+/// The schema history's first versions, valid at the stream's start (see [`seed`]).
+#[derive(Debug, Default)]
+pub struct Seed {
+    /// Tables whose definition at the start is known (no DDL on them between the start and
+    /// the seed).
+    pub catalog: Catalog,
+    /// Captured tables a DDL changed between the start and the seed: unknown at the start,
+    /// each known again from its last such DDL on (if it still exists at the seed).
+    pub pending: Vec<Pending>,
+    pub unknown: Vec<(String, String)>,
+    /// Where the seed was read (file, offset): no DDL on a captured table between the start
+    /// and here is unaccounted for.
+    pub at: (String, u64),
+}
+
+/// How often the seed is read again when DDL keeps landing while it is read.
+const SEED_ATTEMPTS: usize = 5;
+/// `SHOW BINLOG EVENTS` rows per page while scanning for DDL.
+const SCAN_PAGE: u32 = 20_000;
+
+/// Reads the captured tables' definitions and makes them valid at `start` (file, offset;
+/// None: the oldest binlog): the binlog between `start` and the read is scanned for DDL
+/// (`SHOW BINLOG EVENTS`). A captured table first created there is left to the stream (its
+/// CREATE comes); one otherwise changed there is unknown until its last such DDL, from
+/// which its definition read now holds ([`Seed::pending`]). DDL landing while the
+/// definitions are read makes the read start over; if it keeps landing, a definite error.
+pub async fn seed(
+    conn: &mut Conn,
+    src: &SourceConfig,
+    filter: &Filter,
+    start: Option<(String, u64)>,
+) -> Result<Seed> {
+    for _ in 0..SEED_ATTEMPTS {
+        let (file1, pos1, _) = super::master_status(conn, src).await?;
+        let tables = tracked_tables(conn, src, filter).await?;
+        let catalog = read(conn, src, &tables).await?;
+        let (file2, pos2, _) = super::master_status(conn, src).await?;
+        let from = match &start {
+            Some(s) => s.clone(),
+            None => {
+                let logs = super::binary_logs(conn, src).await?;
+                match logs.first() {
+                    Some((f, _)) => (f.clone(), 4),
+                    None => (file2.clone(), pos2),
+                }
+            }
+        };
+        let statements = ddl_between(conn, src, &from, &(file2.clone(), pos2)).await?;
+        let during = |f: &str, end: u64| binlog_order(f, end) > binlog_order(&file1, pos1);
+        if statements
+            .iter()
+            .any(|s| during(&s.file, s.end) && s.tables.iter().any(|(d, t)| filter.matches(d, t)))
+        {
+            tracing::info!("a DDL statement landed while the schema history was being seeded; reading it again");
+            continue;
+        }
+        return Ok(settle(catalog, &statements, filter, (file2, pos2)));
+    }
+    Err(SourceError::Unsupported(format!(
+        "DDL kept landing on captured tables while binsync read their definitions ({SEED_ATTEMPTS} tries); start binsync again once the schema changes are done"
+    ))
+    .into())
+}
+
+/// One DDL statement found by the scan.
+#[derive(Debug, Clone)]
+struct Found {
+    file: String,
+    /// Offset just past it.
+    end: u64,
+    /// A plain `CREATE TABLE` (not `IF NOT EXISTS`, not `OR REPLACE`): its first table did
+    /// not exist before it.
+    creates: bool,
+    truncates: bool,
+    tables: Vec<(String, String)>,
+}
+
+/// The seed as valid at the scan's start (see [`seed`]).
+fn settle(mut catalog: Catalog, found: &[Found], filter: &Filter, at: (String, u64)) -> Seed {
+    let seeded = catalog.clone();
+    let mut decided: std::collections::HashSet<(String, String)> = Default::default();
+    let mut last: std::collections::HashMap<(String, String), (String, u64)> = Default::default();
+    let mut unknown = Vec::new();
+    for f in found {
+        for (i, name) in f.tables.iter().enumerate() {
+            if !filter.matches(&name.0, &name.1) || f.truncates {
+                continue;
+            }
+            if decided.insert(name.clone()) {
+                catalog.remove(&name.0, &name.1);
+                if !(f.creates && i == 0) {
+                    unknown.push(name.clone());
+                }
+            }
+            last.insert(name.clone(), (f.file.clone(), f.end));
+        }
+    }
+    let mut pending = Vec::new();
+    for name in &unknown {
+        // Gone by now (dropped, renamed away): nothing to install; it stays unknown.
+        if let (Some(table), Some((file, end))) = (seeded.table(&name.0, &name.1), last.get(name)) {
+            pending.push(Pending {
+                file: file.clone(),
+                end: *end,
+                table: table.clone(),
+            });
+        }
+    }
+    Seed {
+        catalog,
+        pending,
+        unknown,
+        at,
+    }
+}
+
+/// The DDL statements in the binlog from `from` to `to` (file, offset), in order.
+async fn ddl_between(
+    conn: &mut Conn,
+    src: &SourceConfig,
+    from: &(String, u64),
+    to: &(String, u64),
+) -> Result<Vec<Found>> {
+    let logs = super::binary_logs(conn, src).await?;
+    let first = binlog_order(&from.0, 0);
+    let last = binlog_order(&to.0, 0);
+    let mut found = Vec::new();
+    let mut scanned_bytes = 0u64;
+    for (file, size) in logs {
+        let order = binlog_order(&file, 0);
+        if order < first || order > last {
+            continue;
+        }
+        let mut at = if file == from.0 {
+            Some(from.1.max(4))
+        } else {
+            None
+        };
+        loop {
+            let rows = super::history::events(conn, src, &file, at, SCAN_PAGE)
+                .await
+                .map_err(super::Failure::from)?;
+            let n = rows.len();
+            for row in &rows {
+                if file == to.0 && row.end > to.1 {
+                    break;
+                }
+                if row.kind.eq_ignore_ascii_case("Query") {
+                    if let Some(f) = classify_statement(&file, row.end, &row.info) {
+                        found.push(f);
+                    }
+                }
+            }
+            match rows.last() {
+                Some(r) if n as u32 == SCAN_PAGE && !(file == to.0 && r.end >= to.1) => {
+                    at = Some(r.end)
+                }
+                _ => break,
+            }
+        }
+        scanned_bytes += size;
+        if scanned_bytes > 0 {
+            tracing::info!(file = %file, scanned = %crate::units::bytes(scanned_bytes), "scanned the binlog for DDL before the schema history's seed");
+        }
+    }
+    Ok(found)
+}
+
+/// A `Query` event's text (`use `db`; STATEMENT` when a default database was set), if it
+/// is DDL.
+fn classify_statement(file: &str, end: u64, info: &str) -> Option<Found> {
+    let (db, sql) = match info.strip_prefix("use `") {
+        Some(rest) => {
+            let close = rest.find("`; ")?;
+            (rest[..close].replace("``", "`"), &rest[close + 3..])
+        }
+        None => (String::new(), info),
+    };
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(6)
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let first = words.first()?.as_str();
+    if !["CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE"].contains(&first) {
+        return None;
+    }
+    let tables = ddl::tables_in_tokens(sql, &db);
+    if tables.is_empty() {
+        return None;
+    }
+    let creates = first == "CREATE"
+        && words.get(1).is_some_and(|w| w == "TABLE")
+        && words.get(2).is_none_or(|w| w != "IF");
+    Some(Found {
+        file: file.to_string(),
+        end,
+        creates,
+        truncates: first == "TRUNCATE",
+        tables,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(file: &str, end: u64, info: &str) -> Found {
+        classify_statement(file, end, info).unwrap_or_else(|| panic!("not DDL: {info}"))
+    }
+
+    fn seeded(tables: &[&str]) -> Catalog {
+        let mut c = Catalog::default();
+        for t in tables {
+            ddl::apply(
+                &mut c,
+                "app",
+                &format!("CREATE TABLE {t} (id INT PRIMARY KEY, n INT)"),
+            )
+            .unwrap();
+        }
+        c
+    }
+
+    #[test]
+    fn statements_are_read_from_show_binlog_events() {
+        let f = found("b.000001", 300, "use `app`; CREATE TABLE t (id INT)");
+        assert!(f.creates && !f.truncates);
+        assert_eq!(f.tables, [("app".to_string(), "t".to_string())]);
+        let f = found("b.000001", 300, "CREATE TABLE IF NOT EXISTS app.t (id INT)");
+        assert!(!f.creates, "IF NOT EXISTS may meet the table");
+        let f = found("b.000001", 300, "use `a``b`; TRUNCATE TABLE t");
+        assert!(f.truncates && !f.creates);
+        assert_eq!(f.tables[0].0, "a`b");
+        assert!(!found("b.000001", 300, "ALTER TABLE app.t ADD n INT").creates);
+        assert!(
+            classify_statement("b.000001", 300, "use `app`; INSERT INTO t VALUES (1)").is_none()
+        );
+        assert!(classify_statement("b.000001", 300, "BEGIN").is_none());
+        assert!(classify_statement("b.000001", 300, "CREATE DATABASE app").is_none());
+    }
+
+    #[test]
+    fn the_seed_holds_at_the_start_only_where_no_ddl_came_between() {
+        let filter = Filter::new(&["app.*".into()], &[]).unwrap();
+        let found = vec![
+            // Created in the range: the stream's CREATE defines it.
+            found("b.000001", 100, "use `app`; CREATE TABLE created (id INT)"),
+            found("b.000001", 200, "use `app`; ALTER TABLE created ADD n INT"),
+            // Changed in the range: unknown until its last DDL there.
+            found("b.000001", 300, "use `app`; ALTER TABLE altered ADD n INT"),
+            found("b.000002", 400, "use `app`; ALTER TABLE altered ADD m INT"),
+            // Emptied only: its definition did not change.
+            found("b.000002", 500, "use `app`; TRUNCATE TABLE emptied"),
+            // Not captured.
+            found("b.000002", 600, "use `other`; ALTER TABLE x ADD n INT"),
+            // Dropped in the range: unknown, and nothing to install.
+            found("b.000002", 700, "use `app`; DROP TABLE gone"),
+        ];
+        let catalog = seeded(&["created", "altered", "emptied", "still"]);
+        let seed = settle(catalog, &found, &filter, ("b.000002".into(), 800));
+        let names: Vec<&str> = seed
+            .catalog
+            .tables
+            .keys()
+            .map(|(_, t)| t.as_str())
+            .collect();
+        assert_eq!(names, ["emptied", "still"]);
+        assert_eq!(
+            seed.unknown,
+            [
+                ("app".into(), "altered".into()),
+                ("app".into(), "gone".into())
+            ]
+        );
+        assert_eq!(seed.pending.len(), 1);
+        let p = &seed.pending[0];
+        assert_eq!(
+            (p.file.as_str(), p.end, p.table.name.as_str()),
+            ("b.000002", 400, "altered")
+        );
+    }
 }

@@ -166,6 +166,15 @@ pub fn file_state(path: &str) -> (State, usize) {
             continue;
         }
         by_seq.push(line.to_string());
+        match v["op"].as_str() {
+            // A definition changed: the rows stay.
+            Some("ddl") => continue,
+            Some("truncate" | "drop") => {
+                state.retain(|(table, _), _| table != v["table"].as_str().unwrap());
+                continue;
+            }
+            _ => {}
+        }
         let key = (
             v["table"].as_str().unwrap().to_string(),
             canonical_id(&v["id"]),
