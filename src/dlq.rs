@@ -296,4 +296,97 @@ mod tests {
         );
         assert!(matches!(dlq.get(7), Err(DlqError::Corrupt { .. })));
     }
+
+    /// sled 0.34 deadlocks when `flush_async` runs from several tasks at once
+    /// (spacejam/sled#1308, #1241): each call holds a thread of sled's small I/O pool while it
+    /// waits in `make_stable` for a log write that sled queues on that same pool, so once
+    /// every pool thread waits (7 or more calls at once; 6 never hung in our runs), none
+    /// returns. Here 8 tasks save checkpoints and 8 write dead letters at once, through the
+    /// store as binsync uses it: all must return, as the store's one writer thread is its only
+    /// flusher. Before that writer (0ade6c0: a `flush_async` per save and per dead letter)
+    /// this hung within milliseconds in every run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_checkpoint_saves_and_dead_letters_do_not_deadlock() {
+        use crate::checkpoint::{Checkpoint, Position, ServerIdentity};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+
+        const TASKS: u64 = 16;
+        const ROUNDS: u64 = 100;
+        const PATIENCE: Duration = Duration::from_secs(60);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let dlq = Dlq::open(&store).unwrap();
+        let server = ServerIdentity {
+            flavor: crate::gtid::Flavor::Mysql,
+            server_id: 1,
+            server_uuid: None,
+            version: "8.4".into(),
+        };
+        let start = Instant::now();
+        // Writes returned, and when the last one did (ms after the start).
+        let done = Arc::new(AtomicU64::new(0));
+        let last_ms = Arc::new(AtomicU64::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..TASKS {
+            let (store, dlq, server) = (store.clone(), dlq.clone(), server.clone());
+            let (done, last_ms) = (done.clone(), last_ms.clone());
+            tasks.spawn(async move {
+                for i in 0..ROUNDS {
+                    if t % 2 == 0 {
+                        let position = Position {
+                            file: "binlog.000001".into(),
+                            offset: 4 + t * ROUNDS + i,
+                            seq: t * ROUNDS + i,
+                            ..Position::default()
+                        };
+                        let cp = Checkpoint {
+                            server: server.clone(),
+                            position,
+                        };
+                        store.save(&cp).await.unwrap();
+                    } else {
+                        let entry = DeadLetter {
+                            id: 0,
+                            batch_id: format!("b{t}-{i}"),
+                            url: "http://x".into(),
+                            status: Some(400),
+                            response: "bad".into(),
+                            at_unix_ms: 1,
+                            count: 1,
+                            first_seq: i,
+                            last_seq: i,
+                            payload: "{}".into(),
+                        };
+                        dlq.push(entry).await.unwrap();
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                    last_ms.fetch_max(start.elapsed().as_millis() as u64, Ordering::SeqCst);
+                }
+            });
+        }
+        let all = async {
+            while let Some(task) = tasks.join_next().await {
+                task.unwrap();
+            }
+        };
+        if tokio::time::timeout(PATIENCE, all).await.is_err() {
+            // sled flushes again when its last handle is dropped, which would hang the test
+            // instead of failing it: keep one handle for good.
+            std::mem::forget(dlq.clone());
+            panic!(
+                "deadlock: {} of {} checkpoint saves and dead-letter writes from {TASKS} \
+                 concurrent tasks returned within {PATIENCE:?}, the last {} ms after the start; \
+                 the rest never did (sled 0.34's flush_async called from several tasks at once, \
+                 spacejam/sled#1308)",
+                done.load(Ordering::SeqCst),
+                TASKS * ROUNDS,
+                last_ms.load(Ordering::SeqCst),
+            );
+        }
+        assert_eq!(dlq.list().unwrap().len() as u64, TASKS / 2 * ROUNDS);
+        let saved = store.load().unwrap().expect("a checkpoint was saved");
+        assert_eq!(saved.position.file, "binlog.000001");
+    }
 }
