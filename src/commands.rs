@@ -52,27 +52,146 @@ pub async fn schema_show(
         return Ok(false);
     };
     for t in catalog.tables.values() {
-        let columns: Vec<serde_json::Value> = t
-            .columns
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "name": c.name,
-                    "type": c.data_type.to_string(),
-                    "nullable": c.nullable,
-                    "json": c.json,
-                    "binary": c.binary,
-                    "unsigned": c.unsigned(),
-                    "labels": c.labels(),
-                    "generated": c.generated,
-                })
+        say!("{}", table_json(t));
+    }
+    Ok(true)
+}
+
+/// One table version as `schema show` and `schema history` print it.
+fn table_json(t: &crate::schema::Table) -> serde_json::Value {
+    let columns: Vec<serde_json::Value> = t
+        .columns
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name,
+                "type": c.data_type.to_string(),
+                "nullable": c.nullable,
+                "json": c.json,
+                "binary": c.binary,
+                "unsigned": c.unsigned(),
+                "labels": c.labels(),
+                "generated": c.generated,
             })
-            .collect();
+        })
+        .collect();
+    serde_json::json!({
+        "db": t.db, "table": t.name, "columns": columns, "pk": t.pk, "complete": t.complete,
+    })
+}
+
+/// `schema history`: every version the state dir's history holds, oldest first, one JSON
+/// object per line (`seq` of the DDL that made it; `definition` null: gone from there on).
+pub fn schema_history(state_dir: &Path) -> Result<()> {
+    let store = Store::open(state_dir)?;
+    let cp = store.load()?;
+    for v in crate::schema::history::versions(&store)? {
         let line = serde_json::json!({
-            "db": t.db, "table": t.name, "columns": columns, "pk": t.pk, "complete": t.complete,
+            "seq": v.seq,
+            "db": v.db,
+            "table": v.table,
+            "definition": v.definition.as_ref().map(table_json),
         });
         say!("{line}");
     }
+    if let Some(cp) = cp {
+        tracing::info!(checkpoint_seq = cp.position.seq, "versions at or below the checkpoint's seq are in force; older ones are pruned at the next start");
+    }
+    Ok(())
+}
+
+/// `schema refresh --table db.t...`: reads each table's definition from the source now and
+/// makes it the history's version: at the checkpoint when no DDL touched the table since,
+/// else from the last DDL statement on it since (the one binsync stopped at, typically: a
+/// statement its reader cannot follow). Right only when that last statement left the table
+/// as it is now. binsync must be stopped (the state dir is locked while it runs). False when
+/// stopped before the source answered.
+pub async fn schema_refresh(
+    state_dir: &Path,
+    src: &SourceConfig,
+    tables: &[String],
+    mut shutdown: Shutdown,
+) -> Result<bool> {
+    let mut names = Vec::new();
+    for t in tables {
+        match t.split_once('.') {
+            Some((d, n)) if !d.is_empty() && !n.is_empty() => {
+                names.push((d.to_string(), n.to_string()))
+            }
+            _ => {
+                return Err(Error::usage(format!(
+                    "--table `{t}`: name a table as db.table"
+                )))
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err(Error::usage(
+            "schema refresh needs --table db.table (repeatable): the tables to read again",
+        ));
+    }
+    let store = Store::open(state_dir)?;
+    let Some(cp) = store.load()? else {
+        return Err(Error::usage(format!(
+            "{} holds no checkpoint: there is no history to refresh (the first run seeds it)",
+            state_dir.display()
+        )));
+    };
+    let Some(mut conn) = src.connect(&mut shutdown).await? else {
+        tracing::warn!("stopped before the source was reached; nothing was refreshed");
+        return Ok(false);
+    };
+    let catalog = crate::source::schema_seed::read(&mut conn, src, &names).await?;
+    // DDL on them since the checkpoint: the definition read now holds from the last one on
+    // (it may be the statement binsync stopped at), the history's until then.
+    let found = match cp.position.file.is_empty() {
+        true => Vec::new(),
+        false => {
+            let from = (cp.position.file.clone(), cp.position.offset);
+            crate::source::schema_seed::ddl_since(&mut conn, src, from).await?
+        }
+    };
+    let before = crate::schema::history::catalog_at(&store, cp.position.seq)?;
+    let (mut fresh, mut later) = (Vec::new(), Vec::new());
+    for (d, n) in &names {
+        let Some(t) = catalog.table(d, n) else {
+            return Err(Error::usage(format!(
+                "{d}.{n}: the source has no such table (or the binsync user cannot see it); nothing was refreshed"
+            )));
+        };
+        let last = found
+            .iter()
+            .rev()
+            .find(|f| f.tables.iter().any(|(fd, fnm)| fd == d && fnm == n));
+        let from = match last {
+            Some(f) => {
+                later.push(crate::schema::Pending {
+                    file: f.file.clone(),
+                    end: f.end,
+                    table: t.clone(),
+                });
+                format!(
+                    "after the statement ending at {}:{} ({})",
+                    f.file, f.end, f.statement
+                )
+            }
+            None => {
+                fresh.push(t.clone());
+                format!("at the checkpoint, {}", cp.position)
+            }
+        };
+        let was = before.table(d, n).map(table_json);
+        say!(
+            "{}",
+            serde_json::json!({"table": format!("{d}.{n}"), "holds_from": from, "was": was, "now": table_json(t)})
+        );
+    }
+    crate::schema::history::refresh(&store, cp.position.seq, fresh, later).await?;
+    tracing::info!(
+        tables = names.len(),
+        seq = cp.position.seq,
+        "schema history refreshed at the checkpoint"
+    );
     Ok(true)
 }
 

@@ -64,11 +64,20 @@ pub enum Command {
 
 #[derive(Debug, Args, Default)]
 pub struct SchemaArgs {
-    /// `show` (the only action so far; `refresh` and `history` come with the stored history).
-    #[arg(value_parser = ["show"])]
+    /// `show`: the tables as the source defines them now (needs --source). `history`: every
+    /// version the state dir's history holds (needs --state-dir). `refresh`: read the tables
+    /// named by --table from the source again and make them the history's versions at the
+    /// checkpoint (needs --source and --state-dir; binsync stopped); safe only when no DDL
+    /// changed them between the checkpoint's position and now.
+    #[arg(value_parser = ["show", "refresh", "history"])]
     pub action: String,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// `refresh`: a table to read again, db.table (repeatable).
+    #[arg(long)]
+    pub table: Vec<String>,
     /// Tables to show (globs, as for `run`); default: every table.
     #[arg(long)]
     pub include: Vec<String>,
@@ -556,7 +565,8 @@ impl ReplaySettings {
                             source: Some(from.clone()),
                             ..SourceArgs::default()
                         };
-                        source_config(&src, &FileConfig::default()).map(|c| SchemaFrom::Source(Box::new(c)))
+                        source_config(&src, &FileConfig::default())
+                            .map(|c| SchemaFrom::Source(Box::new(c)))
                     }
                 })
                 .transpose()?,

@@ -99,12 +99,41 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
             })
         }
         Command::Schema(args) => {
-            let src = config::source_config(&args.source, &file)?;
-            let filter = binsync::commands::table_filter(&args.include, &args.exclude)?;
-            let shown =
-                binsync::commands::schema_show(&src, &filter, Shutdown::on(shutdown_signal()))
-                    .await?;
-            Ok(if shown {
+            let state_dir = || {
+                args.state_dir
+                    .clone()
+                    .or_else(|| file.state_dir.clone())
+                    .ok_or_else(|| {
+                        binsync::error::Error::usage(format!(
+                            "schema {} needs --state-dir: the state dir whose history to use",
+                            args.action
+                        ))
+                    })
+            };
+            let done = match args.action.as_str() {
+                "history" => {
+                    binsync::commands::schema_history(&state_dir()?)?;
+                    true
+                }
+                "refresh" => {
+                    let dir = state_dir()?;
+                    let src = config::source_config(&args.source, &file)?;
+                    binsync::commands::schema_refresh(
+                        &dir,
+                        &src,
+                        &args.table,
+                        Shutdown::on(shutdown_signal()),
+                    )
+                    .await?
+                }
+                _ => {
+                    let src = config::source_config(&args.source, &file)?;
+                    let filter = binsync::commands::table_filter(&args.include, &args.exclude)?;
+                    binsync::commands::schema_show(&src, &filter, Shutdown::on(shutdown_signal()))
+                        .await?
+                }
+            };
+            Ok(if done {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -296,3 +296,212 @@ fn running_while_the_tables_change_full() {
 fn running_while_the_tables_change_minimal() {
     running_while_the_tables_change("MINIMAL");
 }
+
+/// `binsync schema ...` on a state dir.
+fn schema_cmd(args: &[&str]) -> (bool, String, String) {
+    let mut p = Proc::spawn(&[&["schema"], args].concat(), &[]);
+    let st = p
+        .wait_timeout(Duration::from_secs(60))
+        .expect("schema hung");
+    (st.success(), p.stdout(), p.stderr())
+}
+
+fn run_to_end_result(db: &MariaDb, state: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args = vec!["--include", "app.*", "--exit-at-end"];
+    args.extend(extra);
+    let mut p = spawn_file_run(db, "4713", state, out, &args);
+    let st = p.wait_timeout(Duration::from_secs(120)).expect("run hung");
+    (st.success(), p.stderr())
+}
+
+#[test]
+fn an_unreadable_ddl_stops_with_the_way_out_and_schema_refresh_resolves_it() {
+    let db = server("MINIMAL");
+    db.sql(
+        "CREATE DATABASE app;\n\
+         CREATE TABLE app.t (id INT PRIMARY KEY, s VARCHAR(10)) CHARACTER SET latin1;\n\
+         INSERT INTO app.t VALUES (1, 'one');",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("out.jsonl"));
+    let (ok, err) = run_to_end_result(&db, &state, &out, &[]);
+    assert!(ok, "{err}");
+    db.sql(
+        "INSERT INTO app.t VALUES (2, 'two');\n\
+         ALTER TABLE app.t CONVERT TO CHARACTER SET utf8mb4, ADD COLUMN n INT;\n\
+         INSERT INTO app.t VALUES (3, 'three', 3);",
+    );
+    let (ok, err) = run_to_end_result(&db, &state, &out, &[]);
+    assert!(
+        !ok,
+        "an unreadable DDL on a captured table must stop binsync: {err}"
+    );
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("binsync: error:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains("app.t")
+            && line.contains("binlog_row_metadata=FULL")
+            && line.contains("binsync schema refresh --table app.t"),
+        "{err}"
+    );
+    let rows = inserted(&lines(&out));
+    assert_eq!(
+        rows.len(),
+        2,
+        "row 2 (before the DDL) may come, nothing after: {rows:?}"
+    );
+
+    let state_arg = state.display().to_string();
+    let url = db.url();
+    let (ok, stdout, err) = schema_cmd(&[
+        "refresh",
+        "--state-dir",
+        &state_arg,
+        "--source",
+        &url,
+        "--table",
+        "app.t",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("CONVERT TO CHARACTER SET"),
+        "holds from the statement: {stdout}"
+    );
+    let (ok, err) = run_to_end_result(&db, &state, &out, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        inserted(&lines(&out)),
+        [
+            ("t".to_string(), json!({"id": 1, "s": "one"})),
+            ("t".to_string(), json!({"id": 2, "s": "two"})),
+            ("t".to_string(), json!({"id": 3, "s": "three", "n": 3})),
+        ],
+        "{err}"
+    );
+    let (ok, history, err) = schema_cmd(&["history", "--state-dir", &state_arg]);
+    assert!(ok && history.contains("\"n\""), "{err}{history}");
+}
+
+#[test]
+fn the_history_is_read_back_after_kill_9() {
+    let db = server("MINIMAL");
+    db.sql(SETUP);
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("out.jsonl"));
+    let steps = changes();
+    let (first, second) = steps.split_at(steps.len() / 2);
+    let spawn = || {
+        spawn_file_run(
+            &db,
+            "4714",
+            &state,
+            &out,
+            &["--include", "app.*", "--exclude", "app._*"],
+        )
+    };
+    let mut p = spawn();
+    for s in first {
+        db.sql(s.sql);
+    }
+    let want = 2 + first.iter().filter(|s| s.row.is_some()).count();
+    wait_until(Duration::from_secs(60), "the first half", || {
+        inserted(&lines(&out)).len() >= want || !p.is_running()
+    });
+    p.kill9();
+    for s in second {
+        db.sql(s.sql);
+    }
+    let mut p = spawn();
+    let want = expected(&steps).len();
+    wait_until(Duration::from_secs(60), "every row", || {
+        inserted(&lines(&out)).len() >= want || !p.is_running()
+    });
+    p.sigterm();
+    let st = p.wait_timeout(Duration::from_secs(30)).expect("stop hung");
+    assert!(st.success(), "{}", p.stderr());
+    assert!(
+        p.stderr().contains("schema history read back"),
+        "{}",
+        p.stderr()
+    );
+    check_sink(&out, &steps, &p.stderr());
+}
+
+#[test]
+fn a_first_start_behind_a_ddl_on_a_table_created_before_the_binlog() {
+    for metadata in ["MINIMAL", "FULL"] {
+        let db = server(metadata);
+        db.sql(
+            "CREATE DATABASE app;\n\
+             CREATE TABLE app.t (id INT PRIMARY KEY, a INT);\n\
+             FLUSH BINARY LOGS;\n\
+             PURGE BINARY LOGS TO 'mariadb-bin.000002';\n\
+             INSERT INTO app.t VALUES (1, 10);\n\
+             ALTER TABLE app.t ADD COLUMN b VARCHAR(5) FIRST;\n\
+             INSERT INTO app.t VALUES ('x', 2, 20);",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (state, out) = (dir.path().join("state"), dir.path().join("out.jsonl"));
+        let (ok, err) = run_to_end_result(&db, &state, &out, &[]);
+        if metadata == "MINIMAL" {
+            // Row 1 was written under a definition nobody knows now: refused, never guessed.
+            assert!(!ok, "{err}");
+            assert!(err.contains("app.t") && err.contains("unknown"), "{err}");
+            assert!(inserted(&lines(&out)).is_empty());
+        } else {
+            // The binlog names the columns; from the ALTER on the seed's definition holds.
+            assert!(ok, "{err}");
+            assert_eq!(
+                inserted(&lines(&out)),
+                [
+                    ("t".to_string(), json!({"id": 1, "a": 10})),
+                    ("t".to_string(), json!({"b": "x", "id": 2, "a": 20})),
+                ]
+            );
+        }
+    }
+}
+
+#[test]
+fn on_ddl_stop_keeps_the_checkpoint_before_the_statement_and_ignore_passes_it() {
+    let db = server("FULL");
+    db.sql(SETUP);
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("out.jsonl"));
+    let (ok, err) = run_to_end_result(&db, &state, &out, &[]);
+    assert!(ok, "{err}");
+    db.sql(
+        "ALTER TABLE app.g ADD COLUMN x INT;\n\
+         ALTER TABLE app.t ADD COLUMN x INT;\n\
+         INSERT INTO app.t VALUES (2, 20, 'y', 2, 2);",
+    );
+    let (ok, err) = run_to_end_result(&db, &state, &out, &["--on-ddl", "app.t=stop"]);
+    assert!(!ok);
+    assert!(
+        err.contains("app.t") && err.contains("--on-ddl app.t=emit"),
+        "{err}"
+    );
+    assert_eq!(
+        inserted(&lines(&out)).len(),
+        2,
+        "nothing after the statement"
+    );
+    let (ok, err) = run_to_end_result(&db, &state, &out, &["--on-ddl", "app.t=ignore"]);
+    assert!(ok, "{err}");
+    let all = lines(&out);
+    assert_eq!(
+        inserted(&all).last().unwrap().1,
+        json!({"id": 2, "a": 20, "e": "y", "u": 2, "x": 2})
+    );
+    // After the two CREATEs of the first run: g's ALTER is delivered, t's is not.
+    let later: Vec<&str> = all
+        .iter()
+        .filter(|l| l["op"] == "ddl")
+        .skip(2)
+        .map(|l| l["statement"].as_str().unwrap())
+        .collect();
+    assert_eq!(later, ["ALTER TABLE app.g ADD COLUMN x INT"]);
+}

@@ -95,7 +95,7 @@ pub enum StreamError {
     Compressed { file: String, offset: u64 },
     /// The schema history cannot describe a table's rows (its version does not fit the table
     /// map, it does not know the table, or a DDL on it could not be read): never guessed.
-    #[error("{table} in the transaction at {file}:{offset}: {detail}; binsync will not guess column names: set binlog_row_metadata=FULL on the source and start again from before this position, or give the history the table as it was here (replay --schema-from a server that still has that version)")]
+    #[error("{table} in the transaction at {file}:{offset}: {detail}; binsync will not guess column names: set binlog_row_metadata=FULL on the source and start again from before this position, or give the history the table as it was here: `binsync schema refresh --table {table}` reads it from the source now (right only if no DDL changed it since this position), and replay takes --schema-from a server or a file of CREATE TABLE statements")]
     SchemaHistory {
         table: String,
         file: String,
@@ -290,11 +290,6 @@ impl Decoder {
         pending: Vec<crate::schema::Pending>,
     ) -> Self {
         self.unknown.extend(unknown);
-        self.unknown.extend(
-            pending
-                .iter()
-                .map(|p| (p.table.db.clone(), p.table.name.clone())),
-        );
         self.pending = pending;
         self
     }
@@ -671,6 +666,10 @@ impl Decoder {
             Err(e)
                 if e.tables().iter().any(|n| {
                     self.unknown.contains(n)
+                        || self
+                            .pending
+                            .iter()
+                            .any(|p| p.table.db == n.0 && p.table.name == n.1)
                         || (self.open_world && next.table(&n.0, &n.1).is_none())
                 }) =>
             {

@@ -278,28 +278,7 @@ pub async fn save_seed(store: &Store, seq: u64, catalog: &Catalog, gaps: &SeedGa
         );
     }
     let gaps = serde_json::to_vec(gaps).map_err(|e| damaged(store, e))?;
-    store
-        .write(
-            move |db| {
-                use sled::Transactional;
-                let (h, g) = (db.open_tree(TREE)?, db.open_tree(SEED_TREE)?);
-                (&h, &g)
-                    .transaction(|(h, g)| {
-                        h.apply_batch(&batch)?;
-                        g.insert(&b"gaps"[..], gaps.clone())?;
-                        Ok(())
-                    })
-                    .map_err(|e| match e {
-                        sled::transaction::TransactionError::Storage(e) => e,
-                        sled::transaction::TransactionError::Abort(()) => {
-                            sled::Error::Unsupported("transaction aborted".into())
-                        }
-                    })
-            },
-            |_| {},
-        )
-        .await
-        .map_err(|e| store.write_error(e))
+    write_with_gaps(store, batch, gaps).await
 }
 
 /// What the seed left open that a stream resuming at `at` still meets: pending versions
@@ -328,4 +307,101 @@ pub fn binlog_order(file: &str, offset: u64) -> (u64, String, u64) {
         .and_then(|x| x.parse::<u64>().ok())
         .unwrap_or(0);
     (n, file.to_string(), offset)
+}
+
+/// `schema refresh`: `tables` as they are now become the versions at `seq` (the checkpoint's),
+/// replacing what the history held there, and stop being unknown or pending; `later` are
+/// tables as they are now that hold from a DDL statement after the checkpoint on (the last
+/// one on them: it may be one the reader could not follow). Right only when that is so (the
+/// caller found the statements).
+pub async fn refresh(
+    store: &Store,
+    seq: u64,
+    tables: Vec<Table>,
+    later: Vec<super::Pending>,
+) -> Result<()> {
+    let gaps_tree = store
+        .db()
+        .open_tree(SEED_TREE)
+        .map_err(|e| damaged(store, e))?;
+    let mut gaps: SeedGaps = match gaps_tree.get(b"gaps").map_err(|e| damaged(store, e))? {
+        Some(raw) => serde_json::from_slice(&raw).map_err(|e| damaged(store, e))?,
+        None => SeedGaps::default(),
+    };
+    let mut batch = sled::Batch::default();
+    for t in &tables {
+        batch.insert(
+            key(seq, &t.db, &t.name),
+            serde_json::to_vec(t).map_err(|e| damaged(store, e))?,
+        );
+        gaps.unknown.retain(|(d, n)| !(*d == t.db && *n == t.name));
+        gaps.pending
+            .retain(|p| !(p.table.db == t.db && p.table.name == t.name));
+    }
+    for p in later {
+        gaps.pending
+            .retain(|q| !(q.table.db == p.table.db && q.table.name == p.table.name));
+        gaps.pending.push(p);
+    }
+    let gaps = serde_json::to_vec(&gaps).map_err(|e| damaged(store, e))?;
+    write_with_gaps(store, batch, gaps).await
+}
+
+/// One version in the history, for `schema history`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Version {
+    pub seq: u64,
+    pub db: String,
+    pub table: String,
+    /// None: the table is gone from here on.
+    pub definition: Option<Table>,
+}
+
+/// Every version the history holds, in `seq` order.
+pub fn versions(store: &Store) -> Result<Vec<Version>> {
+    let tree = store.db().open_tree(TREE).map_err(|e| damaged(store, e))?;
+    let mut out = Vec::new();
+    for item in tree.iter() {
+        let (k, v) = item.map_err(|e| damaged(store, e))?;
+        let (seq, db, table) =
+            parse_key(&k).ok_or_else(|| damaged(store, "a key that is not seq, db, table"))?;
+        let definition = if v.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_slice::<Table>(&v).map_err(|e| damaged(store, e))?)
+        };
+        out.push(Version {
+            seq,
+            db,
+            table,
+            definition,
+        });
+    }
+    Ok(out)
+}
+
+/// Applies `batch` to the history and sets the seed's gaps, in one transaction.
+async fn write_with_gaps(store: &Store, batch: sled::Batch, gaps: Vec<u8>) -> Result<()> {
+    store
+        .write(
+            move |db| {
+                use sled::Transactional;
+                let (h, g) = (db.open_tree(TREE)?, db.open_tree(SEED_TREE)?);
+                (&h, &g)
+                    .transaction(|(h, g)| {
+                        h.apply_batch(&batch)?;
+                        g.insert(&b"gaps"[..], gaps.clone())?;
+                        Ok(())
+                    })
+                    .map_err(|e| match e {
+                        sled::transaction::TransactionError::Storage(e) => e,
+                        sled::transaction::TransactionError::Abort(()) => {
+                            sled::Error::Unsupported("transaction aborted".into())
+                        }
+                    })
+            },
+            |_| {},
+        )
+        .await
+        .map_err(|e| store.write_error(e))
 }

@@ -131,15 +131,27 @@ pub async fn seed(
 
 /// One DDL statement found by the scan.
 #[derive(Debug, Clone)]
-struct Found {
-    file: String,
+pub struct Found {
+    pub file: String,
     /// Offset just past it.
-    end: u64,
+    pub end: u64,
     /// A plain `CREATE TABLE` (not `IF NOT EXISTS`, not `OR REPLACE`): its first table did
     /// not exist before it.
     creates: bool,
     truncates: bool,
-    tables: Vec<(String, String)>,
+    pub tables: Vec<(String, String)>,
+    /// The statement, for messages.
+    pub statement: String,
+}
+
+/// The DDL statements from `from` (file, offset) to the binlog's end now, in order.
+pub async fn ddl_since(
+    conn: &mut Conn,
+    src: &SourceConfig,
+    from: (String, u64),
+) -> Result<Vec<Found>> {
+    let (file, pos, _) = super::master_status(conn, src).await?;
+    ddl_between(conn, src, &from, &(file, pos)).await
 }
 
 /// The seed as valid at the scan's start (see [`seed`]).
@@ -265,6 +277,7 @@ fn classify_statement(file: &str, end: u64, info: &str) -> Option<Found> {
         creates,
         truncates: first == "TRUNCATE",
         tables,
+        statement: sql.chars().take(200).collect(),
     })
 }
 
