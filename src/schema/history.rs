@@ -1,17 +1,25 @@
 //! The schema history on disk: a tree of the state dir's sled store holding every table
-//! version with the `seq` of the DDL that made it (issue 11).
+//! version with the `seq` of the DDL that made it (issue 11), and a second tree with what the
+//! first seed left open ([`SeedGaps`]).
 //!
 //! Keys are `seq` (8 bytes, big-endian, so sled's order is `seq` order), then `db`, a 0 byte,
 //! and the table name; a value is the [`Table`] as JSON, or empty for a table the DDL dropped
 //! (renamed away included). Writes go through the store's one writer ([`Store::write`]).
 //!
-//! Invariants (the caller keeps them with the checkpoint; see the module docs of `schema`):
+//! Invariants:
+//! - A DDL statement's versions ([`records`]) reach the disk only in the same transaction as
+//!   the first checkpoint past the statement (the checkpointer's `save_with`): after any
+//!   crash the history is exactly as far as the checkpoint. A statement keyed by the `seq` of
+//!   the last operation before it (it delivered nothing) is therefore on disk only with a
+//!   checkpoint past it; one inside a transaction takes a `seq` of its own, above a
+//!   checkpoint inside that transaction.
 //! - [`catalog_at`] is the catalog as of a `seq`: for each table, its newest version at or
-//!   below it.
-//! - Versions above the checkpoint's `seq` describe DDL not yet delivered; at start they are
-//!   dropped ([`discard_above`]), since the stream reads that DDL again.
+//!   below it. At start the stream resumes at the checkpoint with `catalog_at(its seq)`;
+//!   versions above it ([`discard_above`]) would be read again.
 //! - [`prune_below`] keeps, below a `seq`, only each table's newest version: what
 //!   [`catalog_at`] needs for any `seq` from there on.
+//! - The seed (the first versions, read from the source at `seq` of the start) and
+//!   `schema refresh` write their versions and the [`SeedGaps`] in one transaction.
 
 use std::collections::BTreeMap;
 
@@ -78,23 +86,26 @@ pub fn is_empty(store: &Store) -> Result<bool> {
     Ok(tree.is_empty())
 }
 
-/// Records the versions a DDL at `seq` made: `Some(table)` for a new version of
-/// `(db, table)`, `None` for a table that is gone.
+/// Records the versions a DDL at `seq` made, alone (the tests'; the stream's go with the
+/// checkpoint, see the module docs).
+#[cfg(test)]
 pub async fn record(
     store: &Store,
     seq: u64,
     versions: Vec<((String, String), Option<Table>)>,
 ) -> Result<()> {
-    let mut batch = sled::Batch::default();
-    for ((db, table), version) in &versions {
-        let value = match version {
-            Some(t) => serde_json::to_vec(t).map_err(|e| damaged(store, e))?,
-            None => Vec::new(),
-        };
-        batch.insert(key(seq, db, table), value);
-    }
+    let r = records(seq, &versions).map_err(|e| damaged(store, e))?;
     store
-        .write(move |db| db.open_tree(TREE)?.apply_batch(batch), |_| {})
+        .write(
+            move |db| {
+                let tree = db.open_tree(r.tree)?;
+                for (k, v) in r.entries {
+                    tree.insert(k, v)?;
+                }
+                Ok(())
+            },
+            |_| {},
+        )
         .await
         .map_err(|e| store.write_error(e))
 }
