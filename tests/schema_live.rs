@@ -505,3 +505,60 @@ fn on_ddl_stop_keeps_the_checkpoint_before_the_statement_and_ignore_passes_it() 
         .collect();
     assert_eq!(later, ["ALTER TABLE app.g ADD COLUMN x INT"]);
 }
+
+#[test]
+fn a_transient_failure_while_seeding_the_history_is_retried_never_turned_into_positional_names() {
+    let db = server("MINIMAL");
+    db.sql(SETUP);
+    db.create_user(
+        "cdc",
+        "pw",
+        "REPLICATION SLAVE, BINLOG MONITOR, REPLICATION CLIENT, SELECT ON *.*",
+    );
+    // One connection for the account: the start-up connection binsync keeps takes it, so
+    // the seed's own connection meets the account's limit (1226, transient).
+    db.sql("ALTER USER 'cdc'@'%' WITH MAX_USER_CONNECTIONS 1");
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("out.jsonl"));
+    let url = format!("mysql://cdc:pw@127.0.0.1:{}", db.port());
+    let (state_arg, sink) = (
+        state.display().to_string(),
+        format!("file:{}", out.display()),
+    );
+    let mut p = Proc::spawn(
+        &[
+            "run",
+            "--source",
+            &url,
+            "--server-id",
+            "4715",
+            "--state-dir",
+            &state_arg,
+            "--sink",
+            &sink,
+            "--include",
+            "app.*",
+            "--exit-at-end",
+        ],
+        &[],
+    );
+    wait_until(Duration::from_secs(30), "a retried seed", || {
+        p.stderr().contains("max_user_connections") || !p.is_running()
+    });
+    let err = p.stderr();
+    assert!(
+        err.contains("connected") && !err.contains("schema history seeded"),
+        "the failure met the seed, after the start-up connection: {err}"
+    );
+    db.sql("ALTER USER 'cdc'@'%' WITH MAX_USER_CONNECTIONS 0");
+    let st = p.wait_timeout(Duration::from_secs(60)).expect("run hung");
+    assert!(st.success(), "{}", p.stderr());
+    assert!(p.stderr().contains("schema history seeded"));
+    assert_eq!(
+        inserted(&lines(&out)),
+        [
+            ("t".to_string(), json!({"id": 1, "a": 10, "e": "x", "u": 1})),
+            ("g".to_string(), json!({"id": 1, "v": "g1"})),
+        ]
+    );
+}

@@ -34,6 +34,9 @@ pub type Result<T, E = Failure> = std::result::Result<T, E>;
 pub enum ServerCode {
     /// ER_CON_COUNT_ERROR
     TooManyConnections,
+    /// ER_USER_LIMIT_REACHED: the account's `MAX_USER_CONNECTIONS` (or hourly limits) are
+    /// used up; connections that end free it, so it heals like a full server.
+    UserLimitReached,
     /// ER_DBACCESS_DENIED_ERROR
     DbAccessDenied,
     /// ER_ACCESS_DENIED_ERROR
@@ -83,6 +86,7 @@ impl ServerCode {
         use ServerCode::*;
         Some(match code {
             1040 => TooManyConnections,
+            1226 => UserLimitReached,
             1044 => DbAccessDenied,
             1045 => AccessDenied,
             1053 => ShuttingDown,
@@ -386,8 +390,8 @@ pub(super) fn classify_server(code: u16, message: String, src: &SourceConfig) ->
     use ServerCode::*;
     match ServerCode::of(code) {
         Some(
-            TooManyConnections | ShuttingDown | LockWaitTimeout | Deadlock | ReadOnly
-            | ConnectionKilled | GoneAway | Lost,
+            TooManyConnections | UserLimitReached | ShuttingDown | LockWaitTimeout | Deadlock
+            | ReadOnly | ConnectionKilled | GoneAway | Lost,
         ) => Disconnect::Busy { code, message }.into(),
         Some(DbAccessDenied | AccessDenied | AuthModeUnsupported | AccessDeniedNoPassword) => {
             SourceError::Auth {
@@ -438,7 +442,7 @@ mod tests {
     #[test]
     fn codes_decide_the_kind() {
         let s = src("BINSYNC_SOURCE_PASSWORD");
-        for code in [1040, 1053, 1205, 1213, 1290, 1927, 2006, 2013] {
+        for code in [1040, 1053, 1205, 1213, 1226, 1290, 1927, 2006, 2013] {
             assert!(
                 matches!(classify_server(code, "x".into(), &s), Failure::Transient(_)),
                 "{code}"

@@ -210,7 +210,7 @@ fn classify(table: String, failure: Failure) -> LookupError {
         mysql_async::Error::Server(se) => match se.code {
             // Too many connections, shutting down, lock wait timeout, deadlock, query
             // interrupted (KILL QUERY, a restart), connection killed, server gone or lost.
-            1040 | 1053 | 1205 | 1213 | 1317 | 1927 | 2006 | 2013 => None,
+            1040 | 1053 | 1205 | 1213 | 1226 | 1317 | 1927 | 2006 | 2013 => None,
             // Access denied to a database, table or column; a missing global privilege.
             1044 | 1142 | 1143 | 1227 => Some(PRIVILEGE),
             1045 | 1698 => Some(REFUSED),
