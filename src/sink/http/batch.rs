@@ -363,6 +363,22 @@ pub struct Batch {
     pub pieces: Pieces,
 }
 
+/// What a change is laned by (see [`lane_of`]): its id, or the empty key of its entity type's
+/// own lane for the changes that must keep their order against the type's truncates.
+///
+/// ddl, truncate and drop have no id: they take the type's lane. So does every row operation
+/// of a table without a primary key: a receiver keeps a count per identical row, and a count
+/// mixes copies inserted before a truncate with copies inserted after it; only arrival in
+/// `seq` order (one lane) lets the truncate's floor remove exactly the older ones. Rows with
+/// a key need no such order (each row's `seq` tells it), and keep spreading over the lanes.
+pub fn lane_key<'a>(chunk: &'a Chunk, c: &Change) -> &'a [u8] {
+    if c.keyless {
+        b""
+    } else {
+        chunk.key(c)
+    }
+}
+
 /// Which lane (in-flight slot) an entity id belongs to: all operations on one id go through
 /// one lane, in order, which is what keeps per-entity ordering with several batches in flight.
 pub fn lane_of(entity: &str, key: &[u8], lanes: usize) -> usize {
@@ -654,6 +670,46 @@ mod tests {
         );
         assert_eq!(compact["first_seq"], 1);
         assert_eq!(compact["last_seq"], 9);
+    }
+
+    /// Every row operation of a keyless table travels in the lane of its type's truncates, so
+    /// that they reach the receiver in seq order; keyed rows still spread over the lanes.
+    #[test]
+    fn keyless_rows_share_the_lane_of_their_types_truncates() {
+        let mut entries = vec![("t", 1, Op::Truncate, type_line(1, "truncate"))];
+        for i in 0..50 {
+            entries.push((
+                "t",
+                2 + i,
+                Op::Insert,
+                row_line(2 + i, "insert", i as i64, 0),
+            ));
+        }
+        let mut chunk = Arc::try_unwrap(encoded(&entries)).ok().unwrap();
+        let keyed = Arc::new(Chunk {
+            buf: chunk.buf.clone(),
+            changes: chunk.changes.clone(),
+            ..Chunk::default()
+        });
+        for c in &mut chunk.changes {
+            c.keyless = c.op.is_row();
+        }
+        let keyless = Arc::new(chunk);
+        for lanes in [1, 2, 4, 7] {
+            let lane =
+                |chunk: &Arc<Chunk>, c: &Change| lane_of(&c.entity, lane_key(chunk, c), lanes);
+            let truncate = lane(&keyless, &keyless.changes[0]);
+            assert!(
+                keyless
+                    .changes
+                    .iter()
+                    .all(|c| lane(&keyless, c) == truncate),
+                "{lanes} lanes"
+            );
+            let used: std::collections::HashSet<usize> =
+                keyed.changes.iter().map(|c| lane(&keyed, c)).collect();
+            assert_eq!(used.len(), lanes, "keyed rows spread over {lanes} lanes");
+        }
     }
 
     #[test]

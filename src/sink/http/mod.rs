@@ -1,7 +1,10 @@
 //! The sync API sink: changes grouped per entity type, POSTed in batches (docs/sync-api.md).
 //!
 //! - Changes are spread over `in_flight` lanes by entity id; each lane sends one batch at a
-//!   time, so operations on one id arrive in commit order while other lanes proceed.
+//!   time, so operations on one id arrive in commit order while other lanes proceed. An
+//!   entity type's ddl, truncate and drop, and every row of a table without a primary key,
+//!   share the type's own lane ([`batch::lane_key`]): a keyless row's count is only right at
+//!   the receiver if it arrives in order with the type's truncates.
 //! - A batch closes at `batch_rows` rows, `batch_bytes` bytes, or `linger` after its first row.
 //! - Retriable failures (408, 429, 5xx, timeouts, connection errors) are retried forever by
 //!   default (`max_retries` caps it), with capped, jittered backoff and `Retry-After`; a
@@ -31,7 +34,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use self::batch::{lane_of, Batch, Builder, Envelope, SourceHeader};
+use self::batch::{lane_key, lane_of, Batch, Builder, Envelope, SourceHeader};
 pub use self::send::replay_dead_letters;
 use self::send::{error_chain, lane, Handled, LaneResult};
 use super::ledger::{Ack, Ledger, Mark};
@@ -358,7 +361,7 @@ pub async fn run(
                         let chunk = std::sync::Arc::new(chunk);
                         let ticket = outcomes.ledger.register(Mark::of(&chunk), chunk.changes.len());
                         for c in &chunk.changes {
-                            let lane = lane_of(&c.entity, chunk.key(c), lanes);
+                            let lane = lane_of(&c.entity, lane_key(&chunk, c), lanes);
                             let b = &mut builders[lane];
                             // An operation that would take the batch past batch_bytes travels
                             // in a batch of its own: the batch before it closes first.
