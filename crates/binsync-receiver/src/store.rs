@@ -200,7 +200,8 @@ pub struct Stats {
     pub ops_received: u64,
     /// Operations that changed the state.
     pub ops_applied: u64,
-    /// Operations dropped because their entity already had that seq or a higher one.
+    /// Operations dropped because their entity already had that seq or a higher one, or its
+    /// type a floor (truncate, drop) or definition (ddl) at or above it.
     pub ops_stale: u64,
     /// POSTs answered with a 4xx (bad body, auth, poison, size, depth, media type).
     pub rejected: u64,
