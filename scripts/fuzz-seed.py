@@ -298,7 +298,21 @@ def receiver_seeds():
     mysql = dict(body, batch_id="mysql-3e11fa47-71ca-11e1-9e33-c80aa9429562-101-164",
                  source={"flavor": "mysql", "server_id": 2, "server_uuid": "3e11fa47-71ca-11e1-9e33-c80aa9429562"})
     yield b"\0" + json.dumps(mysql).encode()
-    yield b"\0" + b'{"version":2}'
+    # Contract v2: operations on a whole entity type among the rows (no id, no row).
+    def on_type(seq, kind):
+        o = {"seq": seq, "op": kind, "db": "shop", "table": "products", "entity": "products",
+             "gtid": "0-1-78", "ts": "2026-11-24T07:37:31Z", "file": "mariadb-bin.000001",
+             "offset": 2048, "statement": kind.upper() + " products"}
+        if kind == "ddl":
+            o.update(columns=[{"name": "id", "type": "int(11)", "nullable": False, "json": False}],
+                     key=["id"])
+        return o
+
+    v2 = dict(body, version=2, count=5,
+              entities={"products": [op(101, "insert", 1), on_type(102, "ddl"), on_type(103, "truncate"),
+                                     op(104, "insert", 2), on_type(164, "drop")]})
+    yield b"\1" + json.dumps(v2).encode()
+    yield b"\0" + b'{"version":3}'
     yield b"\0" + b'{"version":1,"batch_id":"b","count":1,"x":[1,{"y":"\\ud83d\\ude00"}]}'
 
 

@@ -2,7 +2,9 @@
 //! 127.0.0.1, the way binsync's HTTP sink does. Each test is one thing an operator or a sender
 //! author would see: the apply rule (newer seq wins, older is counted stale, deletes leave
 //! tombstones), gzip bodies, refusals with a reason (400, 401, 413, 415), each injected fault,
-//! poisoned batches, idempotent re-sends, state that survives a restart, and `dump`.
+//! poisoned batches, idempotent re-sends, state that survives a restart, and `dump`; contract
+//! v2's operations on a whole entity type (truncate, drop, ddl) and the version checks; and
+//! that the contract document, its JSON Schema and the receiver agree.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -111,6 +113,35 @@ fn delete(seq: u64, id: i64) -> Value {
     op(seq, "delete", "products", id, 0)
 }
 
+/// A ddl, truncate or drop of `entity` (contract v2), as binsync's decoder writes it.
+fn on_type(seq: u64, kind: &str, entity: &str) -> Value {
+    let mut v = json!({"seq": seq, "op": kind, "db": "shop", "table": entity, "entity": entity,
+        "gtid": format!("0-1-{seq}"), "ts": "2026-11-24T07:37:31Z",
+        "file": "mariadb-bin.000001", "offset": 1000 + seq});
+    let statement = match kind {
+        "ddl" => {
+            v["columns"] = json!([
+                {"name": "id", "type": "int(11)", "nullable": false, "json": false},
+                {"name": "price", "type": "int(11)", "nullable": true, "json": false},
+                {"name": "note", "type": "varchar(20)", "nullable": true, "json": false}]);
+            v["key"] = json!(["id"]);
+            format!("ALTER TABLE {entity} ADD COLUMN note VARCHAR(20)")
+        }
+        "truncate" => format!("TRUNCATE TABLE {entity}"),
+        "drop" => format!("DROP TABLE {entity}"),
+        other => panic!("no operation on a type {other}"),
+    };
+    v["statement"] = json!(statement);
+    v
+}
+
+/// A version 2 batch of `ops`.
+fn batch_v2(ops: Vec<Value>) -> Value {
+    let mut b = batch(ops);
+    b["version"] = json!(2);
+    b
+}
+
 /// A batch of `ops` (grouped per entity, in the given order), with binsync's batch id.
 fn batch(ops: Vec<Value>) -> Value {
     let seqs: Vec<u64> = ops.iter().map(|o| o["seq"].as_u64().unwrap()).collect();
@@ -157,10 +188,13 @@ async fn post_with(
     bytes: Vec<u8>,
     extra: &[(&str, &str)],
 ) -> Result<Reply, reqwest::Error> {
-    let mut req = client
-        .post(url)
-        .header("Content-Type", "application/json")
-        .header("X-Binsync-Contract", "1");
+    let mut req = client.post(url).header("Content-Type", "application/json");
+    if !extra
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("x-binsync-contract"))
+    {
+        req = req.header("X-Binsync-Contract", "1");
+    }
     for (k, v) in extra {
         req = req.header(*k, *v);
     }
@@ -176,12 +210,15 @@ async fn post_with(
     })
 }
 
+/// POSTs `body` as binsync would: its batch id as `Idempotency-Key`, its version as
+/// `X-Binsync-Contract`.
 async fn post(url: &str, body: &Value) -> Reply {
     let key = body["batch_id"].as_str().unwrap().to_string();
+    let version = body["version"].to_string();
     post_raw(
         url,
         serde_json::to_vec(body).unwrap(),
-        &[("Idempotency-Key", &key)],
+        &[("Idempotency-Key", &key), ("X-Binsync-Contract", &version)],
     )
     .await
     .expect("request failed")
@@ -439,11 +476,14 @@ async fn garbage_is_refused_with_400_naming_the_reason() {
     assert_eq!(not_json.status, 400);
     assert!(reason(&not_json).contains("JSON"), "{}", not_json.body);
 
-    let mut v2 = batch(vec![insert(1, 1, 1)]);
-    v2["version"] = json!(2);
-    let v2 = post(&r.url(), &v2).await;
-    assert_eq!(v2.status, 400);
-    assert!(reason(&v2).contains("version 2"), "{}", v2.body);
+    let mut v3 = batch(vec![insert(1, 1, 1)]);
+    v3["version"] = json!(3);
+    // Under a header the receiver knows: the body's version is what is refused.
+    let v3 = post_raw(&r.url(), serde_json::to_vec(&v3).unwrap(), &[])
+        .await
+        .unwrap();
+    assert_eq!(v3.status, 400);
+    assert!(reason(&v3).contains("version 3"), "{}", v3.body);
 
     let mut missing = batch(vec![insert(1, 1, 1)]);
     missing.as_object_mut().unwrap().remove("count");
@@ -861,6 +901,169 @@ async fn the_same_batch_twice_is_acknowledged_twice_and_applied_once() {
     r.stop().await.unwrap();
 }
 
+// ----- contract v2: operations on a whole entity type ---------------------------------------
+
+/// The truncate travels in another lane than the rows: here it arrives after a newer insert
+/// and before an older one, and a replay of everything changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_over_http_removes_older_rows_in_any_arrival_order_and_replays() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    let first = batch(vec![insert(1, 1, 10), insert(2, 2, 20)]);
+    let newer = batch(vec![insert(6, 3, 30)]);
+    let truncate = batch_v2(vec![on_type(5, "truncate", "products")]);
+    let older = batch(vec![insert(4, 4, 40)]);
+    for (b, applied, stale) in [
+        (&first, 2, 0),
+        (&newer, 1, 0),
+        (&truncate, 1, 0),
+        (&older, 0, 1),
+    ] {
+        let reply = post(&r.url(), b).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(
+            (reply.body["applied"].clone(), reply.body["stale"].clone()),
+            (json!(applied), json!(stale))
+        );
+    }
+    // A replay of all of it in one version 2 batch (another grouping after a crash).
+    let replay = batch_v2(vec![
+        insert(1, 1, 10),
+        insert(2, 2, 20),
+        insert(4, 4, 40),
+        on_type(5, "truncate", "products"),
+        insert(6, 3, 30),
+    ]);
+    let reply = post(&r.url(), &replay).await;
+    assert_eq!((reply.status, reply.body["stale"].clone()), (200, json!(5)));
+    r.stop().await.unwrap();
+    let dump = receive::dump(&dir).unwrap();
+    let ids: Vec<&String> = dump["entities"]["products"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(ids, ["{\"id\":3}"]);
+    assert_eq!(dump["types"]["products"]["floor"]["seq"], 5);
+    assert_eq!(
+        dump["types"]["products"]["floor"]["statement"],
+        "TRUNCATE TABLE products"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ddl_is_recorded_and_dump_shows_it_beside_the_rows() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    let reply = post(
+        &r.url(),
+        &batch_v2(vec![
+            insert(1, 1, 10),
+            on_type(2, "ddl", "products"),
+            update(3, 1, 11),
+        ]),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.body["applied"].clone()),
+        (200, json!(3)),
+        "{}",
+        reply.body
+    );
+    r.stop().await.unwrap();
+    let dump = receive::dump(&dir).unwrap();
+    assert_eq!(entity(&dump, "products", 1)["values"]["price"], 11);
+    let def = &dump["types"]["products"]["definition"];
+    assert_eq!(def["seq"], 2);
+    assert_eq!(def["key"], json!(["id"]));
+    assert_eq!(
+        def["columns"][2],
+        json!({"name": "note", "type": "varchar(20)", "nullable": true, "json": false})
+    );
+    assert!(dump["types"]["products"].get("floor").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_checked_against_the_operations_and_the_header() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    let reason = |reply: &Reply| reply.body["error"].as_str().unwrap_or("").to_string();
+    // A version 1 body must not carry a version 2 operation.
+    let v1_truncate = post(
+        &r.url(),
+        &batch(vec![insert(1, 1, 1), on_type(2, "truncate", "products")]),
+    )
+    .await;
+    assert_eq!(v1_truncate.status, 400);
+    assert!(
+        reason(&v1_truncate).contains("a `truncate` operation needs contract version 2"),
+        "{}",
+        v1_truncate.body
+    );
+    // The header and the body must name the same version.
+    let body = serde_json::to_vec(&batch_v2(vec![insert(1, 1, 1)])).unwrap();
+    let mismatch = post_raw(&r.url(), body.clone(), &[("X-Binsync-Contract", "1")])
+        .await
+        .unwrap();
+    assert_eq!(mismatch.status, 400);
+    assert!(
+        reason(&mismatch).contains("header says 1 but the body's version is 2"),
+        "{}",
+        mismatch.body
+    );
+    let unknown = post_raw(&r.url(), body.clone(), &[("X-Binsync-Contract", "3")])
+        .await
+        .unwrap();
+    assert_eq!(unknown.status, 400);
+    assert!(
+        reason(&unknown).contains("contracts 1 and 2"),
+        "{}",
+        unknown.body
+    );
+    // Nothing of those was applied; a version 2 body of row operations only is fine.
+    let ok = post_raw(&r.url(), body, &[("X-Binsync-Contract", "2")])
+        .await
+        .unwrap();
+    assert_eq!(
+        (ok.status, ok.body["applied"].clone()),
+        (200, json!(1)),
+        "{}",
+        ok.body
+    );
+    let stats = r.stats().await;
+    assert_eq!(
+        (stats["rejected"].clone(), stats["ops_applied"].clone()),
+        (json!(3), json!(1))
+    );
+    r.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_mode_takes_version_2_and_checks_the_header() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::start(ReceiveOptions {
+        discard: true,
+        ..options(&dir)
+    })
+    .await;
+    let reply = post(
+        &r.url(),
+        &batch_v2(vec![insert(1, 1, 1), on_type(2, "drop", "products")]),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let mut v3 = batch(vec![insert(1, 1, 1)]);
+    v3["version"] = json!(3);
+    let body = serde_json::to_vec(&v3).unwrap();
+    assert_eq!(post_raw(&r.url(), body, &[]).await.unwrap().status, 400);
+    let body = serde_json::to_vec(&batch(vec![insert(1, 1, 1)])).unwrap();
+    let mismatch = post_raw(&r.url(), body, &[("X-Binsync-Contract", "2")])
+        .await
+        .unwrap();
+    assert_eq!(mismatch.status, 400);
+    r.stop().await.unwrap();
+}
+
 // ----- modes, misuse and the operator's view ------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1028,6 +1231,8 @@ async fn the_published_schema_and_the_receiver_agree() {
 
     type Edit = fn(&mut Value);
     let one = || batch(vec![update(5, 1, 2)]);
+    // Contract v2: a ddl.
+    let two = || batch_v2(vec![on_type(5, "ddl", "products")]);
     let valid: Vec<(&str, Value)> = vec![
         ("update", one()),
         (
@@ -1055,9 +1260,36 @@ async fn the_published_schema_and_the_receiver_agree() {
             b["entities"]["products"][0]["after"]["doc"] = json!({"nested": [1, null, true]});
             b
         }),
+        (
+            "version 2 with row operations only",
+            batch_v2(vec![update(5, 1, 2)]),
+        ),
+        (
+            "ddl, truncate and drop among row operations",
+            batch_v2(vec![
+                insert(1, 1, 1),
+                on_type(2, "ddl", "products"),
+                on_type(3, "truncate", "products"),
+                insert(4, 1, 2),
+                on_type(5, "drop", "products"),
+                tag(6, "insert", 1, "x"),
+                on_type(7, "truncate", "tags"),
+            ]),
+        ),
+        ("a ddl renamed away", {
+            let mut b = two();
+            b["entities"]["products"][0]["columns"] = Value::Null;
+            b["entities"]["products"][0]["key"] = Value::Null;
+            b
+        }),
+        ("a ddl of a table without a primary key", {
+            let mut b = two();
+            b["entities"]["products"][0]["key"] = json!([]);
+            b
+        }),
     ];
     let edits: Vec<(&str, Edit)> = vec![
-        ("version 2", |b| b["version"] = json!(2)),
+        ("version 3", |b| b["version"] = json!(3)),
         ("no count", |b| {
             b.as_object_mut().unwrap().remove("count");
         }),
@@ -1137,6 +1369,101 @@ async fn the_published_schema_and_the_receiver_agree() {
             b["entities"]["products"][0]["keyless"] = Value::Null
         }),
     ];
+    let edits_v2: Vec<(&str, Edit)> = vec![
+        ("a ddl in a version 1 body", |b| b["version"] = json!(1)),
+        ("a truncate in a version 1 body", |b| {
+            *b = batch(vec![on_type(5, "truncate", "products")]);
+        }),
+        ("a ddl with an id", |b| {
+            ddl(b).insert("id".into(), json!({"id": 1}));
+        }),
+        ("a ddl with a row index", |b| {
+            ddl(b).insert("row".into(), json!(0));
+        }),
+        ("a ddl with keyless", |b| {
+            ddl(b).insert("keyless".into(), json!(true));
+        }),
+        ("a ddl with before", |b| {
+            ddl(b).insert("before".into(), json!({"id": 1}));
+        }),
+        ("a ddl without statement", |b| {
+            ddl(b).remove("statement");
+        }),
+        ("an empty statement", |b| {
+            ddl(b).insert("statement".into(), json!(""));
+        }),
+        ("statement null", |b| {
+            ddl(b).insert("statement".into(), Value::Null);
+        }),
+        ("a ddl without columns", |b| {
+            ddl(b).remove("columns");
+        }),
+        ("a ddl without key", |b| {
+            ddl(b).remove("key");
+        }),
+        ("columns null, key given", |b| {
+            ddl(b).insert("columns".into(), Value::Null);
+        }),
+        ("key null, columns given", |b| {
+            ddl(b).insert("key".into(), Value::Null);
+        }),
+        ("no columns", |b| {
+            ddl(b).insert("columns".into(), json!([]));
+        }),
+        ("a column with another field", |b| {
+            ddl(b)["columns"][0]["default"] = json!(0);
+        }),
+        ("a column without json", |b| {
+            ddl(b)["columns"][0].as_object_mut().unwrap().remove("json");
+        }),
+        ("a column as an array", |b| {
+            ddl(b)["columns"][0] = json!(["id", "int(11)", false, false]);
+        }),
+        ("a key column twice", |b| {
+            ddl(b).insert("key".into(), json!(["id", "id"]));
+        }),
+        ("a truncate with columns", |b| {
+            ddl(b).insert("op".into(), json!("truncate"));
+        }),
+        ("a drop with key null", |b| {
+            let o = ddl(b);
+            o.insert("op".into(), json!("drop"));
+            o.remove("columns");
+            o.insert("key".into(), Value::Null);
+        }),
+        ("an insert with a statement", |b| {
+            let o = ddl(b);
+            o.insert("op".into(), json!("insert"));
+            o.remove("columns");
+            o.remove("key");
+            o.insert("id".into(), json!({"id": 1}));
+            o.insert("row".into(), json!(0));
+            o.insert("after".into(), json!({"id": 1}));
+        }),
+        ("an insert without row", |b| {
+            *b = batch_v2(vec![insert(5, 1, 1)]);
+            b["entities"]["products"][0]
+                .as_object_mut()
+                .unwrap()
+                .remove("row");
+        }),
+        ("a delete without id", |b| {
+            *b = batch_v2(vec![delete(5, 1)]);
+            b["entities"]["products"][0]
+                .as_object_mut()
+                .unwrap()
+                .remove("id");
+        }),
+    ];
+    let beyond_schema_v2: Vec<(&str, Edit)> = vec![
+        ("a key column not in columns", |b| {
+            ddl(b).insert("key".into(), json!(["sku"]));
+        }),
+        ("a column name twice", |b| {
+            let first = ddl(b)["columns"][0].clone();
+            ddl(b)["columns"][1] = first;
+        }),
+    ];
     let beyond_schema: Vec<(&str, Edit)> = vec![
         ("count differs", |b| b["count"] = json!(2)),
         ("seq outside first..last", |b| b["last_seq"] = json!(4)),
@@ -1154,7 +1481,11 @@ async fn the_published_schema_and_the_receiver_agree() {
         let url = r.url();
         async move {
             let bytes = serde_json::to_vec(&body).unwrap();
-            let reply = post_raw(&url, bytes, &[]).await.unwrap();
+            // The header as binsync sets it: the body's version (judged on its own here).
+            let contract = if body["version"] == 2 { "2" } else { "1" };
+            let reply = post_raw(&url, bytes, &[("X-Binsync-Contract", contract)])
+                .await
+                .unwrap();
             assert!(reply.status == 200 || reply.status == 400, "{}", reply.body);
             reply.status == 200
         }
@@ -1175,7 +1506,89 @@ async fn the_published_schema_and_the_receiver_agree() {
         assert!(validator.is_valid(&body), "`{name}` is beyond a schema");
         assert!(!accepted(body).await, "receiver accepts `{name}`");
     }
+    assert!(validator.is_valid(&two()) && accepted(two()).await);
+    for (name, edit) in edits_v2 {
+        let mut body = two();
+        edit(&mut body);
+        assert!(!validator.is_valid(&body), "schema accepts `{name}`");
+        assert!(!accepted(body).await, "receiver accepts `{name}`");
+    }
+    for (name, edit) in beyond_schema_v2 {
+        let mut body = two();
+        edit(&mut body);
+        assert!(validator.is_valid(&body), "`{name}` is beyond a schema");
+        assert!(!accepted(body).await, "receiver accepts `{name}`");
+    }
     r.stop().await.unwrap();
+}
+
+/// The first operation of the body's `products` list, to edit.
+fn ddl(b: &mut Value) -> &mut serde_json::Map<String, Value> {
+    b["entities"]["products"][0].as_object_mut().unwrap()
+}
+
+/// The operations on a whole entity type shown in docs/sync-api.md are valid: each validates
+/// against the published schema in a version 2 body and is applied by the receiver; in a
+/// version 1 body both refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documents_examples_of_ddl_truncate_and_drop_are_valid_version_2() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("docs/sync-api.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    let doc = std::fs::read_to_string(root.join("docs/sync-api.md")).unwrap();
+    let examples: Vec<Value> = doc
+        .lines()
+        .filter(|l| l.starts_with("{\"seq\":"))
+        .filter(|l| {
+            ["ddl", "truncate", "drop"]
+                .iter()
+                .any(|k| l.contains(&format!("\"op\":\"{k}\"")))
+        })
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for kind in ["ddl", "truncate", "drop"] {
+        assert!(
+            examples.iter().any(|e| e["op"] == kind),
+            "the document shows no `{kind}`"
+        );
+    }
+    assert!(
+        examples
+            .iter()
+            .any(|e| e["op"] == "ddl" && e["columns"].is_null()),
+        "the document shows no ddl of a table renamed away"
+    );
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    for example in &examples {
+        let v2 = batch_v2(vec![example.clone()]);
+        if let Err(e) = validator.validate(&v2) {
+            panic!("the document's example does not validate: {e}\n{example}");
+        }
+        let reply = post(&r.url(), &v2).await;
+        assert_eq!(
+            (reply.status, reply.body["applied"].clone()),
+            (200, json!(1)),
+            "{example}: {}",
+            reply.body
+        );
+        let v1 = batch(vec![example.clone()]);
+        assert!(
+            !validator.is_valid(&v1),
+            "schema takes it in version 1: {example}"
+        );
+        assert_eq!(post(&r.url(), &v1).await.status, 400, "{example}");
+    }
+    r.stop().await.unwrap();
+    let dump = receive::dump(&dir).unwrap();
+    assert_eq!(dump["types"]["carts"]["floor"]["op"], "truncate");
+    assert_eq!(
+        dump["types"]["archive"]["definition"]["columns"],
+        Value::Null
+    );
 }
 
 /// docs/sync-api.md carries the schema inline; it must be the published file.

@@ -92,6 +92,11 @@ pub enum SinkError {
     Gzip { batch: String, detail: String },
     #[error("cannot start the fsync thread for {target}: {detail}; the host is short of memory or of threads (see ulimit -u)")]
     Thread { target: String, detail: String },
+    /// The sync API sink's contract version and what it was asked to send disagree (a
+    /// version it does not write, or a ddl, truncate or drop in a version 1 body): a bug in
+    /// how binsync wired its settings, stopped before anything wrong is sent.
+    #[error("the sync API sink {0}; nothing of it was sent (this is a bug in binsync: please report it)")]
+    Contract(String),
     /// A lines sink (stdout, file) was asked to write to an HTTP URL.
     #[error("{0} is not stdout or file:PATH; JSON lines go to stdout or a file only")]
     NotLines(String),

@@ -1,10 +1,16 @@
-//! One request body of the sync API, parsed and checked against contract v1 (docs/sync-api.md,
-//! docs/sync-api.schema.json).
+//! One request body of the sync API, parsed and checked against the contract, versions 1 and
+//! 2 (docs/sync-api.md, docs/sync-api.schema.json).
 //!
 //! The checks are as strict as the JSON Schema, plus what a schema cannot say: `count` matches
 //! the operations, every `seq` lies within `first_seq..=last_seq` and rises within its entity's
-//! list, an operation's `entity` names its list, and `Idempotency-Key` equals `batch_id`.
-//! A reference receiver that lets a sender's mistake through would hide it until production.
+//! list, an operation's `entity` names its list, `Idempotency-Key` equals `batch_id`, and a
+//! ddl's `key` names columns of its `columns`. A reference receiver that lets a sender's
+//! mistake through would hide it until production.
+//!
+//! Versions: a version 1 body holds row operations only (insert, update, delete); version 2
+//! adds the operations on a whole entity type (ddl, truncate, drop), which carry no `id`. A
+//! version 1 body with one of those is refused: a sender that says 1 promised a receiver that
+//! knows nothing of them, and applying it anyway would hide the sender's mistake.
 //!
 //! Beyond the contract, what this receiver cannot store is refused here too, before anything
 //! is applied: a body nested deeper than `--max-depth` ([`check_depth`]) and a `seq` above
@@ -20,7 +26,9 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-pub const CONTRACT_VERSION: u64 = 1;
+/// The contract versions this receiver implements: 1 (row operations) and 2 (also ddl,
+/// truncate and drop).
+pub const CONTRACT_VERSIONS: [u64; 2] = [1, 2];
 
 /// The store keeps `seq` in an SQLite INTEGER (i64).
 pub const MAX_STORED_SEQ: u64 = i64::MAX as u64;
@@ -37,6 +45,8 @@ impl fmt::Display for Invalid {
 
 #[derive(Debug)]
 pub struct Batch<'a> {
+    /// The body's contract version (one of [`CONTRACT_VERSIONS`]).
+    pub version: u64,
     pub batch_id: Cow<'a, str>,
     /// Operations in the body.
     pub count: u64,
@@ -52,6 +62,30 @@ pub enum OpKind {
     Insert,
     Update,
     Delete,
+    /// Version 2: the table's definition changed; rows are kept.
+    Ddl,
+    /// Version 2: every row of the entity type is gone.
+    Truncate,
+    /// Version 2: the table is gone, with its rows.
+    Drop,
+}
+
+impl OpKind {
+    /// A row change, with an `id`; the others act on the whole entity type.
+    pub fn is_row(self) -> bool {
+        matches!(self, OpKind::Insert | OpKind::Update | OpKind::Delete)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Insert => "insert",
+            OpKind::Update => "update",
+            OpKind::Delete => "delete",
+            OpKind::Ddl => "ddl",
+            OpKind::Truncate => "truncate",
+            OpKind::Drop => "drop",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -59,6 +93,7 @@ pub struct Op<'a> {
     pub seq: u64,
     pub kind: OpKind,
     /// The id's JSON text without insignificant whitespace: the entity's key in the store.
+    /// Empty for an operation on the whole entity type (`!kind.is_row()`).
     pub id: Cow<'a, str>,
     /// `"keyless": true`: the table has no primary key, `id` is the whole row, and the
     /// receiver counts identical rows.
@@ -69,6 +104,23 @@ pub struct Op<'a> {
     pub after: Option<&'a RawValue>,
     /// The whole operation as sent.
     pub text: &'a str,
+    /// Where the table lives on the source (`db`, `table`).
+    pub db: Cow<'a, str>,
+    pub table: Cow<'a, str>,
+    /// ddl, truncate, drop: the statement that did it (None on row operations).
+    pub statement: Option<Cow<'a, str>>,
+    /// ddl: the new definition; None when the table no longer exists under this name
+    /// (`columns` and `key` are `null`), and on every other kind.
+    pub definition: Option<Definition>,
+}
+
+/// A ddl's table definition, as JSON text without insignificant whitespace.
+#[derive(Debug)]
+pub struct Definition {
+    /// `[{"name":..,"type":..,"nullable":..,"json":..},...]` in table order.
+    pub columns: String,
+    /// The primary key's column names in key order; `[]`: no primary key.
+    pub key: String,
 }
 
 /// Parses and checks a (decompressed) body. `idempotency_key` is the header, if sent.
@@ -82,21 +134,20 @@ pub fn parse<'a>(body: &'a [u8], idempotency_key: Option<&str>) -> Result<Batch<
     // The version first, with every other field ignored: a future contract's body must be
     // refused for its version, not for a field this one does not know.
     let probe: Probe = serde_json::from_slice(body).map_err(|e| not_a_batch("the body", &e))?;
-    match probe.version {
-        None => {
-            return Err(Invalid(
-                "the body has no `version` (contract version 1 expected; see docs/sync-api.md)"
-                    .into(),
-            ))
-        }
-        Some(v) if v.as_u64() == Some(CONTRACT_VERSION) => {}
-        Some(v) => {
-            let supported = CONTRACT_VERSION;
-            return Err(Invalid(format!(
-                "unsupported contract version {v}: this receiver implements version {supported}"
-            )));
-        }
-    }
+    let version = match probe.version {
+        None => return Err(Invalid(
+            "the body has no `version` (contract version 1 or 2 expected; see docs/sync-api.md)"
+                .into(),
+        )),
+        Some(v) => match v.as_u64() {
+            Some(n) if CONTRACT_VERSIONS.contains(&n) => n,
+            _ => {
+                return Err(Invalid(format!(
+                    "unsupported contract version {v}: this receiver implements versions 1 and 2"
+                )))
+            }
+        },
+    };
     let env: Envelope<'a> =
         serde_json::from_slice(body).map_err(|e| not_a_batch("the body", &e))?;
     if env.batch_id.is_empty() {
@@ -157,7 +208,7 @@ pub fn parse<'a>(body: &'a [u8], idempotency_key: Option<&str>) -> Result<Batch<
             }
             let wire: OpWire<'a> =
                 serde_json::from_str(text).map_err(|e| not_a_batch(&at(), &e))?;
-            let op = check_op(wire, text, &entity, env.first_seq, env.last_seq)
+            let op = check_op(wire, text, &entity, version, env.first_seq, env.last_seq)
                 .map_err(|m| Invalid(format!("{} (seq {}): {m}", at(), seq_hint(text))))?;
             if op.seq <= prev_seq {
                 return Err(Invalid(format!(
@@ -179,6 +230,7 @@ pub fn parse<'a>(body: &'a [u8], idempotency_key: Option<&str>) -> Result<Batch<
         )));
     }
     Ok(Batch {
+        version,
         batch_id: env.batch_id,
         count: total,
         entities,
@@ -190,6 +242,7 @@ fn check_op<'a>(
     w: OpWire<'a>,
     text: &'a str,
     entity: &str,
+    version: u64,
     first_seq: u64,
     last_seq: u64,
 ) -> Result<Op<'a>, String> {
@@ -213,7 +266,39 @@ fn check_op<'a>(
             w.ts
         ));
     }
-    let id = compact_json(w.id.get());
+    if w.op.is_row() {
+        check_row_op(w, text)
+    } else if version < 2 {
+        Err(format!(
+            "a `{}` operation needs contract version 2, but the body says version {version} (version 1 carries insert, update and delete only); a sender must send it as version 2",
+            w.op.as_str()
+        ))
+    } else {
+        check_type_op(w, text)
+    }
+}
+
+/// insert, update, delete: an `id`, a `row` index, and the images their kind needs.
+fn check_row_op<'a>(w: OpWire<'a>, text: &'a str) -> Result<Op<'a>, String> {
+    let kind = w.op.as_str();
+    let a = article(kind);
+    let Some(id) = w.id else {
+        return Err(format!("{a} {kind} needs `id`"));
+    };
+    if w.row.is_none() {
+        return Err(format!("{a} {kind} needs `row`"));
+    }
+    let type_fields = [
+        ("statement", w.statement.is_some()),
+        ("columns", w.columns.is_some()),
+        ("key", w.key.is_some()),
+    ];
+    if let Some((field, _)) = type_fields.iter().find(|(_, present)| *present) {
+        return Err(format!(
+            "{a} {kind} must not carry `{field}` (only ddl, truncate and drop do)"
+        ));
+    }
+    let id = compact_json(id.get());
     if !id.starts_with('{') || id == "{}" {
         return Err("`id` must be a JSON object with at least one key column".into());
     }
@@ -226,7 +311,7 @@ fn check_op<'a>(
     let (need_before, need_after, need_changed) = match w.op {
         OpKind::Insert => (false, true, false),
         OpKind::Update => (true, true, true),
-        OpKind::Delete => (true, false, false),
+        _ => (true, false, false),
     };
     let presence = [
         ("before", need_before, w.before.is_some()),
@@ -235,11 +320,10 @@ fn check_op<'a>(
     ];
     for (field, needed, present) in presence {
         if needed != present {
-            let kind = format!("{:?}", w.op).to_lowercase();
             return Err(if needed {
-                format!("an {kind} needs `{field}`")
+                format!("{a} {kind} needs `{field}`")
             } else {
-                format!("an {kind} must not carry `{field}`")
+                format!("{a} {kind} must not carry `{field}`")
             });
         }
     }
@@ -264,7 +348,125 @@ fn check_op<'a>(
         before: w.before,
         after: w.after,
         text,
+        db: w.db,
+        table: w.table,
+        statement: None,
+        definition: None,
     })
+}
+
+/// ddl, truncate, drop (version 2): no row fields, a `statement`, and for a ddl the new
+/// `columns` and `key` (both `null` when the table no longer exists under this name).
+fn check_type_op<'a>(w: OpWire<'a>, text: &'a str) -> Result<Op<'a>, String> {
+    let kind = w.op.as_str();
+    let row_fields = [
+        ("id", w.id.is_some()),
+        ("keyless", w.keyless.is_some()),
+        ("row", w.row.is_some()),
+        ("changed", w.changed.is_some()),
+        ("before", w.before.is_some()),
+        ("after", w.after.is_some()),
+    ];
+    if let Some((field, _)) = row_fields.iter().find(|(_, present)| *present) {
+        return Err(format!(
+            "a {kind} acts on the whole entity type and must not carry `{field}`"
+        ));
+    }
+    let statement = match w.statement {
+        Some(s) if !s.is_empty() => s,
+        Some(_) => return Err("`statement` is empty".into()),
+        None => return Err(format!("a {kind} needs `statement`")),
+    };
+    let definition = match (w.op, w.columns, w.key) {
+        (OpKind::Ddl, None, _) => {
+            return Err(
+                "a ddl needs `columns` (`null` when the table no longer exists under this name)"
+                    .into(),
+            )
+        }
+        (OpKind::Ddl, _, None) => {
+            return Err(
+                "a ddl needs `key` (`null` when the table no longer exists under this name)"
+                    .into(),
+            )
+        }
+        (OpKind::Ddl, Some(None), Some(None)) => None,
+        (OpKind::Ddl, Some(Some(columns)), Some(Some(key))) => {
+            Some(check_definition(columns, key)?)
+        }
+        (OpKind::Ddl, _, _) => {
+            return Err("`columns` and `key` are either both `null` (the table no longer exists under this name) or both given".into())
+        }
+        (_, Some(_), _) => return Err(format!("a {kind} must not carry `columns`")),
+        (_, _, Some(_)) => return Err(format!("a {kind} must not carry `key`")),
+        (_, None, None) => None,
+    };
+    Ok(Op {
+        seq: w.seq,
+        kind: w.op,
+        id: Cow::Borrowed(""),
+        keyless: false,
+        before: None,
+        after: None,
+        text,
+        db: w.db,
+        table: w.table,
+        statement: Some(Cow::Owned(statement)),
+        definition,
+    })
+}
+
+/// A ddl's `columns` (objects of exactly name, type, nullable, json; at least one; names
+/// unique) and `key` (names of those columns, each once).
+fn check_definition(columns: &RawValue, key: &RawValue) -> Result<Definition, String> {
+    let items: Vec<&RawValue> = serde_json::from_str(columns.get())
+        .map_err(|e| format!("`columns` must be an array of column objects: {e}"))?;
+    if items.is_empty() {
+        return Err("`columns` is empty: a table has at least one column".into());
+    }
+    let mut names = std::collections::HashSet::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        // serde's derived structs also accept arrays; a column is an object.
+        if !starts_object(item.get().as_bytes()) {
+            return Err(format!("`columns[{i}]` must be a JSON object"));
+        }
+        let column: ColumnWire =
+            serde_json::from_str(item.get()).map_err(|e| format!("`columns[{i}]`: {e}"))?;
+        if column.name.is_empty() || column.sql_type.is_empty() {
+            return Err(format!(
+                "`columns[{i}]`: `name` and `type` must not be empty"
+            ));
+        }
+        if !names.insert(column.name.clone()) {
+            return Err(format!("`columns` names column `{}` twice", column.name));
+        }
+    }
+    let key_names: Vec<String> = serde_json::from_str(key.get())
+        .map_err(|e| format!("`key` must be an array of column names: {e}"))?;
+    let mut seen = std::collections::HashSet::with_capacity(key_names.len());
+    for name in &key_names {
+        if !names.contains(name) {
+            return Err(format!(
+                "`key` names column `{name}`, which is not in `columns`"
+            ));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(format!("`key` names column `{name}` twice"));
+        }
+    }
+    Ok(Definition {
+        columns: compact_json(columns.get()).into_owned(),
+        key: compact_json(key.get()).into_owned(),
+    })
+}
+
+/// "an insert", "a delete": for messages.
+fn article(kind: &str) -> &'static str {
+    if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, the shape binsync writes (and the schema's pattern).
@@ -399,7 +601,7 @@ fn not_a_batch(what: &str, e: &serde_json::Error) -> Invalid {
     Invalid(match e.classify() {
         Category::Syntax | Category::Eof => format!("{what} is not valid JSON: {e}"),
         Category::Data | Category::Io => {
-            format!("{what} does not follow the sync API contract v1: {e}")
+            format!("{what} does not follow the sync API contract: {e}")
         }
     })
 }
@@ -469,19 +671,20 @@ struct OpWire<'a> {
     table: Cow<'a, str>,
     #[serde(borrow)]
     entity: Cow<'a, str>,
-    #[serde(borrow)]
-    id: &'a RawValue,
+    // `present`: absent is None, but `null` is a value (and refused), as in the schema.
+    // Row operations need `id` and `row`; operations on a whole entity type carry neither.
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
     #[serde(rename = "gtid", deserialize_with = "Option::deserialize")]
     _gtid: Option<AnyStr>,
     #[serde(borrow)]
     ts: Cow<'a, str>,
-    #[serde(rename = "row")]
-    _row: u64,
+    #[serde(default, deserialize_with = "present")]
+    row: Option<u64>,
     #[serde(rename = "file")]
     _file: AnyStr,
     #[serde(rename = "offset")]
     _offset: u64,
-    // `present`: absent is None, but `null` is a value (and refused), as in the schema.
     #[serde(default, deserialize_with = "present")]
     changed: Option<Vec<String>>,
     #[serde(default, borrow, deserialize_with = "present")]
@@ -490,6 +693,26 @@ struct OpWire<'a> {
     after: Option<&'a RawValue>,
     #[serde(default, deserialize_with = "present")]
     keyless: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    statement: Option<String>,
+    // ddl: present and `null` when the table no longer exists under this name.
+    #[serde(default, borrow, deserialize_with = "present")]
+    columns: Option<Option<&'a RawValue>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    key: Option<Option<&'a RawValue>>,
+}
+
+/// One of a ddl's `columns`: checked, kept as the text it came in.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ColumnWire {
+    name: String,
+    #[serde(rename = "type")]
+    sql_type: String,
+    #[serde(rename = "nullable")]
+    _nullable: bool,
+    #[serde(rename = "json")]
+    _json: bool,
 }
 
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
@@ -578,7 +801,11 @@ mod tests {
         let mut b = body(vec![op(1, "insert", 1)]);
         b["entities"]["products"][0] = json!([1, "insert"]);
         refused(b, "an operation must be a JSON object");
-        refused(json!({"version": 2}), "unsupported contract version 2");
+        refused(json!({"version": 3}), "unsupported contract version 3");
+        refused(
+            json!({"version": "2"}),
+            "unsupported contract version \"2\"",
+        );
         refused(json!({"batch_id": "x"}), "no `version`");
         let mut b = body(vec![op(1, "insert", 1)]);
         b["count"] = json!(2);
@@ -628,6 +855,275 @@ mod tests {
             .unwrap_err()
             .0
             .contains("not valid JSON"));
+    }
+
+    /// A ddl, truncate or drop of `shop.products` as binsync's decoder writes it.
+    fn type_op(seq: u64, kind: &str) -> serde_json::Value {
+        let mut v = json!({"seq": seq, "op": kind, "db": "shop", "table": "products",
+            "entity": "products", "gtid": "0-1-9", "ts": "2026-11-24T07:37:31Z",
+            "file": "mariadb-bin.000001", "offset": 1234});
+        let obj = v.as_object_mut().unwrap();
+        let statement = match kind {
+            "ddl" => {
+                obj.insert(
+                    "columns".into(),
+                    json!([{"name": "id", "type": "int(11)", "nullable": false, "json": false},
+                           {"name": "price", "type": "decimal(10,2)", "nullable": true, "json": false}]),
+                );
+                obj.insert("key".into(), json!(["id"]));
+                "ALTER TABLE products ADD COLUMN price DECIMAL(10,2)"
+            }
+            "truncate" => "TRUNCATE TABLE products",
+            _ => "DROP TABLE products",
+        };
+        obj.insert("statement".into(), json!(statement));
+        v
+    }
+
+    fn versioned(version: u64, ops: Vec<serde_json::Value>) -> serde_json::Value {
+        let mut b = body(ops);
+        b["version"] = json!(version);
+        b
+    }
+
+    #[test]
+    fn version_2_carries_ddl_truncate_and_drop_among_row_operations() {
+        let b = versioned(
+            2,
+            vec![
+                op(1, "insert", 1),
+                type_op(2, "ddl"),
+                op(3, "update", 1),
+                type_op(4, "truncate"),
+                type_op(5, "drop"),
+            ],
+        );
+        let text = serde_json::to_vec(&b).unwrap();
+        let parsed = parse(&text, None).unwrap();
+        assert_eq!((parsed.version, parsed.count), (2, 5));
+        let ops = &parsed.entities[0].1;
+        let kinds: Vec<OpKind> = ops.iter().map(|o| o.kind).collect();
+        use OpKind::*;
+        assert_eq!(kinds, [Insert, Ddl, Update, Truncate, Drop]);
+        let ddl = &ops[1];
+        assert_eq!(ddl.id, "", "an operation on the type has no id");
+        assert_eq!(
+            ddl.statement.as_deref(),
+            Some("ALTER TABLE products ADD COLUMN price DECIMAL(10,2)")
+        );
+        let def = ddl
+            .definition
+            .as_ref()
+            .expect("a ddl carries its definition");
+        assert_eq!(def.key, r#"["id"]"#);
+        let columns: serde_json::Value = serde_json::from_str(&def.columns).unwrap();
+        assert_eq!(columns, type_op(2, "ddl")["columns"]);
+        assert!(
+            !def.columns.contains(' '),
+            "kept without whitespace: {}",
+            def.columns
+        );
+        assert_eq!(ops[3].statement.as_deref(), Some("TRUNCATE TABLE products"));
+        assert!(ops[3].definition.is_none());
+        // Row operations of a version 2 body are what they were in version 1.
+        assert_eq!(ops[0].id, r#"{"id":1}"#);
+        assert!(ops[0].statement.is_none());
+
+        // Renamed away: `columns` and `key` both null.
+        let mut gone = type_op(1, "ddl");
+        gone["statement"] = json!("RENAME TABLE products TO products_old");
+        gone["columns"] = json!(null);
+        gone["key"] = json!(null);
+        let text = serde_json::to_vec(&versioned(2, vec![gone])).unwrap();
+        let parsed = parse(&text, None).unwrap();
+        assert!(parsed.entities[0].1[0].definition.is_none());
+        // No primary key: an empty `key`.
+        let mut keyless = type_op(1, "ddl");
+        keyless["key"] = json!([]);
+        assert_eq!(parse_value(&versioned(2, vec![keyless])).unwrap(), 1);
+        // A version 1 body is still taken as it was.
+        let text = serde_json::to_vec(&body(vec![op(1, "insert", 1)])).unwrap();
+        assert_eq!(parse(&text, None).unwrap().version, 1);
+    }
+
+    #[test]
+    fn a_version_1_body_with_a_version_2_operation_is_refused() {
+        for kind in ["ddl", "truncate", "drop"] {
+            let err = parse_value(&versioned(1, vec![op(1, "insert", 1), type_op(2, kind)]))
+                .expect_err("a version 1 body cannot carry it");
+            assert!(
+                err.0
+                    .contains(&format!("a `{kind}` operation needs contract version 2")),
+                "{err}"
+            );
+            assert!(err.0.contains("entities.products[1]"), "{err}");
+        }
+    }
+
+    #[test]
+    fn operations_on_a_type_carry_exactly_their_fields() {
+        let edit = |kind: &str, f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+            let mut o = type_op(1, kind);
+            f(o.as_object_mut().unwrap());
+            versioned(2, vec![o])
+        };
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (
+                edit("truncate", &|o| {
+                    o.insert("id".into(), json!({"id": 1}));
+                }),
+                "a truncate acts on the whole entity type and must not carry `id`",
+            ),
+            (
+                edit("drop", &|o| {
+                    o.insert("row".into(), json!(0));
+                }),
+                "must not carry `row`",
+            ),
+            (
+                edit("ddl", &|o| {
+                    o.insert("keyless".into(), json!(true));
+                }),
+                "must not carry `keyless`",
+            ),
+            (
+                edit("ddl", &|o| {
+                    o.insert("after".into(), json!({"id": 1}));
+                }),
+                "must not carry `after`",
+            ),
+            (
+                edit("truncate", &|o| {
+                    o.insert("columns".into(), json!(null));
+                }),
+                "a truncate must not carry `columns`",
+            ),
+            (
+                edit("drop", &|o| {
+                    o.insert("key".into(), json!([]));
+                }),
+                "a drop must not carry `key`",
+            ),
+            (
+                edit("truncate", &|o| {
+                    o.remove("statement");
+                }),
+                "a truncate needs `statement`",
+            ),
+            (
+                edit("drop", &|o| {
+                    o.insert("statement".into(), json!(""));
+                }),
+                "`statement` is empty",
+            ),
+            (
+                edit("drop", &|o| {
+                    o.insert("statement".into(), json!(null));
+                }),
+                "invalid type: null",
+            ),
+            (
+                edit("ddl", &|o| {
+                    o.remove("columns");
+                }),
+                "a ddl needs `columns`",
+            ),
+            (
+                edit("ddl", &|o| {
+                    o.remove("key");
+                }),
+                "a ddl needs `key`",
+            ),
+            (
+                edit("ddl", &|o| {
+                    o.insert("key".into(), json!(null));
+                }),
+                "either both `null`",
+            ),
+            (
+                edit("ddl", &|o| {
+                    o.insert("columns".into(), json!(null));
+                }),
+                "either both `null`",
+            ),
+            (
+                edit("ddl", &|o| {
+                    o.insert("columns".into(), json!([]));
+                }),
+                "`columns` is empty",
+            ),
+            (
+                edit("ddl", &|o| {
+                    o.insert("columns".into(), json!({"id": "int"}));
+                }),
+                "`columns` must be an array",
+            ),
+            (
+                edit("ddl", &|o| {
+                    o.insert("columns".into(), json!([["id", "int", false, false]]));
+                }),
+                "`columns[0]` must be a JSON object",
+            ),
+            (
+                edit("ddl", &|o| {
+                    o.insert(
+                        "columns".into(),
+                        json!([{"name": "id", "type": "int", "nullable": false}]),
+                    );
+                }),
+                "missing field `json`",
+            ),
+            (
+                edit("ddl", &|o| {
+                    o.insert("columns".into(), json!([{"name": "id", "type": "int", "nullable": false, "json": false, "default": 0}]));
+                }),
+                "unknown field `default`",
+            ),
+            (
+                edit("ddl", &|o| {
+                    o.insert("columns".into(), json!([{"name": "id", "type": "int", "nullable": false, "json": false},
+                                                  {"name": "id", "type": "int", "nullable": false, "json": false}]));
+                }),
+                "`columns` names column `id` twice",
+            ),
+            (
+                edit("ddl", &|o| {
+                    o.insert("key".into(), json!(["sku"]));
+                }),
+                "`key` names column `sku`, which is not in `columns`",
+            ),
+            (
+                edit("ddl", &|o| {
+                    o.insert("key".into(), json!(["id", "id"]));
+                }),
+                "`key` names column `id` twice",
+            ),
+            (
+                edit("ddl", &|o| {
+                    o.insert("key".into(), json!("id"));
+                }),
+                "`key` must be an array",
+            ),
+        ];
+        for (b, needle) in cases {
+            refused(b, needle);
+        }
+        // Row operations keep theirs: an `id` and a `row`, and none of the type's fields.
+        let mut o = op(1, "insert", 1);
+        o.as_object_mut().unwrap().remove("id");
+        refused(versioned(2, vec![o]), "an insert needs `id`");
+        let mut o = op(1, "delete", 1);
+        o.as_object_mut().unwrap().remove("row");
+        refused(versioned(2, vec![o]), "a delete needs `row`");
+        let mut o = op(1, "update", 1);
+        o["statement"] = json!("UPDATE products SET price = 2");
+        refused(
+            versioned(2, vec![o]),
+            "an update must not carry `statement`",
+        );
+        let mut o = op(1, "insert", 1);
+        o["id"] = json!(null);
+        refused(versioned(2, vec![o]), "`id` must be a JSON object");
     }
 
     #[test]

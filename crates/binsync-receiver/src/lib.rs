@@ -1,6 +1,6 @@
-//! The reference receiver of binsync's sync API (docs/sync-api.md, contract v1): an HTTP
-//! server that applies the batches binsync POSTs to an SQLite database with the contract's
-//! apply rule. `binsync receive` is a thin call into [`serve`] and [`dump`]; tests and benchmarks use
+//! The reference receiver of binsync's sync API (docs/sync-api.md, contract versions 1 and 2):
+//! an HTTP server that applies the batches binsync POSTs to an SQLite database with the
+//! contract's apply rule. `binsync receive` is a thin call into [`serve`] and [`dump`]; tests and benchmarks use
 //! it to stand in for a real service. This crate does not depend on binsync: it knows the
 //! contract, not the sender.
 //!
@@ -10,7 +10,8 @@
 //!
 //! - `batch`: one request body parsed and checked against the contract (borrowing the body).
 //! - `store`: the SQLite database in `--state-dir`: the apply rule as SQL (the part users
-//!   copy), tombstones, per-row counts for keyless tables, counters, `dump`.
+//!   copy), tombstones, per-row counts for keyless tables, per-type floors and definitions,
+//!   counters, `dump`.
 //! - `server`: HTTP/1 over hyper: routes, authorization, gzip, limits, fault injection,
 //!   graceful shutdown.
 //! - `tls`: https (`tls`): the certificate and key, read before anything binds.
@@ -29,6 +30,12 @@
 //!   dropped. Replays after a sender crash are therefore harmless and the state converges to
 //!   the source's. Rows of a table without a primary key (`"keyless": true`) are counted per
 //!   identical row, under the same guard.
+//! - Operations on a whole entity type (version 2): a truncate or drop at `seq` S sets the
+//!   type's floor to S (the highest kept), deletes every row of the type last written below
+//!   S, and makes every later-arriving operation on the type at or below S stale; a ddl keeps
+//!   the type's newest definition. Any arrival order ends in the same state.
+//! - Versions 1 and 2 are accepted; a version 1 body holding a version 2 operation, or an
+//!   `X-Binsync-Contract` header differing from the body's version, is refused with 400.
 //! - Memory stays bounded: entities live in SQLite (8 MiB page cache), bodies are capped at
 //!   `max_body_bytes` (also after gunzip) and only as many are processed at once as fit twice
 //!   in [`BODY_MEMORY`].
@@ -53,7 +60,9 @@ use crate::store::Store;
 /// The store's schema and its apply rule as SQL statements (docs/sync-api.md quotes them):
 /// the part of this receiver to copy into a service's own database.
 pub mod sql {
-    pub use crate::store::{APPLY_KEYED, APPLY_KEYLESS, SCHEMA};
+    pub use crate::store::{
+        APPLY_DDL, APPLY_FLOOR, APPLY_KEYED, APPLY_KEYLESS, DELETE_BELOW_FLOOR, SCHEMA,
+    };
 }
 
 /// Default of `--max-body-bytes`: the largest request body accepted, compressed or not, and
@@ -301,7 +310,9 @@ pub async fn run(
 ///
 /// `{"stats": {...}, "entities": {"<entity>": {"<id JSON text>": {"seq": N, "deleted": false,
 /// "values": {...}}}}}`; a deleted entity is `{"seq": N, "deleted": true}`. Rows of a keyless
-/// table also carry `"copies": N`, the number of identical rows (0 when deleted).
+/// table also carry `"copies": N`, the number of identical rows (0 when deleted). Once a
+/// version 2 operation was applied, `"types": {"<entity>": {"floor": {...}, "definition":
+/// {...}}}` shows each type's floor (the truncate or drop that set it) and newest definition.
 pub fn dump(state_dir: &Path) -> Result<serde_json::Value, ReceiveError> {
     // Dropped at the end: the database closes, then the lock is released.
     Store::open_existing(state_dir)?.dump()

@@ -275,14 +275,19 @@ async fn post(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             )
         }
     };
-    if let Some(v) = header_text(headers, "x-binsync-contract") {
-        if v.trim() != "1" {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("X-Binsync-Contract `{v}` is not supported: this receiver implements contract 1"),
-            );
-        }
-    }
+    // Checked against the body's `version` once it is parsed: the two must say the same.
+    let contract = match header_text(headers, "x-binsync-contract").map(str::trim) {
+        None => None,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if batch::CONTRACT_VERSIONS.contains(&n) => Some(n),
+            _ => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("X-Binsync-Contract `{v}` is not supported: this receiver implements contracts 1 and 2"),
+                )
+            }
+        },
+    };
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {
@@ -345,7 +350,7 @@ async fn post(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
 
     let work = shared.clone();
     let processed = tokio::task::spawn_blocking(move || {
-        let r = process(&work, &body, encoding, idempotency_key.as_deref());
+        let r = process(&work, &body, encoding, idempotency_key.as_deref(), contract);
         // Release in this order: shutdown takes every permit to know no apply holds the store.
         drop(work);
         drop(permit);
@@ -399,8 +404,15 @@ enum Outcome {
 }
 
 /// Gunzip, check the limits, parse, check, apply and commit: the CPU- and disk-bound part, on
-/// a blocking thread. Everything refused is refused before the store is touched.
-fn process(shared: &Shared, body: &[u8], encoding: Encoding, key: Option<&str>) -> Outcome {
+/// a blocking thread. Everything refused is refused before the store is touched. `contract`
+/// is the `X-Binsync-Contract` header's version, when sent.
+fn process(
+    shared: &Shared,
+    body: &[u8],
+    encoding: Encoding,
+    key: Option<&str>,
+    contract: Option<u64>,
+) -> Outcome {
     let limit = shared.max_body_bytes;
     let inflated;
     let text: &[u8] = match encoding {
@@ -434,12 +446,15 @@ fn process(shared: &Shared, body: &[u8], encoding: Encoding, key: Option<&str>) 
         return Outcome::Refused(StatusCode::BAD_REQUEST, invalid.0);
     }
     if shared.store.is_discarding() && shared.reject_containing.is_none() {
-        return discard(shared, text);
+        return discard(shared, text, contract);
     }
     let batch = match batch::parse(text, key) {
         Ok(b) => b,
         Err(invalid) => return Outcome::Refused(StatusCode::BAD_REQUEST, invalid.0),
     };
+    if let Some(refused) = contract_mismatch(contract, batch.version) {
+        return refused;
+    }
     if let Some(marker) = &shared.reject_containing {
         for (entity, ops) in &batch.entities {
             if let Some(op) = ops.iter().find(|op| op.text.contains(marker.as_str())) {
@@ -465,9 +480,12 @@ fn process(shared: &Shared, body: &[u8], encoding: Encoding, key: Option<&str>) 
 
 /// `--discard` (benchmarks): the whole body read by serde_json ([`crate::discard`]: strict
 /// JSON, the envelope's version and count), no per-operation checks, nothing stored.
-fn discard(shared: &Shared, text: &[u8]) -> Outcome {
+fn discard(shared: &Shared, text: &[u8], contract: Option<u64>) -> Outcome {
     match crate::discard::envelope(text) {
-        Ok(e) if e.version == 1 && e.count >= 1 => {
+        Ok(e) if batch::CONTRACT_VERSIONS.contains(&e.version) && e.count >= 1 => {
+            if let Some(refused) = contract_mismatch(contract, e.version) {
+                return refused;
+            }
             shared.store.count(|st| {
                 st.batches += 1;
                 st.ops_received += e.count;
@@ -478,9 +496,22 @@ fn discard(shared: &Shared, text: &[u8]) -> Outcome {
                 applied: Applied::default(),
             }
         }
-        Ok(_) => Outcome::Refused(StatusCode::BAD_REQUEST, "not a contract 1 batch".into()),
+        Ok(_) => Outcome::Refused(
+            StatusCode::BAD_REQUEST,
+            "not a contract 1 or 2 batch".into(),
+        ),
         Err(e) => Outcome::Refused(StatusCode::BAD_REQUEST, format!("not a JSON batch: {e}")),
     }
+}
+
+/// A header that names another version than the body's: the sender built one and labelled
+/// it as the other, so which it meant cannot be told.
+fn contract_mismatch(header: Option<u64>, body: u64) -> Option<Outcome> {
+    let header = header.filter(|&h| h != body)?;
+    Some(Outcome::Refused(
+        StatusCode::BAD_REQUEST,
+        format!("the X-Binsync-Contract header says {header} but the body's version is {body}; they must be equal"),
+    ))
 }
 
 impl Shared {

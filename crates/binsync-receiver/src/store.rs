@@ -1,9 +1,10 @@
 //! The receiver's state: an SQLite database in `--state-dir`, the contract's apply rule written
 //! as SQL, and the counters behind `GET /stats` and `dump`.
 //!
-//! This file is meant to be copied: [`SCHEMA`], [`APPLY_KEYED`] and [`APPLY_KEYLESS`] are
-//! the whole apply rule (docs/sync-api.md quotes them), and [`Store::apply`] shows how a batch
-//! runs through them in one transaction.
+//! This file is meant to be copied: [`SCHEMA`], [`APPLY_KEYED`], [`APPLY_KEYLESS`],
+//! [`APPLY_FLOOR`], [`DELETE_BELOW_FLOOR`] and [`APPLY_DDL`] are the whole apply rule
+//! (docs/sync-api.md quotes them), and [`Store::apply`] shows how a batch runs through them in
+//! one transaction.
 //!
 //! Files in the state dir: `receiver.sqlite3` (with `-wal` and `-shm` while open) and
 //! `receiver.lock`, which the open store holds locked so that `dump` and a second receiver
@@ -17,6 +18,15 @@
 //! - Per (entity type, id) the `entities` row keeps the highest `seq` applied, deletes
 //!   included (a tombstone is a row with `copies = 0`); a statement whose `seq` is not above
 //!   it changes nothing, which is how a stale operation is told: `changes() = 0`.
+//! - Per entity type, `floors` keeps the highest `seq` of a truncate or drop applied (contract
+//!   v2). A row operation at or below it changes nothing (it is stale: the rows it touched are
+//!   gone), and applying a floor deletes every `entities` row of the type below it, tombstones
+//!   included (the floor guards what they guarded). Rows above it were written after the
+//!   truncate and stay. Both sides are maxima, so any arrival order ends in the same state.
+//! - Per entity type, `definitions` keeps the newest ddl by `seq`, judged against the stored
+//!   definition only: a floor does not make a ddl stale, since a truncate leaves the
+//!   definition as it was (a floor of a drop tells a reader the table is gone when its `seq`
+//!   is above the definition's).
 //! - A table without a primary key (operations marked `"keyless": true`, `id` = all columns)
 //!   keeps a count of identical rows in `copies`; the same `seq` guard makes a replay count
 //!   nothing twice (see [`APPLY_KEYLESS`]).
@@ -24,6 +34,8 @@
 //!   with the next batch, and at [`Store::close`].
 //! - `batches` records are kept forever (a few dozen bytes each); they only short-cut exact
 //!   re-sends, the per-entity `seq` is what makes replays harmless.
+//! - A store of the previous format (`binsync-receiver 2`, before contract v2) is upgraded in
+//!   place when opened: the two per-type tables are added, nothing else changes.
 //! - Memory: SQLite's page cache is 8 MiB; a batch is read from the body it borrows.
 
 use std::fs::File;
@@ -41,11 +53,43 @@ use crate::ReceiveError;
 pub const DB_FILE: &str = "receiver.sqlite3";
 /// Held locked (flock) while a store is open.
 const LOCK_FILE: &str = "receiver.lock";
-/// `meta.format`: which layout the database holds. Version 1 was a sled store.
-const FORMAT: &str = "binsync-receiver 2";
+/// `meta.format`: which layout the database holds. Version 1 was a sled store; version 2 had
+/// no `floors` and `definitions` (contract v1 only).
+const FORMAT: &str = "binsync-receiver 3";
+/// The format upgraded in place to [`FORMAT`] by adding [`TYPE_TABLES`].
+const FORMAT_2: &str = "binsync-receiver 2";
+
+/// The per-entity-type tables of contract v2; also what upgrades a format 2 store.
+macro_rules! type_tables {
+    () => {
+        "
+CREATE TABLE floors (
+    entity    TEXT    PRIMARY KEY,  -- entity type
+    seq       INTEGER NOT NULL,     -- highest seq of a truncate or drop applied: every operation
+                                    -- on the type at or below it is stale
+    op        TEXT    NOT NULL,     -- 'truncate' or 'drop': which one set it
+    db        TEXT    NOT NULL,
+    tbl       TEXT    NOT NULL,
+    statement TEXT    NOT NULL
+);
+CREATE TABLE definitions (
+    entity    TEXT    PRIMARY KEY,  -- entity type
+    seq       INTEGER NOT NULL,     -- seq of the newest ddl applied
+    db        TEXT    NOT NULL,
+    tbl       TEXT    NOT NULL,
+    statement TEXT    NOT NULL,
+    columns   TEXT,                 -- JSON array of {name, type, nullable, json} in table order;
+                                    -- NULL: no table under this name any more (renamed away)
+    key_cols  TEXT                  -- JSON array of the primary key's columns ([]: none); NULL
+                                    -- with columns
+);
+"
+    };
+}
 
 /// The tables, created in one transaction on first start.
-pub const SCHEMA: &str = "
+pub const SCHEMA: &str = concat!(
+    "
 CREATE TABLE entities (
     entity   TEXT    NOT NULL,  -- entity type: the name of the list the operation is in
     id       TEXT    NOT NULL,  -- the operation's `id`, JSON text without whitespace, key order kept
@@ -64,17 +108,23 @@ CREATE TABLE batches (
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,  -- 'format', 'stats'
     value TEXT NOT NULL
+);",
+    type_tables!()
 );
-";
+
+/// Adds [`SCHEMA`]'s per-type tables to a format 2 store.
+const TYPE_TABLES: &str = type_tables!();
 
 /// The apply rule for a table with a primary key: an upsert guarded by `seq`.
 ///
 /// insert, update: `:copies` = 1, `:row` = `after`; delete: `:copies` = 0, `:row` = NULL (the
 /// tombstone keeps the delete's `seq`, so a replayed older insert stays deleted). No row
-/// changed (`changes() = 0`): the stored `seq` is as high or higher, the operation is stale.
+/// changed (`changes() = 0`): the stored `seq` is as high or higher, or the type's floor (a
+/// truncate or drop) is, and the operation is stale.
 pub const APPLY_KEYED: &str = "
 INSERT INTO entities (entity, id, seq, copies, keyless, row_json)
-VALUES (:entity, :id, :seq, :copies, 0, :row)
+SELECT :entity, :id, :seq, :copies, 0, :row
+ WHERE :seq > (SELECT coalesce(max(seq), 0) FROM floors WHERE entity = :entity)
 ON CONFLICT (entity, id) DO UPDATE
    SET seq = excluded.seq, copies = excluded.copies, keyless = 0, row_json = excluded.row_json
  WHERE entities.seq < excluded.seq";
@@ -87,16 +137,47 @@ ON CONFLICT (entity, id) DO UPDATE
 /// of its before-row and an insert of its after-row, both with its `seq` (one statement with
 /// `:remove` 1, `:add` 1 when they are the same row). The guard: binsync sends every
 /// operation on one id in `seq` order, so an operation not above the stored `seq` was counted
-/// already (a retry, a replay after a crash) and changes nothing.
+/// already (a retry, a replay after a crash) and changes nothing; so does one at or below the
+/// type's floor, like [`APPLY_KEYED`].
 pub const APPLY_KEYLESS: &str = "
 INSERT INTO entities (entity, id, seq, copies, keyless, row_json)
-VALUES (:entity, :id, :seq, :add, 1, CASE WHEN :add > 0 THEN :row END)
+SELECT :entity, :id, :seq, :add, 1, CASE WHEN :add > 0 THEN :row END
+ WHERE :seq > (SELECT coalesce(max(seq), 0) FROM floors WHERE entity = :entity)
 ON CONFLICT (entity, id) DO UPDATE
    SET seq = excluded.seq,
        copies = max(entities.copies - :remove, 0) + :add,
        keyless = 1,
        row_json = CASE WHEN max(entities.copies - :remove, 0) + :add > 0 THEN :row END
  WHERE entities.seq < excluded.seq";
+
+/// truncate, drop (contract v2): raise the entity type's floor to the operation's `seq`.
+/// `:op` is `truncate` or `drop`. No row changed: the floor is as high or higher already, the
+/// operation is stale (the rows it removes are gone). Otherwise run [`DELETE_BELOW_FLOOR`].
+pub const APPLY_FLOOR: &str = "
+INSERT INTO floors (entity, seq, op, db, tbl, statement)
+VALUES (:entity, :seq, :op, :db, :tbl, :statement)
+ON CONFLICT (entity) DO UPDATE
+   SET seq = excluded.seq, op = excluded.op, db = excluded.db, tbl = excluded.tbl,
+       statement = excluded.statement
+ WHERE floors.seq < excluded.seq";
+
+/// After [`APPLY_FLOOR`] changed the floor: every row of the type last written below it is
+/// gone, tombstones and keyless counts included (the floor now guards what a tombstone
+/// guarded). A row written above it (an insert after the truncate that arrived first) stays.
+pub const DELETE_BELOW_FLOOR: &str = "
+DELETE FROM entities WHERE entity = :entity AND seq < :seq";
+
+/// ddl (contract v2): the entity type's definition, the newest by `seq`. `:columns` and
+/// `:key_cols` are the JSON text of `columns` and `key`, both NULL when the table no longer
+/// exists under this name. Rows are kept. No row changed: a newer definition is stored, the
+/// operation is stale. A floor does not make a ddl stale (a truncate keeps the definition).
+pub const APPLY_DDL: &str = "
+INSERT INTO definitions (entity, seq, db, tbl, statement, columns, key_cols)
+VALUES (:entity, :seq, :db, :tbl, :statement, :columns, :key_cols)
+ON CONFLICT (entity) DO UPDATE
+   SET seq = excluded.seq, db = excluded.db, tbl = excluded.tbl,
+       statement = excluded.statement, columns = excluded.columns, key_cols = excluded.key_cols
+ WHERE definitions.seq < excluded.seq";
 
 const FIND_BATCH: &str = "SELECT fingerprint FROM batches WHERE batch_id = ?1";
 const RECORD_BATCH: &str = "
@@ -119,7 +200,8 @@ pub struct Stats {
     pub ops_received: u64,
     /// Operations that changed the state.
     pub ops_applied: u64,
-    /// Operations dropped because their entity already had that seq or a higher one.
+    /// Operations dropped because their entity already had that seq or a higher one, or its
+    /// type a floor (truncate, drop) or definition (ddl) at or above it.
     pub ops_stale: u64,
     /// POSTs answered with a 4xx (bad body, auth, poison, size, depth, media type).
     pub rejected: u64,
@@ -242,6 +324,17 @@ impl Store {
             .map_err(|_| foreign("it holds an SQLite database written by something else"))?;
         match format {
             Some(f) if f == FORMAT => {}
+            Some(f) if f == FORMAT_2 => {
+                // A receiver from before contract v2: add its per-type tables, keep the rest.
+                let upgrade = |conn: &mut Connection| -> rusqlite::Result<()> {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    tx.execute_batch(TYPE_TABLES)?;
+                    tx.execute("UPDATE meta SET value = ?1 WHERE key = 'format'", [FORMAT])?;
+                    tx.commit()
+                };
+                upgrade(&mut conn).map_err(|e| db_error(dir, e))?;
+                tracing::info!(dir = %dir.display(), "receiver store upgraded to {FORMAT} (contract v2: floors and definitions)");
+            }
             Some(f) if f.starts_with("binsync-receiver ") => {
                 return Err(ReceiveError::TooNew {
                     dir: dir.to_path_buf(),
@@ -421,8 +514,79 @@ impl Store {
                     .insert(id, Value::Object(obj));
             }
         }
+        let types = match &self.conn {
+            Some(conn) => self.dump_types(&lock(conn))?,
+            None => Map::new(),
+        };
         let stats = serde_json::to_value(self.stats()).expect("plain struct serializes");
-        Ok(serde_json::json!({"stats": stats, "entities": entities}))
+        let mut out = serde_json::json!({"stats": stats, "entities": entities});
+        // Only when a v2 operation was applied: a v1 receiver's dump stays as it was.
+        if !types.is_empty() {
+            out["types"] = Value::Object(types);
+        }
+        Ok(out)
+    }
+
+    /// Per entity type, its floor (`{"seq", "op", "db", "table", "statement"}`) and its newest
+    /// definition (`{"seq", "db", "table", "statement", "columns", "key"}`), where it has one.
+    fn dump_types(&self, conn: &Connection) -> Result<Map<String, Value>, ReceiveError> {
+        let corrupt = |detail: String| ReceiveError::Corrupt {
+            dir: self.dir.clone(),
+            detail,
+        };
+        let db = |e| db_error(&self.dir, e);
+        let mut types = Map::new();
+        let mut put = |entity: String, what: &str, v: Value| {
+            types
+                .entry(entity)
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()
+                .expect("inserted as an object")
+                .insert(what.into(), v);
+        };
+        let mut floors = conn
+            .prepare("SELECT entity, seq, op, db, tbl, statement FROM floors ORDER BY entity")
+            .map_err(db)?;
+        let mut rows = floors.query([]).map_err(db)?;
+        while let Some(row) = rows.next().map_err(db)? {
+            let read = |e: rusqlite::Error| corrupt(format!("a floors row: {e}"));
+            let entity: String = row.get(0).map_err(read)?;
+            let floor = serde_json::json!({
+                "seq": row.get::<_, i64>(1).map_err(read)?,
+                "op": row.get::<_, String>(2).map_err(read)?,
+                "db": row.get::<_, String>(3).map_err(read)?,
+                "table": row.get::<_, String>(4).map_err(read)?,
+                "statement": row.get::<_, String>(5).map_err(read)?,
+            });
+            put(entity, "floor", floor);
+        }
+        let mut defs = conn
+            .prepare(
+                "SELECT entity, seq, db, tbl, statement, columns, key_cols FROM definitions ORDER BY entity",
+            )
+            .map_err(db)?;
+        let mut rows = defs.query([]).map_err(db)?;
+        while let Some(row) = rows.next().map_err(db)? {
+            let read = |e: rusqlite::Error| corrupt(format!("a definitions row: {e}"));
+            let entity: String = row.get(0).map_err(read)?;
+            let json = |i: usize, name: &str| -> Result<Value, ReceiveError> {
+                match row.get::<_, Option<String>>(i).map_err(read)? {
+                    None => Ok(Value::Null),
+                    Some(text) => serde_json::from_str(&text)
+                        .map_err(|e| corrupt(format!("{name} of the definition of {entity}: {e}"))),
+                }
+            };
+            let def = serde_json::json!({
+                "seq": row.get::<_, i64>(1).map_err(read)?,
+                "db": row.get::<_, String>(2).map_err(read)?,
+                "table": row.get::<_, String>(3).map_err(read)?,
+                "statement": row.get::<_, String>(4).map_err(read)?,
+                "columns": json(5, "columns")?,
+                "key": json(6, "key")?,
+            });
+            put(entity, "definition", def);
+        }
+        Ok(types)
     }
 }
 
@@ -430,10 +594,34 @@ impl Store {
 fn apply_op(tx: &rusqlite::Transaction<'_>, entity: &str, op: &Op<'_>) -> rusqlite::Result<bool> {
     // batch::parse refused any seq above i64::MAX.
     let seq = op.seq as i64;
+    match op.kind {
+        OpKind::Truncate | OpKind::Drop => {
+            let raised = tx.prepare_cached(APPLY_FLOOR)?.execute(named_params! {
+                ":entity": entity, ":seq": seq, ":op": op.kind.as_str(), ":db": &*op.db,
+                ":tbl": &*op.table, ":statement": op.statement.as_deref().unwrap_or_default(),
+            })?;
+            if raised > 0 {
+                tx.prepare_cached(DELETE_BELOW_FLOOR)?
+                    .execute(named_params! { ":entity": entity, ":seq": seq })?;
+            }
+            return Ok(raised > 0);
+        }
+        OpKind::Ddl => {
+            let def = op.definition.as_ref();
+            let changed = tx.prepare_cached(APPLY_DDL)?.execute(named_params! {
+                ":entity": entity, ":seq": seq, ":db": &*op.db, ":tbl": &*op.table,
+                ":statement": op.statement.as_deref().unwrap_or_default(),
+                ":columns": def.map(|d| d.columns.as_str()),
+                ":key_cols": def.map(|d| d.key.as_str()),
+            })?;
+            return Ok(changed > 0);
+        }
+        OpKind::Insert | OpKind::Update | OpKind::Delete => {}
+    }
     if !op.keyless {
         let (copies, row) = match op.kind {
             OpKind::Delete => (0, None),
-            OpKind::Insert | OpKind::Update => (1, Some(image(op.after))),
+            _ => (1, Some(image(op.after))),
         };
         let changed = tx.prepare_cached(APPLY_KEYED)?.execute(named_params! {
             ":entity": entity, ":id": &*op.id, ":seq": seq, ":copies": copies, ":row": row,
@@ -450,8 +638,9 @@ fn apply_op(tx: &rusqlite::Transaction<'_>, entity: &str, op: &Op<'_>) -> rusqli
     match op.kind {
         OpKind::Insert => count(&op.id, 0, 1, image(op.after)),
         OpKind::Delete => count(&op.id, 1, 0, image(op.before)),
-        OpKind::Update => {
-            // The before-row's identity: all its columns, written as binsync writes an id.
+        _ => {
+            // An update. The before-row's identity: all its columns, written as binsync
+            // writes an id.
             let before_id = compact_json(image(op.before));
             if before_id == op.id {
                 count(&op.id, 1, 1, image(op.after))
@@ -552,12 +741,20 @@ mod tests {
         envelope(batch_id, "products", ops)
     }
 
+    /// Version 2 when an operation has no `id` (a ddl, truncate or drop), else version 1.
     fn envelope(batch_id: &str, entity: &str, ops: Vec<Value>) -> Vec<u8> {
         let seqs = ops.iter().map(|o| o["seq"].as_u64().unwrap());
-        serde_json::to_vec(&serde_json::json!({"version": 1, "batch_id": batch_id,
+        let version = if ops.iter().all(|o| o.get("id").is_some()) {
+            1
+        } else {
+            2
+        };
+        serde_json::to_vec(
+            &serde_json::json!({"version": version, "batch_id": batch_id,
             "source": {"flavor": "mysql", "server_id": 1, "server_uuid": "u"},
             "first_seq": seqs.clone().min(), "last_seq": seqs.max(), "count": ops.len(),
-            "entities": {entity: ops}}))
+            "entities": {entity: ops}}),
+        )
         .unwrap()
     }
 
@@ -741,6 +938,451 @@ mod tests {
             copies(&store),
             serde_json::json!({"{\"n\":1,\"s\":\"x\"}": 1, "{\"n\":1,\"s\":\"z\"}": 1})
         );
+    }
+
+    /// A row operation on `products` (id, price), as [`body`] writes them.
+    fn row(seq: u64, kind: &str, id: i64, price: i64) -> Value {
+        let text = body("x", &[(seq, kind, id, price)]);
+        let v: Value = serde_json::from_slice(&text).unwrap();
+        v["entities"]["products"][0].clone()
+    }
+
+    /// A ddl, truncate or drop of `products` (contract v2).
+    fn on_type(seq: u64, kind: &str, entity: &str) -> Value {
+        let mut v = serde_json::json!({"seq": seq, "op": kind, "db": "shop", "table": entity,
+            "entity": entity, "gtid": null, "ts": "2026-11-24T07:37:31Z", "file": "f.000001",
+            "offset": 4, "statement": format!("{} {entity} at {seq}", kind.to_uppercase())});
+        if kind == "ddl" {
+            v["columns"] = serde_json::json!([
+                {"name": "id", "type": "int(11)", "nullable": false, "json": false},
+                {"name": "price", "type": "int(11)", "nullable": true, "json": false}]);
+            v["key"] = serde_json::json!(["id"]);
+        }
+        v
+    }
+
+    /// Live rows of `products`: `{"<id>": price}`.
+    fn prices(store: &Store) -> Value {
+        let dump = store.dump().unwrap();
+        let mut out = Map::new();
+        for (id, e) in dump["entities"]["products"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            if e["deleted"] == false {
+                out.insert(id.clone(), e["values"]["price"].clone());
+            }
+        }
+        Value::Object(out)
+    }
+
+    fn counted(a: Applied) -> (u64, u64) {
+        (a.applied, a.stale)
+    }
+
+    #[test]
+    fn a_truncate_arriving_after_a_newer_insert_keeps_it_and_removes_what_came_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ops = vec![
+            row(1, "insert", 1, 10),
+            row(2, "insert", 2, 20),
+            row(3, "delete", 2, 0),
+        ];
+        apply(&store, &envelope("a", "products", ops));
+        // Seq 5, read after the truncate at 4, travelled in another lane and came first.
+        apply(
+            &store,
+            &envelope("b", "products", vec![row(5, "insert", 3, 30)]),
+        );
+        let t = apply(
+            &store,
+            &envelope("c", "products", vec![on_type(4, "truncate", "products")]),
+        );
+        assert_eq!(counted(t), (1, 0));
+        assert_eq!(prices(&store), serde_json::json!({"{\"id\":3}": 30}));
+        let dump = store.dump().unwrap();
+        // The tombstone of id 2 went too: the floor guards what it guarded.
+        assert_eq!(dump["entities"]["products"].as_object().unwrap().len(), 1);
+        assert_eq!(
+            dump["types"]["products"]["floor"],
+            serde_json::json!({"seq": 4, "op": "truncate", "db": "shop", "table": "products",
+                "statement": "TRUNCATE products at 4"})
+        );
+        // An older insert still on its way is stale, and so is the truncate again.
+        let late = apply(
+            &store,
+            &envelope(
+                "d",
+                "products",
+                vec![row(2, "insert", 2, 20), on_type(4, "truncate", "products")],
+            ),
+        );
+        assert_eq!(counted(late), (0, 2));
+        assert_eq!(prices(&store), serde_json::json!({"{\"id\":3}": 30}));
+    }
+
+    #[test]
+    fn a_truncate_arriving_before_older_operations_makes_them_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            counted(apply(
+                &store,
+                &envelope("a", "products", vec![on_type(10, "truncate", "products")])
+            )),
+            (1, 0)
+        );
+        let older = vec![
+            row(5, "insert", 1, 10),
+            row(6, "update", 1, 11),
+            row(7, "delete", 1, 0),
+        ];
+        assert_eq!(
+            counted(apply(&store, &envelope("b", "products", older))),
+            (0, 3)
+        );
+        assert_eq!(store.dump().unwrap()["entities"], serde_json::json!({}));
+        // Newer than the floor: applied as usual.
+        let newer = vec![row(11, "insert", 1, 12), row(12, "insert", 2, 20)];
+        assert_eq!(
+            counted(apply(&store, &envelope("c", "products", newer))),
+            (2, 0)
+        );
+        assert_eq!(
+            prices(&store),
+            serde_json::json!({"{\"id\":1}": 12, "{\"id\":2}": 20})
+        );
+        // A lower floor changes nothing; a drop above it raises it and takes the rows.
+        let lower = apply(
+            &store,
+            &envelope("d", "products", vec![on_type(8, "drop", "products")]),
+        );
+        assert_eq!(counted(lower), (0, 1));
+        assert_eq!(prices(&store).as_object().unwrap().len(), 2);
+        let drop = apply(
+            &store,
+            &envelope("e", "products", vec![on_type(13, "drop", "products")]),
+        );
+        assert_eq!(counted(drop), (1, 0));
+        assert_eq!(prices(&store), serde_json::json!({}));
+        let floor = &store.dump().unwrap()["types"]["products"]["floor"];
+        assert_eq!(
+            (floor["seq"].clone(), floor["op"].clone()),
+            (13.into(), "drop".into())
+        );
+        // Another entity type keeps its rows and its own (absent) floor.
+        let users = apply(
+            &store,
+            &envelope(
+                "f",
+                "users",
+                vec![{
+                    let mut u = row(9, "insert", 1, 1);
+                    u["entity"] = "users".into();
+                    u
+                }],
+            ),
+        );
+        assert_eq!(counted(users), (1, 0));
+    }
+
+    /// Identical rows of a keyless table: the floor takes every copy counted before it, and
+    /// the order in which the truncate and the rows arrive does not change the result.
+    #[test]
+    fn keyless_counts_below_the_floor_are_gone_in_either_order() {
+        let x = Some((1, "x"));
+        let before = || {
+            vec![
+                keyless(1, "insert", None, x),
+                keyless(2, "insert", None, x),
+                keyless(3, "insert", None, Some((2, "y"))),
+            ]
+        };
+        let after = || vec![keyless(6, "insert", None, x)];
+        let truncate = || vec![on_type(5, "truncate", "tags")];
+        let mut results = Vec::new();
+        for order in [[0, 1, 2], [1, 0, 2], [1, 2, 0], [2, 1, 0]] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            for (i, which) in order.into_iter().enumerate() {
+                let ops = [before(), truncate(), after()][which].clone();
+                apply(&store, &envelope(&format!("b{i}"), "tags", ops));
+            }
+            assert_eq!(
+                copies(&store),
+                serde_json::json!({"{\"n\":1,\"s\":\"x\"}": 1}),
+                "order {order:?}"
+            );
+            let mut dump = store.dump().unwrap();
+            dump.as_object_mut().unwrap().remove("stats");
+            results.push(dump);
+        }
+        assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:#?}");
+    }
+
+    /// binsync crashed after the truncate was applied and sends everything again from an
+    /// older checkpoint, grouped otherwise; the receiver itself was killed in between.
+    #[test]
+    fn a_replay_after_a_truncate_recreates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let inserts = envelope(
+            "a",
+            "products",
+            vec![row(1, "insert", 1, 10), row(2, "insert", 2, 20)],
+        );
+        let truncate = envelope("b", "products", vec![on_type(3, "truncate", "products")]);
+        let later = envelope("c", "products", vec![row(4, "insert", 2, 21)]);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for text in [&inserts, &truncate, &later] {
+                apply(&store, text);
+            }
+            // Dropped without close: as after kill -9 (each batch was committed).
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let expected = serde_json::json!({"{\"id\":2}": 21});
+        assert_eq!(prices(&store), expected);
+        // The same batches again: exact re-sends.
+        for text in [&inserts, &truncate, &later] {
+            assert!(apply(&store, text).duplicate);
+        }
+        // Regrouped into one batch (another body under the first batch's id).
+        let regrouped = envelope(
+            "a",
+            "products",
+            vec![
+                row(1, "insert", 1, 10),
+                row(2, "insert", 2, 20),
+                on_type(3, "truncate", "products"),
+                row(4, "insert", 2, 21),
+            ],
+        );
+        assert_eq!(counted(apply(&store, &regrouped)), (0, 4));
+        assert_eq!(prices(&store), expected);
+    }
+
+    #[test]
+    fn a_ddl_keeps_the_rows_and_the_newest_definition() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        apply(
+            &store,
+            &envelope("a", "products", vec![row(1, "insert", 1, 10)]),
+        );
+        let ddl = apply(
+            &store,
+            &envelope("b", "products", vec![on_type(5, "ddl", "products")]),
+        );
+        assert_eq!(counted(ddl), (1, 0));
+        assert_eq!(prices(&store), serde_json::json!({"{\"id\":1}": 10}));
+        let def = store.dump().unwrap()["types"]["products"]["definition"].clone();
+        assert_eq!(def["seq"], 5);
+        assert_eq!(def["statement"], "DDL products at 5");
+        assert_eq!(def["key"], serde_json::json!(["id"]));
+        assert_eq!(def["columns"][1]["name"], "price");
+        // An older ddl arriving late is stale.
+        let older = apply(
+            &store,
+            &envelope("c", "products", vec![on_type(4, "ddl", "products")]),
+        );
+        assert_eq!(counted(older), (0, 1));
+        assert_eq!(
+            store.dump().unwrap()["types"]["products"]["definition"]["seq"],
+            5
+        );
+        // Renamed away: the definition says no table, the rows stay.
+        let mut gone = on_type(6, "ddl", "products");
+        gone["columns"] = Value::Null;
+        gone["key"] = Value::Null;
+        apply(&store, &envelope("d", "products", vec![gone]));
+        let def = &store.dump().unwrap()["types"]["products"]["definition"];
+        assert_eq!(
+            (
+                def["seq"].clone(),
+                def["columns"].clone(),
+                def["key"].clone()
+            ),
+            (6.into(), Value::Null, Value::Null)
+        );
+        assert_eq!(prices(&store), serde_json::json!({"{\"id\":1}": 10}));
+    }
+
+    /// A floor does not make an older ddl stale (a truncate keeps the definition), so the
+    /// definition is the same whichever of the two arrives first.
+    #[test]
+    fn a_ddl_and_a_later_truncate_give_one_state_in_either_order() {
+        let ops = [
+            on_type(8, "ddl", "products"),
+            on_type(10, "truncate", "products"),
+        ];
+        let mut dumps = Vec::new();
+        for order in [[0, 1], [1, 0]] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            for i in order {
+                let a = apply(
+                    &store,
+                    &envelope(&format!("b{i}"), "products", vec![ops[i].clone()]),
+                );
+                assert_eq!(counted(a), (1, 0), "order {order:?}");
+            }
+            dumps.push(store.dump().unwrap()["types"].clone());
+        }
+        assert_eq!(dumps[0], dumps[1]);
+        assert_eq!(dumps[0]["products"]["definition"]["seq"], 8);
+        assert_eq!(dumps[0]["products"]["floor"]["seq"], 10);
+    }
+
+    /// Random histories of one entity type (rows inserted, updated, deleted; truncates, drops
+    /// and ddls between them), delivered as binsync may: each id's operations in order, but
+    /// ids and whole-type operations in any order against each other, in random batches, with
+    /// batches sent again. Every delivery ends in the state of the history applied in order.
+    #[test]
+    fn any_arrival_order_and_replays_converge_to_the_in_order_state() {
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        for round in 0..40 {
+            // The source's history: per id, is the row there.
+            let mut present = [false; 4];
+            let mut history: Vec<Value> = Vec::new();
+            for seq in 1..=30u64 {
+                let id = rng.usize(..present.len());
+                let op = match rng.u8(..10) {
+                    0 => on_type(seq, "truncate", "products"),
+                    1 => on_type(seq, "drop", "products"),
+                    2 => on_type(seq, "ddl", "products"),
+                    _ if !present[id] => row(seq, "insert", id as i64, seq as i64),
+                    3 => row(seq, "delete", id as i64, 0),
+                    _ => row(seq, "update", id as i64, seq as i64),
+                };
+                match op["op"].as_str().unwrap() {
+                    "truncate" | "drop" => present = [false; 4],
+                    "insert" => present[id] = true,
+                    "delete" => present[id] = false,
+                    _ => {}
+                }
+                history.push(op);
+            }
+            let state = |store: &Store| {
+                let mut d = store.dump().unwrap();
+                d.as_object_mut().unwrap().remove("stats");
+                d
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            apply(&store, &envelope("in-order", "products", history.clone()));
+            let expected = state(&store);
+
+            // One queue per id (its lane keeps its order); each whole-type op on its own.
+            let mut queues: Vec<std::collections::VecDeque<Value>> = Vec::new();
+            for id in 0..present.len() as i64 {
+                queues.push(
+                    history
+                        .iter()
+                        .filter(|o| o["id"]["id"] == id)
+                        .cloned()
+                        .collect(),
+                );
+            }
+            for o in history.iter().filter(|o| o.get("id").is_none()) {
+                queues.push([o.clone()].into());
+            }
+            let mut arrival = Vec::new();
+            while let Some(q) = {
+                let live: Vec<usize> = (0..queues.len())
+                    .filter(|&i| !queues[i].is_empty())
+                    .collect();
+                (!live.is_empty()).then(|| live[rng.usize(..live.len())])
+            } {
+                arrival.push(queues[q].pop_front().unwrap());
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let mut sent: Vec<Vec<u8>> = Vec::new();
+            let mut rest = arrival.as_slice();
+            while !rest.is_empty() {
+                let n = rng.usize(1..=rest.len().min(4));
+                let mut ops = rest[..n].to_vec();
+                rest = &rest[n..];
+                // A batch lists an entity type's operations in seq order; each id's own
+                // order is kept by sorting.
+                ops.sort_by_key(|o| o["seq"].as_u64());
+                let text = envelope(&format!("r{round}-{}", sent.len()), "products", ops);
+                apply(&store, &text);
+                sent.push(text);
+                if rng.bool() {
+                    let again = sent[rng.usize(..sent.len())].clone();
+                    apply(&store, &again);
+                }
+            }
+            assert_eq!(
+                state(&store),
+                expected,
+                "round {round}: arrival {arrival:#?}"
+            );
+        }
+    }
+
+    /// A store written before contract v2 (format 2: no floors, no definitions) opens, keeps
+    /// its rows and takes version 2 operations.
+    #[test]
+    fn a_format_2_store_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            old.execute_batch(
+                "CREATE TABLE entities (entity TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL,
+                     copies INTEGER NOT NULL, keyless INTEGER NOT NULL, row_json TEXT,
+                     PRIMARY KEY (entity, id));
+                 CREATE TABLE batches (batch_id TEXT PRIMARY KEY, fingerprint INTEGER NOT NULL,
+                     applied_at INTEGER NOT NULL);
+                 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('format', 'binsync-receiver 2');
+                 INSERT INTO entities VALUES ('products', '{\"id\":1}', 3, 1, 0, '{\"id\":1,\"price\":7}');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(prices(&store), serde_json::json!({"{\"id\":1}": 7}));
+        assert!(
+            store.dump().unwrap().get("types").is_none(),
+            "no v2 state yet"
+        );
+        let t = apply(
+            &store,
+            &envelope("a", "products", vec![on_type(4, "truncate", "products")]),
+        );
+        assert_eq!(counted(t), (1, 0));
+        assert_eq!(prices(&store), serde_json::json!({}));
+        store.close().unwrap();
+        let again = Store::open_existing(dir.path()).unwrap();
+        assert_eq!(
+            again.dump().unwrap()["types"]["products"]["floor"]["seq"],
+            4
+        );
+        let format: String = lock(again.conn.as_ref().unwrap())
+            .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(format, FORMAT);
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_as_too_new() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            other
+                .execute_batch(
+                    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                     INSERT INTO meta VALUES ('format', 'binsync-receiver 4');",
+                )
+                .unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("must refuse");
+        assert!(matches!(err, ReceiveError::TooNew { .. }), "{err}");
     }
 
     #[test]

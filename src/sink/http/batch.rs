@@ -1,5 +1,10 @@
 //! Building one request body of the sync API (see docs/sync-api.md): operations grouped per
 //! entity type, in `seq` order within each group, copied from the decoder's encoded lines.
+//!
+//! Operations on a whole entity type (ddl, truncate, drop) go into their type's list like row
+//! operations, in `seq` order with them, and are never merged by `--compact` (they have no
+//! id). The body's `version` is the envelope's contract version; the sink makes sure a
+//! version 1 body gets row operations only.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -36,6 +41,14 @@ impl SourceHeader {
             id_prefix: id_prefix.into(),
         }
     }
+}
+
+/// What every body of a run starts with: the source and the contract version.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub source: SourceHeader,
+    /// The body's `version`, also sent as `X-Binsync-Contract`.
+    pub contract: u8,
 }
 
 /// One operation's JSON, inside the chunk it came in.
@@ -121,7 +134,8 @@ impl Builder {
     }
 
     /// The request body; leaves the builder empty.
-    pub fn finish(&mut self, source: &SourceHeader) -> Batch {
+    pub fn finish(&mut self, envelope: &Envelope) -> Batch {
+        let source = &envelope.source;
         let id = format!("{}-{}-{}", source.id_prefix, self.min_seq, self.max_seq);
         if let Some(comp) = self.compactor.as_mut() {
             for (entity, _, op) in comp.ops.drain(..) {
@@ -144,7 +158,9 @@ impl Builder {
             .filter(|&n| n >= SHARED_OP_BYTES)
             .sum();
         let mut body = Vec::with_capacity(self.bytes - shared + 256);
-        body.extend_from_slice(b"{\"version\":1,\"batch_id\":");
+        body.extend_from_slice(b"{\"version\":");
+        crate::json::push_u64(&mut body, u64::from(envelope.contract));
+        body.extend_from_slice(b",\"batch_id\":");
         crate::json::write_json_str(&mut body, id.as_bytes());
         body.push(b',');
         body.extend_from_slice(source.json.as_bytes());
@@ -188,6 +204,7 @@ impl Builder {
         payload.push(body.into());
         let batch = Batch {
             id,
+            contract: envelope.contract,
             body: payload,
             count: ops_in_body,
             min_seq: self.min_seq,
@@ -336,12 +353,30 @@ impl AsRef<[u8]> for ChunkLine {
 pub struct Batch {
     /// Also the Idempotency-Key.
     pub id: String,
+    /// The body's `version`: the `X-Binsync-Contract` header to send it with.
+    pub contract: u8,
     pub body: Payload,
     pub count: usize,
     pub min_seq: u64,
     pub max_seq: u64,
     /// The chunks whose changes it holds (empty for a dead letter sent again).
     pub pieces: Pieces,
+}
+
+/// What a change is laned by (see [`lane_of`]): its id, or the empty key of its entity type's
+/// own lane for the changes that must keep their order against the type's truncates.
+///
+/// ddl, truncate and drop have no id: they take the type's lane. So does every row operation
+/// of a table without a primary key: a receiver keeps a count per identical row, and a count
+/// mixes copies inserted before a truncate with copies inserted after it; only arrival in
+/// `seq` order (one lane) lets the truncate's floor remove exactly the older ones. Rows with
+/// a key need no such order (each row's `seq` tells it), and keep spreading over the lanes.
+pub fn lane_key<'a>(chunk: &'a Chunk, c: &Change) -> &'a [u8] {
+    if c.keyless {
+        b""
+    } else {
+        chunk.key(c)
+    }
 }
 
 /// Which lane (in-flight slot) an entity id belongs to: all operations on one id go through
@@ -392,11 +427,7 @@ mod tests {
         for c in &chunk.changes {
             b.push(&chunk, ticket, c);
         }
-        let src = SourceHeader {
-            json: "\"source\":{\"flavor\":\"mariadb\",\"server_id\":1,\"server_uuid\":null}".into(),
-            id_prefix: "mariadb-1".into(),
-        };
-        let batch = b.finish(&src);
+        let batch = b.finish(&envelope(2));
         assert!(b.is_empty());
         // The batch holds every change of the chunk: once delivered, the chunk is.
         ledger.done_all(&batch.pieces);
@@ -458,11 +489,7 @@ mod tests {
         for c in &chunk.changes {
             b.push(&chunk, ticket, c);
         }
-        let src = SourceHeader {
-            json: "\"source\":{}".into(),
-            id_prefix: "x".into(),
-        };
-        let batch = b.finish(&src);
+        let batch = b.finish(&envelope(2));
         // Merged operations still count as delivered pieces of their chunk.
         ledger.done_all(&batch.pieces);
         assert_eq!(ledger.pop_ready().map(|a| a.changes), Some(4));
@@ -478,6 +505,211 @@ mod tests {
         assert_eq!(body["entities"]["t"][1]["op"], "insert");
         assert_eq!(body["entities"]["t"][1]["after"]["v"], 3);
         assert!(b.is_empty());
+    }
+
+    fn envelope(contract: u8) -> Envelope {
+        Envelope {
+            source: SourceHeader {
+                json: "\"source\":{\"flavor\":\"mariadb\",\"server_id\":1,\"server_uuid\":null}"
+                    .into(),
+                id_prefix: "mariadb-1".into(),
+            },
+            contract,
+        }
+    }
+
+    /// A chunk of operations as the decoder encodes them: `(entity, seq, op, line)`; a row
+    /// operation's key is its `"id"` object inside the line, an operation on the whole type
+    /// has an empty key.
+    fn encoded(entries: &[(&str, u64, Op, String)]) -> Arc<Chunk> {
+        let mut chunk = Chunk::default();
+        for (entity, seq, op, line) in entries {
+            let start = chunk.buf.len();
+            chunk.buf.extend_from_slice(line.as_bytes());
+            let key = match line.find("\"id\":") {
+                Some(at) if op.is_row() => {
+                    let from = start + at + 5;
+                    let len = line[at + 5..].find('}').unwrap() + 1;
+                    from..from + len
+                }
+                _ => start..start,
+            };
+            chunk.changes.push(Change {
+                seq: *seq,
+                op: *op,
+                entity: Arc::from(*entity),
+                keyless: false,
+                line: start..chunk.buf.len(),
+                key,
+            });
+        }
+        Arc::new(chunk)
+    }
+
+    fn row_line(seq: u64, op: &str, id: i64, v: i64) -> String {
+        let image = format!("{{\"id\":{id},\"v\":{v}}}");
+        let images = match op {
+            "insert" => format!("\"after\":{image}"),
+            "delete" => format!("\"before\":{image}"),
+            _ => format!("\"changed\":[\"v\"],\"before\":{image},\"after\":{image}"),
+        };
+        format!("{{\"seq\":{seq},\"op\":\"{op}\",\"entity\":\"t\",\"id\":{{\"id\":{id}}},\"row\":0,{images}}}")
+    }
+
+    fn type_line(seq: u64, op: &str) -> String {
+        format!("{{\"seq\":{seq},\"op\":\"{op}\",\"entity\":\"t\",\"statement\":\"{op} t\"}}")
+    }
+
+    /// Every change of `chunk` through one builder, finished as a version `contract` body:
+    /// the body read as JSON, and its text.
+    fn build(mut b: Builder, chunk: &Arc<Chunk>, contract: u8) -> (serde_json::Value, String) {
+        let mut ledger = Ledger::new();
+        let ticket = ledger.register(Mark::of(chunk), chunk.changes.len());
+        for c in &chunk.changes {
+            b.push(chunk, ticket, c);
+        }
+        let batch = b.finish(&envelope(contract));
+        assert_eq!(batch.contract, contract);
+        ledger.done_all(&batch.pieces);
+        assert_eq!(
+            ledger.pop_ready().map(|a| a.changes),
+            Some(chunk.changes.len()),
+            "every change counts as delivered with its batch"
+        );
+        let text = String::from_utf8(batch.body.to_vec()).unwrap();
+        (serde_json::from_str(&text).unwrap(), text)
+    }
+
+    #[test]
+    fn the_body_carries_the_configured_contract_version() {
+        let chunk = encoded(&[("t", 1, Op::Insert, row_line(1, "insert", 1, 1))]);
+        for contract in [1, 2] {
+            for b in [Builder::default(), Builder::compacting()] {
+                let (body, text) = build(b, &chunk, contract);
+                assert_eq!(body["version"], contract);
+                assert!(
+                    text.starts_with(&format!("{{\"version\":{contract},")),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    /// ddl, truncate and drop go into their entity type's list in seq order with the rows,
+    /// and `--compact` never merges them: not with each other (their key is the same empty
+    /// text), not with a row operation.
+    #[test]
+    fn operations_on_a_whole_type_stay_in_their_list_and_are_never_merged() {
+        let chunk = encoded(&[
+            ("t", 1, Op::Insert, row_line(1, "insert", 1, 1)),
+            ("t", 2, Op::Ddl, type_line(2, "ddl")),
+            (
+                "u",
+                3,
+                Op::Insert,
+                row_line(3, "insert", 1, 1).replace("\"t\"", "\"u\""),
+            ),
+            ("t", 4, Op::Truncate, type_line(4, "truncate")),
+            ("t", 5, Op::Truncate, type_line(5, "truncate")),
+            ("t", 6, Op::Insert, row_line(6, "insert", 2, 6)),
+            ("t", 7, Op::Update, row_line(7, "update", 2, 7)),
+            ("t", 8, Op::Drop, type_line(8, "drop")),
+            ("t", 9, Op::Ddl, type_line(9, "ddl")),
+        ]);
+        let seqs = |body: &serde_json::Value, entity: &str| -> Vec<(u64, String)> {
+            body["entities"][entity]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| {
+                    (
+                        o["seq"].as_u64().unwrap(),
+                        o["op"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        };
+        let ops = |list: &[(u64, &str)]| -> Vec<(u64, String)> {
+            list.iter().map(|&(s, o)| (s, o.to_string())).collect()
+        };
+        let (plain, _) = build(Builder::default(), &chunk, 2);
+        assert_eq!(plain["count"], 9);
+        assert_eq!(
+            seqs(&plain, "t"),
+            ops(&[
+                (1, "insert"),
+                (2, "ddl"),
+                (4, "truncate"),
+                (5, "truncate"),
+                (6, "insert"),
+                (7, "update"),
+                (8, "drop"),
+                (9, "ddl")
+            ])
+        );
+        assert_eq!(seqs(&plain, "u"), ops(&[(3, "insert")]));
+        let (compact, _) = build(Builder::compacting(), &chunk, 2);
+        // Only id 2's insert and update merge (into an insert at 7).
+        assert_eq!(compact["count"], 8);
+        assert_eq!(
+            seqs(&compact, "t"),
+            ops(&[
+                (1, "insert"),
+                (2, "ddl"),
+                (4, "truncate"),
+                (5, "truncate"),
+                (7, "insert"),
+                (8, "drop"),
+                (9, "ddl")
+            ])
+        );
+        let truncate = &compact["entities"]["t"][2];
+        assert_eq!(
+            truncate,
+            &serde_json::from_str::<serde_json::Value>(&type_line(4, "truncate")).unwrap()
+        );
+        assert_eq!(compact["first_seq"], 1);
+        assert_eq!(compact["last_seq"], 9);
+    }
+
+    /// Every row operation of a keyless table travels in the lane of its type's truncates, so
+    /// that they reach the receiver in seq order; keyed rows still spread over the lanes.
+    #[test]
+    fn keyless_rows_share_the_lane_of_their_types_truncates() {
+        let mut entries = vec![("t", 1, Op::Truncate, type_line(1, "truncate"))];
+        for i in 0..50 {
+            entries.push((
+                "t",
+                2 + i,
+                Op::Insert,
+                row_line(2 + i, "insert", i as i64, 0),
+            ));
+        }
+        let mut chunk = Arc::try_unwrap(encoded(&entries)).ok().unwrap();
+        let keyed = Arc::new(Chunk {
+            buf: chunk.buf.clone(),
+            changes: chunk.changes.clone(),
+            ..Chunk::default()
+        });
+        for c in &mut chunk.changes {
+            c.keyless = c.op.is_row();
+        }
+        let keyless = Arc::new(chunk);
+        for lanes in [1, 2, 4, 7] {
+            let lane =
+                |chunk: &Arc<Chunk>, c: &Change| lane_of(&c.entity, lane_key(chunk, c), lanes);
+            let truncate = lane(&keyless, &keyless.changes[0]);
+            assert!(
+                keyless
+                    .changes
+                    .iter()
+                    .all(|c| lane(&keyless, c) == truncate),
+                "{lanes} lanes"
+            );
+            let used: std::collections::HashSet<usize> =
+                keyed.changes.iter().map(|c| lane(&keyed, c)).collect();
+            assert_eq!(used.len(), lanes, "keyed rows spread over {lanes} lanes");
+        }
     }
 
     #[test]

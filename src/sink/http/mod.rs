@@ -1,7 +1,10 @@
 //! The sync API sink: changes grouped per entity type, POSTed in batches (docs/sync-api.md).
 //!
 //! - Changes are spread over `in_flight` lanes by entity id; each lane sends one batch at a
-//!   time, so operations on one id arrive in commit order while other lanes proceed.
+//!   time, so operations on one id arrive in commit order while other lanes proceed. An
+//!   entity type's ddl, truncate and drop, and every row of a table without a primary key,
+//!   share the type's own lane ([`batch::lane_key`]): a keyless row's count is only right at
+//!   the receiver if it arrives in order with the type's truncates.
 //! - A batch closes at `batch_rows` rows, `batch_bytes` bytes, or `linger` after its first row.
 //! - Retriable failures (408, 429, 5xx, timeouts, connection errors) are retried forever by
 //!   default (`max_retries` caps it), with capped, jittered backoff and `Retry-After`; a
@@ -13,6 +16,11 @@
 //!   change): the checkpoint advances over a contiguous run of delivered batches only.
 //! - Every queue here is bounded (one batch waiting per lane), so a slow or absent receiver
 //!   stops the reader instead of filling memory.
+//! - Every body and its `X-Binsync-Contract` header carry one contract version, `contract`
+//!   (2 by default; 1 when binsync emits no operations on whole entity types). A version 1
+//!   body never holds a ddl, truncate or drop: handed one, the sink stops with an error
+//!   instead of sending what a version 1 receiver must refuse. A dead letter is sent again
+//!   under the version written in its body.
 //!
 //! This file holds the settings and the loop that fills batches, feeds the lanes and turns
 //! their reports into acks; `batch.rs` writes request bodies; `send.rs` is one lane's send
@@ -26,7 +34,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use self::batch::{lane_of, Batch, Builder, SourceHeader};
+use self::batch::{lane_key, lane_of, Batch, Builder, Envelope, SourceHeader};
 pub use self::send::replay_dead_letters;
 use self::send::{error_chain, lane, Handled, LaneResult};
 use super::ledger::{Ack, Ledger, Mark};
@@ -62,7 +70,15 @@ pub struct HttpConfig {
     pub compact: bool,
     /// `--sink-ca`: the only CAs trusted for an https sink (None: the public roots).
     pub ca: Option<SinkCa>,
+    /// The sync API contract version of the bodies (`version`) and of the
+    /// `X-Binsync-Contract` header: 2 (the default) when DDL operations are emitted
+    /// (`--on-ddl emit`), 1 otherwise, for receivers that know only version 1 (docs/sync-api.md,
+    /// Versioning). Version 1 bodies cannot carry ddl, truncate or drop.
+    pub contract: u8,
 }
+
+/// The newest sync API contract version this sink writes; [`HttpConfig::contract`]'s default.
+pub const CONTRACT_VERSION: u8 = 2;
 
 /// `--sink-ca FILE`, read and parsed at start-up.
 #[derive(Clone)]
@@ -116,6 +132,7 @@ impl std::fmt::Debug for HttpConfig {
             .field("on_reject", &self.on_reject)
             .field("compact", &self.compact)
             .field("ca", &self.ca.as_ref().map(|c| &c.path))
+            .field("contract", &self.contract)
             .finish()
     }
 }
@@ -135,6 +152,7 @@ impl HttpConfig {
             on_reject: OnReject::Dlq,
             compact: false,
             ca: None,
+            contract: CONTRACT_VERSION,
         }
     }
 
@@ -278,6 +296,12 @@ pub async fn run(
     acks: mpsc::Sender<Ack>,
     shutdown: Shutdown,
 ) -> Result<(), SinkError> {
+    if !(1..=CONTRACT_VERSION).contains(&cfg.contract) {
+        return Err(SinkError::Contract(format!(
+            "was set up to send contract version {}, but it writes versions 1 to {CONTRACT_VERSION}",
+            cfg.contract
+        )));
+    }
     let client = cfg.client()?;
     let lanes = cfg.in_flight.max(1);
     // Lanes report here; `dispatch` keeps reading while it waits for a lane.
@@ -305,6 +329,10 @@ pub async fn run(
         }
     };
     let mut builders: Vec<Builder> = (0..lanes).map(|_| new_builder()).collect();
+    let envelope = Envelope {
+        source,
+        contract: cfg.contract,
+    };
     // Every chunk is registered with one piece per change; a batch's pieces are done when the
     // batch is delivered or dead-lettered.
     let mut outcomes = Outcomes {
@@ -323,20 +351,26 @@ pub async fn run(
         tokio::select! {
             chunk = rx.recv(), if input_open => {
                 match chunk {
+                    Some(chunk) if unsendable(&chunk, cfg.contract).is_some() => {
+                        // Nothing of the chunk is sent: the checkpoint stays before it, and
+                        // must_stop() below ends the loop.
+                        let e = unsendable(&chunk, cfg.contract).expect("checked by the guard");
+                        outcomes.failure.get_or_insert(e);
+                    }
                     Some(chunk) => {
                         let chunk = std::sync::Arc::new(chunk);
                         let ticket = outcomes.ledger.register(Mark::of(&chunk), chunk.changes.len());
                         for c in &chunk.changes {
-                            let lane = lane_of(&c.entity, chunk.key(c), lanes);
+                            let lane = lane_of(&c.entity, lane_key(&chunk, c), lanes);
                             let b = &mut builders[lane];
                             // An operation that would take the batch past batch_bytes travels
                             // in a batch of its own: the batch before it closes first.
                             if !b.is_empty() && b.bytes + c.line.len() > cfg.batch_bytes {
-                                dispatch(b, &source, &lane_txs[lane], &mut res_rx, &mut outcomes).await;
+                                dispatch(b, &envelope, &lane_txs[lane], &mut res_rx, &mut outcomes).await;
                             }
                             b.push(&chunk, ticket, c);
                             if b.count >= cfg.batch_rows || b.bytes >= cfg.batch_bytes {
-                                dispatch(b, &source, &lane_txs[lane], &mut res_rx, &mut outcomes).await;
+                                dispatch(b, &envelope, &lane_txs[lane], &mut res_rx, &mut outcomes).await;
                             }
                         }
                     }
@@ -344,7 +378,7 @@ pub async fn run(
                         input_open = false;
                         for (i, b) in builders.iter_mut().enumerate() {
                             if !b.is_empty() {
-                                dispatch(b, &source, &lane_txs[i], &mut res_rx, &mut outcomes).await;
+                                dispatch(b, &envelope, &lane_txs[i], &mut res_rx, &mut outcomes).await;
                             }
                         }
                     }
@@ -358,7 +392,7 @@ pub async fn run(
                 let now = tokio::time::Instant::now().into_std();
                 for (i, b) in builders.iter_mut().enumerate() {
                     if b.opened.is_some_and(|t| t + cfg.linger <= now) {
-                        dispatch(b, &source, &lane_txs[i], &mut res_rx, &mut outcomes).await;
+                        dispatch(b, &envelope, &lane_txs[i], &mut res_rx, &mut outcomes).await;
                     }
                 }
             }
@@ -384,6 +418,21 @@ pub async fn run(
     }
 }
 
+/// Why `chunk` cannot go into a body of version `contract`: a version 1 body carries row
+/// operations only.
+fn unsendable(chunk: &Chunk, contract: u8) -> Option<SinkError> {
+    if contract >= 2 {
+        return None;
+    }
+    let c = chunk.changes.iter().find(|c| !c.op.is_row())?;
+    Some(SinkError::Contract(format!(
+        "sends contract version {contract} bodies, which cannot carry the `{}` operation at seq {} (entity type `{}`): the run's settings disagree (DDL operations are emitted only with --on-ddl emit, which sends version 2)",
+        c.op.as_str(),
+        c.seq,
+        c.entity
+    )))
+}
+
 async fn sleep_until(deadline: Option<std::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
@@ -395,12 +444,12 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
 /// reporting must never wait for us while we wait for it.
 async fn dispatch(
     builder: &mut Builder,
-    source: &SourceHeader,
+    envelope: &Envelope,
     lane: &mpsc::Sender<Batch>,
     results: &mut mpsc::Receiver<LaneResult>,
     outcomes: &mut Outcomes,
 ) {
-    let batch = builder.finish(source);
+    let batch = builder.finish(envelope);
     loop {
         tokio::select! {
             permit = lane.reserve() => {
@@ -421,6 +470,226 @@ async fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::change::{Change, Op};
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::{Arc, Mutex};
+
+    /// What a receiver saw of one request: its headers (lowercase names) and body.
+    struct Seen {
+        headers: Vec<(String, String)>,
+        body: serde_json::Value,
+    }
+
+    impl Seen {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// An HTTP/1.1 server on 127.0.0.1 that records every request and answers 200.
+    fn capture() -> (String, Arc<Mutex<Vec<Seen>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/sync", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let store = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut out = stream;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut headers = Vec::new();
+                        loop {
+                            let mut h = String::new();
+                            reader.read_line(&mut h).unwrap();
+                            let h = h.trim_end();
+                            if h.is_empty() {
+                                break;
+                            }
+                            let (name, value) = h.split_once(':').unwrap();
+                            headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+                        }
+                        let len: usize = headers
+                            .iter()
+                            .find(|(n, _)| n == "content-length")
+                            .map_or(0, |(_, v)| v.parse().unwrap());
+                        let mut body = vec![0u8; len];
+                        reader.read_exact(&mut body).unwrap();
+                        let body = serde_json::from_slice(&body).unwrap();
+                        store.lock().unwrap().push(Seen { headers, body });
+                        out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    /// A chunk holding an insert of `t` id 1 and, with `ddl`, a ddl of `t` after it.
+    fn chunk(ddl: bool) -> Chunk {
+        let mut chunk = Chunk::default();
+        let insert = r#"{"seq":1,"op":"insert","db":"d","table":"t","entity":"t","id":{"id":1},"gtid":null,"ts":"2026-11-24T07:37:31Z","row":0,"file":"f","offset":4,"after":{"id":1}}"#;
+        let at = insert.find(r#"{"id":1}"#).unwrap();
+        chunk.buf.extend_from_slice(insert.as_bytes());
+        chunk.changes.push(Change {
+            seq: 1,
+            op: Op::Insert,
+            entity: Arc::from("t"),
+            keyless: false,
+            line: 0..insert.len(),
+            key: at..at + 8,
+        });
+        if ddl {
+            let line = r#"{"seq":2,"op":"ddl","db":"d","table":"t","entity":"t","gtid":null,"ts":"2026-11-24T07:37:31Z","file":"f","offset":9,"statement":"ALTER TABLE t ADD COLUMN c INT","columns":[{"name":"id","type":"int(11)","nullable":false,"json":false}],"key":["id"]}"#;
+            let start = chunk.buf.len();
+            chunk.buf.extend_from_slice(line.as_bytes());
+            chunk.changes.push(Change {
+                seq: 2,
+                op: Op::Ddl,
+                entity: Arc::from("t"),
+                keyless: false,
+                line: start..chunk.buf.len(),
+                key: start..start,
+            });
+        }
+        chunk
+    }
+
+    /// Runs the sink over `chunks` against `url` until its input ends.
+    async fn run_sink(
+        url: &str,
+        contract: u8,
+        chunks: Vec<Chunk>,
+    ) -> (Result<(), SinkError>, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::checkpoint::Store::open(dir.path()).unwrap();
+        let dlq = Dlq::open(&store).unwrap();
+        let mut cfg = HttpConfig::new(url.to_string());
+        cfg.contract = contract;
+        let source = SourceHeader {
+            json: r#""source":{"flavor":"mariadb","server_id":1,"server_uuid":null}"#.into(),
+            id_prefix: "mariadb-1".into(),
+        };
+        let (tx, rx) = mpsc::channel(chunks.len().max(1));
+        for c in chunks {
+            tx.send(c).await.unwrap();
+        }
+        drop(tx);
+        let (ack_tx, mut ack_rx) = mpsc::channel(16);
+        let shutdown = crate::shutdown::Shutdown::never();
+        let res = tokio::time::timeout(
+            Duration::from_secs(30),
+            run(cfg, source, dlq, rx, ack_tx, shutdown),
+        )
+        .await
+        .expect("the sink finishes");
+        let mut acked = 0;
+        while let Ok(a) = ack_rx.try_recv() {
+            acked += a.changes;
+        }
+        (res, acked)
+    }
+
+    #[tokio::test]
+    async fn body_and_header_carry_the_configured_contract_version() {
+        assert_eq!(
+            HttpConfig::new("http://x".into()).contract,
+            2,
+            "the default"
+        );
+        let (url, seen) = capture();
+        for (contract, ddl) in [(2, true), (2, false), (1, false)] {
+            seen.lock().unwrap().clear();
+            let (res, acked) = run_sink(&url, contract, vec![chunk(ddl)]).await;
+            res.unwrap();
+            assert_eq!(acked, 1 + usize::from(ddl));
+            let seen = seen.lock().unwrap();
+            assert!(!seen.is_empty());
+            for req in seen.iter() {
+                let header = contract.to_string();
+                assert_eq!(req.header("x-binsync-contract"), Some(header.as_str()));
+                assert_eq!(req.body["version"], contract);
+            }
+            let ops: Vec<&serde_json::Value> = seen
+                .iter()
+                .flat_map(|r| r.body["entities"]["t"].as_array().unwrap())
+                .collect();
+            assert_eq!(ops.len(), 1 + usize::from(ddl));
+        }
+    }
+
+    /// A version 1 body must not carry a ddl: the sink stops before sending any of its chunk
+    /// and acknowledges nothing of it.
+    #[tokio::test]
+    async fn a_ddl_under_contract_1_stops_the_sink_before_anything_is_sent() {
+        let (url, seen) = capture();
+        let (res, acked) = run_sink(&url, 1, vec![chunk(true)]).await;
+        let err = res.expect_err("must stop");
+        assert!(matches!(err, SinkError::Contract(_)), "{err}");
+        assert!(
+            err.to_string().contains("`ddl` operation at seq 2"),
+            "{err}"
+        );
+        assert_eq!(acked, 0);
+        assert!(seen.lock().unwrap().is_empty());
+        let (res, _) = run_sink(&url, 3, vec![chunk(false)]).await;
+        assert!(matches!(res, Err(SinkError::Contract(_))));
+    }
+
+    /// `dlq replay` sends a dead letter with the version its body was written with, not the
+    /// version this run would write.
+    #[tokio::test]
+    async fn a_dead_letter_is_replayed_under_its_own_version() {
+        let (url, seen) = capture();
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::checkpoint::Store::open(dir.path()).unwrap();
+        let dlq = Dlq::open(&store).unwrap();
+        for version in [1, 2] {
+            let payload = format!(
+                r#"{{"version":{version},"batch_id":"b{version}","source":{{}},"first_seq":1,"last_seq":1,"count":1,"entities":{{}}}}"#
+            );
+            dlq.push(crate::dlq::DeadLetter {
+                id: 0,
+                batch_id: format!("b{version}"),
+                url: url.clone(),
+                status: Some(400),
+                response: String::new(),
+                at_unix_ms: 1,
+                count: 1,
+                first_seq: 1,
+                last_seq: 1,
+                payload,
+            })
+            .await
+            .unwrap();
+        }
+        let mut cfg = HttpConfig::new(url);
+        cfg.contract = 2;
+        let (ok, failed) = replay_dead_letters(&cfg, &dlq, None).await.unwrap();
+        assert_eq!((ok, failed), (2, 0));
+        let seen = seen.lock().unwrap();
+        let mut pairs: Vec<(String, String)> = seen
+            .iter()
+            .map(|r| {
+                (
+                    r.body["version"].to_string(),
+                    r.header("x-binsync-contract").unwrap().to_string(),
+                )
+            })
+            .collect();
+        pairs.sort();
+        assert_eq!(pairs, [("1".into(), "1".into()), ("2".into(), "2".into())]);
+    }
 
     #[test]
     fn credentials_leave_the_url_for_a_header() {

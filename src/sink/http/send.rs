@@ -64,7 +64,7 @@ async fn post(
         .post(&cfg.url)
         .header("Content-Type", "application/json")
         .header("Idempotency-Key", &batch.id)
-        .header("X-Binsync-Contract", "1");
+        .header("X-Binsync-Contract", batch.contract.to_string());
     // Set for bodies in parts too (streamed), so that no receiver sees a chunked upload.
     req = req.header("Content-Length", body.len());
     if cfg.gzip {
@@ -251,6 +251,21 @@ mod bytes_body {
     }
 }
 
+/// The `version` a stored body was written with. Every body binsync writes starts with it
+/// (`{"version":N,`); a dead letter from before contract v2 says 1 like every body then, so
+/// 1 is also what an unreadable prefix means.
+fn body_version(payload: &str) -> u8 {
+    payload
+        .strip_prefix("{\"version\":")
+        .map(|rest| {
+            rest.bytes()
+                .take_while(u8::is_ascii_digit)
+                .collect::<Vec<u8>>()
+        })
+        .and_then(|digits| std::str::from_utf8(&digits).ok()?.parse().ok())
+        .unwrap_or(1)
+}
+
 /// Re-sends dead letters (`binsync dlq replay`): one attempt each; accepted entries are removed.
 pub async fn replay_dead_letters(
     cfg: &HttpConfig,
@@ -266,6 +281,8 @@ pub async fn replay_dead_letters(
     {
         let batch = Batch {
             id: entry.batch_id.clone(),
+            // The version it was written with, whatever this run would write now.
+            contract: body_version(&entry.payload),
             body: entry.payload.clone().into_bytes().into(),
             count: entry.count,
             min_seq: entry.first_seq,
