@@ -532,6 +532,13 @@ impl RunSettings {
             .or_else(|| file.start.clone())
             .unwrap_or_else(|| "earliest".into());
         let start: StartSpec = start_text.parse().map_err(ConfigError)?;
+        let on_ddl = OnDdl::parse(&pick_vec(&args.on_ddl, &file.on_ddl)).map_err(ConfigError)?;
+        let mut sink = sink;
+        if let SinkSpec::Http(cfg) = &mut sink {
+            // DDL operations exist from contract version 2 on; without them a run speaks 1,
+            // which every receiver written for version 1 keeps accepting.
+            cfg.contract = if on_ddl.may_emit() { 2 } else { 1 };
+        }
         Ok(RunSettings {
             source,
             server_id,
@@ -540,7 +547,7 @@ impl RunSettings {
             start,
             reset: args.reset,
             decode: DecodeConfig {
-                on_ddl: OnDdl::parse(&pick_vec(&args.on_ddl, &file.on_ddl)).map_err(ConfigError)?,
+                on_ddl,
                 ..decode_config(&args.include, &args.exclude, &args.entity, file)?
             },
             exit_at_end: args.exit_at_end,
@@ -769,6 +776,34 @@ mod tests {
             s.decode.entities.get("shop.products").map(String::as_str),
             Some("product")
         );
+    }
+
+    #[test]
+    fn the_sync_api_speaks_version_2_only_when_ddl_may_be_emitted() {
+        let contract = |on_ddl: &[&str]| {
+            let args = RunArgs {
+                source: SourceArgs {
+                    source: Some("mysql://root@127.0.0.1:3306".into()),
+                    ..Default::default()
+                },
+                server_id: Some(1),
+                state_dir: Some("/tmp/x".into()),
+                sink: Some("http://127.0.0.1:9/v1".into()),
+                on_ddl: on_ddl.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            };
+            match RunSettings::resolve(&args, &FileConfig::default())
+                .unwrap()
+                .sink
+            {
+                SinkSpec::Http(cfg) => cfg.contract,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(contract(&[]), 2, "emit is the default");
+        assert_eq!(contract(&["ignore"]), 1);
+        assert_eq!(contract(&["stop", "shop.*=ignore"]), 1);
+        assert_eq!(contract(&["ignore", "shop.t=emit"]), 2);
     }
 
     #[test]
