@@ -556,7 +556,8 @@ impl ReplaySettings {
                             source: Some(from.clone()),
                             ..SourceArgs::default()
                         };
-                        source_config(&src, &FileConfig::default()).map(|c| SchemaFrom::Source(Box::new(c)))
+                        source_config(&src, &FileConfig::default())
+                            .map(|c| SchemaFrom::Source(Box::new(c)))
                     }
                 })
                 .transpose()?,
