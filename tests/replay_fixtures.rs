@@ -255,6 +255,77 @@ fn every_fixture_decodes_or_fails_cleanly() {
 }
 
 #[test]
+fn a_minimal_metadata_file_without_a_schema_is_refused_never_named_by_position() {
+    // minimal_row_metadata.000001 (MySQL 8.0.40, binlog_row_metadata=MINIMAL): its table map
+    // has types and signedness, no names, and noria.t1 was created before the file begins.
+    let f = binlog_fixtures::dir().join("minimal_row_metadata.000001");
+    let mut p = Proc::spawn(
+        &[
+            "replay",
+            "--binlog-file",
+            f.to_str().unwrap(),
+            "--sink",
+            "stdout",
+        ],
+        &[],
+    );
+    let st = p
+        .wait_timeout(Duration::from_secs(60))
+        .expect("replay hung");
+    let (stdout, stderr) = (p.stdout(), p.stderr());
+    assert!(
+        !st.success() && st.code() != Some(101),
+        "{st:?}: {stdout}{stderr}"
+    );
+    let err = stderr
+        .lines()
+        .find(|l| l.starts_with("binsync: error:"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        err.contains("minimal_row_metadata.000001")
+            && err.contains("noria.t1")
+            && err.contains(NO_SUCH_TABLE)
+            && err.contains("will not guess column names"),
+        "{err}"
+    );
+    assert!(stdout.is_empty(), "nothing delivered: {stdout}");
+    for line in stdout.lines().chain(stderr.lines()) {
+        assert!(!line.contains("@1"), "a positional name: {line}");
+    }
+
+    // What the error asks for: the table's definition. Then the row has its names, and the
+    // INT UNSIGNED column its value (MINIMAL image: the columns written).
+    let from = binlog_fixtures::schema_from("minimal_row_metadata.000001").unwrap();
+    let mut p = Proc::spawn(
+        &[
+            "replay",
+            "--binlog-file",
+            f.to_str().unwrap(),
+            "--schema-from",
+            &from,
+            "--sink",
+            "stdout",
+        ],
+        &[],
+    );
+    let st = p
+        .wait_timeout(Duration::from_secs(60))
+        .expect("replay hung");
+    assert!(st.success(), "{}", p.stderr());
+    let lines: Vec<serde_json::Value> = p
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(
+        lines[0]["after"],
+        serde_json::json!({"col_1": 1, "col_3": "a", "col_5": 3230202323u64})
+    );
+    assert_eq!(lines[0]["id"], serde_json::json!({"col_1": 1}));
+}
+
+#[test]
 fn a_file_that_is_not_a_binlog_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("notes.txt");
