@@ -580,27 +580,27 @@ async fn fixtures_spot_checks() {
         ]
     );
 
-    // JSON columns, full and partial updates (diffs applied to the before image).
+    // JSON columns, full and partial updates (diffs applied to the before image). The file
+    // has no FULL metadata: names, key and generated columns come from its own CREATE TABLE
+    // (`id INT PRIMARY KEY, json_col JSON, name ... AS (...), age ... AS (...)`).
     let json = get("json.binlog.000001");
     let after = jsons(json, "mysql.t", "after");
     assert_eq!(
         after[0],
-        r#"{"@1":1,"@2":{"age":24,"data":"xxxxxxxxxx","name":"Joe"},"@3":"Joe","@4":24}"#
+        r#"{"id":1,"json_col":{"age":24,"data":"xxxxxxxxxx","name":"Joe"},"name":"Joe","age":24}"#
     );
     assert_eq!(
         after[6],
-        r#"{"@1":1,"@2":{"age":25,"data":"xxxxxxxxxx","name":"Joe"},"@3":"Joe","@4":25}"#
+        r#"{"id":1,"json_col":{"age":25,"data":"xxxxxxxxxx","name":"Joe"},"name":"Joe","age":25}"#
     );
+    assert_eq!(json.keys[0], r#"{"id":1} ["json_col","age"]"#);
+    // With the key the history gives, the update stays an update of id 1.
+    let upd = &json.lines[6];
     assert_eq!(
-        json.keys[0],
-        r#"{"@1":1,"@2":{"age":25,"data":"xxxxxxxxxx","name":"Joe"},"@3":"Joe","@4":25} ["@2","@4"]"#
+        (upd.op.as_str(), upd.id.as_str()),
+        ("update", r#"{"id":1}"#)
     );
-    // Without a primary key the id is the whole row: the decoder made the update a delete
-    // of the old row and an insert of the new one.
-    let (del, ins) = (&json.lines[6], &json.lines[7]);
-    assert_eq!((del.op.as_str(), ins.op.as_str()), ("delete", "insert"));
-    assert_eq!(del.id, after[0]);
-    assert_eq!(ins.id, after[6]);
+    assert_eq!(upd.changed.as_deref(), Some(r#"["json_col","age"]"#));
 
     // CHAR(100)/VARCHAR(>255), ENUM and SET labels from FULL metadata, TEXT.
     let ess = get("mysql-enum-string-set.000001");
@@ -626,17 +626,21 @@ async fn fixtures_spot_checks() {
         [r#"{"a":4,"b":"foo","c":32}"#]
     );
 
-    // TIME2 negative, over 24 hours (mysql_common reads it as -21 days 03:48:27)
+    // TIME2 negative, over 24 hours (mysql_common reads it as -21 days 03:48:27); the name
+    // from the schema file (`CREATE TABLE t (c TIME)`).
     assert_eq!(
         jsons(get("time_issue.000001"), "noria.t", "after"),
-        [r#"{"@1":"-507:48:27"}"#]
+        [r#"{"c":"-507:48:27"}"#]
     );
 
-    // MINIMAL metadata: no names, signedness kept (INT UNSIGNED 3230202323), partial image.
+    // MINIMAL metadata: no names in the binlog (they come from the schema file), signedness
+    // kept (INT UNSIGNED 3230202323), partial image, the key col_1.
+    let minimal = get("minimal_row_metadata.000001");
     assert_eq!(
-        jsons(get("minimal_row_metadata.000001"), "noria.t1", "after"),
-        [r#"{"@1":1,"@3":"a","@5":3230202323}"#]
+        jsons(minimal, "noria.t1", "after"),
+        [r#"{"col_1":1,"col_3":"a","col_5":3230202323}"#]
     );
+    assert_eq!(minimal.lines[0].id, r#"{"col_1":1}"#);
 
     // VECTOR (MySQL 9), VARBINARY
     let vec = get("vector.binlog");
@@ -690,26 +694,33 @@ async fn fixtures_spot_checks() {
         r#"{"f1":1,"f2":2,"f3":-3,"f4":"4","f5":"BQ==","f6":6000000000}"#
     );
 
-    // Old row formats (5.1), update with before/after, changed columns.
+    // Old row formats (5.1), update with before/after, changed columns; names from the
+    // file's `CREATE TABLE t1 (a int, b char(50))`.
     let old = get("ver_5_1_23.001");
     assert_eq!(
         jsons(old, "test.t1", "after")[..2],
-        [r#"{"@1":0,"@2":"one"}"#, r#"{"@1":1,"@2":"two"}"#]
+        [r#"{"a":0,"b":"one"}"#, r#"{"a":1,"b":"two"}"#]
     );
-    assert_eq!(old.keys[0], r#"{"@1":1,"@2":"one"} ["@1"]"#);
+    assert_eq!(old.keys[0], r#"{"a":1,"b":"one"} ["a"]"#);
+    // Without a primary key the id is the whole row: the decoder made the update a delete
+    // of the old row and an insert of the new one.
+    let (del, ins) = (&old.lines[2], &old.lines[3]);
+    assert_eq!((del.op.as_str(), ins.op.as_str()), ("delete", "insert"));
+    assert_eq!(del.id, r#"{"a":0,"b":"one"}"#);
+    assert_eq!(ins.id, r#"{"a":1,"b":"one"}"#);
 
-    // binlog_row_image=MINIMAL: partial images.
+    // binlog_row_image=MINIMAL (NDB): partial images, the key `ks` from the schema file.
     let upd = get("update-partial-row.binlog");
     assert_eq!(
         jsons(upd, "test.ba", "before"),
-        [r#"{"@1":4,"@3":4}"#, r#"{"@1":2}"#]
+        [r#"{"ks":4,"lp":4}"#, r#"{"ks":2}"#]
     );
-    assert_eq!(upd.keys, [r#"{"@1":4,"@3":40} ["@3"]"#]);
+    assert_eq!(upd.keys, [r#"{"ks":4} ["lp"]"#]);
 
     // Compressed transaction payload.
     assert_eq!(
         jsons(get("transaction_compression.000001"), "test.tb1", "after"),
-        [r#"{"@1":1}"#]
+        [r#"{"id":1}"#]
     );
 }
 
