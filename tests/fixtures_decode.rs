@@ -6,6 +6,11 @@
 //!   `RowsEventData::rows()` gives rows, plus one for each update that moves its entity id
 //!   (it becomes a delete and an insert);
 //! - spot checks of exact JSON in files whose content is known;
+//! - as in `binsync replay`, the decoder keeps a schema history: a fixture whose tables were
+//!   created before the file begins and that lacks FULL metadata gets their definitions from
+//!   its schema file (`binlog_fixtures::schema_file`, what `--schema-from file:` reads), the
+//!   others start from nothing and learn from the files' own DDL; a table neither describes is
+//!   an error, never columns named by position;
 //! - the damaged files give an error, never a panic; so do damaged copies of every file (cut
 //!   short, bits flipped), unless they still decode;
 //! - every row image, truncated at every length and with deterministic random byte flips,
@@ -20,10 +25,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
+use binsync::decode::fit;
 use binsync::decode::schema::{DecodeError, ExtraSchema, TableSchema};
 use binsync::decode::value::{decode_image, decode_partial_after_image, write_changed, write_key};
 use binsync::decode::{DecodeConfig, Decoder};
 use binsync::replay::BinlogFile;
+use binsync::schema::Catalog;
 use binsync::Position;
 use bitvec::slice::BitSlice;
 use mysql_common::binlog::consts::EventType;
@@ -41,13 +48,26 @@ const DAMAGED: &[&str] = &[
 
 /// Written by a development build (5.2.2-a_drop6p13) whose event type numbers are not
 /// MySQL's: mysql_common cannot read all its events, and neither reader finds a rows event.
+/// What reads as a table map has a garbage name and no columns: a table the schema history
+/// does not hold, so the decoder stops there with the history's error.
 const FOREIGN: &[&str] = &["ver_5_1-wl2325_r.001"];
+
+/// The schema history's error for a table it does not hold.
+const NO_SUCH_TABLE: &str = "the schema history holds no such table";
 
 /// Intact files with one expected decode error.
 const EXPECTED_ERRORS: &[(&str, &str)] = &[
     // A JSON partial update logged with binlog_row_image=MINIMAL: the before image lacks
     // the JSON column, so the new document cannot be rebuilt from the diff.
     ("json.binlog.000001", "binlog_row_value_options=''"),
+    // A gap of binsync's schema history, not of the file: MySQL 8.0.17 logged the hidden
+    // column of a functional index (`INDEX i((a+1))`) in row events, the history knows the
+    // declared columns only, so the table map does not fit it (never guessed). Remove the
+    // entry when the history models those hidden columns.
+    (
+        "rpl_unfiltered_hidden_gcol.000001",
+        "the binlog has 3 columns for test.t, the history's version 2",
+    ),
 ];
 
 /// One change the decoder handed on, its parts as the exact JSON text of the line.
@@ -67,29 +87,40 @@ struct RawLine {
     op: String,
     db: String,
     table: String,
-    id: Box<RawValue>,
+    /// None for an operation on a whole table (a DDL statement, contract v2).
+    id: Option<Box<RawValue>>,
     changed: Option<Box<RawValue>>,
     before: Option<Box<RawValue>>,
     after: Option<Box<RawValue>>,
 }
 
 impl Line {
-    fn parse(text: &[u8]) -> Line {
+    /// The row change of a line; None for a DDL operation (`ddl`, `truncate`, `drop`: no
+    /// `id`, no images), which the checks of rows leave out.
+    fn parse(text: &[u8]) -> Option<Line> {
         let raw: RawLine = serde_json::from_slice(text).unwrap_or_else(|e| {
             panic!(
                 "invalid JSON line from the decoder ({e}): {}",
                 String::from_utf8_lossy(text)
             )
         });
+        let Some(id) = raw.id else {
+            assert!(
+                ["ddl", "truncate", "drop"].contains(&raw.op.as_str()),
+                "a row change without an id: {}",
+                String::from_utf8_lossy(text)
+            );
+            return None;
+        };
         let text = |v: Option<Box<RawValue>>| v.map(|v| v.get().to_string());
-        Line {
+        Some(Line {
             op: raw.op,
             table: format!("{}.{}", raw.db, raw.table),
-            id: raw.id.get().to_string(),
+            id: id.get().to_string(),
             changed: text(raw.changed),
             before: text(raw.before),
             after: text(raw.after),
-        }
+        })
     }
 }
 
@@ -190,11 +221,30 @@ fn decode_rows(
     Ok(images)
 }
 
+/// The decode plan of a table map as the decoder makes it: what the schema history's version
+/// of the table adds (names, key, signedness, ...) when it fits the table map, as
+/// `Decoder::history_extra` takes it.
+fn schema_of(
+    tme: &TableMapEvent<'_>,
+    history: Option<&Catalog>,
+) -> Result<TableSchema, DecodeError> {
+    let plain = TableSchema::from_table_map(tme, None)?;
+    let version = history
+        .and_then(|h| h.table(&plain.db, &plain.table))
+        .filter(|t| fit::check(t, &plain).is_ok());
+    match version {
+        Some(t) => TableSchema::from_table_map(tme, Some(&fit::extra(t))),
+        None => Ok(plain),
+    }
+}
+
 /// Reads a rows event with mysql_common: the changes it should give (rows, plus one per
-/// update that moves its id), or why mysql_common cannot read it. Keeps table maps in `tmes`.
+/// update that moves its id), or why mysql_common cannot read it. Keeps table maps in `tmes`;
+/// `history` is the decoder's schema history before the event.
 fn mysql_common_view(
     ev: &Event,
     tmes: &mut HashMap<u64, TableMapEvent<'static>>,
+    history: Option<&Catalog>,
     run: &mut FileRun,
 ) -> Option<Result<usize, String>> {
     let rows = match ev.read_data() {
@@ -214,7 +264,7 @@ fn mysql_common_view(
     let Some(tme) = tmes.get(&rows.table_id()) else {
         return Some(Err("rows event without table map".into()));
     };
-    let schema = match TableSchema::from_table_map(tme, None) {
+    let schema = match schema_of(tme, history) {
         Ok(s) => s,
         Err(e) => return Some(Err(e.to_string())),
     };
@@ -298,7 +348,9 @@ fn check_shape(lines: &[Line]) -> Result<(), String> {
     Ok(())
 }
 
-fn new_decoder() -> Decoder {
+/// A decoder as `binsync replay` makes it for the fixture `name`: a partial schema history
+/// starting with the fixture's schema file, if it has one.
+fn new_decoder(name: &str) -> Decoder {
     Decoder::new(
         Arc::new(DecodeConfig::default()),
         Position::default(),
@@ -306,9 +358,11 @@ fn new_decoder() -> Decoder {
         None,
         None,
     )
+    .with_partial_history(binlog_fixtures::catalog(name))
 }
 
-/// The changes the decoder hands on after the last event.
+/// The row changes the decoder hands on after the last event (its DDL operations are
+/// checked as JSON, and left out).
 fn take_lines(d: &mut Decoder) -> Vec<Line> {
     let Some(chunk) = d.take_chunk(true) else {
         return Vec::new();
@@ -316,7 +370,7 @@ fn take_lines(d: &mut Decoder) -> Vec<Line> {
     chunk
         .changes
         .iter()
-        .map(|c| Line::parse(chunk.line(c)))
+        .filter_map(|c| Line::parse(chunk.line(c)))
         .collect()
 }
 
@@ -331,7 +385,7 @@ async fn run_file(path: &Path, compare: bool) -> FileRun {
             return run;
         }
     };
-    let mut decoder = new_decoder();
+    let mut decoder = new_decoder(file.name());
     decoder.start_file(file.name());
     let mut tmes = HashMap::new();
     loop {
@@ -344,7 +398,7 @@ async fn run_file(path: &Path, compare: bool) -> FileRun {
             }
         };
         let expected = if compare {
-            mysql_common_view(&ev, &mut tmes, &mut run)
+            mysql_common_view(&ev, &mut tmes, decoder.history(), &mut run)
         } else {
             None
         };
@@ -466,11 +520,16 @@ async fn fixtures_decode_like_mysql_common() {
                 failures.push(format!("{name} is damaged but decoded without error"));
             }
         } else if FOREIGN.contains(&name.as_str()) {
-            if run.unreadable.is_empty() || !run.lines.is_empty() {
+            if run.unreadable.is_empty()
+                || !run.lines.is_empty()
+                || run.errors.len() != 1
+                || !run.errors[0].contains(NO_SUCH_TABLE)
+            {
                 failures.push(format!(
-                    "{name}: expected unreadable events and no change, got {:?} and {} changes",
+                    "{name}: expected unreadable events, no change and the history's error, got {:?}, {} changes and {:?}",
                     run.unreadable,
-                    run.lines.len()
+                    run.lines.len(),
+                    run.errors
                 ));
             }
         } else if let Some((_, expect)) = EXPECTED_ERRORS.iter().find(|(f, _)| f == name) {
@@ -492,8 +551,11 @@ async fn fixtures_decode_like_mysql_common() {
         total_rows_events > 50,
         "too few rows events: {total_rows_events}"
     );
+    // Over 90 before issue 11, when rows of tables whose key was unknown came out with
+    // whole-row ids (an update as a delete and an insert) and rpl_unfiltered_hidden_gcol's row
+    // with positional names; with the keys the definitions give and that row refused, 90.
     assert!(
-        total_changes > 90,
+        total_changes >= 90,
         "too few changes decoded: {total_changes}"
     );
 }
@@ -518,27 +580,27 @@ async fn fixtures_spot_checks() {
         ]
     );
 
-    // JSON columns, full and partial updates (diffs applied to the before image).
+    // JSON columns, full and partial updates (diffs applied to the before image). The file
+    // has no FULL metadata: names, key and generated columns come from its own CREATE TABLE
+    // (`id INT PRIMARY KEY, json_col JSON, name ... AS (...), age ... AS (...)`).
     let json = get("json.binlog.000001");
     let after = jsons(json, "mysql.t", "after");
     assert_eq!(
         after[0],
-        r#"{"@1":1,"@2":{"age":24,"data":"xxxxxxxxxx","name":"Joe"},"@3":"Joe","@4":24}"#
+        r#"{"id":1,"json_col":{"age":24,"data":"xxxxxxxxxx","name":"Joe"},"name":"Joe","age":24}"#
     );
     assert_eq!(
         after[6],
-        r#"{"@1":1,"@2":{"age":25,"data":"xxxxxxxxxx","name":"Joe"},"@3":"Joe","@4":25}"#
+        r#"{"id":1,"json_col":{"age":25,"data":"xxxxxxxxxx","name":"Joe"},"name":"Joe","age":25}"#
     );
+    assert_eq!(json.keys[0], r#"{"id":1} ["json_col","age"]"#);
+    // With the key the history gives, the update stays an update of id 1.
+    let upd = &json.lines[6];
     assert_eq!(
-        json.keys[0],
-        r#"{"@1":1,"@2":{"age":25,"data":"xxxxxxxxxx","name":"Joe"},"@3":"Joe","@4":25} ["@2","@4"]"#
+        (upd.op.as_str(), upd.id.as_str()),
+        ("update", r#"{"id":1}"#)
     );
-    // Without a primary key the id is the whole row: the decoder made the update a delete
-    // of the old row and an insert of the new one.
-    let (del, ins) = (&json.lines[6], &json.lines[7]);
-    assert_eq!((del.op.as_str(), ins.op.as_str()), ("delete", "insert"));
-    assert_eq!(del.id, after[0]);
-    assert_eq!(ins.id, after[6]);
+    assert_eq!(upd.changed.as_deref(), Some(r#"["json_col","age"]"#));
 
     // CHAR(100)/VARCHAR(>255), ENUM and SET labels from FULL metadata, TEXT.
     let ess = get("mysql-enum-string-set.000001");
@@ -564,17 +626,21 @@ async fn fixtures_spot_checks() {
         [r#"{"a":4,"b":"foo","c":32}"#]
     );
 
-    // TIME2 negative, over 24 hours (mysql_common reads it as -21 days 03:48:27)
+    // TIME2 negative, over 24 hours (mysql_common reads it as -21 days 03:48:27); the name
+    // from the schema file (`CREATE TABLE t (c TIME)`).
     assert_eq!(
         jsons(get("time_issue.000001"), "noria.t", "after"),
-        [r#"{"@1":"-507:48:27"}"#]
+        [r#"{"c":"-507:48:27"}"#]
     );
 
-    // MINIMAL metadata: no names, signedness kept (INT UNSIGNED 3230202323), partial image.
+    // MINIMAL metadata: no names in the binlog (they come from the schema file), signedness
+    // kept (INT UNSIGNED 3230202323), partial image, the key col_1.
+    let minimal = get("minimal_row_metadata.000001");
     assert_eq!(
-        jsons(get("minimal_row_metadata.000001"), "noria.t1", "after"),
-        [r#"{"@1":1,"@3":"a","@5":3230202323}"#]
+        jsons(minimal, "noria.t1", "after"),
+        [r#"{"col_1":1,"col_3":"a","col_5":3230202323}"#]
     );
+    assert_eq!(minimal.lines[0].id, r#"{"col_1":1}"#);
 
     // VECTOR (MySQL 9), VARBINARY
     let vec = get("vector.binlog");
@@ -628,26 +694,33 @@ async fn fixtures_spot_checks() {
         r#"{"f1":1,"f2":2,"f3":-3,"f4":"4","f5":"BQ==","f6":6000000000}"#
     );
 
-    // Old row formats (5.1), update with before/after, changed columns.
+    // Old row formats (5.1), update with before/after, changed columns; names from the
+    // file's `CREATE TABLE t1 (a int, b char(50))`.
     let old = get("ver_5_1_23.001");
     assert_eq!(
         jsons(old, "test.t1", "after")[..2],
-        [r#"{"@1":0,"@2":"one"}"#, r#"{"@1":1,"@2":"two"}"#]
+        [r#"{"a":0,"b":"one"}"#, r#"{"a":1,"b":"two"}"#]
     );
-    assert_eq!(old.keys[0], r#"{"@1":1,"@2":"one"} ["@1"]"#);
+    assert_eq!(old.keys[0], r#"{"a":1,"b":"one"} ["a"]"#);
+    // Without a primary key the id is the whole row: the decoder made the update a delete
+    // of the old row and an insert of the new one.
+    let (del, ins) = (&old.lines[2], &old.lines[3]);
+    assert_eq!((del.op.as_str(), ins.op.as_str()), ("delete", "insert"));
+    assert_eq!(del.id, r#"{"a":0,"b":"one"}"#);
+    assert_eq!(ins.id, r#"{"a":1,"b":"one"}"#);
 
-    // binlog_row_image=MINIMAL: partial images.
+    // binlog_row_image=MINIMAL (NDB): partial images, the key `ks` from the schema file.
     let upd = get("update-partial-row.binlog");
     assert_eq!(
         jsons(upd, "test.ba", "before"),
-        [r#"{"@1":4,"@3":4}"#, r#"{"@1":2}"#]
+        [r#"{"ks":4,"lp":4}"#, r#"{"ks":2}"#]
     );
-    assert_eq!(upd.keys, [r#"{"@1":4,"@3":40} ["@3"]"#]);
+    assert_eq!(upd.keys, [r#"{"ks":4} ["lp"]"#]);
 
     // Compressed transaction payload.
     assert_eq!(
         jsons(get("transaction_compression.000001"), "test.tb1", "after"),
-        [r#"{"@1":1}"#]
+        [r#"{"id":1}"#]
     );
 }
 
@@ -776,7 +849,8 @@ async fn damaged_copies_of_every_fixture_stop_with_an_error_never_a_panic() {
 
 #[tokio::test]
 async fn a_rows_event_whose_images_have_no_columns_is_an_error_not_an_endless_loop() {
-    // minimal_row_metadata.000001 holds one WRITE_ROWS event (v2): its body is the table id
+    // minimal_row_metadata.000001 (decoded with its schema file: without it the decoder stops
+    // at the table map) holds one WRITE_ROWS event (v2): its body is the table id
     // (6 bytes), flags (2), the extra data's length (2, counting itself) and bytes, the column
     // count (1 byte here), then the bitmap of the columns in the image, zeroed here.
     let mut bytes =

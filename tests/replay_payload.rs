@@ -8,7 +8,9 @@
 //! payload: never an empty or a shortened transaction taken for a whole one.
 //!
 //! The files are variants of `transaction_compression.000001` (tests/compressed_fixture),
-//! replayed in-process through `binsync::replay::replay`.
+//! replayed in-process through `binsync::replay::replay_with_history` with the definition of
+//! its table (`tests/binlog_fixtures/transaction_compression.sql`, as `--schema-from file:`
+//! gives it): the file has no FULL metadata, and the table was created before it begins.
 
 mod binlog_fixtures;
 mod compressed_fixture;
@@ -32,13 +34,28 @@ async fn replay(file: &[u8], dir: &Path) -> Outcome {
     let path = compressed_fixture::write(dir, file);
     let out = dir.join("out.jsonl");
     let _ = std::fs::remove_file(&out);
+    // The fixture's table was created before the file begins and it has no FULL metadata:
+    // its definition comes from a schema file, as `replay --schema-from file:PATH` reads it.
     let args = ReplayArgs {
         binlog_files: vec![path],
         sink: Some(format!("file:{}", out.display())),
+        schema_from: binlog_fixtures::schema_from(compressed_fixture::NAME),
         ..Default::default()
     };
     let settings = ReplaySettings::resolve(&args, &FileConfig::default()).unwrap();
-    let result = binsync::replay::replay(&settings.files, settings.sink, settings.decode).await;
+    let history = binlog_fixtures::history(settings.schema_from.as_ref());
+    assert!(
+        history.is_some(),
+        "{} has a schema file",
+        compressed_fixture::NAME
+    );
+    let result = binsync::replay::replay_with_history(
+        &settings.files,
+        settings.sink,
+        settings.decode,
+        history,
+    )
+    .await;
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     Outcome {
         lines: text.lines().map(str::to_string).collect(),
