@@ -354,6 +354,10 @@ pub struct ReplayArgs {
     pub exclude: Vec<String>,
     #[arg(long)]
     pub entity: Vec<String>,
+    /// As for `run`: what a DDL statement on a captured table becomes (emit, ignore, stop;
+    /// `db.table=ACTION` rules).
+    #[arg(long, value_name = "[PATTERN=]ACTION")]
+    pub on_ddl: Vec<String>,
 }
 
 /// The TOML file. Every key is optional; unknown keys are an error.
@@ -532,12 +536,18 @@ impl RunSettings {
             .or_else(|| file.start.clone())
             .unwrap_or_else(|| "earliest".into());
         let start: StartSpec = start_text.parse().map_err(ConfigError)?;
-        let on_ddl = OnDdl::parse(&pick_vec(&args.on_ddl, &file.on_ddl)).map_err(ConfigError)?;
+        let decode = decode_config(
+            &args.include,
+            &args.exclude,
+            &args.entity,
+            &args.on_ddl,
+            file,
+        )?;
         let mut sink = sink;
         if let SinkSpec::Http(cfg) = &mut sink {
             // DDL operations exist from contract version 2 on; without them a run speaks 1,
             // which every receiver written for version 1 keeps accepting.
-            cfg.contract = if on_ddl.may_emit() { 2 } else { 1 };
+            cfg.contract = if decode.on_ddl.may_emit() { 2 } else { 1 };
         }
         Ok(RunSettings {
             source,
@@ -546,10 +556,7 @@ impl RunSettings {
             sink,
             start,
             reset: args.reset,
-            decode: DecodeConfig {
-                on_ddl,
-                ..decode_config(&args.include, &args.exclude, &args.entity, file)?
-            },
+            decode,
             exit_at_end: args.exit_at_end,
         })
     }
@@ -561,7 +568,13 @@ impl ReplaySettings {
         Ok(ReplaySettings {
             files: args.binlog_files.clone(),
             sink: sink_spec(args.sink.as_ref().or(file.sink.as_ref()), &none, file)?,
-            decode: decode_config(&args.include, &args.exclude, &args.entity, file)?,
+            decode: decode_config(
+                &args.include,
+                &args.exclude,
+                &args.entity,
+                &args.on_ddl,
+                file,
+            )?,
             schema_from: args
                 .schema_from
                 .as_ref()
@@ -668,11 +681,13 @@ fn sink_spec(
     Ok(spec)
 }
 
-/// What the decoder captures and how it names it: `--include/--exclude/--entity`.
+/// What the decoder captures, how it names it and what DDL becomes:
+/// `--include/--exclude/--entity/--on-ddl`.
 fn decode_config(
     include: &[String],
     exclude: &[String],
     entity: &[String],
+    on_ddl: &[String],
     file: &FileConfig,
 ) -> Result<DecodeConfig, ConfigError> {
     let filter = Filter::new(
@@ -683,6 +698,7 @@ fn decode_config(
     Ok(DecodeConfig {
         filter,
         entities: parse_entities(entity, &file.entity)?,
+        on_ddl: OnDdl::parse(&pick_vec(on_ddl, &file.on_ddl)).map_err(ConfigError)?,
         ..DecodeConfig::default()
     })
 }

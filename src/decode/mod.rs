@@ -694,6 +694,11 @@ impl Decoder {
                         offset: log_pos,
                         detail: e.to_string(),
                     }),
+                    // Triggers, routines, users: no table to follow.
+                    None if e.tables().is_empty() => {
+                        tracing::debug!(error = %e, "a DDL statement on no table binsync follows; passed over");
+                        Ok(())
+                    }
                     None => {
                         tracing::warn!(error = %e, "a DDL statement on tables binsync does not capture could not be followed; ignored");
                         Ok(())
@@ -1028,7 +1033,12 @@ impl Decoder {
                 detail: "the binlog carries no column names for it (binlog_row_metadata=MINIMAL) and no schema history or information_schema answer gives them".into(),
             });
         }
-        if included && !schema.names_from_binlog && !self.warned_no_metadata {
+        // (The history, when kept, is not a lookup that can race: nothing to warn about.)
+        if included
+            && !schema.names_from_binlog
+            && self.history.is_none()
+            && !self.warned_no_metadata
+        {
             self.warned_no_metadata = true;
             tracing::warn!(
                 table = %qualified,
