@@ -256,6 +256,12 @@ pub struct Options {
     pub extra_purged: Option<([u8; 16], u64)>,
     /// Serve TLS with this configuration (None: no CLIENT_SSL, as MySQL without certificates).
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// A statement the first file holds besides its own events: (after how many events,
+    /// the FORMAT_DESCRIPTION not counted; default database; text), logged as a DDL statement
+    /// is: a QUERY event outside any transaction, after a GTID event of its own (the writer's
+    /// next untagged number, in `gtid_executed` too) when the files hold GTIDs. The positions
+    /// of the events after it move.
+    pub statement: Option<(usize, String, String)>,
     /// What goes wrong, and when.
     pub faults: Faults,
 }
@@ -333,6 +339,7 @@ impl Default for Options {
             bad_public_key: false,
             extra_purged: None,
             tls: None,
+            statement: None,
             faults: Faults::default(),
         }
     }
@@ -637,23 +644,64 @@ impl BinlogFile {
     fn insert_rows_query(&mut self, after: usize, size: usize) {
         const ROWS_QUERY_LOG_EVENT: u8 = 29;
         const LOG_EVENT_IGNORABLE_F: u16 = 0x80;
-        let at = after + 1;
-        let pos = self.events[at].pos;
         let overhead = HEADER_LEN + 1 + if self.crc32 { 4 } else { 0 };
         let mut body = vec![0xffu8];
         body.resize(size - overhead + 1, b'x');
-        let ts = u32::from_le_bytes(self.events[at].bytes[..4].try_into().unwrap());
-        let server_id = u32::from_le_bytes(self.events[at].bytes[5..9].try_into().unwrap());
+        let len = self.insert_event(after, ROWS_QUERY_LOG_EVENT, LOG_EVENT_IGNORABLE_F, &body);
+        assert_eq!(len, size);
+    }
+
+    /// Inserts a QUERY event of `statement` with default database `db` (empty: none) after
+    /// `after` events, as the server logs a DDL statement outside a transaction (no status
+    /// variables: the decoder needs none).
+    fn insert_query(&mut self, after: usize, db: &str, statement: &str) {
+        let mut body = Vec::new();
+        body.extend_from_slice(&1u32.to_le_bytes()); // thread id
+        body.extend_from_slice(&0u32.to_le_bytes()); // execution time
+        body.push(db.len() as u8);
+        body.extend_from_slice(&0u16.to_le_bytes()); // error code
+        body.extend_from_slice(&0u16.to_le_bytes()); // status variables' length
+        body.extend_from_slice(db.as_bytes());
+        body.push(0);
+        body.extend_from_slice(statement.as_bytes());
+        self.insert_event(after, 2, 0, &body);
+    }
+
+    /// Inserts a GTID event (MySQL 5.6's short form: flags, UUID, number) after `after`
+    /// events.
+    fn insert_gtid(&mut self, after: usize, uuid: [u8; 16], gno: u64) {
+        let mut body = vec![1u8];
+        body.extend_from_slice(&uuid);
+        body.extend_from_slice(&gno.to_le_bytes());
+        self.insert_event(after, GTID_LOG_EVENT, 0, &body);
+        self.events[after + 1].gtid = Some(Gtid {
+            uuid,
+            tag: String::new(),
+            gno,
+        });
+    }
+
+    /// Inserts an event of `kind` with `body` after `after` events (the FORMAT_DESCRIPTION
+    /// not counted), with the next event's timestamp and server id, moving the positions
+    /// (and checksums) of the events after it. Its length.
+    fn insert_event(&mut self, after: usize, kind: u8, flags: u16, body: &[u8]) -> usize {
+        let at = after + 1;
+        let (pos, next) = match self.events.get(at) {
+            Some(e) => (e.pos, e),
+            None => (self.end(), self.events.last().unwrap()),
+        };
+        let ts = u32::from_le_bytes(next.bytes[..4].try_into().unwrap());
+        let server_id = u32::from_le_bytes(next.bytes[5..9].try_into().unwrap());
+        let size = HEADER_LEN + body.len() + if self.crc32 { 4 } else { 0 };
         let bytes = event(
-            ROWS_QUERY_LOG_EVENT,
+            kind,
             ts,
             server_id,
             pos + size as u64,
-            LOG_EVENT_IGNORABLE_F,
-            &body,
+            flags,
+            body,
             self.crc32,
         );
-        assert_eq!(bytes.len(), size);
         for ev in self.events[at..].iter_mut() {
             ev.pos += size as u64;
             let log_pos = u32::from_le_bytes(ev.bytes[13..17].try_into().unwrap());
@@ -672,6 +720,7 @@ impl BinlogFile {
                 gtid: None,
             },
         );
+        size
     }
 
     /// The GTID set in this file's PREVIOUS_GTIDS event (empty without one).
@@ -796,6 +845,21 @@ impl MysqlDouble {
         }
         if let Some((after, size)) = opts.faults.large_event {
             binlog.files[0].insert_rows_query(after, size);
+        }
+        if let Some((after, db, statement)) = &opts.statement {
+            binlog.files[0].insert_query(*after, db, statement);
+            // In a binlog with GTIDs the statement is a transaction of its own: the next
+            // number of the writer's untagged GTIDs.
+            if let Some(uuid) = binlog.first_uuid() {
+                let gno = binlog
+                    .executed
+                    .0
+                    .get(&(uuid, String::new()))
+                    .and_then(|ivs| ivs.last())
+                    .map_or(1, |&(_, end)| end + 1);
+                binlog.files[0].insert_gtid(*after, uuid, gno);
+                binlog.executed.add(uuid, "", gno, gno);
+            }
         }
         let binlog = Arc::new(binlog);
         let server_uuid = opts.server_uuid.clone().unwrap_or_else(|| {
