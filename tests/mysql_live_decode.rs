@@ -164,3 +164,98 @@ fn mysql80_compressed_transaction_of_another_size_than_stated_stops_the_run() {
         "it decompresses to more than the 100 bytes its header states",
     );
 }
+
+/// `SHOW BINLOG EVENTS` as the double answers it (what binsync's schema seed pages through
+/// for DDL): one row per event, a compressed transaction's events after its
+/// Transaction_payload row at the payload's end, none for a payload that does not
+/// decompress to its stated size; LIMIT counts the inner rows; a FROM that is not an event
+/// boundary is error 1220.
+#[tokio::test]
+async fn show_binlog_events_unfolds_compressed_transactions() {
+    use mysql_async::prelude::Queryable;
+    type Row = (String, u64, String, u32, u64, String);
+    let tmp = tempfile::tempdir().unwrap();
+    let list = |file: Vec<u8>, sql: &str| {
+        let sql = sql.to_string();
+        let served = compressed_fixture::write(tmp.path(), &file);
+        async move {
+            let double = MysqlDouble::start(Profile::Mysql80, vec![served], options());
+            let url = format!("{}?prefer_socket=false", double.url());
+            let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
+                .await
+                .unwrap();
+            let rows: Result<Vec<Row>, _> = conn.query(&sql).await;
+            rows.map_err(|e| e.to_string())
+        }
+    };
+    let file = with_payload(ZSTD, 179, &zstd_payload());
+    let end = payload_event_end(&file) as u64;
+    let rows = list(file.clone(), "SHOW BINLOG EVENTS IN 'binlog.000001'")
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    let at = kinds
+        .iter()
+        .position(|k| *k == "Transaction_payload")
+        .expect("the payload row");
+    assert_eq!(kinds[0], "Format_desc");
+    assert_eq!(
+        kinds[at..],
+        [
+            "Transaction_payload",
+            "Query",
+            "Table_map",
+            "Write_rows",
+            "Xid"
+        ],
+        "{rows:#?}"
+    );
+    let payload = &rows[at];
+    assert_eq!(payload.1, compressed_fixture::PAYLOAD_EVENT_AT as u64);
+    assert_eq!(payload.4, end);
+    assert_eq!(payload.5, "compression='ZSTD', decompressed_size=179 bytes");
+    for inner in &rows[at + 1..] {
+        assert_eq!((inner.1, inner.4), (end, end), "{inner:?}");
+    }
+    // BEGIN is logged with LOG_EVENT_SUPPRESS_USE_F: no `use` before it.
+    assert_eq!(rows[at + 1].5, "BEGIN");
+    assert_eq!(rows[at + 2].5, "table_id: 88 (test.tb1)");
+    assert_eq!(rows[at + 3].5, "table_id: 88 flags: STMT_END_F");
+    for w in rows[..at].windows(2) {
+        assert_eq!(
+            w[0].4, w[1].1,
+            "each event ends where the next begins: {rows:#?}"
+        );
+    }
+
+    // LIMIT counts the inner rows; paging on from the last row's end goes past the payload.
+    let page = list(
+        file.clone(),
+        "SHOW BINLOG EVENTS IN 'binlog.000001' FROM 274 LIMIT 2",
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.len(), 2);
+    assert_eq!(page[1].2, "Query");
+    let sql = format!("SHOW BINLOG EVENTS IN 'binlog.000001' FROM {end} LIMIT 2");
+    let next = list(file.clone(), &sql).await.unwrap();
+    assert!(next.iter().all(|r| r.1 >= end), "{next:#?}");
+
+    // A payload of another size than stated: the payload row alone.
+    let rows = list(
+        with_payload(ZSTD, 180, &zstd_payload()),
+        "SHOW BINLOG EVENTS IN 'binlog.000001' FROM 274",
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0].2, "Transaction_payload");
+
+    let e = list(
+        file,
+        "SHOW BINLOG EVENTS IN 'binlog.000001' FROM 275 LIMIT 1",
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("1220") && e.contains("Wrong offset"), "{e}");
+}

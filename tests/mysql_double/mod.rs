@@ -125,6 +125,7 @@ impl ColumnDesc {
             "set",
             "tinytext",
             "mediumtext",
+            "longtext",
         ];
         ColumnDesc {
             name: name.into(),
@@ -144,6 +145,74 @@ pub struct TableDesc {
     pub db: String,
     pub name: String,
     pub columns: Vec<ColumnDesc>,
+}
+
+/// An identifier as MySQL's `append_identifier` quotes it (sql_mode without ANSI_QUOTES).
+pub fn backquoted(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+impl TableDesc {
+    /// `SHOW CREATE TABLE`'s second column, as MySQL 8.0/8.4/9.x's `store_create_info`
+    /// writes it for an InnoDB table in the server's default character set: the bare table
+    /// name, one column a line (two spaces in) with its COLUMN_TYPE, `NOT NULL` for a key
+    /// column and `DEFAULT NULL` for another (none for the BLOB/TEXT family, which has no
+    /// default; `NULL DEFAULT NULL` for TIMESTAMP), a column charset only where it is not
+    /// the table's, then the primary key and the table options.
+    pub fn show_create(&self) -> String {
+        let mut lines: Vec<String> = self.columns.iter().map(ColumnDesc::definition).collect();
+        let pk: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| c.primary)
+            .map(|c| backquoted(&c.name))
+            .collect();
+        if !pk.is_empty() {
+            lines.push(format!("  PRIMARY KEY ({})", pk.join(",")));
+        }
+        format!(
+            "CREATE TABLE {} (\n{}\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_0900_ai_ci",
+            backquoted(&self.name),
+            lines.join(",\n")
+        )
+    }
+}
+
+impl ColumnDesc {
+    /// The column's line in `SHOW CREATE TABLE` (see [`TableDesc::show_create`]).
+    fn definition(&self) -> String {
+        let mut s = format!("  {} {}", backquoted(&self.name), self.column_type);
+        if let Some(cs) = self
+            .charset
+            .as_deref()
+            .filter(|cs| !["utf8mb4", "binary"].contains(cs))
+        {
+            // Each charset's default collation (utf8mb3's is utf8mb3_general_ci, ...).
+            let collation = match cs {
+                "latin1" => "latin1_swedish_ci".to_string(),
+                other => format!("{other}_general_ci"),
+            };
+            s.push_str(&format!(" CHARACTER SET {cs} COLLATE {collation}"));
+        }
+        let no_default = [
+            "tinytext",
+            "text",
+            "mediumtext",
+            "longtext",
+            "tinyblob",
+            "blob",
+            "mediumblob",
+            "longblob",
+        ];
+        if self.primary {
+            s.push_str(" NOT NULL");
+        } else if self.data_type == "timestamp" {
+            s.push_str(" NULL DEFAULT NULL");
+        } else if !no_default.contains(&self.data_type.as_str()) {
+            s.push_str(" DEFAULT NULL");
+        }
+        s
+    }
 }
 
 /// Everything but the profile and the files.
@@ -187,6 +256,12 @@ pub struct Options {
     pub extra_purged: Option<([u8; 16], u64)>,
     /// Serve TLS with this configuration (None: no CLIENT_SSL, as MySQL without certificates).
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// A statement the first file holds besides its own events: (after how many events,
+    /// the FORMAT_DESCRIPTION not counted; default database; text), logged as a DDL statement
+    /// is: a QUERY event outside any transaction, after a GTID event of its own (the writer's
+    /// next untagged number, in `gtid_executed` too) when the files hold GTIDs. The positions
+    /// of the events after it move.
+    pub statement: Option<(usize, String, String)>,
     /// What goes wrong, and when.
     pub faults: Faults,
 }
@@ -264,6 +339,7 @@ impl Default for Options {
             bad_public_key: false,
             extra_purged: None,
             tls: None,
+            statement: None,
             faults: Faults::default(),
         }
     }
@@ -460,6 +536,8 @@ const HEARTBEAT_LOG_EVENT: u8 = 27;
 const PREVIOUS_GTIDS_LOG_EVENT: u8 = 35;
 const GTID_LOG_EVENT: u8 = 33;
 const GTID_TAGGED_LOG_EVENT: u8 = 42;
+const TRANSACTION_PAYLOAD_EVENT: u8 = 40;
+const LOG_EVENT_SUPPRESS_USE_F: u16 = 0x8;
 const LOG_EVENT_BINLOG_IN_USE_F: u16 = 0x1;
 const LOG_EVENT_ARTIFICIAL_F: u16 = 0x20;
 
@@ -566,23 +644,64 @@ impl BinlogFile {
     fn insert_rows_query(&mut self, after: usize, size: usize) {
         const ROWS_QUERY_LOG_EVENT: u8 = 29;
         const LOG_EVENT_IGNORABLE_F: u16 = 0x80;
-        let at = after + 1;
-        let pos = self.events[at].pos;
         let overhead = HEADER_LEN + 1 + if self.crc32 { 4 } else { 0 };
         let mut body = vec![0xffu8];
         body.resize(size - overhead + 1, b'x');
-        let ts = u32::from_le_bytes(self.events[at].bytes[..4].try_into().unwrap());
-        let server_id = u32::from_le_bytes(self.events[at].bytes[5..9].try_into().unwrap());
+        let len = self.insert_event(after, ROWS_QUERY_LOG_EVENT, LOG_EVENT_IGNORABLE_F, &body);
+        assert_eq!(len, size);
+    }
+
+    /// Inserts a QUERY event of `statement` with default database `db` (empty: none) after
+    /// `after` events, as the server logs a DDL statement outside a transaction (no status
+    /// variables: the decoder needs none).
+    fn insert_query(&mut self, after: usize, db: &str, statement: &str) {
+        let mut body = Vec::new();
+        body.extend_from_slice(&1u32.to_le_bytes()); // thread id
+        body.extend_from_slice(&0u32.to_le_bytes()); // execution time
+        body.push(db.len() as u8);
+        body.extend_from_slice(&0u16.to_le_bytes()); // error code
+        body.extend_from_slice(&0u16.to_le_bytes()); // status variables' length
+        body.extend_from_slice(db.as_bytes());
+        body.push(0);
+        body.extend_from_slice(statement.as_bytes());
+        self.insert_event(after, 2, 0, &body);
+    }
+
+    /// Inserts a GTID event (MySQL 5.6's short form: flags, UUID, number) after `after`
+    /// events.
+    fn insert_gtid(&mut self, after: usize, uuid: [u8; 16], gno: u64) {
+        let mut body = vec![1u8];
+        body.extend_from_slice(&uuid);
+        body.extend_from_slice(&gno.to_le_bytes());
+        self.insert_event(after, GTID_LOG_EVENT, 0, &body);
+        self.events[after + 1].gtid = Some(Gtid {
+            uuid,
+            tag: String::new(),
+            gno,
+        });
+    }
+
+    /// Inserts an event of `kind` with `body` after `after` events (the FORMAT_DESCRIPTION
+    /// not counted), with the next event's timestamp and server id, moving the positions
+    /// (and checksums) of the events after it. Its length.
+    fn insert_event(&mut self, after: usize, kind: u8, flags: u16, body: &[u8]) -> usize {
+        let at = after + 1;
+        let (pos, next) = match self.events.get(at) {
+            Some(e) => (e.pos, e),
+            None => (self.end(), self.events.last().unwrap()),
+        };
+        let ts = u32::from_le_bytes(next.bytes[..4].try_into().unwrap());
+        let server_id = u32::from_le_bytes(next.bytes[5..9].try_into().unwrap());
+        let size = HEADER_LEN + body.len() + if self.crc32 { 4 } else { 0 };
         let bytes = event(
-            ROWS_QUERY_LOG_EVENT,
+            kind,
             ts,
             server_id,
             pos + size as u64,
-            LOG_EVENT_IGNORABLE_F,
-            &body,
+            flags,
+            body,
             self.crc32,
         );
-        assert_eq!(bytes.len(), size);
         for ev in self.events[at..].iter_mut() {
             ev.pos += size as u64;
             let log_pos = u32::from_le_bytes(ev.bytes[13..17].try_into().unwrap());
@@ -601,6 +720,7 @@ impl BinlogFile {
                 gtid: None,
             },
         );
+        size
     }
 
     /// The GTID set in this file's PREVIOUS_GTIDS event (empty without one).
@@ -725,6 +845,21 @@ impl MysqlDouble {
         }
         if let Some((after, size)) = opts.faults.large_event {
             binlog.files[0].insert_rows_query(after, size);
+        }
+        if let Some((after, db, statement)) = &opts.statement {
+            binlog.files[0].insert_query(*after, db, statement);
+            // In a binlog with GTIDs the statement is a transaction of its own: the next
+            // number of the writer's untagged GTIDs.
+            if let Some(uuid) = binlog.first_uuid() {
+                let gno = binlog
+                    .executed
+                    .0
+                    .get(&(uuid, String::new()))
+                    .and_then(|ivs| ivs.last())
+                    .map_or(1, |&(_, end)| end + 1);
+                binlog.files[0].insert_gtid(*after, uuid, gno);
+                binlog.executed.add(uuid, "", gno, gno);
+            }
         }
         let binlog = Arc::new(binlog);
         let server_uuid = opts.server_uuid.clone().unwrap_or_else(|| {
@@ -1752,14 +1887,85 @@ impl Session {
                 "Unknown column 'TABLE_NAME' in 'where clause'".into(),
             );
         }
+        if u.starts_with("SELECT TABLE_SCHEMA, TABLE_NAME FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_TYPE = 'BASE TABLE'") {
+            return self.base_tables(&norm);
+        }
+        if u.starts_with("SHOW CREATE TABLE ") {
+            return self.show_create_table(&norm["SHOW CREATE TABLE ".len()..]);
+        }
         if u.starts_with("SHOW BINLOG EVENTS") {
             return self.show_binlog_events(&norm);
         }
         syntax_error(&norm)
     }
 
-    /// `SHOW BINLOG EVENTS [IN 'file'] [FROM pos] [LIMIT [skip,] n]`, with MySQL's Info text
-    /// for the events binsync reads (GTIDs, PREVIOUS_GTIDS) and the common others.
+    /// `SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE =
+    /// 'BASE TABLE' [AND TABLE_SCHEMA NOT IN ('a', ...)] [ORDER BY 1, 2]`: the described
+    /// tables (all InnoDB base tables), in name order. Any other shape of the statement is
+    /// not known to the double.
+    fn base_tables(&self, sql: &str) -> Reply {
+        let head = "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE'";
+        let mut rest = sql[head.len()..].trim_start();
+        let mut excluded: Vec<String> = Vec::new();
+        let upper = rest.to_ascii_uppercase();
+        if upper.starts_with("AND TABLE_SCHEMA NOT IN (") {
+            let open = rest.find('(').unwrap();
+            let Some(close) = rest.find(')') else {
+                return syntax_error(sql);
+            };
+            for item in rest[open + 1..close].split(',') {
+                let item = item.trim();
+                match item.strip_prefix('\'').and_then(|i| i.strip_suffix('\'')) {
+                    Some(name) => excluded.push(name.replace("''", "'")),
+                    None => return syntax_error(sql),
+                }
+            }
+            rest = rest[close + 1..].trim_start();
+        }
+        let order = rest.to_ascii_uppercase();
+        if !(rest.is_empty() || order == "ORDER BY 1, 2" || order == "ORDER BY 1,2") {
+            return syntax_error(sql);
+        }
+        let mut out: Vec<Vec<Option<String>>> = self
+            .srv
+            .opts
+            .tables
+            .iter()
+            .filter(|t| !excluded.contains(&t.db))
+            .map(|t| vec![Some(t.db.clone()), Some(t.name.clone())])
+            .collect();
+        out.sort();
+        rows(&["TABLE_SCHEMA", "TABLE_NAME"], out)
+    }
+
+    /// `SHOW CREATE TABLE db.t` (names bare or backquoted): the described table as MySQL
+    /// prints it ([`TableDesc::show_create`]); 1146 for a table the test did not describe,
+    /// 1046 for a name without a database (the double's sessions never select one).
+    fn show_create_table(&self, name: &str) -> Reply {
+        let Some(parts) = identifiers(name) else {
+            return syntax_error(name);
+        };
+        let (db, table) = match parts.as_slice() {
+            [db, table] => (db.clone(), table.clone()),
+            [_] => return Reply::Err(1046, "3D000", "No database selected".into()),
+            _ => return syntax_error(name),
+        };
+        match self.table(&db, &table) {
+            Some(t) => rows(
+                &["Table", "Create Table"],
+                vec![vec![Some(t.name.clone()), Some(t.show_create())]],
+            ),
+            None => Reply::Err(1146, "42S02", format!("Table '{db}.{table}' doesn't exist")),
+        }
+    }
+
+    /// `SHOW BINLOG EVENTS [IN 'file'] [FROM pos] [LIMIT [skip,] n]` over the served files
+    /// (MySQL's `show_binlog_events`): one row per event with its type's name, its position,
+    /// its header's server id and end position (`log_pos`) and its `pack_info` text
+    /// ([`describe_event`]). A TRANSACTION_PAYLOAD event is followed by the events inside it
+    /// (the reader's `binlog::tools::Iterator` unfolds it), each at the payload's end, with
+    /// the payload's end as End_log_pos; LIMIT counts them too. A FROM that is not an event
+    /// boundary of the file is error 1220, as the reader fails there.
     fn show_binlog_events(&self, sql: &str) -> Reply {
         let cols = [
             "Log_name",
@@ -1769,40 +1975,26 @@ impl Session {
             "End_log_pos",
             "Info",
         ];
-        let words: Vec<&str> = sql.split(' ').collect();
-        let after = |kw: &str| {
-            words
-                .iter()
-                .position(|w| w.eq_ignore_ascii_case(kw))
-                .and_then(|i| words.get(i + 1).copied())
+        let Some((file, from, skip, limit)) = binlog_events_clauses(sql) else {
+            return syntax_error(sql);
         };
         let binlog = &self.srv.binlog;
-        let index = match after("IN") {
+        let index = match file {
             None => 0,
-            Some(name) => {
-                let name = name.trim_matches('\'');
-                match binlog.files.iter().position(|f| f.name == name) {
-                    Some(i) => i,
-                    // ER_ERROR_WHEN_EXECUTING_COMMAND with the binlog reader's message.
-                    None => {
-                        return Reply::Err(
-                            1220,
-                            "HY000",
-                            "Error when executing command SHOW BINLOG EVENTS: Could not find target log".into(),
-                        )
-                    }
-                }
-            }
+            Some(name) => match binlog.files.iter().position(|f| f.name == name) {
+                Some(i) => i,
+                // ER_ERROR_WHEN_EXECUTING_COMMAND with the binlog reader's message.
+                None => return Reply::Err(
+                    1220,
+                    "HY000",
+                    "Error when executing command SHOW BINLOG EVENTS: Could not find target log"
+                        .into(),
+                ),
+            },
         };
         let f = &binlog.files[index];
-        let from: u64 = after("FROM").and_then(|v| v.parse().ok()).unwrap_or(4);
-        let (skip, limit) = match after("LIMIT") {
-            Some(l) => match l.split_once(',') {
-                Some((a, b)) => (a.parse().unwrap_or(0), b.parse().unwrap_or(usize::MAX)),
-                None => (0, l.parse().unwrap_or(usize::MAX)),
-            },
-            None => (0, usize::MAX),
-        };
+        // Positions below the magic's end read from the first event.
+        let from = from.max(4);
         let mut events: Vec<RawEvent> = f.events.clone();
         if let Some(next) = binlog.files.get(index + 1) {
             events.push(RawEvent {
@@ -1811,7 +2003,8 @@ impl Session {
                 gtid: None,
             });
         }
-        if from > 4 && !events.iter().any(|e| e.pos == from) && from != f.end() {
+        let end = events.last().map_or(4, RawEvent::end);
+        if from > 4 && !events.iter().any(|e| e.pos == from) && from != end {
             // A FROM that is not an event boundary: the reader fails (MySQL's wording).
             return Reply::Err(
                 1220,
@@ -1819,23 +2012,32 @@ impl Session {
                 "Error when executing command SHOW BINLOG EVENTS: Wrong offset or I/O error".into(),
             );
         }
-        let out = events
-            .iter()
-            .filter(|e| e.pos >= from)
-            .skip(skip)
-            .take(limit)
-            .map(|e| {
-                let (kind, info) = describe_event(e, f, self.srv.profile);
-                vec![
-                    Some(f.name.clone()),
-                    Some(e.pos.to_string()),
-                    Some(kind.to_string()),
-                    Some(u32::from_le_bytes(e.bytes[5..9].try_into().unwrap()).to_string()),
-                    Some(e.end().to_string()),
-                    Some(info),
-                ]
-            })
-            .collect();
+        let row = |pos: u64, bytes: &[u8], crc32: bool, gtid: Option<&Gtid>| {
+            let (kind, info) = describe_event(bytes, crc32, gtid, &f.previous);
+            let server_id = u32::from_le_bytes(bytes[5..9].try_into().unwrap());
+            let log_pos = u32::from_le_bytes(bytes[13..17].try_into().unwrap());
+            vec![
+                Some(f.name.clone()),
+                Some(pos.to_string()),
+                Some(kind.to_string()),
+                Some(server_id.to_string()),
+                Some(log_pos.to_string()),
+                Some(info),
+            ]
+        };
+        let mut out = Vec::new();
+        for e in events.iter().filter(|e| e.pos >= from) {
+            out.push(row(e.pos, &e.bytes, f.crc32, e.gtid.as_ref()));
+            if e.kind() == TRANSACTION_PAYLOAD_EVENT {
+                let body = &e.bytes[HEADER_LEN..e.bytes.len() - if f.crc32 { 4 } else { 0 }];
+                let log_pos = &e.bytes[13..17];
+                for mut inner in Payload::read(body).events().unwrap_or_default() {
+                    inner[13..17].copy_from_slice(log_pos);
+                    out.push(row(e.end(), &inner, false, None));
+                }
+            }
+        }
+        let out = out.into_iter().skip(skip).take(limit).collect();
         rows(&cols, out)
     }
 
@@ -2086,10 +2288,60 @@ impl Session {
     }
 }
 
-/// SHOW BINLOG EVENTS' Event_type and Info for one event.
-fn describe_event(e: &RawEvent, f: &BinlogFile, profile: Profile) -> (&'static str, String) {
-    let b = &e.bytes[..e.bytes.len() - if f.crc32 { 4 } else { 0 }];
+/// `Log_event::get_type_str`: SHOW BINLOG EVENTS' Event_type for an event type code.
+fn event_type_name(kind: u8) -> &'static str {
+    match kind {
+        2 => "Query",
+        3 => "Stop",
+        ROTATE_EVENT => "Rotate",
+        5 => "Intvar",
+        9 => "Append_block",
+        11 => "Delete_file",
+        13 => "RAND",
+        14 => "User var",
+        FORMAT_DESCRIPTION_EVENT => "Format_desc",
+        16 => "Xid",
+        17 => "Begin_load_query",
+        18 => "Execute_load_query",
+        19 => "Table_map",
+        23 => "Write_rows_v1",
+        24 => "Update_rows_v1",
+        25 => "Delete_rows_v1",
+        26 => "Incident",
+        HEARTBEAT_LOG_EVENT => "Heartbeat",
+        28 => "Ignorable",
+        29 => "Rows_query",
+        30 => "Write_rows",
+        31 => "Update_rows",
+        32 => "Delete_rows",
+        GTID_LOG_EVENT => "Gtid",
+        34 => "Anonymous_Gtid",
+        PREVIOUS_GTIDS_LOG_EVENT => "Previous_gtids",
+        36 => "Transaction_context",
+        37 => "View_change",
+        38 => "XA_prepare",
+        39 => "Update_rows_partial",
+        TRANSACTION_PAYLOAD_EVENT => "Transaction_payload",
+        GTID_TAGGED_LOG_EVENT => "Gtid_tagged",
+        _ => "Unknown",
+    }
+}
+
+/// SHOW BINLOG EVENTS' Event_type and Info for one event (`bytes`, with its checksum when
+/// `crc32`): each event class's `pack_info`, for the events the fixtures hold; others get
+/// their type's name and no Info. `gtid` is the event's GTID (read when the file was
+/// loaded), `previous` the set of the file's PREVIOUS_GTIDS.
+fn describe_event(
+    bytes: &[u8],
+    crc32: bool,
+    gtid: Option<&Gtid>,
+    previous: &GtidSet,
+) -> (&'static str, String) {
+    let b = &bytes[..bytes.len() - if crc32 { 4 } else { 0 }];
     let body = &b[HEADER_LEN..];
+    let kind = bytes[4];
+    let flags = u16::from_le_bytes([bytes[17], bytes[18]]);
+    let name = event_type_name(kind);
     let gtid_next = |g: &Gtid| {
         let tag = if g.tag.is_empty() {
             String::new()
@@ -2102,52 +2354,66 @@ fn describe_event(e: &RawEvent, f: &BinlogFile, profile: Profile) -> (&'static s
             g.gno
         )
     };
-    match e.kind() {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let info = match kind {
+        // Query_log_event::pack_info: `use `db`; ` unless LOG_EVENT_SUPPRESS_USE_F (set on
+        // statements that name their database themselves, such as CREATE DATABASE).
         2 if body.len() >= 13 => {
             let db_len = body[8] as usize;
             let vars = u16::from_le_bytes([body[11], body[12]]) as usize;
             let db_at = 13 + vars;
-            let db = String::from_utf8_lossy(body.get(db_at..db_at + db_len).unwrap_or_default());
-            let query = String::from_utf8_lossy(body.get(db_at + db_len + 1..).unwrap_or_default());
-            let info = if db.is_empty() {
-                query.into_owned()
+            let db = text(body.get(db_at..db_at + db_len).unwrap_or_default());
+            let query = text(body.get(db_at + db_len + 1..).unwrap_or_default());
+            if db.is_empty() || flags & LOG_EVENT_SUPPRESS_USE_F != 0 {
+                query
             } else {
-                format!("use `{db}`; {query}")
-            };
-            ("Query", info)
+                format!("use {}; {query}", backquoted(&db))
+            }
         }
-        3 => ("Stop", String::new()),
-        ROTATE_EVENT => (
-            "Rotate",
-            format!(
-                "{};pos={}",
-                String::from_utf8_lossy(&body[8..]),
-                u64::from_le_bytes(body[..8].try_into().unwrap())
-            ),
+        ROTATE_EVENT => format!(
+            "{};pos={}",
+            text(&body[8..]),
+            u64::from_le_bytes(body[..8].try_into().unwrap())
         ),
-        FORMAT_DESCRIPTION_EVENT => (
-            "Format_desc",
-            // The version of the server listing the file, as MySQL prints it.
-            format!("Server ver: {}, Binlog ver: 4", profile.version()),
-        ),
-        16 => (
-            "Xid",
+        // The version of the server that wrote the file (the event's own field).
+        FORMAT_DESCRIPTION_EVENT => {
+            let version = &body[2..52];
+            let version = &version[..version.iter().position(|&c| c == 0).unwrap_or(50)];
             format!(
-                "COMMIT /* xid={} */",
-                u64::from_le_bytes(body[..8].try_into().unwrap())
-            ),
+                "Server ver: {}, Binlog ver: {}",
+                text(version),
+                u16::from_le_bytes([body[0], body[1]])
+            )
+        }
+        // Intvar: LAST_INSERT_ID (1) or INSERT_ID (2).
+        5 if body.len() >= 9 => {
+            let what = if body[0] == 1 {
+                "LAST_INSERT_ID"
+            } else {
+                "INSERT_ID"
+            };
+            format!(
+                "{what}={}",
+                u64::from_le_bytes(body[1..9].try_into().unwrap())
+            )
+        }
+        16 => format!(
+            "COMMIT /* xid={} */",
+            u64::from_le_bytes(body[..8].try_into().unwrap())
         ),
         19 => {
             let id =
                 u64::from_le_bytes([body[0], body[1], body[2], body[3], body[4], body[5], 0, 0]);
             let db_len = body[8] as usize;
-            let db = String::from_utf8_lossy(&body[9..9 + db_len]);
+            let db = text(&body[9..9 + db_len]);
             let t_at = 9 + db_len + 1;
             let t_len = body[t_at] as usize;
-            let t = String::from_utf8_lossy(&body[t_at + 1..t_at + 1 + t_len]);
-            ("Table_map", format!("table_id: {id} ({db}.{t})"))
+            let t = text(&body[t_at + 1..t_at + 1 + t_len]);
+            format!("table_id: {id} ({db}.{t})")
         }
-        k @ (30..=32) => {
+        // Rows_query_log_event::pack_info: the statement after a length byte it ignores.
+        29 => format!("# {}", text(body.get(1..).unwrap_or_default())),
+        23..=25 | 30..=32 | 39 => {
             let id =
                 u64::from_le_bytes([body[0], body[1], body[2], body[3], body[4], body[5], 0, 0]);
             let end = if body[6] & 1 != 0 {
@@ -2155,21 +2421,111 @@ fn describe_event(e: &RawEvent, f: &BinlogFile, profile: Profile) -> (&'static s
             } else {
                 ""
             };
-            let kind = ["Write_rows", "Update_rows", "Delete_rows"][(k - 30) as usize];
-            (kind, format!("table_id: {id}{end}"))
+            format!("table_id: {id}{end}")
         }
-        GTID_LOG_EVENT => ("Gtid", e.gtid.as_ref().map(gtid_next).unwrap_or_default()),
-        GTID_TAGGED_LOG_EVENT => (
-            "Gtid_tagged",
-            e.gtid.as_ref().map(gtid_next).unwrap_or_default(),
-        ),
-        34 => (
-            "Anonymous_Gtid",
-            "SET @@SESSION.GTID_NEXT= 'ANONYMOUS'".into(),
-        ),
-        PREVIOUS_GTIDS_LOG_EVENT => ("Previous_gtids", f.previous.to_string()),
-        40 => ("Transaction_payload", String::new()),
-        _ => ("Unknown", String::new()),
+        GTID_LOG_EVENT | GTID_TAGGED_LOG_EVENT => gtid.map(gtid_next).unwrap_or_default(),
+        34 => "SET @@SESSION.GTID_NEXT= 'ANONYMOUS'".into(),
+        PREVIOUS_GTIDS_LOG_EVENT => previous.to_string(),
+        TRANSACTION_PAYLOAD_EVENT => {
+            let p = Payload::read(body);
+            let algorithm = match p.compression {
+                0 => "ZSTD".to_string(),
+                255 => "NONE".to_string(),
+                other => other.to_string(),
+            };
+            format!(
+                "compression='{algorithm}', decompressed_size={} bytes",
+                p.uncompressed_size
+            )
+        }
+        _ => String::new(),
+    };
+    (name, info)
+}
+
+/// A TRANSACTION_PAYLOAD event's body (`Transaction_payload_event::write_data_header`):
+/// fields as (type, length, value) packed integers up to an end mark, then the payload.
+struct Payload<'a> {
+    /// 0: zstd; 255: none.
+    compression: u64,
+    uncompressed_size: u64,
+    data: &'a [u8],
+}
+
+impl<'a> Payload<'a> {
+    fn read(body: &'a [u8]) -> Payload<'a> {
+        // net_field_length_ll: one byte under 251, else 252/253/254 and 2, 3 or 8 bytes.
+        fn packed(b: &[u8], at: &mut usize) -> Option<u64> {
+            let first = *b.get(*at)?;
+            let (len, skip) = match first {
+                0..=250 => {
+                    return Some({
+                        *at += 1;
+                        u64::from(first)
+                    })
+                }
+                252 => (2, 1),
+                253 => (3, 1),
+                254 => (8, 1),
+                _ => return None,
+            };
+            let bytes = b.get(*at + skip..*at + skip + len)?;
+            let mut v = [0u8; 8];
+            v[..len].copy_from_slice(bytes);
+            *at += skip + len;
+            Some(u64::from_le_bytes(v))
+        }
+        let mut p = Payload {
+            compression: 255,
+            uncompressed_size: 0,
+            data: &[],
+        };
+        let mut at = 0;
+        while let Some(field) = packed(body, &mut at) {
+            if field == 0 {
+                break;
+            }
+            let Some(len) = packed(body, &mut at) else {
+                break;
+            };
+            let end = at + len as usize;
+            let mut v_at = at;
+            let value = packed(body, &mut v_at).unwrap_or(0);
+            match field {
+                2 => p.compression = value,
+                3 => p.uncompressed_size = value,
+                _ => {}
+            }
+            at = end;
+        }
+        p.data = body.get(at..).unwrap_or_default();
+        p
+    }
+
+    /// The events inside (no checksums), or None where the payload does not decompress to
+    /// the size its header states. MySQL's `Iterable_buffer` then yields no event, so SHOW
+    /// BINLOG EVENTS lists the payload event alone (the dump still sends it whole: the
+    /// replica finds the damage).
+    fn events(&self) -> Option<Vec<Vec<u8>>> {
+        let plain = match self.compression {
+            0 => zstd::decode_all(self.data).ok()?,
+            255 => self.data.to_vec(),
+            _ => return None,
+        };
+        if plain.len() as u64 != self.uncompressed_size {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + HEADER_LEN <= plain.len() {
+            let size = u32::from_le_bytes(plain[at + 9..at + 13].try_into().unwrap()) as usize;
+            if size < HEADER_LEN || at + size > plain.len() {
+                return None;
+            }
+            out.push(plain[at..at + size].to_vec());
+            at += size;
+        }
+        (at == plain.len()).then_some(out)
     }
 }
 
@@ -2227,6 +2583,83 @@ fn normalize(sql: &str) -> String {
         .join(" ")
         .trim_end_matches(';')
         .to_string()
+}
+
+/// `SHOW BINLOG EVENTS [IN 'file'] [FROM pos] [LIMIT [skip,] n]`'s clauses: (file, from,
+/// skip, limit); None for anything else.
+fn binlog_events_clauses(sql: &str) -> Option<(Option<String>, u64, usize, usize)> {
+    let rest = sql.get("SHOW BINLOG EVENTS".len()..)?;
+    // LIMIT's comma may have spaces on either side.
+    let rest = rest.replace(" ,", ",").replace(", ", ",");
+    let mut words = rest.split_whitespace().peekable();
+    let mut file = None;
+    let (mut from, mut skip, mut limit) = (4u64, 0usize, usize::MAX);
+    if words.peek().is_some_and(|w| w.eq_ignore_ascii_case("IN")) {
+        words.next();
+        let quoted = words.next()?;
+        let name = quoted.strip_prefix('\'')?.strip_suffix('\'')?;
+        file = Some(name.to_string());
+    }
+    if words.peek().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {
+        words.next();
+        from = words.next()?.parse().ok()?;
+    }
+    if words
+        .peek()
+        .is_some_and(|w| w.eq_ignore_ascii_case("LIMIT"))
+    {
+        words.next();
+        let l = words.next()?;
+        match l.split_once(',') {
+            Some((a, b)) => {
+                skip = a.parse().ok()?;
+                limit = b.parse().ok()?;
+            }
+            None => limit = l.parse().ok()?,
+        }
+    }
+    words.next().is_none().then_some((file, from, skip, limit))
+}
+
+/// A dotted name of bare or backquoted identifiers (`` `a``b`.t ``), each unquoted; None
+/// if it is not one.
+fn identifiers(text: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut chars = text.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'`') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '`' if chars.peek() == Some(&'`') => {
+                        chars.next();
+                        part.push('`');
+                    }
+                    '`' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_alphanumeric() || c == '_' || c == '$' {
+                    part.push(c);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+        }
+        if part.is_empty() {
+            return None;
+        }
+        out.push(part);
+        match chars.next() {
+            None => return Some(out),
+            Some('.') => {}
+            Some(_) => return None,
+        }
+    }
 }
 
 /// `TABLE_SCHEMA = 'db' AND TABLE_NAME = 't'` of a bound statement.
@@ -2395,4 +2828,67 @@ fn sid_block_as_mysql_writes_it() {
     );
     b.push(0);
     assert!(decode_sid_block(&b).is_err(), "trailing bytes");
+}
+
+/// `SHOW CREATE TABLE` as the double writes it, for the types the tests describe, is read
+/// by binsync's DDL reader into the same columns, key, labels and JSON-ness.
+#[test]
+fn show_create_table_is_read_by_the_ddl_reader() {
+    let orders = TableDesc {
+        db: "test".into(),
+        name: "orders".into(),
+        columns: vec![
+            ColumnDesc::new("id", "int", true),
+            ColumnDesc::new("customer", "int", false),
+            ColumnDesc::new("total", "decimal(10,2)", false),
+        ],
+    };
+    assert_eq!(
+        orders.show_create(),
+        "CREATE TABLE `orders` (\n  `id` int NOT NULL,\n  `customer` int DEFAULT NULL,\n  `total` decimal(10,2) DEFAULT NULL,\n  PRIMARY KEY (`id`)\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_0900_ai_ci"
+    );
+    let mut latin = ColumnDesc::new("l", "varchar(10)", false);
+    latin.charset = Some("latin1".into());
+    let t = TableDesc {
+        db: "app".into(),
+        name: "odd`name".into(),
+        columns: vec![
+            ColumnDesc::new("a", "bigint unsigned", true),
+            ColumnDesc::new("b", "varchar(300)", true),
+            ColumnDesc::new("e", "enum('var1','it''s')", false),
+            ColumnDesc::new("s", "set('one','two')", false),
+            ColumnDesc::new("j", "json", false),
+            ColumnDesc::new("t", "text", false),
+            ColumnDesc::new("bl", "blob", false),
+            ColumnDesc::new("ts", "timestamp(3)", false),
+            ColumnDesc::new("vb", "varbinary(8)", false),
+            latin,
+        ],
+    };
+    let text = t.show_create();
+    assert!(text.contains("  `t` text,\n"), "{text}");
+    assert!(
+        text.contains("  `ts` timestamp(3) NULL DEFAULT NULL,\n"),
+        "{text}"
+    );
+    assert!(text.contains("PRIMARY KEY (`a`,`b`)"), "{text}");
+    assert!(
+        text.contains(
+            "`l` varchar(10) CHARACTER SET latin1 COLLATE latin1_swedish_ci DEFAULT NULL"
+        ),
+        "{text}"
+    );
+    let mut catalog = binsync::schema::Catalog::default();
+    binsync::schema::ddl::apply(&mut catalog, &t.db, &text).unwrap_or_else(|e| panic!("{e}"));
+    let read = catalog.table("app", "odd`name").expect("the table");
+    let names: Vec<&str> = read.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "e", "s", "j", "t", "bl", "ts", "vb", "l"]);
+    assert_eq!(read.pk, ["a", "b"]);
+    assert!(read.complete);
+    let col = |n: &str| &read.columns[read.column_index(n).unwrap()];
+    assert_eq!(col("e").labels(), ["var1", "it's"]);
+    assert_eq!(col("s").labels(), ["one", "two"]);
+    assert!(col("j").json && !col("t").json);
+    assert!(col("a").unsigned() && !col("a").nullable && col("t").nullable);
+    assert!(col("bl").binary && col("vb").binary && !col("l").binary);
 }
