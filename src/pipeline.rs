@@ -196,12 +196,22 @@ async fn run_once(
             store.save(&start).await?;
         }
     }
+    // Where the stream begins to act: a MySQL `--start file:NAME:POS` reads from the file's
+    // head but acts from POS; a start by GTID alone has no file position.
+    let acts_from = plan
+        .emit_from
+        .clone()
+        .or(plan.seed_from.clone())
+        .or_else(|| {
+            (!plan.position.file.is_empty())
+                .then(|| (plan.position.file.clone(), plan.position.offset))
+        });
     let history = history_at_start(
         &store,
         &src,
         &decode.filter,
         checkpoint.is_some(),
-        &plan.position,
+        (&plan.position, acts_from),
         &mut shutdown,
     )
     .await?;
@@ -254,14 +264,15 @@ async fn run_once(
 /// The schema history a stream starting at `start` decodes with: read back from the state
 /// dir when it holds one and a checkpoint (versions above the checkpoint, never delivered,
 /// dropped; older ones pruned), or else seeded from the source (read with retries, as
-/// start-up reads are) and saved at `start.seq`. None when stopped before the source
-/// answered.
+/// start-up reads are) and saved at `start.seq`, valid from `from` (the file position the
+/// stream acts from; None: a start by GTID, checked against `start.gtid`). None when
+/// stopped before the source answered.
 async fn history_at_start(
     store: &Store,
     src: &SourceConfig,
     filter: &Filter,
     resumed: bool,
-    start: &Position,
+    (start, from): (&Position, Option<(String, u64)>),
     shutdown: &mut Shutdown,
 ) -> Result<Option<(Catalog, SeedGaps)>> {
     if resumed && !history::is_empty(store)? {
@@ -280,11 +291,10 @@ async fn history_at_start(
     // No history yet (a first start, or a state dir from before binsync kept one), or one
     // left by a start that never saved a checkpoint: seed it afresh.
     history::clear(store).await?;
-    let from = (!start.file.is_empty()).then(|| (start.file.clone(), start.offset));
     let seeded = src
         .with_retries(shutdown, || async {
             let mut conn = src.connect_once().await?;
-            schema_seed::seed(&mut conn, src, filter, from.clone()).await
+            schema_seed::seed(&mut conn, src, filter, from.clone(), start.gtid.as_ref()).await
         })
         .await?;
     let Some(seed) = seeded else {

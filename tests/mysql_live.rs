@@ -983,7 +983,6 @@ fn assert_orders_rows(live: &[serde_json::Value]) {
 /// metadata) gets an ALTER of `test.orders` before its rows; from the earliest event, the rows
 /// after it are named and keyed as the server describes `orders` now.
 #[test]
-#[ignore = "binsync bug: the ALTER (read by ddl::apply's column-neutral fast path without the table in the catalog) is delivered as a `drop` of test.orders"]
 fn a_ddl_between_the_start_and_the_seed_defers_to_the_definition_read_at_the_seed() {
     let double = MysqlDouble::start(
         Profile::Mysql84,
@@ -1022,7 +1021,6 @@ fn a_ddl_between_the_start_and_the_seed_defers_to_the_definition_read_at_the_see
 /// statement (nor anything before the set's end), so the definition read at the seed holds
 /// from the start; the rows are named and keyed by it.
 #[test]
-#[ignore = "binsync bug: a start without a file (gtid:SET, or latest by GTID) seeds as if the stream began at the oldest binlog's head: test.orders stays unknown"]
 fn a_gtid_start_after_a_ddl_decodes_with_the_definition_at_the_start() {
     let double = MysqlDouble::start(
         Profile::Mysql84,
@@ -1052,7 +1050,6 @@ fn a_gtid_start_after_a_ddl_decodes_with_the_definition_at_the_start() {
 /// reads the binlog from the start on (here: nothing), and `test.orders` is known from the
 /// start, not unknown until an ALTER the stream will never see.
 #[test]
-#[ignore = "binsync bug: a start without a file (gtid:SET, or latest by GTID) seeds as if the stream began at the oldest binlog's head: test.orders stays unknown"]
 fn a_latest_start_after_a_ddl_keeps_the_tables_known() {
     let double = MysqlDouble::start(
         Profile::Mysql84,
@@ -1088,7 +1085,6 @@ fn a_latest_start_after_a_ddl_keeps_the_tables_known() {
 /// state) and emits from POS. The 5.6 checksum-less file creates `test.t1` (keyless) before
 /// POS, its rows come after: they are named as that CREATE says.
 #[test]
-#[ignore = "binsync bug: the seed scans from the file's head, the decoder skips DDL before POS: test.t1's CREATE is followed by neither"]
 fn a_file_start_inside_a_file_knows_the_tables_created_before_it() {
     const NO_CRC: &str = "ver_trunk_row_v2.001";
     // After the three CREATEs (their events end at 457), before the first transaction.

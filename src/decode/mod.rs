@@ -154,6 +154,18 @@ struct TableInfo {
     changed_room: usize,
     /// The raw table map, to reuse this entry when the same map comes again (every transaction).
     raw: Box<[u8]>,
+    /// Built before `emit_from` from a map the history could not name: its rows are not
+    /// emitted; one that is (a start inside a transaction) meets this refusal instead.
+    deferred: Option<Deferred>,
+}
+
+/// A table map's refusal kept for its first emitted row (see `TableInfo::deferred`).
+#[derive(Debug, Clone)]
+struct Deferred {
+    table: String,
+    file: String,
+    offset: u64,
+    detail: String,
 }
 
 struct Txn {
@@ -709,6 +721,7 @@ impl Decoder {
         // Every table the statement touched, once, in the order it did.
         let mut touched: Vec<(String, String)> = Vec::new();
         let mut emptied: HashSet<(String, String)> = HashSet::new();
+        let mut dropped: HashSet<(String, String)> = HashSet::new();
         for e in &effects {
             use crate::schema::ddl::Effect;
             let names: Vec<(String, String)> = match e {
@@ -719,7 +732,10 @@ impl Decoder {
                     emptied.insert((db.clone(), table.clone()));
                     vec![(db.clone(), table.clone())]
                 }
-                Effect::Dropped { db, table } => vec![(db.clone(), table.clone())],
+                Effect::Dropped { db, table } => {
+                    dropped.insert((db.clone(), table.clone()));
+                    vec![(db.clone(), table.clone())]
+                }
                 Effect::Renamed { from, to } => vec![from.clone(), to.clone()],
                 Effect::CreatedDatabase(_) | Effect::DroppedDatabase(_) => Vec::new(),
             };
@@ -746,9 +762,12 @@ impl Decoder {
             if !self.captures(d, t) || self.cfg.on_ddl.action(d, t) != DdlAction::Emit {
                 continue;
             }
-            let op = if emptied.contains(&(d.clone(), t.clone())) {
+            let name = (d.clone(), t.clone());
+            // A rename away keeps the receiver's rows (a ddl without columns): only a DROP
+            // (or DROP DATABASE) that leaves no table under the name is a drop.
+            let op = if emptied.contains(&name) {
                 Op::Truncate
-            } else if version.is_none() && !effects.iter().any(|e| matches!(e, crate::schema::ddl::Effect::Renamed { from, .. } if from.0 == *d && from.1 == *t)) {
+            } else if version.is_none() && dropped.contains(&name) {
                 Op::Drop
             } else {
                 Op::Ddl
@@ -996,7 +1015,7 @@ impl Decoder {
     ) -> Result<(), StreamError> {
         let id = tme.table_id();
         if let Some(info) = self.tables.get(&id) {
-            if *info.raw == *raw {
+            if *info.raw == *raw && info.deferred.is_none() {
                 return Ok(());
             }
         }
@@ -1004,8 +1023,28 @@ impl Decoder {
         let table = tme.table_name().into_owned();
         let qualified = format!("{db}.{table}");
         let included = self.captures(&db, &table);
+        // Before `emit_from` no row is emitted: a refusal waits for a row that is.
+        let acting = self.emit_from.is_none();
+        let mut deferred = None;
         let extra = if included && self.history.is_some() {
-            self.history_extra(&db, &table, tme)?
+            match self.history_extra(&db, &table, tme) {
+                Ok(extra) => extra,
+                Err(StreamError::SchemaHistory {
+                    table,
+                    file,
+                    offset,
+                    detail,
+                }) if !acting => {
+                    deferred = Some(Deferred {
+                        table,
+                        file,
+                        offset,
+                        detail,
+                    });
+                    None
+                }
+                Err(e) => return Err(e),
+            }
         } else if included {
             match self.extra_schema(&db, &table, tme).await {
                 Ok(extra) => extra,
@@ -1023,7 +1062,7 @@ impl Decoder {
             || extra
                 .as_ref()
                 .is_some_and(|e| e.columns.len() == tme.columns_count() as usize);
-        if included && !named {
+        if included && deferred.is_none() && !named {
             // Positional names (@1, @2) and a whole-row id would be a guess: never emitted.
             self.tables.remove(&id);
             return Err(StreamError::SchemaHistory {
@@ -1086,6 +1125,7 @@ impl Decoder {
                 key_room,
                 changed_room,
                 raw: raw.into(),
+                deferred,
             }),
         );
         Ok(())
@@ -1203,6 +1243,14 @@ impl Decoder {
             .ok_or(StreamError::UnknownTable(rows.table_id()))?;
         if !info.included {
             return Ok(());
+        }
+        if let Some(d) = &info.deferred {
+            return Err(StreamError::SchemaHistory {
+                table: d.table.clone(),
+                file: d.file.clone(),
+                offset: d.offset,
+                detail: d.detail.clone(),
+            });
         }
         if self.txn.is_none() {
             // Row events outside BEGIN..COMMIT (non-transactional engines on old servers):

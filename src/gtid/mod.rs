@@ -132,6 +132,17 @@ impl GtidPos {
         }
     }
 
+    /// Whether the transaction `gtid` is applied in this position (MySQL: in the set;
+    /// MariaDB: at or before its domain's last GTID, as `contains` decides). False across
+    /// flavors.
+    pub fn holds(&self, gtid: &Gtid) -> bool {
+        match (self, gtid) {
+            (GtidPos::Mysql(set), Gtid::Mysql(g)) => set.contains(&g.uuid, &g.tag, g.gno),
+            (GtidPos::Mariadb(list), Gtid::Mariadb(g)) => list.contains(g),
+            _ => false,
+        }
+    }
+
     /// Every transaction `other` holds is applied in `self` too (MySQL: a superset; MariaDB:
     /// every domain of `other` at or before ours). Always false across flavors.
     pub fn covers(&self, other: &GtidPos) -> bool {

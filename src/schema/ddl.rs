@@ -83,10 +83,19 @@ pub fn apply(catalog: &mut Catalog, default_db: &str, sql: &str) -> Result<Vec<E
         Ok(s) => s,
         // Statements sqlparser does not know but that leave every column as it was.
         Err(_) if alter_without_column_change(sql) => {
-            return Ok(tables_in_tokens(sql, default_db)
+            let tables = tables_in_tokens(sql, default_db);
+            // Unchanged columns of a table the history does not hold are still unknown.
+            if let Some((db, table)) = tables.iter().find(|(d, t)| catalog.table(d, t).is_none()) {
+                return Err(DdlError::Unknown {
+                    statement: sql.to_string(),
+                    what: format!("table {db}.{table}"),
+                    tables: tables.clone(),
+                });
+            }
+            return Ok(tables
                 .into_iter()
                 .map(|(db, table)| Effect::Altered { db, table })
-                .collect())
+                .collect());
         }
         Err(e) => {
             return Err(DdlError::Unparsed {

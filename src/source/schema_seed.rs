@@ -10,6 +10,8 @@ use mysql_async::Conn;
 
 use super::{classify, Failure, Result, SourceConfig, SourceError};
 use crate::filter::Filter;
+use crate::gtid::mariadb::MariaGtid;
+use crate::gtid::{Gtid, GtidPos, MysqlGtid};
 use crate::schema::history::binlog_order;
 use crate::schema::{ddl, Catalog, Pending};
 
@@ -96,6 +98,7 @@ pub async fn seed(
     src: &SourceConfig,
     filter: &Filter,
     start: Option<(String, u64)>,
+    start_gtid: Option<&GtidPos>,
 ) -> Result<Seed> {
     for _ in 0..SEED_ATTEMPTS {
         let (file1, pos1, _) = super::master_status(conn, src).await?;
@@ -106,13 +109,22 @@ pub async fn seed(
             Some(s) => s.clone(),
             None => {
                 let logs = super::binary_logs(conn, src).await?;
-                match logs.first() {
-                    Some((f, _)) => (f.clone(), 4),
+                let first = match start_gtid {
+                    Some(pos) => first_file_after(conn, src, &logs, pos).await?,
+                    None => None,
+                };
+                match first.or_else(|| logs.first().map(|(f, _)| f.clone())) {
+                    Some(f) => (f, 4),
                     None => (file2.clone(), pos2),
                 }
             }
         };
-        let statements = ddl_between(conn, src, &from, &(file2.clone(), pos2)).await?;
+        let mut statements = ddl_between(conn, src, &from, &(file2.clone(), pos2)).await?;
+        // What the start's GTID state holds came before it (a start by GTID alone scans
+        // from a file's head, or from a position read apart from the set).
+        if let Some(pos) = start_gtid {
+            statements.retain(|s| s.gtid.as_ref().is_none_or(|g| !pos.holds(g)));
+        }
         let during = |f: &str, end: u64| binlog_order(f, end) > binlog_order(&file1, pos1);
         if statements
             .iter()
@@ -142,6 +154,36 @@ pub struct Found {
     pub tables: Vec<(String, String)>,
     /// The statement, for messages.
     pub statement: String,
+    /// Its transaction's GTID, when the binlog has them.
+    pub gtid: Option<Gtid>,
+}
+
+/// The newest binlog file whose head's GTID state (MySQL's Previous_gtids, MariaDB's
+/// Gtid_list) `pos` covers: a stream starting at `pos` has nothing to read before it. None
+/// when no head says (then the scan starts at the oldest file).
+async fn first_file_after(
+    conn: &mut Conn,
+    src: &SourceConfig,
+    logs: &[(String, u64)],
+    pos: &GtidPos,
+) -> Result<Option<String>> {
+    for (file, _) in logs.iter().rev() {
+        let head = super::history::events(conn, src, file, None, 2)
+            .await
+            .map_err(super::Failure::from)?;
+        let state = head.iter().find_map(|e| {
+            let kind = e.kind.to_ascii_lowercase();
+            let text = e.info.trim().trim_start_matches('[').trim_end_matches(']');
+            match kind.as_str() {
+                "previous_gtids" | "gtid_list" => GtidPos::parse(pos.flavor(), text).ok(),
+                _ => None,
+            }
+        });
+        if state.is_some_and(|s| pos.covers(&s)) {
+            return Ok(Some(file.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// The DDL statements from `from` (file, offset) to the binlog's end now, in order.
@@ -205,6 +247,7 @@ async fn ddl_between(
     let last = binlog_order(&to.0, 0);
     let mut found = Vec::new();
     let mut scanned_bytes = 0u64;
+    let mut gtid: Option<Gtid> = None;
     for (file, size) in logs {
         let order = binlog_order(&file, 0);
         if order < first || order > last {
@@ -224,8 +267,11 @@ async fn ddl_between(
                 if file == to.0 && row.end > to.1 {
                     break;
                 }
-                if row.kind.eq_ignore_ascii_case("Query") {
-                    if let Some(f) = classify_statement(&file, row.end, &row.info) {
+                if row.kind.to_ascii_lowercase().contains("gtid") {
+                    gtid = gtid_of(&row.kind, &row.info);
+                } else if row.kind.eq_ignore_ascii_case("Query") {
+                    if let Some(mut f) = classify_statement(&file, row.end, &row.info) {
+                        f.gtid = gtid.clone();
                         found.push(f);
                     }
                 }
@@ -278,7 +324,24 @@ fn classify_statement(file: &str, end: u64, info: &str) -> Option<Found> {
         truncates: first == "TRUNCATE",
         tables,
         statement: sql.chars().take(200).collect(),
+        gtid: None,
     })
+}
+
+/// The GTID a `SHOW BINLOG EVENTS` row of a GTID event names: MySQL's `Gtid` rows say
+/// `SET @@SESSION.GTID_NEXT= 'uuid[:tag]:n'`, MariaDB's `BEGIN GTID d-s-n` or `GTID d-s-n`.
+/// None for anonymous ones and what does not read as a GTID.
+fn gtid_of(kind: &str, info: &str) -> Option<Gtid> {
+    let kind = kind.to_ascii_lowercase();
+    // Gtid, Gtid_tagged_log (MySQL 8.4); not Anonymous_Gtid, Previous_gtids, Gtid_list.
+    if kind.starts_with("gtid") && kind != "gtid_list" {
+        if let Some(quoted) = info.split('\'').nth(1) {
+            return MysqlGtid::parse(quoted).ok().map(Gtid::Mysql);
+        }
+        let last = info.split_whitespace().last()?;
+        return MariaGtid::parse(last).ok().map(Gtid::Mariadb);
+    }
+    None
 }
 
 #[cfg(test)]

@@ -81,6 +81,10 @@ pub struct StartPlan {
     /// The server whose binlog `position`'s file and offset name (the checkpoint's writer,
     /// which may be another server of the topology when resuming by GTID).
     pub written_by: Option<ServerIdentity>,
+    /// Where a start by GTID alone stands in the binlog, near enough for the schema history's
+    /// seed to scan for DDL from there (MySQL `--start latest`: the status row's file and
+    /// offset, read with its GTID set; the scan also drops what the set holds).
+    pub seed_from: Option<(String, u64)>,
 }
 
 impl StartPlan {
@@ -91,6 +95,7 @@ impl StartPlan {
             gtid_from_file_header: None,
             emit_from: None,
             written_by: None,
+            seed_from: None,
         }
     }
 
@@ -223,7 +228,12 @@ async fn from_spec(
                     gtid: Some(g.clone()),
                     ..Position::default()
                 };
-                return Ok(StartPlan::at(position, StartPoint::Gtid(g.clone())));
+                let mut plan = StartPlan::at(position, StartPoint::Gtid(g.clone()));
+                // (A DDL committing between the two halves of the row may be missed by the
+                // scan: the stream then meets it again, and a statement that does not apply
+                // to the seed's version stops binsync with a definite error, never a guess.)
+                plan.seed_from = Some((file, offset));
+                return Ok(plan);
             }
             let position = Position {
                 file: file.clone(),
