@@ -16,6 +16,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::workload::is_row_change;
 use common::{MariaDb, Proc, ServerOpts};
 
 fn run(db: &MariaDb, state: &str, out: &str, exit_at_end: bool) -> Proc {
@@ -52,11 +53,13 @@ fn catch_up(db: &MariaDb, state: &str, out: &str) -> Proc {
     p
 }
 
+/// The row changes in the sink's file (the `ddl` line of the setup's CREATE TABLE left out).
 fn lines(out: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out)
         .unwrap_or_default()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
+        .filter(is_row_change)
         .collect()
 }
 

@@ -138,6 +138,14 @@ pub fn source_state(db: &MariaDb) -> State {
     m
 }
 
+/// Whether a sink line is a row change (`insert`, `update`, `delete`: it has an `id`), not an
+/// operation on a whole table (`ddl`, `truncate`, `drop`), which `binsync run` writes by
+/// default (`--on-ddl emit`) for the DDL on captured tables, e.g. each `CREATE TABLE` a
+/// test's setup runs before a `--start earliest` run.
+pub fn is_row_change(line: &Value) -> bool {
+    !matches!(line["op"].as_str(), Some("ddl" | "truncate" | "drop"))
+}
+
 /// Rebuilds the state from a JSON-lines sink file. Checks the numbering (no gap after the
 /// first line's `seq`, which a new store takes from the wall clock; a line written again after
 /// a crash is identical to the first one) and returns the state and how many lines were
