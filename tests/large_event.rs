@@ -57,6 +57,9 @@ fn run_args(db: &MariaDb, state: &std::path::Path, sink: &str, start: &str) -> V
         sink,
         "--start",
         start,
+        // The rows only, not the `ddl` line of the CREATE TABLE.
+        "--on-ddl",
+        "ignore",
     ]
     .iter()
     .map(|s| s.to_string())

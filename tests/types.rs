@@ -90,6 +90,9 @@ fn run_to_text(db: &MariaDb) -> String {
             &format!("file:{}", out.display()),
             "--start",
             "earliest",
+            // The rows only, not the `ddl` line of the setup's CREATE TABLE.
+            "--on-ddl",
+            "ignore",
             "--exit-at-end",
         ],
         &[],
