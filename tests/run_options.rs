@@ -1,11 +1,12 @@
 //! Scenarios of `binsync run` options a user relies on, each against a real MariaDB:
-//! table filters and entity names, `--start latest` and `--start gtid:`, the information_schema
-//! fallback without FULL row metadata, `binsync status`, JSON logs, and a purged binlog.
+//! table filters and entity names, `--start latest` and `--start gtid:`, column names from the
+//! schema history without FULL row metadata, `binsync status`, JSON logs, and a purged binlog.
 
 mod common;
 
 use std::time::Duration;
 
+use common::workload::is_row_change;
 use common::{MariaDb, Proc, ServerOpts};
 use serde_json::Value;
 
@@ -73,9 +74,23 @@ fn include_exclude_and_entity_names() {
             "shop.products=product",
         ],
     );
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert_eq!(lines[0]["table"], "products");
-    assert_eq!(lines[0]["entity"], "product");
+    // The filters and the entity name hold for the DDL too: the one included table's
+    // CREATE TABLE, then its row.
+    let ops: Vec<(&str, &str, &str)> = lines
+        .iter()
+        .map(|l| {
+            let field = |k: &str| l[k].as_str().unwrap();
+            (field("op"), field("table"), field("entity"))
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("ddl", "products", "product"),
+            ("insert", "products", "product")
+        ],
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -107,8 +122,13 @@ fn start_latest_skips_history_and_start_gtid_resumes_after_it() {
     );
 }
 
+/// Without FULL row metadata the binlog names no column: names, key, signedness and ENUM
+/// labels come from the schema history (here the CREATE TABLE in the stream, delivered as a
+/// `ddl` line). A table whose definition at the start the history cannot know (a DDL changed
+/// it between the start and the history's seed) is a definite error naming it, never rows
+/// with positional names (`@1`).
 #[test]
-fn without_full_row_metadata_names_come_from_information_schema() {
+fn without_full_row_metadata_names_come_from_the_schema_history() {
     let db = MariaDb::start(ServerOpts {
         row_metadata: "MINIMAL",
         ..ServerOpts::default()
@@ -120,13 +140,50 @@ fn without_full_row_metadata_names_come_from_information_schema() {
     let dir = tempfile::tempdir().unwrap();
     let (lines, stderr) = run(&db, &dir.path().join("s"), &[]);
     assert!(
-        stderr.contains("information_schema"),
+        stderr.contains("binlog_row_metadata=FULL"),
         "a warning says so: {stderr}"
     );
-    assert_eq!(lines[0]["id"], serde_json::json!({"k": 4294967295u64}));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["op"], "ddl");
+    assert_eq!(lines[0]["key"], serde_json::json!(["k"]));
+    assert_eq!(lines[1]["id"], serde_json::json!({"k": 4294967295u64}));
     assert_eq!(
-        lines[0]["after"],
+        lines[1]["after"],
         serde_json::json!({"a": -1, "k": 4294967295u64, "e": "q"})
+    );
+
+    // Started after t.y's CREATE, before an ALTER of it: the definition read at start is
+    // the altered one, which does not hold for the row before the ALTER.
+    db.sql("CREATE TABLE t.y (id INT PRIMARY KEY, v INT)");
+    let (file, offset) = db.binlog_position();
+    db.sql(
+        "INSERT INTO t.y VALUES (1, 1); ALTER TABLE t.y ADD COLUMN w INT;
+         INSERT INTO t.y VALUES (2, 2, 2);",
+    );
+    let state = dir.path().join("from-file");
+    let out = state.with_extension("jsonl");
+    let start = format!("file:{file}:{offset}");
+    let sink = format!("file:{}", out.display());
+    let mut p = spawn_run(&db, &state, &sink, &["--start", &start]);
+    let st = p
+        .wait_timeout(Duration::from_secs(60))
+        .expect("binsync did not return");
+    let err = p.stderr();
+    assert!(!st.success(), "{err}");
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("binsync: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains("t.y") && errors[0].contains("will not guess column names"),
+        "{err}"
+    );
+    let sent = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(!sent.contains("\"@1\""), "positional names: {sent}");
+    assert!(
+        !sent.contains("\"table\":\"y\""),
+        "nothing of t.y is sent: {sent}"
     );
 }
 
@@ -234,7 +291,11 @@ fn sequences_are_skipped_unless_named_and_keyless_tables_are_named_once() {
     );
     let dir = tempfile::tempdir().unwrap();
     let (lines, err) = run(&db, &dir.path().join("a"), &[]);
-    let tables: Vec<&str> = lines.iter().map(|l| l["table"].as_str().unwrap()).collect();
+    let tables: Vec<&str> = lines
+        .iter()
+        .filter(|l| is_row_change(l))
+        .map(|l| l["table"].as_str().unwrap())
+        .collect();
     assert!(
         !tables.contains(&"ids"),
         "a sequence is no entity: {tables:?}"
@@ -294,5 +355,10 @@ fn sequences_are_skipped_unless_named_and_keyless_tables_are_named_once() {
         &dir.path().join("c"),
         &["--include", "shop.ids", "--include", "shop.orders"],
     );
-    assert!(lines.iter().any(|l| l["table"] == "ids"), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| is_row_change(l) && l["table"] == "ids"),
+        "{lines:?}"
+    );
 }
