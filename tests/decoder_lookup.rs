@@ -1,71 +1,50 @@
-//! Scenario: the decoder needs information_schema for a table the binlog does not fully
-//! describe (no `binlog_row_metadata=FULL`: no column names; MariaDB: JSON columns look like
-//! LONGTEXT), and the lookup fails. The table map must fail with the lookup's own error,
-//! transient or definite, never turn into rows with positional names (`@1`, `@2`, ...) or
-//! MariaDB JSON as strings; a failure is not cached, so a retry (the same decoder after
-//! `restart()`, reading the events again, as the pipeline does after a reconnect) asks again
-//! and, when the server answers, emits the real names.
+//! Scenario: the decoder meets a table the binlog does not fully describe (no
+//! `binlog_row_metadata=FULL`: no column names; MariaDB: JSON columns look like LONGTEXT).
+//! What the binlog does not say comes from the schema history's version of the table, the one
+//! valid where the rows were written (`binsync run` and `replay` no longer ask
+//! information_schema, which knows a table only as it is now). A table the history does not
+//! hold, holds as unknown at the stream's start, or holds in a version that does not fit the
+//! table map is a definite error naming it, never rows with positional names (`@1`, `@2`,
+//! ...), and it stays one when the events are read again (the same decoder after `restart()`,
+//! as the pipeline does after a reconnect).
 //!
-//! The events are real ones, from `shared/fixtures/mysql-binlogs/`.
+//! The events are real ones, from `shared/fixtures/mysql-binlogs/`. (MariaDB's JSON columns
+//! named by the history are checked on a live server: `tests/lookup_mariadb.rs`,
+//! `tests/schema_live.rs`; the one MariaDB fixture has no JSON column, only a BLOB.)
 
 mod binlog_fixtures;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use binsync::decode::schema::ExtraSchema;
-use binsync::decode::{DecodeConfig, Decoder, LookupError, SchemaLookup, StreamError};
+use binsync::decode::{DecodeConfig, Decoder, StreamError};
 use binsync::replay::BinlogFile;
+use binsync::schema::{ddl, Catalog};
 use binsync::Position;
-use futures_util::future::BoxFuture;
 
-/// Fails the first `failures` lookups with `error`, then answers `answer`.
-struct FlakyLookup {
-    calls: Arc<AtomicUsize>,
-    failures: usize,
-    error: fn(String) -> LookupError,
-    answer: ExtraSchema,
+/// MINIMAL metadata (MySQL 8.0): one insert into `noria.t1` (5 columns), a minimal row image.
+const MINIMAL: &str = "minimal_row_metadata.000001";
+/// `noria.t1` as its table map describes it: INT NOT NULL, BLOB, BINARY(8) (a CHAR(2) in
+/// utf8mb4), INT, INT UNSIGNED.
+const T1: &str =
+    "CREATE TABLE noria.t1 (a INT NOT NULL PRIMARY KEY, b TEXT, c CHAR(2), d INT, e INT UNSIGNED)";
+
+/// A history holding the tables `sql` creates.
+fn history(sql: &str) -> Catalog {
+    let mut catalog = Catalog::default();
+    ddl::apply(&mut catalog, "", sql).unwrap();
+    catalog
 }
 
-impl SchemaLookup for FlakyLookup {
-    fn lookup<'a>(
-        &'a mut self,
-        db: &'a str,
-        table: &'a str,
-    ) -> BoxFuture<'a, Result<Option<ExtraSchema>, LookupError>> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        let result = if n < self.failures {
-            Err((self.error)(format!("{db}.{table}")))
-        } else {
-            Ok(Some(self.answer.clone()))
-        };
-        Box::pin(async move { result })
-    }
-}
-
-fn connection_lost(table: String) -> LookupError {
-    LookupError::Transient {
-        table,
-        detail: "Input/output error: connection reset by peer".into(),
-    }
-}
-
-fn no_privilege(table: String) -> LookupError {
-    LookupError::Definite {
-        table,
-        detail: "ERROR 1142 (42000): SELECT command denied".into(),
-        fix: "GRANT SELECT ON *.* TO the binsync user",
-    }
-}
-
-fn decoder(lookup: FlakyLookup) -> Decoder {
+/// A decoder as `binsync run` makes one: the history claims to know every captured table.
+fn decoder(history: Catalog) -> Decoder {
     Decoder::new(
         Arc::new(DecodeConfig::default()),
         Position::default(),
         None,
         None,
-        Some(Box::new(lookup)),
+        None,
     )
+    .with_history(history)
 }
 
 /// Feeds a fixture's events through the decoder like the live stream does (`on_event`, then
@@ -93,41 +72,11 @@ async fn pass(d: &mut Decoder, fixture: &str) -> (Vec<String>, Option<StreamErro
     (lines, failed)
 }
 
-fn positional(lines: &[String]) -> Vec<&String> {
-    lines.iter().filter(|l| l.contains("\"@1\"")).collect()
-}
-
 #[tokio::test]
-async fn a_lost_connection_during_a_lookup_is_retried_not_turned_into_positional_names() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let mut d = decoder(FlakyLookup {
-        calls: calls.clone(),
-        failures: 1,
-        error: connection_lost,
-        answer: ExtraSchema {
-            columns: ["a", "b", "c", "d", "e"].map(String::from).to_vec(),
-            pk: vec![0],
-            ..Default::default()
-        },
-    });
-    // minimal_row_metadata.000001: MINIMAL metadata, one insert into noria.t1 (5 columns).
-    let (lines, failed) = pass(&mut d, "minimal_row_metadata.000001").await;
-    assert_eq!(positional(&lines), Vec::<&String>::new());
-    let e = failed.expect("the failed lookup stops the pass");
-    assert!(
-        matches!(&e, StreamError::Lookup(LookupError::Transient { .. })),
-        "{e:?}"
-    );
-    assert!(e.to_string().contains("noria.t1"), "{e}");
-
-    d.restart();
-    let (lines, failed) = pass(&mut d, "minimal_row_metadata.000001").await;
+async fn without_names_in_the_binlog_the_rows_are_named_by_the_history() {
+    let mut d = decoder(history(T1));
+    let (lines, failed) = pass(&mut d, MINIMAL).await;
     assert!(failed.is_none(), "{failed:?}");
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        2,
-        "the failure was not cached"
-    );
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
         lines[0].contains(r#""id":{"a":1}"#)
@@ -138,63 +87,49 @@ async fn a_lost_connection_during_a_lookup_is_retried_not_turned_into_positional
 }
 
 #[tokio::test]
-async fn mariadb_json_stays_json_after_a_failed_lookup() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let mut d = decoder(FlakyLookup {
-        calls: calls.clone(),
-        failures: 1,
-        error: connection_lost,
-        answer: ExtraSchema {
-            columns: ["id", "topic", "event_type", "event", "created"]
-                .map(String::from)
-                .to_vec(),
-            pk: vec![0],
-            json_columns: vec![3],
-            ..Default::default()
-        },
-    });
-    // mariadb-bin.000001: FULL metadata, so names; `event` is a JSON column the binlog shows
-    // as LONGBLOB.
-    let (lines, failed) = pass(&mut d, "mariadb-bin.000001").await;
-    assert_eq!(lines, Vec::<String>::new(), "no row before its table map");
-    assert!(failed.is_some_and(|e| matches!(e, StreamError::Lookup(LookupError::Transient { .. }))));
-
-    d.restart();
-    let (lines, failed) = pass(&mut d, "mariadb-bin.000001").await;
-    assert!(failed.is_none(), "{failed:?}");
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
-    assert_eq!(lines.len(), 2, "{lines:?}");
-    for line in &lines {
-        assert!(line.contains(r#""event":{"foo":1}"#), "{line}");
-    }
-}
-
-#[tokio::test]
-async fn a_definite_lookup_failure_stops_with_its_fix_and_is_asked_again_next_time() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let mut d = decoder(FlakyLookup {
-        calls: calls.clone(),
-        failures: usize::MAX,
-        error: no_privilege,
-        answer: ExtraSchema::default(),
-    });
-    for attempt in 1..=2 {
-        let (lines, failed) = pass(&mut d, "minimal_row_metadata.000001").await;
-        assert_eq!(lines, Vec::<String>::new());
-        let e = failed.expect("the failed lookup stops the pass");
-        assert!(
-            matches!(e, StreamError::Lookup(LookupError::Definite { .. })),
-            "{e}"
-        );
-        assert!(
-            e.to_string().contains("noria.t1") && e.to_string().contains("GRANT SELECT"),
-            "{e}"
-        );
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            attempt,
-            "asked again, not cached"
-        );
-        d.restart();
+async fn a_table_the_history_cannot_describe_is_a_definite_error_never_positional_names() {
+    let cases = [
+        (
+            "not in the history",
+            decoder(Catalog::default()),
+            "holds no such table",
+        ),
+        (
+            "changed between the start and the seed",
+            decoder(Catalog::default())
+                .with_seed_gaps([("noria".to_string(), "t1".to_string())], Vec::new()),
+            "its definition here is unknown",
+        ),
+        (
+            "a version with a column less",
+            decoder(history(
+                "CREATE TABLE noria.t1 (a INT NOT NULL PRIMARY KEY, b TEXT, c CHAR(2), d INT)",
+            )),
+            "the binlog has 5 columns",
+        ),
+        (
+            "a version with another type",
+            decoder(history(&T1.replace("d INT", "d BIGINT"))),
+            "column 4 of noria.t1 is BIGINT",
+        ),
+    ];
+    for (what, mut d, says) in cases {
+        for attempt in 1..=2 {
+            let (lines, failed) = pass(&mut d, MINIMAL).await;
+            assert_eq!(lines, Vec::<String>::new(), "{what}, pass {attempt}");
+            let e = failed.unwrap_or_else(|| panic!("{what}, pass {attempt}: no error"));
+            assert!(
+                matches!(e, StreamError::SchemaHistory { .. }),
+                "{what}, pass {attempt}: {e:?}"
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.contains("noria.t1")
+                    && msg.contains(says)
+                    && msg.contains("will not guess column names"),
+                "{what}, pass {attempt}: {msg}"
+            );
+            d.restart();
+        }
     }
 }
