@@ -1,77 +1,106 @@
-//! Scenario: binsync asks a real MariaDB's information_schema what the binlog does not say
-//! (column names, primary key, JSON columns). When the server kills the lookup's connection,
-//! the next lookup fails as transient (the pipeline reconnects and asks again) and the one
-//! after reconnects and answers. A table the server does not show (dropped, or hidden from a
-//! user without privileges on it) is no error but no answer.
+//! Scenario: a table was created before the oldest binlog binsync reads (its CREATE TABLE
+//! purged), on a MariaDB without FULL row metadata. binsync no longer asks information_schema
+//! per table while it streams: at its first start it reads each captured table's definition
+//! from the source (`SHOW CREATE TABLE`, the schema history's seed), and that names the
+//! columns, the key, the unsigned integers, the ENUM labels and MariaDB's JSON columns (LONGTEXT
+//! with a CHECK). A user who cannot see the table (no privilege on it: the server hides it
+//! from the seed) gets a definite error naming it, never rows with positional names (`@1`).
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
-use binsync::decode::{LookupError, SchemaLookup};
-use binsync::{InfoSchemaLookup, SourceConfig};
-use common::{MariaDb, ServerOpts};
+use common::{wait_until, MariaDb, Proc, ServerOpts};
+use serde_json::{json, Value};
 
-fn lookup_at(url: &str) -> InfoSchemaLookup {
-    InfoSchemaLookup::new(
-        SourceConfig::new(
-            url,
-            None,
-            "BINSYNC_SOURCE_PASSWORD",
-            Duration::from_secs(10),
-        )
-        .unwrap(),
-    )
-}
-
-#[tokio::test]
-async fn a_killed_lookup_connection_fails_as_transient_and_the_next_lookup_reconnects() {
+/// A MINIMAL-metadata server whose only binlog starts after `shop.orders` was created; one
+/// row in it.
+fn server_with_a_table_older_than_its_binlog() -> MariaDb {
     let db = MariaDb::start(ServerOpts {
-        binlog: false,
-        ..Default::default()
+        row_metadata: "MINIMAL",
+        ..ServerOpts::default()
     });
     db.sql(
         "CREATE DATABASE shop;
          CREATE TABLE shop.orders (id INT PRIMARY KEY, note JSON, state ENUM('new','paid'),
-           qty INT UNSIGNED);",
+           qty INT UNSIGNED);
+         FLUSH BINARY LOGS;",
     );
-    let mut lookup = lookup_at(&db.url());
-    let extra = lookup.lookup("shop", "orders").await.unwrap().unwrap();
-    assert_eq!(extra.columns, ["id", "note", "state", "qty"]);
-    assert_eq!(extra.pk, [0]);
-    assert_eq!(
-        extra.json_columns,
-        [1],
-        "MariaDB's JSON is LONGTEXT with a CHECK"
-    );
-    assert_eq!(extra.unsigned, [3]);
-    assert_eq!(extra.enum_labels, [(2, vec!["new".into(), "paid".into()])]);
-
-    // Every other client connection is the lookup's.
-    for id in db.rows(
-        "SELECT ID FROM information_schema.PROCESSLIST \
-         WHERE USER = 'root' AND ID <> CONNECTION_ID()",
-    ) {
-        db.sql(&format!("KILL {}", id[0]));
-    }
-    let e = lookup.lookup("shop", "orders").await.unwrap_err();
-    assert!(matches!(e, LookupError::Transient { .. }), "{e}");
-    assert!(e.to_string().contains("shop.orders"), "{e}");
-    let again = lookup.lookup("shop", "orders").await.unwrap().unwrap();
-    assert_eq!(again.columns, extra.columns);
-
-    assert!(lookup.lookup("shop", "gone").await.unwrap().is_none());
+    // The server keeps files that crash recovery may still need: purge until it lets go.
+    let (current, _) = db.binlog_position();
+    wait_until(Duration::from_secs(30), "the CREATE purged", || {
+        db.sql(&format!("PURGE BINARY LOGS TO '{current}'"));
+        db.rows("SHOW BINARY LOGS").len() == 1
+    });
+    db.sql("INSERT INTO shop.orders VALUES (1, '{\"n\": [1, 2]}', 'paid', 4294967295)");
+    db
 }
 
-#[tokio::test]
-async fn a_user_without_privileges_on_the_table_gets_no_answer_not_an_error() {
-    let db = MariaDb::start(ServerOpts {
-        binlog: false,
-        ..Default::default()
-    });
-    db.sql("CREATE DATABASE shop; CREATE TABLE shop.orders (id INT PRIMARY KEY);");
-    // What binsync's replication needs, but no SELECT: information_schema hides the table.
+/// `binsync run --start earliest --exit-at-end` from `url`: (exit success, sink lines, stderr).
+fn run(url: &str, dir: &Path) -> (bool, Vec<Value>, String) {
+    let state = dir.join("state").display().to_string();
+    let out = dir.join("out.jsonl");
+    let sink = format!("file:{}", out.display());
+    let mut p = Proc::spawn(
+        &[
+            "run",
+            "--source",
+            url,
+            "--server-id",
+            "5151",
+            "--state-dir",
+            &state,
+            "--sink",
+            &sink,
+            "--start",
+            "earliest",
+            "--exit-at-end",
+        ],
+        &[],
+    );
+    let st = p
+        .wait_timeout(Duration::from_secs(60))
+        .expect("binsync did not return");
+    let lines = std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (st.success(), lines, p.stderr())
+}
+
+#[test]
+fn a_table_older_than_the_binlog_is_named_by_its_definition_read_at_start() {
+    let db = server_with_a_table_older_than_its_binlog();
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, lines, stderr) = run(&db.url(), dir.path());
+    assert!(ok, "{stderr}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["op"], "insert");
+    assert_eq!(lines[0]["id"], json!({"id": 1}));
+    assert_eq!(
+        lines[0]["after"],
+        json!({"id": 1, "note": {"n": [1, 2]}, "state": "paid", "qty": 4294967295u64})
+    );
+}
+
+#[test]
+fn a_user_without_privileges_on_the_table_gets_a_definite_error_not_positional_names() {
+    let db = server_with_a_table_older_than_its_binlog();
+    // What binsync's replication needs, but no SELECT: the server hides the table from it.
     db.create_user("repl", "pw", "REPLICATION SLAVE, REPLICATION CLIENT");
-    let mut lookup = lookup_at(&db.url_as("repl", "pw"));
-    assert!(lookup.lookup("shop", "orders").await.unwrap().is_none());
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, lines, stderr) = run(&db.url_as("repl", "pw"), dir.path());
+    assert!(!ok, "{stderr}");
+    assert_eq!(lines, Vec::<Value>::new(), "nothing delivered");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("binsync: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("shop.orders") && errors[0].contains("will not guess column names"),
+        "{stderr}"
+    );
 }
