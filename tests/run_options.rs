@@ -139,9 +139,10 @@ fn without_full_row_metadata_names_come_from_the_schema_history() {
     );
     let dir = tempfile::tempdir().unwrap();
     let (lines, stderr) = run(&db, &dir.path().join("s"), &[]);
+    // The history is no lookup that a DDL can race: nothing to warn about.
     assert!(
-        stderr.contains("binlog_row_metadata=FULL"),
-        "a warning says so: {stderr}"
+        !stderr.contains("information_schema") && !stderr.contains(" WARN "),
+        "{stderr}"
     );
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[0]["op"], "ddl");
