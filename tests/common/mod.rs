@@ -605,6 +605,8 @@ pub struct MariaDb {
     /// Everything but `--port`, in order; `--no-defaults` first.
     args: Vec<String>,
     datadir: Option<tempfile::TempDir>,
+    /// Its own `--tmpdir`: servers sharing /tmp crash (see [`MariaDb::start`]).
+    _tmpdir: tempfile::TempDir,
 }
 
 impl MariaDb {
@@ -614,6 +616,12 @@ impl MariaDb {
     pub fn start(opts: ServerOpts) -> MariaDb {
         let datadir = new_datadir();
         let dir = datadir.path().to_path_buf();
+        // A tmpdir of its own, outside the datadir (a folder there would be a database):
+        // with a shared /tmp, servers running side by side die of signal 11 in
+        // ha_maria::drop_table, cleaning up an information_schema temp table that failed
+        // (seen under binsync's keyless-table query at start; in a loop of that query it hit
+        // 3 of 4 concurrent servers, none with private tmpdirs).
+        let tmpdir = harness_tempdir("binsync-mariadb-tmp-");
         let mut args = vec!["--no-defaults".to_string()];
         if is_root() {
             args.push("--user=root".into());
@@ -625,6 +633,7 @@ impl MariaDb {
             format!("--socket={d}/mysqld.sock"),
             format!("--pid-file={d}/mysqld.pid"),
             format!("--log-error={d}/error.log"),
+            format!("--tmpdir={}", tmpdir.path().display()),
             format!("--server-id={}", opts.server_id),
             format!(
                 "--gtid-strict-mode={}",
@@ -665,6 +674,7 @@ impl MariaDb {
             server_id: opts.server_id,
             args,
             datadir: Some(datadir),
+            _tmpdir: tmpdir,
         };
         let mut last = String::new();
         for _ in 0..10 {
