@@ -292,10 +292,6 @@ fn a_dead_letter_on_a_full_state_dir_is_kept_once_space_is_back() {
         &sink,
         "--batch-rows",
         "1",
-        // Row changes only: the CREATE TABLEs as `ddl` operations would be dead letters of
-        // their own at a receiver that speaks contract v1.
-        "--on-ddl",
-        "ignore",
     ];
     let mut p = Proc::spawn(&args, &[]);
     wait_until(

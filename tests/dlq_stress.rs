@@ -67,10 +67,6 @@ fn rejected_deletes_under_load_with_kills_never_freeze_the_store() {
         "8",
         "--batch-rows",
         "20",
-        // Row changes only: the writer's CREATE TABLEs as `ddl` operations would be dead
-        // letters of their own at a receiver that speaks contract v1.
-        "--on-ddl",
-        "ignore",
     ];
     let mut checked_dlq_while_running = false;
     for round in 0..rounds {
