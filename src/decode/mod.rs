@@ -470,14 +470,14 @@ impl Decoder {
             }
             XID_EVENT => {
                 // Its body (the XA id) is not needed: the event is the commit.
-                self.commit(log_pos);
+                self.commit(log_pos)?;
                 return Ok(());
             }
             XA_PREPARE_LOG_EVENT => {
                 // The end of an XA transaction's group (MySQL, MariaDB 10.5+): what a replica
                 // applies, and so what binsync delivers (see `on_query`). Also MySQL's
                 // `XA COMMIT ... ONE PHASE`, which it logs as a prepare with a flag.
-                self.commit(log_pos);
+                self.commit(log_pos)?;
                 return Ok(());
             }
             // Parsing what we do not use would only cost time.
@@ -614,20 +614,20 @@ impl Decoder {
                 t.explicit = true;
             }
         } else if first.eq_ignore_ascii_case(b"COMMIT") || first.eq_ignore_ascii_case(b"ROLLBACK") {
-            self.commit(log_pos);
+            self.commit(log_pos)?;
         } else if xa_is(b"END") {
             // Inside the XA transaction; its XA_PREPARE event comes next.
         } else if xa_is(b"PREPARE") || xa_is(b"COMMIT") {
             // (XA PREPARE as a statement: servers that do not write the XA_PREPARE event.)
-            self.commit(log_pos);
+            self.commit(log_pos)?;
         } else if xa_is(b"ROLLBACK") {
             tracing::warn!(
                 xid = %xa_id(sql),
                 "an XA transaction was rolled back after XA PREPARE: its rows were delivered at its prepare (as a replica applies them) and are not undone; the receiver holds them"
             );
-            self.commit(log_pos);
+            self.commit(log_pos)?;
         } else {
-            let ddl = is_ddl(first);
+            let ddl = is_ddl(first) && !about_accounts(sql);
             if ddl {
                 // Table ids change with DDL; re-read the information_schema view too.
                 self.extra_cache.clear();
@@ -648,7 +648,7 @@ impl Decoder {
                         );
                     }
                 }
-                _ => self.commit(log_pos),
+                _ => self.commit(log_pos)?,
             }
         }
         Ok(())
@@ -793,28 +793,21 @@ impl Decoder {
         }
     }
 
-    /// Installs the seed versions that hold from the end of this statement on, and hands
-    /// the step on with the chunk (saved with the checkpoint past it).
+    /// Hands the statement's versions on with the chunk (saved with the checkpoint past it).
     fn finish_ddl(
         &mut self,
-        mut versions: Vec<((String, String), Option<crate::schema::Table>)>,
+        versions: Vec<((String, String), Option<crate::schema::Table>)>,
         log_pos: u64,
     ) -> Result<(), StreamError> {
-        let file = &self.boundary.file;
-        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
-            .into_iter()
-            .partition(|p| p.file == *file && p.end == log_pos);
-        self.pending = later;
-        for p in now {
-            let name = (p.table.db.clone(), p.table.name.clone());
-            self.unknown.remove(&name);
-            versions.retain(|(n, _)| *n != name);
-            versions.push((name, Some(p.table.clone())));
-            if let Some(h) = self.history.as_mut() {
-                h.insert(p.table);
-            }
-        }
-        let records = crate::schema::history::records(self.seq, &versions).map_err(|e| {
+        self.push_records(&versions, log_pos)
+    }
+
+    fn push_records(
+        &mut self,
+        versions: &[((String, String), Option<crate::schema::Table>)],
+        log_pos: u64,
+    ) -> Result<(), StreamError> {
+        let records = crate::schema::history::records(self.seq, versions).map_err(|e| {
             StreamError::SchemaHistory {
                 table: versions
                     .first()
@@ -828,6 +821,33 @@ impl Decoder {
         self.chunk.records.push(records);
         self.position_dirty = true;
         Ok(())
+    }
+
+    /// Installs the seed versions that hold from the commit just passed on (at or before
+    /// `log_pos` in the boundary's file: a DDL statement's end, or the seed's own position
+    /// when the scan could not tell where the DDL was), after whatever the transaction did.
+    fn install_due(&mut self, log_pos: u64) -> Result<(), StreamError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let here = crate::schema::history::binlog_order(&self.boundary.file, log_pos);
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| crate::schema::history::binlog_order(&p.file, p.end) <= here);
+        self.pending = later;
+        if now.is_empty() {
+            return Ok(());
+        }
+        let mut versions = Vec::new();
+        for p in now {
+            let name = (p.table.db.clone(), p.table.name.clone());
+            self.unknown.remove(&name);
+            versions.push((name, Some(p.table.clone())));
+            if let Some(h) = self.history.as_mut() {
+                h.insert(p.table);
+            }
+        }
+        self.push_records(&versions, log_pos)
     }
 
     /// The definite error `--on-ddl ... stop` asks for, if it does for a captured table among
@@ -987,7 +1007,7 @@ impl Decoder {
         });
     }
 
-    fn commit(&mut self, log_pos: u64) {
+    fn commit(&mut self, log_pos: u64) -> Result<(), StreamError> {
         self.payload_end = None;
         self.history_before_txn = None;
         if let Some(gtid) = self.txn.take().and_then(|t| t.gtid) {
@@ -1002,8 +1022,10 @@ impl Decoder {
             }
         }
         self.boundary.offset = log_pos;
+        self.install_due(log_pos)?;
         self.boundary.seq = self.seq;
         self.position_dirty = true;
+        Ok(())
     }
 
     /// A table's decode plan, built when its table map first comes and reused while the same
@@ -1665,6 +1687,28 @@ fn first_word(sql: &[u8]) -> &[u8] {
     &s[..end]
 }
 
+/// `CREATE/ALTER/DROP/RENAME USER`, `... ROLE`, `... SERVER`: no table, and their text can
+/// hold a password, so it is never handed to the DDL reader (nor to its logs).
+fn about_accounts(sql: &[u8]) -> bool {
+    let rest = sql.trim_ascii_start();
+    let rest = &rest[first_word(rest).len()..];
+    // The object word follows the verb, or `OR REPLACE`.
+    let words: Vec<&[u8]> = rest
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|w| !w.is_empty())
+        .take(3)
+        .collect();
+    let object = match words.first() {
+        Some(w) if w.eq_ignore_ascii_case(b"OR") => words.get(2),
+        w => w,
+    };
+    object.is_some_and(|w| {
+        [&b"USER"[..], b"ROLE", b"SERVER"]
+            .iter()
+            .any(|k| w.eq_ignore_ascii_case(k))
+    })
+}
+
 /// A rows event above this size gets its chunk room reserved up front (see `on_rows`).
 const LARGE_ROWS_EVENT: usize = 1 << 20;
 
@@ -1727,6 +1771,27 @@ mod tests {
         );
         assert_eq!(c("CREATE TABLE ids (id INT)"), None);
         assert_eq!(c("DROP SEQUENCE ids"), None);
+    }
+
+    #[test]
+    fn account_statements_are_not_read_as_ddl() {
+        for sql in [
+            "CREATE USER 'u'@'%' IDENTIFIED BY 'secret'",
+            "create or replace user u identified by 'x'",
+            "ALTER USER u IDENTIFIED BY 'y'",
+            "DROP USER IF EXISTS u",
+            "RENAME USER a TO b",
+            "CREATE ROLE r",
+            "CREATE SERVER s FOREIGN DATA WRAPPER mysql OPTIONS (PASSWORD 'p')",
+        ] {
+            assert!(about_accounts(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "CREATE TABLE user (id INT)",
+            "ALTER TABLE t ADD COLUMN user INT",
+        ] {
+            assert!(!about_accounts(sql.as_bytes()), "{sql}");
+        }
     }
 
     #[test]

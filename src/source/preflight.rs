@@ -98,14 +98,14 @@ pub async fn run_checks(
             "FULL",
             m,
             ok_if(m == "FULL", Verdict::Warn),
-            &format!("SET GLOBAL binlog_row_metadata=FULL; and binlog_row_metadata=FULL {cnf} (without it, column names come from information_schema and a DDL can race)"),
+            &format!("SET GLOBAL binlog_row_metadata=FULL; and binlog_row_metadata=FULL {cnf} (without it, column names come from binsync's schema history, and a DDL it cannot follow stops it until `binsync schema refresh`)"),
         )),
         None => out.push(finding(
             "binlog_row_metadata",
             "FULL",
             "not supported by this version",
             Verdict::Warn,
-            "upgrade to MySQL 8.0.1+ or MariaDB 10.5+; until then column names come from information_schema",
+            "upgrade to MySQL 8.0.1+ or MariaDB 10.5+; until then column names come from binsync's schema history",
         )),
     }
     match info.flavor() {
@@ -236,7 +236,7 @@ async fn privileges(
         "granted",
         if select { "granted" } else { "missing" },
         ok_if(select, Verdict::Warn),
-        &format!("GRANT SELECT ON *.* TO '{user}'@'%'; (needed for information_schema lookups){roles_hint}"),
+        &format!("GRANT SELECT ON *.* TO '{user}'@'%'; (needed to seed the schema history with SHOW CREATE TABLE: without it, tables are unknown to binsync){roles_hint}"),
     ));
     Ok(out)
 }

@@ -119,7 +119,22 @@ pub async fn seed(
                 }
             }
         };
-        let mut statements = ddl_between(conn, src, &from, &(file2.clone(), pos2)).await?;
+        let scan = ddl_between(conn, src, &from, &(file2.clone(), pos2)).await?;
+        let mut statements = scan.found;
+        if scan.unreadable_at.is_some() {
+            // The seed itself must still hold at its own position: no DDL while it was read.
+            let during =
+                ddl_between(conn, src, &(file1.clone(), pos1), &(file2.clone(), pos2)).await?;
+            let clean = during.unreadable_at.is_none()
+                && !during
+                    .found
+                    .iter()
+                    .any(|s| s.tables.iter().any(|(d, t)| filter.matches(d, t)));
+            if !clean {
+                tracing::info!("the schema history's seed cannot be checked against the binlog written while it was read; reading it again");
+                continue;
+            }
+        }
         // What the start's GTID state holds came before it (a start by GTID alone scans
         // from a file's head, or from a position read apart from the set).
         if let Some(pos) = start_gtid {
@@ -133,7 +148,31 @@ pub async fn seed(
             tracing::info!("a DDL statement landed while the schema history was being seeded; reading it again");
             continue;
         }
-        return Ok(settle(catalog, &statements, filter, (file2, pos2)));
+        let mut seed = settle(catalog.clone(), &statements, filter, (file2, pos2));
+        if let Some((file, offset)) = scan.unreadable_at {
+            // What lies past the unreadable event is unknown: every captured table is unknown
+            // from the start until the seed's own position, where its definition read now holds.
+            tracing::warn!(file = %file, offset, "DDL after this point up to the seed cannot be seen: captured tables are known from the seed's position on; rows before it need binlog_row_metadata=FULL");
+            let created: Vec<(String, String)> = statements
+                .iter()
+                .filter(|s| s.creates)
+                .filter_map(|s| s.tables.first().cloned())
+                .collect();
+            seed.pending.clear();
+            for t in catalog.tables.values() {
+                let name = (t.db.clone(), t.name.clone());
+                seed.catalog.remove(&t.db, &t.name);
+                if !created.contains(&name) && !seed.unknown.contains(&name) {
+                    seed.unknown.push(name);
+                }
+                seed.pending.push(Pending {
+                    file: seed.at.0.clone(),
+                    end: seed.at.1,
+                    table: t.clone(),
+                });
+            }
+        }
+        return Ok(seed);
     }
     Err(SourceError::Unsupported(format!(
         "DDL kept landing on captured tables while binsync read their definitions ({SEED_ATTEMPTS} tries); start binsync again once the schema changes are done"
@@ -193,7 +232,14 @@ pub async fn ddl_since(
     from: (String, u64),
 ) -> Result<Vec<Found>> {
     let (file, pos, _) = super::master_status(conn, src).await?;
-    ddl_between(conn, src, &from, &(file, pos)).await
+    let scan = ddl_between(conn, src, &from, &(file, pos)).await?;
+    match scan.unreadable_at {
+        None => Ok(scan.found),
+        Some((f, o)) => Err(SourceError::Unsupported(format!(
+            "cannot read the binlog at {f}:{o} to find the DDL since the checkpoint (an event larger than the source's max_allowed_packet); raise max_allowed_packet on the source, then refresh again"
+        ))
+        .into()),
+    }
 }
 
 /// The seed as valid at the scan's start (see [`seed`]).
@@ -241,7 +287,7 @@ async fn ddl_between(
     src: &SourceConfig,
     from: &(String, u64),
     to: &(String, u64),
-) -> Result<Vec<Found>> {
+) -> Result<Scan> {
     let logs = super::binary_logs(conn, src).await?;
     let first = binlog_order(&from.0, 0);
     let last = binlog_order(&to.0, 0);
@@ -258,10 +304,27 @@ async fn ddl_between(
         } else {
             None
         };
+        let mut page = SCAN_PAGE;
         loop {
-            let rows = super::history::events(conn, src, &file, at, SCAN_PAGE)
-                .await
-                .map_err(super::Failure::from)?;
+            let rows = match super::history::events(conn, src, &file, at, page).await {
+                Ok(rows) => rows,
+                // An event larger than the session's max_allowed_packet (which a client
+                // cannot raise) is refused with the page it is in: read up to it in smaller
+                // pages, then stop there.
+                Err(super::history::EventsError::Unreadable(_)) if page > 1 => {
+                    page /= 2;
+                    continue;
+                }
+                Err(super::history::EventsError::Unreadable(e)) => {
+                    let here = at.unwrap_or(4);
+                    tracing::warn!(file = %file, offset = here, error = %e, "the seed's scan for DDL cannot read the binlog past this event (larger than max_allowed_packet?)");
+                    return Ok(Scan {
+                        found,
+                        unreadable_at: Some((file, here)),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
             let n = rows.len();
             for row in &rows {
                 if file == to.0 && row.end > to.1 {
@@ -277,8 +340,9 @@ async fn ddl_between(
                 }
             }
             match rows.last() {
-                Some(r) if n as u32 == SCAN_PAGE && !(file == to.0 && r.end >= to.1) => {
-                    at = Some(r.end)
+                Some(r) if n as u32 == page && !(file == to.0 && r.end >= to.1) => {
+                    at = Some(r.end);
+                    page = SCAN_PAGE;
                 }
                 _ => break,
             }
@@ -288,7 +352,17 @@ async fn ddl_between(
             tracing::info!(file = %file, scanned = %crate::units::bytes(scanned_bytes), "scanned the binlog for DDL before the schema history's seed");
         }
     }
-    Ok(found)
+    Ok(Scan {
+        found,
+        unreadable_at: None,
+    })
+}
+
+/// What [`ddl_between`] found.
+pub struct Scan {
+    pub found: Vec<Found>,
+    /// Where an event the scan could not read stopped it (file, offset of the event).
+    pub unreadable_at: Option<(String, u64)>,
 }
 
 /// A `Query` event's text (`use `db`; STATEMENT` when a default database was set), if it
