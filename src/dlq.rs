@@ -378,7 +378,7 @@ mod tests {
             panic!(
                 "deadlock: {} of {} checkpoint saves and dead-letter writes from {TASKS} \
                  concurrent tasks returned within {PATIENCE:?}, the last {} ms after the start; \
-                 the rest never did (sled 0.34's flush_async called from several tasks at once, \
+                 the rest never did (sled 0.34's asynchronous flush called from several tasks at once, \
                  spacejam/sled#1308)",
                 done.load(Ordering::SeqCst),
                 TASKS * ROUNDS,
