@@ -292,7 +292,7 @@ async fn ddl_between(
     let first = binlog_order(&from.0, 0);
     let last = binlog_order(&to.0, 0);
     let mut found = Vec::new();
-    let mut scanned_bytes = 0u64;
+    let (mut scanned_bytes, mut scanned_files) = (0u64, 0usize);
     let mut gtid: Option<Gtid> = None;
     for (file, size) in logs {
         let order = binlog_order(&file, 0);
@@ -347,10 +347,12 @@ async fn ddl_between(
                 _ => break,
             }
         }
+        // (Whole files, as SHOW BINARY LOGS sizes them: an upper bound of what was read.)
         scanned_bytes += size;
-        if scanned_bytes > 0 {
-            tracing::info!(file = %file, scanned = %crate::units::bytes(scanned_bytes), "scanned the binlog for DDL before the schema history's seed");
-        }
+        scanned_files += 1;
+    }
+    if scanned_files > 0 {
+        tracing::info!(files = scanned_files, up_to = %crate::units::bytes(scanned_bytes), "scanned the binlog for DDL between the start and the schema history's seed");
     }
     Ok(Scan {
         found,
