@@ -63,16 +63,12 @@ fn table_json(t: &crate::schema::Table) -> serde_json::Value {
         .columns
         .iter()
         .map(|c| {
-            serde_json::json!({
-                "name": c.name,
-                "type": c.data_type.to_string(),
-                "nullable": c.nullable,
-                "json": c.json,
-                "binary": c.binary,
-                "unsigned": c.unsigned(),
-                "labels": c.labels(),
-                "generated": c.generated,
-            })
+            let mut m = c.contract_json();
+            m.insert("binary".into(), c.binary.into());
+            m.insert("unsigned".into(), c.unsigned().into());
+            m.insert("labels".into(), c.labels().into());
+            m.insert("generated".into(), c.generated.into());
+            serde_json::Value::Object(m)
         })
         .collect();
     serde_json::json!({

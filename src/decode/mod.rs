@@ -933,17 +933,7 @@ impl Decoder {
             let (columns, key) = match version {
                 Some(t) => (
                     serde_json::Value::Array(
-                        t.columns
-                            .iter()
-                            .map(|c| {
-                                serde_json::json!({
-                                    "name": c.name,
-                                    "type": c.data_type.to_string(),
-                                    "nullable": c.nullable,
-                                    "json": c.json,
-                                })
-                            })
-                            .collect(),
+                        t.columns.iter().map(|c| c.contract_json().into()).collect(),
                     ),
                     serde_json::json!(t.pk),
                 ),

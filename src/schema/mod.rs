@@ -44,6 +44,17 @@ impl Column {
         text.contains("UNSIGNED")
     }
 
+    /// The column as a `ddl` operation lists it (docs/sync-api.md): name, declared type,
+    /// nullable, JSON.
+    pub fn contract_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("name".into(), self.name.clone().into());
+        m.insert("type".into(), self.data_type.to_string().into());
+        m.insert("nullable".into(), self.nullable.into());
+        m.insert("json".into(), self.json.into());
+        m
+    }
+
     /// ENUM or SET labels, in declaration order (empty for any other type).
     pub fn labels(&self) -> Vec<String> {
         match &self.data_type {
