@@ -253,8 +253,12 @@ fn stopped_while_the_tables_change(metadata: &'static str) {
     let p = run_to_end(&db, &state, &out);
     check_sink(&out, &steps, &p.stderr());
 
-    // The same binlog through `replay`, which learns the tables from the CREATEs in it: the
-    // same lines (the live run's `seq` aside).
+    replay_gives_the_same_lines(&db, dir.path(), &out);
+}
+
+/// The server's binlog through `replay`, which learns the tables from the CREATEs in it,
+/// gives the live run's lines (its `seq` aside).
+fn replay_gives_the_same_lines(db: &MariaDb, dir: &Path, out: &Path) {
     let mut files: Vec<String> = std::fs::read_dir(db.datadir())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -265,7 +269,7 @@ fn stopped_while_the_tables_change(metadata: &'static str) {
         .map(|p| p.display().to_string())
         .collect();
     files.sort();
-    let replayed = dir.path().join("replayed.jsonl");
+    let replayed = dir.join("replayed.jsonl");
     let sink = format!("file:{}", replayed.display());
     let mut args = vec![
         "replay",
@@ -292,7 +296,7 @@ fn stopped_while_the_tables_change(metadata: &'static str) {
             })
             .collect()
     };
-    assert_eq!(without_seq(&lines(&replayed)), without_seq(&lines(&out)));
+    assert_eq!(without_seq(&lines(&replayed)), without_seq(&lines(out)));
 }
 
 fn running_while_the_tables_change(metadata: &'static str) {
@@ -327,6 +331,7 @@ fn running_while_the_tables_change(metadata: &'static str) {
     let st = p.wait_timeout(Duration::from_secs(30)).expect("stop hung");
     assert!(st.success(), "{}", p.stderr());
     check_sink(&out, &steps, &p.stderr());
+    replay_gives_the_same_lines(&db, dir.path(), &out);
 }
 
 #[test]
@@ -368,7 +373,15 @@ fn run_to_end_result(db: &MariaDb, state: &Path, out: &Path, extra: &[&str]) -> 
 
 #[test]
 fn an_unreadable_ddl_stops_with_the_way_out_and_schema_refresh_resolves_it() {
-    let db = server("MINIMAL");
+    for metadata in ["MINIMAL", "FULL"] {
+        an_unreadable_ddl_stops_with_the_way_out_and_schema_refresh_resolves_it_with(metadata);
+    }
+}
+
+fn an_unreadable_ddl_stops_with_the_way_out_and_schema_refresh_resolves_it_with(
+    metadata: &'static str,
+) {
+    let db = server(metadata);
     db.sql(
         "CREATE DATABASE app;\n\
          CREATE TABLE app.t (id INT PRIMARY KEY, s VARCHAR(10)) CHARACTER SET latin1;\n\
@@ -439,7 +452,13 @@ fn an_unreadable_ddl_stops_with_the_way_out_and_schema_refresh_resolves_it() {
 
 #[test]
 fn the_history_is_read_back_after_kill_9() {
-    let db = server("MINIMAL");
+    for metadata in ["MINIMAL", "FULL"] {
+        the_history_is_read_back_after_kill_9_with(metadata);
+    }
+}
+
+fn the_history_is_read_back_after_kill_9_with(metadata: &'static str) {
+    let db = server(metadata);
     db.sql(SETUP);
     let dir = tempfile::tempdir().unwrap();
     let (state, out) = (dir.path().join("state"), dir.path().join("out.jsonl"));
@@ -567,7 +586,15 @@ fn on_ddl_stop_keeps_the_checkpoint_before_the_statement_and_ignore_passes_it() 
 
 #[test]
 fn a_transient_failure_while_seeding_the_history_is_retried_never_turned_into_positional_names() {
-    let db = server("MINIMAL");
+    for metadata in ["MINIMAL", "FULL"] {
+        a_transient_failure_while_seeding_the_history_is_retried_never_turned_into_positional_names_with(metadata);
+    }
+}
+
+fn a_transient_failure_while_seeding_the_history_is_retried_never_turned_into_positional_names_with(
+    metadata: &'static str,
+) {
+    let db = server(metadata);
     db.sql(SETUP);
     db.create_user(
         "cdc",
