@@ -16,11 +16,12 @@
 //! `k1 >= ?` / `k1 <= ?` give the range optimizer the leading column's interval outright.
 //!
 //! Bound values are the server's own values of the previous chunk's last row and of the
-//! table's last key, bound back as parameters of their own type; text keys arrive as raw bytes
-//! in their column's charset (see `encode`), so their placeholder is
-//! `CONVERT(CAST(? AS BINARY) USING <charset>) COLLATE <column's collation>`: the bytes are
-//! reinterpreted, not converted, and compared in the column's own collation, which the index
-//! is ordered by. DECIMAL placeholders are `CAST(? AS DECIMAL(p,s))` (a string compared with
+//! table's last key, bound back as parameters of their own type. Text keys arrive as raw bytes
+//! in their column's charset (see `encode`) and go back as hex, so that no conversion from
+//! `character_set_client` can touch them (a latin1 `é` is not valid utf8mb4); their
+//! placeholder is `CONVERT(UNHEX(?) USING <charset>) COLLATE <column's collation>`: the bytes
+//! are reinterpreted, not converted, and compared in the column's own collation, which the
+//! index is ordered by. DECIMAL placeholders are `CAST(? AS DECIMAL(p,s))` (a string compared with
 //! a DECIMAL would be compared as a double).
 //!
 //! Invariants:
@@ -122,11 +123,10 @@ pub struct ChunkReader {
 /// Sets what the session must be for values to come out as the decoder writes them (see
 /// `encode`) and for a consistent snapshot: UTC, strings in their own charset, REPEATABLE READ.
 pub async fn prepare_session(conn: &mut Conn) -> Result<Flavor, SnapshotError> {
-    conn.query_drop(
-        "SET SESSION time_zone = '+00:00', SESSION character_set_results = NULL, \
-         SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-    )
-    .await?;
+    conn.query_drop("SET SESSION time_zone = '+00:00', SESSION character_set_results = NULL")
+        .await?;
+    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .await?;
     let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
     Ok(match version {
         Some(v) if v.contains("MariaDB") => Flavor::Mariadb,
@@ -186,11 +186,6 @@ impl ChunkReader {
         &self.plan
     }
 
-    /// The query of the chunks after the first (for EXPLAIN in tests and logs).
-    pub fn next_chunk_sql(&self) -> &str {
-        &self.select_next
-    }
-
     /// The last key read so far, as the server's values (a resume point).
     pub fn last_key(&self) -> Option<&[Value]> {
         self.after.as_deref()
@@ -203,6 +198,43 @@ impl ChunkReader {
 
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// The next chunk's query and its parameters (None when the table is done): for EXPLAIN.
+    pub fn next_chunk_query(&self, limit: u32) -> Option<(&str, Vec<Value>)> {
+        match &self.upper {
+            Some(upper) if !self.done => Some(self.next_query(upper, limit)),
+            _ => None,
+        }
+    }
+
+    /// Key column `k`'s value of `key` as its placeholder takes it: strings as hex text.
+    fn param(&self, key: &[Value], k: usize) -> Value {
+        match (&self.plan.columns[self.plan.page_key[k]].kind, &key[k]) {
+            (Kind::Text(_), Value::Bytes(b)) => {
+                let mut hex = Vec::with_capacity(b.len() * 2);
+                for &x in b {
+                    hex.push(HEX[(x >> 4) as usize]);
+                    hex.push(HEX[(x & 15) as usize]);
+                }
+                Value::Bytes(hex)
+            }
+            (_, v) => v.clone(),
+        }
+    }
+
+    fn next_query(&self, upper: &[Value], limit: u32) -> (&str, Vec<Value>) {
+        let mut params: Vec<Value> = Vec::new();
+        let sql = match &self.after {
+            None => &self.select_first,
+            Some(after) => {
+                params.extend(self.lower_params.iter().map(|&k| self.param(after, k)));
+                &self.select_next
+            }
+        };
+        params.extend(self.upper_params.iter().map(|&k| self.param(upper, k)));
+        params.push(Value::UInt(limit as u64));
+        (sql, params)
     }
 
     /// Reads the next chunk of at most `limit` rows into `out` (cleared first). `None` when
@@ -221,17 +253,9 @@ impl ChunkReader {
             return Ok(None);
         }
         let limit = limit.max(1);
-        let mut params: Vec<Value> = Vec::new();
-        let sql = match &self.after {
-            None => &self.select_first,
-            Some(after) => {
-                params.extend(self.lower_params.iter().map(|&k| after[k].clone()));
-                &self.select_next
-            }
-        };
-        params.extend(self.upper_params.iter().map(|&k| upper[k].clone()));
-        params.push(Value::UInt(limit as u64));
-        let stmt = conn.prep(sql.as_str()).await?;
+        let (sql, params) = self.next_query(upper, limit);
+        let stmt = conn.prep(sql).await?;
+        let upper = upper.clone();
 
         let started = Instant::now();
         let gtid_before = match self.flavor {
@@ -261,7 +285,7 @@ impl ChunkReader {
                 .iter()
                 .map(|&k| row.take(k).unwrap_or(Value::NULL))
                 .collect();
-            last_key_is_upper = key == *upper;
+            last_key_is_upper = key == upper;
             self.after = Some(key);
         }
         self.done = rows < limit as usize || last_key_is_upper;
@@ -374,6 +398,8 @@ fn encode_row(
     Ok(())
 }
 
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
 /// `` `name` ``, with backticks in the name doubled.
 pub(crate) fn quote(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
@@ -392,12 +418,10 @@ fn from_clause(plan: &TablePlan) -> String {
 fn placeholder(plan: &TablePlan, k: usize) -> String {
     let col = &plan.columns[k];
     match &col.kind {
-        Kind::Text(TextKind::Binary) => "CAST(? AS BINARY)".into(),
+        Kind::Text(TextKind::Binary) => "UNHEX(?)".into(),
         Kind::Text(_) => match (&col.charset, &col.collation) {
-            (Some(cs), Some(coll)) => {
-                format!("CONVERT(CAST(? AS BINARY) USING {cs}) COLLATE {coll}")
-            }
-            _ => "?".into(),
+            (Some(cs), Some(coll)) => format!("CONVERT(UNHEX(?) USING {cs}) COLLATE {coll}"),
+            _ => "UNHEX(?)".into(),
         },
         Kind::Decimal { precision, scale } => format!("CAST(? AS DECIMAL({precision},{scale}))"),
         _ => "?".into(),

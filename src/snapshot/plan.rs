@@ -6,8 +6,10 @@
 //! Invariants:
 //! - `columns` lists every column in table order, invisible and generated ones included, as a
 //!   row image does, so a `read` line's `after` has the binlog's columns in the binlog's order.
-//! - The `id` columns are the decoder's: the primary key, or every column when the table has
-//!   none (`keyless`), whatever key the chunks are paged by.
+//! - The `id` columns are the decoder's: the primary key as the server sees it (a unique NOT
+//!   NULL index is promoted to it when there is no PRIMARY KEY, and the binlog's FULL metadata
+//!   names it), or every column when the table has none (`keyless`), whatever key the chunks
+//!   are paged by.
 //! - The paging key is the primary key, else a unique index over NOT NULL columns without
 //!   prefix parts (the one with the fewest columns, then by name), else an explicit
 //!   `--snapshot-key` choice; nothing else is guessed.
@@ -61,6 +63,10 @@ pub struct PlanColumn {
     pub charset: Option<String>,
     pub collation: Option<String>,
     pub nullable: bool,
+    /// Part of the table's primary key as the server sees it: its PRIMARY KEY or, without
+    /// one, the unique NOT NULL index it promotes (information_schema's `COLUMN_KEY` `PRI`,
+    /// and the key `binlog_row_metadata=FULL` names).
+    pub primary: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -104,11 +110,12 @@ impl TablePlan {
             Option<u64>,
             Option<u64>,
             String,
+            String,
         );
         let rows: Vec<ColRow> = conn
             .exec(
                 "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, COLLATION_NAME, \
-                 NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION, IS_NULLABLE \
+                 NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION, IS_NULLABLE, COLUMN_KEY \
                  FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
                  ORDER BY ORDINAL_POSITION",
                 (db, table),
@@ -131,7 +138,18 @@ impl TablePlan {
         let columns: Vec<PlanColumn> = rows
             .into_iter()
             .map(
-                |(name, data_type, column_type, charset, collation, prec, scale, fsp, nullable)| {
+                |(
+                    name,
+                    data_type,
+                    column_type,
+                    charset,
+                    collation,
+                    prec,
+                    scale,
+                    fsp,
+                    nullable,
+                    column_key,
+                )| {
                     let json = json_cols.iter().any(|j| j.eq_ignore_ascii_case(&name));
                     let kind = kind_of(
                         &data_type,
@@ -152,6 +170,7 @@ impl TablePlan {
                         charset,
                         collation,
                         nullable: nullable.eq_ignore_ascii_case("YES"),
+                        primary: column_key.eq_ignore_ascii_case("PRI"),
                     }
                 },
             )
@@ -185,7 +204,7 @@ impl TablePlan {
             id: Vec::new(),
             keyless: true,
         };
-        let (page_index, page_cols) = choose_key(&plan, &indexes, snapshot_key)?;
+        let (page_index, page_cols, primary) = choose_key(&plan, &indexes, snapshot_key)?;
         plan.page_key = page_cols
             .iter()
             .map(|c| plan.column_index(c))
@@ -194,7 +213,7 @@ impl TablePlan {
                 table: plan.qualified(),
             })?;
         plan.page_index = page_index;
-        plan.keyless = plan.page_index != "PRIMARY";
+        plan.keyless = !primary;
         plan.id = if plan.keyless {
             (0..plan.columns.len()).collect()
         } else {
@@ -246,15 +265,27 @@ async fn json_checks(conn: &mut Conn, db: &str, table: &str) -> Result<Vec<Strin
         .collect())
 }
 
-/// The paging key: the primary key, else the user's choice, else the narrowest unique index
-/// over NOT NULL columns without prefix parts.
+/// The paging key, and whether it is the server's primary key (then it is also the `id`):
+/// the primary key, or the unique NOT NULL index the server promotes to it, else the user's
+/// choice, else the narrowest unique index over NOT NULL columns without prefix parts.
 fn choose_key(
     plan: &TablePlan,
     indexes: &[(String, Vec<String>, bool)],
     snapshot_key: Option<&[String]>,
-) -> Result<(String, Vec<String>), SnapshotError> {
+) -> Result<(String, Vec<String>, bool), SnapshotError> {
     if let Some((name, cols, _)) = indexes.iter().find(|(n, _, _)| n == "PRIMARY") {
-        return Ok((name.clone(), cols.clone()));
+        return Ok((name.clone(), cols.clone(), true));
+    }
+    let marked = plan.columns.iter().filter(|c| c.primary).count();
+    let is_marked = |c: &String| {
+        plan.column_index(c)
+            .is_some_and(|i| plan.columns[i].primary)
+    };
+    if let Some((name, cols, _)) = indexes
+        .iter()
+        .find(|(_, cols, prefix)| !prefix && cols.len() == marked && cols.iter().all(is_marked))
+    {
+        return Ok((name.clone(), cols.clone(), true));
     }
     let not_null = |c: &String| {
         plan.column_index(c)
@@ -275,13 +306,13 @@ fn choose_key(
             })
             .map(|(n, _, _)| n.clone())
             .unwrap_or_default();
-        return Ok((index, want.to_vec()));
+        return Ok((index, want.to_vec(), false));
     }
     indexes
         .iter()
         .filter(|(_, cols, prefix)| !prefix && cols.iter().all(not_null))
         .min_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| a.0.cmp(&b.0)))
-        .map(|(n, cols, _)| (n.clone(), cols.clone()))
+        .map(|(n, cols, _)| (n.clone(), cols.clone(), false))
         .ok_or_else(|| SnapshotError::NoKey {
             table: plan.qualified(),
         })
