@@ -46,7 +46,24 @@ async fn a_composite_key_led_by_a_latin1_varchar_pages_by_a_primary_key_range() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_table_without_primary_key_pages_by_its_unique_not_null_key_which_is_also_its_id() {
-    let db = MariaDb::start(ServerOpts::default());
+    promoted_key_is_the_id("FULL").await;
+}
+
+/// With MINIMAL metadata the decoder takes the key from information_schema's
+/// KEY_COLUMN_USAGE `PRIMARY` constraint, which a promoted unique key is not: the binlog's ids
+/// are then whole rows, while FULL metadata gives the unique key. The snapshot follows FULL;
+/// the decoder's two answers should agree first.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "binsync bug: with MINIMAL metadata the decoder's id of a table whose key is a promoted unique NOT NULL index is the whole row (KEY_COLUMN_USAGE PRIMARY only)"]
+async fn a_promoted_unique_key_is_the_id_with_minimal_metadata_too() {
+    promoted_key_is_the_id("MINIMAL").await;
+}
+
+async fn promoted_key_is_the_id(metadata: &'static str) {
+    let db = MariaDb::start(ServerOpts {
+        row_metadata: metadata,
+        ..ServerOpts::default()
+    });
     db.sql(
         "CREATE DATABASE t; CREATE TABLE t.u (a INT NOT NULL, b VARCHAR(10), c INT NULL, \
          UNIQUE KEY nullable (c), UNIQUE KEY ua (a)) ENGINE=InnoDB;
