@@ -4,8 +4,8 @@
 //!
 //! Invariants:
 //! - The size always stays within `[min, max]`.
-//! - One observation moves the size by at most a factor of [`GROW`] up or [`SHRINK`] down, so
-//!   one outlier (a cold buffer pool, a stall) cannot swing it to an extreme.
+//! - One observation moves the size by at most a factor of 2 up (`GROW`) or 4 down
+//!   (`SHRINK`), so one outlier (a cold buffer pool, a stall) cannot swing it to an extreme.
 //! - A chunk that came back short (the table's end) never makes the next one larger: it says
 //!   nothing about how long a full chunk takes.
 
