@@ -28,6 +28,8 @@
 //!   lookups; TLS to the server for both its connections (`source::tls`).
 //! - `dlq`, `sink`: the dead-letter queue; the sinks (`stdout`, `file:`, the HTTP sync API),
 //!   their retry policy, and the ordered-ack ledger every sink acknowledges through.
+//! - [`snapshot`]: the initial snapshot (issue 12, being built): a table's rows read in chunks
+//!   by key, each at its exact binlog position, encoded as the decoder encodes binlog rows.
 //! - [`config`]: flags and the TOML file, resolved once into each component's settings.
 //! - [`error`]: the library's error, transient or definite.
 //! - [`pipeline`] (`binsync run`), [`replay`], [`commands`] (`check`, `status`, `dlq`): the
@@ -44,6 +46,7 @@ pub mod pipeline;
 pub mod replay;
 pub mod schema;
 pub mod shutdown;
+pub mod snapshot;
 pub mod units;
 
 pub(crate) mod backoff;

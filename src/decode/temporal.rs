@@ -51,7 +51,7 @@ fn push4(out: &mut Vec<u8>, v: u32) {
 
 /// `.` and the first `fsp` digits of a 6-digit microsecond value.
 #[inline]
-fn push_frac(out: &mut Vec<u8>, micros: u32, fsp: u8) {
+pub(crate) fn push_frac(out: &mut Vec<u8>, micros: u32, fsp: u8) {
     if fsp == 0 {
         return;
     }
@@ -65,7 +65,7 @@ fn push_frac(out: &mut Vec<u8>, micros: u32, fsp: u8) {
 }
 
 #[inline]
-fn push_date(out: &mut Vec<u8>, y: u32, m: u32, d: u32) {
+pub(crate) fn push_date(out: &mut Vec<u8>, y: u32, m: u32, d: u32) {
     push4(out, y);
     out.push(b'-');
     push2(out, m);
@@ -74,7 +74,7 @@ fn push_date(out: &mut Vec<u8>, y: u32, m: u32, d: u32) {
 }
 
 #[inline]
-fn push_hms(out: &mut Vec<u8>, h: u32, mi: u32, s: u32) {
+pub(crate) fn push_hms(out: &mut Vec<u8>, h: u32, mi: u32, s: u32) {
     push2(out, h);
     out.push(b':');
     push2(out, mi);
@@ -114,7 +114,15 @@ pub(crate) fn date(data: &[u8], pos: usize, out: &mut Vec<u8>) -> VResult<usize>
 }
 
 /// `"[-]HH:MM:SS[.f]"` from a sign and absolute parts.
-fn push_time(out: &mut Vec<u8>, neg: bool, h: u32, mi: u32, s: u32, micros: u32, fsp: u8) {
+pub(crate) fn push_time(
+    out: &mut Vec<u8>,
+    neg: bool,
+    h: u32,
+    mi: u32,
+    s: u32,
+    micros: u32,
+    fsp: u8,
+) {
     out.push(b'"');
     if neg {
         out.push(b'-');

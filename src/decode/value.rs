@@ -515,7 +515,7 @@ fn push_text_char(out: &mut Vec<u8>, ch: char) {
 }
 
 /// Text column bytes to JSON per the column's charset class.
-fn write_text(out: &mut Vec<u8>, s: &[u8], kind: TextKind) {
+pub(crate) fn write_text(out: &mut Vec<u8>, s: &[u8], kind: TextKind) {
     match kind {
         TextKind::Utf8 | TextKind::Unknown => {
             let mark = out.len();
