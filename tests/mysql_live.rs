@@ -1179,6 +1179,86 @@ fn mysql9x_status_with_source_after_a_run() {
     status_with_source_after_a_run(Profile::Mysql9x);
 }
 
+/// A second binsync (its own state dir) with the `--server-id` of a running one is refused
+/// before it registers: MySQL would keep one registration per id and drop the first run's
+/// dump. The replicas are listed with `SHOW REPLICAS`, the only name 8.4 and 9.x know.
+fn a_second_run_with_the_same_server_id_is_refused_at_start(profile: Profile) {
+    let double = MysqlDouble::start(profile, vec![fixture(TAGGED)], options_for(TAGGED));
+    let tmp = tempfile::tempdir().unwrap();
+    let spawn = |name: &str| {
+        Proc::spawn(
+            &[
+                "run",
+                "--source",
+                &double.url(),
+                "--server-id",
+                "4242",
+                "--state-dir",
+                tmp.path().join(name).to_str().unwrap(),
+                "--sink",
+                &format!(
+                    "file:{}",
+                    tmp.path().join(name).with_extension("jsonl").display()
+                ),
+            ],
+            &[],
+        )
+    };
+    let mut first = spawn("a");
+    common::wait_until(Duration::from_secs(30), "the first run streams", || {
+        first.stderr().contains("streaming") || !first.is_running()
+    });
+    assert!(first.is_running(), "{profile:?}: {}", first.stderr());
+
+    let mut second = spawn("b");
+    let st = second
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the second run ends");
+    assert!(!st.success(), "{profile:?}");
+    let err = second.stderr();
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("binsync: error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("server id 4242 is already used by another binsync run")
+            && line.contains("--server-id"),
+        "{profile:?}: {err}"
+    );
+    assert_eq!(
+        double.dumps(),
+        1,
+        "{profile:?}: the second run asked for no dump"
+    );
+    assert!(first.is_running(), "{profile:?}: the first run goes on");
+    assert!(
+        double.statements().iter().any(|s| s == "SHOW REPLICAS"),
+        "{profile:?}"
+    );
+    assert!(
+        double.unknown_statements().is_empty(),
+        "{profile:?}: the double did not know: {:?}",
+        double.unknown_statements()
+    );
+    first.sigterm();
+    assert!(first.wait_timeout(Duration::from_secs(30)).is_some());
+}
+
+#[test]
+fn mysql80_a_second_run_with_the_same_server_id_is_refused_at_start() {
+    a_second_run_with_the_same_server_id_is_refused_at_start(Profile::Mysql80);
+}
+
+#[test]
+fn mysql84_a_second_run_with_the_same_server_id_is_refused_at_start() {
+    a_second_run_with_the_same_server_id_is_refused_at_start(Profile::Mysql84);
+}
+
+#[test]
+fn mysql9x_a_second_run_with_the_same_server_id_is_refused_at_start() {
+    a_second_run_with_the_same_server_id_is_refused_at_start(Profile::Mysql9x);
+}
+
 /// MySQL's default `gtid_mode=OFF`: the files hold ANONYMOUS_GTID events.
 const ANONYMOUS: &str = "binlog_transaction_with_anonymous_GTID.000001";
 
