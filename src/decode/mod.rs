@@ -23,6 +23,7 @@
 
 pub mod fit;
 pub(crate) mod frame;
+pub mod inject;
 pub mod schema;
 pub mod value;
 
@@ -237,6 +238,13 @@ pub struct Decoder {
     /// The history does not claim to know every table (`replay`): a table it lacks is
     /// unknown, not a DDL it failed to follow.
     open_world: bool,
+    /// Where the last transaction decoded committed: a snapshot chunk read before it is
+    /// stale (see `inject`).
+    last_commit: (String, u64),
+    /// `seq` rooms of snapshot chunks injected by an earlier run (see `inject`).
+    reserved: Vec<crate::snapshot::progress::Reservation>,
+    /// The snapshot chunk being injected (see `inject`).
+    injecting: Option<inject::Injecting>,
 }
 
 impl Decoder {
@@ -249,6 +257,7 @@ impl Decoder {
         emit_from: Option<(String, u64)>,
         lookup: Option<Box<dyn SchemaLookup>>,
     ) -> Self {
+        let last_commit = (start.file.clone(), start.offset);
         let mut d = Decoder {
             cfg,
             lookup,
@@ -283,6 +292,9 @@ impl Decoder {
             unknown: HashSet::new(),
             pending: Vec::new(),
             open_world: false,
+            last_commit,
+            reserved: Vec::new(),
+            injecting: None,
         };
         d.set_file(d.boundary.file.clone());
         d
@@ -395,6 +407,14 @@ impl Decoder {
 
     /// Where a restart resumes after everything decoded so far is delivered.
     fn resume_position(&self) -> Position {
+        if let Some(seq) = self.injecting_seq_before() {
+            // Inside a snapshot chunk: a restart resumes before it and skips its room.
+            return Position {
+                seq,
+                partial: None,
+                ..self.boundary.clone()
+            };
+        }
         if self.txn.is_none() {
             if let Some(p) = &self.resume {
                 // The checkpoint's transaction has not come again yet: keep its progress.
@@ -441,6 +461,9 @@ impl Decoder {
             0 => self.payload_end.unwrap_or(self.boundary.offset),
             pos => u64::from(pos),
         };
+        if self.txn.is_none() && !self.reserved.is_empty() {
+            self.apply_reservations();
+        }
         // (Not heartbeats: their position may name events the server skipped, not sent.)
         if header.log_pos() != 0 && !matches!(raw_type, HEARTBEAT_EVENT | HEARTBEAT_EVENT_V2) {
             self.read_to = self.read_to.max(log_pos);
@@ -1012,6 +1035,8 @@ impl Decoder {
             }
         }
         self.boundary.offset = log_pos;
+        self.last_commit.0.clone_from(&self.boundary.file);
+        self.last_commit.1 = log_pos;
         self.install_due(log_pos)?;
         self.boundary.seq = self.seq;
         self.position_dirty = true;

@@ -66,7 +66,10 @@
 
 pub mod chunk;
 mod encode;
+pub mod handoff;
 pub mod plan;
+pub mod progress;
+pub mod runner;
 pub mod size;
 
 pub use chunk::{prepare_session, ChunkBuf, ChunkInfo, ChunkReader, RowSpans, SnapshotPosition};
@@ -99,6 +102,12 @@ pub enum SnapshotError {
     NoSnapshotPosition,
     #[error("reading the snapshot: {0}")]
     Server(#[from] mysql_async::Error),
+    #[error("connecting for the snapshot: {detail}")]
+    Connect { detail: String, transient: bool },
+    #[error("snapshots of MySQL sources are not supported yet (only MariaDB's binlog_snapshot_file/position give a chunk its exact binlog position); run with --snapshot never")]
+    MysqlUnsupported,
+    #[error("{0}: the state dir's snapshot progress holds a key binsync cannot read; run `binsync snapshot --table {0}` to read the table again from its start")]
+    Progress(String),
 }
 
 impl SnapshotError {
@@ -106,6 +115,7 @@ impl SnapshotError {
     /// chunk can be read again on a new connection.
     pub fn is_transient(&self) -> bool {
         match self {
+            SnapshotError::Connect { transient, .. } => *transient,
             SnapshotError::Server(e) => match e {
                 mysql_async::Error::Io(_) => true,
                 mysql_async::Error::Driver(_) => true,

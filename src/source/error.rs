@@ -25,6 +25,10 @@ pub enum Failure {
     /// A person must act.
     #[error(transparent)]
     Definite(#[from] SourceError),
+    /// The state dir refused a write the source stage makes (a snapshot chunk's `seq` room):
+    /// a full disk is waited out by `run`, anything else stops it.
+    #[error(transparent)]
+    State(crate::checkpoint::CheckpointError),
 }
 
 pub type Result<T, E = Failure> = std::result::Result<T, E>;
@@ -222,6 +226,9 @@ pub enum SourceError {
     /// The sink stopped taking changes; its own error is the cause.
     #[error("the sink stopped taking changes")]
     SinkClosed,
+    /// The snapshot cannot go on; the message names the table and the fix.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 /// Why the source's dump thread stopped the stream with error 1236
