@@ -247,6 +247,91 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::Position;
+    use crate::decode::DecodeConfig;
+
+    fn decoder_at(seq: u64) -> Decoder {
+        let start = Position {
+            file: "b.000001".into(),
+            offset: 400,
+            seq,
+            ..Position::default()
+        };
+        Decoder::new(Arc::new(DecodeConfig::default()), start, None, None, None)
+    }
+
+    fn progress() -> Records {
+        Records {
+            tree: b"snapshot",
+            entries: vec![(b"d.t".to_vec(), b"{}".to_vec())],
+        }
+    }
+
+    /// The first run injects a chunk of 2 rows with a room of 5; a replay from before it
+    /// skips the same room there: the counter after the point is the same either way.
+    #[test]
+    fn a_replay_skips_the_room_a_chunk_took_at_the_same_point() {
+        let mut first = decoder_at(10);
+        assert_eq!(first.snapshot_due("b.000001", 400), Due::Now);
+        assert_eq!(first.snapshot_due("b.000001", 500), Due::NotYet);
+        assert_eq!(first.snapshot_due("b.000000", 900), Due::Passed);
+        let room = first.begin_snapshot_chunk("d", "t", false, "b.000001", 400, 0, 5);
+        assert_eq!(
+            room,
+            Reservation {
+                file: "b.000001".into(),
+                offset: 400,
+                seq_before: 10,
+                budget: 5
+            }
+        );
+        first.snapshot_row(br#"{"id":1}"#, br#"{"id":1,"v":2}"#);
+        // A chunk taken inside the injection resumes before it.
+        let mid = first.take_chunk(true).unwrap();
+        assert_eq!(mid.position.as_ref().unwrap().seq, 10);
+        assert_eq!(mid.changes[0].seq, 11);
+        assert_eq!(
+            std::str::from_utf8(mid.line(&mid.changes[0])).unwrap(),
+            r#"{"seq":11,"op":"read","db":"d","table":"t","entity":"t","id":{"id":1},"gtid":null,"ts":"1970-01-01T00:00:00Z","file":"b.000001","offset":400,"after":{"id":1,"v":2}}"#
+        );
+        first.snapshot_row(br#"{"id":2}"#, br#"{"id":2,"v":3}"#);
+        first.end_snapshot_chunk(Some(10), progress());
+        let done = first.take_chunk(true).unwrap();
+        assert_eq!(
+            done.position.as_ref().unwrap().seq,
+            15,
+            "the room is used up whole"
+        );
+        assert_eq!(done.records, vec![progress()]);
+        let end = done.line(&done.changes[1]);
+        assert!(
+            std::str::from_utf8(end)
+                .unwrap()
+                .contains(r#""op":"snapshot_end","db":"d","table":"t","entity":"t","gtid":null"#),
+            "{}",
+            String::from_utf8_lossy(end)
+        );
+
+        let mut replay = decoder_at(10);
+        replay.add_reservations([room.clone()]);
+        replay.apply_reservations();
+        assert_eq!(replay.seq, 15);
+        assert_eq!(replay.take_chunk(true).unwrap().position.unwrap().seq, 15);
+
+        // A room of another point, or behind the counter, is not taken.
+        let mut other = decoder_at(10);
+        other.add_reservations([Reservation {
+            offset: 300,
+            ..room.clone()
+        }]);
+        other.apply_reservations();
+        assert_eq!(other.seq, 10);
+        let mut behind = decoder_at(20);
+        behind.add_reservations([room]);
+        behind.apply_reservations();
+        assert_eq!(behind.seq, 20);
+        assert!(behind.reserved.is_empty());
+    }
 
     #[test]
     fn binlog_files_order_by_their_number() {
