@@ -231,7 +231,12 @@ async fn run_once(
         tracing::info!("stopped before the source was reached; nothing was read");
         return Ok(Outcome::Stopped);
     };
-    let snapshot_tables = snapshot_at_start(&store, settings, &info, &history, &decode).await?;
+    let Some(snapshot_tables) =
+        snapshot_at_start(&store, settings, &info, &decode, &mut shutdown).await?
+    else {
+        tracing::info!("stopped before the source was reached; nothing was read");
+        return Ok(Outcome::Stopped);
+    };
     let reserved = progress::reservations_from(&store, plan.position.seq).await?;
     tracing::info!(start = %plan.point, position = %plan.position, "streaming");
 
@@ -356,75 +361,69 @@ async fn history_at_start(
 /// listing every captured table when this state dir's first start asked for a snapshot
 /// ([`progress::mark_wanted`]). Each table not done is checked now (it exists, has a key
 /// chunks can page by), so that a table that can never be read stops the run at once, not
-/// hours later.
+/// hours later. None when stopped while reaching the source.
 async fn snapshot_at_start(
     store: &Store,
     settings: &RunSettings,
     info: &ServerInfo,
-    catalog: &Catalog,
     decode: &crate::decode::DecodeConfig,
-) -> Result<Vec<progress::TableProgress>> {
+    shutdown: &mut Shutdown,
+) -> Result<Option<Vec<progress::TableProgress>>> {
     if settings.snapshot.mode == SnapshotMode::Never {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     }
-    if progress::is_wanted(store)? {
+    let mut wanted = progress::is_wanted(store)?;
+    let mysql = info.flavor() == crate::gtid::Flavor::Mysql;
+    if wanted && mysql && settings.snapshot.mode == SnapshotMode::WhenNeeded {
+        tracing::warn!("no snapshot: snapshots of MySQL sources are not supported yet; streaming from the start position only (--snapshot never silences this)");
+        progress::unmark_wanted(store).await?;
+        wanted = false;
+    }
+    let open = progress::load(store)?
+        .iter()
+        .any(|t| t.state != progress::State::Done);
+    if !wanted && !open {
+        return Ok(Some(progress::load(store)?));
+    }
+    if mysql {
+        return Err(SourceError::Snapshot(SnapshotError::MysqlUnsupported.to_string()).into());
+    }
+    let src = &settings.source;
+    let Some(mut conn) = src.with_retries(shutdown, || src.connect_once()).await? else {
+        return Ok(None);
+    };
+    if wanted {
         // The tables there are now (the stream's start may be older than some of them).
-        let _ = catalog;
-        let mut names: std::collections::BTreeSet<(String, String)> = Default::default();
-        let src = &settings.source;
-        let mut conn = src.connect_once().await?;
         let now: Vec<(String, String)> = mysql_async::prelude::Queryable::query(
             &mut conn,
             "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' \
-             AND TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')",
+             AND TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME",
         )
         .await
         .map_err(|e| SourceError::Snapshot(format!("listing the tables to snapshot: {e}")))?;
-        names.extend(now);
-        let mut tables = Vec::new();
-        for (db, name) in &names {
-            let qualified = format!("{db}.{name}");
-            if decode.filter.matches(db, name) && !decode.sequences.contains(&qualified) {
-                tables.push(progress::TableProgress::new(db, name));
-            }
-        }
-        if info.flavor() == crate::gtid::Flavor::Mysql
-            && settings.snapshot.mode == SnapshotMode::WhenNeeded
-        {
-            tracing::warn!("no snapshot: snapshots of MySQL sources are not supported yet; streaming from the start position only (--snapshot never silences this)");
-            tables.clear();
-        } else {
-            tracing::info!(tables = tables.len(), "snapshot of every captured table");
-        }
+        let tables: Vec<progress::TableProgress> = now
+            .iter()
+            .filter(|(db, name)| {
+                decode.filter.matches(db, name)
+                    && !decode.sequences.contains(&format!("{db}.{name}"))
+            })
+            .map(|(db, name)| progress::TableProgress::new(db, name))
+            .collect();
+        tracing::info!(tables = tables.len(), "snapshot of every captured table");
         progress::save_now(store, tables).await?;
         progress::unmark_wanted(store).await?;
     }
     let tables = progress::load(store)?;
-    let open: Vec<&progress::TableProgress> = tables
-        .iter()
-        .filter(|t| t.state != progress::State::Done)
-        .collect();
-    if open.is_empty() {
-        return Ok(tables);
-    }
-    if info.flavor() == crate::gtid::Flavor::Mysql {
-        return Err(SourceError::Snapshot(SnapshotError::MysqlUnsupported.to_string()).into());
-    }
-    let src = &settings.source;
-    let mut conn = src.connect_once().await?;
-    for t in open {
-        let key = settings
-            .snapshot
-            .keys
-            .get(&t.qualified())
-            .map(|v| v.as_slice());
+    for t in tables.iter().filter(|t| t.state != progress::State::Done) {
+        let key = settings.snapshot.keys.get(&t.qualified()).map(|v| v.as_slice());
         match crate::snapshot::TablePlan::load(&mut conn, &t.db, &t.table, None, key).await {
             // Dropped since it was asked for: the snapshot task says so and ends.
             Ok(_) | Err(SnapshotError::NoTable { .. }) => {}
             Err(e) => return Err(SourceError::Snapshot(e.to_string()).into()),
         }
     }
-    Ok(tables)
+    Ok(Some(tables))
 }
 
 /// Starts the sink task for `spec`: it takes chunks from `rx` and sends their acks, in

@@ -161,6 +161,14 @@ impl Runner {
         if let Some(t) = tables.first() {
             ctx.publish(t);
         }
+        // On a terminal, a live line (overwritten each second); logs get `Report`'s lines.
+        let live = {
+            use std::io::IsTerminal;
+            std::io::stderr()
+                .is_terminal()
+                .then(|| tokio::spawn(live_line(ctx.clone())))
+        };
+        let _live = AbortOnDrop(live);
         let mut queue: VecDeque<TableProgress> = tables
             .into_iter()
             .filter(|t| t.state != State::Done)
@@ -435,6 +443,65 @@ async fn table_pass(
                 }
             }
         }
+    }
+}
+
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// Every second, one line on the terminal for the tables being read: rows of the estimate,
+/// rate, time left.
+async fn live_line(ctx: Arc<Ctx>) {
+    let mut last: HashMap<String, (u64, Instant)> = HashMap::new();
+    let mut shown = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let tables: Vec<TableProgress> = match ctx.status.lock() {
+            Ok(all) => all.values().cloned().collect(),
+            Err(_) => return,
+        };
+        let mut parts = Vec::new();
+        for t in tables.iter().filter(|t| t.state == State::Running) {
+            let name = t.qualified();
+            let (rows0, at0) = *last.entry(name.clone()).or_insert((t.rows, Instant::now()));
+            let secs = at0.elapsed().as_secs_f64();
+            let rate = if secs > 0.5 {
+                (t.rows - rows0.min(t.rows)) as f64 / secs
+            } else {
+                0.0
+            };
+            let total = t.estimate.max(t.rows);
+            let left = if rate > 0.0 {
+                units::duration(Duration::from_secs_f64(
+                    total.saturating_sub(t.rows) as f64 / rate,
+                ))
+            } else {
+                "?".into()
+            };
+            parts.push(format!(
+                "{name} {}/{} rows, {}/s, {left} left",
+                units::count(t.rows),
+                units::count(total),
+                units::count(rate as u64)
+            ));
+        }
+        if parts.is_empty() {
+            if shown {
+                eprintln!();
+                shown = false;
+            }
+            continue;
+        }
+        eprint!("\r\x1b[2Ksnapshot: {}", parts.join(" | "));
+        shown = true;
     }
 }
 
