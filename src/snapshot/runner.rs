@@ -180,7 +180,11 @@ impl Runner {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             while active.len() < self.settings.parallel {
-                let Some(t) = queue.pop_front() else { break };
+                // A table asked for again while it is read waits for that read to end.
+                let Some(i) = queue.iter().position(|t| !running.contains(&t.qualified())) else {
+                    break;
+                };
+                let Some(t) = queue.remove(i) else { break };
                 let name = t.qualified();
                 running.push(name.clone());
                 let ctx = ctx.clone();
