@@ -606,11 +606,11 @@ mod tests {
     async fn body_and_header_carry_the_configured_contract_version() {
         assert_eq!(
             HttpConfig::new("http://x".into()).contract,
-            2,
+            3,
             "the default"
         );
         let (url, seen) = capture();
-        for (contract, ddl) in [(2, true), (2, false), (1, false)] {
+        for (contract, ddl) in [(3, true), (2, true), (2, false), (1, false)] {
             seen.lock().unwrap().clear();
             let (res, acked) = run_sink(&url, contract, vec![chunk(ddl)]).await;
             res.unwrap();
