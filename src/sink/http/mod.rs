@@ -644,7 +644,7 @@ mod tests {
         );
         assert_eq!(acked, 0);
         assert!(seen.lock().unwrap().is_empty());
-        let (res, _) = run_sink(&url, 3, vec![chunk(false)]).await;
+        let (res, _) = run_sink(&url, 4, vec![chunk(false)]).await;
         assert!(matches!(res, Err(SinkError::Contract(_))));
     }
 
