@@ -1011,12 +1011,12 @@ async fn versions_are_checked_against_the_operations_and_the_header() {
         "{}",
         mismatch.body
     );
-    let unknown = post_raw(&r.url(), body.clone(), &[("X-Binsync-Contract", "3")])
+    let unknown = post_raw(&r.url(), body.clone(), &[("X-Binsync-Contract", "4")])
         .await
         .unwrap();
     assert_eq!(unknown.status, 400);
     assert!(
-        reason(&unknown).contains("contracts 1 and 2"),
+        reason(&unknown).contains("contracts 1, 2 and 3"),
         "{}",
         unknown.body
     );

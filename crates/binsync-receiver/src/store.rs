@@ -170,8 +170,8 @@ ON CONFLICT (entity, id) DO UPDATE
  WHERE entities.seq < excluded.seq";
 
 /// truncate, drop (contract v2): raise the entity type's floor to the operation's `seq`;
-/// snapshot_end (contract v3): to its `since` (then [`DELETE_BELOW_FLOOR`] runs with `since`
-/// + 1: a row written at `since` goes too). `:op` is `truncate`, `drop` or `snapshot_end`
+/// snapshot_end (contract v3): to its `since` (then [`DELETE_BELOW_FLOOR`] runs with
+/// `since` plus one: a row written at `since` goes too). `:op` is `truncate`, `drop` or `snapshot_end`
 /// (whose `:statement` is ''). No row changed: the floor is as high or higher already, the
 /// operation is stale (the rows it removes are gone). Otherwise run [`DELETE_BELOW_FLOOR`].
 pub const APPLY_FLOOR: &str = "
