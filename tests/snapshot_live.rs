@@ -51,6 +51,7 @@ fn applied(ops: &[Value]) -> State {
         let seq = op["seq"].as_u64().unwrap();
         let table = op["table"].as_str().unwrap().to_string();
         let kind = op["op"].as_str().unwrap();
+        // Rows last written at or below it are gone (the contract's floor).
         let gone_below = match kind {
             "snapshot_end" => Some(op["since"].as_u64().unwrap()),
             "truncate" | "drop" => Some(seq),
@@ -60,7 +61,7 @@ fn applied(ops: &[Value]) -> State {
             let f = floor.entry(table.clone()).or_default();
             if s > *f {
                 *f = s;
-                rows.retain(|(t, _), (rs, _)| *t != table || *rs >= s);
+                rows.retain(|(t, _), (rs, _)| *t != table || *rs > s);
             }
             continue;
         }
