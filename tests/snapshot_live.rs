@@ -98,8 +98,11 @@ fn load_rows(db: &MariaDb, n: u64) {
 }
 
 fn assert_same(db: &MariaDb, ops: &[Value]) {
-    let want = source_state(db);
-    let got = applied(ops);
+    assert_states(&source_state(db), &applied(ops));
+}
+
+/// Panics naming a few rows missing, extra and differing when `got` is not `want`.
+fn assert_states(want: &State, got: &State) {
     if want != got {
         let missing: Vec<_> = want
             .keys()
@@ -113,11 +116,11 @@ fn assert_same(db: &MariaDb, ops: &[Value]) {
             .collect();
         let differ: Vec<_> = want
             .iter()
-            .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+            .filter_map(|(k, v)| got.get(k).filter(|g| *g != v).map(|g| (k, v, g)))
             .take(5)
             .collect();
         panic!(
-            "receiver state differs from the source: {} rows vs {}; missing {missing:?}, extra {extra:?}, differing {differ:?}",
+            "receiver state differs from the source: {} rows vs {}; missing {missing:?}, extra {extra:?}, differing (id, source, receiver) {differ:?}",
             got.len(),
             want.len()
         );
@@ -213,7 +216,8 @@ fn count_op(out: &Path, op: &str) -> usize {
 fn ends(out: &Path) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for o in lines(out).iter().filter(|o| o["op"] == "snapshot_end") {
-        *m.entry(o["table"].as_str().unwrap().to_string()).or_default() += 1;
+        *m.entry(o["table"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     m
 }
@@ -449,9 +453,11 @@ fn a_snapshot_requested_while_streaming_reads_the_table_again() {
     );
     let st = req.wait_timeout(Duration::from_secs(30)).expect("request");
     assert!(st.success(), "{}", req.stderr());
-    wait_until(Duration::from_secs(120), "the second snapshot of t.pairs", || {
-        ends(&out).get("pairs") == Some(&2)
-    });
+    wait_until(
+        Duration::from_secs(120),
+        "the second snapshot of t.pairs",
+        || ends(&out).get("pairs") == Some(&2),
+    );
     let committed = writer.finish();
     assert!(committed > 10, "the writer committed {committed}");
     wait_caught_up(&db, &state);
@@ -528,4 +534,197 @@ fn a_re_snapshot_drops_rows_deleted_while_binsync_was_stopped() {
         .collect();
     assert!(left.is_empty(), "deleted rows kept: {left:?}");
     assert_same(&db, &ops);
+}
+
+#[test]
+fn an_add_column_in_the_middle_of_a_snapshot() {
+    const N: u64 = 60_000;
+    let db = server();
+    load_rows(&db, N);
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("out.jsonl"));
+    let mut run = spawn(
+        &db,
+        &state,
+        &out,
+        &["--snapshot-rate", "10000"],
+        &[SNAPSHOT_DEFAULT],
+    );
+    // t.items comes first (tables in name order): a third of it, then the ALTER.
+    wait_until(Duration::from_secs(120), "a third of t.items", || {
+        count_op(&out, "read") >= N as usize / 3
+    });
+    db.sql("ALTER TABLE t.items ADD COLUMN extra INT NOT NULL DEFAULT 7");
+    let at_alter = count_op(&out, "read");
+    assert!(
+        at_alter < N as usize * 2 / 3,
+        "the ALTER came too late: {at_alter} rows read"
+    );
+    let writer = SqlWriter::start(&db, Duration::from_millis(5), move |i| {
+        let k = (i * 7919) % N;
+        format!(
+            "BEGIN;
+             INSERT INTO t.items (id, v, note, extra) VALUES ({}, {i}, 'w', {i});
+             UPDATE t.items SET extra = extra + 1, v = v + 1 WHERE id = {k};
+             COMMIT;",
+            2_000_000 + i
+        )
+    });
+    wait_until(Duration::from_secs(120), "the snapshot ends", || {
+        let e = ends(&out);
+        e.contains_key("items") && e.contains_key("pairs")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (committed, failed) = writer.finish();
+    assert!(committed > 10 && failed == 0, "{committed} {failed}");
+    wait_caught_up(&db, &state);
+    stop(&mut run);
+
+    let ops = lines(&out);
+    let ddl = ops
+        .iter()
+        .find(|o| o["op"] == "ddl" && o["table"] == "items")
+        .unwrap_or_else(|| panic!("no ddl line for t.items: {}", run.stderr()));
+    let ddl_seq = ddl["seq"].as_u64().unwrap();
+    let item_reads: Vec<&Value> = ops
+        .iter()
+        .filter(|o| o["op"] == "read" && o["table"] == "items")
+        .collect();
+    let (before, after): (Vec<&Value>, Vec<&Value>) = item_reads
+        .iter()
+        .partition(|o| o["seq"].as_u64().unwrap() < ddl_seq);
+    assert!(
+        !before.is_empty() && !after.is_empty(),
+        "the ALTER was not in the middle: {} reads before it, {} after",
+        before.len(),
+        after.len()
+    );
+    let old_shape: Vec<_> = after
+        .iter()
+        .filter(|o| o["after"].get("extra").is_none())
+        .take(3)
+        .collect();
+    assert!(
+        old_shape.is_empty(),
+        "rows read after the ALTER without the new column: {old_shape:?}"
+    );
+    assert!(before.iter().all(|o| o["after"].get("extra").is_none()));
+    let changes_without: Vec<_> = ops
+        .iter()
+        .filter(|o| {
+            o["table"] == "items"
+                && matches!(o["op"].as_str(), Some("insert" | "update"))
+                && o["seq"].as_u64().unwrap() > ddl_seq
+                && o["after"].get("extra").is_none()
+        })
+        .take(3)
+        .collect();
+    assert!(changes_without.is_empty(), "{changes_without:?}");
+
+    // The source with its new column; a row the receiver holds from before the ALTER takes
+    // the column's default, as a receiver applying the ddl line does.
+    let mut want: State = source_state(&db)
+        .into_iter()
+        .filter(|((t, _), _)| t == "pairs")
+        .collect();
+    for line in db.sql("SELECT id, v, note, extra FROM t.items").lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let id: i64 = f[0].parse().unwrap();
+        want.insert(
+            ("items".into(), canonical_id(&serde_json::json!({"id": id}))),
+            serde_json::json!({"id": id, "v": f[1].parse::<i64>().unwrap(), "note": f[2],
+                "extra": f[3].parse::<i64>().unwrap()}),
+        );
+    }
+    let mut got = applied(&ops);
+    for ((t, _), v) in got.iter_mut() {
+        if t == "items" && v.get("extra").is_none() {
+            v["extra"] = serde_json::json!(7);
+        }
+    }
+    assert_states(&want, &got);
+}
+
+#[test]
+fn tables_with_composite_and_varchar_keys_under_key_changes() {
+    const N: u64 = 30_000;
+    let db = server();
+    load_rows(&db, N);
+    db.sql("CREATE TABLE t.names (name VARCHAR(40) PRIMARY KEY, v INT)");
+    let mut i = 0;
+    while i < N {
+        let end = (i + 5000).min(N);
+        let values: Vec<String> = (i..end).map(|k| format!("('n{k:06}', {k})")).collect();
+        db.sql(&format!("INSERT INTO t.names VALUES {}", values.join(",")));
+        i = end;
+    }
+    let names_state = |db: &MariaDb| -> State {
+        db.sql("SELECT name, v FROM t.names")
+            .lines()
+            .map(|l| {
+                let (name, v) = l.split_once('\t').unwrap();
+                (
+                    (
+                        "names".to_string(),
+                        canonical_id(&serde_json::json!({ "name": name })),
+                    ),
+                    serde_json::json!({"name": name, "v": v.parse::<i64>().unwrap()}),
+                )
+            })
+            .collect()
+    };
+    let writer = SqlWriter::start(&db, Duration::from_millis(2), move |i| {
+        let k = (i * 7919) % N;
+        let (k1, k2, k3) = ((k + 1) % N, (k + 2) % N, (k + 3) % N);
+        format!(
+            "BEGIN;
+             UPDATE t.items SET id = id + 1000000 WHERE id = {k};
+             UPDATE t.items SET v = v + 1, note = 'u' WHERE id = {k1};
+             DELETE FROM t.items WHERE id = {k2} AND {i} % 4 = 0;
+             INSERT INTO t.items VALUES ({}, {i}, 'w');
+             UPDATE t.pairs SET a = a + 100000 WHERE a = {} AND b = {};
+             UPDATE t.pairs SET v = v + 1 WHERE a = {} AND b = {};
+             UPDATE t.names SET name = CONCAT('m', name) WHERE name = 'n{k:06}';
+             UPDATE t.names SET name = CONCAT('z', name) WHERE name = 'n{k3:06}' AND {i} % 2 = 0;
+             UPDATE t.names SET v = v + 1 WHERE name = 'n{k1:06}';
+             DELETE FROM t.names WHERE name = 'n{k2:06}' AND {i} % 4 = 1;
+             INSERT INTO t.names VALUES ('w{i:08}', {i});
+             COMMIT;",
+            3_000_000 + i,
+            k / 100,
+            k % 100,
+            k1 / 100,
+            k1 % 100,
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("out.jsonl"));
+    let mut run = spawn(
+        &db,
+        &state,
+        &out,
+        &["--snapshot-rate", "15000"],
+        &[SNAPSHOT_DEFAULT],
+    );
+    wait_until(Duration::from_secs(120), "the snapshot ends", || {
+        ends(&out).len() == 3
+    });
+    let (committed, failed) = writer.finish();
+    assert!(committed > 100 && failed == 0, "{committed} {failed}");
+    wait_caught_up(&db, &state);
+    stop(&mut run);
+    let ops = lines(&out);
+    // The key changes happened during the snapshot, in every table.
+    let first_end = ops.iter().position(|o| o["op"] == "snapshot_end").unwrap();
+    for t in ["items", "pairs", "names"] {
+        assert!(
+            ops[..first_end]
+                .iter()
+                .any(|o| o["table"] == t && o["op"] == "delete"),
+            "no key change of {t} before the first snapshot_end"
+        );
+    }
+    let mut want = source_state(&db);
+    want.extend(names_state(&db));
+    assert_states(&want, &applied(&ops));
 }
