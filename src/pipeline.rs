@@ -414,6 +414,11 @@ async fn snapshot_at_start(
         progress::save_now(store, tables).await?;
         progress::unmark_wanted(store).await?;
     }
+    // Requests waiting since the last run: snapshot work from the start, not only once the
+    // runner's first look at them comes (an `--exit-at-end` run could end before it).
+    crate::snapshot::runner::take_requests(store, &decode.filter)
+        .await
+        .map_err(SourceError::Snapshot)?;
     let tables = progress::load(store)?;
     for t in tables.iter().filter(|t| t.state != progress::State::Done) {
         let key = settings

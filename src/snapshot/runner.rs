@@ -221,38 +221,43 @@ impl Runner {
         }
     }
 
-    /// Turns the requests waiting in the state dir into progress entries (saved), then
-    /// removes their files.
     async fn requests(&self) -> Result<Vec<TableProgress>, String> {
-        let found = progress::read_requests(self.store.dir())
-            .map_err(|e| format!("snapshot request {e}"))?;
-        let mut out = Vec::new();
-        for (file, tables) in found {
-            let mut entries = Vec::new();
-            for t in &tables {
-                let Some((db, table)) = t.split_once('.') else {
-                    tracing::warn!(table = %t, file = %file.display(), "snapshot request for a table not written as db.table; ignored");
-                    continue;
-                };
-                if !self.filter.matches(db, table) {
-                    tracing::warn!(table = %t, "snapshot request for a table this run does not capture (--include/--exclude); ignored");
-                    continue;
-                }
-                entries.push(TableProgress::new(db, table));
-            }
-            progress::save_now(&self.store, entries.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            if let Err(e) = std::fs::remove_file(&file) {
-                tracing::warn!(file = %file.display(), error = %e, "could not remove a snapshot request taken; it will be taken again");
-            }
-            for e in &entries {
-                tracing::info!(table = %e.qualified(), "snapshot requested");
-            }
-            out.extend(entries);
-        }
-        Ok(out)
+        take_requests(&self.store, &self.filter).await
     }
+}
+
+/// Turns the requests waiting in the state dir into progress entries (saved), then removes
+/// their files. Also called before a run starts streaming, so that a request waiting then
+/// counts as snapshot work from the start (`--exit-at-end` waits for it).
+pub async fn take_requests(store: &Store, filter: &Filter) -> Result<Vec<TableProgress>, String> {
+    let found =
+        progress::read_requests(store.dir()).map_err(|e| format!("snapshot request {e}"))?;
+    let mut out = Vec::new();
+    for (file, tables) in found {
+        let mut entries = Vec::new();
+        for t in &tables {
+            let Some((db, table)) = t.split_once('.') else {
+                tracing::warn!(table = %t, file = %file.display(), "snapshot request for a table not written as db.table; ignored");
+                continue;
+            };
+            if !filter.matches(db, table) {
+                tracing::warn!(table = %t, "snapshot request for a table this run does not capture (--include/--exclude); ignored");
+                continue;
+            }
+            entries.push(TableProgress::new(db, table));
+        }
+        progress::save_now(store, entries.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = std::fs::remove_file(&file) {
+            tracing::warn!(file = %file.display(), error = %e, "could not remove a snapshot request taken; it will be taken again");
+        }
+        for e in &entries {
+            tracing::info!(table = %e.qualified(), "snapshot requested");
+        }
+        out.extend(entries);
+    }
+    Ok(out)
 }
 
 /// Reads one table's chunks until it is done; reconnects after transient failures.
