@@ -416,7 +416,11 @@ async fn snapshot_at_start(
     }
     let tables = progress::load(store)?;
     for t in tables.iter().filter(|t| t.state != progress::State::Done) {
-        let key = settings.snapshot.keys.get(&t.qualified()).map(|v| v.as_slice());
+        let key = settings
+            .snapshot
+            .keys
+            .get(&t.qualified())
+            .map(|v| v.as_slice());
         match crate::snapshot::TablePlan::load(&mut conn, &t.db, &t.table, None, key).await {
             // Dropped since it was asked for: the snapshot task says so and ends.
             Ok(_) | Err(SnapshotError::NoTable { .. }) => {}
