@@ -71,8 +71,16 @@ fn table_json(t: &crate::schema::Table) -> serde_json::Value {
             serde_json::Value::Object(m)
         })
         .collect();
+    let unique: Vec<serde_json::Value> = t
+        .unique
+        .iter()
+        .map(|u| serde_json::json!({"name": u.name, "columns": u.columns, "partial": u.partial, "hash": u.hash}))
+        .collect();
+    // `pk`: the declared PRIMARY KEY; `key`: the id's columns (without a PRIMARY KEY, the
+    // unique key the server promotes).
     serde_json::json!({
-        "db": t.db, "table": t.name, "columns": columns, "pk": t.pk, "complete": t.complete,
+        "db": t.db, "table": t.name, "columns": columns, "pk": t.pk, "unique": unique,
+        "key": t.key(), "complete": t.complete,
     })
 }
 

@@ -958,7 +958,7 @@ impl Decoder {
                     serde_json::Value::Array(
                         t.columns.iter().map(|c| c.contract_json().into()).collect(),
                     ),
-                    serde_json::json!(t.pk),
+                    serde_json::json!(t.key()),
                 ),
                 None => (serde_json::Value::Null, serde_json::Value::Null),
             };

@@ -169,16 +169,18 @@ impl Inbox {
                 .iter()
                 .zip(&c.columns)
                 .all(|(a, b)| a.eq_ignore_ascii_case(b));
-        let same_key = t.pk.is_empty()
-            || (t.pk.len() == c.id.len()
-                && t.pk
+        // The id's columns as the decoder takes them (a promoted unique key included).
+        let key = t.key();
+        let same_key = key.is_empty()
+            || (key.len() == c.id.len()
+                && key
                     .iter()
                     .zip(&c.id)
                     .all(|(a, b)| a.eq_ignore_ascii_case(b)));
         (!same_columns || !same_key).then(|| {
             format!(
                 "{}.{} changed (now columns {:?}, key {:?})",
-                c.db, c.table, names, t.pk
+                c.db, c.table, names, key
             )
         })
     }
