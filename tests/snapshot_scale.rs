@@ -25,9 +25,9 @@ fn load(db: &MariaDb) {
          CREATE TABLE t.items (id INT PRIMARY KEY, v INT, note VARCHAR(20));
          CREATE TABLE t.pairs (a INT, b INT, v INT, PRIMARY KEY (a, b));
          CREATE TABLE t.names (name VARCHAR(40) PRIMARY KEY, v INT) CHARACTER SET utf8mb4;
-         INSERT INTO t.items SELECT seq, seq % 1000, CONCAT('n', seq) FROM seq_1_to_{ITEMS};
-         INSERT INTO t.pairs SELECT seq DIV 100, seq % 100, seq FROM seq_0_to_{};
-         INSERT INTO t.names SELECT CONCAT('k', seq, 'é'), seq FROM seq_1_to_{NAMES};",
+         INSERT INTO t.items SELECT seq, seq % 1000, CONCAT('n', seq) FROM t.seq_1_to_{ITEMS};
+         INSERT INTO t.pairs SELECT seq DIV 100, seq % 100, seq FROM t.seq_0_to_{};
+         INSERT INTO t.names SELECT CONCAT('k', seq, 'é'), seq FROM t.seq_1_to_{NAMES};",
         PAIRS - 1
     ));
 }
