@@ -260,15 +260,7 @@ pub struct RunArgs {
     pub http: HttpArgs,
 }
 
-/// `--snapshot`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SnapshotMode {
-    #[default]
-    WhenNeeded,
-    Initial,
-    Never,
-}
+pub use crate::snapshot::runner::SnapshotMode;
 
 #[derive(Debug, Args, Default)]
 pub struct SnapshotArgs {

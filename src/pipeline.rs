@@ -273,9 +273,20 @@ async fn run_once(
             .iter()
             .any(|t| t.state != progress::State::Done);
         source = source.with_snapshot(Inbox::new(inbox, busy), checkpointer_store.clone());
+        let connect: crate::snapshot::runner::Connect = Arc::new(move || {
+            let src = src.clone();
+            Box::pin(async move {
+                src.connect_once()
+                    .await
+                    .map_err(|e| SnapshotError::Connect {
+                        transient: matches!(e, crate::source::Failure::Transient(_)),
+                        detail: e.to_string(),
+                    })
+            })
+        });
         let r = Runner {
             settings: settings.snapshot.clone(),
-            src,
+            connect,
             store: checkpointer_store.clone(),
             filter: settings.decode.filter.clone(),
             link,
@@ -379,6 +390,11 @@ async fn snapshot_at_start(
         progress::unmark_wanted(store).await?;
         wanted = false;
     }
+    // Requests waiting since the last run: snapshot work from the start, not only once the
+    // runner's first look at them comes (an `--exit-at-end` run could end before it).
+    crate::snapshot::runner::take_requests(store, &decode.filter)
+        .await
+        .map_err(SourceError::Snapshot)?;
     let open = progress::load(store)?
         .iter()
         .any(|t| t.state != progress::State::Done);
@@ -414,11 +430,6 @@ async fn snapshot_at_start(
         progress::save_now(store, tables).await?;
         progress::unmark_wanted(store).await?;
     }
-    // Requests waiting since the last run: snapshot work from the start, not only once the
-    // runner's first look at them comes (an `--exit-at-end` run could end before it).
-    crate::snapshot::runner::take_requests(store, &decode.filter)
-        .await
-        .map_err(SourceError::Snapshot)?;
     let tables = progress::load(store)?;
     for t in tables.iter().filter(|t| t.state != progress::State::Done) {
         let key = settings

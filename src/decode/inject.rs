@@ -23,7 +23,16 @@ use super::Decoder;
 use crate::change::{Change, Op};
 use crate::checkpoint::Records;
 use crate::json::{format_utc_micros, push_u64, write_json_str};
-use crate::snapshot::progress::Reservation;
+
+/// `seq` room taken by a chunk injected where the stream's last commit was `file:offset`
+/// and its `seq` was `seq_before` (saved by `snapshot::progress`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub file: String,
+    pub offset: u64,
+    pub seq_before: u64,
+    pub budget: u64,
+}
 
 /// Whether a chunk read at a binlog position can be injected now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -242,7 +242,7 @@ pub struct Decoder {
     /// stale (see `inject`).
     last_commit: (String, u64),
     /// `seq` rooms of snapshot chunks injected by an earlier run (see `inject`).
-    reserved: Vec<crate::snapshot::progress::Reservation>,
+    reserved: Vec<inject::Reservation>,
     /// The snapshot chunk being injected (see `inject`).
     injecting: Option<inject::Injecting>,
 }

@@ -214,38 +214,29 @@ pub async fn save_now(store: &Store, entries: Vec<TableProgress>) -> Result<(), 
         .map_err(|e| store.write_error(e))
 }
 
-/// `seq` room taken by a chunk injected where the stream's last commit was `file:offset`
-/// and its `seq` was `seq_before`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reservation {
-    pub file: String,
-    pub offset: u64,
-    pub seq_before: u64,
-    pub budget: u64,
+pub use crate::decode::inject::Reservation;
+
+/// A reservation's key in [`RESERVED_TREE`]: `seq_before`, `offset`, `file` (ordered by `seq`).
+fn reservation_key(r: &Reservation) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + r.file.len());
+    k.extend_from_slice(&r.seq_before.to_be_bytes());
+    k.extend_from_slice(&r.offset.to_be_bytes());
+    k.extend_from_slice(r.file.as_bytes());
+    k
 }
 
-impl Reservation {
-    fn key(&self) -> Vec<u8> {
-        let mut k = Vec::with_capacity(16 + self.file.len());
-        k.extend_from_slice(&self.seq_before.to_be_bytes());
-        k.extend_from_slice(&self.offset.to_be_bytes());
-        k.extend_from_slice(self.file.as_bytes());
-        k
-    }
-
-    fn from_entry(k: &[u8], v: &[u8]) -> Option<Reservation> {
-        Some(Reservation {
-            seq_before: u64::from_be_bytes(k.get(..8)?.try_into().ok()?),
-            offset: u64::from_be_bytes(k.get(8..16)?.try_into().ok()?),
-            file: String::from_utf8(k.get(16..)?.to_vec()).ok()?,
-            budget: u64::from_be_bytes(v.try_into().ok()?),
-        })
-    }
+fn reservation_from_entry(k: &[u8], v: &[u8]) -> Option<Reservation> {
+    Some(Reservation {
+        seq_before: u64::from_be_bytes(k.get(..8)?.try_into().ok()?),
+        offset: u64::from_be_bytes(k.get(8..16)?.try_into().ok()?),
+        file: String::from_utf8(k.get(16..)?.to_vec()).ok()?,
+        budget: u64::from_be_bytes(v.try_into().ok()?),
+    })
 }
 
 /// Writes `r` to disk (fsync) before its chunk is handed on.
 pub async fn reserve(store: &Store, r: &Reservation) -> Result<(), CheckpointError> {
-    let (k, v) = (r.key(), r.budget.to_be_bytes());
+    let (k, v) = (reservation_key(r), r.budget.to_be_bytes());
     store
         .write(move |db| db.open_tree(RESERVED_TREE)?.insert(k, &v), |_| {})
         .await
@@ -267,7 +258,7 @@ pub async fn reservations_from(
     let mut old = Vec::new();
     for item in tree.iter() {
         let (k, v) = item.map_err(|e| damaged(store, e))?;
-        let r = Reservation::from_entry(&k, &v)
+        let r = reservation_from_entry(&k, &v)
             .ok_or_else(|| damaged(store, "a seq reservation of another format"))?;
         if r.seq_before >= seq {
             keep.push(r);
@@ -411,7 +402,7 @@ mod tests {
             seq_before: 99,
             budget: 1001,
         };
-        let back = Reservation::from_entry(&r.key(), &r.budget.to_be_bytes()).unwrap();
+        let back = reservation_from_entry(&reservation_key(&r), &r.budget.to_be_bytes()).unwrap();
         assert_eq!(back, r);
     }
 

@@ -27,12 +27,29 @@ use super::size::ChunkSizer;
 use super::SnapshotError;
 use crate::backoff::Backoff;
 use crate::checkpoint::Store;
-use crate::config::SnapshotMode;
 use crate::filter::Filter;
 use crate::gtid::Flavor;
 use crate::shutdown::Shutdown;
-use crate::source::SourceConfig;
 use crate::units;
+
+/// `--snapshot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotMode {
+    #[default]
+    WhenNeeded,
+    Initial,
+    Never,
+}
+
+/// How the snapshot stage reaches the source: a new connection, or why not
+/// ([`SnapshotError::Connect`] says whether retrying may help). Given by the pipeline, so that
+/// this module needs nothing of `source`, which injects its chunks.
+pub type Connect = Arc<
+    dyn Fn() -> futures_util::future::BoxFuture<'static, Result<mysql_async::Conn, SnapshotError>>
+        + Send
+        + Sync,
+>;
 
 /// The snapshot stage's settings (`--snapshot*`).
 #[derive(Debug, Clone)]
@@ -85,7 +102,7 @@ impl SnapshotSettings {
 /// What every table task shares.
 struct Ctx {
     settings: SnapshotSettings,
-    src: SourceConfig,
+    connect: Connect,
     link: mpsc::Sender<Msg>,
     rate: Option<tokio::sync::Mutex<RateLimit>>,
     shutdown: Shutdown,
@@ -124,7 +141,8 @@ impl RateLimit {
 /// The stage: runs until the source stage is gone (the link closes) or a definite failure.
 pub struct Runner {
     pub settings: SnapshotSettings,
-    pub src: SourceConfig,
+    /// A new connection to the source (with its TLS and credentials).
+    pub connect: Connect,
     pub store: Store,
     pub filter: Filter,
     pub link: mpsc::Sender<Msg>,
@@ -150,7 +168,7 @@ impl Runner {
                 })
             }),
             settings: self.settings.clone(),
-            src: self.src.clone(),
+            connect: self.connect.clone(),
             link: self.link.clone(),
             shutdown: self.shutdown.clone(),
             status: std::sync::Mutex::new(
@@ -318,14 +336,7 @@ async fn table_pass(
     sizer: &mut ChunkSizer,
     report: &mut Report,
 ) -> Result<Pass, SnapshotError> {
-    let mut conn = ctx
-        .src
-        .connect_once()
-        .await
-        .map_err(|e| SnapshotError::Connect {
-            transient: matches!(e, crate::source::Failure::Transient(_)),
-            detail: e.to_string(),
-        })?;
+    let mut conn = (ctx.connect)().await?;
     let flavor = prepare_session(&mut conn).await?;
     if flavor == Flavor::Mysql {
         return Err(SnapshotError::MysqlUnsupported);

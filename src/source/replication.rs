@@ -185,6 +185,17 @@ impl Replication {
             if !self.snapshot_step(decoder, tx).await? {
                 return Ok(Outcome::Stopped);
             }
+            // Here too, not only after an event: the snapshot may end while the source is
+            // idle, and the next event could be a heartbeat away.
+            if let Some(t) = &self.target {
+                let snapshotting = self.snapshot.as_ref().is_some_and(|(s, _)| s.busy());
+                if !snapshotting
+                    && !decoder.in_transaction()
+                    && t.reached_reading(decoder.position(), decoder.read_to())
+                {
+                    return Ok(Outcome::CaughtUp);
+                }
+            }
             let held = self.snapshot.as_ref().is_some_and(|(s, _)| s.held());
             // Non-blocking first: while events are ready, keep filling the chunk.
             let ready = if held { None } else { reader.try_next() };
@@ -246,15 +257,6 @@ impl Replication {
                 }
                 if self.shutdown.is_requested() {
                     return Ok(Outcome::Stopped);
-                }
-            }
-            if let Some(t) = &self.target {
-                let snapshotting = self.snapshot.as_ref().is_some_and(|(s, _)| s.busy());
-                if !snapshotting
-                    && !decoder.in_transaction()
-                    && t.reached_reading(decoder.position(), decoder.read_to())
-                {
-                    return Ok(Outcome::CaughtUp);
                 }
             }
         }
