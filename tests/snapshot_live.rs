@@ -34,6 +34,14 @@ fn spawn(db: &MariaDb, state: &Path, out: &Path, extra: &[&str], envs: &[(&str, 
     Proc::spawn(&args, envs)
 }
 
+/// `binsync snapshot --table TABLE --state-dir STATE`, which must succeed.
+fn request_snapshot(state: &Path, table: &str) {
+    let state = state.display().to_string();
+    let mut req = Proc::spawn(&["snapshot", "--table", table, "--state-dir", &state], &[]);
+    let st = req.wait_timeout(Duration::from_secs(30)).expect("request");
+    assert!(st.success(), "{}", req.stderr());
+}
+
 /// The sink's operations, parsed, in file order.
 fn lines(out: &Path) -> Vec<Value> {
     std::fs::read_to_string(out)
@@ -99,35 +107,10 @@ fn load_rows(db: &MariaDb, n: u64) {
 }
 
 fn assert_same(db: &MariaDb, ops: &[Value]) {
-    assert_states(&source_state(db), &applied(ops));
+    common::workload::assert_same_state(&source_state(db), &applied(ops));
 }
 
 /// Panics naming a few rows missing, extra and differing when `got` is not `want`.
-fn assert_states(want: &State, got: &State) {
-    if want != got {
-        let missing: Vec<_> = want
-            .keys()
-            .filter(|k| !got.contains_key(*k))
-            .take(5)
-            .collect();
-        let extra: Vec<_> = got
-            .keys()
-            .filter(|k| !want.contains_key(*k))
-            .take(5)
-            .collect();
-        let differ: Vec<_> = want
-            .iter()
-            .filter_map(|(k, v)| got.get(k).filter(|g| *g != v).map(|g| (k, v, g)))
-            .take(5)
-            .collect();
-        panic!(
-            "receiver state differs from the source: {} rows vs {}; missing {missing:?}, extra {extra:?}, differing (id, source, receiver) {differ:?}",
-            got.len(),
-            want.len()
-        );
-    }
-}
-
 fn server() -> MariaDb {
     MariaDb::start(ServerOpts::default())
 }
@@ -456,18 +439,7 @@ fn a_snapshot_requested_while_streaming_reads_the_table_again() {
         ends(&out).len() == 2
     });
     let first_reads = count_op(&out, "read");
-    let mut req = Proc::spawn(
-        &[
-            "snapshot",
-            "--table",
-            "t.pairs",
-            "--state-dir",
-            &state.display().to_string(),
-        ],
-        &[],
-    );
-    let st = req.wait_timeout(Duration::from_secs(30)).expect("request");
-    assert!(st.success(), "{}", req.stderr());
+    request_snapshot(&state, "t.pairs");
     wait_until(
         Duration::from_secs(120),
         "the second snapshot of t.pairs",
@@ -518,18 +490,7 @@ fn a_re_snapshot_drops_rows_deleted_while_binsync_was_stopped() {
         db.sql("SELECT COUNT(*) FROM t.items").trim(),
         (N - gone).to_string()
     );
-    let mut req = Proc::spawn(
-        &[
-            "snapshot",
-            "--table",
-            "t.items",
-            "--state-dir",
-            &state.display().to_string(),
-        ],
-        &[],
-    );
-    let st = req.wait_timeout(Duration::from_secs(30)).expect("request");
-    assert!(st.success(), "{}", req.stderr());
+    request_snapshot(&state, "t.items");
 
     let mut run = spawn(&db, &state, &out, &["--exit-at-end"], &[SNAPSHOT_DEFAULT]);
     let status = run.wait_timeout(Duration::from_secs(120)).expect("ends");
@@ -657,7 +618,7 @@ fn an_add_column_in_the_middle_of_a_snapshot() {
             v["extra"] = serde_json::json!(7);
         }
     }
-    assert_states(&want, &got);
+    common::workload::assert_same_state(&want, &got);
 }
 
 #[test]
@@ -741,5 +702,5 @@ fn tables_with_composite_and_varchar_keys_under_key_changes() {
     }
     let mut want = source_state(&db);
     want.extend(names_state(&db));
-    assert_states(&want, &applied(&ops));
+    common::workload::assert_same_state(&want, &applied(&ops));
 }

@@ -206,26 +206,5 @@ fn a_million_rows_snapshotted_under_a_writer_end_equal_in_the_reference_receiver
     let (got, _) = receiver.dump();
     let want = source_state(&db);
     assert!(want.len() > 900_000, "{} rows", want.len());
-    if got != want {
-        let missing: Vec<_> = want
-            .keys()
-            .filter(|k| !got.contains_key(*k))
-            .take(5)
-            .collect();
-        let extra: Vec<_> = got
-            .keys()
-            .filter(|k| !want.contains_key(*k))
-            .take(5)
-            .collect();
-        let differ: Vec<_> = want
-            .iter()
-            .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
-            .take(5)
-            .collect();
-        panic!(
-            "the receiver holds {} rows, the source {}; missing {missing:?}, extra {extra:?}, differing {differ:?}",
-            got.len(),
-            want.len()
-        );
-    }
+    common::workload::assert_same_state(&want, &got);
 }

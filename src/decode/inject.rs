@@ -126,24 +126,7 @@ impl Decoder {
         budget: u64,
     ) -> Reservation {
         self.apply_reservations();
-        let entity: Arc<str> = self
-            .cfg
-            .entities
-            .get(&format!("{db}.{table}"))
-            .cloned()
-            .unwrap_or_else(|| table.to_string())
-            .into();
-        let mut meta = Vec::with_capacity(64);
-        meta.extend_from_slice(b"\"db\":");
-        write_json_str(&mut meta, db.as_bytes());
-        meta.extend_from_slice(b",\"table\":");
-        write_json_str(&mut meta, table.as_bytes());
-        meta.extend_from_slice(b",\"entity\":");
-        write_json_str(&mut meta, entity.as_bytes());
-        meta.push(b',');
-        if keyless {
-            meta.extend_from_slice(b"\"keyless\":true,");
-        }
+        let (entity, meta) = self.table_meta(db, table, keyless);
         let mut tail = Vec::with_capacity(96);
         tail.extend_from_slice(b"\"gtid\":null,\"ts\":\"");
         tail.extend_from_slice(format_utc_micros(read_at_micros).as_bytes());

@@ -976,6 +976,30 @@ impl Decoder {
         });
     }
 
+    /// A table's entity name and the text every line of its rows carries:
+    /// `"db":..,"table":..,"entity":..,` (and `"keyless":true,`).
+    fn table_meta(&self, db: &str, table: &str, keyless: bool) -> (Arc<str>, Vec<u8>) {
+        let entity: Arc<str> = self
+            .cfg
+            .entities
+            .get(&format!("{db}.{table}"))
+            .cloned()
+            .unwrap_or_else(|| table.to_string())
+            .into();
+        let mut meta = Vec::with_capacity(64);
+        meta.extend_from_slice(b"\"db\":");
+        write_json_str(&mut meta, db.as_bytes());
+        meta.extend_from_slice(b",\"table\":");
+        write_json_str(&mut meta, table.as_bytes());
+        meta.extend_from_slice(b",\"entity\":");
+        write_json_str(&mut meta, entity.as_bytes());
+        meta.push(b',');
+        if keyless {
+            meta.extend_from_slice(b"\"keyless\":true,");
+        }
+        (entity, meta)
+    }
+
     fn malformed(&self, what: &str, offset: u64, e: impl std::fmt::Display) -> StreamError {
         StreamError::Malformed {
             what: what.to_string(),
@@ -1121,24 +1145,7 @@ impl Decoder {
                 "column names and primary key come from information_schema, not the binlog: a DDL between the change and this lookup can mislabel columns; set binlog_row_metadata=FULL on the source"
             );
         }
-        let entity: Arc<str> = self
-            .cfg
-            .entities
-            .get(&qualified)
-            .cloned()
-            .unwrap_or_else(|| table.clone())
-            .into();
-        let mut meta = Vec::with_capacity(64);
-        meta.extend_from_slice(b"\"db\":");
-        write_json_str(&mut meta, db.as_bytes());
-        meta.extend_from_slice(b",\"table\":");
-        write_json_str(&mut meta, table.as_bytes());
-        meta.extend_from_slice(b",\"entity\":");
-        write_json_str(&mut meta, entity.as_bytes());
-        meta.push(b',');
-        if schema.keyless {
-            meta.extend_from_slice(b"\"keyless\":true,");
-        }
+        let (entity, meta) = self.table_meta(&db, &table, schema.keyless);
         let key_room = schema
             .pk
             .iter()
