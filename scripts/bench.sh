@@ -11,7 +11,14 @@
 # changes/s. Prints markdown tables (wall time, rows/s, CPU time, and for the sync API runs the
 # receiver's CPU time beside binsync's, peak RSS) and writes them to BENCH_OUT.
 #
-#   scripts/bench.sh
+# Then the initial snapshot, on a fresh server: bench.products with BENCH_SNAPSHOT_ROWS rows
+# (inserted only), read whole by `mariadb-dump --single-transaction --quick` to /dev/null and by
+# a first `binsync run --exit-at-end` (fresh state dir, the default --snapshot when-needed) into
+# the file sink on /dev/shm and into the sync API (`binsync receive --discard`): wall time,
+# rows/s, the ratio to mariadb-dump's time, peak RSS.
+#
+#   scripts/bench.sh            everything
+#   scripts/bench.sh snapshot   the snapshot part alone
 #
 # Environment:
 #   BENCH_ROWS=N            rows of the workload (default 200000; changes = 2 x N)
@@ -19,6 +26,7 @@
 #   BENCH_LATENCY_RATES     row changes/s of the latency runs (default "2000 20000"; "" skips)
 #   BENCH_REPEAT=N          run each throughput tool N times and keep the fastest (default 3)
 #   BENCH_BIG_TXN_ROWS=N    rows of the single big transaction of the memory check (default 500000)
+#   BENCH_SNAPSHOT_ROWS=N   rows of the snapshot part's table (default 1000000)
 #   BENCH_OUT=PATH          where the tables go (default target/bench/latest.md)
 #   BENCH_BIN=PATH          benchmark this binsync binary instead of `cargo build --release`
 #   BENCH_CACHE=DIR         where the pinned Python venv is kept (default ~/.cache/binsync-bench)
@@ -30,7 +38,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
+case ${1:-all} in
+all | snapshot) PART=${1:-all} ;;
+*)
+    echo "usage: scripts/bench.sh [snapshot]" >&2
+    exit 2
+    ;;
+esac
 ROWS=${BENCH_ROWS:-200000}
+SNAP_ROWS=${BENCH_SNAPSHOT_ROWS:-1000000}
 TXN_ROWS=1000
 LAT_SECS=${BENCH_LATENCY_SECS:-30}
 LAT_RATES=${BENCH_LATENCY_RATES-2000 20000}
@@ -40,10 +56,12 @@ CACHE=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/binsync-bench}
 HELPER=$ROOT/scripts/bench/bench.py
 REQUIREMENTS=$ROOT/scripts/bench/requirements.txt
 SERVER_ID=4242 # binsync's replica id; the source is 1
+OTHER_OPS=0    # operations besides the row changes in the stream runs (set by the file run)
 
-for v in ROWS LAT_SECS REPEAT; do
+for v in ROWS LAT_SECS REPEAT SNAP_ROWS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || {
-        echo "BENCH_${v/LAT_/LATENCY_}: a positive integer, not '${!v}'" >&2
+        n=${v/LAT_/LATENCY_}
+        echo "BENCH_${n/SNAP_/SNAPSHOT_}: a positive integer, not '${!v}'" >&2
         exit 2
     }
 done
@@ -101,6 +119,7 @@ cleanup() {
         kill -KILL "$SERVER_PID" 2>/dev/null || true
     fi
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    [[ -n ${SNAP_OUT:-} ]] && rm -f "$SNAP_OUT"
     if [[ -n ${BENCH_KEEP:-} ]]; then
         echo "kept $TMP"
     else
@@ -120,6 +139,7 @@ command -v mariadbd >/dev/null || [[ -x /usr/sbin/mariadbd ]] || missing+=(maria
 command -v mariadb-install-db >/dev/null || missing+=(mariadb-server)
 command -v mariadb >/dev/null || missing+=(mariadb-client)
 command -v mariadb-binlog >/dev/null || missing+=(mariadb-client)
+command -v mariadb-dump >/dev/null || missing+=(mariadb-client)
 [[ -x /usr/bin/time ]] || missing+=(time)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
@@ -138,23 +158,26 @@ fi
 MARIADBD=$(command -v mariadbd || echo /usr/sbin/mariadbd)
 note "$("$MARIADBD" --version)"
 
-# The Python side in a venv pinned by scripts/bench/requirements.txt, cached across runs.
-py_ver=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-req_hash=$(sha256sum "$REQUIREMENTS" | cut -c1-12)
-VENV=$CACHE/venv-py$py_ver-$req_hash
-if [[ ! -f $VENV/.complete ]]; then
-    note "creating the Python venv $VENV (pip install -r scripts/bench/requirements.txt)"
-    rm -rf "$VENV"
-    mkdir -p "$CACHE"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQUIREMENTS" ||
-        die "pip install failed"
-    touch "$VENV/.complete"
-fi
-PY=$VENV/bin/python
-note "python $("$PY" -c 'import sys; print(sys.version.split()[0])'), $("$PY" -c '
+# The Python side in a venv pinned by scripts/bench/requirements.txt, cached across runs (the
+# snapshot part alone needs none).
+if [[ $PART == all ]]; then
+    py_ver=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    req_hash=$(sha256sum "$REQUIREMENTS" | cut -c1-12)
+    VENV=$CACHE/venv-py$py_ver-$req_hash
+    if [[ ! -f $VENV/.complete ]]; then
+        note "creating the Python venv $VENV (pip install -r scripts/bench/requirements.txt)"
+        rm -rf "$VENV"
+        mkdir -p "$CACHE"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQUIREMENTS" ||
+            die "pip install failed"
+        touch "$VENV/.complete"
+    fi
+    PY=$VENV/bin/python
+    note "python $("$PY" -c 'import sys; print(sys.version.split()[0])'), $("$PY" -c '
 from importlib.metadata import version as v
 print("mysql-replication", v("mysql-replication") + ", PyMySQL", v("PyMySQL"))')"
+fi
 
 if [[ -n ${BENCH_BIN:-} ]]; then
     SRC_BIN=$BENCH_BIN
@@ -171,52 +194,62 @@ cp "$SRC_BIN" "$BIN"
 note "binsync: $SRC_BIN ($(git describe --always --dirty 2>/dev/null || echo 'no git'))"
 
 # --- the server ---------------------------------------------------------------------------------
-for _ in $(seq 200); do
-    PORT=$((20000 + RANDOM % 10000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
-done
-SOURCE=mysql://root@127.0.0.1:$PORT
-DATADIR=$TMP/mariadb
-step "Starting MariaDB on 127.0.0.1:$PORT (datadir $DATADIR)"
 user_arg=()
 [[ $(id -u) -eq 0 ]] && user_arg=(--user=root)
 innodb_args=(--innodb-buffer-pool-size=128M --innodb-log-file-size=128M
     --innodb-flush-log-at-trx-commit=2)
-mariadb-install-db --no-defaults --datadir="$DATADIR" "${user_arg[@]}" \
-    --auth-root-authentication-method=normal --skip-test-db --skip-name-resolve \
-    "${innodb_args[@]}" >"$TMP/install-db.log" 2>&1 ||
-    die "mariadb-install-db failed: $(tail -20 "$TMP/install-db.log")"
-server_args=(
-    --no-defaults "${user_arg[@]}" --datadir="$DATADIR" --port="$PORT"
-    --bind-address=127.0.0.1 --socket="$DATADIR/mysqld.sock" --pid-file="$DATADIR/mysqld.pid"
-    --log-error="$DATADIR/error.log" --skip-name-resolve
-    --server-id=1 --log-bin="$DATADIR/mariadb-bin" --binlog-format=ROW
-    --binlog-row-metadata=FULL --binlog-row-image=FULL --sync-binlog=0
-    --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci
-    "${innodb_args[@]}" --performance-schema=OFF
-)
-note "mariadbd ${server_args[*]}"
-"$MARIADBD" "${server_args[@]}" >"$TMP/mariadbd.out" 2>&1 &
-SERVER_PID=$!
-PIDS+=("$SERVER_PID")
-
 sql() {
     mariadb --no-defaults --protocol=TCP -h 127.0.0.1 -P "$PORT" -u root \
         --default-character-set=utf8mb4 --batch --skip-column-names "$@"
 }
-for i in $(seq 300); do
-    sql -e 'SELECT 1' >/dev/null 2>&1 && break
-    kill -0 "$SERVER_PID" 2>/dev/null || die "mariadbd exited: $(tail -20 "$DATADIR/error.log")"
-    [[ $i -lt 300 ]] || die "mariadbd is not reachable on port $PORT after 30 s"
-    sleep 0.1
-done
-MARIADB_VERSION=$(sql -e 'SELECT VERSION()')
-note "MariaDB $MARIADB_VERSION, binlog $(sql -e 'SELECT CONCAT(@@binlog_format, ", row image ",
-    @@binlog_row_image, ", row metadata ", @@binlog_row_metadata)')"
+# start_server DIR [MARIADBD-ARGS]: a new MariaDB with an empty datadir TMP/DIR on a free port
+# (the arguments override the defaults); sets PORT, SOURCE, DATADIR, SERVER_PID and
+# MARIADB_VERSION.
+start_server() {
+    local i
+    for _ in $(seq 200); do
+        PORT=$((20000 + RANDOM % 10000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
+    done
+    SOURCE=mysql://root@127.0.0.1:$PORT
+    DATADIR=$TMP/$1
+    shift
+    step "Starting MariaDB on 127.0.0.1:$PORT (datadir $DATADIR)"
+    mariadb-install-db --no-defaults --datadir="$DATADIR" "${user_arg[@]}" \
+        --auth-root-authentication-method=normal --skip-test-db --skip-name-resolve \
+        "${innodb_args[@]}" >"$TMP/install-db.log" 2>&1 ||
+        die "mariadb-install-db failed: $(tail -20 "$TMP/install-db.log")"
+    local server_args=(
+        --no-defaults "${user_arg[@]}" --datadir="$DATADIR" --port="$PORT"
+        --bind-address=127.0.0.1 --socket="$DATADIR/mysqld.sock" --pid-file="$DATADIR/mysqld.pid"
+        --log-error="$DATADIR/error.log" --skip-name-resolve
+        --server-id=1 --log-bin="$DATADIR/mariadb-bin" --binlog-format=ROW
+        --binlog-row-metadata=FULL --binlog-row-image=FULL --sync-binlog=0
+        --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci
+        "${innodb_args[@]}" --performance-schema=OFF "$@"
+    )
+    note "mariadbd ${server_args[*]}"
+    "$MARIADBD" "${server_args[@]}" >"$TMP/mariadbd.out" 2>&1 &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    for i in $(seq 300); do
+        sql -e 'SELECT 1' >/dev/null 2>&1 && break
+        kill -0 "$SERVER_PID" 2>/dev/null || die "mariadbd exited: $(tail -20 "$DATADIR/error.log")"
+        [[ $i -lt 300 ]] || die "mariadbd is not reachable on port $PORT after 30 s"
+        sleep 0.1
+    done
+    MARIADB_VERSION=$(sql -e 'SELECT VERSION()')
+    note "MariaDB $MARIADB_VERSION, binlog $(sql -e 'SELECT CONCAT(@@binlog_format, ", row image ",
+        @@binlog_row_image, ", row metadata ", @@binlog_row_metadata)')"
+}
+stop_server() {
+    stop_pid "$SERVER_PID"
+    SERVER_PID=
+}
 
-# --- the workload -------------------------------------------------------------------------------
-step "Loading the workload: $ROWS rows inserted, then each updated once, $TXN_ROWS rows per transaction"
-sql -e "CREATE DATABASE bench;
+# The standard table, empty.
+create_products() {
+    sql -e "CREATE DATABASE bench;
 CREATE TABLE bench.products (
   id BIGINT UNSIGNED PRIMARY KEY,
   sku VARCHAR(32) NOT NULL,
@@ -229,39 +262,21 @@ CREATE TABLE bench.products (
   updated_at DATETIME(6) NOT NULL,
   status ENUM('draft','active','archived') NOT NULL
 ) ENGINE=InnoDB;"
-# One autocommit statement per transaction, from MariaDB's sequence engine. The values are
-# functions of the id (no RAND()): the same binlog contents every run.
-load_sql() {
-    local first size
-    for ((first = 1; first <= ROWS; first += TXN_ROWS)); do
-        size=$((ROWS - first + 1 < TXN_ROWS ? ROWS - first + 1 : TXN_ROWS))
-        echo "INSERT INTO bench.products SELECT id, CONCAT('SKU-', LPAD(id, 10, '0')),
+}
+# insert_sql FIRST SIZE: one autocommit statement inserting the rows FIRST..FIRST+SIZE-1 of
+# bench.products, from MariaDB's sequence engine. The values are functions of the id (no
+# RAND()): the same binlog contents every run.
+insert_sql() {
+    echo "INSERT INTO bench.products SELECT id, CONCAT('SKU-', LPAD(id, 10, '0')),
   CONCAT('Product ', id, ' ', ELT(1 + id % 4, 'kettle', 'grinder', 'lamp', 'chair'), ' ',
     REPEAT('abcdefghij', 7)),
   1 + (id % 100000) / 100, id % 1000, id * 0.25,
   JSON_OBJECT('color', ELT(1 + id % 4, 'red', 'green', 'blue', 'black'), 'size', id % 50),
   id % 2, TIMESTAMP'2026-01-01 00:00:00' + INTERVAL id SECOND + INTERVAL id % 999983 MICROSECOND,
   1 + id % 3
-FROM (SELECT $((first - 1)) + seq AS id FROM seq_1_to_$size) s;"
-    done
-    for ((first = 1; first <= ROWS; first += TXN_ROWS)); do
-        echo "UPDATE bench.products SET price = price + 1, stock = stock + 7,
-  attrs = JSON_SET(attrs, '\$.size', id % 50 + 1), active = 1 - active,
-  updated_at = updated_at + INTERVAL 1 DAY, status = 1 + (id + 1) % 3
-WHERE id BETWEEN $first AND $((first + TXN_ROWS - 1));"
-    done
+FROM (SELECT $(($1 - 1)) + seq AS id FROM seq_1_to_$2) s;"
 }
-t0=$EPOCHREALTIME
-load_sql | sql --database=bench
-load_secs=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
-got=$(sql -e 'SELECT COUNT(*) FROM bench.products')
-[[ $got -eq $ROWS ]] || die "bench.products has $got rows, expected $ROWS"
-mapfile -t binlogs < <(sql -e 'SHOW BINARY LOGS' | awk '{ print $1 }')
-BINLOG_BYTES=$(sql -e 'SHOW BINARY LOGS' | awk '{ s += $2 } END { print s }')
-FIRST_BINLOG=${binlogs[0]}
-note "loaded in $load_secs s: $CHANGES row changes, binlog $(mib "$BINLOG_BYTES") MiB in ${#binlogs[@]} file(s) (${binlogs[*]})"
 
-# --- throughput ---------------------------------------------------------------------------------
 # timed NAME CMD...: runs CMD under GNU time; sets WALL (s), RSS (KiB, peak) and CPU (user +
 # system s of CMD and its children). Fails the
 # benchmark if CMD fails, showing its stderr. WALL is taken around the call to the
@@ -303,6 +318,181 @@ json_field() { # json key
     python3 -c 'import json, sys; print(json.loads(sys.argv[1]).get(sys.argv[2], ""))' "$1" "$2"
 }
 
+
+# measure KEY NAME FUNCTION [ARGS]: BENCH_REPEAT runs, the fastest one goes into the table.
+# tools.tsv (M_TSV if set), one line per tool: key, name, wall s, peak RSS KiB, CPU s, receiver
+# CPU s (empty without a receiver), note. Rows/s count M_ROWS rows if set, else CHANGES.
+measure() {
+    local key=$1 name=$2 best_wall='' best_rss='' best_cpu='' best_recv_cpu='' best_note='' i
+    shift 2
+    step "$name"
+    for ((i = 1; i <= REPEAT; i++)); do
+        RECV_CPU=
+        "$@"
+        note "$(printf '%s s, %s rows/s, CPU %s s%s, peak RSS %s MiB; %s' "$WALL" \
+            "$(awk -v c="${M_ROWS:-$CHANGES}" -v w="$WALL" 'BEGIN { printf "%.0f", (w > 0 ? c / w : 0) }')" \
+            "$CPU" "${RECV_CPU:+, receiver CPU $RECV_CPU s}" "$(mib $((RSS * 1024)))" "$NOTE")"
+        if [[ -z $best_wall ]] || awk -v a="$WALL" -v b="$best_wall" 'BEGIN { exit !(a < b) }'; then
+            best_wall=$WALL best_rss=$RSS best_cpu=$CPU best_recv_cpu=$RECV_CPU best_note=$NOTE
+        fi
+    done
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$name" "$best_wall" "$best_rss" "$best_cpu" \
+        "$best_recv_cpu" "$best_note" >>"${M_TSV:-$RES/tools.tsv}"
+}
+
+# --- the initial snapshot ---------------------------------------------------------------------
+# A first `binsync run` (fresh state dir, the default --snapshot when-needed, no --start) on a
+# table with rows reads them all as `read` operations, then streams from the binlog end; with
+# --exit-at-end it stops once the snapshot is delivered. Measured against mariadb-dump reading
+# the same table. On its own fresh server: no other table is there to snapshot.
+SNAP_TXN_ROWS=10000
+# The file sink's output on tmpfs: the disk is not measured.
+SNAP_DIR=/dev/shm
+[[ -d $SNAP_DIR && -w $SNAP_DIR ]] || SNAP_DIR=$TMP
+SNAP_OUT=$SNAP_DIR/binsync-bench-snapshot.$$.jsonl
+snapshot_load() {
+    step "Snapshot: loading $SNAP_ROWS rows into bench.products (inserted only), $SNAP_TXN_ROWS rows per transaction"
+    create_products
+    local first t0
+    t0=$EPOCHREALTIME
+    for ((first = 1; first <= SNAP_ROWS; first += SNAP_TXN_ROWS)); do
+        insert_sql "$first" $((SNAP_ROWS - first + 1 < SNAP_TXN_ROWS ? SNAP_ROWS - first + 1 : SNAP_TXN_ROWS))
+    done | sql --database=bench
+    local got
+    got=$(sql -e 'SELECT COUNT(*) FROM bench.products')
+    [[ $got -eq $SNAP_ROWS ]] || die "bench.products has $got rows, expected $SNAP_ROWS"
+    sql -e 'ANALYZE TABLE bench.products' >/dev/null
+    SNAP_TABLE_MIB=$(sql -e "SELECT ROUND((data_length + index_length) / 1048576, 1)
+        FROM information_schema.tables WHERE table_schema = 'bench' AND table_name = 'products'")
+    note "loaded in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s; the table: $SNAP_TABLE_MIB MiB (InnoDB data + indexes)"
+}
+run_dump() {
+    timed dump bash -c 'exec mariadb-dump "$@" >/dev/null' mariadb-dump --no-defaults \
+        --single-transaction --quick --host=127.0.0.1 --port="$PORT" --user=root bench products
+    NOTE="SQL text to /dev/null"
+}
+run_snapshot_file() {
+    rm -rf "$TMP/state" "$SNAP_OUT"
+    timed snapshot-file "$BIN" run --source "$SOURCE" --server-id "$SERVER_ID" \
+        --state-dir "$TMP/state" --exit-at-end --sink "file:$SNAP_OUT"
+    local reads ends lines bytes
+    reads=$(grep -c '"op":"read"' "$SNAP_OUT" || true)
+    ends=$(grep -c '"op":"snapshot_end"' "$SNAP_OUT" || true)
+    lines=$(wc -l <"$SNAP_OUT")
+    bytes=$(wc -c <"$SNAP_OUT")
+    rm -f "$SNAP_OUT"
+    [[ $reads -eq $SNAP_ROWS ]] || die "binsync wrote $reads read lines; expected $SNAP_ROWS"
+    [[ $ends -eq 1 && $lines -eq $((SNAP_ROWS + 1)) ]] ||
+        die "binsync wrote $lines lines, $ends snapshot_end; expected $SNAP_ROWS reads and 1 snapshot_end"
+    NOTE="$reads read lines and $ends snapshot_end checked, $(mib "$bytes") MiB on $SNAP_DIR"
+}
+run_snapshot_http() {
+    local stats got recv_hwm
+    rm -rf "$TMP/state" "$TMP/recv-state"
+    start_receiver "$TMP/recv-state" --discard
+    timed snapshot-http "$BIN" run --source "$SOURCE" --server-id "$SERVER_ID" \
+        --state-dir "$TMP/state" --exit-at-end --sink "http://$RECV_ADDR/sync"
+    stats=$(curl -sf "http://$RECV_ADDR/stats") || die "GET http://$RECV_ADDR/stats failed"
+    got=$(json_field "$stats" ops_received)
+    recv_hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$RECV_PID/status" 2>/dev/null || echo 0)
+    RECV_CPU=$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' \
+        "/proc/$RECV_PID/stat" 2>/dev/null || echo '?')
+    stop_pid "$RECV_PID"
+    rm -rf "$TMP/recv-state"
+    [[ $got -eq $((SNAP_ROWS + 1)) ]] ||
+        die "the receiver's ops_received is $got; expected $SNAP_ROWS reads + 1 snapshot_end ($stats)"
+    NOTE="receiver ops_received = $got ($SNAP_ROWS reads + 1 snapshot_end) in $(json_field "$stats" batches) batches; receiver peak RSS $(mib $((recv_hwm * 1024))) MiB"
+}
+# The snapshot part: a fresh server, the table, the three tools; RES/snapshot.md.
+snapshot_part() {
+    SNAP_LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
+    snapshot_load
+    M_ROWS=$SNAP_ROWS M_TSV=$RES/snapshot.tsv
+    measure dump 'mariadb-dump --single-transaction --quick' run_dump
+    measure snapshot_file 'binsync snapshot → file (/dev/shm)' run_snapshot_file
+    measure snapshot_http 'binsync snapshot → sync API (receive --discard)' run_snapshot_http
+    M_ROWS='' M_TSV=''
+    local end_loadavg
+    end_loadavg=$(cut -d' ' -f1-3 /proc/loadavg)
+    awk -F'\t' -v rows="$SNAP_ROWS" -v mib="$SNAP_TABLE_MIB" -v repeat="$REPEAT" \
+        -v l0="$SNAP_LOADAVG" -v l1="$end_loadavg" '
+        function fmt(n,   s) { # 1234567 -> 1,234,567
+            s = sprintf("%.0f", n)
+            while (s ~ /[0-9][0-9][0-9][0-9]/) sub(/[0-9][0-9][0-9]($|,)/, ",&", s)
+            return s
+        }
+        { key[NR] = $1; name[NR] = $2; wall[NR] = $3; rss[NR] = $4; cpu[NR] = $5; rcpu[NR] = $6
+          note[NR] = $7; if ($1 == "dump") ref = $3 }
+        END {
+            print ""
+            print "## Initial snapshot"
+            print ""
+            printf "A fresh server, `bench.products` (10 columns) with %s rows inserted (%s MiB), read whole; fastest of %s run(s) each; load average %s at the start, %s at the end.\n", fmt(rows), mib, repeat, l0, l1
+            print ""
+            print "| tool | wall s | rows/s | its wall ÷ mariadb-dump wall | CPU s | receiver CPU s | peak RSS MiB |"
+            print "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+            for (i = 1; i <= NR; i++)
+                printf "| %s | %.2f | %s | %.2fx | %.2f | %s | %.1f |\n", name[i], wall[i], fmt(rows / wall[i]),
+                    wall[i] / ref, cpu[i], (rcpu[i] == "" ? "—" : rcpu[i]), rss[i] / 1024
+            print ""
+            print "binsync: a first `binsync run --exit-at-end` with a fresh state dir (the default --snapshot when-needed, no --start): every row as a `read` line (contract v3), then it stops at the binlog end. Targets (issue 12): into the file sink within 2x mariadb-dump'"'"'s time (aim 1.5x), peak RSS under 100 MB."
+            print ""
+            print "Checks and details of each fastest run:"
+            print ""
+            for (i = 1; i <= NR; i++) if (note[i] != "") printf "- %s: %s\n", name[i], note[i]
+        }' "$RES/snapshot.tsv" >"$RES/snapshot.md"
+}
+
+# The report's first lines.
+report_header() {
+    echo "# binsync benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "Machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(awk '/^MemTotal:/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo); MariaDB $MARIADB_VERSION; binsync $(git describe --always --dirty 2>/dev/null || echo unknown); load average at the start: $LOADAVG."
+}
+# The snapshot's server: the 1M-row table (~350 MiB) fits its buffer pool, so both tools read
+# from memory.
+SNAP_SERVER_ARGS=(--innodb-buffer-pool-size=1G)
+
+if [[ $PART == snapshot ]]; then
+    start_server mariadb "${SNAP_SERVER_ARGS[@]}"
+    snapshot_part
+    mkdir -p "$(dirname "$OUT")"
+    { report_header && cat "$RES/snapshot.md"; } >"$TMP/report.md"
+    cp "$TMP/report.md" "$OUT"
+    step "Results (also in $OUT)"
+    echo
+    cat "$TMP/report.md"
+    exit 0
+fi
+start_server mariadb
+
+# --- the workload -------------------------------------------------------------------------------
+step "Loading the workload: $ROWS rows inserted, then each updated once, $TXN_ROWS rows per transaction"
+create_products
+load_sql() {
+    local first size
+    for ((first = 1; first <= ROWS; first += TXN_ROWS)); do
+        size=$((ROWS - first + 1 < TXN_ROWS ? ROWS - first + 1 : TXN_ROWS))
+        insert_sql "$first" "$size"
+    done
+    for ((first = 1; first <= ROWS; first += TXN_ROWS)); do
+        echo "UPDATE bench.products SET price = price + 1, stock = stock + 7,
+  attrs = JSON_SET(attrs, '\$.size', id % 50 + 1), active = 1 - active,
+  updated_at = updated_at + INTERVAL 1 DAY, status = 1 + (id + 1) % 3
+WHERE id BETWEEN $first AND $((first + TXN_ROWS - 1));"
+    done
+}
+t0=$EPOCHREALTIME
+load_sql | sql --database=bench
+load_secs=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+got=$(sql -e 'SELECT COUNT(*) FROM bench.products')
+[[ $got -eq $ROWS ]] || die "bench.products has $got rows, expected $ROWS"
+mapfile -t binlogs < <(sql -e 'SHOW BINARY LOGS' | awk '{ print $1 }')
+BINLOG_BYTES=$(sql -e 'SHOW BINARY LOGS' | awk '{ s += $2 } END { print s }')
+FIRST_BINLOG=${binlogs[0]}
+note "loaded in $load_secs s: $CHANGES row changes, binlog $(mib "$BINLOG_BYTES") MiB in ${#binlogs[@]} file(s) (${binlogs[*]})"
+
+# --- throughput ---------------------------------------------------------------------------------
 # One run of each tool; each sets WALL, RSS, CPU and NOTE, and the sync API runs RECV_CPU.
 run_raw() {
     rm -rf "$TMP/raw" && mkdir "$TMP/raw"
@@ -332,11 +522,14 @@ run_binsync_file() {
     rm -rf "$TMP/state" "$TMP/out.jsonl"
     timed binsync-file "$BIN" run --source "$SOURCE" --server-id "$SERVER_ID" \
         --state-dir "$TMP/state" --start earliest --exit-at-end --sink "file:$TMP/out.jsonl"
-    local lines bytes
+    local lines rows bytes
     lines=$(wc -l <"$TMP/out.jsonl")
+    rows=$(grep -c -E '"op":"(insert|update|delete)"' "$TMP/out.jsonl" || true)
     bytes=$(wc -c <"$TMP/out.jsonl")
-    [[ $lines -eq $CHANGES ]] || die "binsync wrote $lines lines; expected $CHANGES"
-    NOTE="$lines JSON lines checked, $(mib "$bytes") MiB"
+    [[ $rows -eq $CHANGES ]] || die "binsync wrote $rows row changes; expected $CHANGES"
+    # The rest: the CREATE TABLE's ddl operation (--start earliest reads it too).
+    OTHER_OPS=$((lines - rows))
+    NOTE="$rows row change lines checked (+ $OTHER_OPS ddl), $(mib "$bytes") MiB"
     rm -f "$TMP/out.jsonl"
 }
 run_binsync_http() { # discard|store
@@ -360,30 +553,10 @@ run_binsync_http() { # discard|store
     RECV_CPU=$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' \
         "/proc/$RECV_PID/stat" 2>/dev/null || echo '?')
     stop_pid "$RECV_PID"
-    [[ $got -eq $CHANGES ]] || die "the receiver's $key is $got; expected $CHANGES ($stats)"
+    [[ $got -eq $((CHANGES + OTHER_OPS)) ]] ||
+        die "the receiver's $key is $got; expected $CHANGES row changes + $OTHER_OPS ddl ($stats)"
     NOTE="receiver $key = $got in $(json_field "$stats" batches) batches; receiver peak RSS $(mib $((recv_hwm * 1024))) MiB"
     rm -rf "$TMP/recv-state"
-}
-
-# measure KEY NAME FUNCTION [ARGS]: BENCH_REPEAT runs, the fastest one goes into the table.
-# tools.tsv, one line per tool: key, name, wall s, peak RSS KiB, CPU s, receiver CPU s (empty
-# without a receiver), note.
-measure() {
-    local key=$1 name=$2 best_wall='' best_rss='' best_cpu='' best_recv_cpu='' best_note='' i
-    shift 2
-    step "$name"
-    for ((i = 1; i <= REPEAT; i++)); do
-        RECV_CPU=
-        "$@"
-        note "$(printf '%s s, %s rows/s, CPU %s s%s, peak RSS %s MiB; %s' "$WALL" \
-            "$(awk -v c="$CHANGES" -v w="$WALL" 'BEGIN { printf "%.0f", (w > 0 ? c / w : 0) }')" \
-            "$CPU" "${RECV_CPU:+, receiver CPU $RECV_CPU s}" "$(mib $((RSS * 1024)))" "$NOTE")"
-        if [[ -z $best_wall ]] || awk -v a="$WALL" -v b="$best_wall" 'BEGIN { exit !(a < b) }'; then
-            best_wall=$WALL best_rss=$RSS best_cpu=$CPU best_recv_cpu=$RECV_CPU best_note=$NOTE
-        fi
-    done
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$name" "$best_wall" "$best_rss" "$best_cpu" \
-        "$best_recv_cpu" "$best_note" >>"$RES/tools.tsv"
 }
 
 measure raw 'mariadb-binlog --raw (transfer only)' run_raw
@@ -467,9 +640,11 @@ done
 # level of the standard workload's 1,000-row transactions.
 BIG_ROWS=${BENCH_BIG_TXN_ROWS:-500000}
 step "One transaction of $BIG_ROWS rows into the file sink: binsync's peak RSS"
+# The table exists before the start position: the run reads the insert only (a CREATE ... LIKE
+# in its range would name bench.products, which --include leaves out of the schema history).
+sql -e 'CREATE TABLE bench.big LIKE bench.products'
 read -r big_file big_pos _ < <(sql -e 'SHOW MASTER STATUS')
-sql -e "CREATE TABLE bench.big LIKE bench.products;
-INSERT INTO bench.big SELECT seq, CONCAT('SKU-', seq), CONCAT('Product ', seq), 1.50, seq % 1000,
+sql -e "INSERT INTO bench.big SELECT seq, CONCAT('SKU-', seq), CONCAT('Product ', seq), 1.50, seq % 1000,
   seq * 0.25, JSON_OBJECT('color', 'red', 'size', seq % 50), 1,
   TIMESTAMP'2026-01-01 00:00:00' + INTERVAL seq SECOND, 1 + seq % 3 FROM bench.seq_1_to_$BIG_ROWS;"
 rm -rf "$TMP/state" "$TMP/out.jsonl"
@@ -490,6 +665,11 @@ note "one $BIG_ROWS-row transaction: peak RSS $(mib $((RSS * 1024))) MiB in $WAL
     echo "| one $BIG_ROWS-row transaction | $BIG_ROWS | $(mib $((RSS * 1024))) |"
 } >"$RES/memory.md"
 
+# --- the initial snapshot, on a fresh server -----------------------------------------------------
+stop_server
+start_server mariadb-snapshot "${SNAP_SERVER_ARGS[@]}"
+snapshot_part
+
 # --- report -------------------------------------------------------------------------------------
 {
     echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -509,7 +689,7 @@ note "one $BIG_ROWS-row transaction: peak RSS $(mib $((RSS * 1024))) MiB in $WAL
 } >"$RES/meta.txt"
 mkdir -p "$(dirname "$OUT")"
 python3 "$HELPER" report "$RES" >"$TMP/report.md"
-cat "$RES/memory.md" >>"$TMP/report.md"
+cat "$RES/memory.md" "$RES/snapshot.md" >>"$TMP/report.md"
 cp "$TMP/report.md" "$OUT"
 step "Results (also in $OUT)"
 echo

@@ -20,6 +20,11 @@ pub enum Op {
     Truncate,
     /// The table is gone with its rows (contract v2): no `id`.
     Drop,
+    /// A row of the initial snapshot (contract v3): the row as of the chunk's position.
+    Read,
+    /// A table's snapshot is complete (contract v3): no `id`; rows of the entity type last
+    /// written below its `since` are gone from the source.
+    SnapshotEnd,
 }
 
 impl Op {
@@ -31,12 +36,14 @@ impl Op {
             Op::Ddl => "ddl",
             Op::Truncate => "truncate",
             Op::Drop => "drop",
+            Op::Read => "read",
+            Op::SnapshotEnd => "snapshot_end",
         }
     }
 
     /// A row change (it has an `id`), as opposed to an operation on the whole entity type.
     pub fn is_row(self) -> bool {
-        matches!(self, Op::Insert | Op::Update | Op::Delete)
+        matches!(self, Op::Insert | Op::Update | Op::Delete | Op::Read)
     }
 }
 

@@ -71,8 +71,16 @@ fn table_json(t: &crate::schema::Table) -> serde_json::Value {
             serde_json::Value::Object(m)
         })
         .collect();
+    let unique: Vec<serde_json::Value> = t
+        .unique
+        .iter()
+        .map(|u| serde_json::json!({"name": u.name, "columns": u.columns, "partial": u.partial, "hash": u.hash}))
+        .collect();
+    // `pk`: the declared PRIMARY KEY; `key`: the id's columns (without a PRIMARY KEY, the
+    // unique key the server promotes).
     serde_json::json!({
-        "db": t.db, "table": t.name, "columns": columns, "pk": t.pk, "complete": t.complete,
+        "db": t.db, "table": t.name, "columns": columns, "pk": t.pk, "unique": unique,
+        "key": t.key(), "complete": t.complete,
     })
 }
 
@@ -257,6 +265,7 @@ pub async fn status(src: Option<&SourceConfig>, state_dir: &Path) -> Result<()> 
     if running {
         say!("state dir is in use by a running binsync");
     }
+    snapshot_status(state_dir, running)?;
     let Some(src) = src else { return Ok(()) };
     let mut conn = match src.connect_once().await {
         Ok(c) => c,
@@ -283,6 +292,77 @@ pub async fn status(src: Option<&SourceConfig>, state_dir: &Path) -> Result<()> 
             );
         }
     }
+    Ok(())
+}
+
+/// The snapshot's state in `status`: from the store when no binsync runs, else from the
+/// copy the running one keeps (`snapshot::progress::STATUS_FILE`, per chunk handed on).
+fn snapshot_status(state_dir: &Path, running: bool) -> Result<()> {
+    use crate::snapshot::progress::{self, State};
+    let tables = if running {
+        progress::read_status(state_dir)
+    } else if Store::exists(state_dir) {
+        match Store::open(state_dir) {
+            Ok(store) => progress::load(&store)?,
+            Err(_) => progress::read_status(state_dir),
+        }
+    } else {
+        Vec::new()
+    };
+    let requests = progress::read_requests(state_dir).unwrap_or_default();
+    if tables.is_empty() && requests.is_empty() {
+        say!("snapshot:   none");
+        return Ok(());
+    }
+    let done = tables.iter().filter(|t| t.state == State::Done).count();
+    say!("snapshot:   {done} of {} tables done", tables.len());
+    for t in &tables {
+        let state = match t.state {
+            State::Pending => "waiting".to_string(),
+            State::Running => format!(
+                "{} of about {} rows, {} chunks",
+                crate::units::count(t.rows),
+                crate::units::count(t.estimate.max(t.rows)),
+                t.chunks
+            ),
+            State::Done => format!("done, {} rows", crate::units::count(t.rows)),
+        };
+        say!("  {}: {state}", t.qualified());
+    }
+    for (_, tables) in requests {
+        say!("  requested, not yet taken: {}", tables.join(", "));
+    }
+    Ok(())
+}
+
+/// `binsync snapshot --table ...`: records the request in the state dir.
+pub fn snapshot_request(state_dir: &Path, tables: &[String]) -> Result<()> {
+    for t in tables {
+        if t.split_once('.')
+            .is_none_or(|(d, n)| d.is_empty() || n.is_empty())
+        {
+            return Err(Error::usage(format!(
+                "--table {t}: write db.table, e.g. --table shop.products"
+            )));
+        }
+    }
+    if !state_dir.is_dir() {
+        return Err(Error::usage(format!(
+            "state dir {} does not exist; name the --state-dir of the binsync run that should load the tables",
+            state_dir.display()
+        )));
+    }
+    let file = crate::snapshot::progress::write_request(state_dir, tables).map_err(|e| {
+        Error::usage(format!(
+            "cannot write the request into {}: {e}",
+            state_dir.display()
+        ))
+    })?;
+    say!(
+        "requested a snapshot of {} ({}); a running binsync with this state dir takes it within a second, otherwise the next run does; `binsync status` shows its progress",
+        tables.join(", "),
+        file.display()
+    );
     Ok(())
 }
 

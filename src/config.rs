@@ -60,6 +60,9 @@ pub enum Command {
     /// The schema history: `show` prints the tracked tables as the source defines them now,
     /// read as binsync reads DDL (one JSON object per table).
     Schema(SchemaArgs),
+    /// (Re)load tables' rows while `binsync run` streams: records a request in the state dir
+    /// that the running process picks up (or the next run, if none runs).
+    Snapshot(SnapshotArgs),
 }
 
 #[derive(Debug, Args, Default)]
@@ -211,6 +214,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub sink: Option<String>,
     /// Where to begin when there is no checkpoint: earliest, latest, gtid:SET, file:NAME:POS.
+    /// Default: latest, after a snapshot of the tables (--snapshot); earliest with
+    /// --snapshot never.
     #[arg(long)]
     pub start: Option<String>,
     /// Discard the checkpoint first (then --start applies).
@@ -232,11 +237,39 @@ pub struct RunArgs {
     #[arg(long, value_name = "[PATTERN=]ACTION")]
     pub on_ddl: Vec<String>,
     /// Stop with exit code 0 once everything up to the source's binlog end at start-up is
-    /// delivered and checkpointed.
+    /// delivered and checkpointed (and the snapshot, if one runs, is done).
     #[arg(long)]
     pub exit_at_end: bool,
+    /// Load the captured tables' existing rows as `read` operations (contract v3), chunk by
+    /// chunk while streaming: `when-needed` (the default: on a first start without --start),
+    /// `initial` (on a first start even with --start, or after --reset), `never`.
+    #[arg(long, value_enum, env = "BINSYNC_SNAPSHOT")]
+    pub snapshot: Option<SnapshotMode>,
+    /// Tables snapshotted at once (default 1).
+    #[arg(long, value_name = "N")]
+    pub snapshot_parallel: Option<usize>,
+    /// At most this many snapshot rows read per second, all tables together (default: no limit).
+    #[arg(long, value_name = "ROWS")]
+    pub snapshot_rate: Option<u64>,
+    /// Columns that identify the rows of a table without a primary key or unique NOT NULL key,
+    /// for its snapshot's chunks: db.table=col[,col...] (repeatable). binsync cannot check that
+    /// they are unique: rows sharing a value may be skipped.
+    #[arg(long, value_name = "DB.TABLE=COLS")]
+    pub snapshot_key: Vec<String>,
     #[command(flatten)]
     pub http: HttpArgs,
+}
+
+pub use crate::snapshot::runner::SnapshotMode;
+
+#[derive(Debug, Args, Default)]
+pub struct SnapshotArgs {
+    /// A table to (re)load, db.table (repeatable).
+    #[arg(long, required = true)]
+    pub table: Vec<String>,
+    /// The state dir of the `binsync run` that should load them.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Settings of the HTTP sync API sink (`--sink http://...`): the flags, and the same keys in
@@ -388,6 +421,12 @@ pub struct FileConfig {
     pub entity: Option<HashMap<String, String>>,
     /// As `--on-ddl`: ["db.audit*=ignore", "emit"].
     pub on_ddl: Option<Vec<String>>,
+    /// As `--snapshot`: "when-needed", "initial" or "never".
+    pub snapshot: Option<SnapshotMode>,
+    pub snapshot_parallel: Option<usize>,
+    pub snapshot_rate: Option<u64>,
+    /// db.table = "col1,col2" (as --snapshot-key).
+    pub snapshot_key: Option<HashMap<String, String>>,
     pub log_format: Option<LogFormat>,
     /// HTTP sink settings, named as the flags (batch_rows, linger = "5ms", ...).
     pub http: Option<HttpArgs>,
@@ -429,6 +468,7 @@ pub struct RunSettings {
     pub reset: bool,
     pub decode: DecodeConfig,
     pub exit_at_end: bool,
+    pub snapshot: crate::snapshot::runner::SnapshotSettings,
 }
 
 /// Everything `binsync replay` needs, validated.
@@ -530,11 +570,14 @@ impl RunSettings {
             ConfigError("no --state-dir: name a directory for the checkpoint store, e.g. --state-dir /var/lib/binsync".into())
         })?;
         let sink = sink_spec(args.sink.as_ref().or(file.sink.as_ref()), &args.http, file)?;
+        // Without --start a first start streams from the binlog's end when it loads the
+        // tables' rows first (the snapshot), else from the oldest binlog.
+        let snapshots = args.snapshot.or(file.snapshot).unwrap_or_default() != SnapshotMode::Never;
         let start_text = args
             .start
             .clone()
             .or_else(|| file.start.clone())
-            .unwrap_or_else(|| "earliest".into());
+            .unwrap_or_else(|| if snapshots { "latest" } else { "earliest" }.into());
         let start: StartSpec = start_text.parse().map_err(ConfigError)?;
         let decode = decode_config(
             &args.include,
@@ -549,6 +592,13 @@ impl RunSettings {
             // which every receiver written for version 1 keeps accepting.
             cfg.contract = if decode.on_ddl.may_emit() { 2 } else { 1 };
         }
+        let snapshot = snapshot_settings(args, file, args.start.is_some() || file.start.is_some())?;
+        if let SinkSpec::Http(cfg) = &mut sink {
+            // `read` and `snapshot_end` exist from contract version 3 on.
+            if snapshot.mode != SnapshotMode::Never {
+                cfg.contract = 3;
+            }
+        }
         Ok(RunSettings {
             source,
             server_id,
@@ -558,8 +608,61 @@ impl RunSettings {
             reset: args.reset,
             decode,
             exit_at_end: args.exit_at_end,
+            snapshot,
         })
     }
+}
+
+fn snapshot_settings(
+    args: &RunArgs,
+    file: &FileConfig,
+    explicit_start: bool,
+) -> Result<crate::snapshot::runner::SnapshotSettings, ConfigError> {
+    let mut keys: HashMap<String, Vec<String>> = HashMap::new();
+    let mut add = |spec: String, table: &str, cols: &str| {
+        let cols: Vec<String> = cols
+            .split(',')
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect();
+        if !table.contains('.') || cols.is_empty() {
+            return Err(ConfigError(format!(
+                "--snapshot-key `{spec}`: write db.table=col[,col...], e.g. shop.events=id"
+            )));
+        }
+        keys.insert(table.to_string(), cols);
+        Ok(())
+    };
+    for (t, c) in file.snapshot_key.iter().flatten() {
+        add(format!("{t}={c}"), t, c)?;
+    }
+    for spec in &args.snapshot_key {
+        let (t, c) = spec.split_once('=').unwrap_or((spec, ""));
+        add(spec.clone(), t, c)?;
+    }
+    let parallel = args
+        .snapshot_parallel
+        .or(file.snapshot_parallel)
+        .unwrap_or(1);
+    if parallel == 0 {
+        return Err(ConfigError(
+            "--snapshot-parallel 0: give 1 or more tables at once".into(),
+        ));
+    }
+    let rate = args.snapshot_rate.or(file.snapshot_rate);
+    if rate == Some(0) {
+        return Err(ConfigError(
+            "--snapshot-rate 0 would never read a row: give rows per second, or leave it out for no limit".into(),
+        ));
+    }
+    Ok(crate::snapshot::runner::SnapshotSettings {
+        mode: args.snapshot.or(file.snapshot).unwrap_or_default(),
+        explicit_start,
+        parallel,
+        rate,
+        keys,
+        ..Default::default()
+    })
 }
 
 impl ReplaySettings {
@@ -795,8 +898,8 @@ mod tests {
     }
 
     #[test]
-    fn the_sync_api_speaks_version_2_only_when_ddl_may_be_emitted() {
-        let contract = |on_ddl: &[&str]| {
+    fn the_sync_api_speaks_the_lowest_version_that_carries_what_the_run_may_emit() {
+        let contract = |on_ddl: &[&str], snapshot: Option<SnapshotMode>| {
             let args = RunArgs {
                 source: SourceArgs {
                     source: Some("mysql://root@127.0.0.1:3306".into()),
@@ -806,6 +909,7 @@ mod tests {
                 state_dir: Some("/tmp/x".into()),
                 sink: Some("http://127.0.0.1:9/v1".into()),
                 on_ddl: on_ddl.iter().map(|s| s.to_string()).collect(),
+                snapshot,
                 ..Default::default()
             };
             match RunSettings::resolve(&args, &FileConfig::default())
@@ -816,10 +920,45 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         };
-        assert_eq!(contract(&[]), 2, "emit is the default");
-        assert_eq!(contract(&["ignore"]), 1);
-        assert_eq!(contract(&["stop", "shop.*=ignore"]), 1);
-        assert_eq!(contract(&["ignore", "shop.t=emit"]), 2);
+        let never = Some(SnapshotMode::Never);
+        assert_eq!(contract(&[], never), 2, "emit is the default");
+        assert_eq!(contract(&["ignore"], never), 1);
+        assert_eq!(contract(&["stop", "shop.*=ignore"], never), 1);
+        assert_eq!(contract(&["ignore", "shop.t=emit"], never), 2);
+        // `read` and `snapshot_end` (the default --snapshot when-needed) need version 3.
+        assert_eq!(contract(&[], None), 3);
+        assert_eq!(contract(&["ignore"], Some(SnapshotMode::Initial)), 3);
+    }
+
+    #[test]
+    fn without_start_a_snapshotting_run_starts_at_the_binlog_end() {
+        let start = |snapshot: Option<SnapshotMode>, start: Option<&str>| {
+            let args = RunArgs {
+                source: SourceArgs {
+                    source: Some("mysql://root@127.0.0.1:3306".into()),
+                    ..Default::default()
+                },
+                server_id: Some(1),
+                state_dir: Some("/tmp/x".into()),
+                snapshot,
+                start: start.map(String::from),
+                ..Default::default()
+            };
+            let s = RunSettings::resolve(&args, &FileConfig::default()).unwrap();
+            (format!("{:?}", s.start), s.snapshot.explicit_start)
+        };
+        assert_eq!(
+            start(None, None),
+            (format!("{:?}", StartSpec::Latest), false)
+        );
+        assert_eq!(
+            start(Some(SnapshotMode::Never), None),
+            (format!("{:?}", StartSpec::Earliest), false)
+        );
+        assert_eq!(
+            start(None, Some("earliest")),
+            (format!("{:?}", StartSpec::Earliest), true)
+        );
     }
 
     #[test]

@@ -110,6 +110,7 @@ impl From<Failure> for Error {
         match e {
             Failure::Transient(e) => e.into(),
             Failure::Definite(e) => e.into(),
+            Failure::State(e) => e.into(),
         }
     }
 }

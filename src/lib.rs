@@ -28,8 +28,10 @@
 //!   lookups; TLS to the server for both its connections (`source::tls`).
 //! - `dlq`, `sink`: the dead-letter queue; the sinks (`stdout`, `file:`, the HTTP sync API),
 //!   their retry policy, and the ordered-ack ledger every sink acknowledges through.
-//! - [`snapshot`]: the initial snapshot (issue 12, being built): a table's rows read in chunks
-//!   by key, each at its exact binlog position, encoded as the decoder encodes binlog rows.
+//! - [`snapshot`]: the initial snapshot (issue 12): a table's rows read in chunks by key, each
+//!   at its exact binlog position, encoded as the decoder encodes binlog rows, injected into
+//!   the stream there as `read` operations (`decode::inject`); a stage of its own beside the
+//!   source, which holds the stream while a chunk is read.
 //! - [`config`]: flags and the TOML file, resolved once into each component's settings.
 //! - [`error`]: the library's error, transient or definite.
 //! - [`pipeline`] (`binsync run`), [`replay`], [`commands`] (`check`, `status`, `dlq`): the

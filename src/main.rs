@@ -98,6 +98,14 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
                 ExitCode::FAILURE
             })
         }
+        Command::Snapshot(args) => {
+            let dir = args
+                .state_dir
+                .or(file.state_dir.clone())
+                .context("no --state-dir: name the directory the binsync run that should load the tables uses")?;
+            binsync::commands::snapshot_request(&dir, &args.table)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema(args) => {
             let state_dir = || {
                 args.state_dir

@@ -32,6 +32,7 @@ use crate::checkpoint::{
     is_disk_full, Ack, Checkpoint, CheckpointError, Checkpointer, DiskFull, Store,
 };
 use crate::config::RunSettings;
+use crate::config::SnapshotMode;
 use crate::decode::Decoder;
 use crate::dlq::Dlq;
 use crate::error::{Error, Result};
@@ -41,11 +42,16 @@ use crate::schema::Catalog;
 use crate::shutdown::Shutdown;
 use crate::sink::http::batch::SourceHeader;
 use crate::sink::{self, SinkSpec};
+use crate::snapshot::handoff::Inbox;
+use crate::snapshot::progress;
+use crate::snapshot::runner::Runner;
+use crate::snapshot::SnapshotError;
 pub use crate::source::replication::Outcome;
 use crate::source::replication::Replication;
 use crate::source::start::{self, Prepared};
 use crate::source::stream::Replica;
 use crate::source::ServerInfo;
+use crate::source::SourceError;
 use crate::source::{schema_seed, SourceConfig};
 
 /// Chunks queued between the decoder and the sink.
@@ -145,6 +151,7 @@ async fn run_once(
     let store = if *reset {
         tracing::info!(state_dir = %settings.state_dir.display(), "--reset: discarding the checkpoint");
         let store = Store::open_reset(&settings.state_dir).await?;
+        progress::clear(&store).await?;
         // A run started again after a full disk must not forget the checkpoint again.
         *reset = false;
         store
@@ -185,6 +192,11 @@ async fn run_once(
     decode.sequences.extend(catalog.sequences);
 
     if checkpoint.is_none() {
+        if settings.snapshot.wanted_at_start(false) {
+            // Decided before the first checkpoint exists, so a crash before the tables are
+            // listed still snapshots them on the next start.
+            progress::mark_wanted(&store).await?;
+        }
         plan.position.seq = store.seq_floor().await?;
         // The start point is where a restart must resume even if nothing is delivered before
         // it (`--start latest` stopped at once would otherwise fall back to `earliest`).
@@ -219,11 +231,19 @@ async fn run_once(
         tracing::info!("stopped before the source was reached; nothing was read");
         return Ok(Outcome::Stopped);
     };
+    let Some(snapshot_tables) =
+        snapshot_at_start(&store, settings, &info, &decode, &mut shutdown).await?
+    else {
+        tracing::info!("stopped before the source was reached; nothing was read");
+        return Ok(Outcome::Stopped);
+    };
+    let reserved = progress::reservations_from(&store, plan.position.seq).await?;
     tracing::info!(start = %plan.point, position = %plan.position, "streaming");
 
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
     let (ack_tx, ack_rx) = mpsc::channel::<Ack>(ACK_QUEUE);
     let sink_task = spawn_sink(&settings.sink, &store, &info, chunk_rx, ack_tx, &shutdown)?;
+    let checkpointer_store = store.clone();
     let checkpointer = Checkpointer {
         store,
         server: info.identity.clone(),
@@ -241,10 +261,44 @@ async fn run_once(
     )
     .with_history(history)
     .with_seed_gaps(gaps.unknown, gaps.pending);
+    let mut decoder = decoder;
+    decoder.add_reservations(reserved);
     let replica = Replica::new(settings.server_id, &settings.state_dir);
-    let source =
-        Replication::new(src, info, replica, target, shutdown).position_written_by(written_by);
+    let mut source = Replication::new(src.clone(), info, replica, target, shutdown.clone())
+        .position_written_by(written_by);
+    let mut runner = None;
+    if settings.snapshot.mode != SnapshotMode::Never {
+        let (link, inbox) = mpsc::channel(16);
+        let busy = snapshot_tables
+            .iter()
+            .any(|t| t.state != progress::State::Done);
+        source = source.with_snapshot(Inbox::new(inbox, busy), checkpointer_store.clone());
+        let connect: crate::snapshot::runner::Connect = Arc::new(move || {
+            let src = src.clone();
+            Box::pin(async move {
+                src.connect_once()
+                    .await
+                    .map_err(|e| SnapshotError::Connect {
+                        transient: matches!(e, crate::source::Failure::Transient(_)),
+                        detail: e.to_string(),
+                    })
+            })
+        });
+        let r = Runner {
+            settings: settings.snapshot.clone(),
+            connect,
+            store: checkpointer_store.clone(),
+            filter: settings.decode.filter.clone(),
+            link,
+            shutdown: shutdown.clone(),
+        };
+        runner = Some(tokio::spawn(r.run(snapshot_tables)));
+    }
     let source_result = source.run(conn, plan.point, decoder, chunk_tx).await;
+    if let Some(r) = runner {
+        // Its state moves only with the checkpoint: nothing is lost by ending it here.
+        r.abort();
+    }
     // The source is done (its sender dropped): the sink drains, then the checkpointer.
     let sink_result = sink_task.await.map_err(|e| Error::stage("sink", e))?;
     let cp_result = checkpointer
@@ -312,6 +366,84 @@ async fn history_at_start(
         "schema history seeded from the source"
     );
     Ok(Some((seed.catalog, gaps)))
+}
+
+/// The tables the snapshot stage starts with: the state dir's progress entries, after
+/// listing every captured table when this state dir's first start asked for a snapshot
+/// ([`progress::mark_wanted`]). Each table not done is checked now (it exists, has a key
+/// chunks can page by), so that a table that can never be read stops the run at once, not
+/// hours later. None when stopped while reaching the source.
+async fn snapshot_at_start(
+    store: &Store,
+    settings: &RunSettings,
+    info: &ServerInfo,
+    decode: &crate::decode::DecodeConfig,
+    shutdown: &mut Shutdown,
+) -> Result<Option<Vec<progress::TableProgress>>> {
+    if settings.snapshot.mode == SnapshotMode::Never {
+        return Ok(Some(Vec::new()));
+    }
+    let mut wanted = progress::is_wanted(store)?;
+    let mysql = info.flavor() == crate::gtid::Flavor::Mysql;
+    if wanted && mysql && settings.snapshot.mode == SnapshotMode::WhenNeeded {
+        tracing::warn!("no snapshot: snapshots of MySQL sources are not supported yet; streaming from the start position only (--snapshot never silences this)");
+        progress::unmark_wanted(store).await?;
+        wanted = false;
+    }
+    // Requests waiting since the last run: snapshot work from the start, not only once the
+    // runner's first look at them comes (an `--exit-at-end` run could end before it).
+    crate::snapshot::runner::take_requests(store, &decode.filter)
+        .await
+        .map_err(SourceError::Snapshot)?;
+    let open = progress::load(store)?
+        .iter()
+        .any(|t| t.state != progress::State::Done);
+    if !wanted && !open {
+        return Ok(Some(progress::load(store)?));
+    }
+    if mysql {
+        return Err(SourceError::Snapshot(SnapshotError::MysqlUnsupported.to_string()).into());
+    }
+    let src = &settings.source;
+    let Some(mut conn) = src.with_retries(shutdown, || src.connect_once()).await? else {
+        return Ok(None);
+    };
+    if wanted {
+        // The tables there are now (the stream's start may be older than some of them).
+        let now: Vec<(String, String)> = mysql_async::prelude::Queryable::query(
+            &mut conn,
+            "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' \
+             AND TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME",
+        )
+        .await
+        .map_err(|e| SourceError::Snapshot(format!("listing the tables to snapshot: {e}")))?;
+        let tables: Vec<progress::TableProgress> = now
+            .iter()
+            .filter(|(db, name)| {
+                decode.filter.matches(db, name)
+                    && !decode.sequences.contains(&format!("{db}.{name}"))
+            })
+            .map(|(db, name)| progress::TableProgress::new(db, name))
+            .collect();
+        tracing::info!(tables = tables.len(), "snapshot of every captured table");
+        progress::save_now(store, tables).await?;
+        progress::unmark_wanted(store).await?;
+    }
+    let tables = progress::load(store)?;
+    for t in tables.iter().filter(|t| t.state != progress::State::Done) {
+        let key = settings
+            .snapshot
+            .keys
+            .get(&t.qualified())
+            .map(|v| v.as_slice());
+        match crate::snapshot::TablePlan::load(&mut conn, &t.db, &t.table, None, key).await {
+            // Dropped since it was asked for: the snapshot task says so and ends.
+            Ok(_) | Err(SnapshotError::NoTable { .. }) => {}
+            Err(e) => return Err(SourceError::Snapshot(e.to_string()).into()),
+        }
+    }
+    Ok(Some(tables))
 }
 
 /// Starts the sink task for `spec`: it takes chunks from `rx` and sends their acks, in

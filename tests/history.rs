@@ -83,9 +83,8 @@ fn assert_names_the_reset_and_the_way_out(line: &str) {
     for needle in [
         "RESET MASTER",
         "history",
-        "--reset",
-        "--start",
-        "reload the target",
+        "--reset --snapshot initial",
+        "reloads every captured table",
     ] {
         assert!(line.contains(needle), "`{needle}` missing: {line}");
     }

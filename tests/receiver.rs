@@ -3,8 +3,9 @@
 //! author would see: the apply rule (newer seq wins, older is counted stale, deletes leave
 //! tombstones), gzip bodies, refusals with a reason (400, 401, 413, 415), each injected fault,
 //! poisoned batches, idempotent re-sends, state that survives a restart, and `dump`; contract
-//! v2's operations on a whole entity type (truncate, drop, ddl) and the version checks; and
-//! that the contract document, its JSON Schema and the receiver agree.
+//! v2's operations on a whole entity type (truncate, drop, ddl) and the version checks;
+//! contract v3's initial snapshot (read, snapshot_end); and that the contract document, its
+//! JSON Schema and the receiver agree.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -133,6 +134,30 @@ fn on_type(seq: u64, kind: &str, entity: &str) -> Value {
     };
     v["statement"] = json!(statement);
     v
+}
+
+/// A read of `products` (contract v3), as binsync's snapshot writes it: an insert's fields
+/// without `gtid` and `row`, at the chunk's position.
+fn read(seq: u64, id: i64, price: i64) -> Value {
+    let mut v = insert(seq, id, price);
+    v["op"] = json!("read");
+    v["gtid"] = Value::Null;
+    v.as_object_mut().unwrap().remove("row");
+    v
+}
+
+/// The snapshot_end of `entity` (contract v3).
+fn snapshot_end(seq: u64, since: u64, entity: &str) -> Value {
+    json!({"seq": seq, "op": "snapshot_end", "db": "shop", "table": entity, "entity": entity,
+        "gtid": null, "ts": "2026-11-24T07:37:31Z", "file": "mariadb-bin.000001",
+        "offset": 1000 + seq, "since": since})
+}
+
+/// A version 3 batch of `ops`.
+fn batch_v3(ops: Vec<Value>) -> Value {
+    let mut b = batch(ops);
+    b["version"] = json!(3);
+    b
 }
 
 /// A version 2 batch of `ops`.
@@ -476,14 +501,14 @@ async fn garbage_is_refused_with_400_naming_the_reason() {
     assert_eq!(not_json.status, 400);
     assert!(reason(&not_json).contains("JSON"), "{}", not_json.body);
 
-    let mut v3 = batch(vec![insert(1, 1, 1)]);
-    v3["version"] = json!(3);
+    let mut v4 = batch(vec![insert(1, 1, 1)]);
+    v4["version"] = json!(4);
     // Under a header the receiver knows: the body's version is what is refused.
-    let v3 = post_raw(&r.url(), serde_json::to_vec(&v3).unwrap(), &[])
+    let v4 = post_raw(&r.url(), serde_json::to_vec(&v4).unwrap(), &[])
         .await
         .unwrap();
-    assert_eq!(v3.status, 400);
-    assert!(reason(&v3).contains("version 3"), "{}", v3.body);
+    assert_eq!(v4.status, 400);
+    assert!(reason(&v4).contains("version 4"), "{}", v4.body);
 
     let mut missing = batch(vec![insert(1, 1, 1)]);
     missing.as_object_mut().unwrap().remove("count");
@@ -1011,12 +1036,12 @@ async fn versions_are_checked_against_the_operations_and_the_header() {
         "{}",
         mismatch.body
     );
-    let unknown = post_raw(&r.url(), body.clone(), &[("X-Binsync-Contract", "3")])
+    let unknown = post_raw(&r.url(), body.clone(), &[("X-Binsync-Contract", "4")])
         .await
         .unwrap();
     assert_eq!(unknown.status, 400);
     assert!(
-        reason(&unknown).contains("contracts 1 and 2"),
+        reason(&unknown).contains("contracts 1, 2 and 3"),
         "{}",
         unknown.body
     );
@@ -1215,6 +1240,100 @@ fn the_command_names_the_fix_when_the_address_is_taken() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+// ----- contract v3: the initial snapshot ---------------------------------------------------
+
+/// A re-snapshot after binsync was away: reads bring rows back as of their chunk, a newer
+/// binlog change of an id wins over an older read of it whatever the arrival order, and the
+/// snapshot_end removes the rows deleted on the source while nobody looked. `dump` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_brings_the_state_to_the_source_and_removes_rows_deleted_unseen() {
+    let (_tmp, dir) = state_dir();
+    let r = Receiver::plain(&dir).await;
+    // An earlier life: ids 1 to 4, id 5 deleted.
+    let before = post(
+        &r.url(),
+        &batch(vec![
+            insert(1, 1, 10),
+            insert(2, 2, 20),
+            insert(3, 3, 30),
+            insert(4, 4, 40),
+            insert(5, 5, 50),
+            delete(6, 5),
+        ]),
+    )
+    .await;
+    assert_eq!(before.status, 200, "{}", before.body);
+    // binsync away: id 4 deleted, id 2 changed, id 7 created on the source. The snapshot
+    // begins at 100; id 2 changes again in the binlog at 104, after its chunk was read (and
+    // that update arrives before the read, in another lane).
+    let newer = post(&r.url(), &batch_v3(vec![update(104, 2, 22)])).await;
+    assert_eq!(newer.status, 200, "{}", newer.body);
+    let chunk = batch_v3(vec![
+        read(101, 1, 11),
+        read(102, 2, 21),
+        read(103, 7, 70),
+        snapshot_end(105, 100, "products"),
+    ]);
+    let reply = post(&r.url(), &chunk).await;
+    assert_eq!(
+        (
+            reply.status,
+            reply.body["applied"].clone(),
+            reply.body["stale"].clone()
+        ),
+        (200, json!(3), json!(1)),
+        "{}",
+        reply.body
+    );
+    // A crash replay: the same chunk again changes nothing; an older insert of id 4 still on
+    // its way is below the floor.
+    let replay = post(
+        &r.url(),
+        &batch_v3(vec![insert(4, 4, 40), read(101, 1, 11)]),
+    )
+    .await;
+    assert_eq!(
+        (replay.status, replay.body["applied"].clone()),
+        (200, json!(0)),
+        "{}",
+        replay.body
+    );
+    // A version 2 body may not carry them: 400 naming the version, nothing applied.
+    let v2 = post(&r.url(), &batch_v2(vec![read(200, 8, 80)])).await;
+    assert_eq!(v2.status, 400);
+    assert!(
+        v2.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("a `read` operation needs contract version 3, but the body says version 2"),
+        "{}",
+        v2.body
+    );
+    r.stop().await.unwrap();
+    let dump = receive::dump(&dir).unwrap();
+    let live: Vec<(String, Value)> = dump["entities"]["products"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, e)| (id.clone(), e["values"]["price"].clone()))
+        .collect();
+    assert_eq!(
+        live,
+        [
+            (r#"{"id":1}"#.to_string(), json!(11)),
+            (r#"{"id":2}"#.to_string(), json!(22)),
+            (r#"{"id":7}"#.to_string(), json!(70)),
+        ],
+        "{dump}"
+    );
+    assert_eq!(entity(&dump, "products", 2)["seq"], 104);
+    assert_eq!(
+        dump["types"]["products"]["floor"],
+        json!({"seq": 100, "op": "snapshot_end", "db": "shop", "table": "products"})
+    );
+    assert_eq!(dump["stats"]["ops_applied"], 6 + 1 + 3);
+}
+
 // ----- the published schema -----------------------------------------------------------------
 
 /// The receiver and docs/sync-api.schema.json agree on every body below: what one accepts the
@@ -1287,9 +1406,82 @@ async fn the_published_schema_and_the_receiver_agree() {
             b["entities"]["products"][0]["key"] = json!([]);
             b
         }),
+        (
+            "version 3: reads and a snapshot_end among the others",
+            batch_v3(vec![
+                insert(1, 1, 1),
+                on_type(2, "truncate", "products"),
+                read(3, 2, 2),
+                read(4, 3, 3),
+                snapshot_end(5, 2, "products"),
+                tag(6, "insert", 1, "x"),
+            ]),
+        ),
+        ("a keyless read, since 0", {
+            let mut r = tag(6, "insert", 1, "x");
+            r["op"] = json!("read");
+            r.as_object_mut().unwrap().remove("row");
+            batch_v3(vec![r, snapshot_end(7, 0, "tags")])
+        }),
+    ];
+    let three = || batch_v3(vec![read(5, 1, 1), snapshot_end(6, 4, "products")]);
+    let edits_v3: Vec<(&str, Edit)> = vec![
+        ("a read in a version 2 body", |b| b["version"] = json!(2)),
+        ("a read in a version 1 body", |b| b["version"] = json!(1)),
+        ("a snapshot_end in a version 2 body", |b| {
+            *b = batch_v2(vec![snapshot_end(6, 4, "products")]);
+        }),
+        ("a read with a row index", |b| {
+            ddl(b).insert("row".into(), json!(0));
+        }),
+        ("a read without after", |b| {
+            ddl(b).remove("after");
+        }),
+        ("a read without id", |b| {
+            ddl(b).remove("id");
+        }),
+        ("a read with before", |b| {
+            ddl(b).insert("before".into(), json!({"id": 1}));
+        }),
+        ("a read with since", |b| {
+            ddl(b).insert("since".into(), json!(1));
+        }),
+        ("a snapshot_end without since", |b| {
+            b["entities"]["products"][1]
+                .as_object_mut()
+                .unwrap()
+                .remove("since");
+        }),
+        ("a snapshot_end with an id", |b| {
+            b["entities"]["products"][1]["id"] = json!({"id": 1});
+        }),
+        ("a snapshot_end with a statement", |b| {
+            b["entities"]["products"][1]["statement"] = json!("SELECT 1");
+        }),
+        ("a snapshot_end with keyless", |b| {
+            b["entities"]["products"][1]["keyless"] = json!(true);
+        }),
+        ("since negative", |b| {
+            b["entities"]["products"][1]["since"] = json!(-1);
+        }),
+        ("since a string", |b| {
+            b["entities"]["products"][1]["since"] = json!("4");
+        }),
+        ("a truncate with since", |b| {
+            *b = batch_v3(vec![on_type(5, "truncate", "products")]);
+            ddl(b).insert("since".into(), json!(1));
+        }),
+    ];
+    let beyond_schema_v3: Vec<(&str, Edit)> = vec![
+        ("since not below the snapshot_end's seq", |b| {
+            b["entities"]["products"][1]["since"] = json!(6);
+        }),
+        ("since beyond what the receiver stores", |b| {
+            b["entities"]["products"][1]["since"] = json!(u64::MAX);
+        }),
     ];
     let edits: Vec<(&str, Edit)> = vec![
-        ("version 3", |b| b["version"] = json!(3)),
+        ("version 4", |b| b["version"] = json!(4)),
         ("no count", |b| {
             b.as_object_mut().unwrap().remove("count");
         }),
@@ -1482,8 +1674,13 @@ async fn the_published_schema_and_the_receiver_agree() {
         async move {
             let bytes = serde_json::to_vec(&body).unwrap();
             // The header as binsync sets it: the body's version (judged on its own here).
-            let contract = if body["version"] == 2 { "2" } else { "1" };
-            let reply = post_raw(&url, bytes, &[("X-Binsync-Contract", contract)])
+            let contract = body["version"].to_string();
+            let contract = if contract.len() == 1 {
+                contract
+            } else {
+                "1".into()
+            };
+            let reply = post_raw(&url, bytes, &[("X-Binsync-Contract", &contract)])
                 .await
                 .unwrap();
             assert!(reply.status == 200 || reply.status == 400, "{}", reply.body);
@@ -1515,6 +1712,19 @@ async fn the_published_schema_and_the_receiver_agree() {
     }
     for (name, edit) in beyond_schema_v2 {
         let mut body = two();
+        edit(&mut body);
+        assert!(validator.is_valid(&body), "`{name}` is beyond a schema");
+        assert!(!accepted(body).await, "receiver accepts `{name}`");
+    }
+    assert!(validator.is_valid(&three()) && accepted(three()).await);
+    for (name, edit) in edits_v3 {
+        let mut body = three();
+        edit(&mut body);
+        assert!(!validator.is_valid(&body), "schema accepts `{name}`");
+        assert!(!accepted(body).await, "receiver accepts `{name}`");
+    }
+    for (name, edit) in beyond_schema_v3 {
+        let mut body = three();
         edit(&mut body);
         assert!(validator.is_valid(&body), "`{name}` is beyond a schema");
         assert!(!accepted(body).await, "receiver accepts `{name}`");

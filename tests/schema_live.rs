@@ -8,6 +8,7 @@
 //! the DDL comes as contract v2 operations with each new definition.
 
 mod common;
+mod snapshot_util;
 
 use std::path::Path;
 use std::time::Duration;
@@ -814,4 +815,90 @@ fn a_table_map_that_does_not_fit_the_history_stops_binsync() {
         "{err}"
     );
     assert_eq!(inserted(&lines(&out)).len(), 2, "nothing of the misfit row");
+}
+
+/// A table without PRIMARY KEY whose unique keys change: after each statement the id is the
+/// key MariaDB promotes (what information_schema marks `PRI` and FULL metadata names), with
+/// FULL and with MINIMAL metadata alike (MINIMAL takes it from the schema history). Covers
+/// nullability changes (an older NOT NULL key stays ahead), DROP INDEX, CREATE UNIQUE INDEX,
+/// a statement sqlparser cannot read (DROP KEY) with an ADD CONSTRAINT ... UNIQUE beside it, a
+/// renamed column and index, and a PRIMARY KEY added last.
+fn promoted_unique_keys_follow_the_ddl_with(metadata: &'static str) {
+    let db = server(metadata);
+    db.sql(
+        "CREATE DATABASE app; CREATE TABLE app.k (a INT NOT NULL, b INT NULL, c INT NOT NULL, \
+         UNIQUE KEY ub (b), UNIQUE KEY ua (a)) ENGINE=InnoDB",
+    );
+    // (statement before the row, the key after it, the row's id)
+    let steps: [(&str, &[&str], &str); 8] = [
+        ("", &["a"], r#"{"a":1}"#),
+        (
+            "ALTER TABLE app.k MODIFY b INT NOT NULL",
+            &["a"],
+            r#"{"a":2}"#,
+        ),
+        ("ALTER TABLE app.k MODIFY a INT NULL", &["b"], r#"{"b":3}"#),
+        (
+            "ALTER TABLE app.k DROP INDEX ub",
+            &[],
+            r#"{"a":4,"b":4,"c":4}"#,
+        ),
+        (
+            "CREATE UNIQUE INDEX cb ON app.k (c, b)",
+            &["c", "b"],
+            r#"{"c":5,"b":5}"#,
+        ),
+        (
+            "ALTER TABLE app.k DROP KEY cb, ADD CONSTRAINT uc UNIQUE (c), ALGORITHM=COPY",
+            &["c"],
+            r#"{"c":6}"#,
+        ),
+        (
+            "ALTER TABLE app.k RENAME COLUMN c TO d; ALTER TABLE app.k RENAME INDEX uc TO ud",
+            &["d"],
+            r#"{"d":7}"#,
+        ),
+        (
+            "DROP INDEX ud ON app.k; ALTER TABLE app.k ADD PRIMARY KEY (b)",
+            &["b"],
+            r#"{"b":8}"#,
+        ),
+    ];
+    for (i, (sql, key, _)) in steps.iter().enumerate() {
+        if !sql.is_empty() {
+            db.sql(sql);
+        }
+        // The server's own answer, as a set (information_schema lists columns in table order).
+        let mut pri: Vec<String> = db
+            .sql(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'app' \
+                 AND TABLE_NAME = 'k' AND COLUMN_KEY = 'PRI'",
+            )
+            .lines()
+            .map(str::to_string)
+            .collect();
+        pri.sort();
+        let mut want: Vec<String> = key.iter().map(|k| k.to_string()).collect();
+        want.sort();
+        assert_eq!(pri, want, "the server's key after {sql:?}");
+        let n = i + 1;
+        db.sql(&format!("INSERT INTO app.k VALUES ({n}, {n}, {n})"));
+    }
+    let ids: Vec<String> = snapshot_util::binlog_lines(&db)
+        .into_iter()
+        .filter(|l| l.table == "k" && l.op == "insert")
+        .map(|l| l.id)
+        .collect();
+    let want: Vec<&str> = steps.iter().map(|(_, _, id)| *id).collect();
+    assert_eq!(ids, want, "{metadata}");
+}
+
+#[test]
+fn promoted_unique_keys_follow_the_ddl_full() {
+    promoted_unique_keys_follow_the_ddl_with("FULL");
+}
+
+#[test]
+fn promoted_unique_keys_follow_the_ddl_minimal() {
+    promoted_unique_keys_follow_the_ddl_with("MINIMAL");
 }

@@ -49,12 +49,10 @@ async fn a_table_without_primary_key_pages_by_its_unique_not_null_key_which_is_a
     promoted_key_is_the_id("FULL").await;
 }
 
-/// With MINIMAL metadata the decoder takes the key from information_schema's
-/// KEY_COLUMN_USAGE `PRIMARY` constraint, which a promoted unique key is not: the binlog's ids
-/// are then whole rows, while FULL metadata gives the unique key. The snapshot follows FULL;
-/// the decoder's two answers should agree first.
+/// With MINIMAL metadata the decoder takes the key from the schema history, whose
+/// `Table::key` is the unique NOT NULL key the server promotes, as FULL metadata names it: the
+/// binlog's ids agree with the snapshot's under both settings.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "binsync bug: with MINIMAL metadata the decoder's id of a table whose key is a promoted unique NOT NULL index is the whole row (KEY_COLUMN_USAGE PRIMARY only)"]
 async fn a_promoted_unique_key_is_the_id_with_minimal_metadata_too() {
     promoted_key_is_the_id("MINIMAL").await;
 }

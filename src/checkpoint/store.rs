@@ -22,6 +22,8 @@ use super::{is_disk_full, stored_to_checkpoint, Checkpoint, CheckpointError, Dis
 
 const KEY: &[u8] = b"checkpoint";
 const SEQ_FLOOR_KEY: &[u8] = b"seq_floor";
+/// When the store was made (its first record; see `Store::open`).
+const CREATED_KEY: &[u8] = b"created";
 /// Written by [`Store::probe`] only; never read.
 const PROBE_KEY: &[u8] = b"probe";
 const FORMAT_VERSION: u32 = 1;
@@ -77,7 +79,8 @@ impl Store {
             dir: dir.to_path_buf(),
             detail,
         };
-        if dir.join("conf").exists() {
+        let existed = dir.join("conf").exists();
+        if existed {
             match std::fs::metadata(dir.join("db")) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(damaged("its db file is missing".into()))
@@ -98,6 +101,22 @@ impl Store {
                 other => break other.map_err(|e| classify_open_error(dir, e))?,
             }
         };
+        if !existed {
+            // A new store holds a record from the start (flushed before anything else), so
+            // that an existing store without any has lost what it held: a disk that failed
+            // under it (an I/O error, a file system rolled back) and took `status.json` too
+            // would otherwise pass for a fresh state dir, and `seq` would start over.
+            db.insert(CREATED_KEY, &now_micros().to_be_bytes())
+                .and_then(|_| db.flush())
+                .map_err(|e| write_error(dir, e))?;
+        } else if [CREATED_KEY, SEQ_FLOOR_KEY, KEY]
+            .iter()
+            .all(|k| !db.contains_key(k).unwrap_or(true))
+        {
+            return Err(damaged(
+                "it holds no records though it was created before (a disk that failed or was rolled back under it)".into(),
+            ));
+        }
         let writer = Writer::start(db.clone()).map_err(|e| CheckpointError::Write {
             dir: dir.to_path_buf(),
             detail: format!("cannot start the store's writer thread: {e}"),
@@ -360,12 +379,16 @@ impl Store {
     }
 
     pub(crate) fn write_error(&self, e: sled::Error) -> CheckpointError {
-        let dir = self.dir().to_path_buf();
-        let detail = e.to_string();
-        match &e {
-            sled::Error::Io(io) if is_disk_full(io) => DiskFull { dir, detail }.into(),
-            _ => CheckpointError::Write { dir, detail },
-        }
+        write_error(self.dir(), e)
+    }
+}
+
+/// A failed write to the store in `dir`: a full disk, or the disk refusing.
+fn write_error(dir: &Path, e: sled::Error) -> CheckpointError {
+    let (dir, detail) = (dir.to_path_buf(), e.to_string());
+    match &e {
+        sled::Error::Io(io) if is_disk_full(io) => DiskFull { dir, detail }.into(),
+        _ => CheckpointError::Write { dir, detail },
     }
 }
 
@@ -580,6 +603,26 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         store.save(&checkpoint(seq)).await.unwrap();
         dir
+    }
+
+    /// A store whose records are all gone (the disk under it failed and took `status.json`
+    /// too) is damage, not a fresh state dir: `seq` would start over.
+    #[tokio::test]
+    async fn a_store_that_lost_every_record_is_damage_not_a_new_one() {
+        let dir = saved_store(900).await;
+        std::fs::remove_file(dir.path().join(STATUS_FILE)).ok();
+        {
+            let db = sled_config(dir.path()).open().unwrap();
+            db.clear().unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("damaged");
+        assert!(matches!(err, CheckpointError::Damaged { .. }), "{err}");
+        // A new store, and one that never got further than its creation, open as before.
+        let fresh = tempfile::tempdir().unwrap();
+        drop(Store::open(fresh.path()).unwrap());
+        let again = Store::open(fresh.path()).unwrap();
+        assert_eq!(again.load().unwrap(), None);
     }
 
     #[tokio::test]

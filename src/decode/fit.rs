@@ -213,7 +213,8 @@ pub fn extra(table: &Table) -> ExtraSchema {
     };
     ExtraSchema {
         columns: table.columns.iter().map(|c| c.name.clone()).collect(),
-        pk: table.pk_indexes(),
+        // The id's columns: the primary key as the server sees it (a promoted unique key).
+        pk: table.key_indexes(),
         json_columns: indexes(&|c| c.json),
         unsigned: indexes(&|c| c.unsigned()),
         enum_labels: table

@@ -23,6 +23,7 @@
 
 pub mod fit;
 pub(crate) mod frame;
+pub mod inject;
 pub mod schema;
 pub mod value;
 
@@ -237,6 +238,13 @@ pub struct Decoder {
     /// The history does not claim to know every table (`replay`): a table it lacks is
     /// unknown, not a DDL it failed to follow.
     open_world: bool,
+    /// Where the last transaction decoded committed: a snapshot chunk read before it is
+    /// stale (see `inject`).
+    last_commit: (String, u64),
+    /// `seq` rooms of snapshot chunks injected by an earlier run (see `inject`).
+    reserved: Vec<inject::Reservation>,
+    /// The snapshot chunk being injected (see `inject`).
+    injecting: Option<inject::Injecting>,
 }
 
 impl Decoder {
@@ -249,6 +257,7 @@ impl Decoder {
         emit_from: Option<(String, u64)>,
         lookup: Option<Box<dyn SchemaLookup>>,
     ) -> Self {
+        let last_commit = (start.file.clone(), start.offset);
         let mut d = Decoder {
             cfg,
             lookup,
@@ -283,6 +292,9 @@ impl Decoder {
             unknown: HashSet::new(),
             pending: Vec::new(),
             open_world: false,
+            last_commit,
+            reserved: Vec::new(),
+            injecting: None,
         };
         d.set_file(d.boundary.file.clone());
         d
@@ -395,6 +407,14 @@ impl Decoder {
 
     /// Where a restart resumes after everything decoded so far is delivered.
     fn resume_position(&self) -> Position {
+        if let Some(seq) = self.injecting_seq_before() {
+            // Inside a snapshot chunk: a restart resumes before it and skips its room.
+            return Position {
+                seq,
+                partial: None,
+                ..self.boundary.clone()
+            };
+        }
         if self.txn.is_none() {
             if let Some(p) = &self.resume {
                 // The checkpoint's transaction has not come again yet: keep its progress.
@@ -441,6 +461,9 @@ impl Decoder {
             0 => self.payload_end.unwrap_or(self.boundary.offset),
             pos => u64::from(pos),
         };
+        if self.txn.is_none() && !self.reserved.is_empty() {
+            self.apply_reservations();
+        }
         // (Not heartbeats: their position may name events the server skipped, not sent.)
         if header.log_pos() != 0 && !matches!(raw_type, HEARTBEAT_EVENT | HEARTBEAT_EVENT_V2) {
             self.read_to = self.read_to.max(log_pos);
@@ -935,7 +958,7 @@ impl Decoder {
                     serde_json::Value::Array(
                         t.columns.iter().map(|c| c.contract_json().into()).collect(),
                     ),
-                    serde_json::json!(t.pk),
+                    serde_json::json!(t.key()),
                 ),
                 None => (serde_json::Value::Null, serde_json::Value::Null),
             };
@@ -951,6 +974,30 @@ impl Decoder {
             line: start..end,
             key: end..end,
         });
+    }
+
+    /// A table's entity name and the text every line of its rows carries:
+    /// `"db":..,"table":..,"entity":..,` (and `"keyless":true,`).
+    fn table_meta(&self, db: &str, table: &str, keyless: bool) -> (Arc<str>, Vec<u8>) {
+        let entity: Arc<str> = self
+            .cfg
+            .entities
+            .get(&format!("{db}.{table}"))
+            .cloned()
+            .unwrap_or_else(|| table.to_string())
+            .into();
+        let mut meta = Vec::with_capacity(64);
+        meta.extend_from_slice(b"\"db\":");
+        write_json_str(&mut meta, db.as_bytes());
+        meta.extend_from_slice(b",\"table\":");
+        write_json_str(&mut meta, table.as_bytes());
+        meta.extend_from_slice(b",\"entity\":");
+        write_json_str(&mut meta, entity.as_bytes());
+        meta.push(b',');
+        if keyless {
+            meta.extend_from_slice(b"\"keyless\":true,");
+        }
+        (entity, meta)
     }
 
     fn malformed(&self, what: &str, offset: u64, e: impl std::fmt::Display) -> StreamError {
@@ -1012,6 +1059,8 @@ impl Decoder {
             }
         }
         self.boundary.offset = log_pos;
+        self.last_commit.0.clone_from(&self.boundary.file);
+        self.last_commit.1 = log_pos;
         self.install_due(log_pos)?;
         self.boundary.seq = self.seq;
         self.position_dirty = true;
@@ -1096,24 +1145,7 @@ impl Decoder {
                 "column names and primary key come from information_schema, not the binlog: a DDL between the change and this lookup can mislabel columns; set binlog_row_metadata=FULL on the source"
             );
         }
-        let entity: Arc<str> = self
-            .cfg
-            .entities
-            .get(&qualified)
-            .cloned()
-            .unwrap_or_else(|| table.clone())
-            .into();
-        let mut meta = Vec::with_capacity(64);
-        meta.extend_from_slice(b"\"db\":");
-        write_json_str(&mut meta, db.as_bytes());
-        meta.extend_from_slice(b",\"table\":");
-        write_json_str(&mut meta, table.as_bytes());
-        meta.extend_from_slice(b",\"entity\":");
-        write_json_str(&mut meta, entity.as_bytes());
-        meta.push(b',');
-        if schema.keyless {
-            meta.extend_from_slice(b"\"keyless\":true,");
-        }
+        let (entity, meta) = self.table_meta(&db, &table, schema.keyless);
         let key_room = schema
             .pk
             .iter()

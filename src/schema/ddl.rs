@@ -10,13 +10,14 @@
 
 use sqlparser::ast::{
     AlterTableOperation, ColumnDef, ColumnOption, CreateTable, CreateTableLikeKind, DataType, Expr,
-    MySQLColumnPosition, ObjectName, ObjectType, Statement, TableConstraint,
+    IndexColumn, IndexOption, IndexType, MySQLColumnPosition, ObjectName, ObjectType, Spanned,
+    Statement, TableConstraint, UniqueConstraint,
 };
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use super::{Catalog, Column, Table};
+use super::{Catalog, Column, Table, UniqueKey};
 
 /// What a statement did, for the sync API's DDL operations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +27,7 @@ pub enum Effect {
         db: String,
         table: String,
     },
-    /// Columns, their types or the primary key changed.
+    /// Columns, their types, the primary key or the unique keys (so maybe the id) changed.
     Altered {
         db: String,
         table: String,
@@ -81,8 +82,10 @@ impl DdlError {
 pub fn apply(catalog: &mut Catalog, default_db: &str, sql: &str) -> Result<Vec<Effect>, DdlError> {
     let statements = match Parser::parse_sql(&MySqlDialect {}, sql) {
         Ok(s) => s,
-        // Statements sqlparser does not know but that leave every column as it was.
-        Err(_) if alter_without_column_change(sql) => {
+        // Statements sqlparser does not know but that leave every column as it was (their
+        // unique-key clauses are applied).
+        Err(e) if alter_without_column_change(sql).is_some() => {
+            let clauses = alter_without_column_change(sql).unwrap_or_default();
             let tables = tables_in_tokens(sql, default_db);
             // Unchanged columns of a table the history does not hold are still unknown.
             if let Some((db, table)) = tables.iter().find(|(d, t)| catalog.table(d, t).is_none()) {
@@ -91,6 +94,18 @@ pub fn apply(catalog: &mut Catalog, default_db: &str, sql: &str) -> Result<Vec<E
                     what: format!("table {db}.{table}"),
                     tables: tables.clone(),
                 });
+            }
+            if let Some((db, table)) = tables.first() {
+                let mut t = catalog.table(db, table).cloned().expect("checked above");
+                for clause in &clauses {
+                    index_clause(&mut t, clause).map_err(|reason| DdlError::Unparsed {
+                        statement: sql.to_string(),
+                        reason: format!("{e}; {reason}"),
+                        tables: tables.clone(),
+                    })?;
+                }
+                t.sort_unique();
+                catalog.insert(t);
             }
             return Ok(tables
                 .into_iter()
@@ -167,9 +182,29 @@ impl Cx<'_> {
                         effects.push(renamed);
                     }
                 }
+                // The server rebuilds the table's keys in its order.
+                t.sort_unique();
                 self.catalog.remove(&db, &table);
                 self.catalog.insert(t);
                 Ok(effects)
+            }
+            Statement::CreateIndex(ci) if ci.unique => {
+                let (db, table) = self.name(&ci.table_name);
+                let Some(mut t) = self.catalog.table(&db, &table).cloned() else {
+                    // A table the history does not hold: nothing to know of it.
+                    return Ok(Vec::new());
+                };
+                let hash = matches!(ci.using, Some(IndexType::Hash))
+                    || ci
+                        .index_options
+                        .iter()
+                        .any(|o| matches!(o, IndexOption::Using(IndexType::Hash)));
+                let name = ci.name.as_ref().map(|n| self.name(n).1);
+                let d = declared(&t, name, &ci.columns, hash);
+                add_unique(&mut t, d, ci.if_not_exists);
+                t.sort_unique();
+                self.catalog.insert(t);
+                Ok(vec![Effect::Altered { db, table }])
             }
             Statement::RenameTable(renames) => {
                 // In order: `t TO _t_old, _t_gho TO t` (an online schema change's cut-over).
@@ -190,7 +225,10 @@ impl Cx<'_> {
                 })
                 .collect()),
             Statement::Drop {
-                object_type, names, ..
+                object_type,
+                names,
+                table,
+                ..
             } => match object_type {
                 ObjectType::Table => Ok(names
                     .iter()
@@ -222,6 +260,27 @@ impl Cx<'_> {
                     }
                     Ok(effects)
                 }
+                // DROP INDEX i ON t: the id changes if it was the key.
+                ObjectType::Index => {
+                    let Some(on) = table else {
+                        return Ok(Vec::new());
+                    };
+                    let (db, table) = self.name(on);
+                    let Some(mut t) = self.catalog.table(&db, &table).cloned() else {
+                        return Ok(Vec::new());
+                    };
+                    let before = t.clone();
+                    for n in names {
+                        drop_index(&mut t, &self.name(n).1);
+                    }
+                    if t == before {
+                        // An index that is no key: no column, type or id changed.
+                        return Ok(Vec::new());
+                    }
+                    t.sort_unique();
+                    self.catalog.insert(t);
+                    Ok(vec![Effect::Altered { db, table }])
+                }
                 _ => Ok(Vec::new()),
             },
             Statement::CreateDatabase { db_name, .. } => {
@@ -248,6 +307,7 @@ impl Cx<'_> {
             name: table.clone(),
             columns: Vec::new(),
             pk: Vec::new(),
+            unique: Vec::new(),
             complete: true,
         };
         if let Some(like) = &ct.like {
@@ -260,6 +320,7 @@ impl Cx<'_> {
             };
             t.columns = src.columns.clone();
             t.pk = src.pk.clone();
+            t.unique = src.unique.clone();
             t.complete = src.complete;
         } else {
             for c in &ct.columns {
@@ -268,9 +329,31 @@ impl Cx<'_> {
                     t.pk = vec![c.name.value.clone()];
                 }
             }
-            for k in &ct.constraints {
-                self.constraint(&mut t, k);
+            // Keys in the order the statement declares them (the server names and orders
+            // them so): a column's UNIQUE where the column is, among the table's constraints.
+            enum Decl<'a> {
+                Column(&'a ColumnDef, &'a UniqueConstraint),
+                Table(&'a TableConstraint),
             }
+            let mut decls: Vec<((u64, u64), Decl)> = Vec::new();
+            for c in &ct.columns {
+                for u in column_uniques(c) {
+                    let at = c.span().start;
+                    decls.push(((at.line, at.column), Decl::Column(c, u)));
+                }
+            }
+            for k in &ct.constraints {
+                let at = k.span().start;
+                decls.push(((at.line, at.column), Decl::Table(k)));
+            }
+            decls.sort_by_key(|(at, _)| *at);
+            for (_, d) in decls {
+                match d {
+                    Decl::Column(c, u) => add_unique(&mut t, column_unique(c, u), false),
+                    Decl::Table(k) => self.constraint(&mut t, k),
+                }
+            }
+            t.sort_unique();
             // AS SELECT adds the query's columns, of types the statement does not spell.
             if ct.query.is_some() {
                 t.complete = false;
@@ -291,6 +374,7 @@ impl Cx<'_> {
                     .map(unquote)
                     .collect();
             }
+            TableConstraint::Unique(u) => add_unique(t, table_unique(t, u), false),
             TableConstraint::Check(check) => {
                 if let Some(col) = json_valid_column(&check.expr) {
                     if let Some(i) = t.column_index(&col) {
@@ -322,6 +406,9 @@ impl Cx<'_> {
                 if is_primary(column_def) {
                     t.pk = vec![column_def.name.value.clone()];
                 }
+                for u in column_uniques(column_def) {
+                    add_unique(t, column_unique(column_def, u), false);
+                }
             }
             AlterTableOperation::DropColumn {
                 column_names,
@@ -333,6 +420,11 @@ impl Cx<'_> {
                         Some(i) => {
                             t.columns.remove(i);
                             t.pk.retain(|k| !k.eq_ignore_ascii_case(&name.value));
+                            // The column leaves its keys; a key left without columns goes.
+                            for u in &mut t.unique {
+                                u.columns.retain(|k| !k.eq_ignore_ascii_case(&name.value));
+                            }
+                            t.unique.retain(|u| !u.columns.is_empty());
                         }
                         None if *if_exists => {}
                         None => {
@@ -388,14 +480,17 @@ impl Cx<'_> {
                     )));
                 };
                 t.columns[i].name = new_column_name.value.clone();
-                for k in t.pk.iter_mut() {
-                    if k.eq_ignore_ascii_case(&old_column_name.value) {
-                        *k = new_column_name.value.clone();
-                    }
-                }
+                rename_in_keys(t, &old_column_name.value, &new_column_name.value);
             }
             AlterTableOperation::AddConstraint { constraint, .. } => self.constraint(t, constraint),
             AlterTableOperation::DropPrimaryKey { .. } => t.pk.clear(),
+            AlterTableOperation::DropIndex { name } => drop_index(t, &name.value),
+            // A CHECK or FOREIGN KEY, or (MariaDB) a unique key by its name.
+            AlterTableOperation::DropConstraint { name, .. } => {
+                if let Some(i) = t.unique_index(&name.value) {
+                    t.unique.remove(i);
+                }
+            }
             AlterTableOperation::RenameTable { table_name } => {
                 let new = match table_name {
                     sqlparser::ast::RenameTableNameKind::As(n)
@@ -443,13 +538,12 @@ impl Cx<'_> {
         t.columns.remove(i);
         let at = self.position(t, position, i)?;
         t.columns.insert(at, c);
-        for k in t.pk.iter_mut() {
-            if k.eq_ignore_ascii_case(old) {
-                *k = new.to_string();
-            }
-        }
+        rename_in_keys(t, old, new);
         if is_primary(&def) {
             t.pk = vec![new.to_string()];
+        }
+        for u in column_uniques(&def) {
+            add_unique(t, column_unique(&def, u), false);
         }
         Ok(())
     }
@@ -480,6 +574,143 @@ impl Cx<'_> {
         self.catalog.insert(t);
         Ok(Effect::Renamed { from, to })
     }
+}
+
+/// A column renamed `old` to `new` keeps its place in the primary and unique keys.
+fn rename_in_keys(t: &mut Table, old: &str, new: &str) {
+    let keys =
+        t.pk.iter_mut()
+            .chain(t.unique.iter_mut().flat_map(|u| u.columns.iter_mut()));
+    for k in keys {
+        if k.eq_ignore_ascii_case(old) {
+            *k = new.to_string();
+        }
+    }
+}
+
+/// `DROP INDEX name`: the primary key (`PRIMARY`), a unique key, or an index that is no key
+/// (not tracked: nothing changes).
+fn drop_index(t: &mut Table, name: &str) {
+    if name.eq_ignore_ascii_case("PRIMARY") {
+        t.pk.clear();
+    } else if let Some(i) = t.unique_index(name) {
+        t.unique.remove(i);
+    }
+}
+
+/// A column's own `UNIQUE [KEY]` options.
+fn column_uniques(c: &ColumnDef) -> impl Iterator<Item = &UniqueConstraint> {
+    c.options.iter().filter_map(|o| match &o.option {
+        ColumnOption::Unique(u) => Some(u),
+        _ => None,
+    })
+}
+
+/// A column's `UNIQUE`: a key on it alone, named after it.
+fn column_unique(c: &ColumnDef, u: &UniqueConstraint) -> Declared {
+    Declared {
+        name: None,
+        columns: vec![c.name.value.clone()],
+        partial: false,
+        hash: unique_hash(u) || long_type(&c.data_type),
+    }
+}
+
+fn unique_hash(u: &UniqueConstraint) -> bool {
+    matches!(u.index_type, Some(IndexType::Hash))
+        || u.index_options
+            .iter()
+            .any(|o| matches!(o, IndexOption::Using(IndexType::Hash)))
+}
+
+/// BLOB and TEXT: a unique key on the whole column is MariaDB's long unique (a hash).
+fn long_type(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Blob(_)
+            | DataType::TinyBlob
+            | DataType::MediumBlob
+            | DataType::LongBlob
+            | DataType::Text
+            | DataType::TinyText
+            | DataType::MediumText
+            | DataType::LongText
+            | DataType::JSON
+    )
+}
+
+/// A table's `[CONSTRAINT c] UNIQUE [KEY] [name] (...)` (named `name`, else `c`).
+fn table_unique(t: &Table, u: &UniqueConstraint) -> Declared {
+    let name = u.index_name.as_ref().or(u.name.as_ref());
+    declared(t, name.map(|n| n.value.clone()), &u.columns, unique_hash(u))
+}
+
+/// A unique key as a statement declares it, before it has its name.
+struct Declared {
+    name: Option<String>,
+    columns: Vec<String>,
+    partial: bool,
+    hash: bool,
+}
+
+/// A unique key over `parts` of `t`: `col`, `col(10)` (a prefix), or an expression.
+fn declared(t: &Table, name: Option<String>, parts: &[IndexColumn], hash: bool) -> Declared {
+    let mut d = Declared {
+        name,
+        columns: Vec::new(),
+        partial: false,
+        hash,
+    };
+    for p in parts {
+        match &p.column.expr {
+            Expr::Identifier(i) => {
+                d.hash |= t
+                    .column_index(&i.value)
+                    .is_some_and(|c| long_type(&t.columns[c].data_type));
+                d.columns.push(i.value.clone());
+            }
+            // `col(10)`: the parser reads a prefix as a call.
+            Expr::Function(f) if f.name.0.len() == 1 => {
+                d.partial = true;
+                d.columns.push(unquote(f.name.to_string()));
+            }
+            other => {
+                d.partial = true;
+                d.columns.push(other.to_string());
+            }
+        }
+    }
+    d
+}
+
+/// Adds `d` to `t`'s unique keys (after the others, as the server adds it), named as the
+/// server names an unnamed key: after its first column, with `_2`, `_3`... when taken
+/// (binsync knows only the unique keys' names, not other indexes'). `IF NOT EXISTS` of a
+/// name taken adds nothing.
+fn add_unique(t: &mut Table, d: Declared, if_not_exists: bool) {
+    let taken =
+        |t: &Table, n: &str| t.unique_index(n).is_some() || n.eq_ignore_ascii_case("PRIMARY");
+    let name = match d.name {
+        Some(n) => {
+            if if_not_exists && taken(t, &n) {
+                return;
+            }
+            n
+        }
+        None => {
+            let base = d.columns.first().cloned().unwrap_or_default();
+            std::iter::once(base.clone())
+                .chain((2..100).map(|i| format!("{base}_{i}")))
+                .find(|n| !taken(t, n))
+                .unwrap_or(base)
+        }
+    };
+    t.unique.push(UniqueKey {
+        name,
+        columns: d.columns,
+        partial: d.partial,
+        hash: d.hash,
+    });
 }
 
 fn unquote(s: String) -> String {
@@ -557,13 +788,62 @@ fn words(sql: &str) -> Option<Vec<Token>> {
     )
 }
 
+/// A clause of an ALTER TABLE that sqlparser could not read which changes unique keys (the
+/// id when the table has no PRIMARY KEY).
+#[derive(Debug, Clone, PartialEq)]
+enum IndexClause {
+    /// `DROP INDEX|KEY [IF EXISTS] name`.
+    Drop(String),
+    /// `DROP CONSTRAINT [IF EXISTS] name`: a unique key's name, or a CHECK's or FOREIGN KEY's.
+    DropConstraint(String),
+    /// `RENAME INDEX|KEY from TO to`.
+    Rename(String, String),
+    /// `ADD [CONSTRAINT [c]] UNIQUE ...`, its text without `IF NOT EXISTS`, and whether
+    /// that was there.
+    AddUnique(String, bool),
+}
+
+/// Applies `clause` to `t`; an `ADD UNIQUE` clause sqlparser cannot read alone is an error.
+fn index_clause(t: &mut Table, clause: &IndexClause) -> Result<(), String> {
+    match clause {
+        IndexClause::Drop(name) => drop_index(t, name),
+        IndexClause::DropConstraint(name) => {
+            if let Some(i) = t.unique_index(name) {
+                t.unique.remove(i);
+            }
+        }
+        IndexClause::Rename(from, to) => {
+            if let Some(i) = t.unique_index(from) {
+                t.unique[i].name = to.clone();
+            }
+        }
+        IndexClause::AddUnique(text, if_not_exists) => {
+            let sql = format!("ALTER TABLE t {text}");
+            let unreadable = || format!("cannot read the unique key of `{text}`");
+            let statements = Parser::parse_sql(&MySqlDialect {}, &sql).map_err(|_| unreadable())?;
+            let Some(Statement::AlterTable(at)) = statements.first() else {
+                return Err(unreadable());
+            };
+            let [AlterTableOperation::AddConstraint {
+                constraint: TableConstraint::Unique(u),
+                ..
+            }] = at.operations.as_slice()
+            else {
+                return Err(unreadable());
+            };
+            add_unique(t, table_unique(t, u), *if_not_exists);
+        }
+    }
+    Ok(())
+}
+
 /// An `ALTER TABLE` whose every clause (split at top-level commas) leaves the columns, their
 /// types and the primary key alone: table options (ENGINE, COMMENT, AUTO_INCREMENT, the
 /// table's default charset...), FORCE, index and foreign-key changes, partitioning. sqlparser
 /// refuses several of these; refusing them here would stop binsync on a routine rebuild.
 /// `CONVERT TO CHARACTER SET` is not one (it changes columns' charsets, even TEXT to
-/// MEDIUMTEXT).
-fn alter_without_column_change(sql: &str) -> bool {
+/// MEDIUMTEXT). Some: its clauses that change unique keys, to apply.
+fn alter_without_column_change(sql: &str) -> Option<Vec<IndexClause>> {
     const HARMLESS: &[&[&str]] = &[
         &["ENGINE"],
         &["FORCE"],
@@ -611,9 +891,7 @@ fn alter_without_column_change(sql: &str) -> bool {
         &["REMOVE", "PARTITIONING"],
         &["PARTITION", "BY"],
     ];
-    let Some(tokens) = words(sql) else {
-        return false;
-    };
+    let tokens = words(sql)?;
     let words: Vec<&Token> = tokens.iter().collect();
     let kw = |t: &Token| match t {
         Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
@@ -623,43 +901,93 @@ fn alter_without_column_change(sql: &str) -> bool {
         || kw(words[0]).as_deref() != Some("ALTER")
         || kw(words[1]).as_deref() != Some("TABLE")
     {
-        return false;
+        return None;
     }
     // The table name: a word, maybe `db.` before it.
     let mut i = 3;
     if matches!(words.get(i), Some(Token::Period)) {
         i += 2;
     }
-    let mut clauses: Vec<Vec<String>> = vec![Vec::new()];
+    // Each clause's keywords at its top level, and all its tokens.
+    let mut clauses: Vec<(Vec<String>, Vec<&Token>)> = vec![Default::default()];
     let mut depth = 0i32;
     for t in &words[i..] {
         match t {
+            Token::Comma if depth == 0 => {
+                clauses.push(Default::default());
+                continue;
+            }
+            Token::SemiColon if depth == 0 => break,
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
-            Token::Comma if depth == 0 => clauses.push(Vec::new()),
-            Token::SemiColon if depth == 0 => break,
             t => {
                 if depth == 0 {
                     if let Some(k) = kw(t) {
-                        clauses.last_mut().expect("one clause").push(k);
+                        clauses.last_mut().expect("one clause").0.push(k);
                     }
                 }
             }
         }
+        clauses.last_mut().expect("one clause").1.push(t);
     }
-    clauses.iter().all(|c| {
+    let mut index_clauses = Vec::new();
+    for (c, raw) in &clauses {
         // `ADD CONSTRAINT name FOREIGN KEY` / `ADD CONSTRAINT name UNIQUE`: past the name.
         let c: Vec<&str> = c.iter().map(String::as_str).collect();
         let c = match c.as_slice() {
-            ["ADD", "CONSTRAINT", rest @ ..] if rest.contains(&"PRIMARY") => return false,
+            ["ADD", "CONSTRAINT", rest @ ..] if rest.contains(&"PRIMARY") => return None,
             ["ADD", "CONSTRAINT", _, rest @ ..] => [&["ADD"][..], rest].concat(),
             other => other.to_vec(),
         };
-        !c.is_empty()
+        let harmless = !c.is_empty()
             && HARMLESS
                 .iter()
-                .any(|h| c.len() >= h.len() && c[..h.len()] == **h)
-    })
+                .any(|h| c.len() >= h.len() && c[..h.len()] == **h);
+        if !harmless {
+            return None;
+        }
+        let names: Vec<String> = raw
+            .iter()
+            .filter_map(|t| match t {
+                Token::Word(w) => Some(w.value.clone()),
+                _ => None,
+            })
+            .collect();
+        let last = || names.last().cloned().unwrap_or_default();
+        match c.as_slice() {
+            ["RENAME", "INDEX" | "KEY", ..] if names.len() == 5 => {
+                index_clauses.push(IndexClause::Rename(names[2].clone(), names[4].clone()));
+            }
+            ["DROP", "INDEX" | "KEY", ..] => index_clauses.push(IndexClause::Drop(last())),
+            ["DROP", "CONSTRAINT", ..] => index_clauses.push(IndexClause::DropConstraint(last())),
+            ["ADD", "UNIQUE", ..] => {
+                // IF NOT EXISTS (which sqlparser does not read there) out of the text.
+                let mut text: Vec<String> = Vec::new();
+                let mut if_not_exists = false;
+                let mut j = 0;
+                while j < raw.len() {
+                    let three: Vec<Option<String>> =
+                        raw[j..].iter().take(3).map(|t| kw(t)).collect();
+                    if three
+                        == [
+                            Some("IF".to_string()),
+                            Some("NOT".to_string()),
+                            Some("EXISTS".to_string()),
+                        ]
+                    {
+                        if_not_exists = true;
+                        j += 3;
+                        continue;
+                    }
+                    text.push(raw[j].to_string());
+                    j += 1;
+                }
+                index_clauses.push(IndexClause::AddUnique(text.join(" "), if_not_exists));
+            }
+            _ => {}
+        }
+    }
+    Some(index_clauses)
 }
 
 /// The catalog a file of CREATE TABLE statements describes (`replay --schema-from

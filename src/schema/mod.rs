@@ -12,7 +12,12 @@
 //!   a DDL the parser could not read): decoding a row of that version without FULL metadata is
 //!   a definite error, never a guess.
 //! - Names compare as MySQL compares them on Linux: databases and tables case-sensitively,
-//!   columns case-insensitively.
+//!   columns and indexes case-insensitively.
+//! - A table's entity id is its [`Table::key`]: the PRIMARY KEY, else the UNIQUE index the
+//!   server promotes to primary key (InnoDB and MariaDB do; FULL metadata names it), so the
+//!   id is the same with and without `binlog_row_metadata=FULL` and in the snapshot.
+//! - `Table::unique` is in the server's order of its keys (what `SHOW CREATE TABLE` prints),
+//!   kept by [`Table::sort_unique`] after every statement that rebuilds the table.
 
 pub mod ddl;
 pub mod history;
@@ -71,14 +76,36 @@ impl Column {
     }
 }
 
+/// A UNIQUE index (other indexes are not tracked: they change no id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UniqueKey {
+    /// Its name, as `DROP INDEX` names it (an unnamed one is named after its first column, as
+    /// the server names it).
+    pub name: String,
+    /// Column names, in key order.
+    pub columns: Vec<String>,
+    /// A column indexed by a prefix (`v(10)`) or an expression: never promoted.
+    #[serde(default)]
+    pub partial: bool,
+    /// MariaDB's long unique (`USING HASH`, or BLOB/TEXT without a prefix): never promoted,
+    /// and ordered after every other unique key.
+    #[serde(default)]
+    pub hash: bool,
+}
+
 /// A table version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Table {
     pub db: String,
     pub name: String,
     pub columns: Vec<Column>,
-    /// Primary key column names, in key order (empty: none).
+    /// The declared PRIMARY KEY's column names, in key order (empty: none). The id's columns
+    /// are [`Table::key`], which falls back on a unique key without one.
     pub pk: Vec<String>,
+    /// UNIQUE indexes, in the server's order (see [`Table::sort_unique`]). Absent from
+    /// versions written before they were tracked: read as none.
+    #[serde(default)]
+    pub unique: Vec<UniqueKey>,
     /// Whether `columns` is the whole table (see the module docs).
     pub complete: bool,
 }
@@ -90,12 +117,67 @@ impl Table {
             .position(|c| c.name.eq_ignore_ascii_case(name))
     }
 
-    /// Primary key column indexes, in key order.
+    /// Declared primary key column indexes, in key order.
     pub fn pk_indexes(&self) -> Vec<usize> {
         self.pk
             .iter()
             .filter_map(|n| self.column_index(n))
             .collect()
+    }
+
+    /// The primary key as the server sees it, the entity id's columns in key order: the
+    /// PRIMARY KEY, else the first unique key (in [`Table::unique`]'s order) whose columns
+    /// are all NOT NULL and whole (no prefix, no hash), which MariaDB and InnoDB promote to
+    /// primary key and `binlog_row_metadata=FULL` names. Empty: none (the id is the row).
+    pub fn key(&self) -> &[String] {
+        if !self.pk.is_empty() {
+            return &self.pk;
+        }
+        self.unique
+            .iter()
+            .find(|u| self.promotable(u))
+            .map(|u| u.columns.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// [`Table::key`]'s column indexes, in key order.
+    pub fn key_indexes(&self) -> Vec<usize> {
+        self.key()
+            .iter()
+            .filter_map(|n| self.column_index(n))
+            .collect()
+    }
+
+    /// Whether the server would take `u` as the primary key (of a table without one).
+    fn promotable(&self, u: &UniqueKey) -> bool {
+        !u.partial && !u.hash && !u.columns.is_empty() && u.columns.iter().all(|c| self.not_null(c))
+    }
+
+    fn not_null(&self, column: &str) -> bool {
+        self.column_index(column)
+            .is_some_and(|i| !self.columns[i].nullable)
+    }
+
+    /// Puts `unique` in the order the server stores keys in when it (re)builds a table (its
+    /// `sort_keys`, a stable order over the keys as they were plus the added ones): long
+    /// uniques last; before them, keys over NOT NULL columns first, and among those, keys
+    /// without prefix parts first. MariaDB promotes the first of them, so after
+    /// `MODIFY c ... NOT NULL` an older NOT NULL key stays ahead of `c`'s.
+    pub fn sort_unique(&mut self) {
+        let mut unique = std::mem::take(&mut self.unique);
+        unique.sort_by_key(|u| {
+            // Two long uniques keep their order whatever their columns.
+            let nullable = !u.hash && !u.columns.iter().all(|c| self.not_null(c));
+            (u.hash, nullable, u.partial && !u.hash)
+        });
+        self.unique = unique;
+    }
+
+    /// The unique key named `name`, if any.
+    pub fn unique_index(&self, name: &str) -> Option<usize> {
+        self.unique
+            .iter()
+            .position(|u| u.name.eq_ignore_ascii_case(name))
     }
 
     pub fn qualified(&self) -> String {

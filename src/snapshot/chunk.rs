@@ -108,12 +108,14 @@ pub struct ChunkInfo {
 pub struct ChunkReader {
     plan: TablePlan,
     flavor: Flavor,
+    /// The table's greatest key (the upper bound), read in the first chunk's transaction.
+    max_sql: String,
     select_first: String,
     select_next: String,
     /// Which key column each placeholder of the lower and upper bounds takes.
     lower_params: Vec<usize>,
     upper_params: Vec<usize>,
-    /// The table's greatest key when its snapshot started (None: the table was empty).
+    /// The table's greatest key as of the first chunk (None: not read yet).
     upper: Option<Vec<Value>>,
     /// The last key read so far (None: no chunk yet).
     after: Option<Vec<Value>>,
@@ -135,10 +137,12 @@ pub async fn prepare_session(conn: &mut Conn) -> Result<Flavor, SnapshotError> {
 }
 
 impl ChunkReader {
-    /// Reads the table's greatest key now: the snapshot's upper bound. The session must have
-    /// been prepared with [`prepare_session`].
+    /// Prepares the table's chunk queries. The snapshot's upper bound, the table's greatest
+    /// key, is read inside the first chunk's transaction, so it is the greatest key as of that
+    /// chunk's binlog position: a row inserted later has a binlog change after that position.
+    /// The session must have been prepared with [`prepare_session`].
     pub async fn start(
-        conn: &mut Conn,
+        _conn: &mut Conn,
         plan: TablePlan,
         flavor: Flavor,
     ) -> Result<ChunkReader, SnapshotError> {
@@ -154,8 +158,6 @@ impl ChunkReader {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let upper: Option<mysql_async::Row> = conn.exec_first(max_sql, ()).await?;
-        let upper = upper.map(|r| r.unwrap());
         let binds: Vec<String> = key.iter().map(|&k| placeholder(&plan, k)).collect();
         let (upper_sql, upper_params) = bound(&names, &binds, Bound::AtMost);
         let (lower_sql, lower_params) = bound(&names, &binds, Bound::After);
@@ -170,14 +172,15 @@ impl ChunkReader {
             cols.join(", ")
         );
         Ok(ChunkReader {
-            done: upper.is_none(),
+            done: false,
             plan,
             flavor,
+            max_sql,
             select_first,
             select_next,
             lower_params,
             upper_params,
-            upper,
+            upper: None,
             after: None,
         })
     }
@@ -200,7 +203,8 @@ impl ChunkReader {
         self.done
     }
 
-    /// The next chunk's query and its parameters (None when the table is done): for EXPLAIN.
+    /// The next chunk's query and its parameters (None when the table is done or its upper
+    /// bound is not read yet): for EXPLAIN.
     pub fn next_chunk_query(&self, limit: u32) -> Option<(&str, Vec<Value>)> {
         match &self.upper {
             Some(upper) if !self.done => Some(self.next_query(upper, limit)),
@@ -246,17 +250,10 @@ impl ChunkReader {
         out: &mut ChunkBuf,
     ) -> Result<Option<ChunkInfo>, SnapshotError> {
         out.clear();
-        let Some(upper) = &self.upper else {
-            return Ok(None);
-        };
         if self.done {
             return Ok(None);
         }
         let limit = limit.max(1);
-        let (sql, params) = self.next_query(upper, limit);
-        let stmt = conn.prep(sql).await?;
-        let upper = upper.clone();
-
         let started = Instant::now();
         let gtid_before = match self.flavor {
             Flavor::Mysql => conn.query_first("SELECT @@GLOBAL.gtid_executed").await?,
@@ -265,6 +262,27 @@ impl ChunkReader {
         conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             .await?;
         let position = read_position(conn, self.flavor, gtid_before).await?;
+        if self.upper.is_none() {
+            let upper: Option<mysql_async::Row> =
+                conn.exec_first(self.max_sql.as_str(), ()).await?;
+            match upper {
+                Some(r) => self.upper = Some(r.unwrap()),
+                None => {
+                    // Empty as of this position: every row comes from the binlog after it.
+                    conn.query_drop("COMMIT").await?;
+                    self.done = true;
+                    return Ok(Some(ChunkInfo {
+                        position,
+                        rows: 0,
+                        took: started.elapsed(),
+                        last: true,
+                    }));
+                }
+            }
+        }
+        let upper = self.upper.clone().expect("read above");
+        let (sql, params) = self.next_query(&upper, limit);
+        let stmt = conn.prep(sql).await?;
         let mut last: Option<mysql_async::Row> = None;
         {
             let mut result = conn.exec_iter(&stmt, Params::Positional(params)).await?;

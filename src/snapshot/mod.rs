@@ -1,12 +1,16 @@
 //! The initial snapshot (issue 12): a table's existing rows, read in chunks by key, each
 //! chunk at an exact binlog position, encoded exactly as the binlog decoder encodes the same
-//! rows. This is the reading half; handing chunks to the stream comes next (see the end).
+//! rows, and injected into the stream where it reaches that position.
 //!
 //! - [`plan`]: a table's columns, how each becomes JSON, the key chunks are paged by.
 //! - [`chunk`]: keyset pagination bounded at both ends, one short consistent-snapshot
 //!   transaction per chunk, and the chunk's binlog position.
 //! - `encode`: a value from the server to the decoder's JSON text.
 //! - [`size`]: the chunk size, adapted to a target time per chunk.
+//! - [`runner`]: the snapshot stage (tables in parallel, rate limit, requests, progress lines).
+//! - [`handoff`]: how a chunk reaches the source stage (hold, read, inject).
+//! - [`progress`]: what the state dir keeps (per-table progress, `seq` rooms, requests).
+//! - The injection itself is the decoder's (`decode::inject`): the `read` lines, `seq`.
 //!
 //! Invariants:
 //! - **Same values, same bytes**: a row read here and the same row decoded from the binlog
@@ -14,41 +18,29 @@
 //!   type of `decode::value`'s table), so a receiver cannot tell a `read` from an `insert`
 //!   of the same row by its values.
 //! - **A chunk is a state of the table at a known position**: its rows are exactly the rows
-//!   of its key range as of [`chunk::SnapshotPosition`], no earlier, no later.
+//!   of its key range as of [`chunk::SnapshotPosition`], no earlier, no later. The stream is
+//!   held (it decodes no new event) while a chunk is read, so that position is never behind
+//!   the stream; the chunk is injected where the stream reaches it, between transactions:
+//!   binlog changes before it are older than the chunk's rows, changes after it newer, and
+//!   `seq` says so for every id, so the receiver's apply rule needs no special case.
 //! - **Bounded**: every chunk query has a lower bound (after the previous chunk's last key;
-//!   none for the first), an upper bound (the table's greatest key when its snapshot started)
+//!   none for the first), an upper bound (the table's greatest key as of the first chunk)
 //!   and a row limit; no lock is taken and no transaction outlives its chunk.
+//! - **Resumable, never doubled**: a table's progress moves only with the checkpoint past
+//!   its chunk; a chunk's `seq` room is on disk before its first row leaves, so a replay of
+//!   the stream gives every binlog operation its first `seq` even when the chunk is read
+//!   again (with higher `seq`s, later). A SIGTERM finishes the chunk being injected.
+//! - **Converges**: a table's last chunk is followed by `snapshot_end` carrying `since`, the
+//!   `seq` before its first chunk: every row the source holds was delivered above it, so a
+//!   receiver drops the rows of that type last written below it (deleted while binsync was
+//!   away).
 //! - **Memory follows the chunk size**: a chunk's rows are encoded into one buffer
-//!   ([`chunk::ChunkBuf`]), reused from chunk to chunk; the driver's row (one `Value` per
-//!   column) is the only per-row allocation.
+//!   ([`chunk::ChunkBuf`]), reused from chunk to chunk, capped by rows and (from the rows
+//!   seen so far) bytes; at most `--snapshot-parallel` chunks are out at once.
 //! - **Never guessed**: a table with no primary key and no unique NOT NULL key is refused with
 //!   [`SnapshotError::NoKey`], which names `--snapshot-key`; a value that does not fit its
-//!   column's type fails the chunk naming the column.
-//!
-//! # Proposal: a `read` operation's line (next session)
-//!
-//! A row of a chunk becomes one line like an insert's, with `op` `"read"`:
-//!
-//! ```text
-//! {"seq":S,"op":"read","db":"d","table":"t","entity":"e","id":{..},"gtid":null,
-//!  "ts":"<the chunk's read time, UTC>","file":"<snapshot file>","offset":<snapshot offset>,
-//!  "after":{..}}
-//! ```
-//!
-//! - `id` and `after` are the chunk buffer's bytes as they are; `"keyless":true` when the plan
-//!   says so, as for binlog operations.
-//! - `gtid` is null (a read belongs to no transaction); `row` is absent; `file`/`offset` are
-//!   the chunk's snapshot position, which orders it among binlog operations.
-//! - `seq`: the DBLog watermark idea. The stream keeps going while chunks are read; a chunk is
-//!   held until the stream reaches its snapshot position, then emitted there, its rows taking
-//!   `seq` values between the binlog operations before and after that position. Binlog
-//!   operations on the chunk's ids between the stream's position and the chunk's position are
-//!   already included in the chunk; ones after it follow it. Open: a chunk's rows need `seq`
-//!   values the decoder's numbering does not use (it numbers consecutively today), e.g. room
-//!   reserved per transaction boundary, or the chunk emitted as a pseudo-transaction that
-//!   takes its `seq` values from the same counter at that point in the stream.
-//! - After a table's last chunk, a `snapshot_end` operation carrying the `seq` at which the
-//!   table's snapshot started (issue 12).
+//!   column's type fails the chunk naming the column. A DDL that changed the table between
+//!   the plan and the chunk's position sends the chunk back to be read under the new plan.
 //!
 //! # Not yet
 //!
@@ -58,15 +50,17 @@
 //!   against the decoder. MySQL's VECTOR likewise.
 //! - ENUM, SET, BIT, JSON and GEOMETRY key columns are refused
 //!   ([`SnapshotError::UnsupportedKey`]); ENUM would page by its index (`col+0`).
-//! - MySQL: the position is a GTID set without file and offset, and is untested (the MySQL
-//!   test double serves no snapshots); MySQL's JSON text is minified, not checked against its
-//!   binlog for doubles and opaque values.
-//! - A DDL on the table between chunks: the plan is read once per table; re-reading the chunk
-//!   under the new schema (issue 12) needs the stream to say a DDL passed.
+//! - MySQL: the position is a GTID set without file and offset, and injecting by GTID set is
+//!   not built (the MySQL test double serves no snapshots): `--snapshot initial` on MySQL is
+//!   refused, `when-needed` streams without a snapshot and says so. MySQL's JSON text is
+//!   minified, not checked against its binlog for doubles and opaque values.
 
 pub mod chunk;
 mod encode;
+pub mod handoff;
 pub mod plan;
+pub mod progress;
+pub mod runner;
 pub mod size;
 
 pub use chunk::{prepare_session, ChunkBuf, ChunkInfo, ChunkReader, RowSpans, SnapshotPosition};
@@ -99,6 +93,12 @@ pub enum SnapshotError {
     NoSnapshotPosition,
     #[error("reading the snapshot: {0}")]
     Server(#[from] mysql_async::Error),
+    #[error("connecting for the snapshot: {detail}")]
+    Connect { detail: String, transient: bool },
+    #[error("snapshots of MySQL sources are not supported yet (only MariaDB's binlog_snapshot_file/position give a chunk its exact binlog position); run with --snapshot never")]
+    MysqlUnsupported,
+    #[error("{0}: the state dir's snapshot progress holds a key binsync cannot read; run `binsync snapshot --table {0}` to read the table again from its start")]
+    Progress(String),
 }
 
 impl SnapshotError {
@@ -106,6 +106,7 @@ impl SnapshotError {
     /// chunk can be read again on a new connection.
     pub fn is_transient(&self) -> bool {
         match self {
+            SnapshotError::Connect { transient, .. } => *transient,
             SnapshotError::Server(e) => match e {
                 mysql_async::Error::Io(_) => true,
                 mysql_async::Error::Driver(_) => true,

@@ -25,6 +25,10 @@ pub enum Failure {
     /// A person must act.
     #[error(transparent)]
     Definite(#[from] SourceError),
+    /// The state dir refused a write the source stage makes (a snapshot chunk's `seq` room):
+    /// a full disk is waited out by `run`, anything else stops it.
+    #[error(transparent)]
+    State(crate::checkpoint::CheckpointError),
 }
 
 pub type Result<T, E = Failure> = std::result::Result<T, E>;
@@ -185,12 +189,12 @@ pub enum SourceError {
         code: u16,
         message: String,
     },
-    #[error("the binlog position we need is no longer on the source, purged ({0}); the changes since the checkpoint are gone from the source: restore the purged binlogs, or start over with --reset --start earliest (or latest), which skips those changes for good (reload the target or accept the gap); and raise the source's binlog retention")]
+    #[error("the binlog position we need is no longer on the source, purged ({0}); the changes since the checkpoint are gone from the source: restore the purged binlogs, or start over with --reset --snapshot initial, which reloads every captured table's rows and streams from the binlog's end (or --reset --start earliest, which skips those changes for good); and raise the source's binlog retention")]
     Purged(String),
     /// The source's binlog no longer holds the history the position was read from: it was
     /// reset, restored from a backup, or the server never had those transactions (see
     /// `source::history`).
-    #[error("the source no longer holds the history binsync read up to {position}: {found}; its binlog was reset (RESET MASTER, or RESET BINARY LOGS AND GTIDS on MySQL 8.4), restored from a backup, or this server never had those transactions, so resuming would silently skip changes; start over with --reset --start earliest (or latest), and since the changes binsync had not read before the reset are in no binlog any more, reload the target or accept the gap")]
+    #[error("the source no longer holds the history binsync read up to {position}: {found}; its binlog was reset (RESET MASTER, or RESET BINARY LOGS AND GTIDS on MySQL 8.4), restored from a backup, or this server never had those transactions, so resuming would silently skip changes; start over with --reset --snapshot initial, which reloads every captured table's rows (the changes binsync had not read before the reset are in no binlog any more)")]
     HistoryLost { position: String, found: String },
     #[error("binary logging is off on the source; add log_bin (e.g. log_bin=mysql-bin) and binlog_format=ROW to its [mysqld] config and restart it")]
     BinlogOff,
@@ -222,6 +226,9 @@ pub enum SourceError {
     /// The sink stopped taking changes; its own error is the cause.
     #[error("the sink stopped taking changes")]
     SinkClosed,
+    /// The snapshot cannot go on; the message names the table and the fix.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 /// Why the source's dump thread stopped the stream with error 1236
@@ -305,7 +312,7 @@ impl std::fmt::Display for DumpStop {
             ),
             DumpStop::Diverged(m) => write!(
                 f,
-                "the source does not hold the history binsync resumes from ({m}): it lacks transactions binsync already read, or its binlog ends before the position (a failover to a server that had not received them, a binlog lost or truncated in a crash, a restored backup); point --source at a server that has them, or start over with --reset --start earliest (or latest) and reload the target or accept the gap"
+                "the source does not hold the history binsync resumes from ({m}): it lacks transactions binsync already read, or its binlog ends before the position (a failover to a server that had not received them, a binlog lost or truncated in a crash, a restored backup); point --source at a server that has them, or start over with --reset --snapshot initial, which reloads every captured table's rows"
             ),
             DumpStop::TooLarge(m) => write!(
                 f,

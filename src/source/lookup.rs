@@ -186,7 +186,7 @@ fn classify(table: String, failure: Failure) -> LookupError {
                 detail: e.to_string(),
             }
         }
-        Failure::Connect(super::Failure::Definite(e)) => {
+        Failure::Connect(e @ (super::Failure::Definite(_) | super::Failure::State(_))) => {
             return LookupError::Definite {
                 table,
                 detail: e.to_string(),

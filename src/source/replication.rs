@@ -27,9 +27,13 @@ use super::stream::{self, Replica, StartPoint, HEARTBEAT};
 use super::{Disconnect, Failure, Result, ServerInfo, SourceConfig, SourceError};
 use crate::backoff::Backoff;
 use crate::change::Chunk;
+use crate::checkpoint::Store;
 use crate::checkpoint::{Position, ServerIdentity};
+use crate::decode::inject::Due;
 use crate::decode::Decoder;
 use crate::shutdown::Shutdown;
+use crate::snapshot::handoff::{Inbox, Injected};
+use crate::snapshot::progress;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -54,6 +58,8 @@ pub struct Replication {
     written_by: Option<ServerIdentity>,
     /// A chunk was dropped while stopping (see [`Replication::send`]).
     dropped: bool,
+    /// Snapshot chunks to inject, and the store their `seq` rooms are saved in.
+    snapshot: Option<(Inbox, Store)>,
 }
 
 impl Replication {
@@ -72,7 +78,14 @@ impl Replication {
             shutdown,
             written_by: None,
             dropped: false,
+            snapshot: None,
         }
+    }
+
+    /// Injects the snapshot chunks of `inbox` into the stream (see `snapshot::handoff`).
+    pub fn with_snapshot(mut self, inbox: Inbox, store: Store) -> Replication {
+        self.snapshot = Some((inbox, store));
+        self
     }
 
     /// Names the server whose binlog the start position's file and offset are in
@@ -92,7 +105,8 @@ impl Replication {
         mut decoder: Decoder,
         tx: mpsc::Sender<Chunk>,
     ) -> Result<Outcome> {
-        if let Some(t) = &self.target {
+        let snapshotting = self.snapshot.as_ref().is_some_and(|(s, _)| s.busy());
+        if let Some(t) = self.target.as_ref().filter(|_| !snapshotting) {
             if t.reached(decoder.position()) {
                 tracing::info!("already at the source's binlog end; nothing to do");
                 return Ok(Outcome::CaughtUp);
@@ -168,8 +182,24 @@ impl Replication {
     ) -> Result<Outcome> {
         let mut reader = Reader::spawn(stream, HEARTBEAT * 5);
         loop {
+            if !self.snapshot_step(decoder, tx).await? {
+                return Ok(Outcome::Stopped);
+            }
+            // Here too, not only after an event: the snapshot may end while the source is
+            // idle, and the next event could be a heartbeat away.
+            if let Some(t) = &self.target {
+                let snapshotting = self.snapshot.as_ref().is_some_and(|(s, _)| s.busy());
+                if !snapshotting
+                    && !decoder.in_transaction()
+                    && t.reached_reading(decoder.position(), decoder.read_to())
+                {
+                    return Ok(Outcome::CaughtUp);
+                }
+            }
+            let held = self.snapshot.as_ref().is_some_and(|(s, _)| s.held());
             // Non-blocking first: while events are ready, keep filling the chunk.
-            let batch = match reader.try_next() {
+            let ready = if held { None } else { reader.try_next() };
+            let batch = match ready {
                 Some(batch) => batch,
                 None => {
                     // Idle: hand on what we have, then wait.
@@ -178,8 +208,15 @@ impl Replication {
                             return Ok(Outcome::Stopped);
                         }
                     }
+                    let inbox = self.snapshot.as_mut().map(|(s, _)| s);
                     tokio::select! {
-                        b = reader.next() => b.unwrap_or(Err(ReadError::Ended)),
+                        b = reader.next(), if !held => b.unwrap_or(Err(ReadError::Ended)),
+                        _ = async {
+                            match inbox {
+                                Some(s) => s.recv().await,
+                                None => std::future::pending().await,
+                            }
+                        } => continue,
                         _ = self.shutdown.requested() => return Ok(Outcome::Stopped),
                         // A failed sink or checkpointer (a full disk, say) ends the run now,
                         // not at the next event.
@@ -200,8 +237,15 @@ impl Replication {
             for event in &events {
                 decoder.on_event(event).await?;
                 if !decoder.in_transaction() {
+                    if self.snapshot.as_ref().is_some_and(|(s, _)| s.has_pending())
+                        && !self.snapshot_step(decoder, tx).await?
+                    {
+                        return Ok(Outcome::Stopped);
+                    }
                     if let Some(t) = &self.target {
-                        if t.reached_reading(decoder.position(), decoder.read_to()) {
+                        let snapshotting = self.snapshot.as_ref().is_some_and(|(s, _)| s.busy());
+                        if !snapshotting && t.reached_reading(decoder.position(), decoder.read_to())
+                        {
                             return Ok(Outcome::CaughtUp);
                         }
                     }
@@ -215,6 +259,75 @@ impl Replication {
                     return Ok(Outcome::Stopped);
                 }
             }
+        }
+    }
+
+    /// Takes the snapshot runner's messages and injects every chunk due at the decoder's
+    /// position (between transactions). False when stopping dropped a chunk.
+    async fn snapshot_step(
+        &mut self,
+        decoder: &mut Decoder,
+        tx: &mpsc::Sender<Chunk>,
+    ) -> Result<bool> {
+        let Some((inbox, _)) = self.snapshot.as_mut() else {
+            return Ok(true);
+        };
+        inbox.drain();
+        if let Some(why) = inbox.failure() {
+            return Err(SourceError::Snapshot(why).into());
+        }
+        loop {
+            let Some((inbox, store)) = self.snapshot.as_mut() else {
+                return Ok(true);
+            };
+            let Some((c, due)) = inbox.next_due(decoder) else {
+                return Ok(true);
+            };
+            if due == Due::Passed {
+                let _ = c.reply.send(Injected::Stale {
+                    buf: c.buf,
+                    why: "the stream passed its position".into(),
+                    replan: false,
+                });
+                continue;
+            }
+            if let Some(why) = Inbox::schema_mismatch(decoder, &c) {
+                let _ = c.reply.send(Injected::Stale {
+                    buf: c.buf,
+                    why,
+                    replan: true,
+                });
+                continue;
+            }
+            let room = decoder.begin_snapshot_chunk(
+                &c.db,
+                &c.table,
+                c.keyless,
+                &c.position.file,
+                c.position.offset,
+                c.read_at_micros,
+                c.budget,
+            );
+            // The room is on disk before any of its rows can be delivered.
+            let store = store.clone();
+            progress::reserve(&store, &room)
+                .await
+                .map_err(Failure::State)?;
+            for row in 0..c.buf.rows.len() {
+                decoder.snapshot_row(c.buf.id(row), c.buf.after(row));
+                if let Some(chunk) = decoder.take_chunk(false) {
+                    if !self.send(tx, chunk).await? {
+                        return Ok(false);
+                    }
+                }
+            }
+            let mut p = c.progress;
+            if p.since == 0 {
+                p.since = room.seq_before;
+            }
+            let since = p.since;
+            decoder.end_snapshot_chunk(c.last.then_some(since), progress::records(&p));
+            let _ = c.reply.send(Injected::Done { buf: c.buf, since });
         }
     }
 

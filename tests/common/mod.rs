@@ -1056,10 +1056,17 @@ pub struct Proc {
 
 impl Proc {
     /// Spawns [`binsync_bin`] with `args` and extra environment variables (inherited `BINSYNC_*`
-    /// variables are removed first).
+    /// variables are removed first). `BINSYNC_SNAPSHOT=never` unless `envs` sets it: the
+    /// scenarios written for streaming count every `seq` from their `--start`, and a first
+    /// start without `--start` would otherwise load the tables first (issue 12's default);
+    /// the snapshot's own tests set it.
     #[track_caller]
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
-        Proc::spawn_program(&binsync_bin(), args, envs)
+        let mut envs = envs.to_vec();
+        if !envs.iter().any(|(k, _)| *k == "BINSYNC_SNAPSHOT") {
+            envs.push(("BINSYNC_SNAPSHOT", "never"));
+        }
+        Proc::spawn_program(&binsync_bin(), args, &envs)
     }
 
     /// Spawns any program the same way.

@@ -138,6 +138,34 @@ pub fn source_state(db: &MariaDb) -> State {
     m
 }
 
+/// Panics unless the receiver's state `got` equals the source's `want`, naming a few rows
+/// missing, extra and differing (source, receiver).
+pub fn assert_same_state(want: &State, got: &State) {
+    if want == got {
+        return;
+    }
+    let missing: Vec<_> = want
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .take(5)
+        .collect();
+    let differ: Vec<_> = want
+        .iter()
+        .filter_map(|(k, v)| got.get(k).filter(|g| *g != v).map(|g| (k, v, g)))
+        .take(5)
+        .collect();
+    panic!(
+        "receiver state differs from the source: {} rows vs {}; missing {missing:?}, extra {extra:?}, differing (id, source, receiver) {differ:?}",
+        got.len(),
+        want.len()
+    );
+}
+
 /// Whether a sink line is a row change (`insert`, `update`, `delete`: it has an `id`), not an
 /// operation on a whole table (`ddl`, `truncate`, `drop`), which `binsync run` writes by
 /// default (`--on-ddl emit`) for the DDL on captured tables, e.g. each `CREATE TABLE` a

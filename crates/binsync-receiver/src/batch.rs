@@ -1,5 +1,5 @@
-//! One request body of the sync API, parsed and checked against the contract, versions 1 and
-//! 2 (docs/sync-api.md, docs/sync-api.schema.json).
+//! One request body of the sync API, parsed and checked against the contract, versions 1, 2
+//! and 3 (docs/sync-api.md, docs/sync-api.schema.json).
 //!
 //! The checks are as strict as the JSON Schema, plus what a schema cannot say: `count` matches
 //! the operations, every `seq` lies within `first_seq..=last_seq` and rises within its entity's
@@ -10,7 +10,10 @@
 //! Versions: a version 1 body holds row operations only (insert, update, delete); version 2
 //! adds the operations on a whole entity type (ddl, truncate, drop), which carry no `id`. A
 //! version 1 body with one of those is refused: a sender that says 1 promised a receiver that
-//! knows nothing of them, and applying it anyway would hide the sender's mistake.
+//! knows nothing of them, and applying it anyway would hide the sender's mistake. Version 3
+//! adds the initial snapshot's operations: `read` (a row as the snapshot read it, with `id`
+//! and `after` like an insert, no `row`) and `snapshot_end` (no `id`; `since`); a version 1
+//! or 2 body with one of those is refused the same way.
 //!
 //! Beyond the contract, what this receiver cannot store is refused here too, before anything
 //! is applied: a body nested deeper than `--max-depth` ([`check_depth`]) and a `seq` above
@@ -26,9 +29,9 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// The contract versions this receiver implements: 1 (row operations) and 2 (also ddl,
-/// truncate and drop).
-pub const CONTRACT_VERSIONS: [u64; 2] = [1, 2];
+/// The contract versions this receiver implements: 1 (row operations), 2 (also ddl,
+/// truncate and drop) and 3 (also read and snapshot_end).
+pub const CONTRACT_VERSIONS: [u64; 3] = [1, 2, 3];
 
 /// The store keeps `seq` in an SQLite INTEGER (i64).
 pub const MAX_STORED_SEQ: u64 = i64::MAX as u64;
@@ -68,12 +71,31 @@ pub enum OpKind {
     Truncate,
     /// Version 2: the table is gone, with its rows.
     Drop,
+    /// Version 3: a row of the initial snapshot, as of the chunk's binlog position; applied
+    /// as an upsert of the whole row.
+    Read,
+    /// Version 3: the table's snapshot is complete; every row it has was sent with a `seq`
+    /// above `since`, so rows last written below `since` are gone (a floor, like truncate).
+    #[serde(rename = "snapshot_end")]
+    SnapshotEnd,
 }
 
 impl OpKind {
     /// A row change, with an `id`; the others act on the whole entity type.
     pub fn is_row(self) -> bool {
-        matches!(self, OpKind::Insert | OpKind::Update | OpKind::Delete)
+        matches!(
+            self,
+            OpKind::Insert | OpKind::Update | OpKind::Delete | OpKind::Read
+        )
+    }
+
+    /// The first contract version that has this operation.
+    pub fn since_version(self) -> u64 {
+        match self {
+            OpKind::Insert | OpKind::Update | OpKind::Delete => 1,
+            OpKind::Ddl | OpKind::Truncate | OpKind::Drop => 2,
+            OpKind::Read | OpKind::SnapshotEnd => 3,
+        }
     }
 
     pub fn as_str(self) -> &'static str {
@@ -84,6 +106,8 @@ impl OpKind {
             OpKind::Ddl => "ddl",
             OpKind::Truncate => "truncate",
             OpKind::Drop => "drop",
+            OpKind::Read => "read",
+            OpKind::SnapshotEnd => "snapshot_end",
         }
     }
 }
@@ -100,7 +124,7 @@ pub struct Op<'a> {
     pub keyless: bool,
     /// The before image (update, delete).
     pub before: Option<&'a RawValue>,
-    /// The after image (insert, update).
+    /// The after image (insert, update, read).
     pub after: Option<&'a RawValue>,
     /// The whole operation as sent.
     pub text: &'a str,
@@ -112,6 +136,9 @@ pub struct Op<'a> {
     /// ddl: the new definition; None when the table no longer exists under this name
     /// (`columns` and `key` are `null`), and on every other kind.
     pub definition: Option<Definition>,
+    /// snapshot_end: every row of the type was sent with a `seq` above this (None on every
+    /// other kind).
+    pub since: Option<u64>,
 }
 
 /// A ddl's table definition, as JSON text without insignificant whitespace.
@@ -136,14 +163,14 @@ pub fn parse<'a>(body: &'a [u8], idempotency_key: Option<&str>) -> Result<Batch<
     let probe: Probe = serde_json::from_slice(body).map_err(|e| not_a_batch("the body", &e))?;
     let version = match probe.version {
         None => return Err(Invalid(
-            "the body has no `version` (contract version 1 or 2 expected; see docs/sync-api.md)"
+            "the body has no `version` (contract version 1, 2 or 3 expected; see docs/sync-api.md)"
                 .into(),
         )),
         Some(v) => match v.as_u64() {
             Some(n) if CONTRACT_VERSIONS.contains(&n) => n,
             _ => {
                 return Err(Invalid(format!(
-                    "unsupported contract version {v}: this receiver implements versions 1 and 2"
+                    "unsupported contract version {v}: this receiver implements versions 1, 2 and 3"
                 )))
             }
         },
@@ -266,27 +293,45 @@ fn check_op<'a>(
             w.ts
         ));
     }
+    let needs = w.op.since_version();
+    if version < needs {
+        return Err(format!(
+            "a `{}` operation needs contract version {needs}, but the body says version {version} (version 1 carries insert, update and delete only, version 2 also ddl, truncate and drop, version 3 also read and snapshot_end); a sender must send it as version {needs}",
+            w.op.as_str()
+        ));
+    }
+    if w.since.is_some() && w.op != OpKind::SnapshotEnd {
+        let kind = w.op.as_str();
+        return Err(format!(
+            "{} {kind} must not carry `since` (only snapshot_end does)",
+            article(kind)
+        ));
+    }
     if w.op.is_row() {
         check_row_op(w, text)
-    } else if version < 2 {
-        Err(format!(
-            "a `{}` operation needs contract version 2, but the body says version {version} (version 1 carries insert, update and delete only); a sender must send it as version 2",
-            w.op.as_str()
-        ))
+    } else if w.op == OpKind::SnapshotEnd {
+        check_snapshot_end(w, text)
     } else {
         check_type_op(w, text)
     }
 }
 
-/// insert, update, delete: an `id`, a `row` index, and the images their kind needs.
+/// insert, update, delete: an `id`, a `row` index, and the images their kind needs; read:
+/// like an insert (`id`, `after`) but without `row` (it belongs to no transaction).
 fn check_row_op<'a>(w: OpWire<'a>, text: &'a str) -> Result<Op<'a>, String> {
     let kind = w.op.as_str();
     let a = article(kind);
     let Some(id) = w.id else {
         return Err(format!("{a} {kind} needs `id`"));
     };
-    if w.row.is_none() {
-        return Err(format!("{a} {kind} needs `row`"));
+    match (w.op, w.row.is_some()) {
+        (OpKind::Read, true) => {
+            return Err(
+                "a read must not carry `row` (it belongs to no transaction of the binlog)".into(),
+            )
+        }
+        (OpKind::Read, false) | (_, true) => {}
+        (_, false) => return Err(format!("{a} {kind} needs `row`")),
     }
     let type_fields = [
         ("statement", w.statement.is_some()),
@@ -309,7 +354,7 @@ fn check_row_op<'a>(w: OpWire<'a>, text: &'a str) -> Result<Op<'a>, String> {
     object("before", w.before)?;
     object("after", w.after)?;
     let (need_before, need_after, need_changed) = match w.op {
-        OpKind::Insert => (false, true, false),
+        OpKind::Insert | OpKind::Read => (false, true, false),
         OpKind::Update => (true, true, true),
         _ => (true, false, false),
     };
@@ -352,6 +397,56 @@ fn check_row_op<'a>(w: OpWire<'a>, text: &'a str) -> Result<Op<'a>, String> {
         table: w.table,
         statement: None,
         definition: None,
+        since: None,
+    })
+}
+
+/// snapshot_end (version 3): no row fields, no `statement`, `columns` or `key`; a `since`
+/// below its own `seq` (every row of the snapshot was sent between the two).
+fn check_snapshot_end<'a>(w: OpWire<'a>, text: &'a str) -> Result<Op<'a>, String> {
+    let fields = [
+        ("id", w.id.is_some()),
+        ("keyless", w.keyless.is_some()),
+        ("row", w.row.is_some()),
+        ("changed", w.changed.is_some()),
+        ("before", w.before.is_some()),
+        ("after", w.after.is_some()),
+        ("statement", w.statement.is_some()),
+        ("columns", w.columns.is_some()),
+        ("key", w.key.is_some()),
+    ];
+    if let Some((field, _)) = fields.iter().find(|(_, present)| *present) {
+        return Err(format!(
+            "a snapshot_end acts on the whole entity type and must not carry `{field}`"
+        ));
+    }
+    let Some(since) = w.since else {
+        return Err("a snapshot_end needs `since`".into());
+    };
+    if since > MAX_STORED_SEQ {
+        return Err(format!(
+            "`since` {since} is above {MAX_STORED_SEQ}, the largest seq this receiver stores (an SQLite INTEGER)"
+        ));
+    }
+    if since >= w.seq {
+        return Err(format!(
+            "`since` {since} is not below the snapshot_end's own seq {}: the snapshot's rows are sent between the two",
+            w.seq
+        ));
+    }
+    Ok(Op {
+        seq: w.seq,
+        kind: w.op,
+        id: Cow::Borrowed(""),
+        keyless: false,
+        before: None,
+        after: None,
+        text,
+        db: w.db,
+        table: w.table,
+        statement: None,
+        definition: None,
+        since: Some(since),
     })
 }
 
@@ -413,6 +508,7 @@ fn check_type_op<'a>(w: OpWire<'a>, text: &'a str) -> Result<Op<'a>, String> {
         table: w.table,
         statement: Some(Cow::Owned(statement)),
         definition,
+        since: None,
     })
 }
 
@@ -700,6 +796,9 @@ struct OpWire<'a> {
     columns: Option<Option<&'a RawValue>>,
     #[serde(default, borrow, deserialize_with = "present")]
     key: Option<Option<&'a RawValue>>,
+    // snapshot_end only.
+    #[serde(default, deserialize_with = "present")]
+    since: Option<u64>,
 }
 
 /// One of a ddl's `columns`: checked, kept as the text it came in.
@@ -801,7 +900,7 @@ mod tests {
         let mut b = body(vec![op(1, "insert", 1)]);
         b["entities"]["products"][0] = json!([1, "insert"]);
         refused(b, "an operation must be a JSON object");
-        refused(json!({"version": 3}), "unsupported contract version 3");
+        refused(json!({"version": 4}), "unsupported contract version 4");
         refused(
             json!({"version": "2"}),
             "unsupported contract version \"2\"",
@@ -1179,5 +1278,204 @@ mod tests {
             "{\"b\":1,\"a\":\"x y\\\" z\"}"
         );
         assert!(matches!(compact_json("{\"a\":1}"), Cow::Borrowed(_)));
+    }
+
+    /// A read of `products` id `id` (contract v3), as binsync's snapshot writes it.
+    fn read_op(seq: u64, id: i64) -> serde_json::Value {
+        json!({"seq": seq, "op": "read", "db": "shop", "table": "products",
+            "entity": "products", "id": {"id": id}, "gtid": null,
+            "ts": "2026-11-24T07:37:31.123456Z", "file": "mariadb-bin.000001", "offset": 4,
+            "after": {"id": id, "price": 1}})
+    }
+
+    /// A snapshot_end of `products` (contract v3).
+    fn snapshot_end_op(seq: u64, since: u64) -> serde_json::Value {
+        json!({"seq": seq, "op": "snapshot_end", "db": "shop", "table": "products",
+            "entity": "products", "gtid": null, "ts": "2026-11-24T07:37:31Z",
+            "file": "mariadb-bin.000001", "offset": 4, "since": since})
+    }
+
+    #[test]
+    fn version_3_carries_read_and_snapshot_end_among_the_others() {
+        let b = versioned(
+            3,
+            vec![
+                op(1, "insert", 1),
+                type_op(2, "truncate"),
+                read_op(3, 2),
+                read_op(4, 3),
+                snapshot_end_op(5, 0),
+            ],
+        );
+        let text = serde_json::to_vec(&b).unwrap();
+        let parsed = parse(&text, None).unwrap();
+        assert_eq!((parsed.version, parsed.count), (3, 5));
+        let ops = &parsed.entities[0].1;
+        use OpKind::*;
+        let kinds: Vec<OpKind> = ops.iter().map(|o| o.kind).collect();
+        assert_eq!(kinds, [Insert, Truncate, Read, Read, SnapshotEnd]);
+        assert_eq!(ops[2].id, r#"{"id":2}"#);
+        assert_eq!(ops[2].after.unwrap().get(), r#"{"id":2,"price":1}"#);
+        assert_eq!((ops[2].since, ops[4].since), (None, Some(0)));
+        assert!(ops[4].id.is_empty());
+        // A keyless read, and a since right below the snapshot_end's own seq.
+        let mut keyless = read_op(1, 1);
+        keyless["keyless"] = json!(true);
+        let text = serde_json::to_vec(&versioned(3, vec![keyless, snapshot_end_op(9, 8)])).unwrap();
+        let parsed = parse(&text, None).unwrap();
+        assert!(parsed.entities[0].1[0].keyless);
+        assert_eq!(parsed.entities[0].1[1].since, Some(8));
+        // Version 1 and 2 bodies are still taken as they were.
+        assert_eq!(
+            parse_value(&versioned(1, vec![op(1, "insert", 1)])).unwrap(),
+            1
+        );
+        assert_eq!(
+            parse_value(&versioned(2, vec![type_op(1, "drop")])).unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_version_1_or_2_body_with_a_version_3_operation_is_refused() {
+        for version in [1, 2] {
+            for o in [read_op(2, 1), snapshot_end_op(2, 1)] {
+                let kind = o["op"].as_str().unwrap().to_string();
+                let err = parse_value(&versioned(version, vec![op(1, "insert", 1), o]))
+                    .expect_err("a version 1 or 2 body cannot carry it");
+                assert!(
+                    err.0.contains(&format!(
+                        "a `{kind}` operation needs contract version 3, but the body says version {version}"
+                    )),
+                    "{err}"
+                );
+            }
+        }
+        // A version 2 operation in a version 1 body still names version 2.
+        let err = parse_value(&versioned(1, vec![type_op(1, "drop")])).unwrap_err();
+        assert!(err.0.contains("needs contract version 2"), "{err}");
+    }
+
+    #[test]
+    fn read_and_snapshot_end_carry_exactly_their_fields() {
+        let edit =
+            |o: serde_json::Value, f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+                let mut o = o;
+                f(o.as_object_mut().unwrap());
+                versioned(3, vec![o])
+            };
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (
+                edit(read_op(1, 1), &|o| {
+                    o.remove("id");
+                }),
+                "a read needs `id`",
+            ),
+            (
+                edit(read_op(1, 1), &|o| {
+                    o.remove("after");
+                }),
+                "a read needs `after`",
+            ),
+            (
+                edit(read_op(1, 1), &|o| {
+                    o.insert("row".into(), json!(0));
+                }),
+                "a read must not carry `row`",
+            ),
+            (
+                edit(read_op(1, 1), &|o| {
+                    o.insert("before".into(), json!({"id": 1}));
+                }),
+                "a read must not carry `before`",
+            ),
+            (
+                edit(read_op(1, 1), &|o| {
+                    o.insert("changed".into(), json!([]));
+                }),
+                "a read must not carry `changed`",
+            ),
+            (
+                edit(read_op(1, 1), &|o| {
+                    o.insert("statement".into(), json!("x"));
+                }),
+                "a read must not carry `statement`",
+            ),
+            (
+                edit(read_op(1, 1), &|o| {
+                    o.insert("since".into(), json!(0));
+                }),
+                "a read must not carry `since`",
+            ),
+            (
+                edit(type_op(1, "truncate"), &|o| {
+                    o.insert("since".into(), json!(0));
+                }),
+                "a truncate must not carry `since`",
+            ),
+            (
+                edit(snapshot_end_op(2, 1), &|o| {
+                    o.remove("since");
+                }),
+                "a snapshot_end needs `since`",
+            ),
+            (
+                edit(snapshot_end_op(2, 1), &|o| {
+                    o.insert("id".into(), json!({"id": 1}));
+                }),
+                "a snapshot_end acts on the whole entity type and must not carry `id`",
+            ),
+            (
+                edit(snapshot_end_op(2, 1), &|o| {
+                    o.insert("keyless".into(), json!(true));
+                }),
+                "must not carry `keyless`",
+            ),
+            (
+                edit(snapshot_end_op(2, 1), &|o| {
+                    o.insert("statement".into(), json!("x"));
+                }),
+                "must not carry `statement`",
+            ),
+            (
+                edit(snapshot_end_op(2, 1), &|o| {
+                    o.insert("after".into(), json!({}));
+                }),
+                "must not carry `after`",
+            ),
+            (
+                edit(snapshot_end_op(2, 1), &|o| {
+                    o.insert("since".into(), json!(-1));
+                }),
+                "does not follow the sync API contract",
+            ),
+            (
+                edit(snapshot_end_op(2, 1), &|o| {
+                    o.insert("since".into(), json!(null));
+                }),
+                "does not follow the sync API contract",
+            ),
+            (
+                edit(snapshot_end_op(2, 1), &|o| {
+                    o.insert("since".into(), json!(1.5));
+                }),
+                "does not follow the sync API contract",
+            ),
+            (
+                edit(snapshot_end_op(2, 1), &|o| {
+                    o.insert("since".into(), json!(2));
+                }),
+                "`since` 2 is not below the snapshot_end's own seq 2",
+            ),
+            (
+                edit(snapshot_end_op(2, 1), &|o| {
+                    o.insert("since".into(), json!(u64::MAX));
+                }),
+                "is above 9223372036854775807",
+            ),
+        ];
+        for (body, needle) in cases {
+            refused(body, needle);
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! The reference receiver of binsync's sync API (docs/sync-api.md, contract versions 1 and 2):
+//! The reference receiver of binsync's sync API (docs/sync-api.md, contract versions 1 to 3):
 //! an HTTP server that applies the batches binsync POSTs to an SQLite database with the
 //! contract's apply rule. `binsync receive` is a thin call into [`serve`] and [`dump`]; tests and benchmarks use
 //! it to stand in for a real service. This crate does not depend on binsync: it knows the
@@ -34,8 +34,12 @@
 //!   type's floor to S (the highest kept), deletes every row of the type last written below
 //!   S, and makes every later-arriving operation on the type at or below S stale; a ddl keeps
 //!   the type's newest definition. Any arrival order ends in the same state.
-//! - Versions 1 and 2 are accepted; a version 1 body holding a version 2 operation, or an
-//!   `X-Binsync-Contract` header differing from the body's version, is refused with 400.
+//! - The initial snapshot (version 3): a read is applied as an upsert of the whole row under
+//!   the same guard as an insert; a snapshot_end with `since` X sets the floor as a truncate
+//!   at X would, removing the rows last written below X (deleted on the source unseen).
+//! - Versions 1, 2 and 3 are accepted; a body holding an operation of a later version than
+//!   its own, or an `X-Binsync-Contract` header differing from the body's version, is refused
+//!   with 400.
 //! - Memory stays bounded: entities live in SQLite (8 MiB page cache), bodies are capped at
 //!   `max_body_bytes` (also after gunzip) and only as many are processed at once as fit twice
 //!   in [`BODY_MEMORY`].
@@ -61,7 +65,8 @@ use crate::store::Store;
 /// the part of this receiver to copy into a service's own database.
 pub mod sql {
     pub use crate::store::{
-        APPLY_DDL, APPLY_FLOOR, APPLY_KEYED, APPLY_KEYLESS, DELETE_BELOW_FLOOR, SCHEMA,
+        APPLY_DDL, APPLY_FLOOR, APPLY_KEYED, APPLY_KEYLESS, APPLY_KEYLESS_READ, DELETE_BELOW_FLOOR,
+        SCHEMA,
     };
 }
 
@@ -312,7 +317,8 @@ pub async fn run(
 /// "values": {...}}}}}`; a deleted entity is `{"seq": N, "deleted": true}`. Rows of a keyless
 /// table also carry `"copies": N`, the number of identical rows (0 when deleted). Once a
 /// version 2 operation was applied, `"types": {"<entity>": {"floor": {...}, "definition":
-/// {...}}}` shows each type's floor (the truncate or drop that set it) and newest definition.
+/// {...}}}` shows each type's floor (the truncate, drop or snapshot_end that set it) and
+/// newest definition.
 pub fn dump(state_dir: &Path) -> Result<serde_json::Value, ReceiveError> {
     // Dropped at the end: the database closes, then the lock is released.
     Store::open_existing(state_dir)?.dump()

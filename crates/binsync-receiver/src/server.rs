@@ -283,7 +283,7 @@ async fn post(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             _ => {
                 return refuse(
                     StatusCode::BAD_REQUEST,
-                    format!("X-Binsync-Contract `{v}` is not supported: this receiver implements contracts 1 and 2"),
+                    format!("X-Binsync-Contract `{v}` is not supported: this receiver implements contracts 1, 2 and 3"),
                 )
             }
         },

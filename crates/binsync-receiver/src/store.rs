@@ -2,7 +2,8 @@
 //! as SQL, and the counters behind `GET /stats` and `dump`.
 //!
 //! This file is meant to be copied: [`SCHEMA`], [`APPLY_KEYED`], [`APPLY_KEYLESS`],
-//! [`APPLY_FLOOR`], [`DELETE_BELOW_FLOOR`] and [`APPLY_DDL`] are the whole apply rule
+//! [`APPLY_KEYLESS_READ`], [`APPLY_FLOOR`], [`DELETE_BELOW_FLOOR`] and [`APPLY_DDL`] are the
+//! whole apply rule
 //! (docs/sync-api.md quotes them), and [`Store::apply`] shows how a batch runs through them in
 //! one transaction.
 //!
@@ -23,6 +24,10 @@
 //!   gone), and applying a floor deletes every `entities` row of the type below it, tombstones
 //!   included (the floor guards what they guarded). Rows above it were written after the
 //!   truncate and stay. Both sides are maxima, so any arrival order ends in the same state.
+//!   A snapshot_end (contract v3) with `since` X is a floor at X, as a truncate at `seq` X
+//!   would be, and removes the rows written at or below X: every row of the type the source
+//!   still has was sent above X.
+//! - A read (contract v3) is an upsert of the whole row, guarded like an insert.
 //! - Per entity type, `definitions` keeps the newest ddl by `seq`, judged against the stored
 //!   definition only: a floor does not make a ddl stale, since a truncate leaves the
 //!   definition as it was (a floor of a drop tells a reader the table is gone when its `seq`
@@ -65,12 +70,13 @@ macro_rules! type_tables {
         "
 CREATE TABLE floors (
     entity    TEXT    PRIMARY KEY,  -- entity type
-    seq       INTEGER NOT NULL,     -- highest seq of a truncate or drop applied: every operation
-                                    -- on the type at or below it is stale
-    op        TEXT    NOT NULL,     -- 'truncate' or 'drop': which one set it
+    seq       INTEGER NOT NULL,     -- highest seq of a truncate or drop applied, or since of a
+                                    -- snapshot_end: every operation on the type at or below it
+                                    -- is stale
+    op        TEXT    NOT NULL,     -- 'truncate', 'drop' or 'snapshot_end': which one set it
     db        TEXT    NOT NULL,
     tbl       TEXT    NOT NULL,
-    statement TEXT    NOT NULL
+    statement TEXT    NOT NULL      -- '' for a snapshot_end
 );
 CREATE TABLE definitions (
     entity    TEXT    PRIMARY KEY,  -- entity type
@@ -117,7 +123,7 @@ const TYPE_TABLES: &str = type_tables!();
 
 /// The apply rule for a table with a primary key: an upsert guarded by `seq`.
 ///
-/// insert, update: `:copies` = 1, `:row` = `after`; delete: `:copies` = 0, `:row` = NULL (the
+/// insert, update, read: `:copies` = 1, `:row` = `after`; delete: `:copies` = 0, `:row` = NULL (the
 /// tombstone keeps the delete's `seq`, so a replayed older insert stays deleted). No row
 /// changed (`changes() = 0`): the stored `seq` is as high or higher, or the type's floor (a
 /// truncate or drop) is, and the operation is stale.
@@ -150,8 +156,23 @@ ON CONFLICT (entity, id) DO UPDATE
        row_json = CASE WHEN max(entities.copies - :remove, 0) + :add > 0 THEN :row END
  WHERE entities.seq < excluded.seq";
 
-/// truncate, drop (contract v2): raise the entity type's floor to the operation's `seq`.
-/// `:op` is `truncate` or `drop`. No row changed: the floor is as high or higher already, the
+/// A read (contract v3) of a table without a primary key: the snapshot pages such a table by
+/// a unique key, so an identity is read at most once and has exactly one row as of the read.
+/// It sets the count to 1 (an upsert, like [`APPLY_KEYED`]), whatever copies were counted
+/// before: adding one, as an insert does, would count twice a row that a binlog insert after
+/// the snapshot began, or an earlier life of the sender, counted already. Same guards.
+pub const APPLY_KEYLESS_READ: &str = "
+INSERT INTO entities (entity, id, seq, copies, keyless, row_json)
+SELECT :entity, :id, :seq, 1, 1, :row
+ WHERE :seq > (SELECT coalesce(max(seq), 0) FROM floors WHERE entity = :entity)
+ON CONFLICT (entity, id) DO UPDATE
+   SET seq = excluded.seq, copies = 1, keyless = 1, row_json = excluded.row_json
+ WHERE entities.seq < excluded.seq";
+
+/// truncate, drop (contract v2): raise the entity type's floor to the operation's `seq`;
+/// snapshot_end (contract v3): to its `since` (then [`DELETE_BELOW_FLOOR`] runs with
+/// `since` plus one: a row written at `since` goes too). `:op` is `truncate`, `drop` or `snapshot_end`
+/// (whose `:statement` is ''). No row changed: the floor is as high or higher already, the
 /// operation is stale (the rows it removes are gone). Otherwise run [`DELETE_BELOW_FLOOR`].
 pub const APPLY_FLOOR: &str = "
 INSERT INTO floors (entity, seq, op, db, tbl, statement)
@@ -527,7 +548,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Per entity type, its floor (`{"seq", "op", "db", "table", "statement"}`) and its newest
+    /// Per entity type, its floor (`{"seq", "op", "db", "table", "statement"}`, no `statement`
+    /// when a snapshot_end set it, `seq` then its `since`) and its newest
     /// definition (`{"seq", "db", "table", "statement", "columns", "key"}`), where it has one.
     fn dump_types(&self, conn: &Connection) -> Result<Map<String, Value>, ReceiveError> {
         let corrupt = |detail: String| ReceiveError::Corrupt {
@@ -551,13 +573,17 @@ impl Store {
         while let Some(row) = rows.next().map_err(db)? {
             let read = |e: rusqlite::Error| corrupt(format!("a floors row: {e}"));
             let entity: String = row.get(0).map_err(read)?;
-            let floor = serde_json::json!({
+            let mut floor = serde_json::json!({
                 "seq": row.get::<_, i64>(1).map_err(read)?,
                 "op": row.get::<_, String>(2).map_err(read)?,
                 "db": row.get::<_, String>(3).map_err(read)?,
                 "table": row.get::<_, String>(4).map_err(read)?,
-                "statement": row.get::<_, String>(5).map_err(read)?,
             });
+            // A snapshot_end has no statement.
+            let statement: String = row.get(5).map_err(read)?;
+            if floor["op"] != "snapshot_end" {
+                floor["statement"] = Value::String(statement);
+            }
             put(entity, "floor", floor);
         }
         let mut defs = conn
@@ -595,14 +621,23 @@ fn apply_op(tx: &rusqlite::Transaction<'_>, entity: &str, op: &Op<'_>) -> rusqli
     // batch::parse refused any seq above i64::MAX.
     let seq = op.seq as i64;
     match op.kind {
-        OpKind::Truncate | OpKind::Drop => {
+        OpKind::Truncate | OpKind::Drop | OpKind::SnapshotEnd => {
+            // A snapshot_end sets the floor to its `since` X (batch::parse checked X is below
+            // its own seq, so X + 1 fits) and removes the rows written at or below X: none of
+            // them was sent by the snapshot, and an operation at X is stale under the floor,
+            // so keeping a row at X would depend on arrival order. A truncate's own seq is
+            // its own: no row is at it.
+            let (floor, below) = match op.since {
+                Some(x) => (x as i64, x as i64 + 1),
+                None => (seq, seq),
+            };
             let raised = tx.prepare_cached(APPLY_FLOOR)?.execute(named_params! {
-                ":entity": entity, ":seq": seq, ":op": op.kind.as_str(), ":db": &*op.db,
+                ":entity": entity, ":seq": floor, ":op": op.kind.as_str(), ":db": &*op.db,
                 ":tbl": &*op.table, ":statement": op.statement.as_deref().unwrap_or_default(),
             })?;
             if raised > 0 {
                 tx.prepare_cached(DELETE_BELOW_FLOOR)?
-                    .execute(named_params! { ":entity": entity, ":seq": seq })?;
+                    .execute(named_params! { ":entity": entity, ":seq": below })?;
             }
             return Ok(raised > 0);
         }
@@ -616,7 +651,7 @@ fn apply_op(tx: &rusqlite::Transaction<'_>, entity: &str, op: &Op<'_>) -> rusqli
             })?;
             return Ok(changed > 0);
         }
-        OpKind::Insert | OpKind::Update | OpKind::Delete => {}
+        OpKind::Insert | OpKind::Update | OpKind::Delete | OpKind::Read => {}
     }
     if !op.keyless {
         let (copies, row) = match op.kind {
@@ -636,6 +671,14 @@ fn apply_op(tx: &rusqlite::Transaction<'_>, entity: &str, op: &Op<'_>) -> rusqli
         Ok(changed > 0)
     };
     match op.kind {
+        OpKind::Read => {
+            let changed = tx
+                .prepare_cached(APPLY_KEYLESS_READ)?
+                .execute(named_params! {
+                    ":entity": entity, ":id": &*op.id, ":seq": seq, ":row": image(op.after),
+                })?;
+            Ok(changed > 0)
+        }
         OpKind::Insert => count(&op.id, 0, 1, image(op.after)),
         OpKind::Delete => count(&op.id, 1, 0, image(op.before)),
         _ => {
@@ -741,10 +784,16 @@ mod tests {
         envelope(batch_id, "products", ops)
     }
 
-    /// Version 2 when an operation has no `id` (a ddl, truncate or drop), else version 1.
+    /// Version 3 when an operation is a read or snapshot_end, else version 2 when one has no
+    /// `id` (a ddl, truncate or drop), else version 1.
     fn envelope(batch_id: &str, entity: &str, ops: Vec<Value>) -> Vec<u8> {
         let seqs = ops.iter().map(|o| o["seq"].as_u64().unwrap());
-        let version = if ops.iter().all(|o| o.get("id").is_some()) {
+        let version = if ops
+            .iter()
+            .any(|o| o["op"] == "read" || o["op"] == "snapshot_end")
+        {
+            3
+        } else if ops.iter().all(|o| o.get("id").is_some()) {
             1
         } else {
             2
@@ -1428,5 +1477,191 @@ mod tests {
         store.close().unwrap();
         let again = Store::open_existing(dir.path()).unwrap();
         assert_eq!(again.stats().rejected, 1, "counters are written at close");
+    }
+
+    /// A read of `products` (contract v3): an insert's fields without `row`.
+    fn read(seq: u64, id: i64, price: i64) -> Value {
+        let mut v = row(seq, "insert", id, price);
+        v["op"] = "read".into();
+        v.as_object_mut().unwrap().remove("row");
+        v
+    }
+
+    /// A snapshot_end of `entity` (contract v3).
+    fn snapshot_end(seq: u64, since: u64, entity: &str) -> Value {
+        serde_json::json!({"seq": seq, "op": "snapshot_end", "db": "shop", "table": entity,
+            "entity": entity, "gtid": null, "ts": "2026-11-24T07:37:31Z", "file": "f.000001",
+            "offset": 4, "since": since})
+    }
+
+    #[test]
+    fn a_read_is_an_upsert_of_the_whole_row_under_the_seq_guard() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // id 1 changed after the chunk's position (binlog update at 20, in another lane);
+        // id 2 was deleted there; id 3 exists already from an earlier life.
+        apply(
+            &store,
+            &envelope(
+                "a",
+                "products",
+                vec![
+                    row(3, "insert", 3, 1),
+                    row(20, "update", 1, 99),
+                    row(21, "delete", 2, 0),
+                ],
+            ),
+        );
+        let r = apply(
+            &store,
+            &envelope(
+                "b",
+                "products",
+                vec![
+                    read(11, 1, 10),
+                    read(12, 2, 20),
+                    read(13, 3, 30),
+                    read(14, 4, 40),
+                ],
+            ),
+        );
+        // 11 and 12 are below ids 1 and 2's seq: stale; 13 overwrites id 3; 14 creates id 4.
+        assert_eq!(counted(r), (2, 2));
+        assert_eq!(
+            prices(&store),
+            serde_json::json!({"{\"id\":1}": 99, "{\"id\":3}": 30, "{\"id\":4}": 40})
+        );
+        let dump = store.dump().unwrap();
+        assert_eq!(dump["entities"]["products"]["{\"id\":2}"]["deleted"], true);
+        assert_eq!(dump["entities"]["products"]["{\"id\":4}"]["seq"], 14);
+        // A later binlog delete goes over a read as over an insert; a replay of the read is
+        // stale.
+        apply(
+            &store,
+            &envelope("c", "products", vec![row(15, "delete", 4, 0)]),
+        );
+        let again = apply(&store, &envelope("d", "products", vec![read(14, 4, 40)]));
+        assert_eq!(counted(again), (0, 1));
+        assert_eq!(
+            prices(&store),
+            serde_json::json!({"{\"id\":1}": 99, "{\"id\":3}": 30})
+        );
+    }
+
+    #[test]
+    fn a_snapshot_end_deletes_rows_below_since_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // From an earlier life: ids 1..=4 at seqs 1..=4 and a tombstone of id 5. The snapshot
+        // began at 10 and re-read ids 2 (at 11) and 3 (at 12); id 4 was last written at 10,
+        // the seq before the snapshot (not above since: the snapshot_end removes it, and a
+        // late copy of that update is stale); id 6 was inserted at 13; ids 1 and 4 are gone
+        // from the source, deleted while binsync was away.
+        let ops = vec![
+            row(1, "insert", 1, 1),
+            row(2, "insert", 2, 2),
+            row(3, "insert", 3, 3),
+            row(4, "insert", 4, 4),
+            row(5, "delete", 5, 0),
+            row(10, "update", 4, 44),
+        ];
+        apply(&store, &envelope("a", "products", ops));
+        let ops = vec![
+            read(11, 2, 22),
+            read(12, 3, 33),
+            row(13, "insert", 6, 66),
+            snapshot_end(14, 10, "products"),
+        ];
+        assert_eq!(
+            counted(apply(&store, &envelope("b", "products", ops))),
+            (4, 0)
+        );
+        assert_eq!(
+            prices(&store),
+            serde_json::json!({"{\"id\":2}": 22, "{\"id\":3}": 33, "{\"id\":6}": 66})
+        );
+        let dump = store.dump().unwrap();
+        // The tombstone of id 5 went too: the floor guards it now.
+        assert_eq!(dump["entities"]["products"].as_object().unwrap().len(), 3);
+        assert_eq!(
+            dump["types"]["products"]["floor"],
+            serde_json::json!({"seq": 10, "op": "snapshot_end", "db": "shop",
+                "table": "products"})
+        );
+        // Late operations at or below the floor are stale: an insert of id 1 still on its
+        // way, a read of a chunk sent before, the snapshot_end again, and an older one.
+        let late = vec![
+            row(7, "insert", 1, 1),
+            read(9, 7, 77),
+            row(10, "update", 4, 44),
+            snapshot_end(14, 10, "products"),
+        ];
+        assert_eq!(
+            counted(apply(&store, &envelope("c", "products", late))),
+            (0, 4)
+        );
+        let older = apply(
+            &store,
+            &envelope("d", "products", vec![snapshot_end(6, 5, "products")]),
+        );
+        assert_eq!(counted(older), (0, 1));
+        // An operation above the floor is applied as usual.
+        let newer = apply(
+            &store,
+            &envelope("e", "products", vec![row(15, "insert", 1, 11)]),
+        );
+        assert_eq!(counted(newer), (1, 0));
+        assert_eq!(prices(&store).as_object().unwrap().len(), 4);
+        // A truncate above it takes the floor on, a snapshot_end not above it changes nothing.
+        apply(
+            &store,
+            &envelope("f", "products", vec![on_type(16, "truncate", "products")]),
+        );
+        let under = apply(
+            &store,
+            &envelope("g", "products", vec![snapshot_end(17, 16, "products")]),
+        );
+        assert_eq!(counted(under), (0, 1));
+        assert_eq!(
+            store.dump().unwrap()["types"]["products"]["floor"]["op"],
+            "truncate"
+        );
+        assert_eq!(prices(&store), serde_json::json!({}));
+    }
+
+    /// A keyless table's read sets the identity's count to one: the snapshot read the row
+    /// once (it pages by a unique key), whatever was counted before.
+    #[test]
+    fn a_keyless_read_sets_one_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let x = Some((1, "x"));
+        let y = Some((2, "y"));
+        // Inserted in the binlog after the snapshot began (seq 5), then read at 6; y read at 7.
+        apply(
+            &store,
+            &envelope("a", "tags", vec![keyless(5, "insert", None, x)]),
+        );
+        let mut rx = keyless(6, "insert", None, x);
+        rx["op"] = "read".into();
+        rx.as_object_mut().unwrap().remove("row");
+        let mut ry = keyless(7, "insert", None, y);
+        ry["op"] = "read".into();
+        ry.as_object_mut().unwrap().remove("row");
+        let r = apply(&store, &envelope("b", "tags", vec![rx.clone(), ry]));
+        assert_eq!(counted(r), (2, 0));
+        assert_eq!(
+            copies(&store),
+            serde_json::json!({"{\"n\":1,\"s\":\"x\"}": 1, "{\"n\":2,\"s\":\"y\"}": 1})
+        );
+        // A replay of the read counts nothing.
+        assert_eq!(
+            counted(apply(&store, &envelope("c", "tags", vec![rx]))),
+            (0, 1)
+        );
+        assert_eq!(
+            copies(&store)["{\"n\":1,\"s\":\"x\"}"],
+            serde_json::json!(1)
+        );
     }
 }

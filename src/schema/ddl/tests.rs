@@ -269,3 +269,204 @@ fn alters_that_leave_the_columns_alone_are_followed() {
         assert!(apply(&mut c, "s", sql).is_err(), "{sql}");
     }
 }
+
+fn uniques(c: &Catalog, t: &str) -> Vec<(String, Vec<String>)> {
+    c.table("s", t)
+        .unwrap()
+        .unique
+        .iter()
+        .map(|u| (u.name.clone(), u.columns.clone()))
+        .collect()
+}
+
+fn key(c: &Catalog, t: &str) -> Vec<String> {
+    c.table("s", t).unwrap().key().to_vec()
+}
+
+fn u(name: &str, cols: &[&str]) -> (String, Vec<String>) {
+    (
+        name.to_string(),
+        cols.iter().map(|c| c.to_string()).collect(),
+    )
+}
+
+/// Without a PRIMARY KEY the id is the first unique key over NOT NULL whole columns, in the
+/// server's order of keys (checked on MariaDB 10.11: `SHOW CREATE TABLE`'s order, and the
+/// key information_schema marks `PRI` and FULL metadata names).
+#[test]
+fn create_tracks_unique_keys_and_the_promoted_one_is_the_key() {
+    let mut c = Catalog::default();
+    run(
+        &mut c,
+        "CREATE TABLE u (a INT NOT NULL, b VARCHAR(10), c INT NULL, \
+         UNIQUE KEY nullable (c), UNIQUE KEY ua (a))",
+    );
+    // NOT NULL keys first, as the server stores them.
+    assert_eq!(uniques(&c, "u"), [u("ua", &["a"]), u("nullable", &["c"])]);
+    assert!(c.table("s", "u").unwrap().pk.is_empty());
+    assert_eq!(key(&c, "u"), ["a"]);
+    assert_eq!(c.table("s", "u").unwrap().key_indexes(), [0]);
+
+    // A column's UNIQUE where the column is, named after it; the first NOT NULL one wins.
+    run(
+        &mut c,
+        "CREATE TABLE v (b INT NOT NULL, c INT NOT NULL UNIQUE, a INT NOT NULL, UNIQUE (b))",
+    );
+    assert_eq!(uniques(&c, "v"), [u("c", &["c"]), u("b", &["b"])]);
+    assert_eq!(key(&c, "v"), ["c"]);
+
+    // Prefix keys and long uniques (USING HASH, a TEXT without prefix) are never promoted.
+    run(
+        &mut c,
+        "CREATE TABLE w (v VARCHAR(20) NOT NULL, t TEXT NOT NULL, h INT NOT NULL, w INT NOT NULL, \
+         UNIQUE pv (v(5)), UNIQUE ut (t), UNIQUE uh (h) USING HASH, CONSTRAINT cw UNIQUE (w, h))",
+    );
+    assert_eq!(key(&c, "w"), ["w", "h"]);
+    assert_eq!(
+        uniques(&c, "w"),
+        [
+            u("cw", &["w", "h"]),
+            u("pv", &["v"]),
+            u("ut", &["t"]),
+            u("uh", &["h"])
+        ]
+    );
+    // Nothing promotable: no key, the id is the row.
+    run(
+        &mut c,
+        "CREATE TABLE x (a INT, b VARCHAR(5) NOT NULL, UNIQUE (a), UNIQUE (b(2)))",
+    );
+    assert!(key(&c, "x").is_empty());
+    // A PRIMARY KEY is the key, whatever the unique keys.
+    run(
+        &mut c,
+        "CREATE TABLE y (a INT NOT NULL UNIQUE, b INT NOT NULL PRIMARY KEY)",
+    );
+    assert_eq!(key(&c, "y"), ["b"]);
+    assert_eq!(uniques(&c, "y"), [u("a", &["a"])]);
+    // LIKE copies them.
+    run(&mut c, "CREATE TABLE z LIKE u");
+    assert_eq!(uniques(&c, "z"), uniques(&c, "u"));
+    assert_eq!(key(&c, "z"), ["a"]);
+}
+
+#[test]
+fn unique_keys_added_and_dropped_change_the_key() {
+    let mut c = Catalog::default();
+    run(
+        &mut c,
+        "CREATE TABLE t (a INT NOT NULL, b INT NOT NULL, z INT NOT NULL)",
+    );
+    assert!(key(&c, "t").is_empty());
+    let e = run(&mut c, "ALTER TABLE t ADD UNIQUE KEY ub (b)");
+    assert_eq!(
+        e,
+        vec![Effect::Altered {
+            db: "s".into(),
+            table: "t".into()
+        }]
+    );
+    assert_eq!(key(&c, "t"), ["b"]);
+    run(&mut c, "ALTER TABLE t ADD CONSTRAINT k2 UNIQUE KEY k3 (a)");
+    run(&mut c, "ALTER TABLE t ADD UNIQUE (a), ADD UNIQUE (a)");
+    assert_eq!(
+        uniques(&c, "t"),
+        [
+            u("ub", &["b"]),
+            u("k3", &["a"]),
+            u("a", &["a"]),
+            u("a_2", &["a"])
+        ]
+    );
+    run(&mut c, "ALTER TABLE t DROP INDEX ub");
+    assert_eq!(key(&c, "t"), ["a"]);
+    // DROP KEY, RENAME INDEX and IF [NOT] EXISTS, which sqlparser does not read.
+    run(&mut c, "ALTER TABLE t DROP KEY k3, RENAME INDEX a TO first");
+    assert_eq!(uniques(&c, "t"), [u("first", &["a"]), u("a_2", &["a"])]);
+    run(
+        &mut c,
+        "ALTER TABLE t ADD UNIQUE INDEX IF NOT EXISTS first (z), ADD UNIQUE KEY IF NOT EXISTS uz (z)",
+    );
+    assert_eq!(
+        uniques(&c, "t"),
+        [u("first", &["a"]), u("a_2", &["a"]), u("uz", &["z"])]
+    );
+    run(
+        &mut c,
+        "ALTER TABLE t DROP INDEX IF EXISTS nope, DROP CONSTRAINT first, DROP INDEX a_2",
+    );
+    assert_eq!(key(&c, "t"), ["z"]);
+    // CREATE UNIQUE INDEX / DROP INDEX ... ON.
+    run(&mut c, "CREATE UNIQUE INDEX ci ON t (b, a)");
+    run(&mut c, "DROP INDEX uz ON t");
+    assert_eq!(key(&c, "t"), ["b", "a"]);
+    // Dropping an index that is no key changes nothing, and says so.
+    let before = c.clone();
+    assert!(run(&mut c, "DROP INDEX plain ON t").is_empty());
+    assert_eq!(c, before);
+    // A unique column added, and a PRIMARY KEY over it all.
+    run(
+        &mut c,
+        "ALTER TABLE t ADD COLUMN n INT NOT NULL UNIQUE FIRST",
+    );
+    assert_eq!(key(&c, "t"), ["b", "a"]);
+    run(&mut c, "ALTER TABLE t ADD PRIMARY KEY (n)");
+    assert_eq!(key(&c, "t"), ["n"]);
+    run(&mut c, "ALTER TABLE t DROP INDEX `PRIMARY`");
+    assert_eq!(key(&c, "t"), ["b", "a"]);
+}
+
+#[test]
+fn dropped_and_renamed_columns_leave_or_follow_their_unique_keys() {
+    let mut c = Catalog::default();
+    run(
+        &mut c,
+        "CREATE TABLE t (a INT NOT NULL, b INT NOT NULL, c INT NOT NULL, UNIQUE cc (c), UNIQUE ab (a, b))",
+    );
+    assert_eq!(key(&c, "t"), ["c"]);
+    run(&mut c, "ALTER TABLE t CHANGE c z INT NOT NULL");
+    assert_eq!(uniques(&c, "t"), [u("cc", &["z"]), u("ab", &["a", "b"])]);
+    assert_eq!(key(&c, "t"), ["z"]);
+    run(&mut c, "ALTER TABLE t RENAME COLUMN a TO x");
+    assert_eq!(uniques(&c, "t")[1], u("ab", &["x", "b"]));
+    // A column's only key goes with it.
+    run(&mut c, "ALTER TABLE t DROP COLUMN z");
+    assert_eq!(uniques(&c, "t"), [u("ab", &["x", "b"])]);
+    assert_eq!(key(&c, "t"), ["x", "b"]);
+    assert_eq!(c.table("s", "t").unwrap().key_indexes(), [0, 1]);
+}
+
+/// MODIFY ... NULL / NOT NULL changes which key the server promotes; keys keep the order the
+/// server stored them in (an older NOT NULL key stays ahead of one whose column became NOT
+/// NULL), as MariaDB 10.11 does.
+#[test]
+fn nullability_changes_move_the_key() {
+    let mut c = Catalog::default();
+    run(
+        &mut c,
+        "CREATE TABLE u (a INT NOT NULL, b VARCHAR(10), c INT NULL, \
+         UNIQUE KEY nullable (c), UNIQUE KEY ua (a))",
+    );
+    run(&mut c, "ALTER TABLE u MODIFY c INT NOT NULL");
+    assert_eq!(key(&c, "u"), ["a"]);
+    assert_eq!(uniques(&c, "u"), [u("ua", &["a"]), u("nullable", &["c"])]);
+    run(&mut c, "ALTER TABLE u MODIFY a INT NULL");
+    assert_eq!(key(&c, "u"), ["c"]);
+    assert_eq!(uniques(&c, "u"), [u("nullable", &["c"]), u("ua", &["a"])]);
+    run(&mut c, "ALTER TABLE u MODIFY c INT");
+    assert!(key(&c, "u").is_empty());
+    run(
+        &mut c,
+        "ALTER TABLE u CHANGE b b VARCHAR(10) NOT NULL UNIQUE",
+    );
+    assert_eq!(key(&c, "u"), ["b"]);
+}
+
+/// Versions written before unique keys were tracked read as tables without them.
+#[test]
+fn a_stored_version_without_unique_keys_still_reads() {
+    let old = r#"{"db":"s","name":"t","columns":[],"pk":["id"],"complete":true}"#;
+    let t: Table = serde_json::from_str(old).unwrap();
+    assert!(t.unique.is_empty());
+    assert_eq!(t.key(), ["id"]);
+}

@@ -247,8 +247,9 @@ pub fn merge_ops(earlier: &[u8], later: &[u8]) -> Vec<u8> {
     let (fk, lk) = (kind(&first), kind(&last));
     let merged = if lk == "delete" {
         "delete"
-    } else if fk == "insert" || lk == "insert" {
-        // The row was (re)created within the batch.
+    } else if fk == "insert" || lk == "insert" || fk == "read" || lk == "read" {
+        // The row was (re)created within the batch, or read whole by the snapshot: the
+        // receiver applies the result as a whole row.
         "insert"
     } else {
         "update"

@@ -39,7 +39,7 @@ pub use self::send::replay_dead_letters;
 use self::send::{error_chain, lane, Handled, LaneResult};
 use super::ledger::{Ack, Ledger, Mark};
 use super::SinkError;
-use crate::change::Chunk;
+use crate::change::{Chunk, Op};
 use crate::dlq::Dlq;
 use crate::shutdown::Shutdown;
 
@@ -71,14 +71,14 @@ pub struct HttpConfig {
     /// `--sink-ca`: the only CAs trusted for an https sink (None: the public roots).
     pub ca: Option<SinkCa>,
     /// The sync API contract version of the bodies (`version`) and of the
-    /// `X-Binsync-Contract` header: 2 (the default) when DDL operations are emitted
-    /// (`--on-ddl emit`), 1 otherwise, for receivers that know only version 1 (docs/sync-api.md,
-    /// Versioning). Version 1 bodies cannot carry ddl, truncate or drop.
+    /// `X-Binsync-Contract` header: the lowest that carries what the run may emit (3 with
+    /// snapshot rows, 2 with DDL operations (`--on-ddl emit`), else 1), for receivers that
+    /// know only older versions (docs/sync-api.md, Versioning).
     pub contract: u8,
 }
 
 /// The newest sync API contract version this sink writes; [`HttpConfig::contract`]'s default.
-pub const CONTRACT_VERSION: u8 = 2;
+pub const CONTRACT_VERSION: u8 = 3;
 
 /// `--sink-ca FILE`, read and parsed at start-up.
 #[derive(Clone)]
@@ -419,14 +419,16 @@ pub async fn run(
 }
 
 /// Why `chunk` cannot go into a body of version `contract`: a version 1 body carries row
-/// operations only.
+/// operations only, version 2 adds ddl, truncate and drop, version 3 read and snapshot_end.
 fn unsendable(chunk: &Chunk, contract: u8) -> Option<SinkError> {
-    if contract >= 2 {
-        return None;
-    }
-    let c = chunk.changes.iter().find(|c| !c.op.is_row())?;
+    let needs = |op: Op| match op {
+        Op::Insert | Op::Update | Op::Delete => 1,
+        Op::Ddl | Op::Truncate | Op::Drop => 2,
+        Op::Read | Op::SnapshotEnd => 3,
+    };
+    let c = chunk.changes.iter().find(|c| needs(c.op) > contract)?;
     Some(SinkError::Contract(format!(
-        "sends contract version {contract} bodies, which cannot carry the `{}` operation at seq {} (entity type `{}`): the run's settings disagree (DDL operations are emitted only with --on-ddl emit, which sends version 2)",
+        "sends contract version {contract} bodies, which cannot carry the `{}` operation at seq {} (entity type `{}`): the run's settings disagree (DDL operations are emitted only with --on-ddl emit, which sends version 2; snapshot rows only without --snapshot never, which sends version 3)",
         c.op.as_str(),
         c.seq,
         c.entity
@@ -604,11 +606,11 @@ mod tests {
     async fn body_and_header_carry_the_configured_contract_version() {
         assert_eq!(
             HttpConfig::new("http://x".into()).contract,
-            2,
+            3,
             "the default"
         );
         let (url, seen) = capture();
-        for (contract, ddl) in [(2, true), (2, false), (1, false)] {
+        for (contract, ddl) in [(3, true), (2, true), (2, false), (1, false)] {
             seen.lock().unwrap().clear();
             let (res, acked) = run_sink(&url, contract, vec![chunk(ddl)]).await;
             res.unwrap();
@@ -642,7 +644,7 @@ mod tests {
         );
         assert_eq!(acked, 0);
         assert!(seen.lock().unwrap().is_empty());
-        let (res, _) = run_sink(&url, 3, vec![chunk(false)]).await;
+        let (res, _) = run_sink(&url, 4, vec![chunk(false)]).await;
         assert!(matches!(res, Err(SinkError::Contract(_))));
     }
 
