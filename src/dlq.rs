@@ -85,6 +85,11 @@ impl Dlq {
         Ok(dlq)
     }
 
+    /// How many entries wait.
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
     fn write_err(&self, e: sled::Error) -> DlqError {
         if let sled::Error::Io(io) = &e {
             if is_disk_full(io) {

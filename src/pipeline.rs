@@ -294,6 +294,8 @@ async fn run_once(
         };
         runner = Some(tokio::spawn(r.run(snapshot_tables)));
     }
+    let handed_on = source.handed_on.clone();
+    let dead_before = Dlq::open(&checkpointer_store).map_or(0, |d| d.len());
     let source_result = source.run(conn, plan.point, decoder, chunk_tx).await;
     if let Some(r) = runner {
         // Its state moves only with the checkpoint: nothing is lost by ending it here.
@@ -308,10 +310,31 @@ async fn run_once(
     sink_result?;
     let delivered = cp_result?;
     let outcome = source_result?;
-    tracing::info!(
-        changes = delivered,
-        "stopped; everything read was delivered and checkpointed"
-    );
+    let read = handed_on.load(std::sync::atomic::Ordering::Relaxed);
+    let dead = Dlq::open(&checkpointer_store)
+        .map_or(0, |d| d.len())
+        .saturating_sub(dead_before);
+    // Only what the sink confirmed counts as delivered; the rest is said as it is.
+    if read > delivered {
+        tracing::warn!(
+            delivered,
+            undelivered = read - delivered,
+            "stopped; changes read were not all delivered: the sink did not confirm {} of them, the checkpoint stays before them, and the next start sends them again",
+            crate::units::count(read - delivered)
+        );
+    } else if dead > 0 {
+        tracing::warn!(
+            delivered,
+            dead_letters = dead,
+            "stopped; everything read was checkpointed, but {} batches were rejected by the sync API and wait in the dead-letter queue (binsync dlq list)",
+            dead
+        );
+    } else {
+        tracing::info!(
+            changes = delivered,
+            "stopped; everything read was delivered and checkpointed"
+        );
+    }
     Ok(outcome)
 }
 

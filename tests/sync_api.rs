@@ -60,6 +60,11 @@ impl Binsync {
 
     /// Runs to the end of the binlog (`--exit-at-end`) and checks it exits 0.
     fn catch_up(&mut self) {
+        self.catch_up_saying();
+    }
+
+    /// [`Self::catch_up`], returning the run's stderr.
+    fn catch_up_saying(&mut self) -> String {
         let mut args = self.args.clone();
         args.push("--exit-at-end".into());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -68,6 +73,7 @@ impl Binsync {
             .wait_timeout(Duration::from_secs(300))
             .unwrap_or_else(|| panic!("catch-up did not finish: {}", p.stderr()));
         assert!(st.success(), "catch-up failed: {}", p.stderr());
+        p.stderr()
     }
 }
 
@@ -189,7 +195,13 @@ fn poisoned_batch_goes_to_the_dead_letter_queue_and_is_replayed() {
     db.sql("INSERT INTO t.items VALUES (3, 3, 'fine')");
     // One change per batch so only the poisoned one is rejected.
     let mut b = Binsync::new(&db, &state, &recv.url(), &["--batch-rows", "1"]);
-    b.catch_up();
+    let said = b.catch_up_saying();
+    // The run's last line names the dead letter; it does not say everything was delivered.
+    assert!(
+        said.contains("1 batches were rejected by the sync API")
+            && !said.contains("everything read was delivered"),
+        "{said}"
+    );
     db.sql("INSERT INTO t.items VALUES (4, 4, 'later')");
     b.catch_up();
     let (got, _) = recv.dump();
@@ -479,6 +491,43 @@ fn capture_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) 
         }
     });
     (addr, bodies)
+}
+
+/// A stop while the sync API is down: exit 0, and the last line says how many changes were
+/// not delivered and will be sent again, never that everything was; the next start sends them.
+#[test]
+fn a_stop_during_a_sink_outage_says_what_was_not_delivered() {
+    let db = MariaDb::start(ServerOpts::default());
+    db.sql(common::workload::SCHEMA);
+    let (_d, state, rstate) = tmp();
+    let mut recv = Receiver::start(&rstate, &[]);
+    let mut b = Binsync::new(&db, &state, &recv.url(), &[]);
+    b.start();
+    db.sql("INSERT INTO t.items VALUES (1, 1, 'before')");
+    wait_until(Duration::from_secs(60), "the first row delivered", || {
+        stats(&format!("http://{}/stats", recv.addr))
+            .is_some_and(|s| s["ops_applied"].as_u64().unwrap_or(0) >= 1)
+    });
+    recv.stop();
+    db.sql("INSERT INTO t.items VALUES (2, 2, 'during'), (3, 3, 'during')");
+    std::thread::sleep(Duration::from_secs(2));
+    b.proc().sigterm();
+    let st = b
+        .proc()
+        .wait_timeout(Duration::from_secs(60))
+        .expect("stops");
+    let said = b.proc().stderr();
+    assert!(st.success(), "{said}");
+    assert!(
+        said.contains("changes read were not all delivered")
+            && said.contains("undelivered=2")
+            && !said.contains("everything read was delivered"),
+        "{said}"
+    );
+    recv.restart_with(&[]);
+    b.catch_up();
+    let (got, stats) = recv.dump();
+    assert_same(&got, &source_state(&db), &stats);
 }
 
 #[test]

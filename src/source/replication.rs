@@ -60,6 +60,9 @@ pub struct Replication {
     dropped: bool,
     /// Snapshot chunks to inject, and the store their `seq` rooms are saved in.
     snapshot: Option<(Inbox, Store)>,
+    /// Changes handed to the sink so far (the run's last line compares them with the changes
+    /// the sink confirmed).
+    pub handed_on: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Replication {
@@ -79,6 +82,7 @@ impl Replication {
             written_by: None,
             dropped: false,
             snapshot: None,
+            handed_on: Default::default(),
         }
     }
 
@@ -359,7 +363,10 @@ impl Replication {
         };
         match permit {
             Ok(Ok(p)) => {
+                let changes = chunk.changes.len() as u64;
                 p.send(chunk);
+                self.handed_on
+                    .fetch_add(changes, std::sync::atomic::Ordering::Relaxed);
                 Ok(true)
             }
             // The sink may close on the stop signal before this task sees it.
