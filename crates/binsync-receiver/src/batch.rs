@@ -401,21 +401,32 @@ fn check_row_op<'a>(w: OpWire<'a>, text: &'a str) -> Result<Op<'a>, String> {
     })
 }
 
-/// snapshot_end (version 3): no row fields, no `statement`, `columns` or `key`; a `since`
-/// below its own `seq` (every row of the snapshot was sent between the two).
-fn check_snapshot_end<'a>(w: OpWire<'a>, text: &'a str) -> Result<Op<'a>, String> {
-    let fields = [
+/// The first row field `w` carries (`id`, `keyless`, `row`, `changed`, `before`, `after`),
+/// which an operation on a whole entity type must not.
+fn row_field(w: &OpWire<'_>) -> Option<&'static str> {
+    [
         ("id", w.id.is_some()),
         ("keyless", w.keyless.is_some()),
         ("row", w.row.is_some()),
         ("changed", w.changed.is_some()),
         ("before", w.before.is_some()),
         ("after", w.after.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(f, present)| present.then_some(f))
+}
+
+/// snapshot_end (version 3): no row fields, no `statement`, `columns` or `key`; a `since`
+/// below its own `seq` (every row of the snapshot was sent between the two).
+fn check_snapshot_end<'a>(w: OpWire<'a>, text: &'a str) -> Result<Op<'a>, String> {
+    let ddl_field = [
         ("statement", w.statement.is_some()),
         ("columns", w.columns.is_some()),
         ("key", w.key.is_some()),
-    ];
-    if let Some((field, _)) = fields.iter().find(|(_, present)| *present) {
+    ]
+    .into_iter()
+    .find_map(|(f, present)| present.then_some(f));
+    if let Some(field) = row_field(&w).or(ddl_field) {
         return Err(format!(
             "a snapshot_end acts on the whole entity type and must not carry `{field}`"
         ));
@@ -454,15 +465,7 @@ fn check_snapshot_end<'a>(w: OpWire<'a>, text: &'a str) -> Result<Op<'a>, String
 /// `columns` and `key` (both `null` when the table no longer exists under this name).
 fn check_type_op<'a>(w: OpWire<'a>, text: &'a str) -> Result<Op<'a>, String> {
     let kind = w.op.as_str();
-    let row_fields = [
-        ("id", w.id.is_some()),
-        ("keyless", w.keyless.is_some()),
-        ("row", w.row.is_some()),
-        ("changed", w.changed.is_some()),
-        ("before", w.before.is_some()),
-        ("after", w.after.is_some()),
-    ];
-    if let Some((field, _)) = row_fields.iter().find(|(_, present)| *present) {
+    if let Some(field) = row_field(&w) {
         return Err(format!(
             "a {kind} acts on the whole entity type and must not carry `{field}`"
         ));
