@@ -60,11 +60,13 @@ fn handed_on(state: &Path, table: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The sink's operations, parsed, in file order.
+/// The sink's operations, parsed, in file order: its complete lines (a test polling while
+/// binsync writes may see the last line half written; every complete line must parse).
 fn lines(out: &Path) -> Vec<Value> {
     std::fs::read_to_string(out)
         .unwrap_or_default()
-        .lines()
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l}: {e}")))
         .collect()
 }
