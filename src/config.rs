@@ -236,6 +236,11 @@ pub struct RunArgs {
     /// for matching tables; the first matching rule wins (repeatable).
     #[arg(long, value_name = "[PATTERN=]ACTION")]
     pub on_ddl: Vec<String>,
+    /// How often the source sends a heartbeat while it has nothing else to send, e.g. 1s,
+    /// 500ms (100ms to 1h; default 1s). A connection silent for two periods counts as dead
+    /// and is reopened; an idle binsync knows from the heartbeats that it is caught up.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub heartbeat: Option<Duration>,
     /// Stop with exit code 0 once everything up to the source's binlog end at start-up is
     /// delivered and checkpointed (and the snapshot, if one runs, is done).
     #[arg(long)]
@@ -412,6 +417,9 @@ pub struct FileConfig {
     pub ssl_cert: Option<PathBuf>,
     pub ssl_key: Option<PathBuf>,
     pub server_id: Option<u32>,
+    /// As --heartbeat, e.g. "1s".
+    #[serde(default, deserialize_with = "human_duration")]
+    pub heartbeat: Option<Duration>,
     pub state_dir: Option<PathBuf>,
     pub sink: Option<String>,
     pub start: Option<String>,
@@ -465,6 +473,8 @@ pub struct RunSettings {
     pub state_dir: PathBuf,
     pub sink: SinkSpec,
     pub start: StartSpec,
+    /// The heartbeat period the source is asked for (`--heartbeat`).
+    pub heartbeat: Duration,
     pub reset: bool,
     pub decode: DecodeConfig,
     pub exit_at_end: bool,
@@ -579,6 +589,7 @@ impl RunSettings {
             .or_else(|| file.start.clone())
             .unwrap_or_else(|| if snapshots { "latest" } else { "earliest" }.into());
         let start: StartSpec = start_text.parse().map_err(ConfigError)?;
+        let heartbeat = heartbeat_period(args.heartbeat.or(file.heartbeat))?;
         let decode = decode_config(
             &args.include,
             &args.exclude,
@@ -605,12 +616,29 @@ impl RunSettings {
             state_dir,
             sink,
             start,
+            heartbeat,
             reset: args.reset,
             decode,
             exit_at_end: args.exit_at_end,
             snapshot,
         })
     }
+}
+
+/// `--heartbeat`, within [`HEARTBEAT_RANGE`](crate::source::stream::HEARTBEAT_RANGE).
+fn heartbeat_period(period: Option<Duration>) -> Result<Duration, ConfigError> {
+    use crate::source::stream::{DEFAULT_HEARTBEAT, HEARTBEAT_RANGE};
+    let period = period.unwrap_or(DEFAULT_HEARTBEAT);
+    if !HEARTBEAT_RANGE.contains(&period) {
+        return Err(ConfigError(format!(
+            "--heartbeat {}: give a period from {} to {} (default {})",
+            humantime::format_duration(period),
+            humantime::format_duration(*HEARTBEAT_RANGE.start()),
+            humantime::format_duration(*HEARTBEAT_RANGE.end()),
+            humantime::format_duration(DEFAULT_HEARTBEAT),
+        )));
+    }
+    Ok(period)
 }
 
 fn snapshot_settings(
@@ -959,6 +987,41 @@ mod tests {
             start(None, Some("earliest")),
             (format!("{:?}", StartSpec::Earliest), true)
         );
+    }
+
+    #[test]
+    fn heartbeat_from_flag_or_file_within_bounds() {
+        let resolve = |flag: Option<&str>, file: &str| {
+            let args = RunArgs {
+                source: SourceArgs {
+                    source: Some("mysql://root@127.0.0.1:3306".into()),
+                    ..Default::default()
+                },
+                server_id: Some(1),
+                state_dir: Some("/tmp/x".into()),
+                heartbeat: flag.map(|f| humantime::parse_duration(f).unwrap()),
+                ..Default::default()
+            };
+            let file: FileConfig = toml::from_str(file).unwrap();
+            RunSettings::resolve(&args, &file).map(|s| s.heartbeat)
+        };
+        assert_eq!(resolve(None, "").unwrap(), Duration::from_secs(1));
+        assert_eq!(
+            resolve(None, "heartbeat = \"250ms\"").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            resolve(Some("2s"), "heartbeat = \"250ms\"").unwrap(),
+            Duration::from_secs(2),
+            "the flag wins"
+        );
+        for bad in ["10ms", "2h", "0s"] {
+            let e = resolve(Some(bad), "").unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("--heartbeat {bad}")) && e.contains("100ms to 1h"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -263,7 +263,8 @@ async fn run_once(
     .with_seed_gaps(gaps.unknown, gaps.pending);
     let mut decoder = decoder;
     decoder.add_reservations(reserved);
-    let replica = Replica::new(settings.server_id, &settings.state_dir);
+    let replica =
+        Replica::new(settings.server_id, &settings.state_dir).with_heartbeat(settings.heartbeat);
     let mut source = Replication::new(src.clone(), info, replica, target, shutdown.clone())
         .position_written_by(written_by);
     let mut runner = None;

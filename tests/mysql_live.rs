@@ -666,13 +666,48 @@ fn a_connection_dropped_inside_a_packet_is_resumed_without_loss_or_repeat() {
 }
 
 /// A source that stops sending, heartbeats included, is taken for dead after a silence and
-/// reconnected (binsync asks for a heartbeat a second and waits five).
+/// reconnected (binsync asks for a heartbeat a second and waits two).
 #[test]
 fn a_stalled_stream_is_reconnected() {
     reconnects_and_delivers_every_row_once(mysql_double::Faults {
         stall_after_events: Some(INSIDE_TXN_4),
         ..Default::default()
     });
+}
+
+/// A server that sends nothing while it looks for the start position (MariaDB sends not even
+/// heartbeats while it skips the transactions before a GTID start) is waited for, not taken
+/// for dead: two periods of silence count only once the stream has passed its opening
+/// events. Otherwise a scan longer than two periods would be cut, restarted at the
+/// reconnect, and cut again, for ever.
+#[test]
+fn a_silent_scan_for_the_start_is_not_taken_for_a_dead_connection() {
+    let opts = Options {
+        row_metadata: "FULL".into(),
+        faults: mysql_double::Faults {
+            stall_at_start: Some(Duration::from_millis(1500)),
+            ..Default::default()
+        },
+        ..Options::default()
+    };
+    let double = MysqlDouble::start(Profile::Mysql80, vec![fixture(ENUM_SET)], opts);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.jsonl");
+    let state = tmp.path().join("state");
+    // Silence is judged at 200 ms once the stream runs.
+    let mut p = spawn_run(&double, &state, &out, "earliest", &["--heartbeat", "100ms"]);
+    let st = p.wait_timeout(Duration::from_secs(60)).expect("run hung");
+    let err = p.stderr();
+    assert!(st.success(), "{err}");
+    assert!(!err.contains("connection lost"), "{err}");
+    let stmts = double.statements();
+    assert!(
+        stmts.iter().any(|s| s.starts_with("FAULT stall at start")),
+        "{stmts:?}"
+    );
+    assert_eq!(double.dumps(), 1, "one dump, never cut: {stmts:?}");
+    let rows = lines_without_seq(&std::fs::read_to_string(&out).unwrap_or_default());
+    assert_eq!(rows, replayed_as(ENUM_SET, "binlog.000001"));
 }
 
 /// A 1236 whose cause is a purged binlog is a definite error that says so.

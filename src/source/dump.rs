@@ -8,6 +8,15 @@
 //! read ([`Payload`], the reader `replay` uses too); a payload that does not decompress, or
 //! not to the size its header states, is a definite error naming the binlog file and the
 //! event's end position, never an empty or shortened transaction.
+//!
+//! Silence: a live stream sends a byte at least every heartbeat period, so `silence` (two
+//! periods) without one means the connection is dead, with one exception: at its start. A
+//! server asked for a GTID position first scans its binlog for it, and MariaDB sends nothing
+//! while it skips the transactions before it, not even heartbeats (`send_events` in
+//! `sql_repl.cc`); a big binlog file takes seconds. Until the stream has sent more than its
+//! opening events (ROTATE, FORMAT_DESCRIPTION, the file's GTID header), silence may last
+//! [`START_SILENCE`]: a dead connection there is noticed later, and a slow scan is never
+//! taken for one (which would restart it, and fail again, for ever).
 
 use std::time::Duration;
 
@@ -18,6 +27,7 @@ use mysql_common::binlog::EventStreamReader;
 use super::wire::{Packet, Wire};
 use super::{Result, SourceError};
 use crate::decode::frame::{Payload, CHECKSUM_LEN, HEADER_LEN};
+use crate::gtid::mariadb as maria;
 
 pub struct Dump {
     wire: Wire,
@@ -30,6 +40,21 @@ pub struct Dump {
     frame: Vec<u8>,
     /// The binlog file being streamed (from the last rotate event), for errors.
     file: String,
+    /// The stream sent an event past its opening ones (see the module docs).
+    past_start: bool,
+}
+
+/// How long a stream may be silent before it has passed its start (see the module docs).
+pub const START_SILENCE: Duration = Duration::from_secs(60);
+
+/// The events a server sends at the head of a stream, and of each file it goes through, before
+/// the first event at the position asked for.
+fn opening(event_type: u8) -> bool {
+    event_type == EventType::ROTATE_EVENT as u8
+        || event_type == EventType::FORMAT_DESCRIPTION_EVENT as u8
+        || event_type == EventType::PREVIOUS_GTIDS_EVENT as u8
+        || event_type == maria::GTID_LIST_EVENT
+        || event_type == maria::BINLOG_CHECKPOINT_EVENT
 }
 
 impl Dump {
@@ -42,11 +67,13 @@ impl Dump {
             checksums: false,
             frame: Vec::new(),
             file: String::new(),
+            past_start: false,
         }
     }
 
     /// The next event; `None` when the server ended the stream. `silence`: how long the
-    /// server may send no byte at all (it sends heartbeats when idle).
+    /// server may send no byte at all (it sends heartbeats when idle); longer at the start
+    /// (see the module docs).
     pub async fn next(&mut self, silence: Duration) -> Result<Option<Event>> {
         if let Some((end, payload)) = &mut self.payload {
             let end = *end;
@@ -59,11 +86,16 @@ impl Dump {
                 }
             }
         }
+        let silence = match self.past_start {
+            true => silence,
+            false => silence.max(START_SILENCE),
+        };
         let bytes = match self.wire.read_dump_packet(silence).await? {
             Packet::Event(bytes) => bytes,
             Packet::End => return Ok(None),
         };
         let event_type = bytes[4];
+        self.past_start |= !opening(event_type);
         let min = if event_type == EventType::FORMAT_DESCRIPTION_EVENT as u8 || !self.checksums {
             HEADER_LEN
         } else {

@@ -125,7 +125,7 @@ pub enum Disconnect {
     Io(String),
     #[error("the source ended the binlog stream")]
     StreamEnded,
-    #[error("not a byte from the source for {0:?}, not even a heartbeat: the connection is dead")]
+    #[error("not a byte from the source for {}, not even a heartbeat: the connection is dead", crate::units::duration(*.0))]
     Silent(Duration),
     #[error("the source is not serving now (error {code}: {message})")]
     Busy { code: u16, message: String },

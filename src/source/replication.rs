@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::history;
 use super::reader::{ReadError, Reader};
 use super::start::EndTarget;
-use super::stream::{self, Replica, StartPoint, HEARTBEAT};
+use super::stream::{self, Replica, StartPoint};
 use super::{Disconnect, Failure, Result, ServerInfo, SourceConfig, SourceError};
 use crate::backoff::Backoff;
 use crate::change::Chunk;
@@ -184,7 +184,7 @@ impl Replication {
         decoder: &mut Decoder,
         tx: &mpsc::Sender<Chunk>,
     ) -> Result<Outcome> {
-        let mut reader = Reader::spawn(stream, HEARTBEAT * 5);
+        let mut reader = Reader::spawn(stream, self.replica.silence());
         loop {
             if !self.snapshot_step(decoder, tx).await? {
                 return Ok(Outcome::Stopped);

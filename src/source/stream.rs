@@ -2,8 +2,10 @@
 //!
 //! MySQL: `COM_BINLOG_DUMP_GTID` with the executed GTID set. MariaDB: `@slave_connect_state`
 //! with the GTID list, `@mariadb_slave_capability=4` (so it sends its GTID events rather than
-//! rewriting them) and strict mode. Without GTIDs: file and offset. Heartbeats are asked for
-//! so that a dead connection shows up as silence, which the reader turns into a reconnect.
+//! rewriting them) and strict mode. Without GTIDs: file and offset. A heartbeat is asked for
+//! every `--heartbeat` period (the server sends one whenever it has had nothing else to send
+//! for that long), so that a dead connection shows up as silence: [`Replica::silence`], two
+//! periods without a byte, which the reader turns into a reconnect.
 
 use std::time::Duration;
 
@@ -19,13 +21,18 @@ use super::{Result, ServerInfo, SourceConfig, SourceError};
 use crate::checkpoint::Position;
 use crate::gtid::{Flavor, GtidPos};
 
-/// How often the source sends a heartbeat when it has nothing else to send.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often the source sends a heartbeat when it has nothing else to send (`--heartbeat`).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// The periods `--heartbeat` accepts: shorter would make a busy server's scheduling hiccup
+/// look like a dead connection; longer would leave a dead one unnoticed for hours.
+pub const HEARTBEAT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
 /// The head of the name binsync registers under (see [`Replica`]).
 pub const REPORT_HOST: &str = "binsync";
 
-/// Who binsync is to the source: the server id it registers with, and the report host it
-/// gives, `binsync-<hash of the state dir>`. The name tells our own lingering registration
+/// Who binsync is to the source: the server id it registers with, the report host it
+/// gives, `binsync-<hash of the state dir>`, and the heartbeat period it asks for (as a
+/// replica's `MASTER_HEARTBEAT_PERIOD`). The name tells our own lingering registration
 /// (the dump thread of a run killed a moment ago, which the server drops when we register
 /// again) from another replica with the same id, another binsync run included: that one
 /// would be dropped by the server the moment we register, so it is refused before.
@@ -33,6 +40,7 @@ pub const REPORT_HOST: &str = "binsync";
 pub struct Replica {
     pub server_id: u32,
     pub report_host: String,
+    pub heartbeat: Duration,
 }
 
 impl Replica {
@@ -46,7 +54,21 @@ impl Replica {
         Replica {
             server_id,
             report_host: format!("{REPORT_HOST}-{h:016x}"),
+            heartbeat: DEFAULT_HEARTBEAT,
         }
+    }
+
+    /// Asks for a heartbeat every `period` (within [`HEARTBEAT_RANGE`], checked by the config).
+    pub fn with_heartbeat(mut self, period: Duration) -> Replica {
+        self.heartbeat = period;
+        self
+    }
+
+    /// How long a stream may send no byte at all before its connection counts as dead: two
+    /// heartbeat periods. An idle server sends a heartbeat every period, so a live connection
+    /// is never silent that long, and a dead one is noticed within two periods of its last byte.
+    pub fn silence(&self) -> Duration {
+        self.heartbeat * 2
     }
 
     /// Whether a registration under `host` is this run's own (or from a binsync before
@@ -194,7 +216,7 @@ pub async fn open(
     let mut wire = Wire::connect(src, Duration::from_secs(10)).await?;
     wire.query(&format!(
         "SET @master_heartbeat_period = {}",
-        HEARTBEAT.as_nanos()
+        replica.heartbeat.as_nanos()
     ))
     .await?;
     // Events end with their CRC32 where the server writes one (the server refuses a replica

@@ -279,6 +279,10 @@ pub struct Faults {
     /// Send nothing more, heartbeats included, once this many events were sent; the
     /// connection stays open.
     pub stall_after_events: Option<usize>,
+    /// Send nothing, heartbeats included, for this long after the first file's
+    /// FORMAT_DESCRIPTION: a server scanning its binlog for the start position (MariaDB sends
+    /// nothing while it skips the transactions before a GTID start).
+    pub stall_at_start: Option<Duration>,
     /// Answer the first dump with this error instead of events (see [`mysql_1236`]).
     pub dump_error: Option<(u16, String)>,
     /// A ROWS_QUERY event (ignorable: what `binlog_rows_query_log_events=ON` writes) of this
@@ -2185,6 +2189,10 @@ impl Session {
                 fde[n - 4..].copy_from_slice(&crc.to_le_bytes());
             }
             self.send_event(&fde).await?;
+            if let Some(pause) = faults.stall_at_start.filter(|_| sent == 0) {
+                self.log(format!("FAULT stall at start for {pause:?}"));
+                tokio::time::sleep(pause).await;
+            }
             // Events from `start`; a transaction whose GTID the request holds is skipped, and a
             // heartbeat at its end tells the replica how far the source has read.
             let mut in_excluded = false;
