@@ -209,7 +209,8 @@ pub async fn check(
         Some(dir) => load_checkpoint(dir)?,
         None => None,
     };
-    let Some(mut conn) = src.connect(&mut shutdown).await? else {
+    // A one-shot: an unreachable source is reported at once, not waited for.
+    let Some(mut conn) = src.connect_now(&mut shutdown).await? else {
         tracing::warn!("stopped before the source was reached; nothing was checked");
         return Ok(false);
     };

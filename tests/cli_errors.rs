@@ -168,6 +168,22 @@ fn unreachable_host_gives_up_after_the_connect_timeout() {
     );
 }
 
+/// `check` is a one-shot: a source nobody listens for is reported at once, with the fix, not
+/// retried for the 30 s `run` waits for a restarting server (it took those 30 s before).
+#[test]
+fn check_against_a_closed_port_fails_fast() {
+    let port = free_port();
+    let url = format!("mysql://root@127.0.0.1:{port}");
+    let started = Instant::now();
+    let (code, _, err) = binsync(&["check", "--source", &url], &[]);
+    let took = started.elapsed();
+    assert_one_clear_error(code, &err, "check --source (host and port)");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(!err.contains("retrying"), "a one-shot: {err}");
+    // A behaviour bound (no retries for the connect timeout), not a speed figure.
+    assert!(took < Duration::from_secs(10), "{took:?}: {err}");
+}
+
 /// A stop while binsync still waits for the source at start-up (the server down or restarting)
 /// ends it at once, quietly: nothing was read, so nothing is left to deliver, and it has not
 /// given up on the source (it said "gave up ... after 30s" 3 s after starting).

@@ -167,6 +167,9 @@ pub enum SourceError {
         waited: Duration,
         last: String,
     },
+    /// A command that reports rather than waits (`check`) could not reach the source.
+    #[error("cannot reach the source {addr}: {detail}; check --source (host and port) and that the server is running and accepts TCP connections from here")]
+    NotReached { addr: String, detail: String },
     #[error("the source {addr} refused user `{user}` (error {code}: {message}); check the user and the password (env {password_env}){tls_hint}")]
     Auth {
         addr: String,

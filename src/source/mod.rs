@@ -175,6 +175,32 @@ impl SourceConfig {
         }
     }
 
+    /// One attempt, for a command that reports rather than waits (`check`): a source that
+    /// cannot be reached now is a definite [`SourceError::NotReached`] naming the fix, in
+    /// seconds at most (a refused connection at once; see [`wire::TCP_CONNECT`]).
+    /// `None`: stopped first.
+    pub async fn connect_now(&self, shutdown: &mut Shutdown) -> Result<Option<Conn>> {
+        let attempt = tokio::select! {
+            r = self.connect_once() => r,
+            _ = shutdown.requested() => return Ok(None),
+        };
+        match attempt {
+            Ok(conn) => Ok(Some(conn)),
+            Err(Failure::Transient(e)) => {
+                let detail = match e {
+                    Disconnect::Unreachable { detail, .. } => detail,
+                    other => other.to_string(),
+                };
+                Err(SourceError::NotReached {
+                    addr: self.to_string(),
+                    detail,
+                }
+                .into())
+            }
+            Err(definite) => Err(definite),
+        }
+    }
+
     /// Keeps trying for `connect_timeout`, logging each failed attempt; definite errors
     /// (wrong password) end it at once. `None`: stopped first (see [`Self::with_retries`]).
     pub async fn connect(&self, shutdown: &mut Shutdown) -> Result<Option<Conn>> {

@@ -42,6 +42,9 @@ use super::{Disconnect, Failure, Result, SourceConfig, SourceError};
 
 /// The largest event a server sends (the dump thread's limit, `max_allowed_packet`'s ceiling).
 pub const MAX_EVENT: usize = 1 << 30;
+/// How long a TCP connection to the source may take to open: a server on the network
+/// answers in milliseconds.
+pub const TCP_CONNECT: Duration = Duration::from_secs(5);
 /// Bytes of one wire chunk at most: a longer packet continues in the next chunk.
 const MAX_CHUNK: usize = 0xFF_FFFF;
 
@@ -145,9 +148,18 @@ impl Wire {
             .into()
         };
         let attempt = async {
-            let tcp = TcpStream::connect(&addr)
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
+            // A refused connection fails at once; a host that does not answer (a wrong
+            // address, a firewall dropping packets) within TCP_CONNECT, not a whole attempt.
+            let tcp = match tokio::time::timeout(TCP_CONNECT, TcpStream::connect(&addr)).await {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => return Err(unreachable(e.to_string())),
+                Err(_) => {
+                    return Err(unreachable(format!(
+                        "no TCP connection within {}",
+                        crate::units::duration(TCP_CONNECT)
+                    )))
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let mut wire = Wire {
                 stream: BufReader::with_capacity(64 << 10, Stream::Plain(tcp)),
