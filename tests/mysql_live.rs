@@ -732,6 +732,42 @@ fn error_1236_for_a_purged_file_stops_with_the_purge_named() {
     );
 }
 
+/// `--start gtid:` naming transactions the source has not executed was accepted, checkpointed,
+/// and then reported as purged: it is refused at start, naming the source's gtid_executed,
+/// before any dump is asked for.
+#[test]
+fn a_start_gtid_beyond_the_sources_gtid_executed_is_refused() {
+    let double = MysqlDouble::start(
+        Profile::Mysql80,
+        vec![fixture(ENUM_SET)],
+        options_for(ENUM_SET),
+    );
+    let executed = double.gtid_executed();
+    let (uuid, _) = executed.split_once(':').expect("a GTID set");
+    let beyond = format!("{uuid}:1-1000");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.jsonl");
+    let state = tmp.path().join("state");
+    let mut p = spawn_run(&double, &state, &out, &format!("gtid:{beyond}"), &[]);
+    let st = p.wait_timeout(Duration::from_secs(60)).expect("run hung");
+    let err = p.stderr();
+    assert!(!st.success(), "{err}");
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("binsync: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains(&format!("--start gtid:{beyond}"))
+            && errors[0].contains(&format!("gtid_executed is {executed}"))
+            && !errors[0].contains("purged"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(double.dumps(), 0, "refused before any dump");
+    assert!(std::fs::read_to_string(&out).unwrap_or_default().is_empty());
+}
+
 /// A 1236 for another cause must not send the operator to restore purged binlogs or to
 /// reset: each names its own way out, with the server's words, and is not retried.
 #[test]

@@ -122,6 +122,105 @@ fn start_latest_skips_history_and_start_gtid_resumes_after_it() {
     );
 }
 
+/// A run that must stop before it streams: its one error line (and nothing delivered).
+fn refused(db: &MariaDb, state: &std::path::Path, extra: &[&str]) -> String {
+    let out = state.with_extension("jsonl");
+    let mut p = spawn_run(db, state, &format!("file:{}", out.display()), extra);
+    let st = p
+        .wait_timeout(Duration::from_secs(60))
+        .expect("binsync did not return");
+    let err = p.stderr();
+    assert!(!st.success(), "{err}");
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("binsync: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    let sent = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(sent.is_empty(), "nothing is delivered: {sent}");
+    errors[0].to_string()
+}
+
+/// `binsync status --state-dir`'s checkpoint line.
+fn checkpoint_line(state: &std::path::Path) -> String {
+    let mut p = Proc::spawn(&["status", "--state-dir", state.to_str().unwrap()], &[]);
+    assert!(p.wait_timeout(Duration::from_secs(30)).unwrap().success());
+    let out = p.stdout();
+    out.lines()
+        .find(|l| l.starts_with("checkpoint:"))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string()
+}
+
+/// `--start` must name a point of the source's own history. A GTID it has not written yet
+/// was accepted, checkpointed, and then reported as "purged": it is refused at start, before
+/// anything is checkpointed, naming the server's position. A binlog file it never had is
+/// said to be missing, with the files it has, not "purged"; a file older than its oldest
+/// one (really purged) still is.
+#[test]
+fn start_points_outside_the_servers_history_are_refused_at_start() {
+    let db = MariaDb::start(ServerOpts::default());
+    setup(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let pos = db.gtid_binlog_pos();
+    let (head, seq) = pos.rsplit_once('-').unwrap();
+    let ahead = format!("{head}-{}", seq.parse::<u64>().unwrap() + 100);
+    let domain = pos.split('-').next().unwrap();
+    let other_server = format!("{domain}-4242-1");
+    for (i, gtid) in [ahead, other_server].iter().enumerate() {
+        let state = dir.path().join(format!("gtid{i}"));
+        let line = refused(&db, &state, &["--start", &format!("gtid:{gtid}")]);
+        assert!(
+            line.contains(&format!("--start gtid:{gtid}"))
+                && line.contains("not in its history")
+                && line.contains(&format!("GTID position is {pos}"))
+                && line.contains("--start latest")
+                && !line.contains("purged"),
+            "{line}"
+        );
+        assert!(checkpoint_line(&state).contains("none"), "not checkpointed");
+    }
+
+    // Files: one the server never had (a later number, another name), a position past the
+    // end of one it has.
+    let (current, _) = db.binlog_position();
+    for (start, why) in [
+        (
+            "file:mariadb-bin.000099:4",
+            "has no binlog file mariadb-bin.000099",
+        ),
+        (
+            "file:other-bin.000001:4",
+            "has no binlog file other-bin.000001",
+        ),
+        (
+            "file:mariadb-bin.000001:99999999",
+            "ends before byte 99999999",
+        ),
+    ] {
+        let line = refused(&db, &dir.path().join("file"), &["--start", start]);
+        assert!(
+            line.contains(why) && line.contains(&current) && !line.contains("purged"),
+            "{line}"
+        );
+    }
+
+    // A file older than the oldest one left is purged.
+    db.sql("FLUSH BINARY LOGS; FLUSH BINARY LOGS;");
+    common::wait_until(Duration::from_secs(30), "old binlogs purged", || {
+        let (last, _) = db.binlog_position();
+        db.sql(&format!("PURGE BINARY LOGS TO '{last}'"));
+        db.sql("SHOW BINARY LOGS").lines().count() == 1
+    });
+    let (oldest, _) = db.binlog_position();
+    let line = refused(
+        &db,
+        &dir.path().join("purged"),
+        &["--start", "file:mariadb-bin.000001:4"],
+    );
+    assert!(line.contains("purged") && line.contains(&oldest), "{line}");
+}
+
 /// Without FULL row metadata the binlog names no column: names, key, signedness and ENUM
 /// labels come from the schema history (here the CREATE TABLE in the stream, delivered as a
 /// `ddl` line). A table whose definition at the start the history cannot know (a DDL changed

@@ -198,7 +198,7 @@ fn describe(pos: &Position) -> String {
 
 /// Where the position's file stands among the server's binlogs.
 #[derive(Debug, PartialEq, Eq)]
-enum InBinlogs {
+pub(super) enum InBinlogs {
     /// Listed, and at least as long as the offset.
     Holds,
     /// Only later files of its name are left.
@@ -209,7 +209,7 @@ enum InBinlogs {
     Unknown,
 }
 
-fn in_binlogs(logs: &[(String, u64)], file: &str, offset: u64) -> InBinlogs {
+pub(super) fn in_binlogs(logs: &[(String, u64)], file: &str, offset: u64) -> InBinlogs {
     if let Some((_, size)) = logs.iter().find(|(n, _)| n == file) {
         return if *size < offset {
             InBinlogs::Gone(format!(
@@ -241,14 +241,17 @@ fn mariadb_list(text: &str) -> Result<GtidList, SourceError> {
     GtidList::parse(text).map_err(|e| SourceError::BadGtid(e.to_string()))
 }
 
-fn mysql_set(text: &str) -> Result<GtidSet, SourceError> {
+pub(super) fn mysql_set(text: &str) -> Result<GtidSet, SourceError> {
     GtidSet::parse(text).map_err(|e| SourceError::BadGtid(e.to_string()))
 }
 
 /// The first GTID of `want` that MariaDB's `@@gtid_binlog_state` (the last GTID of each
 /// domain and server id) does not hold: no GTID of its domain and server id at its sequence
 /// number or later.
-fn mariadb_uncovered(state: &str, want: &GtidList) -> Result<Option<MariaGtid>, SourceError> {
+pub(super) fn mariadb_uncovered(
+    state: &str,
+    want: &GtidList,
+) -> Result<Option<MariaGtid>, SourceError> {
     let mut have = Vec::new();
     for part in state.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         have.push(MariaGtid::parse(part).map_err(|e| SourceError::BadGtid(e.to_string()))?);

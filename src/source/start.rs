@@ -1,8 +1,11 @@
 //! Where a stream begins and, for `--exit-at-end`, where it ends.
 //!
 //! A run resumes from its checkpoint whenever there is one (`--start` is then ignored, with a
-//! log line); otherwise it begins at `--start`. Resuming by GTID works on any server of the
-//! topology; a file position only on the server that wrote it, so a checkpoint without GTIDs
+//! log line); otherwise it begins at `--start`, which must name a point of the source's own
+//! history: a GTID position the server has not reached is refused (streaming from it would
+//! wait for transactions that may never come, and the server reports it as missing), and so
+//! is a binlog file it never had; a file older than its oldest one is purged. Resuming by
+//! GTID works on any server of the topology; a file position only on the server that wrote it, so a checkpoint without GTIDs
 //! on another server is a definite error. Before a checkpoint is resumed, the server must
 //! still hold the history it was read from ([`super::history`]): a reset or restored binlog
 //! is a definite error, not a silent gap. The plan is read before any stage starts, on the
@@ -201,6 +204,9 @@ async fn from_spec(
         file: file.to_string(),
         offset,
     };
+    if let StartSpec::File { name, pos } = start {
+        file_listed(conn, src, name, *pos).await?;
+    }
     match start {
         StartSpec::Earliest => {
             let logs = binary_logs(conn, src).await?;
@@ -259,6 +265,16 @@ async fn from_spec(
                 )
                 .into());
             }
+            if let Some(why) = not_reached(conn, src, &g).await? {
+                return Err(SourceError::BadStart(format!(
+                    "--start gtid:{text}: {why}; give a GTID position the source has written (SELECT {} on it), or --start latest",
+                    match flavor {
+                        Flavor::Mysql => "@@GLOBAL.gtid_executed",
+                        Flavor::Mariadb => "@@gtid_binlog_pos",
+                    }
+                ))
+                .into());
+            }
             let position = Position {
                 gtid: Some(g.clone()),
                 ..Position::default()
@@ -290,6 +306,85 @@ async fn from_spec(
                 })
             }
         },
+    }
+}
+
+/// Why the source has not reached `want` yet, if it has not: a GTID it has not written (it
+/// may never write it, and then a stream from there would wait for ever, or be refused).
+async fn not_reached(
+    conn: &mut Conn,
+    src: &SourceConfig,
+    want: &GtidPos,
+) -> Result<Option<String>> {
+    match want {
+        GtidPos::Mariadb(want) => {
+            let state: String = query_one(conn, src, "SELECT @@GLOBAL.gtid_binlog_state")
+                .await?
+                .unwrap_or_default();
+            let Some(g) = history::mariadb_uncovered(&state, want)? else {
+                return Ok(None);
+            };
+            let at: String = query_one(conn, src, "SELECT @@GLOBAL.gtid_binlog_pos")
+                .await?
+                .unwrap_or_default();
+            let at = if at.is_empty() { "empty" } else { &at };
+            Ok(Some(format!(
+                "the source has not written {g} (domain {}, server {}) yet: it is not in its history, whose GTID position is {at}",
+                g.domain, g.server
+            )))
+        }
+        GtidPos::Mysql(want) => {
+            let text: String = query_one(conn, src, "SELECT @@GLOBAL.gtid_executed")
+                .await?
+                .unwrap_or_default();
+            let have = history::mysql_set(&text)?;
+            if have.is_superset_of(want) {
+                return Ok(None);
+            }
+            let have = if have.is_empty() {
+                "empty".to_string()
+            } else {
+                have.to_string()
+            };
+            Ok(Some(format!(
+                "the source has not executed all of it yet: it is not in its history, whose gtid_executed is {have}"
+            )))
+        }
+    }
+}
+
+/// `--start file:NAME:POS` names a binlog the source lists and a position within it; a file
+/// older than its oldest one of the same name is purged ([`SourceError::Purged`]), any other
+/// never was there ([`SourceError::BadStart`], naming the files it has).
+async fn file_listed(conn: &mut Conn, src: &SourceConfig, name: &str, pos: u64) -> Result<()> {
+    let logs = binary_logs(conn, src).await?;
+    let spec = format!("--start file:{name}:{pos}");
+    let range = match (logs.first(), logs.last()) {
+        (Some((first, _)), Some((last, _))) if first != last => {
+            format!("its binlogs are {first} to {last}")
+        }
+        (Some((first, _)), _) => format!("its only binlog is {first}"),
+        _ => return Err(SourceError::BinlogOff.into()),
+    };
+    let oldest = &logs[0].0;
+    match history::in_binlogs(&logs, name, pos) {
+        history::InBinlogs::Holds => Ok(()),
+        history::InBinlogs::Purged => Err(SourceError::Purged(format!(
+            "{spec}: {name} is older than the source's oldest binlog, {oldest}"
+        ))
+        .into()),
+        history::InBinlogs::Gone(_) | history::InBinlogs::Unknown => {
+            let why = match logs.iter().find(|(n, _)| n == name) {
+                Some((_, size)) => {
+                    format!("{name} is {size} bytes long, it ends before byte {pos}")
+                }
+                None => format!("the source has no binlog file {name}"),
+            };
+            Err(SourceError::BadStart(format!(
+                "{spec}: {why}; {range} (SHOW BINARY LOGS): start in one of them, or use --start earliest or latest"
+            ))
+            .into())
+        }
     }
 }
 
