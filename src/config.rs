@@ -473,6 +473,9 @@ pub struct RunSettings {
     pub state_dir: PathBuf,
     pub sink: SinkSpec,
     pub start: StartSpec,
+    /// `--start` (or `start` in the file) was given, not defaulted: a checkpoint overrides it,
+    /// and the log says so only then.
+    pub start_given: bool,
     /// The heartbeat period the source is asked for (`--heartbeat`).
     pub heartbeat: Duration,
     pub reset: bool,
@@ -616,6 +619,7 @@ impl RunSettings {
             state_dir,
             sink,
             start,
+            start_given: args.start.is_some() || file.start.is_some(),
             heartbeat,
             reset: args.reset,
             decode,

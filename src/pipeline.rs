@@ -180,6 +180,13 @@ async fn run_once(
         target,
     } = prepared;
     tracing::info!(server = %info.identity, "connected");
+    if let Some(cp) = &checkpoint {
+        let ignored = match settings.start_given {
+            true => " (--start is ignored; --reset discards the checkpoint)",
+            false => "",
+        };
+        tracing::info!(checkpoint = %cp.position, "resuming from the checkpoint{ignored}");
+    }
 
     let mut decode = settings.decode.clone();
     for table in &catalog.keyless {

@@ -102,8 +102,13 @@ fn start_latest_skips_history_and_start_gtid_resumes_after_it() {
     assert!(lines.is_empty(), "{lines:?}");
     // The start point was checkpointed: the next run (no --start) continues from it.
     db.sql("INSERT INTO crm.users VALUES (20, 'late@example.com')");
-    let (lines, _) = run(&db, &dir.path().join("latest"), &[]);
+    let (lines, stderr) = run(&db, &dir.path().join("latest"), &[]);
     assert_eq!(lines.len(), 1, "{lines:?}");
+    // No --start given: nothing is ignored, and the log does not say it is.
+    assert!(
+        stderr.contains("resuming from the checkpoint") && !stderr.contains("is ignored"),
+        "{stderr}"
+    );
     assert_eq!(lines[0]["id"]["id"], 20);
     let pos = db.sql("SELECT @@gtid_binlog_pos").trim().to_string();
     db.sql("INSERT INTO crm.users VALUES (8, 'y@example.com')");

@@ -154,10 +154,7 @@ pub async fn plan(
     start: &StartSpec,
 ) -> Result<StartPlan> {
     match checkpoint {
-        Some(cp) => {
-            tracing::info!(checkpoint = %cp.position, "resuming from the checkpoint (--start is ignored; --reset discards the checkpoint)");
-            from_checkpoint(conn, src, info, cp).await
-        }
+        Some(cp) => from_checkpoint(conn, src, info, cp).await,
         None => {
             let plan = from_spec(conn, src, info, start).await?;
             Ok(StartPlan {
