@@ -121,6 +121,10 @@ impl ServerCode {
 pub enum Disconnect {
     #[error("cannot reach the source {addr}: {detail}")]
     Unreachable { addr: String, detail: String },
+    /// Nothing listens at the address (the server is down or gone): with several `--source`
+    /// servers, a reason to fail over at once (see `source::failover`).
+    #[error("the source {addr} refused the connection ({detail}): nothing listens there")]
+    Refused { addr: String, detail: String },
     #[error("connection to the source lost: {0}")]
     Io(String),
     #[error("the source ended the binlog stream")]

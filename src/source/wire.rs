@@ -145,9 +145,17 @@ impl Wire {
             .into()
         };
         let attempt = async {
-            let tcp = TcpStream::connect(&addr)
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
+            let tcp = TcpStream::connect(&addr).await.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    Disconnect::Refused {
+                        addr: src.to_string(),
+                        detail: e.to_string(),
+                    }
+                    .into()
+                } else {
+                    unreachable(e.to_string())
+                }
+            })?;
             let _ = tcp.set_nodelay(true);
             let mut wire = Wire {
                 stream: BufReader::with_capacity(64 << 10, Stream::Plain(tcp)),
