@@ -249,6 +249,11 @@ pub struct RunArgs {
     /// once.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub failover_after: Option<Duration>,
+    /// With several --source servers: how long the current one, a replica, may stay behind its
+    /// own source (its replication stopped, or Seconds_Behind_Master at least this long)
+    /// before binsync moves to the next one that holds its GTID position (default 60s).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub failover_behind: Option<Duration>,
     /// Load the captured tables' existing rows as `read` operations (contract v3), chunk by
     /// chunk while streaming: `when-needed` (the default: on a first start without --start),
     /// `initial` (on a first start even with --start, or after --reset), `never`.
@@ -412,6 +417,9 @@ pub struct FileConfig {
     /// As `--failover-after`, e.g. "10s".
     #[serde(default, deserialize_with = "human_duration")]
     pub failover_after: Option<Duration>,
+    /// As `--failover-behind`, e.g. "60s".
+    #[serde(default, deserialize_with = "human_duration")]
+    pub failover_behind: Option<Duration>,
     /// Environment variable with the source password.
     pub password_env: Option<String>,
     /// e.g. "30s"
@@ -630,6 +638,10 @@ impl RunSettings {
                 .failover_after
                 .or(file.failover_after)
                 .unwrap_or(crate::source::failover::DEFAULT_AFTER),
+            behind: args
+                .failover_behind
+                .or(file.failover_behind)
+                .unwrap_or(crate::source::failover::DEFAULT_BEHIND),
         };
         let server_id = args.server_id.or(file.server_id).ok_or_else(|| {
             ConfigError("no --server-id: pick a replica id unused by the source and its replicas, e.g. --server-id 4242".into())

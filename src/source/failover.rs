@@ -43,6 +43,9 @@ use crate::shutdown::Shutdown;
 
 /// How long a server may fail transiently before binsync moves on (`--failover-after`).
 pub const DEFAULT_AFTER: Duration = Duration::from_secs(10);
+/// How long a replica may stay behind its own source before binsync moves on
+/// (`--failover-behind`).
+pub const DEFAULT_BEHIND: Duration = Duration::from_secs(60);
 
 /// The source component's failover settings: the servers, and when to leave one.
 #[derive(Debug, Clone)]
@@ -51,6 +54,9 @@ pub struct Failover {
     pub sources: Vec<SourceConfig>,
     /// How long transient failures of the current server go on before binsync moves on.
     pub after: Duration,
+    /// How long the current server, a replica, may stay behind its own source (replication
+    /// stopped, or `Seconds_Behind_Master` at least this) before binsync moves on.
+    pub behind: Duration,
 }
 
 impl Failover {
@@ -59,6 +65,7 @@ impl Failover {
         Failover {
             sources: vec![src],
             after: DEFAULT_AFTER,
+            behind: DEFAULT_BEHIND,
         }
     }
 
@@ -84,6 +91,8 @@ pub enum Why {
     Persisting { for_: Duration, last: String },
     /// A definite error about that server.
     Definite(String),
+    /// The server, a replica, stayed behind its own source (see [`LagWatch`]).
+    Behind(String),
 }
 
 impl std::fmt::Display for Why {
@@ -96,6 +105,7 @@ impl std::fmt::Display for Why {
                 crate::units::duration(*for_)
             ),
             Why::Definite(e) => write!(f, "{e}"),
+            Why::Behind(e) => write!(f, "{e}"),
         }
     }
 }
@@ -177,6 +187,169 @@ pub async fn open_on(
     let start = StartPoint::resume(pos, info.gtid_enabled());
     let dump = stream::open(c, src, &info, replica, &start).await?;
     Ok((info, dump))
+}
+
+/// Watches the server streamed from, when it is a replica, for falling behind its own
+/// source: its replication stopped (`Slave_SQL_Running`, or the I/O thread, stopped; an I/O
+/// thread still connecting to a source that is down is not counted), or
+/// `Seconds_Behind_Master` (`Seconds_Behind_Source`) at least `limit`, on every probe for
+/// `limit`. Then [`LagWatch::fired`] answers why, and the source stage fails over. A server
+/// that is no replica, or whose replication status cannot be read (a missing privilege,
+/// said once), is never taken for behind. Dropping it stops the task.
+pub struct LagWatch {
+    rx: Option<tokio::sync::oneshot::Receiver<String>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LagWatch {
+    /// Watches nothing.
+    pub fn off() -> LagWatch {
+        LagWatch {
+            rx: None,
+            task: None,
+        }
+    }
+
+    pub fn start(src: SourceConfig, limit: Duration) -> LagWatch {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            if let Some(why) = watch_lag(&src, limit).await {
+                let _ = tx.send(why);
+            }
+        });
+        LagWatch {
+            rx: Some(rx),
+            task: Some(task),
+        }
+    }
+
+    /// Why the server is behind, once it is (never, when off).
+    pub async fn fired(&mut self) -> String {
+        match self.rx.as_mut() {
+            Some(rx) => match rx.await {
+                Ok(why) => why,
+                Err(_) => {
+                    // The watch ended without a verdict: nothing more to wait for.
+                    self.rx = None;
+                    std::future::pending().await
+                }
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// [`LagWatch::fired`] without waiting.
+    pub fn try_fired(&mut self) -> Option<String> {
+        self.rx.as_mut()?.try_recv().ok()
+    }
+}
+
+impl Drop for LagWatch {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+/// See [`LagWatch`]. None: the server is no replica, or its status cannot be read.
+async fn watch_lag(src: &SourceConfig, limit: Duration) -> Option<String> {
+    let probe = (limit / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
+    let mut conn = None;
+    let mut since: Option<std::time::Instant> = None;
+    loop {
+        tokio::time::sleep(probe).await;
+        if conn.is_none() {
+            // A server that cannot be reached is the stream's business, not this watch's.
+            conn = src.connect_once().await.ok();
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let status = match replica_status(c).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return None,
+            Err(e) => {
+                if matches!(e, mysql_async::Error::Server(_)) {
+                    tracing::warn!(source = %src, error = %e, "cannot read this server's replication status, so falling behind its own source is not noticed (--failover-behind); grant REPLICATION CLIENT (MySQL) or SLAVE MONITOR (MariaDB) to notice it");
+                    return None;
+                }
+                conn = None;
+                continue;
+            }
+        };
+        match status.behind(limit) {
+            None => since = None,
+            Some(why) => {
+                let since = *since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= limit {
+                    return Some(format!(
+                        "{src} stayed behind its own source for {} (--failover-behind): {why}",
+                        crate::units::duration(since.elapsed())
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// A replica's replication status, as far as falling behind goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ReplicaStatus {
+    io: String,
+    sql: String,
+    seconds_behind: Option<u64>,
+}
+
+impl ReplicaStatus {
+    /// Why the replica is behind now, if it is.
+    fn behind(&self, limit: Duration) -> Option<String> {
+        if !self.sql.eq_ignore_ascii_case("Yes") {
+            return Some(format!(
+                "its replication applier is stopped (SQL thread {})",
+                self.sql
+            ));
+        }
+        if self.io.eq_ignore_ascii_case("No") {
+            return Some("its replication receiver is stopped (I/O thread No)".into());
+        }
+        match self.seconds_behind {
+            Some(s) if Duration::from_secs(s) >= limit => {
+                Some(format!("it is {s} s behind its own source"))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `SHOW REPLICA STATUS` (MySQL 8.0.22+, MariaDB 10.5.1+) or `SHOW SLAVE STATUS`; None when
+/// the server replicates from nobody.
+async fn replica_status(
+    conn: &mut mysql_async::Conn,
+) -> std::result::Result<Option<ReplicaStatus>, mysql_async::Error> {
+    use mysql_async::prelude::Queryable;
+    let rows: Vec<mysql_async::Row> = match conn.query("SHOW REPLICA STATUS").await {
+        Ok(rows) => rows,
+        Err(mysql_async::Error::Server(_)) => conn.query("SHOW SLAVE STATUS").await?,
+        Err(e) => return Err(e),
+    };
+    let Some(row) = rows.into_iter().next() else {
+        return Ok(None);
+    };
+    let text = |names: &[&str]| -> Option<String> {
+        let cols = row.columns_ref();
+        let i = cols
+            .iter()
+            .position(|c| names.iter().any(|n| c.name_str().eq_ignore_ascii_case(n)))?;
+        match row.as_ref(i)? {
+            mysql_async::Value::NULL => None,
+            v => Some(v.as_sql(true).trim_matches('\'').to_string()),
+        }
+    };
+    Ok(Some(ReplicaStatus {
+        io: text(&["Slave_IO_Running", "Replica_IO_Running"]).unwrap_or_default(),
+        sql: text(&["Slave_SQL_Running", "Replica_SQL_Running"]).unwrap_or_default(),
+        seconds_behind: text(&["Seconds_Behind_Master", "Seconds_Behind_Source"])
+            .and_then(|s| s.parse().ok()),
+    }))
 }
 
 /// Why a server cannot take over, said for a failover: the history checks' own messages
@@ -292,6 +465,7 @@ mod tests {
         let f = Failover {
             sources: vec![src(1), src(2), src(3)],
             after: DEFAULT_AFTER,
+            behind: DEFAULT_BEHIND,
         };
         assert_eq!(f.round(0).collect::<Vec<_>>(), vec![1, 2, 0]);
         assert_eq!(f.round(1).collect::<Vec<_>>(), vec![2, 0, 1]);
@@ -336,6 +510,22 @@ mod tests {
         };
         let f = verdict(vec![definite(1), transient]);
         assert!(matches!(f, Failure::Transient(_)), "{f}");
+    }
+
+    #[test]
+    fn a_replica_is_behind_when_stopped_or_late_not_while_reconnecting() {
+        let st = |io: &str, sql: &str, s: Option<u64>| ReplicaStatus {
+            io: io.into(),
+            sql: sql.into(),
+            seconds_behind: s,
+        };
+        let limit = Duration::from_secs(60);
+        assert_eq!(st("Yes", "Yes", Some(3)).behind(limit), None);
+        assert!(st("Yes", "Yes", Some(60)).behind(limit).is_some());
+        assert!(st("Yes", "No", None).behind(limit).is_some());
+        assert!(st("No", "Yes", None).behind(limit).is_some());
+        // Its own source is down: the replica keeps trying, and cannot say how late it is.
+        assert_eq!(st("Connecting", "Yes", None).behind(limit), None);
     }
 
     #[test]

@@ -169,7 +169,12 @@ impl Replication {
                         // the old file and offset mean nothing in its binlog.
                         decoder.forget_file();
                     }
-                    self.pump(s, &mut decoder, &tx).await
+                    let snapshotting = self.snapshot.as_ref().is_some_and(|(s, _)| s.busy());
+                    let mut lag = match self.failover.enabled() && !snapshotting {
+                        true => failover::LagWatch::start(self.src.clone(), self.failover.behind),
+                        false => failover::LagWatch::off(),
+                    };
+                    self.pump(s, &mut decoder, &tx, &mut lag).await
                 }
                 Err(e) => Err(e),
             };
@@ -203,6 +208,7 @@ impl Replication {
                     Failure::Transient(Disconnect::Refused { .. }) => {
                         Some(Why::Refused(e.to_string()))
                     }
+                    Failure::Transient(Disconnect::Behind(why)) => Some(Why::Behind(why.clone())),
                     Failure::Definite(_) => Some(Why::Definite(e.to_string())),
                     _ if since.elapsed() >= self.failover.after => Some(Why::Persisting {
                         for_: since.elapsed(),
@@ -318,9 +324,13 @@ impl Replication {
         stream: super::dump::Dump,
         decoder: &mut Decoder,
         tx: &mpsc::Sender<Chunk>,
+        lag: &mut failover::LagWatch,
     ) -> Result<Outcome> {
         let mut reader = Reader::spawn(stream, HEARTBEAT * 5);
         loop {
+            if let Some(why) = lag.try_fired() {
+                return Err(Disconnect::Behind(why).into());
+            }
             if !self.snapshot_step(decoder, tx).await? {
                 return Ok(Outcome::Stopped);
             }
@@ -357,6 +367,7 @@ impl Replication {
                             }
                         } => continue,
                         _ = self.shutdown.requested() => return Ok(Outcome::Stopped),
+                        why = lag.fired() => return Err(Disconnect::Behind(why).into()),
                         // A failed sink or checkpointer (a full disk, say) ends the run now,
                         // not at the next event.
                         // (The HTTP sink may close on the stop signal before this task sees it.)
