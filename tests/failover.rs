@@ -217,6 +217,56 @@ fn a_server_without_the_position_is_skipped_never_streamed_from() {
     );
 }
 
+/// Replica 1 hangs (SIGSTOP: connections are accepted, nothing is answered): no refusal to
+/// act on, only transient failures (a silent stream, logins that time out). After
+/// `--failover-after` of them binsync goes on from the primary.
+#[test]
+fn a_server_that_keeps_failing_is_left_after_failover_after() {
+    let primary = MariaDb::start(ServerOpts::default());
+    let r1 = MariaDb::start_replica_of(&primary, ServerOpts::default());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out = dir.path().join("out.jsonl");
+    let sink = format!("file:{}", out.display());
+    let writer = Writer::start(&primary, Duration::from_millis(2));
+    let sources = [r1.url(), primary.url()];
+    let mut p = spawn_run(&sources, &state, &sink, &["--failover-after", "2s"]);
+    wait_until(Duration::from_secs(60), "delivering from replica 1", || {
+        assert!(p.is_running(), "binsync stopped: {}", p.stderr());
+        saved_gtid(&state).is_some_and(|g| !g.is_empty()) && writer.committed() > 50
+    });
+    // SAFETY: a plain signal to the test's own child process.
+    let stop = |sig| unsafe { libc::kill(r1.pid() as libc::pid_t, sig) };
+    assert_eq!(stop(libc::SIGSTOP), 0);
+    let switched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(Duration::from_secs(90), "failover to the primary", || {
+            assert!(p.is_running(), "binsync stopped: {}", p.stderr());
+            !switches(&p.stderr()).is_empty()
+        });
+    }));
+    stop(libc::SIGCONT);
+    if let Err(e) = switched {
+        std::panic::resume_unwind(e);
+    }
+    let line = switches(&p.stderr())[0].clone();
+    assert!(
+        line.contains(&format!("to mysql://root@127.0.0.1:{} ", primary.port()))
+            && line.contains("(--failover-after)"),
+        "{line}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    writer.finish();
+    drain_and_stop(&mut p, &state, &primary);
+    let (got, duplicates) = file_state(&out.display().to_string());
+    assert_eq!(duplicates, 0, "no operation twice");
+    let seqs = sink_seqs(&out);
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "seq grows by one"
+    );
+    assert_same_state(&source_state(&primary), &got);
+}
+
 /// Replica 1's applier stops while the primary goes on: binsync reads nothing new from it,
 /// notices within `--failover-behind` and goes on from the primary, with every `seq` once.
 #[test]
