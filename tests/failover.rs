@@ -158,13 +158,14 @@ fn mariadb_fails_over_from_replica_to_replica_to_primary() {
     assert_eq!(stats["ops_received"], stats["ops_applied"], "{stats}");
 }
 
-/// Between replica 1 and the primary stands a server with a history of its own (same tables,
-/// other transactions): when replica 1 dies it is skipped with a line saying why, and binsync
-/// goes on from the primary. The file sink shows every `seq` once, growing, without a gap.
+/// Between replica 1 and the primary stand a server with a history of its own (same tables,
+/// other transactions) and a replica binsync's password is wrong for: when replica 1 dies
+/// each is skipped with a line saying why, and binsync goes on from the primary. The file sink shows every `seq` once, growing, without a gap.
 #[test]
 fn a_server_without_the_position_is_skipped_never_streamed_from() {
     let primary = MariaDb::start(ServerOpts::default());
     let mut r1 = MariaDb::start_replica_of(&primary, ServerOpts::default());
+    let r2 = MariaDb::start_replica_of(&primary, ServerOpts::default());
     let stranger = MariaDb::start(ServerOpts::default());
     stranger.sql(common::workload::SCHEMA);
     stranger.sql("INSERT INTO t.items VALUES (1, 1, 'stranger'), (2, 2, 'stranger')");
@@ -173,7 +174,13 @@ fn a_server_without_the_position_is_skipped_never_streamed_from() {
     let out = dir.path().join("out.jsonl");
     let sink = format!("file:{}", out.display());
     let writer = Writer::start(&primary, Duration::from_millis(2));
-    let sources = [r1.url(), stranger.url(), primary.url()];
+    // Replica 2 holds the position, but binsync's password there is wrong.
+    let sources = [
+        r1.url(),
+        stranger.url(),
+        r2.url_as("root", "not-the-password"),
+        primary.url(),
+    ];
     let mut p = spawn_run(&sources, &state, &sink, &[]);
     wait_until(Duration::from_secs(60), "delivering from replica 1", || {
         assert!(p.is_running(), "binsync stopped: {}", p.stderr());
@@ -198,6 +205,14 @@ fn a_server_without_the_position_is_skipped_never_streamed_from() {
     assert!(
         skipped.contains("lacks") && skipped.contains("not streamed from"),
         "it says why: {skipped}"
+    );
+    let refused = err
+        .lines()
+        .find(|l| l.contains("cannot take over") && l.contains(&format!(":{}", r2.port())))
+        .unwrap_or_else(|| panic!("a line names the server that refused binsync: {err}"));
+    assert!(
+        refused.contains(" ERROR ") && refused.contains("check the user and the password"),
+        "a definite failure is an error, naming the fix: {refused}"
     );
     std::thread::sleep(Duration::from_millis(500));
     writer.finish();
