@@ -259,6 +259,10 @@ impl Replication {
         failover::require_gtid(pos, &self.src)?;
         let mut tried = Vec::new();
         for i in self.failover.round(self.current) {
+            if self.shutdown.is_requested() {
+                // Each try may wait 10 s for a server that does not answer: stop between them.
+                return Err(Disconnect::Io("stopping during a failover".into()).into());
+            }
             let src = self.failover.sources[i].clone();
             let leaving = i != self.current;
             let opened = failover::open_on(
