@@ -26,6 +26,13 @@ fn saved_gtid(state: &Path) -> Option<String> {
     v["gtid"].as_str().map(str::to_string)
 }
 
+/// The server the checkpoint binsync published in `state` names.
+fn saved_server(state: &Path) -> serde_json::Value {
+    let raw = std::fs::read(state.join("status.json")).expect("status.json");
+    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    v["server"].clone()
+}
+
 /// The lines saying binsync switched servers.
 fn switches(stderr: &str) -> Vec<String> {
     stderr
@@ -148,6 +155,24 @@ fn mariadb_fails_over_from_replica_to_replica_to_primary() {
     let committed = writer.finish();
     drain_and_stop(&mut p, &state, &primary);
     assert_eq!(switches(&p.stderr()).len(), 2, "{}", p.stderr());
+    // The checkpoint's file and offset are the primary's, and say so: a restart with the
+    // same list (both replicas gone) resumes on the primary, whose checks of them pass.
+    assert_eq!(
+        saved_server(&state)["server_id"],
+        primary.server_id(),
+        "{}",
+        p.stderr()
+    );
+    let mut again = spawn_run(&sources, &state, &recv.url(), &["--exit-at-end"]);
+    let st = again
+        .wait_timeout(Duration::from_secs(90))
+        .expect("the restart ends");
+    assert!(st.success(), "{}", again.stderr());
+    assert!(
+        again.stderr().contains("resuming from the checkpoint"),
+        "{}",
+        again.stderr()
+    );
 
     let (got, stats) = recv.dump();
     eprintln!("writer committed {committed}; receiver stats: {stats}");
@@ -408,6 +433,7 @@ fn mysql_fails_over_by_gtid_set_with_no_gap_and_no_duplicate() {
         "{}",
         switched[0]
     );
+    assert_eq!(saved_server(&tmp.path().join("state"))["server_id"], 12);
     let dumps: Vec<String> = b
         .statements()
         .into_iter()
