@@ -7,7 +7,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::checkpoint::{Position, Records};
+use crate::checkpoint::{Position, Records, ServerIdentity};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -77,6 +77,9 @@ pub struct Chunk {
     /// Writes to save with the checkpoint past this chunk (the schema history's steps, see
     /// `schema::history`), in stream order.
     pub records: Vec<Records>,
+    /// The server whose binlog `position`'s file and offset name (set by the source stage
+    /// as it hands the chunk on; it changes at a failover, see `source::failover`).
+    pub server: Option<Arc<ServerIdentity>>,
 }
 
 impl Chunk {

@@ -171,9 +171,11 @@ pub enum DlqAction {
 
 #[derive(Debug, Args, Default)]
 pub struct SourceArgs {
-    /// Source server: mysql://USER[:PASSWORD]@HOST:PORT.
-    #[arg(long)]
-    pub source: Option<String>,
+    /// Source server: mysql://USER[:PASSWORD]@HOST:PORT. `run` takes it several times: servers
+    /// of one replication topology (a replica first, then the primary or other replicas), to
+    /// fail over to in that order by GTID (see --failover-after); other commands take one.
+    #[arg(long, value_name = "URL")]
+    pub source: Vec<String>,
     /// Environment variable holding the source password (overrides a password in the URL).
     /// Default: BINSYNC_SOURCE_PASSWORD.
     #[arg(long)]
@@ -245,6 +247,18 @@ pub struct RunArgs {
     /// delivered and checkpointed (and the snapshot, if one runs, is done).
     #[arg(long)]
     pub exit_at_end: bool,
+    /// With several --source servers: how long the current one may keep failing (lost
+    /// connections, timeouts, a server that does not serve) before binsync moves to the next
+    /// one that holds its GTID position (default 10s). A server that refuses connections, or
+    /// fails for a reason of its own (a wrong password there, its binlog purged), is left at
+    /// once.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub failover_after: Option<Duration>,
+    /// With several --source servers: how long the current one, a replica, may stay behind its
+    /// own source (its replication stopped, or Seconds_Behind_Master at least this long)
+    /// before binsync moves to the next one that holds its GTID position (default 60s).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub failover_behind: Option<Duration>,
     /// Load the captured tables' existing rows as `read` operations (contract v3), chunk by
     /// chunk while streaming: `when-needed` (the default: on a first start without --start),
     /// `initial` (on a first start even with --start, or after --reset), `never`.
@@ -402,8 +416,15 @@ pub struct ReplayArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// mysql://USER[:PASSWORD]@HOST:PORT
-    pub source: Option<String>,
+    /// mysql://USER[:PASSWORD]@HOST:PORT, or a list of them (servers of one topology to fail
+    /// over to, in order; `binsync run` only).
+    pub source: Option<OneOrMany>,
+    /// As `--failover-after`, e.g. "10s".
+    #[serde(default, deserialize_with = "human_duration")]
+    pub failover_after: Option<Duration>,
+    /// As `--failover-behind`, e.g. "60s".
+    #[serde(default, deserialize_with = "human_duration")]
+    pub failover_behind: Option<Duration>,
     /// Environment variable with the source password.
     pub password_env: Option<String>,
     /// e.g. "30s"
@@ -440,6 +461,23 @@ pub struct FileConfig {
     pub http: Option<HttpArgs>,
 }
 
+/// A key that takes one value or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
@@ -468,7 +506,10 @@ impl FileConfig {
 /// Everything `binsync run` needs, validated: each component's own settings.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
+    /// The first `--source`.
     pub source: SourceConfig,
+    /// Every `--source`, and when to leave one (`source::failover`).
+    pub failover: crate::source::failover::Failover,
     pub server_id: u32,
     pub state_dir: PathBuf,
     pub sink: SinkSpec,
@@ -505,17 +546,37 @@ pub enum SchemaFrom {
 pub const DEFAULT_PASSWORD_ENV: &str = "BINSYNC_SOURCE_PASSWORD";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The one source of a command other than `run`.
 pub fn source_config(args: &SourceArgs, file: &FileConfig) -> Result<SourceConfig, ConfigError> {
-    let url = args
-        .source
-        .clone()
-        .or_else(|| file.source.clone())
-        .ok_or_else(|| {
-            ConfigError(
-                "no source: pass --source mysql://USER@HOST:PORT (or `source` in the config file)"
-                    .into(),
-            )
-        })?;
+    let mut all = source_configs(args, file)?;
+    if all.len() > 1 {
+        return Err(ConfigError(format!(
+            "{} sources are given (--source, or the config file's `source` list): only `binsync run` fails over across several servers; name one with --source",
+            all.len()
+        )));
+    }
+    Ok(all.remove(0))
+}
+
+/// Every `--source` (flags win over the file's `source`), in order; at least one.
+pub fn source_configs(
+    args: &SourceArgs,
+    file: &FileConfig,
+) -> Result<Vec<SourceConfig>, ConfigError> {
+    let urls = if args.source.is_empty() {
+        file.source
+            .as_ref()
+            .map(OneOrMany::to_vec)
+            .unwrap_or_default()
+    } else {
+        args.source.clone()
+    };
+    if urls.is_empty() {
+        return Err(ConfigError(
+            "no source: pass --source mysql://USER@HOST:PORT (or `source` in the config file)"
+                .into(),
+        ));
+    }
     let password_env = args
         .password_env
         .clone()
@@ -527,18 +588,30 @@ pub fn source_config(args: &SourceArgs, file: &FileConfig) -> Result<SourceConfi
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let password = std::env::var(&password_env).ok();
     let pick = |flag: &Option<PathBuf>, key: &Option<PathBuf>| flag.clone().or_else(|| key.clone());
-    let tls = TlsSettings::new(
-        args.ssl_mode.or(file.ssl_mode),
-        pick(&args.ssl_ca, &file.ssl_ca).as_deref(),
-        pick(&args.ssl_cert, &file.ssl_cert).as_deref(),
-        pick(&args.ssl_key, &file.ssl_key).as_deref(),
-    )
-    .map_err(|e| ConfigError(e.to_string()))?;
-    Ok(
-        SourceConfig::new(&url, password, &password_env, connect_timeout)
+    let mut all: Vec<SourceConfig> = Vec::with_capacity(urls.len());
+    for url in &urls {
+        // Each server its own TLS state (what it offers, the names it was learnt by).
+        let tls = TlsSettings::new(
+            args.ssl_mode.or(file.ssl_mode),
+            pick(&args.ssl_ca, &file.ssl_ca).as_deref(),
+            pick(&args.ssl_cert, &file.ssl_cert).as_deref(),
+            pick(&args.ssl_key, &file.ssl_key).as_deref(),
+        )
+        .map_err(|e| ConfigError(e.to_string()))?;
+        let src = SourceConfig::new(url, password.clone(), &password_env, connect_timeout)
             .map_err(|e| ConfigError(e.to_string()))?
-            .with_tls(tls),
-    )
+            .with_tls(tls);
+        if all
+            .iter()
+            .any(|s| (&s.host, s.port) == (&src.host, src.port))
+        {
+            return Err(ConfigError(format!(
+                "--source {src} is given twice; each server of the topology once"
+            )));
+        }
+        all.push(src);
+    }
+    Ok(all)
 }
 
 fn pick_vec(flag: &[String], file: &Option<Vec<String>>) -> Vec<String> {
@@ -570,7 +643,19 @@ pub fn parse_entities(
 
 impl RunSettings {
     pub fn resolve(args: &RunArgs, file: &FileConfig) -> Result<RunSettings, ConfigError> {
-        let source = source_config(&args.source, file)?;
+        let sources = source_configs(&args.source, file)?;
+        let source = sources[0].clone();
+        let failover = crate::source::failover::Failover {
+            sources,
+            after: args
+                .failover_after
+                .or(file.failover_after)
+                .unwrap_or(crate::source::failover::DEFAULT_AFTER),
+            behind: args
+                .failover_behind
+                .or(file.failover_behind)
+                .unwrap_or(crate::source::failover::DEFAULT_BEHIND),
+        };
         let server_id = args.server_id.or(file.server_id).ok_or_else(|| {
             ConfigError("no --server-id: pick a replica id unused by the source and its replicas, e.g. --server-id 4242".into())
         })?;
@@ -615,6 +700,7 @@ impl RunSettings {
         }
         Ok(RunSettings {
             source,
+            failover,
             server_id,
             state_dir,
             sink,
@@ -717,7 +803,7 @@ impl ReplaySettings {
                     Some(path) => Ok(SchemaFrom::File(PathBuf::from(path))),
                     None => {
                         let src = SourceArgs {
-                            source: Some(from.clone()),
+                            source: vec![from.clone()],
                             ..SourceArgs::default()
                         };
                         source_config(&src, &FileConfig::default())
@@ -934,7 +1020,7 @@ mod tests {
         let contract = |on_ddl: &[&str], snapshot: Option<SnapshotMode>| {
             let args = RunArgs {
                 source: SourceArgs {
-                    source: Some("mysql://root@127.0.0.1:3306".into()),
+                    source: vec!["mysql://root@127.0.0.1:3306".into()],
                     ..Default::default()
                 },
                 server_id: Some(1),
@@ -967,7 +1053,7 @@ mod tests {
         let start = |snapshot: Option<SnapshotMode>, start: Option<&str>| {
             let args = RunArgs {
                 source: SourceArgs {
-                    source: Some("mysql://root@127.0.0.1:3306".into()),
+                    source: vec!["mysql://root@127.0.0.1:3306".into()],
                     ..Default::default()
                 },
                 server_id: Some(1),
@@ -998,7 +1084,7 @@ mod tests {
         let resolve = |flag: Option<&str>, file: &str| {
             let args = RunArgs {
                 source: SourceArgs {
-                    source: Some("mysql://root@127.0.0.1:3306".into()),
+                    source: vec!["mysql://root@127.0.0.1:3306".into()],
                     ..Default::default()
                 },
                 server_id: Some(1),
@@ -1033,7 +1119,7 @@ mod tests {
         let file = FileConfig::default();
         let args = RunArgs {
             source: SourceArgs {
-                source: Some("mysql://root@127.0.0.1:3306".into()),
+                source: vec!["mysql://root@127.0.0.1:3306".into()],
                 ..Default::default()
             },
             server_id: Some(1),
@@ -1043,5 +1129,48 @@ mod tests {
         };
         let e = RunSettings::resolve(&args, &file).unwrap_err().to_string();
         assert!(e.contains("db.table=name"), "{e}");
+    }
+
+    #[test]
+    fn several_sources_from_flags_or_a_list_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "source = [\"mysql://cdc@replica:3306\", \"mysql://cdc@primary:3306\"]\nfailover_after = \"3s\"\nserver_id = 5\nstate_dir = \"/tmp/x\"\n",
+        )
+        .unwrap();
+        let file = FileConfig::load(&p).unwrap();
+        let s = RunSettings::resolve(&RunArgs::default(), &file).unwrap();
+        let hosts: Vec<&str> = s.failover.sources.iter().map(|s| s.host.as_str()).collect();
+        assert_eq!(hosts, ["replica", "primary"]);
+        assert_eq!(s.failover.after, Duration::from_secs(3));
+        assert_eq!(s.source.host, "replica");
+        // Flags win over the file, a flag for the delay too.
+        let args = RunArgs {
+            source: SourceArgs {
+                source: vec!["mysql://cdc@other:3306".into()],
+                ..Default::default()
+            },
+            failover_after: Some(Duration::from_secs(20)),
+            ..Default::default()
+        };
+        let s = RunSettings::resolve(&args, &file).unwrap();
+        assert_eq!(s.failover.sources.len(), 1);
+        assert_eq!(s.failover.after, Duration::from_secs(20));
+        // Another command takes one source, and says so.
+        let e = source_config(&SourceArgs::default(), &file)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("name one with --source"), "{e}");
+        // The same server twice is a mistake.
+        let twice = SourceArgs {
+            source: vec!["mysql://a@h:1".into(), "mysql://b@h:1".into()],
+            ..Default::default()
+        };
+        let e = source_configs(&twice, &FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("twice"), "{e}");
     }
 }

@@ -24,7 +24,8 @@
 //!   (transient `Disconnect` or definite `SourceError`, by type), where a
 //!   stream starts and ends (`source::start`), opening it (`source::stream`) on binsync's own
 //!   replica connection (`source::wire`), reading it on a task of its own (`source::reader`),
-//!   the source stage (`source::replication`), preflight checks and information_schema
+//!   the source stage (`source::replication`), failing over by GTID across several
+//!   `--source` servers (`source::failover`), preflight checks and information_schema
 //!   lookups; TLS to the server for both its connections (`source::tls`).
 //! - `dlq`, `sink`: the dead-letter queue; the sinks (`stdout`, `file:`, the HTTP sync API),
 //!   their retry policy, and the ordered-ack ledger every sink acknowledges through.

@@ -66,7 +66,7 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
                 .state_dir
                 .or(file.state_dir.clone())
                 .context("no --state-dir: name the directory binsync run uses")?;
-            let src = if args.source.source.is_some() || file.source.is_some() {
+            let src = if !args.source.source.is_empty() || file.source.is_some() {
                 Some(config::source_config(&args.source, &file)?)
             } else {
                 None

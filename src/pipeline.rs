@@ -46,9 +46,10 @@ use crate::snapshot::handoff::Inbox;
 use crate::snapshot::progress;
 use crate::snapshot::runner::Runner;
 use crate::snapshot::SnapshotError;
+use crate::source::failover;
 pub use crate::source::replication::Outcome;
 use crate::source::replication::Replication;
-use crate::source::start::{self, Prepared};
+use crate::source::start::Prepared;
 use crate::source::stream::Replica;
 use crate::source::ServerInfo;
 use crate::source::SourceError;
@@ -160,18 +161,22 @@ async fn run_once(
     };
     let checkpoint = store.load()?;
 
-    let src = settings.source.clone();
-    tracing::info!(source = %src, "connecting");
+    tracing::info!(source = %settings.source, "connecting");
     let (exit_at_end, start) = (settings.exit_at_end, &settings.start);
-    let prepared = src
-        .with_retries(&mut shutdown, || {
-            start::prepare(&src, checkpoint.as_ref(), start, exit_at_end)
-        })
-        .await?;
-    let Some(prepared) = prepared else {
+    // With several `--source` servers, the first in order that can stream.
+    let prepared = failover::prepare(
+        &settings.failover,
+        checkpoint.as_ref(),
+        start,
+        exit_at_end,
+        &mut shutdown,
+    )
+    .await?;
+    let Some((current, prepared)) = prepared else {
         tracing::info!("stopped before the source was reached; nothing was read");
         return Ok(Outcome::Stopped);
     };
+    let src = settings.failover.sources[current].clone();
     let Prepared {
         conn,
         info,
@@ -179,7 +184,7 @@ async fn run_once(
         mut plan,
         target,
     } = prepared;
-    tracing::info!(server = %info.identity, "connected");
+    tracing::info!(source = %src, server = %info.identity, "connected");
     if let Some(cp) = &checkpoint {
         let ignored = match settings.start_given {
             true => " (--start is ignored; --reset discards the checkpoint)",
@@ -239,7 +244,7 @@ async fn run_once(
         return Ok(Outcome::Stopped);
     };
     let Some(snapshot_tables) =
-        snapshot_at_start(&store, settings, &info, &decode, &mut shutdown).await?
+        snapshot_at_start(&store, settings, &src, &info, &decode, &mut shutdown).await?
     else {
         tracing::info!("stopped before the source was reached; nothing was read");
         return Ok(Outcome::Stopped);
@@ -273,7 +278,10 @@ async fn run_once(
     let replica =
         Replica::new(settings.server_id, &settings.state_dir).with_heartbeat(settings.heartbeat);
     let mut source = Replication::new(src.clone(), info, replica, target, shutdown.clone())
-        .position_written_by(written_by);
+        .position_written_by(written_by)
+        .with_failover(settings.failover.clone(), current);
+    // The snapshot's connections go to the server streamed from, after a failover too.
+    let current_source = source.current_source.clone();
     let mut runner = None;
     if settings.snapshot.mode != SnapshotMode::Never {
         let (link, inbox) = mpsc::channel(16);
@@ -282,7 +290,10 @@ async fn run_once(
             .any(|t| t.state != progress::State::Done);
         source = source.with_snapshot(Inbox::new(inbox, busy), checkpointer_store.clone());
         let connect: crate::snapshot::runner::Connect = Arc::new(move || {
-            let src = src.clone();
+            let src = current_source
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             Box::pin(async move {
                 src.connect_once()
                     .await
@@ -407,6 +418,7 @@ async fn history_at_start(
 async fn snapshot_at_start(
     store: &Store,
     settings: &RunSettings,
+    src: &SourceConfig,
     info: &ServerInfo,
     decode: &crate::decode::DecodeConfig,
     shutdown: &mut Shutdown,
@@ -435,7 +447,6 @@ async fn snapshot_at_start(
     if mysql {
         return Err(SourceError::Snapshot(SnapshotError::MysqlUnsupported.to_string()).into());
     }
-    let src = &settings.source;
     let Some(mut conn) = src.with_retries(shutdown, || src.connect_once()).await? else {
         return Ok(None);
     };

@@ -210,6 +210,9 @@ pub struct Ack {
     pub changes: usize,
     /// The chunk's writes to save with the checkpoint ([`Records`]).
     pub records: Vec<Records>,
+    /// The server whose binlog the position's file and offset name, when the source stage
+    /// said (it changes at a failover); else the checkpointer's own `server`.
+    pub server: Option<std::sync::Arc<ServerIdentity>>,
 }
 
 /// The checkpointer stage: saves the position of the newest acknowledged chunk.
@@ -222,6 +225,7 @@ pub struct Ack {
 /// the reopen happen in `pipeline::run`, which then resumes from the last checkpoint saved.
 pub struct Checkpointer {
     pub store: Store,
+    /// The server the run started on: the checkpoint's server for acks that name none.
     pub server: ServerIdentity,
 }
 
@@ -233,17 +237,22 @@ impl Checkpointer {
     ) -> Result<u64, CheckpointError> {
         let mut progress = crate::units::Progress::new("delivered");
         let mut records = Vec::new();
+        let mut server = self.server.clone();
         while let Some(first) = acks.recv().await {
-            let mut newest = first.position;
+            let mut newest = first.position.map(|p| (p, first.server));
             let mut changes = first.changes as u64;
             records.extend(first.records);
             // Coalesce: one durable write for everything acknowledged meanwhile.
             drain(&mut acks, &mut newest, &mut changes, &mut records);
             // Records wait for a position to go with (a chunk before the first resumable
             // position of a stream has none).
-            if let Some(position) = newest {
+            if let Some((position, writer)) = newest {
+                if let Some(w) = writer {
+                    // After a failover the positions name the new server's binlog.
+                    server.clone_from(&w);
+                }
                 let cp = Checkpoint {
-                    server: self.server.clone(),
+                    server: server.clone(),
                     position,
                 };
                 self.store
@@ -257,17 +266,18 @@ impl Checkpointer {
 }
 
 /// Takes the acks already queued: the newest position and the changes they add.
+#[allow(clippy::type_complexity)]
 fn drain(
     acks: &mut tokio::sync::mpsc::Receiver<Ack>,
-    newest: &mut Option<Position>,
+    newest: &mut Option<(Position, Option<std::sync::Arc<ServerIdentity>>)>,
     changes: &mut u64,
     records: &mut Vec<Records>,
 ) {
     while let Ok(a) = acks.try_recv() {
         *changes += a.changes as u64;
         records.extend(a.records);
-        if a.position.is_some() {
-            *newest = a.position;
+        if let Some(p) = a.position {
+            *newest = Some((p, a.server));
         }
     }
 }

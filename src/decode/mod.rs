@@ -352,6 +352,17 @@ impl Decoder {
         self.txn = None;
     }
 
+    /// The stream goes on from another server of the topology (a failover, by GTID): the
+    /// file and offset named the old server's binlog and mean nothing on the new one. They
+    /// stay empty until the new stream names its file (its first event, a rotate); the GTID
+    /// position, `seq` and a transaction's delivered rows carry over. Call after
+    /// [`Decoder::restart`].
+    pub fn forget_file(&mut self) {
+        self.set_file(String::new());
+        self.boundary.offset = 0;
+        self.read_to = 0;
+    }
+
     fn set_file(&mut self, file: String) {
         self.file_json.clear();
         self.file_json.extend_from_slice(b"\"file\":");

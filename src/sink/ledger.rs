@@ -35,6 +35,7 @@ pub struct Mark {
     position: Option<Position>,
     changes: usize,
     records: Vec<Records>,
+    server: Option<std::sync::Arc<crate::checkpoint::ServerIdentity>>,
 }
 
 impl Mark {
@@ -43,6 +44,7 @@ impl Mark {
             position: chunk.position.clone(),
             changes: chunk.changes.len(),
             records: chunk.records.clone(),
+            server: chunk.server.clone(),
         }
     }
 }
@@ -153,6 +155,7 @@ impl Ledger {
             position: entry.mark.position,
             changes: entry.mark.changes,
             records: entry.mark.records,
+            server: entry.mark.server,
         })
     }
 
@@ -198,6 +201,7 @@ mod tests {
             }),
             changes,
             records: Vec::new(),
+            server: None,
         }
     }
 
@@ -231,6 +235,7 @@ mod tests {
             position: m.position,
             changes: m.changes,
             records: m.records,
+            server: m.server,
         }
     }
 
@@ -271,6 +276,7 @@ mod tests {
                 position: None,
                 changes: 0,
                 records: Vec::new(),
+                server: None,
             },
             0,
         );

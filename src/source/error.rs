@@ -121,6 +121,14 @@ impl ServerCode {
 pub enum Disconnect {
     #[error("cannot reach the source {addr}: {detail}")]
     Unreachable { addr: String, detail: String },
+    /// Nothing listens at the address (the server is down or gone): with several `--source`
+    /// servers, a reason to fail over at once (see `source::failover`).
+    #[error("the source {addr} refused the connection ({detail}): nothing listens there")]
+    Refused { addr: String, detail: String },
+    /// The server streamed from, a replica, stayed behind its own source (with several
+    /// `--source` servers only, see `source::failover::LagWatch`).
+    #[error("{0}")]
+    Behind(String),
     #[error("connection to the source lost: {0}")]
     Io(String),
     #[error("the source ended the binlog stream")]

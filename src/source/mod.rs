@@ -5,6 +5,7 @@
 
 pub mod dump;
 mod error;
+pub mod failover;
 pub mod history;
 pub mod lookup;
 pub mod preflight;

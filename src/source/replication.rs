@@ -12,15 +12,20 @@
 //!   a `RESET MASTER`, or restored from a backup, stops the stage with a definite error
 //!   instead of streaming a new history from the old position.
 //! - A stream that ends is an error (transient), never success.
+//! - With several `--source` servers, a server that is down, keeps failing for
+//!   `--failover-after`, or fails definitely about itself is left for the next one that holds
+//!   the position's GTIDs ([`super::failover`]); the decoder carries on, so `seq` keeps growing
+//!   and nothing is lost or repeated. Each chunk names the server its position was read on.
 //! - On shutdown it stops reading; what was decoded is handed on (or, if the sink cannot take
 //!   it within 10 s, dropped whole and never acknowledged, so it is read again after a
 //!   restart). Nothing is handed on after a dropped chunk.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::history;
+use super::failover::{self, Failover, Why};
 use super::reader::{ReadError, Reader};
 use super::start::EndTarget;
 use super::stream::{self, Replica, StartPoint};
@@ -63,6 +68,14 @@ pub struct Replication {
     /// Changes handed to the sink so far (the run's last line compares them with the changes
     /// the sink confirmed).
     pub handed_on: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The `--source` servers and when to leave one (see `source::failover`).
+    failover: Failover,
+    /// Which of them `src` is.
+    current: usize,
+    /// `src`, for the snapshot runner's connections (they follow a failover).
+    pub current_source: Arc<Mutex<SourceConfig>>,
+    /// The server each chunk's position was read on (`info`'s, shared by the chunks).
+    stamp: Arc<ServerIdentity>,
 }
 
 impl Replication {
@@ -74,6 +87,10 @@ impl Replication {
         shutdown: Shutdown,
     ) -> Replication {
         Replication {
+            failover: Failover::single(src.clone()),
+            current: 0,
+            current_source: Arc::new(Mutex::new(src.clone())),
+            stamp: Arc::new(info.identity.clone()),
             src,
             info,
             replica,
@@ -89,6 +106,13 @@ impl Replication {
     /// Injects the snapshot chunks of `inbox` into the stream (see `snapshot::handoff`).
     pub fn with_snapshot(mut self, inbox: Inbox, store: Store) -> Replication {
         self.snapshot = Some((inbox, store));
+        self
+    }
+
+    /// Fails over across `failover`'s servers, `current` being the one `src` is.
+    pub fn with_failover(mut self, failover: Failover, current: usize) -> Replication {
+        self.failover = failover;
+        self.current = current;
         self
     }
 
@@ -119,26 +143,54 @@ impl Replication {
         let mut conn = Some(first_conn);
         let mut backoff = Backoff::new();
         let mut opened_at = decoder.position().clone();
+        // Since when the current server has failed without a stream opening, and why binsync
+        // is leaving it (see `source::failover`).
+        let mut failing_since: Option<Instant> = None;
+        let mut leaving: Option<Why> = None;
+        let mut warned_snapshot = false;
         loop {
+            let was = self.info.identity.clone();
             let attempt = async {
                 match conn.take() {
                     Some(c) => stream::open(c, &self.src, &self.info, &self.replica, &start).await,
-                    None => self.reopen(&opened_at).await,
+                    None => match leaving.clone() {
+                        Some(why) => self.fail_over(&opened_at, why).await,
+                        None => self.reopen(&opened_at).await,
+                    },
                 }
             };
             let result = match attempt.await {
                 Ok(s) => {
                     backoff.succeeded();
-                    self.pump(s, &mut decoder, &tx).await
+                    failing_since = None;
+                    leaving = None;
+                    if !was.same_server(&self.info.identity) {
+                        // Another server (a failover, or another one behind the address):
+                        // the old file and offset mean nothing in its binlog.
+                        decoder.forget_file();
+                    }
+                    let snapshotting = self.snapshot.as_ref().is_some_and(|(s, _)| s.busy());
+                    let mut lag = match self.failover.enabled() && !snapshotting {
+                        true => failover::LagWatch::start(self.src.clone(), self.failover.behind),
+                        false => failover::LagWatch::off(),
+                    };
+                    self.pump(s, &mut decoder, &tx, &mut lag).await
                 }
                 Err(e) => Err(e),
             };
             // Hand on what was decoded, whatever happens next.
             self.flush(&mut decoder, &tx).await?;
+            let snapshotting = self.snapshot.as_ref().is_some_and(|(s, _)| s.busy());
+            let may_leave = self.failover.enabled() && !snapshotting;
             let e = match result {
                 Ok(outcome) => return Ok(outcome),
-                Err(Failure::Transient(e)) if !self.shutdown.is_requested() => e,
+                Err(Failure::Transient(e)) if !self.shutdown.is_requested() => {
+                    Failure::Transient(e)
+                }
                 Err(Failure::Transient(_)) => return Ok(Outcome::Stopped),
+                Err(Failure::Definite(e)) if may_leave && failover::about_the_server(&e) => {
+                    Failure::Definite(e)
+                }
                 Err(definite) => return Err(definite),
             };
             // Resume from the decoder's own position.
@@ -149,6 +201,33 @@ impl Replication {
             }
             opened_at = pos;
             start = StartPoint::resume(&opened_at, self.info.gtid_enabled());
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            let newly_leaving = leaving.is_none();
+            if leaving.is_none() && self.failover.enabled() {
+                leaving = match &e {
+                    Failure::Transient(Disconnect::Refused { .. }) => {
+                        Some(Why::Refused(e.to_string()))
+                    }
+                    Failure::Transient(Disconnect::Behind(why)) => Some(Why::Behind(why.clone())),
+                    Failure::Definite(_) => Some(Why::Definite(e.to_string())),
+                    _ if since.elapsed() >= self.failover.after => Some(Why::Persisting {
+                        for_: since.elapsed(),
+                        last: e.to_string(),
+                    }),
+                    _ => None,
+                };
+                if leaving.is_some() && snapshotting {
+                    leaving = None;
+                    if !warned_snapshot {
+                        warned_snapshot = true;
+                        tracing::warn!(source = %self.src, "not failing over while the initial snapshot runs (its chunks are read at this server's binlog positions); retrying this server until the snapshot is done");
+                    }
+                }
+            }
+            if leaving.is_some() && newly_leaving {
+                // Leave at once: the other servers are up, or the round says they are not.
+                continue;
+            }
             let delay = backoff.next_delay();
             tracing::warn!(error = %e, attempt = backoff.attempts(), retry_in = %crate::units::duration(delay), from = %start, "source connection lost; reconnecting");
             if !crate::backoff::sleep_unless_stopped(delay, &mut self.shutdown).await {
@@ -161,19 +240,85 @@ impl Replication {
     /// (it may have been restarted, reset, restored or replaced) and still holds the history
     /// of `pos`.
     async fn reopen(&mut self, pos: &Position) -> Result<super::dump::Dump> {
-        let mut c = self.src.connect_once().await?;
-        let info = ServerInfo::read(&mut c, &self.src).await?;
-        if info.flavor() != self.info.flavor() {
-            return Err(SourceError::ServerChanged {
-                checkpoint: self.info.identity.to_string(),
-                now: info.identity.to_string(),
-            }
-            .into());
-        }
-        history::verify(&mut c, &self.src, &info, pos, self.written_by.as_ref()).await?;
+        let (info, dump) = failover::open_on(
+            &self.src,
+            self.info.flavor(),
+            pos,
+            self.written_by.as_ref(),
+            &self.replica,
+            false,
+        )
+        .await?;
         self.info = info;
-        let start = StartPoint::resume(pos, self.info.gtid_enabled());
-        stream::open(c, &self.src, &self.info, &self.replica, &start).await
+        Ok(dump)
+    }
+
+    /// One round over the `--source` servers, from the one after the current (see
+    /// `source::failover`): the first that holds `pos` takes over.
+    async fn fail_over(&mut self, pos: &Position, why: Why) -> Result<super::dump::Dump> {
+        failover::require_gtid(pos, &self.src)?;
+        let mut tried = Vec::new();
+        for i in self.failover.round(self.current) {
+            if self.shutdown.is_requested() {
+                // Each try may wait 10 s for a server that does not answer: stop between them.
+                return Err(Disconnect::Io("stopping during a failover".into()).into());
+            }
+            let src = self.failover.sources[i].clone();
+            let leaving = i != self.current;
+            let opened = failover::open_on(
+                &src,
+                self.info.flavor(),
+                pos,
+                self.written_by.as_ref(),
+                &self.replica,
+                leaving,
+            )
+            .await;
+            match opened {
+                Ok((info, dump)) => {
+                    if leaving {
+                        tracing::warn!(
+                            "failover: switched from {} ({}) to {} ({}) because {why}; resuming after gtid {} (seq {})",
+                            self.src,
+                            self.info.identity,
+                            src,
+                            info.identity,
+                            pos.gtid.as_ref().map(ToString::to_string).unwrap_or_default(),
+                            pos.last_seq()
+                        );
+                    } else {
+                        tracing::info!(source = %src, "failover: no other --source could take over; the same server is back");
+                    }
+                    *self
+                        .current_source
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = src.clone();
+                    self.src = src;
+                    self.info = info;
+                    self.current = i;
+                    return Ok(dump);
+                }
+                Err(f @ (Failure::State(_) | Failure::Definite(_))) if !matches!(&f, Failure::Definite(e) if failover::about_the_server(e)) => {
+                    return Err(f)
+                }
+                Err(f) => {
+                    let why = failover::why_not(&f);
+                    match &f {
+                        Failure::Definite(_) => {
+                            tracing::error!(source = %src, "failover: this --source cannot take over (not streamed from): {why}")
+                        }
+                        _ => {
+                            tracing::warn!(source = %src, "failover: this --source cannot take over now: {why}")
+                        }
+                    }
+                    tried.push(failover::Tried {
+                        source: src.to_string(),
+                        failure: f,
+                    });
+                }
+            }
+        }
+        Err(failover::verdict(tried))
     }
 
     /// Decodes events until stopped, caught up, or the stream fails. The events are read on
@@ -183,9 +328,13 @@ impl Replication {
         stream: super::dump::Dump,
         decoder: &mut Decoder,
         tx: &mpsc::Sender<Chunk>,
+        lag: &mut failover::LagWatch,
     ) -> Result<Outcome> {
         let mut reader = Reader::spawn(stream, self.replica.silence());
         loop {
+            if let Some(why) = lag.try_fired() {
+                return Err(Disconnect::Behind(why).into());
+            }
             if !self.snapshot_step(decoder, tx).await? {
                 return Ok(Outcome::Stopped);
             }
@@ -222,6 +371,7 @@ impl Replication {
                             }
                         } => continue,
                         _ = self.shutdown.requested() => return Ok(Outcome::Stopped),
+                        why = lag.fired() => return Err(Disconnect::Behind(why).into()),
                         // A failed sink or checkpointer (a full disk, say) ends the run now,
                         // not at the next event.
                         // (The HTTP sink may close on the stop signal before this task sees it.)
@@ -363,6 +513,11 @@ impl Replication {
         };
         match permit {
             Ok(Ok(p)) => {
+                let mut chunk = chunk;
+                if *self.stamp != self.info.identity {
+                    self.stamp = Arc::new(self.info.identity.clone());
+                }
+                chunk.server = Some(self.stamp.clone());
                 let changes = chunk.changes.len() as u64;
                 p.send(chunk);
                 self.handed_on

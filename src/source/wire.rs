@@ -148,10 +148,18 @@ impl Wire {
             .into()
         };
         let attempt = async {
-            // A refused connection fails at once; a host that does not answer (a wrong
-            // address, a firewall dropping packets) within TCP_CONNECT, not a whole attempt.
+            // A refused connection fails at once (and is named so: a failover moves on at
+            // once); a host that does not answer (a wrong address, a firewall dropping
+            // packets) within TCP_CONNECT, not a whole attempt.
             let tcp = match tokio::time::timeout(TCP_CONNECT, TcpStream::connect(&addr)).await {
                 Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    return Err(Disconnect::Refused {
+                        addr: src.to_string(),
+                        detail: e.to_string(),
+                    }
+                    .into())
+                }
                 Ok(Err(e)) => return Err(unreachable(e.to_string())),
                 Err(_) => {
                     return Err(unreachable(format!(
