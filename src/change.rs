@@ -77,6 +77,10 @@ pub struct Chunk {
     /// Writes to save with the checkpoint past this chunk (the schema history's steps, see
     /// `schema::history`), in stream order.
     pub records: Vec<Records>,
+    /// Indexes in `changes`, in order, of each change that is the first of its entity type in
+    /// its source transaction (snapshot rows belong to none): the delivered-transactions
+    /// metric counts them.
+    pub txn_firsts: Vec<u32>,
 }
 
 impl Chunk {
@@ -86,5 +90,17 @@ impl Chunk {
 
     pub fn key(&self, c: &Change) -> &[u8] {
         &self.buf[c.key.clone()]
+    }
+
+    /// What it holds per entity type, for the metrics counted once it is delivered.
+    pub fn tally(&self, schema_versions: usize) -> crate::metrics::Tally {
+        let mut t = crate::metrics::Tally::default();
+        t.versions = schema_versions;
+        let mut firsts = self.txn_firsts.iter().peekable();
+        for (i, c) in self.changes.iter().enumerate() {
+            let first = firsts.next_if(|&&f| f as usize == i).is_some();
+            t.add(&c.entity, c.op.as_str(), c.op.is_row(), first);
+        }
+        t
     }
 }

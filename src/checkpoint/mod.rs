@@ -234,6 +234,7 @@ impl Checkpointer {
         let mut progress = crate::units::Progress::new("delivered");
         let mut records = Vec::new();
         while let Some(first) = acks.recv().await {
+            crate::metrics::delivered();
             let mut newest = first.position;
             let mut changes = first.changes as u64;
             records.extend(first.records);
@@ -264,6 +265,7 @@ fn drain(
     records: &mut Vec<Records>,
 ) {
     while let Ok(a) = acks.try_recv() {
+        crate::metrics::delivered();
         *changes += a.changes as u64;
         records.extend(a.records);
         if a.position.is_some() {

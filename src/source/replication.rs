@@ -129,6 +129,8 @@ impl Replication {
             let result = match attempt.await {
                 Ok(s) => {
                     backoff.succeeded();
+                    let server = self.info.identity.to_string();
+                    crate::metrics::source_connected(self.src.to_string(), server);
                     self.pump(s, &mut decoder, &tx).await
                 }
                 Err(e) => Err(e),
@@ -137,7 +139,10 @@ impl Replication {
             self.flush(&mut decoder, &tx).await?;
             let e = match result {
                 Ok(outcome) => return Ok(outcome),
-                Err(Failure::Transient(e)) if !self.shutdown.is_requested() => e,
+                Err(Failure::Transient(e)) if !self.shutdown.is_requested() => {
+                    crate::metrics::source_lost();
+                    e
+                }
                 Err(Failure::Transient(_)) => return Ok(Outcome::Stopped),
                 Err(definite) => return Err(definite),
             };
@@ -238,6 +243,8 @@ impl Replication {
                 ReadError::Failed(e) => e,
                 ReadError::Ended => Disconnect::StreamEnded.into(),
             })?;
+            let read_to = decoder.read_to();
+            crate::metrics::events_read(&events, &decoder.position().file, read_to);
             for event in &events {
                 decoder.on_event(event).await?;
                 if !decoder.in_transaction() {
@@ -364,6 +371,9 @@ impl Replication {
         match permit {
             Ok(Ok(p)) => {
                 let changes = chunk.changes.len() as u64;
+                let versions = crate::schema::history::versions_in(&chunk.records);
+                // Queued before the sink can confirm it (see `metrics::delivered`).
+                crate::metrics::handed(chunk.tally(versions));
                 p.send(chunk);
                 self.handed_on
                     .fetch_add(changes, std::sync::atomic::Ordering::Relaxed);
