@@ -498,7 +498,14 @@ fn catching_up_without_a_terminal_logs_every_10s_then_once_caught_up() {
         assert!(!l.contains('\r'), "no terminal line in a log: {l:?}");
         assert!(l.contains(" INFO "), "{l}");
         assert!(l.contains(&format!("position={}:", start.0)), "{l}");
-        assert!(l.contains(" MiB") && l.contains("behind="), "{l}");
+        let behind = l.split("behind=").nth(1).expect("behind=");
+        let mut words = behind.split_whitespace();
+        let number = words.next().unwrap_or_default();
+        assert!(number.parse::<f64>().is_ok(), "{l}");
+        assert!(
+            ["B", "KiB", "MiB", "GiB"].contains(&words.next().unwrap_or_default()),
+            "in units: {l}"
+        );
         assert!(
             l.contains("lag=") && l.contains("rate=") && l.contains("eta="),
             "{l}"
@@ -519,6 +526,62 @@ fn catching_up_without_a_terminal_logs_every_10s_then_once_caught_up() {
         dump["stats"]["ops_received"].as_u64(),
         Some(backlog.rows_a() + backlog.rows_b())
     );
+}
+
+#[test]
+fn catching_up_on_a_terminal_is_one_live_line() {
+    let db = MariaDb::start(ServerOpts::default());
+    let backlog = Backlog {
+        a: 40,
+        b: 40,
+        both: 0,
+        rows: 1000,
+    };
+    let start = backlog.write(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let sink_addr = format!("127.0.0.1:{}", free_port());
+    let args = run_args(
+        &db,
+        &dir.path().join("state"),
+        &format!("http://{sink_addr}/sync"),
+        &start,
+    );
+    // `script` gives binsync a terminal (a pty) and copies what it shows to its stdout.
+    let command = std::iter::once(common::binsync_bin().display().to_string())
+        .chain(args)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut term = Proc::spawn_program(Path::new("script"), &["-qfec", &command, "/dev/null"], &[]);
+    // The sink is down: the line is rewritten every second.
+    wait_until(Duration::from_secs(40), "the live line, rewritten", || {
+        term.stdout().matches("\r\x1b[2Kcatch-up: at ").count() >= 3
+    });
+    let mut recv = Receiver::start_on(&dir.path().join("recv"), &sink_addr, &[]);
+    wait_until(Duration::from_secs(120), "caught up", || {
+        term.stdout()
+            .contains("caught up with the source's binlog end")
+    });
+    let shown = term.stdout();
+    let live = shown
+        .split("\r\x1b[2K")
+        .find(|l| l.starts_with("catch-up: at "))
+        .unwrap();
+    eprintln!("{live:?}");
+    assert!(
+        live.starts_with(&format!("catch-up: at {}:", start.0)) && live.contains(" MiB and "),
+        "{live:?}"
+    );
+    assert!(
+        live.contains(" behind, reading ") && live.contains("/s, ") || live.contains("reading ?, "),
+        "{live:?}"
+    );
+    assert!(
+        !shown.contains("catching up with the source's binlog end"),
+        "no log lines on a terminal"
+    );
+    term.sigterm();
+    term.wait_timeout(Duration::from_secs(60)).expect("stops");
+    drop(recv.dump_json());
 }
 
 /// Seconds of an RFC 3339 UTC time of the day (`2026-12-03T14:05:06.123456Z`), for

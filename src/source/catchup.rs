@@ -238,6 +238,9 @@ fn lag_text() -> String {
 }
 
 fn eta_text(behind: u64, rate: Option<f64>, grows: f64) -> String {
+    if behind <= SLACK {
+        return "everything read; waiting for the sink to confirm it".into();
+    }
     let Some(rate) = rate else {
         return "time to go not known yet".into();
     };
@@ -291,9 +294,14 @@ mod tests {
 
     #[test]
     fn the_time_to_go_says_when_it_cannot_be_told() {
-        assert_eq!(eta_text(1000, Some(100.0), 0.0), "about 10.0 s to go");
-        assert!(eta_text(1000, Some(100.0), 100.0).starts_with("not gaining"));
-        assert!(eta_text(1000, Some(0.0), 0.0).starts_with("not reading"));
-        assert_eq!(eta_text(1000, None, 0.0), "time to go not known yet");
+        let mib = 1 << 20;
+        assert_eq!(
+            eta_text(100 * mib, Some(10.0 * mib as f64), 0.0),
+            "about 10.0 s to go"
+        );
+        assert!(eta_text(100 * mib, Some(100.0), 100.0).starts_with("not gaining"));
+        assert!(eta_text(100 * mib, Some(0.0), 0.0).starts_with("not reading"));
+        assert_eq!(eta_text(100 * mib, None, 0.0), "time to go not known yet");
+        assert!(eta_text(1000, Some(0.0), 0.0).starts_with("everything read"));
     }
 }
