@@ -20,7 +20,7 @@
 //!   newest source timestamp confirmed delivered, or since binsync was last caught up,
 //!   whichever is later. Unknown (None) until either is known.
 //!
-//! This module uses no other module of binsync: every stage may call it.
+//! This module uses no other module of binsync but `units`: every stage may call it.
 
 pub mod run_status;
 pub mod serve;
