@@ -7,10 +7,13 @@
 //!    is a valid sample or comment, named by the conventions; the row changes and
 //!    transactions delivered per entity type equal what the receiver got and what was written.
 //! 2. Without a terminal, a catch-up held up by a sink outage logs where it is every 10 s,
-//!    then one line once caught up; the sink's retries are counted by cause.
+//!    then one line once caught up; the sink's retries are counted by cause. On a terminal (a
+//!    pty from `script`) it is one live line, rewritten, and no log lines.
 //! 3. `binsync status` shows the running binsync's lag, throughput, source and DLQ depth, and
 //!    after it stopped, what it left.
-//! 4. A `--metrics-listen` address in use stops binsync at once with one line.
+//! 4. On an idle source the lag is 0 from heartbeats alone; a killed dump thread counts one
+//!    reconnect, and binsync is ready again after it.
+//! 5. A `--metrics-listen` address in use stops binsync at once with one line.
 
 mod common;
 
@@ -654,6 +657,66 @@ fn status_shows_the_running_binsync_and_what_the_last_run_left() {
     assert!(out.contains("  source:     mysql://"), "{out}");
     assert!(out.contains("not connected"), "{out}");
     assert!(out.contains("dlq:        empty"), "{out}");
+    drop(recv.dump_json());
+}
+
+/// binsync's dump thread on the server, if one runs.
+fn dump_thread(db: &MariaDb) -> Option<u64> {
+    db.sql("SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND = 'Binlog Dump'")
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+}
+
+/// On an idle source: ready with a lag of 0 from heartbeats alone; the dump thread killed on
+/// the server counts one reconnect (Debezium's NumberOfDisconnects), and ready again after.
+#[test]
+fn an_idle_source_is_caught_up_and_a_lost_connection_counts_once() {
+    let db = MariaDb::start(ServerOpts::default());
+    let backlog = Backlog {
+        a: 1,
+        b: 1,
+        both: 0,
+        rows: 10,
+    };
+    let start = backlog.write(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let mut recv = Receiver::start(&dir.path().join("recv"), &[]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut args = run_args(&db, &dir.path().join("state"), &recv.url(), &start);
+    args.extend(["--metrics-listen", &addr].map(String::from));
+    let mut binsync = spawn(&args);
+    let scrape = |name: &str| {
+        let (_, text) = get(&addr, "/metrics")?;
+        value(&parse_exposition(&text).0, name, &[])
+    };
+    wait_until(Duration::from_secs(60), "ready", || {
+        get(&addr, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    // Idle for a few heartbeats: still caught up, the lag 0 (not the hour since the writes).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(scrape("binsync_replication_lag_seconds"), Some(0.0));
+    assert_eq!(scrape("binsync_source_reconnects_total"), Some(0.0));
+    assert!(scrape("binsync_source_heartbeats_total").is_some_and(|n| n >= 2.0));
+    let killed = dump_thread(&db).expect("a dump thread");
+    db.sql(&format!("KILL {killed}"));
+    wait_until(Duration::from_secs(30), "a reconnect counted", || {
+        scrape("binsync_source_reconnects_total") == Some(1.0)
+    });
+    wait_until(Duration::from_secs(30), "connected and ready again", || {
+        scrape("binsync_source_connected") == Some(1.0)
+            && get(&addr, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    assert_eq!(scrape("binsync_source_reconnects_total"), Some(1.0));
+    assert_eq!(
+        get(&addr, "/healthz").map(|(s, _)| s),
+        Some(200),
+        "a reconnect is no ended stage"
+    );
+    binsync.sigterm();
+    binsync
+        .wait_timeout(Duration::from_secs(60))
+        .expect("stops");
     drop(recv.dump_json());
 }
 
