@@ -80,6 +80,10 @@ pub struct Chunk {
     /// The server whose binlog `position`'s file and offset name (set by the source stage
     /// as it hands the chunk on; it changes at a failover, see `source::failover`).
     pub server: Option<Arc<ServerIdentity>>,
+    /// Indexes in `changes`, in order, of each change that is the first of its entity type in
+    /// its source transaction (snapshot rows belong to none): the delivered-transactions
+    /// metric counts them.
+    pub txn_firsts: Vec<u32>,
 }
 
 impl Chunk {
@@ -89,5 +93,17 @@ impl Chunk {
 
     pub fn key(&self, c: &Change) -> &[u8] {
         &self.buf[c.key.clone()]
+    }
+
+    /// What it holds per entity type, for the metrics counted once it is delivered.
+    pub fn tally(&self, schema_versions: usize) -> crate::metrics::Tally {
+        let mut t = crate::metrics::Tally::default();
+        t.versions = schema_versions;
+        let mut firsts = self.txn_firsts.iter().peekable();
+        for (i, c) in self.changes.iter().enumerate() {
+            let first = firsts.next_if(|&&f| f as usize == i).is_some();
+            t.add(&c.entity, c.op.as_str(), c.op.is_row(), first);
+        }
+        t
     }
 }

@@ -267,6 +267,7 @@ pub async fn status(src: Option<&SourceConfig>, state_dir: &Path) -> Result<()> 
         say!("state dir is in use by a running binsync");
     }
     snapshot_status(state_dir, running)?;
+    run_status(state_dir, running)?;
     let Some(src) = src else { return Ok(()) };
     let mut conn = match src.connect_once().await {
         Ok(c) => c,
@@ -292,6 +293,88 @@ pub async fn status(src: Option<&SourceConfig>, state_dir: &Path) -> Result<()> 
                 cp.position.file
             );
         }
+    }
+    Ok(())
+}
+
+/// The run's own view in `status` (`metrics::run_status`): from the running binsync, or what
+/// the last run left; and the dead-letter queue's depth.
+fn run_status(state_dir: &Path, running: bool) -> Result<()> {
+    use crate::units::{bytes, count, duration};
+    let at = |ms: u64| crate::json::format_utc_micros(ms as i64 * 1000);
+    let st = crate::metrics::run_status::read(state_dir);
+    match (&st, running) {
+        (Some(s), true) => say!(
+            "run:        running since {} (pid {})",
+            at(s.started_unix_ms),
+            s.pid
+        ),
+        (Some(s), false) => match s.ended_unix_ms {
+            Some(end) => say!(
+                "last run:   ended {} after {} (pid {}); as it left things:",
+                at(end),
+                duration(std::time::Duration::from_millis(
+                    end.saturating_sub(s.started_unix_ms)
+                )),
+                s.pid
+            ),
+            None => say!(
+                "last run:   did not end cleanly (pid {}, killed or the machine stopped); last heard from {}:",
+                s.pid,
+                at(s.updated_unix_ms)
+            ),
+        },
+        (None, true) => say!("run:        running; it has published no run status yet"),
+        (None, false) => say!("last run:   none recorded in {}", state_dir.display()),
+    }
+    if let Some(s) = &st {
+        if let Some(url) = &s.source {
+            let server = s.server.as_deref().unwrap_or("server not known");
+            let link = if s.connected {
+                "connected"
+            } else {
+                "not connected"
+            };
+            say!("  source:     {url} ({server}), {link}");
+        }
+        let lag = match (s.lag_seconds, s.caught_up) {
+            (_, true) => "0 ms (caught up with the source)".to_string(),
+            (Some(l), false) => format!(
+                "{} behind the source",
+                duration(std::time::Duration::from_secs_f64(l.max(0.0)))
+            ),
+            (None, false) => "not known (nothing delivered, no heartbeat yet)".to_string(),
+        };
+        say!("  lag:        {lag}");
+        say!(
+            "  throughput: {} changes/s over the last {}; {} delivered since it started",
+            count(s.changes_per_second.round() as u64),
+            duration(std::time::Duration::from_secs_f64(
+                s.throughput_window_seconds.max(0.0)
+            )),
+            count(s.delivered_changes)
+        );
+        if let Some(pos) = &s.read_position {
+            let behind = s
+                .bytes_behind
+                .map(|b| format!(" ({} behind the source's binlog end)", bytes(b)))
+                .unwrap_or_default();
+            say!("  read up to: {pos}{behind}");
+        }
+    }
+    // The queue itself when no binsync holds the store; else what the running one counts.
+    let depth = match (running, Store::exists(state_dir)) {
+        (true, _) => st.as_ref().map(|s| s.dlq_entries),
+        (false, true) => match Store::open(state_dir) {
+            Ok(store) => Some(Dlq::open(&store)?.len() as u64),
+            Err(_) => None,
+        },
+        (false, false) => Some(0),
+    };
+    match depth {
+        Some(0) => say!("dlq:        empty"),
+        Some(n) => say!("dlq:        {n} dead letters (binsync dlq list)"),
+        None => say!("dlq:        not known"),
     }
     Ok(())
 }

@@ -275,6 +275,13 @@ pub struct RunArgs {
     /// they are unique: rows sharing a value may be skipped.
     #[arg(long, value_name = "DB.TABLE=COLS")]
     pub snapshot_key: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, with /healthz and /readyz (e.g.
+    /// 0.0.0.0:9100; port 0 picks a free one). Default: not served.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// /readyz answers 503 while binsync is more than this behind the source (default 10s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub ready_max_lag: Option<Duration>,
     #[command(flatten)]
     pub http: HttpArgs,
 }
@@ -457,6 +464,11 @@ pub struct FileConfig {
     /// db.table = "col1,col2" (as --snapshot-key).
     pub snapshot_key: Option<HashMap<String, String>>,
     pub log_format: Option<LogFormat>,
+    /// As --metrics-listen: "0.0.0.0:9100".
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// As --ready-max-lag: "10s".
+    #[serde(default, deserialize_with = "human_duration")]
+    pub ready_max_lag: Option<Duration>,
     /// HTTP sink settings, named as the flags (batch_rows, linger = "5ms", ...).
     pub http: Option<HttpArgs>,
 }
@@ -523,6 +535,7 @@ pub struct RunSettings {
     pub decode: DecodeConfig,
     pub exit_at_end: bool,
     pub snapshot: crate::snapshot::runner::SnapshotSettings,
+    pub metrics: crate::metrics::MetricsSettings,
 }
 
 /// Everything `binsync replay` needs, validated.
@@ -711,6 +724,13 @@ impl RunSettings {
             decode,
             exit_at_end: args.exit_at_end,
             snapshot,
+            metrics: crate::metrics::MetricsSettings {
+                listen: args.metrics_listen.or(file.metrics_listen),
+                ready_max_lag: args
+                    .ready_max_lag
+                    .or(file.ready_max_lag)
+                    .unwrap_or(crate::metrics::DEFAULT_READY_MAX_LAG),
+            },
         })
     }
 }
@@ -1013,6 +1033,20 @@ mod tests {
             s.decode.entities.get("shop.products").map(String::as_str),
             Some("product")
         );
+        assert_eq!(
+            s.metrics.listen,
+            Some("127.0.0.1:9100".parse().unwrap()),
+            "metrics_listen from the file"
+        );
+        assert_eq!(s.metrics.ready_max_lag, Duration::from_secs(10));
+        let args = RunArgs {
+            metrics_listen: Some("0.0.0.0:9200".parse().unwrap()),
+            ready_max_lag: Some(Duration::from_secs(3)),
+            ..args
+        };
+        let s = RunSettings::resolve(&args, &file).unwrap();
+        assert_eq!(s.metrics.listen, Some("0.0.0.0:9200".parse().unwrap()));
+        assert_eq!(s.metrics.ready_max_lag, Duration::from_secs(3));
     }
 
     #[test]

@@ -115,6 +115,7 @@ impl Dlq {
 
     /// Stores the entry (assigning its id), flushed before this returns, then publishes it.
     pub async fn push(&self, mut entry: DeadLetter) -> Result<u64, DlqError> {
+        let changes = entry.count;
         let tree = self.tree.clone();
         let published = self.published.clone();
         let id = self
@@ -131,6 +132,8 @@ impl Dlq {
             .await
             .map_err(|e| self.write_err(e))?
             .id;
+        crate::metrics::dlq_depth(self.len());
+        crate::metrics::dead_lettered(changes);
         Ok(id)
     }
 
@@ -177,6 +180,7 @@ impl Dlq {
             )
             .await
             .map_err(|e| self.write_err(e))
+            .inspect(|_| crate::metrics::dlq_depth(self.len()))
     }
 
     /// The entries as the binsync holding the store published them (for `dlq list` and

@@ -13,6 +13,7 @@ use crate::checkpoint::{CheckpointError, DiskFull};
 use crate::config::ConfigError;
 use crate::decode::StreamError;
 use crate::dlq::DlqError;
+use crate::metrics::MetricsError;
 use crate::sink::SinkError;
 use crate::source::{Disconnect, Failure, SourceError};
 use crate::units::OutputError;
@@ -51,6 +52,9 @@ pub enum Definite {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Dlq(#[from] DlqError),
+    /// `--metrics-listen` cannot be served (the address is taken, say).
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// An archived binlog file cannot be replayed (unreadable, damaged); names file and offset.
     #[error("{0}")]
     Replay(String),
@@ -74,7 +78,7 @@ macro_rules! into_kind {
     };
 }
 into_kind!(Transient: Disconnect, DiskFull);
-into_kind!(Definite: ConfigError, SourceError, StreamError, OutputError);
+into_kind!(Definite: ConfigError, SourceError, StreamError, OutputError, MetricsError);
 
 // A full disk is transient whichever stage met it.
 impl From<CheckpointError> for Error {

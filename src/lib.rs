@@ -33,6 +33,9 @@
 //!   at its exact binlog position, encoded as the decoder encodes binlog rows, injected into
 //!   the stream there as `read` operations (`decode::inject`); a stage of its own beside the
 //!   source, which holds the stream while a chunk is read.
+//! - [`metrics`]: what the stages report about themselves (counters, lag, health), served as
+//!   Prometheus text with `/healthz` and `/readyz` (`--metrics-listen`) and published in
+//!   `run-status.json` for `binsync status`; it uses no other module, so every stage may call it.
 //! - [`config`]: flags and the TOML file, resolved once into each component's settings.
 //! - [`error`]: the library's error, transient or definite.
 //! - [`pipeline`] (`binsync run`), [`replay`], [`commands`] (`check`, `status`, `dlq`): the
@@ -45,6 +48,7 @@ pub mod alloc;
 pub mod commands;
 pub mod config;
 pub mod decode;
+pub mod metrics;
 pub mod pipeline;
 pub mod replay;
 pub mod schema;

@@ -61,6 +61,8 @@ const ACK_QUEUE: usize = 64;
 
 /// Runs until `shutdown` fires, the end is reached (`--exit-at-end`), or a definite error.
 pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcome> {
+    // First: an address that cannot be served stops binsync before it reaches the source.
+    crate::metrics::serve::start(&settings.metrics).await?;
     let mut reset = settings.reset;
     // One pace for all the waits: a disk that is full again right after a resume is waited
     // out longer each time; after a healthy stretch the pace starts over.
@@ -74,6 +76,7 @@ pub async fn run(settings: RunSettings, mut shutdown: Shutdown) -> Result<Outcom
             done => return done,
         };
         // Every stage has ended and dropped its handle on the store: it can be reopened.
+        crate::metrics::set_phase(crate::metrics::Phase::WaitingForDisk);
         tracing::error!(error = %err, "waiting for disk space; nothing is lost: the checkpoint stays at the last one saved, and binsync goes on from it once there is space");
         if !wait_for_space(&settings, &full, &mut backoff, &mut shutdown).await? {
             tracing::info!(
@@ -149,6 +152,7 @@ async fn run_once(
     reset: &mut bool,
     mut shutdown: Shutdown,
 ) -> Result<Outcome> {
+    crate::metrics::run_starting();
     let store = if *reset {
         tracing::info!(state_dir = %settings.state_dir.display(), "--reset: discarding the checkpoint");
         let store = Store::open_reset(&settings.state_dir).await?;
@@ -160,6 +164,11 @@ async fn run_once(
         Store::open_waiting(&settings.state_dir, Duration::from_secs(3)).await?
     };
     let checkpoint = store.load()?;
+    // For `binsync status` while this run holds the store; its drop writes the last one.
+    let _run_status = crate::metrics::run_status::Writer::start(&settings.state_dir);
+    if let Some(at) = store.saved_at_unix_ms() {
+        crate::metrics::checkpoint_saved(at);
+    }
 
     tracing::info!(source = %settings.source, "connecting");
     let (exit_at_end, start) = (settings.exit_at_end, &settings.start);
@@ -250,6 +259,13 @@ async fn run_once(
         return Ok(Outcome::Stopped);
     };
     let reserved = progress::reservations_from(&store, plan.position.seq).await?;
+    crate::metrics::schema_versions(history::version_count(&store)?);
+    let done = snapshot_tables
+        .iter()
+        .filter(|t| t.state == progress::State::Done)
+        .count();
+    let rows = snapshot_tables.iter().map(|t| t.rows).sum();
+    crate::metrics::snapshot_progress(rows, snapshot_tables.len(), done);
     tracing::info!(start = %plan.point, position = %plan.position, "streaming");
 
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
@@ -260,9 +276,14 @@ async fn run_once(
         store,
         server: info.identity.clone(),
     };
-    let checkpointer = tokio::spawn(checkpointer.run(ack_rx));
+    crate::metrics::set_phase(crate::metrics::Phase::Running);
+    let checkpointer = tokio::spawn(crate::metrics::staged(
+        "checkpointer",
+        checkpointer.run(ack_rx),
+    ));
 
     let written_by = plan.written_by.take();
+    let reading_from = (plan.position.file.clone(), plan.position.offset);
     let decoder = Decoder::new(
         Arc::new(decode),
         plan.position,
@@ -311,11 +332,20 @@ async fn run_once(
             link,
             shutdown: shutdown.clone(),
         };
-        runner = Some(tokio::spawn(r.run(snapshot_tables)));
+        runner = Some(tokio::spawn(crate::metrics::staged(
+            "snapshot",
+            r.run(snapshot_tables),
+        )));
     }
     let handed_on = source.handed_on.clone();
     let dead_before = Dlq::open(&checkpointer_store).map_or(0, |d| d.len());
-    let source_result = source.run(conn, plan.point, decoder, chunk_tx).await;
+    crate::metrics::dlq_depth(dead_before);
+    let catchup = crate::source::catchup::watch(settings.source.clone(), reading_from);
+    let source_result =
+        crate::metrics::staged("source", source.run(conn, plan.point, decoder, chunk_tx)).await;
+    drop(catchup);
+    crate::metrics::set_phase(crate::metrics::Phase::Stopping);
+    crate::metrics::source_closed();
     if let Some(r) = runner {
         // Its state moves only with the checkpoint: nothing is lost by ending it here.
         r.abort();
@@ -504,16 +534,18 @@ fn spawn_sink(
             let dlq = Dlq::open(store)?;
             let header = SourceHeader::new(&info.identity);
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
+            tokio::spawn(crate::metrics::staged("sink", async move {
                 sink::http::run(cfg, header, dlq, rx, acks, shutdown)
                     .await
                     .map_err(Error::from)
-            })
+            }))
         }
         lines => {
             let spec = lines.clone();
             let shutdown = shutdown.clone();
+            let alive = crate::metrics::stage("sink");
             tokio::task::spawn_blocking(move || {
+                let _alive = alive;
                 sink::lines::run_blocking(spec, rx, acks, shutdown).map_err(Error::from)
             })
         }

@@ -239,6 +239,7 @@ impl Checkpointer {
         let mut records = Vec::new();
         let mut server = self.server.clone();
         while let Some(first) = acks.recv().await {
+            crate::metrics::delivered();
             let mut newest = first.position.map(|p| (p, first.server));
             let mut changes = first.changes as u64;
             records.extend(first.records);
@@ -274,6 +275,7 @@ fn drain(
     records: &mut Vec<Records>,
 ) {
     while let Ok(a) = acks.try_recv() {
+        crate::metrics::delivered();
         *changes += a.changes as u64;
         records.extend(a.records);
         if let Some(p) = a.position {

@@ -196,6 +196,14 @@ impl Store {
             .map_err(|e| damaged(e.to_string()))
     }
 
+    /// When the checkpoint held was saved (Unix ms), if there is one.
+    pub fn saved_at_unix_ms(&self) -> Option<u64> {
+        let raw = self.db().get(KEY).ok()??;
+        serde_json::from_slice::<Stored>(&raw)
+            .ok()
+            .map(|s| s.saved_at_unix_ms)
+    }
+
     /// Writes and flushes (fsync) the checkpoint, then publishes its copy (`status.json`).
     pub async fn save(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
         self.save_with(cp, Vec::new()).await
@@ -220,6 +228,7 @@ impl Store {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
         };
+        let saved_at = stored.saved_at_unix_ms;
         let bytes = serde_json::to_vec(&stored).expect("plain struct serializes");
         let value = sled::IVec::from(&bytes[..]);
         let dir = self.dir().to_path_buf();
@@ -269,7 +278,9 @@ impl Store {
             },
         )
         .await
-        .map_err(|e| self.write_error(e))
+        .map_err(|e| self.write_error(e))?;
+        crate::metrics::checkpoint_saved(saved_at);
+        Ok(())
     }
 
     /// Whether a write reaches the disk (after a disk-full failure, on a freshly opened store:

@@ -245,6 +245,9 @@ pub struct Decoder {
     reserved: Vec<inject::Reservation>,
     /// The snapshot chunk being injected (see `inject`).
     injecting: Option<inject::Injecting>,
+    /// The entity types the open transaction has emitted changes of (see
+    /// `Chunk::txn_firsts`).
+    txn_entities: Vec<Arc<str>>,
 }
 
 impl Decoder {
@@ -295,6 +298,7 @@ impl Decoder {
             last_commit,
             reserved: Vec::new(),
             injecting: None,
+            txn_entities: Vec::new(),
         };
         d.set_file(d.boundary.file.clone());
         d
@@ -977,6 +981,13 @@ impl Decoder {
         }
         buf.push(b'}');
         let end = buf.len();
+        let index = self.chunk.changes.len();
+        first_of_type(
+            &mut self.txn_entities,
+            &mut self.chunk.txn_firsts,
+            index,
+            &entity,
+        );
         self.chunk.changes.push(Change {
             seq: self.seq,
             op,
@@ -1045,6 +1056,7 @@ impl Decoder {
             }
             None => 0,
         };
+        self.txn_entities.clear();
         self.txn = Some(Txn {
             id,
             gtid,
@@ -1057,6 +1069,7 @@ impl Decoder {
 
     fn commit(&mut self, log_pos: u64) -> Result<(), StreamError> {
         self.payload_end = None;
+        self.txn_entities.clear();
         self.history_before_txn = None;
         if let Some(gtid) = self.txn.take().and_then(|t| t.gtid) {
             match &mut self.boundary.gtid {
@@ -1539,6 +1552,13 @@ impl Decoder {
         }
         let start = line_start + gap.max(head.len()) - head.len();
         buf[start..start + head.len()].copy_from_slice(head);
+        let index = self.chunk.changes.len();
+        first_of_type(
+            &mut self.txn_entities,
+            &mut self.chunk.txn_firsts,
+            index,
+            &info.entity,
+        );
         self.chunk.changes.push(Change {
             seq: self.seq,
             op,
@@ -1655,6 +1675,19 @@ fn write_head(
 const FORMAT_DESCRIPTION_EVENT: u8 = EventType::FORMAT_DESCRIPTION_EVENT as u8;
 const XID_EVENT: u8 = EventType::XID_EVENT as u8;
 const PREVIOUS_GTIDS_EVENT: u8 = EventType::PREVIOUS_GTIDS_EVENT as u8;
+/// Notes the change about to be pushed at `index` in `firsts` when it is the first of its
+/// entity type in the open transaction (`seen`: the types it emitted so far), for the
+/// delivered-transactions metric (`Chunk::txn_firsts`).
+fn first_of_type(seen: &mut Vec<Arc<str>>, firsts: &mut Vec<u32>, index: usize, entity: &Arc<str>) {
+    if !seen
+        .iter()
+        .any(|e| Arc::ptr_eq(e, entity) || **e == **entity)
+    {
+        seen.push(entity.clone());
+        firsts.push(index as u32);
+    }
+}
+
 const HEARTBEAT_EVENT: u8 = EventType::HEARTBEAT_EVENT as u8;
 /// MySQL 8.0.26+'s heartbeat (mysql_common has no name for it).
 const HEARTBEAT_EVENT_V2: u8 = 0x29;

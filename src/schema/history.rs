@@ -80,6 +80,21 @@ pub fn records(
     })
 }
 
+/// Versions that `records` (a chunk's) add to the history.
+pub fn versions_in(records: &[Records]) -> usize {
+    records
+        .iter()
+        .filter(|r| r.tree == TREE)
+        .map(|r| r.entries.len())
+        .sum()
+}
+
+/// How many versions the history holds.
+pub fn version_count(store: &Store) -> Result<usize> {
+    let tree = store.db().open_tree(TREE).map_err(|e| damaged(store, e))?;
+    Ok(tree.len())
+}
+
 /// Whether the history holds anything (a state dir from before it existed does not).
 pub fn is_empty(store: &Store) -> Result<bool> {
     let tree = store.db().open_tree(TREE).map_err(|e| damaged(store, e))?;

@@ -110,6 +110,7 @@ where
         // A retry paced by `Retry-After` still counts (and lengthens the next backoff).
         let backoff_delay = backoff.next_delay();
         let delay = after.unwrap_or(backoff_delay);
+        crate::metrics::sink_retry(status);
         let what = status.map_or_else(|| detail.clone(), |s| format!("HTTP {s}"));
         tracing::warn!(batch = %id, attempt = backoff.attempts(), retry_in = %crate::units::duration(delay), error = %what, "sync API did not take the batch; retrying");
         if !sleep_unless_stopped(delay, shutdown).await {

@@ -118,6 +118,9 @@ impl Ctx {
         };
         all.insert(p.qualified(), p.clone());
         let list: Vec<TableProgress> = all.values().cloned().collect();
+        let done = list.iter().filter(|t| t.state == State::Done).count();
+        let rows = list.iter().map(|t| t.rows).sum();
+        crate::metrics::snapshot_progress(rows, list.len(), done);
         progress::write_status(&self.state_dir, &list);
     }
 }

@@ -3,6 +3,7 @@
 //! Errors are decided at this boundary, by type ([`error`]): a [`Disconnect`] is transient
 //! (reconnect), a [`SourceError`] definite (stop and name the fix).
 
+pub mod catchup;
 pub mod dump;
 mod error;
 pub mod failover;

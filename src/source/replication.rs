@@ -174,6 +174,8 @@ impl Replication {
                         true => failover::LagWatch::start(self.src.clone(), self.failover.behind),
                         false => failover::LagWatch::off(),
                     };
+                    let server = self.info.identity.to_string();
+                    crate::metrics::source_connected(self.src.to_string(), server);
                     self.pump(s, &mut decoder, &tx, &mut lag).await
                 }
                 Err(e) => Err(e),
@@ -185,6 +187,7 @@ impl Replication {
             let e = match result {
                 Ok(outcome) => return Ok(outcome),
                 Err(Failure::Transient(e)) if !self.shutdown.is_requested() => {
+                    crate::metrics::source_lost();
                     Failure::Transient(e)
                 }
                 Err(Failure::Transient(_)) => return Ok(Outcome::Stopped),
@@ -388,6 +391,8 @@ impl Replication {
                 ReadError::Failed(e) => e,
                 ReadError::Ended => Disconnect::StreamEnded.into(),
             })?;
+            let read_to = decoder.read_to();
+            crate::metrics::events_read(&events, &decoder.position().file, read_to);
             for event in &events {
                 decoder.on_event(event).await?;
                 if !decoder.in_transaction() {
@@ -519,6 +524,9 @@ impl Replication {
                 }
                 chunk.server = Some(self.stamp.clone());
                 let changes = chunk.changes.len() as u64;
+                let versions = crate::schema::history::versions_in(&chunk.records);
+                // Queued before the sink can confirm it (see `metrics::delivered`).
+                crate::metrics::handed(chunk.tally(versions));
                 p.send(chunk);
                 self.handed_on
                     .fetch_add(changes, std::sync::atomic::Ordering::Relaxed);

@@ -38,7 +38,11 @@ pub(super) async fn lane(
     mut shutdown: Shutdown,
 ) {
     while let Some(batch) = rx.recv().await {
+        let in_flight = crate::metrics::batch_sending(batch.count);
         let handled = deliver(&client, &cfg, &dlq, &batch, &mut shutdown).await;
+        if matches!(handled, Handled::Delivered) {
+            in_flight.delivered();
+        }
         let last = matches!(handled, Handled::Abandoned | Handled::Failed(_));
         if results
             .send(LaneResult {
