@@ -161,6 +161,7 @@ pub fn run_blocking(
                 break;
             }
         };
+        tracing::debug!(chunks = pending.len(), bytes, "lines written");
         let marks = pending.drain(..).map(|c| Mark::of(&c));
         match &mut durable {
             Durable::Synced { groups, .. } => {
