@@ -249,6 +249,13 @@ fn load_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
 }
 
 pub async fn status(src: Option<&SourceConfig>, state_dir: &Path) -> Result<()> {
+    // A missing directory is most often a typo: "no checkpoint" would hide it.
+    if !state_dir.exists() {
+        return Err(Error::usage(format!(
+            "state dir {} does not exist (status creates nothing); name the --state-dir that binsync run uses",
+            state_dir.display()
+        )));
+    }
     // A reader never creates a store: a `run` starting meanwhile would find it half made.
     let running = Store::exists(state_dir)
         && matches!(Store::open(state_dir), Err(CheckpointError::Locked { .. }));

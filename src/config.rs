@@ -210,7 +210,9 @@ pub struct RunArgs {
     /// Directory of the embedded checkpoint store.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Where changes go: `stdout`, `file:PATH` (JSON lines, fsynced), or an http(s):// URL.
+    /// Where changes go: `stdout` (the default: JSON lines on this terminal or pipe; the first
+    /// log line names the sink in use), `file:PATH` (JSON lines, fsynced; its directory must
+    /// exist), or an http(s):// URL (the sync API, docs/sync-api.md).
     #[arg(long)]
     pub sink: Option<String>,
     /// Where to begin when there is no checkpoint: earliest, latest, gtid:SET, file:NAME:POS.
@@ -366,6 +368,7 @@ pub struct CheckArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+    /// The state dir of the binsync run to show (it must exist: status creates nothing).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
 }
@@ -800,6 +803,16 @@ fn sink_spec(
 ) -> Result<SinkSpec, ConfigError> {
     let text = text.map_or("stdout", String::as_str);
     let mut spec: SinkSpec = text.parse().map_err(ConfigError)?;
+    // binsync creates no directories: a typo in the path must not start a new tree.
+    if let SinkSpec::File(path) = &spec {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+            return Err(ConfigError(format!(
+                "--sink {text}: the directory {} does not exist; create it (binsync creates no directories), or name a file in one that does",
+                dir.display()
+            )));
+        }
+    }
     match &mut spec {
         SinkSpec::Http(cfg) => **cfg = http_config((**cfg).clone(), http, file.http.as_ref())?,
         // The file's [http] table is for an HTTP sink and unused by others, but a flag given
@@ -918,6 +931,8 @@ mod tests {
         let file = FileConfig::load(&p).unwrap();
         let args = RunArgs {
             server_id: Some(77),
+            // The example's sink is in /var/lib/binsync, which need not exist here.
+            sink: Some("stdout".into()),
             ..Default::default()
         };
         let s = RunSettings::resolve(&args, &file).unwrap();

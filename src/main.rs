@@ -43,6 +43,15 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
     match command {
         Command::Run(args) => {
             let settings = RunSettings::resolve(&args, &file)?;
+            // Said once, so that a run without --sink is not a surprise on the terminal.
+            if settings.sink.is_stdout() {
+                tracing::info!(
+                    sink = %settings.sink,
+                    "changes go to stdout as JSON lines (--sink names a file or the sync API)"
+                );
+            } else {
+                tracing::info!(sink = %settings.sink, "changes go to the sink");
+            }
             match pipeline::run(settings, Shutdown::on(shutdown_signal())).await? {
                 Outcome::CaughtUp => {
                     tracing::info!("caught up with the source's binlog end at start-up; exiting")
