@@ -26,7 +26,8 @@ use crate::source::SourceConfig;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// TOML config file; flags override its values.
+    /// TOML config file (config/binsync.example.toml); flags override its values. Not for
+    /// `receive`, whose settings are flags only.
     #[arg(long, global = true, env = "BINSYNC_CONFIG")]
     pub config: Option<PathBuf>,
     /// Log format on stderr.
@@ -76,14 +77,16 @@ pub struct SchemaArgs {
     pub action: String,
     #[command(flatten)]
     pub source: SourceArgs,
+    /// `history`, `refresh`: the state dir of the binsync run whose schema history to use.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// `refresh`: a table to read again, db.table (repeatable).
     #[arg(long)]
     pub table: Vec<String>,
-    /// Tables to show (globs, as for `run`); default: every table.
+    /// `show`: tables to show (db.table globs, as for `run`; repeatable); default: every table.
     #[arg(long)]
     pub include: Vec<String>,
+    /// `show`: tables to leave out (db.table globs; repeatable).
     #[arg(long)]
     pub exclude: Vec<String>,
 }
@@ -151,22 +154,61 @@ pub enum DlqAction {
     /// One line per dead letter: id, time, status, batch, changes.
     List,
     /// The full entry: response and payload.
-    Show { id: u64 },
+    Show {
+        /// The entry's id (the first column of `binsync dlq list`).
+        id: u64,
+    },
     /// POST entries again (all, or the given ids); accepted ones are removed.
     Replay {
+        /// Ids of the entries to send (default: every entry).
         ids: Vec<u64>,
         /// The sync API URL (default: the URL each entry was sent to).
         #[arg(long)]
         sink: Option<String>,
         #[command(flatten)]
-        http: HttpArgs,
+        http: DlqHttpArgs,
     },
     /// Delete entries (the given ids, or all with --all).
     Drop {
+        /// Ids of the entries to delete; an id with no entry is an error, and nothing is
+        /// deleted then.
         ids: Vec<u64>,
+        /// Delete every entry.
         #[arg(long)]
         all: bool,
     },
+}
+
+/// The HTTP settings `dlq replay` acts on: it sends each stored batch as it was, once, so
+/// `run`'s batching and retry flags (--batch-rows, --linger, --in-flight, --max-retries,
+/// --on-reject, --compact) mean nothing there and are not offered.
+#[derive(Debug, Args, Default)]
+pub struct DlqHttpArgs {
+    /// Timeout of one POST (default 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub request_timeout: Option<Duration>,
+    /// gzip request bodies.
+    #[arg(long)]
+    pub gzip: bool,
+    /// Environment variable whose value is sent as the Authorization header.
+    #[arg(long)]
+    pub auth_header_env: Option<String>,
+    /// PEM file of the CA certificate(s) that signed an https:// sink's certificate; only
+    /// these are trusted (default: the public roots).
+    #[arg(long, value_name = "FILE")]
+    pub sink_ca: Option<PathBuf>,
+}
+
+impl From<&DlqHttpArgs> for HttpArgs {
+    fn from(a: &DlqHttpArgs) -> HttpArgs {
+        HttpArgs {
+            request_timeout: a.request_timeout,
+            gzip: a.gzip,
+            auth_header_env: a.auth_header_env.clone(),
+            sink_ca: a.sink_ca.clone(),
+            ..HttpArgs::default()
+        }
+    }
 }
 
 #[derive(Debug, Args, Default)]
@@ -386,13 +428,17 @@ pub struct ReplayArgs {
     /// known.
     #[arg(long, value_name = "URL|file:PATH")]
     pub schema_from: Option<String>,
-    /// Where changes go: `stdout`, `file:PATH`, or an http(s):// URL.
+    /// Where changes go: `stdout` (the default: JSON lines on this terminal or pipe),
+    /// `file:PATH` (its directory must exist), or an http(s):// URL (the sync API).
     #[arg(long)]
     pub sink: Option<String>,
+    /// Capture only tables matching these db.table globs (repeatable), as for `run`.
     #[arg(long)]
     pub include: Vec<String>,
+    /// Skip tables matching these db.table globs (repeatable), as for `run`.
     #[arg(long)]
     pub exclude: Vec<String>,
+    /// Entity type name for a table: db.table=name (repeatable), as for `run`.
     #[arg(long)]
     pub entity: Vec<String>,
     /// As for `run`: what a DDL statement on a captured table becomes (emit, ignore, stop;

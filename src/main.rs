@@ -15,6 +15,13 @@ use binsync::shutdown::Shutdown;
 fn main() -> ExitCode {
     binsync::alloc::tune();
     let cli = Cli::parse();
+    // The receiver's settings are flags only: a config file given to it would be ignored.
+    if let (Command::Receive(_), Some(path)) = (&cli.command, &cli.config) {
+        return fail(&anyhow::anyhow!(
+            "binsync receive reads no config file (its settings are flags, see binsync receive --help); drop --config {} (or unset BINSYNC_CONFIG)",
+            path.display()
+        ));
+    }
     let file = match cli.config.as_deref().map(FileConfig::load).transpose() {
         Ok(f) => f.unwrap_or_default(),
         Err(e) => return fail(&e.into()),

@@ -250,3 +250,195 @@ fn the_default_stdout_sink_is_said_in_help_and_at_start() {
         "the first line names the sink: {err}"
     );
 }
+
+/// Every flag and argument of every subcommand says what it is for.
+#[test]
+fn every_flag_and_argument_has_help() {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            let text = arg
+                .get_help()
+                .or(arg.get_long_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            if text.trim().is_empty() {
+                missing.push(format!("{path} {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                missing.push(format!("{path} {} (the subcommand)", sub.get_name()));
+            }
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let mut cmd = binsync::config::Cli::command();
+    cmd.build();
+    let mut missing = Vec::new();
+    let mut count = 0;
+    fn count_args(cmd: &clap::Command, n: &mut usize) {
+        *n += cmd.get_arguments().count();
+        cmd.get_subcommands().for_each(|s| count_args(s, n));
+    }
+    count_args(&cmd, &mut count);
+    assert!(count > 50, "the walk saw only {count} arguments");
+    walk(&cmd, "binsync", &mut missing);
+    assert!(missing.is_empty(), "without help text: {missing:#?}");
+}
+
+/// `dlq replay` sends stored batches as they are, once: the batching and retry flags of
+/// `run` are not offered there (they were listed, and ignored). The ones it uses are.
+#[test]
+fn dlq_replay_offers_only_the_flags_it_uses() {
+    use clap::Parser;
+    let parse = |extra: &[&str]| {
+        let mut args = vec!["binsync", "dlq", "--state-dir", "/x", "replay"];
+        args.extend(extra);
+        binsync::config::Cli::try_parse_from(args)
+    };
+    for unused in [
+        ["--linger", "5ms"].as_slice(),
+        &["--batch-rows", "10"],
+        &["--batch-bytes", "10"],
+        &["--in-flight", "2"],
+        &["--max-retries", "2"],
+        &["--on-reject", "stop"],
+        &["--compact"],
+    ] {
+        assert!(parse(unused).is_err(), "dlq replay accepts {unused:?}");
+    }
+    for used in [
+        ["--request-timeout", "5s"].as_slice(),
+        &["--gzip"],
+        &["--auth-header-env", "TOKEN"],
+        &["--sink-ca", "/ca.pem"],
+        &["--sink", "http://127.0.0.1:1/v1", "3", "4"],
+    ] {
+        assert!(parse(used).is_ok(), "dlq replay refuses {used:?}");
+    }
+}
+
+/// `receive` has no config file: `--config` given to it is refused, not silently ignored.
+#[test]
+fn receive_refuses_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("binsync.toml");
+    std::fs::write(&cfg, "log_format = \"text\"\n").unwrap();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let (code, _, err) = binsync(
+        &[
+            "receive",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--discard",
+            "--listen",
+            &listen,
+        ],
+        &[],
+    );
+    assert_one_clear_error(code, &err, &["receive", "--config"]);
+}
+
+/// Dropping or replaying a dead letter that does not exist fails, drops nothing, and makes
+/// no store in a state dir that has none.
+#[test]
+fn dlq_commands_on_missing_entries_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_str().unwrap();
+    for action in ["drop", "replay"] {
+        let (code, _, err) = binsync(&["dlq", "--state-dir", state, action, "99"], &[]);
+        assert_one_clear_error(code, &err, &["no dead letter 99"]);
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no store is made"
+    );
+    let (code, out, err) = binsync(&["dlq", "--state-dir", state, "drop", "--all"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no dead letters"), "{out}");
+}
+
+/// The keys a struct accepts, from serde's own "unknown field" message for a key it does not
+/// (`expected one of `a`, `b``): the config file's keys, as binsync's loader knows them.
+fn accepted_keys(toml: &str) -> Vec<String> {
+    let err = toml::from_str::<binsync::config::FileConfig>(toml)
+        .expect_err("an unknown key is refused")
+        .to_string();
+    let list = err
+        .split("expected one of ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no key list in: {err}"));
+    list.split(',')
+        .map(|k| {
+            k.trim()
+                .trim_matches(|c: char| c == '`' || c.is_whitespace())
+        })
+        .map(|k| k.split('`').next().unwrap_or_default().to_string())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
+/// config/binsync.example.toml parses with binsync's loader and shows every key the file
+/// accepts, the `[http]` table's included (set or commented out).
+#[test]
+fn the_example_config_parses_and_shows_every_key() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/binsync.example.toml");
+    binsync::config::FileConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    // A key shows as `key = ...`, `# key = ...` or a `[key]` table, in its own section.
+    let shows = |section: &str, key: &str| {
+        let mut current = String::new();
+        text.lines().any(|line| {
+            let l = line.trim_start_matches('#').trim();
+            if l.starts_with('[') && !line.starts_with('#') {
+                current = l.trim_matches(['[', ']']).to_string();
+                return section.is_empty() && current == key;
+            }
+            current == section && l.split('=').next().map(str::trim) == Some(key)
+        })
+    };
+    // The commented-out examples are valid values too.
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.split_once(" = ").is_some_and(|(k, _)| {
+                    k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                }) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let all = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(all.path(), &uncommented).unwrap();
+    let file = binsync::config::FileConfig::load(all.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(file
+        .http
+        .is_some_and(|h| h.linger.is_some() && h.on_reject.is_some()));
+    let top = accepted_keys("zz_not_a_key = 1\n");
+    let http = accepted_keys("[http]\nzz_not_a_key = 1\n");
+    assert!(
+        top.len() > 20 && top.contains(&"http".to_string()),
+        "{top:?}"
+    );
+    assert!(
+        http.len() > 8 && http.contains(&"linger".to_string()),
+        "{http:?}"
+    );
+    let mut absent: Vec<String> = top.iter().filter(|k| !shows("", k)).cloned().collect();
+    absent.extend(
+        http.iter()
+            .filter(|k| !shows("http", k))
+            .map(|k| format!("http.{k}")),
+    );
+    assert!(absent.is_empty(), "not in the example config: {absent:?}");
+}
