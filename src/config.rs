@@ -220,7 +220,8 @@ pub struct SourceArgs {
     /// Default: BINSYNC_SOURCE_PASSWORD.
     #[arg(long)]
     pub password_env: Option<String>,
-    /// How long to keep trying to reach the source at start-up (e.g. 30s, 2m).
+    /// How long to keep trying to reach the source at start-up (e.g. 30s, 2m); `status`
+    /// tries once, and says so when the source does not answer.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub connect_timeout: Option<Duration>,
     /// TLS to the source, as the mysql client's --ssl-mode: disabled; preferred (TLS when the
@@ -369,6 +370,23 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
+    /// The flags given, by name: each means something for the sync API sink only.
+    fn given(&self) -> Vec<&'static str> {
+        let set = [
+            ("--batch-rows", self.batch_rows.is_some()),
+            ("--batch-bytes", self.batch_bytes.is_some()),
+            ("--linger", self.linger.is_some()),
+            ("--in-flight", self.in_flight.is_some()),
+            ("--request-timeout", self.request_timeout.is_some()),
+            ("--max-retries", self.max_retries.is_some()),
+            ("--on-reject", self.on_reject.is_some()),
+            ("--gzip", self.gzip),
+            ("--compact", self.compact),
+            ("--auth-header-env", self.auth_header_env.is_some()),
+        ];
+        set.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect()
+    }
+
     /// These flags over the file's values.
     fn over(&self, file: Option<&HttpArgs>) -> HttpArgs {
         let empty = HttpArgs::default();
@@ -868,6 +886,15 @@ fn sink_spec(
                 return Err(ConfigError(format!(
                     "--sink-ca {} means nothing with --sink {text}: it is for an https:// sink; drop it",
                     ca.display()
+                )));
+            }
+            let given = http.given();
+            if !given.is_empty() {
+                return Err(ConfigError(format!(
+                    "{} {} nothing with --sink {text}: the sync API sink's settings (http:// or https://); drop {}",
+                    given.join(", "),
+                    if given.len() == 1 { "means" } else { "mean" },
+                    if given.len() == 1 { "it" } else { "them" },
                 )));
             }
         }

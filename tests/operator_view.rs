@@ -442,3 +442,38 @@ fn the_example_config_parses_and_shows_every_key() {
     );
     assert!(absent.is_empty(), "not in the example config: {absent:?}");
 }
+
+/// The sync API's flags given with a lines sink (stdout, file:) are refused, not ignored
+/// (only --sink-ca was); the file's [http] table, shared with other runs, is not.
+#[test]
+fn http_flags_with_a_lines_sink_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let url = format!("mysql://root@127.0.0.1:{}", common::free_port());
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--source",
+            &url,
+            "--server-id",
+            "4343",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--connect-timeout",
+            "1s",
+        ];
+        args.extend(extra);
+        binsync(&args, &[])
+    };
+    let (code, _, err) = run(&["--linger", "0s", "--gzip"]);
+    assert_one_clear_error(code, &err, &["--linger, --gzip", "--sink stdout"]);
+    let out = format!("file:{}", dir.path().join("out.jsonl").display());
+    let (code, _, err) = run(&["--sink", &out, "--batch-rows", "10"]);
+    assert_one_clear_error(code, &err, &["--batch-rows", "nothing"]);
+
+    // From the config file it is no mistake: the run goes on to the source.
+    let cfg = dir.path().join("binsync.toml");
+    std::fs::write(&cfg, "[http]\nlinger = \"0s\"\n").unwrap();
+    let (code, _, err) = run(&["--config", cfg.to_str().unwrap()]);
+    assert_one_clear_error(code, &err, &["gave up reaching the source"]);
+}
