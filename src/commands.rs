@@ -249,6 +249,13 @@ fn load_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
 }
 
 pub async fn status(src: Option<&SourceConfig>, state_dir: &Path) -> Result<()> {
+    // A missing directory is most often a typo: "no checkpoint" would hide it.
+    if !state_dir.exists() {
+        return Err(Error::usage(format!(
+            "state dir {} does not exist (status creates nothing); name the --state-dir that binsync run uses",
+            state_dir.display()
+        )));
+    }
     // A reader never creates a store: a `run` starting meanwhile would find it half made.
     let running = Store::exists(state_dir)
         && matches!(Store::open(state_dir), Err(CheckpointError::Locked { .. }));
@@ -472,13 +479,28 @@ pub async fn dlq(
             if ids.is_empty() && !all {
                 return Err(Error::usage("name the dead letters to drop, or pass --all"));
             }
-            let dlq = Dlq::open(&Store::open(state_dir)?)?;
-            let targets: Vec<u64> = if all {
-                dlq.list()?.iter().map(|e| e.id).collect()
-            } else {
-                ids
+            let dlq = open_dlq(state_dir)?;
+            let present: Vec<u64> = match &dlq {
+                Some(d) => d.list()?.iter().map(|e| e.id).collect(),
+                None => Vec::new(),
             };
-            for id in targets {
+            // Every named id must exist, or nothing is dropped: a typo must not half-apply.
+            let missing: Vec<String> = ids
+                .iter()
+                .filter(|id| !present.contains(id))
+                .map(u64::to_string)
+                .collect();
+            if !missing.is_empty() {
+                return Err(Error::usage(format!(
+                    "no dead letter {}; nothing was dropped (binsync dlq list shows the ids)",
+                    missing.join(", ")
+                )));
+            }
+            let Some(dlq) = dlq else {
+                say!("no dead letters");
+                return Ok(true);
+            };
+            for id in if all { present } else { ids } {
                 if dlq.remove(id).await? {
                     say!("dropped dead letter {id}");
                 } else {
@@ -488,8 +510,27 @@ pub async fn dlq(
             Ok(true)
         }
         DlqAction::Replay { ids, sink, http } => {
-            let dlq = Dlq::open(&Store::open(state_dir)?)?;
-            let entries = dlq.list()?;
+            let http = HttpArgs::from(&http);
+            let dlq = open_dlq(state_dir)?;
+            let entries = match &dlq {
+                Some(d) => d.list()?,
+                None => Vec::new(),
+            };
+            let missing: Vec<String> = ids
+                .iter()
+                .filter(|id| !entries.iter().any(|e| e.id == **id))
+                .map(u64::to_string)
+                .collect();
+            if !missing.is_empty() {
+                return Err(Error::usage(format!(
+                    "no dead letter {}; nothing was sent (binsync dlq list shows the ids)",
+                    missing.join(", ")
+                )));
+            }
+            let Some(dlq) = dlq else {
+                say!("nothing to replay");
+                return Ok(true);
+            };
             let selected: Option<&[u64]> = if ids.is_empty() { None } else { Some(&ids) };
             let mut all_ok = true;
             // Entries may name different URLs; group by the URL each goes to.
@@ -518,6 +559,15 @@ pub async fn dlq(
             }
             Ok(all_ok)
         }
+    }
+}
+
+/// The dead-letter queue of the state dir's store; None when it has no store (then it has no
+/// dead letters, and no store is made for them).
+fn open_dlq(state_dir: &Path) -> Result<Option<Dlq>> {
+    match Store::exists(state_dir) {
+        true => Ok(Some(Dlq::open(&Store::open(state_dir)?)?)),
+        false => Ok(None),
     }
 }
 

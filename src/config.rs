@@ -26,7 +26,8 @@ use crate::source::SourceConfig;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// TOML config file; flags override its values.
+    /// TOML config file (config/binsync.example.toml); flags override its values. Not for
+    /// `receive`, whose settings are flags only.
     #[arg(long, global = true, env = "BINSYNC_CONFIG")]
     pub config: Option<PathBuf>,
     /// Log format on stderr.
@@ -76,14 +77,16 @@ pub struct SchemaArgs {
     pub action: String,
     #[command(flatten)]
     pub source: SourceArgs,
+    /// `history`, `refresh`: the state dir of the binsync run whose schema history to use.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// `refresh`: a table to read again, db.table (repeatable).
     #[arg(long)]
     pub table: Vec<String>,
-    /// Tables to show (globs, as for `run`); default: every table.
+    /// `show`: tables to show (db.table globs, as for `run`; repeatable); default: every table.
     #[arg(long)]
     pub include: Vec<String>,
+    /// `show`: tables to leave out (db.table globs; repeatable).
     #[arg(long)]
     pub exclude: Vec<String>,
 }
@@ -151,22 +154,61 @@ pub enum DlqAction {
     /// One line per dead letter: id, time, status, batch, changes.
     List,
     /// The full entry: response and payload.
-    Show { id: u64 },
+    Show {
+        /// The entry's id (the first column of `binsync dlq list`).
+        id: u64,
+    },
     /// POST entries again (all, or the given ids); accepted ones are removed.
     Replay {
+        /// Ids of the entries to send (default: every entry).
         ids: Vec<u64>,
         /// The sync API URL (default: the URL each entry was sent to).
         #[arg(long)]
         sink: Option<String>,
         #[command(flatten)]
-        http: HttpArgs,
+        http: DlqHttpArgs,
     },
     /// Delete entries (the given ids, or all with --all).
     Drop {
+        /// Ids of the entries to delete; an id with no entry is an error, and nothing is
+        /// deleted then.
         ids: Vec<u64>,
+        /// Delete every entry.
         #[arg(long)]
         all: bool,
     },
+}
+
+/// The HTTP settings `dlq replay` acts on: it sends each stored batch as it was, once, so
+/// `run`'s batching and retry flags (--batch-rows, --linger, --in-flight, --max-retries,
+/// --on-reject, --compact) mean nothing there and are not offered.
+#[derive(Debug, Args, Default)]
+pub struct DlqHttpArgs {
+    /// Timeout of one POST (default 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub request_timeout: Option<Duration>,
+    /// gzip request bodies.
+    #[arg(long)]
+    pub gzip: bool,
+    /// Environment variable whose value is sent as the Authorization header.
+    #[arg(long)]
+    pub auth_header_env: Option<String>,
+    /// PEM file of the CA certificate(s) that signed an https:// sink's certificate; only
+    /// these are trusted (default: the public roots).
+    #[arg(long, value_name = "FILE")]
+    pub sink_ca: Option<PathBuf>,
+}
+
+impl From<&DlqHttpArgs> for HttpArgs {
+    fn from(a: &DlqHttpArgs) -> HttpArgs {
+        HttpArgs {
+            request_timeout: a.request_timeout,
+            gzip: a.gzip,
+            auth_header_env: a.auth_header_env.clone(),
+            sink_ca: a.sink_ca.clone(),
+            ..HttpArgs::default()
+        }
+    }
 }
 
 #[derive(Debug, Args, Default)]
@@ -180,7 +222,8 @@ pub struct SourceArgs {
     /// Default: BINSYNC_SOURCE_PASSWORD.
     #[arg(long)]
     pub password_env: Option<String>,
-    /// How long to keep trying to reach the source at start-up (e.g. 30s, 2m).
+    /// How long to keep trying to reach the source at start-up (e.g. 30s, 2m); `status`
+    /// tries once, and says so when the source does not answer.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub connect_timeout: Option<Duration>,
     /// TLS to the source, as the mysql client's --ssl-mode: disabled; preferred (TLS when the
@@ -212,7 +255,9 @@ pub struct RunArgs {
     /// Directory of the embedded checkpoint store.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Where changes go: `stdout`, `file:PATH` (JSON lines, fsynced), or an http(s):// URL.
+    /// Where changes go: `stdout` (the default: JSON lines on this terminal or pipe; the first
+    /// log line names the sink in use), `file:PATH` (JSON lines, fsynced; its directory must
+    /// exist), or an http(s):// URL (the sync API, docs/sync-api.md).
     #[arg(long)]
     pub sink: Option<String>,
     /// Where to begin when there is no checkpoint: earliest, latest, gtid:SET, file:NAME:POS.
@@ -346,6 +391,23 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
+    /// The flags given, by name: each means something for the sync API sink only.
+    fn given(&self) -> Vec<&'static str> {
+        let set = [
+            ("--batch-rows", self.batch_rows.is_some()),
+            ("--batch-bytes", self.batch_bytes.is_some()),
+            ("--linger", self.linger.is_some()),
+            ("--in-flight", self.in_flight.is_some()),
+            ("--request-timeout", self.request_timeout.is_some()),
+            ("--max-retries", self.max_retries.is_some()),
+            ("--on-reject", self.on_reject.is_some()),
+            ("--gzip", self.gzip),
+            ("--compact", self.compact),
+            ("--auth-header-env", self.auth_header_env.is_some()),
+        ];
+        set.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect()
+    }
+
     /// These flags over the file's values.
     fn over(&self, file: Option<&HttpArgs>) -> HttpArgs {
         let empty = HttpArgs::default();
@@ -387,6 +449,7 @@ pub struct CheckArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+    /// The state dir of the binsync run to show (it must exist: status creates nothing).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
 }
@@ -404,13 +467,17 @@ pub struct ReplayArgs {
     /// known.
     #[arg(long, value_name = "URL|file:PATH")]
     pub schema_from: Option<String>,
-    /// Where changes go: `stdout`, `file:PATH`, or an http(s):// URL.
+    /// Where changes go: `stdout` (the default: JSON lines on this terminal or pipe),
+    /// `file:PATH` (its directory must exist), or an http(s):// URL (the sync API).
     #[arg(long)]
     pub sink: Option<String>,
+    /// Capture only tables matching these db.table globs (repeatable), as for `run`.
     #[arg(long)]
     pub include: Vec<String>,
+    /// Skip tables matching these db.table globs (repeatable), as for `run`.
     #[arg(long)]
     pub exclude: Vec<String>,
+    /// Entity type name for a table: db.table=name (repeatable), as for `run`.
     #[arg(long)]
     pub entity: Vec<String>,
     /// As for `run`: what a DDL statement on a captured table becomes (emit, ignore, stop;
@@ -906,6 +973,16 @@ fn sink_spec(
 ) -> Result<SinkSpec, ConfigError> {
     let text = text.map_or("stdout", String::as_str);
     let mut spec: SinkSpec = text.parse().map_err(ConfigError)?;
+    // binsync creates no directories: a typo in the path must not start a new tree.
+    if let SinkSpec::File(path) = &spec {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+            return Err(ConfigError(format!(
+                "--sink {text}: the directory {} does not exist; create it (binsync creates no directories), or name a file in one that does",
+                dir.display()
+            )));
+        }
+    }
     match &mut spec {
         SinkSpec::Http(cfg) => **cfg = http_config((**cfg).clone(), http, file.http.as_ref())?,
         // The file's [http] table is for an HTTP sink and unused by others, but a flag given
@@ -915,6 +992,15 @@ fn sink_spec(
                 return Err(ConfigError(format!(
                     "--sink-ca {} means nothing with --sink {text}: it is for an https:// sink; drop it",
                     ca.display()
+                )));
+            }
+            let given = http.given();
+            if !given.is_empty() {
+                return Err(ConfigError(format!(
+                    "{} {} nothing with --sink {text}: the sync API sink's settings (http:// or https://); drop {}",
+                    given.join(", "),
+                    if given.len() == 1 { "means" } else { "mean" },
+                    if given.len() == 1 { "it" } else { "them" },
                 )));
             }
         }
@@ -1024,6 +1110,8 @@ mod tests {
         let file = FileConfig::load(&p).unwrap();
         let args = RunArgs {
             server_id: Some(77),
+            // The example's sink is in /var/lib/binsync, which need not exist here.
+            sink: Some("stdout".into()),
             ..Default::default()
         };
         let s = RunSettings::resolve(&args, &file).unwrap();

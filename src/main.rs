@@ -15,15 +15,24 @@ use binsync::shutdown::Shutdown;
 fn main() -> ExitCode {
     binsync::alloc::tune();
     let cli = Cli::parse();
+    // The receiver's settings are flags only: a config file given to it would be ignored.
+    if let (Command::Receive(_), Some(path)) = (&cli.command, &cli.config) {
+        return fail(&anyhow::anyhow!(
+            "binsync receive reads no config file (its settings are flags, see binsync receive --help); drop --config {} (or unset BINSYNC_CONFIG)",
+            path.display()
+        ));
+    }
     let file = match cli.config.as_deref().map(FileConfig::load).transpose() {
         Ok(f) => f.unwrap_or_default(),
         Err(e) => return fail(&e.into()),
     };
-    init_logging(
+    if let Err(e) = init_logging(
         cli.log_format
             .or(file.log_format)
             .unwrap_or(LogFormat::Text),
-    );
+    ) {
+        return fail(&e);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -41,6 +50,15 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
     match command {
         Command::Run(args) => {
             let settings = RunSettings::resolve(&args, &file)?;
+            // Said once, so that a run without --sink is not a surprise on the terminal.
+            if settings.sink.is_stdout() {
+                tracing::info!(
+                    sink = %settings.sink,
+                    "changes go to stdout as JSON lines (--sink names a file or the sync API)"
+                );
+            } else {
+                tracing::info!(sink = %settings.sink, "changes go to the sink");
+            }
             match pipeline::run(settings, Shutdown::on(shutdown_signal())).await? {
                 Outcome::CaughtUp => {
                     tracing::info!("caught up with the source's binlog end at start-up; exiting")
@@ -206,9 +224,10 @@ async fn shutdown_signal() {
     tracing::info!("stop requested: delivering what is in flight, then exiting");
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BINSYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs on stderr, filtered by `BINSYNC_LOG` (see [`log_filter`]).
+fn init_logging(format: LogFormat) -> anyhow::Result<()> {
+    let spec = std::env::var("BINSYNC_LOG").ok();
+    let filter = log_filter(spec.as_deref())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -216,8 +235,41 @@ fn init_logging(format: LogFormat) {
         .with_target(false);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // A program reads these: the target says which module (or library) wrote the line.
+        LogFormat::Json => builder.json().with_target(true).init(),
     }
+    Ok(())
+}
+
+/// `BINSYNC_LOG` as a filter. A bare level (`debug`) is binsync's own level; the libraries
+/// (sled, hyper, reqwest, rustls, mysql_async, ...) stay at warn, or quieter if that level is,
+/// unless named (`debug,sled=debug`): their debug lines are their internals, not binsync's
+/// stages. Unset: info. Targets match by prefix, so `binsync` covers `binsync_receiver`.
+fn log_filter(spec: Option<&str>) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    use tracing_subscriber::filter::LevelFilter;
+    let mut own = LevelFilter::INFO;
+    let mut named = Vec::new();
+    for d in spec.unwrap_or_default().split(',').map(str::trim) {
+        match d.parse::<LevelFilter>() {
+            _ if d.is_empty() => {}
+            Ok(level) => own = level,
+            Err(_) => named.push(d),
+        }
+    }
+    let libraries = own.min(LevelFilter::WARN);
+    // Later directives for the same target replace earlier ones: the named ones win.
+    let text = std::iter::once(format!("{libraries},binsync={own}"))
+        .chain(named.iter().map(|d| d.to_string()))
+        .collect::<Vec<_>>()
+        .join(",");
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&text)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "BINSYNC_LOG `{}`: {e}; write a level and targets, e.g. BINSYNC_LOG=debug or BINSYNC_LOG=debug,sled=debug",
+                spec.unwrap_or_default()
+            )
+        })
 }
 
 /// One line, no backtrace: the messages name the fix. A closed stdout (`| head`) is no

@@ -201,6 +201,15 @@ async fn run_once(
         };
         tracing::info!(checkpoint = %cp.position, "resuming from the checkpoint{ignored}");
     }
+    tracing::debug!(
+        resumed = checkpoint.is_some(),
+        point = %plan.point,
+        position = %plan.position,
+        emit_from = ?plan.emit_from,
+        gtid_from_file_header = ?plan.gtid_from_file_header,
+        end = ?target,
+        "start plan"
+    );
 
     let mut decode = settings.decode.clone();
     for table in &catalog.keyless {

@@ -259,6 +259,7 @@ impl Checkpointer {
                 self.store
                     .save_with(&cp, std::mem::take(&mut records))
                     .await?;
+                tracing::debug!(position = %cp.position, changes, "checkpoint saved");
             }
             progress.add(changes);
         }

@@ -583,6 +583,7 @@ impl Decoder {
     fn on_rotate(&mut self, ev: &Event, r: &RotateEvent<'_>) {
         let name = rotate_name(ev, r.name_raw());
         if name != self.boundary.file {
+            tracing::debug!(file = %name, offset = r.position(), "next binlog file");
             self.set_file(name);
             self.boundary.offset = r.position();
             self.read_to = r.position();

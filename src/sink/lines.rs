@@ -161,6 +161,7 @@ pub fn run_blocking(
                 break;
             }
         };
+        tracing::debug!(chunks = pending.len(), bytes, "lines written");
         let marks = pending.drain(..).map(|c| Mark::of(&c));
         match &mut durable {
             Durable::Synced { groups, .. } => {
@@ -399,8 +400,19 @@ fn file_error(path: &Path, e: std::io::Error) -> SinkError {
 
 fn open_append(path: &Path) -> Result<File, SinkError> {
     let err = |e| file_error(path, e);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(err)?;
+    // No create_dir_all: a missing directory is the operator's to make (`config` checks it
+    // first; this is for one removed since).
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        return Err(SinkError::Write {
+            target: path.display().to_string(),
+            detail: format!(
+                "the directory {} does not exist (binsync creates no directories)",
+                dir.display()
+            ),
+        });
     }
     let mut f = OpenOptions::new()
         .create(true)
@@ -489,7 +501,7 @@ mod tests {
     #[test]
     fn file_sink_acks_every_chunk_in_order_once_written() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("out/x.jsonl");
+        let p = dir.path().join("x.jsonl");
         let (tx, rx) = mpsc::channel(8);
         let (ack_tx, mut ack_rx) = mpsc::channel(8);
         let spec = SinkSpec::File(p.clone());

@@ -51,6 +51,24 @@ impl FromStr for SinkSpec {
     }
 }
 
+impl SinkSpec {
+    /// The default sink: a run without `--sink` writes to its terminal or pipe.
+    pub fn is_stdout(&self) -> bool {
+        matches!(self, SinkSpec::Stdout)
+    }
+}
+
+/// The sink as the start-up line names it (an HTTP URL without its credentials).
+impl std::fmt::Display for SinkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkSpec::Stdout => f.write_str("stdout"),
+            SinkSpec::File(path) => write!(f, "file:{}", path.display()),
+            SinkSpec::Http(cfg) => f.write_str(&cfg.url),
+        }
+    }
+}
+
 /// Why a sink stopped: definite failures only, each naming its way out. Retriable outcomes
 /// (a receiver down, a 503) are retried inside the sink and never become errors.
 #[derive(Debug, thiserror::Error)]

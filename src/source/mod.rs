@@ -168,6 +168,10 @@ impl SourceConfig {
             .await;
         let attempt = tokio::time::timeout(Duration::from_secs(10), self.driver_conn()).await;
         match attempt {
+            Ok(Ok(conn)) => {
+                tracing::debug!(source = %self, ssl_mode = ?self.tls.mode(), "connected");
+                Ok(conn)
+            }
             Ok(r) => r,
             Err(_) => Err(Disconnect::Unreachable {
                 addr: self.to_string(),

@@ -268,5 +268,6 @@ pub async fn open(
         Either::Left(dump) => wire.command_struct(&dump).await?,
         Either::Right(dump) => wire.command_struct(&dump).await?,
     }
+    tracing::debug!(source = %src, server_id, from = %start, "binlog dump requested");
     Ok(Dump::new(wire))
 }

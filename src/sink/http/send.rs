@@ -158,7 +158,10 @@ async fn deliver(
     .await;
     let stop = cfg.on_reject == OnReject::Stop;
     match settled {
-        Settled::Delivered => Handled::Delivered,
+        Settled::Delivered => {
+            tracing::debug!(batch = %batch.id, changes = batch.count, seq = %format!("{}..{}", batch.min_seq, batch.max_seq), "batch delivered");
+            Handled::Delivered
+        }
         Settled::Rejected { status, body } if stop => Handled::Failed(SinkError::Rejected {
             batch: batch.id.clone(),
             status,
