@@ -7,9 +7,11 @@
 #   mariadb-binlog -v --base64-output=DECODE-ROWS MariaDB's own decoder, printing text
 #   python-mysql-replication                      the usual Python CDC library, counting rows
 #   binsync -> file, -> sync API (discarding receiver), -> sync API (storing receiver)
-# and measures the commit-to-delivery latency of binsync at a steady 2,000 and 20,000 row
-# changes/s. Prints markdown tables (wall time, rows/s, CPU time, and for the sync API runs the
-# receiver's CPU time beside binsync's, peak RSS) and writes them to BENCH_OUT.
+# and measures the commit-to-delivery latency of binsync (default settings) at a steady 2,000 and
+# 20,000 row changes/s, through --sink stdout and through --sink http into a plain Python receiver
+# (scripts/bench/sync_receiver.py, not binsync's own). Prints markdown tables (wall time, rows/s,
+# CPU time, and for the sync API runs the receiver's CPU time beside binsync's, peak RSS) and
+# writes them to BENCH_OUT.
 #
 # Then the initial snapshot, on a fresh server: bench.products with BENCH_SNAPSHOT_ROWS rows
 # (inserted only), read whole by `mariadb-dump --single-transaction --quick` to /dev/null and by
@@ -568,28 +570,57 @@ measure binsync_http_store 'binsync → sync API (storing receiver)' run_binsync
 
 # --- latency ------------------------------------------------------------------------------------
 # A writer commits bench.live rows at a steady rate (200 transactions/s: rate/200 rows each);
-# binsync streams them to stdout (JSON lines, flushed per batch) into the helper's reader, which
-# takes each row's delay as its arrival time minus its updated_at (NOW(6) at commit, UTC).
+# each row's delay is its arrival time minus its updated_at (NOW(6) at commit, UTC). Twice per
+# rate, binsync with its default settings each time:
+#   stdout  binsync's JSON lines (flushed per write) into the helper's reader on a pipe;
+#   http    the sync API into scripts/bench/sync_receiver.py, a plain Python receiver (stdlib
+#           ThreadingHTTPServer, not binsync's own) that answers 200 and notes each operation's
+#           arrival.
+# Also the CPU time of binsync over the run and of the reader or receiver over its life.
 LIVE_COLUMNS='id, sku, name, price, stock, weight, attrs, active, updated_at, status'
-latency_run() { # rows/s
-    local rate=$1 txn_rows txns expect fifo=$TMP/live.fifo ready=$TMP/live.ready i rc
+cpu_of() { # pid: user + system s so far (fields 14, 15; the command names have no spaces)
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null ||
+        echo '?'
+}
+latency_run() { # stdout|http rows/s
+    local sink=$1 rate=$2 txn_rows txns expect ready=$TMP/live.ready i rc
+    local base=$RES/latency-$sink-$rate fifo=$TMP/live.fifo rd_pid bs_pid addr
     txn_rows=$((rate / 200 > 0 ? rate / 200 : 1))
     txns=$(((rate * LAT_SECS + txn_rows / 2) / txn_rows))
     ((txns > 0)) || txns=1
     expect=$((txns * txn_rows))
-    step "Latency at $rate row changes/s: $txns transactions of $txn_rows rows over ${LAT_SECS} s"
+    step "Latency at $rate row changes/s through --sink $sink: $txns transactions of $txn_rows rows over ${LAT_SECS} s"
     sql -e 'DROP TABLE IF EXISTS bench.live; CREATE TABLE bench.live LIKE bench.products'
-    rm -rf "$TMP/state" "$fifo" "$ready"
-    mkfifo "$fifo"
-    note "binsync run --start latest --include bench.live --sink stdout | bench.py latency"
-    "$BIN" run --source "$SOURCE" --server-id "$SERVER_ID" --state-dir "$TMP/state" \
-        --start latest --include bench.live --sink stdout >"$fifo" 2>"$TMP/latency-binsync.err" &
-    local bs_pid=$!
+    rm -rf "$TMP/state" "$fifo" "$ready" "$base.reader.json"
+    if [[ $sink == stdout ]]; then
+        mkfifo "$fifo"
+        note "binsync run --start latest --include bench.live --sink stdout | bench.py latency"
+        "$BIN" run --source "$SOURCE" --server-id "$SERVER_ID" --state-dir "$TMP/state" \
+            --start latest --include bench.live --sink stdout >"$fifo" 2>"$TMP/latency-binsync.err" &
+        bs_pid=$!
+        "$PY" "$HELPER" latency --expect "$expect" --ready "$ready" \
+            --out "$base.reader.json" <"$fifo" >/dev/null 2>"$TMP/latency-reader.err" &
+        rd_pid=$!
+        PIDS+=("$rd_pid")
+    else
+        "$PY" "$ROOT/scripts/bench/sync_receiver.py" --expect "$expect" --ready "$ready" \
+            --out "$base.reader.json" >"$TMP/live-recv.out" 2>"$TMP/latency-reader.err" &
+        rd_pid=$!
+        PIDS+=("$rd_pid")
+        addr=
+        for ((i = 0; i < 100; i++)); do
+            addr=$(sed -n '1s/^listening on //p' "$TMP/live-recv.out")
+            [[ -n $addr ]] && break
+            kill -0 "$rd_pid" 2>/dev/null || die "sync_receiver.py exited: $(tail -5 "$TMP/latency-reader.err")"
+            sleep 0.1
+        done
+        [[ -n $addr ]] || die "sync_receiver.py did not print 'listening on ADDR' within 10 s"
+        note "binsync run --start latest --include bench.live --sink http://$addr/sync (default settings) -> sync_receiver.py"
+        "$BIN" run --source "$SOURCE" --server-id "$SERVER_ID" --state-dir "$TMP/state" \
+            --start latest --include bench.live --sink "http://$addr/sync" 2>"$TMP/latency-binsync.err" &
+        bs_pid=$!
+    fi
     PIDS+=("$bs_pid")
-    "$PY" "$HELPER" latency --expect "$expect" --ready "$ready" \
-        --out "$RES/latency-$rate.reader.json" <"$fifo" >/dev/null 2>"$TMP/latency-reader.err" &
-    local rd_pid=$!
-    PIDS+=("$rd_pid")
     # A sentinel row (id 0), re-sent every second until binsync has delivered it: from then on
     # binsync is streaming, and the writer starts.
     for ((i = 0; ; i++)); do
@@ -607,32 +638,51 @@ latency_run() { # rows/s
     done
     [[ $(cat "$ready") == ready ]] || die "the latency reader failed: $(tail -5 "$TMP/latency-reader.err")"
     note "binsync is streaming; writer (PyMySQL) starts"
+    local cpu0_bs load0
+    cpu0_bs=$(cpu_of "$bs_pid") load0=$(cut -d' ' -f1 /proc/loadavg)
     "$PY" "$HELPER" writer --port "$PORT" --rate "$rate" --txns "$txns" --txn-rows "$txn_rows" \
-        >"$RES/latency-$rate.writer.json" || die "the latency writer failed"
-    local w
-    w=$(cat "$RES/latency-$rate.writer.json")
-    local achieved
+        >"$base.writer.json" || die "the latency writer failed"
+    local w achieved
+    w=$(cat "$base.writer.json")
     achieved=$(json_field "$w" achieved_rate)
     note "writer: $(json_field "$w" rows) rows in $(json_field "$w" secs) s, achieved $achieved rows/s (at most $(json_field "$w" max_behind_schedule_ms) ms behind schedule)"
     if awk -v a="$achieved" -v r="$rate" 'BEGIN { exit !(a < 0.95 * r) }'; then
         note "WARNING: the writer fell short of $rate rows/s; the table shows the rate it achieved"
     fi
-    # The last rows get 30 s to arrive; then binsync is stopped, which ends the reader's input.
+    # The last rows get 30 s to arrive (the reader ends, the receiver writes its figures); then
+    # binsync is stopped, which ends the reader's input; the receiver is stopped after it.
     for ((i = 0; i < 300; i++)); do
-        kill -0 "$rd_pid" 2>/dev/null || break
+        if [[ $sink == stdout ]]; then
+            kill -0 "$rd_pid" 2>/dev/null || break
+        else
+            [[ -s $base.reader.json ]] && break
+        fi
         sleep 0.1
     done
+    # binsync's CPU over the writer's run and the wait (the reader's or receiver's is its own
+    # life's, in its figures: the reader ends at the count).
+    local cpu_bs
+    cpu_bs=$(awk -v a="$cpu0_bs" -v b="$(cpu_of "$bs_pid")" 'BEGIN { printf "%.2f", b - a }')
     stop_pid "$bs_pid"
+    if [[ $sink == http ]]; then
+        kill -TERM "$rd_pid" 2>/dev/null || true
+    fi
     rc=0
     wait "$rd_pid" || rc=$?
     forget_pid "$rd_pid"
-    local r
-    r=$(cat "$RES/latency-$rate.reader.json" 2>/dev/null || echo '{}')
-    ((rc == 0)) || die "binsync delivered $(json_field "$r" rows) of $expect rows at $rate rows/s: $(tail -5 "$TMP/latency-reader.err")"
+    local load1 r what=reader
+    load1=$(cut -d' ' -f1 /proc/loadavg)
+    printf '{"binsync_cpu": "%s", "load": "%s to %s"}\n' "$cpu_bs" "$load0" "$load1" \
+        >"$base.run.json"
+    r=$(cat "$base.reader.json" 2>/dev/null || echo '{}')
+    ((rc == 0)) || die "binsync delivered $(json_field "$r" rows) of $expect rows at $rate rows/s through --sink $sink: $(tail -5 "$TMP/latency-reader.err")"
+    [[ $sink == http ]] && what="receiver ($(json_field "$r" requests) requests)"
     note "delay over $(json_field "$r" rows) rows: p50 $(json_field "$r" p50_ms) ms, p99 $(json_field "$r" p99_ms) ms, max $(json_field "$r" max_ms) ms"
+    note "CPU s: binsync $cpu_bs over the run, $what $(json_field "$r" cpu_s) over its life; load average $load0 to $load1"
 }
 for rate in $LAT_RATES; do
-    latency_run "$rate"
+    latency_run stdout "$rate"
+    latency_run http "$rate"
 done
 
 # --- memory against transaction size -----------------------------------------------------------

@@ -354,7 +354,8 @@ pub struct HttpArgs {
     /// A batch closes at this many bytes of JSON (default 1048576).
     #[arg(long)]
     pub batch_bytes: Option<usize>,
-    /// A batch closes this long after its first change (default 5ms).
+    /// How long a batch waits for more changes while its lane is idle (default 0: sent at
+    /// once; while a lane's batch is in flight its next batch gathers changes anyway).
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, deserialize_with = "human_duration")]
     pub linger: Option<Duration>,

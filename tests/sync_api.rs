@@ -9,7 +9,9 @@
 //! 3. the MariaDB server killed and restarted mid-stream;
 //! 4. a poisoned batch rejected with 400 lands in the dead-letter queue, the stream goes on,
 //!    and `dlq replay` delivers it once the receiver accepts it;
-//! 5. SIGTERM during a 100k-row transaction: clean exit, resume, nothing applied twice.
+//! 5. SIGTERM during a 100k-row transaction: clean exit, resume, nothing applied twice;
+//! 6. the receiver down for a few seconds with several batches held: one WARN for the outage,
+//!    one summary when it heals, every change delivered.
 //!
 //! Also: every payload binsync sends validates against docs/sync-api.schema.json.
 
@@ -528,6 +530,58 @@ fn a_stop_during_a_sink_outage_says_what_was_not_delivered() {
     b.catch_up();
     let (got, stats) = recv.dump();
     assert_same(&got, &source_state(&db), &stats);
+}
+
+/// The receiver down for a few seconds while batches of every lane wait: binsync logs one
+/// WARN when the outage starts and one summary when it heals (how long, how many batches and
+/// retries, nothing lost), not a line per retry; the receiver ends with every change.
+#[test]
+fn a_receiver_outage_logs_one_warning_and_one_summary() {
+    let db = MariaDb::start(ServerOpts::default());
+    db.sql(common::workload::SCHEMA);
+    let (_d, state, rstate) = tmp();
+    let mut recv = Receiver::start(&rstate, &[]);
+    let mut b = Binsync::new(&db, &state, &recv.url(), &[]);
+    b.start();
+    db.sql("INSERT INTO t.items VALUES (1, 1, 'before')");
+    let stats_url = format!("http://{}/stats", recv.addr);
+    wait_until(Duration::from_secs(60), "the first row delivered", || {
+        stats(&stats_url).is_some_and(|s| s["ops_applied"].as_u64().unwrap_or(0) >= 1)
+    });
+    recv.stop();
+    // One transaction per row, over 20 ids: batches on every lane, each retried a few times.
+    for i in 2..=21 {
+        db.sql(&format!("INSERT INTO t.items VALUES ({i}, {i}, 'during')"));
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    recv.restart_with(&[]);
+    wait_until(Duration::from_secs(60), "the outage's summary", || {
+        b.proc().stderr().contains("takes batches again")
+    });
+    b.proc().sigterm();
+    let st = b
+        .proc()
+        .wait_timeout(Duration::from_secs(60))
+        .expect("stops");
+    let said = b.proc().stderr();
+    assert!(st.success(), "{said}");
+    let warns: Vec<&str> = said.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(warns.len(), 1, "one WARN for the outage:\n{said}");
+    assert!(warns[0].contains("not taking batches"), "{said}");
+    let heals: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("takes batches again"))
+        .collect();
+    assert_eq!(heals.len(), 1, "one summary:\n{said}");
+    assert!(heals[0].contains("nothing was lost"), "{said}");
+    let batches: u64 = heals[0]
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("batches=")?.parse().ok())
+        .expect("the summary counts the batches");
+    assert!(batches >= 2, "several batches held: {said}");
+    let (got, stats) = recv.dump();
+    assert_same(&got, &source_state(&db), &stats);
+    assert_eq!(got.len(), 21);
 }
 
 #[test]

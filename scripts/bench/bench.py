@@ -210,6 +210,7 @@ def cmd_latency(args):
         "p99_ms": ms(percentile(delays, 99)),
         "max_ms": ms(delays[-1] if delays else None),
         "min_ms": ms(delays[0] if delays else None),
+        "cpu_s": round(sum(os.times()[:2]), 2),  # user + system, this process's life
     }
     with open(args.out, "w") as f:
         json.dump(out, f)
@@ -266,18 +267,31 @@ def read_results(d):
                 )
     lat = []
     for name in sorted(os.listdir(d)):
+        # latency-SINK-RATE.{writer,reader,run}.json, SINK stdout or http.
         if name.startswith("latency-") and name.endswith(".writer.json"):
             base = name[: -len(".writer.json")]
-            with open(os.path.join(d, name)) as f:
-                w = json.load(f)
-            r = {}
-            rp = os.path.join(d, base + ".reader.json")
-            if os.path.exists(rp):
-                with open(rp) as f:
-                    r = json.load(f)
-            lat.append({"rate": float(base.split("-", 1)[1]), **w, **{"got": r.get("rows")}, **{
-                k: r.get(k) for k in ("p50_ms", "p99_ms", "max_ms")}})
-    lat.sort(key=lambda l: l["rate"])
+            _, sink, rate = base.split("-", 2)
+            parts = {}
+            for part in ("writer", "reader", "run"):
+                path = os.path.join(d, f"{base}.{part}.json")
+                if os.path.exists(path):
+                    with open(path) as f:
+                        parts[part] = json.load(f)
+            w, r, run = parts.get("writer", {}), parts.get("reader", {}), parts.get("run", {})
+            lat.append(
+                {
+                    "sink": sink,
+                    "rate": float(rate),
+                    **w,
+                    "got": r.get("rows"),
+                    "requests": r.get("requests"),
+                    **{k: r.get(k) for k in ("p50_ms", "p99_ms", "max_ms")},
+                    "binsync_cpu": seconds(run.get("binsync_cpu", "")),
+                    "reader_cpu": r.get("cpu_s"),
+                    "load": run.get("load"),
+                }
+            )
+    lat.sort(key=lambda l: (l["rate"], l["sink"] != "stdout"))
     return meta, tools, lat
 
 
@@ -334,22 +348,35 @@ def cmd_report(args):
             if t["note"]:
                 out.append(f"- {t['name']}: {t['note']}")
     if lat:
-        out += ["", "## Latency: commit → binsync (`--sink stdout`) → reader", ""]
-        out.append("| target rows/s | achieved rows/s | rows | rows per txn | p50 ms | p99 ms | max ms |")
-        out.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        out += ["", "## Latency: commit → binsync (default settings) → reader or receiver", ""]
+        out.append(
+            "| sink → where | target rows/s | achieved rows/s | rows | rows per txn | p50 ms | p99 ms | max ms "
+            "| binsync CPU s | reader/receiver CPU s | requests | load average |"
+        )
+        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        where = {
+            "stdout": "`--sink stdout` → pipe → bench.py",
+            "http": "`--sink http` → sync_receiver.py",
+        }
         for l in lat:
             out.append(
-                f"| {fmt_num(l['rate'])} | {fmt_num(l['achieved_rate'])} | {fmt_num(l['got'])} | "
-                f"{l['txn_rows']} | {fmt_num(l['p50_ms'], 1)} | {fmt_num(l['p99_ms'], 1)} | "
-                f"{fmt_num(l['max_ms'], 1)} |"
+                f"| {where.get(l['sink'], l['sink'])} | {fmt_num(l['rate'])} | {fmt_num(l['achieved_rate'])} | "
+                f"{fmt_num(l['got'])} | {l['txn_rows']} | {fmt_num(l['p50_ms'], 1)} | {fmt_num(l['p99_ms'], 1)} | "
+                f"{fmt_num(l['max_ms'], 1)} | {fmt_num(l['binsync_cpu'], 2)} | {fmt_num(l['reader_cpu'], 2)} | "
+                f"{fmt_num(l['requests'])} | {l['load'] or 'n/a'} |"
             )
         out.append("")
         out.append(
-            "Each row change's delay: the reader's clock when binsync's JSON line reaches its stdin "
-            "pipe, minus the row's `updated_at`, which the writer sets to NOW(6) in UTC in a "
-            "one-statement autocommit transaction (the statement's start, so a delay includes the "
-            f"commit itself). One machine, one clock. Writer: PyMySQL, {meta['latency_secs']} s per "
-            "rate, transactions paced on a fixed schedule."
+            "Each row change's delay: its arrival time minus the row's `updated_at`, which the writer "
+            "sets to NOW(6) in UTC in a one-statement autocommit transaction (the statement's start, so "
+            "a delay includes the commit itself). Arrival: for `--sink stdout`, when binsync's JSON line "
+            "reaches the reader's stdin pipe; for `--sink http`, when the request's body has been read by "
+            "`scripts/bench/sync_receiver.py`, a plain Python receiver (stdlib `ThreadingHTTPServer`, "
+            "HTTP/1.1 keep-alive, an empty `200` for every batch), not binsync's own. One machine, one "
+            f"clock. Writer: PyMySQL, {meta['latency_secs']} s per rate and sink, transactions paced on a "
+            "fixed schedule. CPU s: user + system time of binsync over the writer's run, and of the "
+            "reader or receiver process over its whole life; load average (1 min) at the writer's start "
+            "and end."
         )
     print("\n".join(out))
     return 0

@@ -5,8 +5,14 @@
 //! the receiver names a time. Any other status: rejected (dead letter). A failed TLS handshake
 //! (an untrusted certificate, one for another host): settled at once, for a person to fix.
 //! Retriable outcomes are handled here, by [`settle`], and never leave the sink as errors.
+//!
+//! An operator reads a receiver's outage as two lines, however many batches and retries it
+//! takes ([`Outage`]): one WARN when the first batch is not taken (the cause, and that batches
+//! are held and retried), one INFO once every batch held by it is settled (how long, how many
+//! batches and retries, whether all were delivered). Each retry is logged at debug level.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::backoff::{sleep_unless_stopped, Backoff};
@@ -72,10 +78,11 @@ pub enum Settled {
 
 /// Makes attempts at request `id` until it is settled: each retriable outcome waits for the
 /// receiver's `Retry-After`, else for the backoff; a shutdown cuts the wait short. Every retry
-/// counts towards `max_retries` (None: retry forever).
+/// counts towards `max_retries` (None: retry forever), and is reported to `outage`.
 pub async fn settle<F, Fut>(
     id: &str,
     max_retries: Option<u32>,
+    outage: &Outage,
     shutdown: &mut Shutdown,
     mut attempt: F,
 ) -> Settled
@@ -84,38 +91,106 @@ where
     Fut: Future<Output = Attempt>,
 {
     let mut backoff = Backoff::new();
-    loop {
+    let mut retries = 0u32;
+    let settled = loop {
         let (after, status, detail) = match attempt().await {
             Attempt::Response {
                 status,
                 retry_after,
                 body,
             } => match classify(status, retry_after.as_deref()) {
-                Verdict::Delivered => {
-                    if backoff.attempts() > 0 {
-                        tracing::info!(batch = %id, retries = backoff.attempts(), "batch delivered after retries");
-                    }
-                    return Settled::Delivered;
-                }
-                Verdict::Reject => return Settled::Rejected { status, body },
+                Verdict::Delivered => break Settled::Delivered,
+                Verdict::Reject => break Settled::Rejected { status, body },
                 Verdict::Retry { after } => (after, Some(status), body),
             },
             Attempt::NoResponse(e) => (None, None, e),
-            Attempt::Tls(e) => return Settled::Tls(e),
+            Attempt::Tls(e) => break Settled::Tls(e),
         };
-        if max_retries.is_some_and(|m| backoff.attempts() >= m) {
+        if max_retries.is_some_and(|m| retries >= m) {
             tracing::warn!(batch = %id, "retries exhausted");
-            return Settled::Exhausted { status, detail };
+            break Settled::Exhausted { status, detail };
         }
         // A retry paced by `Retry-After` still counts (and lengthens the next backoff).
         let backoff_delay = backoff.next_delay();
         let delay = after.unwrap_or(backoff_delay);
         crate::metrics::sink_retry(status);
         let what = status.map_or_else(|| detail.clone(), |s| format!("HTTP {s}"));
-        tracing::warn!(batch = %id, attempt = backoff.attempts(), retry_in = %crate::units::duration(delay), error = %what, "sync API did not take the batch; retrying");
+        retries += 1;
+        outage.retrying(retries == 1, &what);
+        tracing::debug!(batch = %id, attempt = retries, retry_in = %crate::units::duration(delay), error = %what, "sync API did not take the batch; retrying");
         if !sleep_unless_stopped(delay, shutdown).await {
-            return Settled::Abandoned;
+            break Settled::Abandoned;
         }
+    };
+    if retries > 0 {
+        tracing::debug!(batch = %id, retries, outcome = ?settled, "batch settled after retries");
+        outage.settled(&settled);
+    }
+    settled
+}
+
+/// Receiver outages as the operator reads them: one WARN when a batch is first not taken,
+/// one INFO once no batch is held by the outage any more. Clones share one state: the lanes
+/// of a sink report to one `Outage`, so that four lanes retrying make one outage, not four.
+#[derive(Debug, Clone, Default)]
+pub struct Outage(Arc<Mutex<OutageState>>);
+
+#[derive(Debug, Default)]
+struct OutageState {
+    /// When the first batch of the current outage was not taken; None without an outage.
+    since: Option<tokio::time::Instant>,
+    /// Batches not taken at least once and not settled yet: the outage ends at zero.
+    held: u64,
+    /// Over the current outage: batches held, retries made, and how the held batches ended.
+    batches: u64,
+    retries: u64,
+    delivered: u64,
+    /// Rejected, or retries exhausted: dead-lettered (or binsync stops, and says why).
+    not_delivered: u64,
+    /// Left unsettled by a stop: the stop's own line says what was not delivered.
+    abandoned: u64,
+}
+
+impl Outage {
+    /// A batch was not taken (`what`: the status or the error) and will be retried; `first`
+    /// on its first retry.
+    fn retrying(&self, first: bool, what: &str) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if first {
+            s.held += 1;
+            s.batches += 1;
+        }
+        s.retries += 1;
+        if s.since.is_none() {
+            s.since = Some(tokio::time::Instant::now());
+            tracing::warn!(error = %what, "the sync API is not taking batches; holding them and retrying until it does (one line when it heals; each retry at debug level)");
+        }
+    }
+
+    /// A batch that was retried is settled: the outage ends with the last one held.
+    fn settled(&self, how: &Settled) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.held = s.held.saturating_sub(1);
+        match how {
+            Settled::Delivered => s.delivered += 1,
+            Settled::Abandoned => s.abandoned += 1,
+            _ => s.not_delivered += 1,
+        }
+        if s.held > 0 {
+            return;
+        }
+        let Some(since) = s.since else { return };
+        let took = crate::units::duration(since.elapsed());
+        let (batches, retries) = (s.batches, s.retries);
+        if s.abandoned > 0 {
+            // Stopped during the outage: the run's last line names what was not delivered.
+        } else if s.not_delivered == 0 {
+            tracing::info!(outage = %took, batches, retries, "the sync API takes batches again; every batch held during the outage was delivered, nothing was lost");
+        } else {
+            let (delivered, not_delivered) = (s.delivered, s.not_delivered);
+            tracing::info!(outage = %took, batches, retries, delivered, not_delivered, "the sync API answers again; not every batch held during the outage was delivered (see the errors above: dead-lettered, or binsync stops)");
+        }
+        *s = OutageState::default();
     }
 }
 
@@ -204,7 +279,7 @@ mod tests {
         let start = tokio::time::Instant::now();
         let mut outcomes = outcomes.into_iter();
         let mut at = Vec::new();
-        let settled = settle("b-1-2", max_retries, shutdown, || {
+        let settled = settle("b-1-2", max_retries, &Outage::default(), shutdown, || {
             at.push(start.elapsed());
             let next = outcomes.next().expect("no more attempts than outcomes");
             async move { next }
@@ -325,6 +400,112 @@ mod tests {
         let (settled, _) = settle_with(vec![status(500, None)], None, &mut shutdown).await;
         assert_eq!(settled, Settled::Abandoned);
         assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    /// INFO and above, as the binary writes them, from everything logged on this thread while
+    /// the guard lives.
+    fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let to = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || Sink(to.clone()))
+            .finish();
+        (buf, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn lines_with(buf: &Mutex<Vec<u8>>, level: &str) -> Vec<String> {
+        String::from_utf8_lossy(&buf.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(level))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Four batches held by one outage, retried three times each: one WARN and one summary.
+    /// A batch taken at once logs nothing; the next outage has its own two lines.
+    #[tokio::test(start_paused = true)]
+    async fn one_outage_logs_one_warning_and_one_summary() {
+        let (logs, _guard) = capture_logs();
+        let outage = Outage::default();
+        let down = || {
+            let mut outcomes = vec![
+                Attempt::NoResponse("connection refused".into()),
+                Attempt::NoResponse("connection refused".into()),
+                status(503, None),
+                status(200, None),
+            ]
+            .into_iter();
+            let outage = outage.clone();
+            async move {
+                let settled = settle("b", None, &outage, &mut Shutdown::never(), || {
+                    let next = outcomes.next().expect("no more attempts than outcomes");
+                    async move { next }
+                })
+                .await;
+                assert_eq!(settled, Settled::Delivered);
+            }
+        };
+        tokio::join!(down(), down(), down(), down());
+        let warns = lines_with(&logs, "WARN");
+        assert_eq!(warns.len(), 1, "{warns:?}");
+        assert!(warns[0].contains("connection refused"), "{warns:?}");
+        let infos = lines_with(&logs, "INFO");
+        assert_eq!(infos.len(), 1, "{infos:?}");
+        assert!(
+            infos[0].contains("nothing was lost")
+                && infos[0].contains("batches=4")
+                && infos[0].contains("retries=12"),
+            "{infos:?}"
+        );
+        let ok = settle("c", None, &outage, &mut Shutdown::never(), || async {
+            status(200, None)
+        })
+        .await;
+        assert_eq!(ok, Settled::Delivered);
+        assert_eq!(lines_with(&logs, "WARN").len(), 1, "a batch taken at once");
+        let mut again = vec![status(500, None), status(200, None)].into_iter();
+        settle("d", None, &outage, &mut Shutdown::never(), || {
+            let next = again.next().unwrap();
+            async move { next }
+        })
+        .await;
+        assert_eq!(lines_with(&logs, "WARN").len(), 2, "a new outage");
+        let infos = lines_with(&logs, "INFO");
+        assert_eq!(infos.len(), 2);
+        assert!(infos[1].contains("batches=1 retries=1"), "{infos:?}");
+    }
+
+    /// A batch given up during an outage: the summary says it was not delivered.
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_with_a_batch_given_up_says_so() {
+        let (logs, _guard) = capture_logs();
+        let outage = Outage::default();
+        let mut outcomes = vec![status(503, None), status(503, None)].into_iter();
+        let settled = settle("b", Some(1), &outage, &mut Shutdown::never(), || {
+            let next = outcomes.next().unwrap();
+            async move { next }
+        })
+        .await;
+        assert!(matches!(settled, Settled::Exhausted { .. }));
+        let infos = lines_with(&logs, "INFO");
+        assert_eq!(infos.len(), 1, "{infos:?}");
+        assert!(
+            infos[0].contains("delivered=0 not_delivered=1")
+                && !infos[0].contains("nothing was lost"),
+            "{infos:?}"
+        );
     }
 
     #[test]

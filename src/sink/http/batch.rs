@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use crate::change::{Change, Chunk};
 use crate::sink::ledger::{Pieces, Ticket};
@@ -68,6 +68,7 @@ pub struct Builder {
     pub bytes: usize,
     pub min_seq: u64,
     pub max_seq: u64,
+    /// When its first change came (tokio's clock, which tests can pause).
     pub opened: Option<Instant>,
     /// The chunks its changes came from: one piece per change pushed.
     pieces: Pieces,

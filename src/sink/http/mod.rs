@@ -5,7 +5,13 @@
 //!   entity type's ddl, truncate and drop, and every row of a table without a primary key,
 //!   share the type's own lane ([`batch::lane_key`]): a keyless row's count is only right at
 //!   the receiver if it arrives in order with the type's truncates.
-//! - A batch closes at `batch_rows` rows, `batch_bytes` bytes, or `linger` after its first row.
+//! - Batching adapts to the receiver (Nagle-free, as a Kafka producer with a zero linger): a
+//!   lane with nothing in flight is sent what its batch holds at once, even one row; a busy
+//!   lane's batch gathers what arrives meanwhile and goes when the lane's batch is settled. A
+//!   batch that reaches `batch_rows` rows or `batch_bytes` bytes goes at once (to wait behind
+//!   the one in flight). Latency stays low when the receiver keeps up, and batches grow with
+//!   the load when it does not. `linger` (default 0) holds a batch on an idle lane until it is
+//!   that old, for receivers that prefer fewer, larger batches.
 //! - Retriable failures (408, 429, 5xx, timeouts, connection errors) are retried forever by
 //!   default (`max_retries` caps it), with capped, jittered backoff and `Retry-After`; a
 //!   shutdown cuts a retry wait short and leaves the batch unacknowledged.
@@ -36,8 +42,9 @@ use tokio::sync::mpsc;
 
 use self::batch::{lane_key, lane_of, Batch, Builder, Envelope, SourceHeader};
 pub use self::send::replay_dead_letters;
-use self::send::{error_chain, lane, Handled, LaneResult};
+use self::send::{error_chain, lane, Handled, LaneContext, LaneResult};
 use super::ledger::{Ack, Ledger, Mark};
+use super::retry::Outage;
 use super::SinkError;
 use crate::change::{Chunk, Op};
 use crate::dlq::Dlq;
@@ -60,6 +67,8 @@ pub struct HttpConfig {
     pub gzip: bool,
     pub batch_rows: usize,
     pub batch_bytes: usize,
+    /// How long a batch on an idle lane waits for more changes (zero: not at all; a busy
+    /// lane's batch gathers changes while the lane's batch is in flight either way).
     pub linger: Duration,
     pub in_flight: usize,
     pub request_timeout: Duration,
@@ -145,7 +154,7 @@ impl HttpConfig {
             gzip: false,
             batch_rows: 1000,
             batch_bytes: 1 << 20,
-            linger: Duration::from_millis(5),
+            linger: Duration::ZERO,
             in_flight: 4,
             request_timeout: Duration::from_secs(30),
             max_retries: None,
@@ -262,10 +271,15 @@ struct Outcomes {
     ledger: Ledger,
     failure: Option<SinkError>,
     abandoned: bool,
+    /// Per lane, batches handed to it and not yet reported (sending, or queued behind).
+    in_flight: Vec<usize>,
 }
 
 impl Outcomes {
     fn record(&mut self, res: LaneResult) {
+        if let Some(n) = self.in_flight.get_mut(res.lane) {
+            *n = n.saturating_sub(1);
+        }
         match res.handled {
             Handled::Delivered | Handled::DeadLettered => self.ledger.done_all(&res.pieces),
             Handled::Failed(e) => {
@@ -292,7 +306,7 @@ pub async fn run(
     cfg: HttpConfig,
     source: SourceHeader,
     dlq: Dlq,
-    mut rx: mpsc::Receiver<Chunk>,
+    rx: mpsc::Receiver<Chunk>,
     acks: mpsc::Sender<Ack>,
     shutdown: Shutdown,
 ) -> Result<(), SinkError> {
@@ -302,119 +316,210 @@ pub async fn run(
             cfg.contract
         )));
     }
-    let client = cfg.client()?;
     let lanes = cfg.in_flight.max(1);
+    let cx = LaneContext {
+        client: cfg.client()?,
+        cfg: cfg.clone(),
+        dlq,
+        outage: Outage::default(),
+        shutdown,
+    };
     // Lanes report here; `dispatch` keeps reading while it waits for a lane.
-    let (res_tx, mut res_rx) = mpsc::channel::<LaneResult>(lanes * 4);
+    let (res_tx, res_rx) = mpsc::channel::<LaneResult>(lanes * 4);
     let mut lane_txs = Vec::with_capacity(lanes);
-    for _ in 0..lanes {
+    for i in 0..lanes {
         let (tx, lane_rx) = mpsc::channel::<Batch>(1);
         lane_txs.push(tx);
-        tokio::spawn(lane(
-            client.clone(),
-            cfg.clone(),
-            dlq.clone(),
-            lane_rx,
-            res_tx.clone(),
-            shutdown.clone(),
-        ));
+        tokio::spawn(lane(i, cx.clone(), lane_rx, res_tx.clone()));
     }
     drop(res_tx);
-
-    let new_builder = || {
-        if cfg.compact {
-            Builder::compacting()
-        } else {
-            Builder::default()
-        }
-    };
-    let mut builders: Vec<Builder> = (0..lanes).map(|_| new_builder()).collect();
     let envelope = Envelope {
         source,
         contract: cfg.contract,
     };
-    // Every chunk is registered with one piece per change; a batch's pieces are done when the
-    // batch is delivered or dead-lettered.
-    let mut outcomes = Outcomes {
-        ledger: Ledger::new(),
-        failure: None,
-        abandoned: false,
-    };
-    let mut input_open = true;
+    Batcher::new(&cfg, envelope, lane_txs, res_rx)
+        .run(rx, acks)
+        .await
+}
 
-    loop {
-        let deadline = builders
-            .iter()
-            .filter_map(|b| b.opened)
-            .min()
-            .map(|t| t + cfg.linger);
-        tokio::select! {
-            chunk = rx.recv(), if input_open => {
-                match chunk {
-                    Some(chunk) if unsendable(&chunk, cfg.contract).is_some() => {
-                        // Nothing of the chunk is sent: the checkpoint stays before it, and
-                        // must_stop() below ends the loop.
-                        let e = unsendable(&chunk, cfg.contract).expect("checked by the guard");
-                        outcomes.failure.get_or_insert(e);
-                    }
+/// Fills one batch per lane from the chunks, hands batches to the lanes (see the module's
+/// header for when), and turns the lanes' reports into acks. It talks to the lanes through
+/// channels only.
+struct Batcher<'a> {
+    cfg: &'a HttpConfig,
+    envelope: Envelope,
+    builders: Vec<Builder>,
+    lanes: Vec<mpsc::Sender<Batch>>,
+    results: mpsc::Receiver<LaneResult>,
+    outcomes: Outcomes,
+}
+
+impl<'a> Batcher<'a> {
+    fn new(
+        cfg: &'a HttpConfig,
+        envelope: Envelope,
+        lanes: Vec<mpsc::Sender<Batch>>,
+        results: mpsc::Receiver<LaneResult>,
+    ) -> Self {
+        let new_builder = || {
+            if cfg.compact {
+                Builder::compacting()
+            } else {
+                Builder::default()
+            }
+        };
+        Batcher {
+            cfg,
+            envelope,
+            builders: lanes.iter().map(|_| new_builder()).collect(),
+            // Every chunk is registered with one piece per change; a batch's pieces are done
+            // when the batch is delivered or dead-lettered.
+            outcomes: Outcomes {
+                ledger: Ledger::new(),
+                failure: None,
+                abandoned: false,
+                in_flight: vec![0; lanes.len()],
+            },
+            lanes,
+            results,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Chunk>,
+        acks: mpsc::Sender<Ack>,
+    ) -> Result<(), SinkError> {
+        let mut input_open = true;
+        loop {
+            let deadline = self.linger_deadline();
+            tokio::select! {
+                chunk = rx.recv(), if input_open => match chunk {
                     Some(chunk) => {
-                        let chunk = std::sync::Arc::new(chunk);
-                        let ticket = outcomes.ledger.register(Mark::of(&chunk), chunk.changes.len());
-                        for c in &chunk.changes {
-                            let lane = lane_of(&c.entity, lane_key(&chunk, c), lanes);
-                            let b = &mut builders[lane];
-                            // An operation that would take the batch past batch_bytes travels
-                            // in a batch of its own: the batch before it closes first.
-                            if !b.is_empty() && b.bytes + c.line.len() > cfg.batch_bytes {
-                                dispatch(b, &envelope, &lane_txs[lane], &mut res_rx, &mut outcomes).await;
-                            }
-                            b.push(&chunk, ticket, c);
-                            if b.count >= cfg.batch_rows || b.bytes >= cfg.batch_bytes {
-                                dispatch(b, &envelope, &lane_txs[lane], &mut res_rx, &mut outcomes).await;
+                        // What else has arrived joins the batches before any is sent.
+                        let mut next = Some(chunk);
+                        while let Some(chunk) = next.take() {
+                            self.take(chunk).await;
+                            if !self.outcomes.must_stop() {
+                                next = rx.try_recv().ok();
                             }
                         }
                     }
                     None => {
                         input_open = false;
-                        for (i, b) in builders.iter_mut().enumerate() {
-                            if !b.is_empty() {
-                                dispatch(b, &envelope, &lane_txs[i], &mut res_rx, &mut outcomes).await;
+                        for lane in 0..self.lanes.len() {
+                            if !self.builders[lane].is_empty() {
+                                self.dispatch(lane).await;
                             }
                         }
                     }
+                },
+                res = self.results.recv() => {
+                    let Some(res) = res else { break };
+                    self.outcomes.record(res);
+                }
+                _ = sleep_until(deadline) => {}
+            }
+            self.send_idle().await;
+            // Acknowledge, in order, every chunk with nothing unhandled at or before it.
+            while let Some(ack) = self.outcomes.ledger.pop_ready() {
+                if acks.send(ack).await.is_err() {
+                    return Ok(());
                 }
             }
-            res = res_rx.recv() => {
-                let Some(res) = res else { break };
-                outcomes.record(res);
+            if self.outcomes.must_stop() {
+                // What is not acknowledged stays behind the checkpoint and is sent again later.
+                break;
             }
-            _ = sleep_until(deadline) => {
-                let now = tokio::time::Instant::now().into_std();
-                for (i, b) in builders.iter_mut().enumerate() {
-                    if b.opened.is_some_and(|t| t + cfg.linger <= now) {
-                        dispatch(b, &envelope, &lane_txs[i], &mut res_rx, &mut outcomes).await;
-                    }
-                }
+            if !input_open && self.outcomes.ledger.is_settled() {
+                break;
             }
         }
-        // Acknowledge, in order, every chunk with nothing unhandled at or before it.
-        while let Some(ack) = outcomes.ledger.pop_ready() {
-            if acks.send(ack).await.is_err() {
-                return Ok(());
-            }
-        }
-        if outcomes.must_stop() {
-            // What is not acknowledged stays behind the checkpoint and is sent again later.
-            break;
-        }
-        if !input_open && outcomes.ledger.is_settled() {
-            break;
+        drop(self.lanes);
+        match self.outcomes.failure {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
-    drop(lane_txs);
-    match outcomes.failure {
-        Some(e) => Err(e),
-        None => Ok(()),
+
+    /// Puts `chunk`'s changes into their lanes' batches; a batch that is full goes at once.
+    async fn take(&mut self, chunk: Chunk) {
+        if let Some(e) = unsendable(&chunk, self.cfg.contract) {
+            // Nothing of the chunk is sent: the checkpoint stays before it, and must_stop()
+            // ends the loop.
+            self.outcomes.failure.get_or_insert(e);
+            return;
+        }
+        let chunk = std::sync::Arc::new(chunk);
+        let ticket = self
+            .outcomes
+            .ledger
+            .register(Mark::of(&chunk), chunk.changes.len());
+        let (rows, bytes) = (self.cfg.batch_rows, self.cfg.batch_bytes);
+        for c in &chunk.changes {
+            let lane = lane_of(&c.entity, lane_key(&chunk, c), self.lanes.len());
+            // An operation that would take the batch past batch_bytes travels in a batch of
+            // its own: the batch before it closes first.
+            let b = &self.builders[lane];
+            if !b.is_empty() && b.bytes + c.line.len() > bytes {
+                self.dispatch(lane).await;
+            }
+            let b = &mut self.builders[lane];
+            b.push(&chunk, ticket, c);
+            if b.count >= rows || b.bytes >= bytes {
+                self.dispatch(lane).await;
+            }
+        }
+    }
+
+    /// With a linger: when the oldest batch of an idle lane is due.
+    fn linger_deadline(&self) -> Option<tokio::time::Instant> {
+        if self.cfg.linger.is_zero() {
+            return None;
+        }
+        self.builders
+            .iter()
+            .zip(&self.outcomes.in_flight)
+            .filter(|(_, &n)| n == 0)
+            .filter_map(|(b, _)| b.opened)
+            .min()
+            .map(|t| t + self.cfg.linger)
+    }
+
+    /// Hands every lane with nothing in flight the batch it holds (once `linger` old).
+    async fn send_idle(&mut self) {
+        let now = tokio::time::Instant::now();
+        for lane in 0..self.lanes.len() {
+            let due = self.builders[lane]
+                .opened
+                .is_some_and(|t| t + self.cfg.linger <= now);
+            if due && self.outcomes.in_flight[lane] == 0 && !self.outcomes.must_stop() {
+                self.dispatch(lane).await;
+            }
+        }
+    }
+
+    /// Hands lane `lane` its batch, taking lane results meanwhile: a lane blocked on
+    /// reporting must never wait for us while we wait for it.
+    async fn dispatch(&mut self, lane: usize) {
+        let batch = self.builders[lane].finish(&self.envelope);
+        loop {
+            tokio::select! {
+                permit = self.lanes[lane].reserve() => {
+                    // A closed lane means shutdown; the batch stays unhandled, the checkpoint
+                    // before it.
+                    if let Ok(p) = permit {
+                        p.send(batch);
+                        self.outcomes.in_flight[lane] += 1;
+                    }
+                    return;
+                }
+                res = self.results.recv() => match res {
+                    Some(r) => self.outcomes.record(r),
+                    None => return,
+                },
+            }
+        }
     }
 }
 
@@ -435,37 +540,10 @@ fn unsendable(chunk: &Chunk, contract: u8) -> Option<SinkError> {
     )))
 }
 
-async fn sleep_until(deadline: Option<std::time::Instant>) {
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Hands a finished batch to its lane, taking lane results meanwhile: a lane blocked on
-/// reporting must never wait for us while we wait for it.
-async fn dispatch(
-    builder: &mut Builder,
-    envelope: &Envelope,
-    lane: &mpsc::Sender<Batch>,
-    results: &mut mpsc::Receiver<LaneResult>,
-    outcomes: &mut Outcomes,
-) {
-    let batch = builder.finish(envelope);
-    loop {
-        tokio::select! {
-            permit = lane.reserve() => {
-                // A closed lane means shutdown; the batch stays unhandled, the checkpoint before it.
-                if let Ok(p) = permit {
-                    p.send(batch);
-                }
-                return;
-            }
-            res = results.recv() => match res {
-                Some(r) => outcomes.record(r),
-                None => return,
-            },
-        }
     }
 }
 
@@ -691,6 +769,177 @@ mod tests {
             .collect();
         pairs.sort();
         assert_eq!(pairs, [("1".into(), "1".into()), ("2".into(), "2".into())]);
+    }
+
+    /// A chunk of one insert of entity type `t`, id `id`, at seq `id`.
+    fn row(id: u64) -> Chunk {
+        let mut chunk = Chunk::default();
+        let line = format!(
+            r#"{{"seq":{id},"op":"insert","db":"d","table":"t","entity":"t","id":{{"id":{id}}},"after":{{"id":{id}}}}}"#
+        );
+        let key = format!(r#"{{"id":{id}}}"#);
+        let at = line.find(&key).unwrap();
+        chunk.buf.extend_from_slice(line.as_bytes());
+        chunk.changes.push(Change {
+            seq: id,
+            op: Op::Insert,
+            entity: Arc::from("t"),
+            keyless: false,
+            line: 0..line.len(),
+            key: at..at + key.len(),
+        });
+        chunk
+    }
+
+    /// A batcher whose one lane the test plays: it takes the lane's batches and reports them.
+    struct OneLane {
+        chunks: mpsc::Sender<Chunk>,
+        batches: mpsc::Receiver<Batch>,
+        reports: mpsc::Sender<LaneResult>,
+        acks: mpsc::Receiver<Ack>,
+    }
+
+    impl OneLane {
+        fn start(mut cfg: HttpConfig) -> OneLane {
+            cfg.in_flight = 1;
+            let (chunks, chunk_rx) = mpsc::channel(16);
+            let (lane_tx, batches) = mpsc::channel(1);
+            let (reports, res_rx) = mpsc::channel(4);
+            let (ack_tx, acks) = mpsc::channel(64);
+            let envelope = Envelope {
+                source: SourceHeader {
+                    json: r#""source":{}"#.into(),
+                    id_prefix: "m-1".into(),
+                },
+                contract: cfg.contract,
+            };
+            tokio::spawn(async move {
+                Batcher::new(&cfg, envelope, vec![lane_tx], res_rx)
+                    .run(chunk_rx, ack_tx)
+                    .await
+            });
+            OneLane {
+                chunks,
+                batches,
+                reports,
+                acks,
+            }
+        }
+
+        async fn send(&self, ids: std::ops::RangeInclusive<u64>) {
+            for id in ids {
+                self.chunks.send(row(id)).await.unwrap();
+            }
+        }
+
+        /// The lane delivered `batch`.
+        async fn delivered(&self, batch: Batch) {
+            let report = LaneResult {
+                lane: 0,
+                pieces: batch.pieces,
+                handled: Handled::Delivered,
+            };
+            self.reports.send(report).await.unwrap();
+        }
+
+        /// Changes acknowledged by the next `n` acks.
+        async fn acked(&mut self, n: usize) -> usize {
+            let mut changes = 0;
+            for _ in 0..n {
+                changes += self.acks.recv().await.unwrap().changes;
+            }
+            changes
+        }
+    }
+
+    /// With the default settings a lane with nothing in flight sends a single row at once: no
+    /// linger holds it (on tokio's paused clock, any timer would have moved the time).
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_lane_sends_a_single_row_at_once() {
+        assert_eq!(HttpConfig::new("http://x".into()).linger, Duration::ZERO);
+        let mut lane = OneLane::start(HttpConfig::new("http://x".into()));
+        for id in 1..=3 {
+            let start = tokio::time::Instant::now();
+            lane.send(id..=id).await;
+            let batch = lane.batches.recv().await.unwrap();
+            assert_eq!(start.elapsed(), Duration::ZERO, "row {id} waited");
+            assert_eq!((batch.count, batch.min_seq), (1, id));
+            lane.delivered(batch).await;
+            assert_eq!(lane.acked(1).await, 1);
+        }
+    }
+
+    /// While its batch is in flight a lane gathers what arrives, sends it all in one batch the
+    /// moment the lane is free, and acknowledges each chunk only once its batch is delivered.
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_lane_gathers_what_arrives_meanwhile() {
+        let mut lane = OneLane::start(HttpConfig::new("http://x".into()));
+        lane.send(1..=1).await;
+        let first = lane.batches.recv().await.unwrap();
+        lane.send(2..=6).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            lane.batches.try_recv().is_err(),
+            "sent while the lane was busy"
+        );
+        assert!(lane.acks.try_recv().is_err(), "acked before delivery");
+        lane.delivered(first).await;
+        let start = tokio::time::Instant::now();
+        let second = lane.batches.recv().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(
+            (second.count, second.min_seq, second.max_seq),
+            (5, 2, 6),
+            "one batch of what arrived meanwhile"
+        );
+        assert_eq!(lane.acked(1).await, 1);
+        assert!(lane.acks.try_recv().is_err(), "acked before delivery");
+        lane.delivered(second).await;
+        assert_eq!(lane.acked(5).await, 5);
+    }
+
+    /// A busy lane's batch that reaches batch_rows goes at once, to wait behind the one in
+    /// flight; what comes after it gathers until the lane is free.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_does_not_wait_for_a_free_lane() {
+        let mut cfg = HttpConfig::new("http://x".into());
+        cfg.batch_rows = 3;
+        let mut lane = OneLane::start(cfg);
+        lane.send(1..=1).await;
+        let first = lane.batches.recv().await.unwrap();
+        lane.send(2..=6).await;
+        let full = lane.batches.recv().await.unwrap();
+        assert_eq!((full.count, full.min_seq, full.max_seq), (3, 2, 4));
+        lane.delivered(first).await;
+        assert_eq!(lane.acked(1).await, 1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            lane.batches.try_recv().is_err(),
+            "sent while a full batch was in flight"
+        );
+        lane.delivered(full).await;
+        let rest = lane.batches.recv().await.unwrap();
+        assert_eq!((rest.count, rest.min_seq, rest.max_seq), (2, 5, 6));
+        assert_eq!(lane.acked(3).await, 3);
+        lane.delivered(rest).await;
+        assert_eq!(lane.acked(2).await, 2);
+    }
+
+    /// `--linger` holds a batch on an idle lane until it is that old, gathering meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn a_linger_holds_an_idle_lanes_batch_that_long() {
+        let mut cfg = HttpConfig::new("http://x".into());
+        cfg.linger = Duration::from_millis(20);
+        let mut lane = OneLane::start(cfg);
+        let start = tokio::time::Instant::now();
+        lane.send(1..=1).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        lane.send(2..=2).await;
+        let batch = lane.batches.recv().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(20));
+        assert_eq!(batch.count, 2);
+        lane.delivered(batch).await;
+        assert_eq!(lane.acked(2).await, 2);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::dlq::{DeadLetter, Dlq};
 use crate::json::now_unix_ms;
 use crate::shutdown::Shutdown;
 use crate::sink::ledger::Pieces;
-use crate::sink::retry::{settle, Attempt, Settled};
+use crate::sink::retry::{settle, Attempt, Outage, Settled};
 use crate::sink::SinkError;
 
 /// How one batch ended.
@@ -24,28 +24,48 @@ pub(super) enum Handled {
 }
 
 pub(super) struct LaneResult {
+    /// The lane that sent it: its slot is free again.
+    pub lane: usize,
     pub pieces: Pieces,
     pub handled: Handled,
 }
 
-/// Sends this lane's batches one at a time.
+/// What every lane of a sink shares.
+#[derive(Clone)]
+pub(super) struct LaneContext {
+    pub client: reqwest::Client,
+    pub cfg: HttpConfig,
+    pub dlq: Dlq,
+    /// One receiver outage is one, however many lanes retry through it.
+    pub outage: Outage,
+    pub shutdown: Shutdown,
+}
+
+/// Sends lane `index`'s batches one at a time.
 pub(super) async fn lane(
-    client: reqwest::Client,
-    cfg: HttpConfig,
-    dlq: Dlq,
+    index: usize,
+    mut cx: LaneContext,
     mut rx: mpsc::Receiver<Batch>,
     results: mpsc::Sender<LaneResult>,
-    mut shutdown: Shutdown,
 ) {
     while let Some(batch) = rx.recv().await {
         let in_flight = crate::metrics::batch_sending(batch.count);
-        let handled = deliver(&client, &cfg, &dlq, &batch, &mut shutdown).await;
+        let handled = deliver(
+            &cx.client,
+            &cx.cfg,
+            &cx.dlq,
+            &batch,
+            &cx.outage,
+            &mut cx.shutdown,
+        )
+        .await;
         if matches!(handled, Handled::Delivered) {
             in_flight.delivered();
         }
         let last = matches!(handled, Handled::Abandoned | Handled::Failed(_));
         if results
             .send(LaneResult {
+                lane: index,
                 pieces: batch.pieces,
                 handled,
             })
@@ -141,6 +161,7 @@ async fn deliver(
     cfg: &HttpConfig,
     dlq: &Dlq,
     batch: &Batch,
+    outage: &Outage,
     shutdown: &mut Shutdown,
 ) -> Handled {
     let body = match bytes_body::Body::new(&batch.body, cfg.gzip) {
@@ -152,7 +173,7 @@ async fn deliver(
             })
         }
     };
-    let settled = settle(&batch.id, cfg.max_retries, shutdown, || {
+    let settled = settle(&batch.id, cfg.max_retries, outage, shutdown, || {
         post(client, cfg, batch, &body)
     })
     .await;
