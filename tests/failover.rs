@@ -15,7 +15,9 @@ mod mysql_double;
 use std::path::Path;
 use std::time::Duration;
 
-use common::workload::{assert_same_state, file_state, sink_seqs, source_state, Receiver, Writer};
+use common::workload::{
+    assert_same_state, file_state, sink_seqs, source_state, Receiver, State, Writer,
+};
 use common::{sql_quote, wait_until, MariaDb, Proc, ServerOpts};
 use mysql_double::{MysqlDouble, Options, Profile};
 
@@ -80,6 +82,20 @@ fn freeze_behind(replica: &MariaDb, other: &MariaDb) {
         "replica on port {} reaches {pos}",
         other.port()
     );
+}
+
+/// The file sink holds the primary's tables, no operation twice, and `seq` grew by one at
+/// every line, across the switches too. Returns the state, for the caller's own checks.
+fn assert_file_is_the_primary(out: &Path, primary: &MariaDb) -> State {
+    let (got, duplicates) = file_state(&out.display().to_string());
+    assert_eq!(duplicates, 0, "no operation twice");
+    let seqs = sink_seqs(out);
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "seq grows by one across the switch"
+    );
+    assert_same_state(&source_state(primary), &got);
+    got
 }
 
 /// Waits until binsync's checkpoint names everything `primary` has written, then stops it.
@@ -243,14 +259,7 @@ fn a_server_without_the_position_is_skipped_never_streamed_from() {
     writer.finish();
     drain_and_stop(&mut p, &state, &primary);
 
-    let (got, duplicates) = file_state(&out.display().to_string());
-    assert_eq!(duplicates, 0, "no operation twice");
-    let seqs = sink_seqs(&out);
-    assert!(
-        seqs.windows(2).all(|w| w[1] == w[0] + 1),
-        "seq grows by one across the switch"
-    );
-    assert_same_state(&source_state(&primary), &got);
+    let got = assert_file_is_the_primary(&out, &primary);
     assert!(
         !got.values().any(|v| v["note"] == "stranger"),
         "nothing of the stranger's history"
@@ -297,14 +306,7 @@ fn a_server_that_keeps_failing_is_left_after_failover_after() {
     std::thread::sleep(Duration::from_millis(500));
     writer.finish();
     drain_and_stop(&mut p, &state, &primary);
-    let (got, duplicates) = file_state(&out.display().to_string());
-    assert_eq!(duplicates, 0, "no operation twice");
-    let seqs = sink_seqs(&out);
-    assert!(
-        seqs.windows(2).all(|w| w[1] == w[0] + 1),
-        "seq grows by one"
-    );
-    assert_same_state(&source_state(&primary), &got);
+    assert_file_is_the_primary(&out, &primary);
 }
 
 /// Replica 1's applier stops while the primary goes on: binsync reads nothing new from it,
@@ -340,14 +342,7 @@ fn a_replica_that_stays_behind_is_left_for_the_next_server() {
     std::thread::sleep(Duration::from_millis(500));
     writer.finish();
     drain_and_stop(&mut p, &state, &primary);
-    let (got, duplicates) = file_state(&out.display().to_string());
-    assert_eq!(duplicates, 0, "no operation twice");
-    let seqs = sink_seqs(&out);
-    assert!(
-        seqs.windows(2).all(|w| w[1] == w[0] + 1),
-        "seq grows by one"
-    );
-    assert_same_state(&source_state(&primary), &got);
+    assert_file_is_the_primary(&out, &primary);
 }
 
 /// The 8.0 fixture: ENUM/SET rows with full row metadata, five GTIDs of one server.
