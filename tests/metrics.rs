@@ -444,26 +444,58 @@ fn metrics_during_a_catch_up() {
     );
 }
 
+/// A catch-up scenario: a server with a backlog of about 12 MiB of binlog (more than binsync
+/// buffers while its sink is down), and `binsync run`'s arguments from the backlog's start into
+/// a sync API at `sink_addr`, where no receiver listens yet.
+struct CatchUp {
+    db: MariaDb,
+    backlog: Backlog,
+    start: (String, u64),
+    dir: tempfile::TempDir,
+    sink_addr: String,
+    args: Vec<String>,
+}
+
+impl CatchUp {
+    fn new() -> CatchUp {
+        let db = MariaDb::start(ServerOpts::default());
+        let backlog = Backlog {
+            a: 40,
+            b: 40,
+            both: 0,
+            rows: 1000,
+        };
+        let start = backlog.write(&db);
+        let dir = tempfile::tempdir().unwrap();
+        let sink_addr = format!("127.0.0.1:{}", free_port());
+        let args = run_args(
+            &db,
+            &dir.path().join("state"),
+            &format!("http://{sink_addr}/sync"),
+            &start,
+        );
+        CatchUp {
+            db,
+            backlog,
+            start,
+            dir,
+            sink_addr,
+            args,
+        }
+    }
+}
+
 #[test]
 fn catching_up_without_a_terminal_logs_every_10s_then_once_caught_up() {
-    let db = MariaDb::start(ServerOpts::default());
-    // About 12 MiB of binlog: more than binsync buffers while its sink is down.
-    let backlog = Backlog {
-        a: 40,
-        b: 40,
-        both: 0,
-        rows: 1000,
-    };
-    let start = backlog.write(&db);
-    let dir = tempfile::tempdir().unwrap();
-    let sink_addr = format!("127.0.0.1:{}", free_port());
+    let CatchUp {
+        db: _db,
+        backlog,
+        start,
+        dir,
+        sink_addr,
+        mut args,
+    } = CatchUp::new();
     let metrics = format!("127.0.0.1:{}", free_port());
-    let mut args = run_args(
-        &db,
-        &dir.path().join("state"),
-        &format!("http://{sink_addr}/sync"),
-        &start,
-    );
     args.extend(["--metrics-listen", &metrics].map(String::from));
     let mut binsync = spawn(&args);
     let lines = |p: &Proc, what: &str| -> Vec<String> {
@@ -533,22 +565,14 @@ fn catching_up_without_a_terminal_logs_every_10s_then_once_caught_up() {
 
 #[test]
 fn catching_up_on_a_terminal_is_one_live_line() {
-    let db = MariaDb::start(ServerOpts::default());
-    let backlog = Backlog {
-        a: 40,
-        b: 40,
-        both: 0,
-        rows: 1000,
-    };
-    let start = backlog.write(&db);
-    let dir = tempfile::tempdir().unwrap();
-    let sink_addr = format!("127.0.0.1:{}", free_port());
-    let args = run_args(
-        &db,
-        &dir.path().join("state"),
-        &format!("http://{sink_addr}/sync"),
-        &start,
-    );
+    let CatchUp {
+        db: _db,
+        backlog: _,
+        start,
+        dir,
+        sink_addr,
+        args,
+    } = CatchUp::new();
     // `script` gives binsync a terminal (a pty) and copies what it shows to its stdout.
     let command = std::iter::once(common::binsync_bin().display().to_string())
         .chain(args)
