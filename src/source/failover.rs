@@ -241,7 +241,16 @@ impl LagWatch {
 
     /// [`LagWatch::fired`] without waiting.
     pub fn try_fired(&mut self) -> Option<String> {
-        self.rx.as_mut()?.try_recv().ok()
+        use tokio::sync::oneshot::error::TryRecvError;
+        match self.rx.as_mut()?.try_recv() {
+            Err(TryRecvError::Empty) => None,
+            // The receiver is spent either way (a verdict taken, or a watch that ended without
+            // one): awaiting it again would panic, so it goes.
+            done => {
+                self.rx = None;
+                done.ok()
+            }
+        }
     }
 }
 
@@ -535,5 +544,32 @@ mod tests {
         assert!(about_the_server(&SourceError::Purged("x".into())));
         assert!(!about_the_server(&SourceError::SinkClosed));
         assert!(!about_the_server(&SourceError::BadStart("x".into())));
+    }
+
+    /// The stream's loop asks `try_fired` and then awaits `fired`: a watch that ended
+    /// without a verdict (the server is no replica) must leave both waiting, not panic on a
+    /// spent receiver (seen after a failover to the primary).
+    #[tokio::test]
+    async fn a_watch_that_ended_without_a_verdict_waits_forever_after_try_fired() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+        drop(tx);
+        let mut watch = LagWatch {
+            rx: Some(rx),
+            task: None,
+        };
+        assert_eq!(watch.try_fired(), None);
+        let waited = tokio::time::timeout(Duration::from_millis(50), watch.fired()).await;
+        assert!(waited.is_err(), "no verdict: fired() waits");
+        assert_eq!(watch.try_fired(), None);
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+        tx.send("behind".into()).unwrap();
+        let mut watch = LagWatch {
+            rx: Some(rx),
+            task: None,
+        };
+        assert_eq!(watch.try_fired().as_deref(), Some("behind"));
+        let waited = tokio::time::timeout(Duration::from_millis(50), watch.fired()).await;
+        assert!(waited.is_err(), "a verdict is taken once");
     }
 }
