@@ -295,6 +295,22 @@ fn sigterm_during_a_100k_row_transaction_applies_nothing_twice() {
     assert_same(&got, &source_state(&db), &stats);
 }
 
+/// binsync's `/metrics` text at `addr`.
+fn metrics_text(addr: &str) -> Option<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(async {
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    })
+}
+
 fn stats(url: &str) -> Option<serde_json::Value> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -503,13 +519,27 @@ fn a_stop_during_a_sink_outage_says_what_was_not_delivered() {
     db.sql(common::workload::SCHEMA);
     let (_d, state, rstate) = tmp();
     let mut recv = Receiver::start(&rstate, &[]);
-    let mut b = Binsync::new(&db, &state, &recv.url(), &[]);
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let mut b = Binsync::new(&db, &state, &recv.url(), &["--metrics-listen", &metrics]);
     b.start();
     db.sql("INSERT INTO t.items VALUES (1, 1, 'before')");
-    wait_until(Duration::from_secs(60), "the first row delivered", || {
-        stats(&format!("http://{}/stats", recv.addr))
-            .is_some_and(|s| s["ops_applied"].as_u64().unwrap_or(0) >= 1)
-    });
+    // Confirmed to binsync, not only applied by the receiver: a receiver stopped between
+    // applying a batch and answering leaves that batch unconfirmed too.
+    wait_until(
+        Duration::from_secs(60),
+        "the first row delivered and confirmed",
+        || {
+            let text = metrics_text(&metrics).unwrap_or_default();
+            let sum = |name: &str, with: &str| -> f64 {
+                text.lines()
+                    .filter(|l| l.starts_with(name) && l.contains(with))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            };
+            sum("binsync_row_changes_delivered_total{", "op=\"insert\"") >= 1.0
+                && text.lines().any(|l| l == "binsync_chunks_unconfirmed 0")
+        },
+    );
     recv.stop();
     db.sql("INSERT INTO t.items VALUES (2, 2, 'during'), (3, 3, 'during')");
     std::thread::sleep(Duration::from_secs(2));
