@@ -266,24 +266,59 @@ fn a_server_without_the_position_is_skipped_never_streamed_from() {
     );
 }
 
+/// A primary and one replica under a writer on the primary; binsync reads the replica first
+/// (`--source` replica, primary) into a file sink, and has delivered from it.
+struct ReplicaFirst {
+    primary: MariaDb,
+    r1: MariaDb,
+    _dir: tempfile::TempDir,
+    state: std::path::PathBuf,
+    out: std::path::PathBuf,
+    writer: Writer,
+    p: Proc,
+}
+
+impl ReplicaFirst {
+    fn start(flags: &[&str]) -> ReplicaFirst {
+        let primary = MariaDb::start(ServerOpts::default());
+        let r1 = MariaDb::start_replica_of(&primary, ServerOpts::default());
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let out = dir.path().join("out.jsonl");
+        let sink = format!("file:{}", out.display());
+        let writer = Writer::start(&primary, Duration::from_millis(2));
+        let sources = [r1.url(), primary.url()];
+        let mut p = spawn_run(&sources, &state, &sink, flags);
+        wait_until(Duration::from_secs(60), "delivering from replica 1", || {
+            assert!(p.is_running(), "binsync stopped: {}", p.stderr());
+            saved_gtid(&state).is_some_and(|g| !g.is_empty()) && writer.committed() > 50
+        });
+        ReplicaFirst {
+            primary,
+            r1,
+            _dir: dir,
+            state,
+            out,
+            writer,
+            p,
+        }
+    }
+}
+
 /// Replica 1 hangs (SIGSTOP: connections are accepted, nothing is answered): no refusal to
 /// act on, only transient failures (a silent stream, logins that time out). After
 /// `--failover-after` of them binsync goes on from the primary.
 #[test]
 fn a_server_that_keeps_failing_is_left_after_failover_after() {
-    let primary = MariaDb::start(ServerOpts::default());
-    let r1 = MariaDb::start_replica_of(&primary, ServerOpts::default());
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let out = dir.path().join("out.jsonl");
-    let sink = format!("file:{}", out.display());
-    let writer = Writer::start(&primary, Duration::from_millis(2));
-    let sources = [r1.url(), primary.url()];
-    let mut p = spawn_run(&sources, &state, &sink, &["--failover-after", "2s"]);
-    wait_until(Duration::from_secs(60), "delivering from replica 1", || {
-        assert!(p.is_running(), "binsync stopped: {}", p.stderr());
-        saved_gtid(&state).is_some_and(|g| !g.is_empty()) && writer.committed() > 50
-    });
+    let ReplicaFirst {
+        primary,
+        r1,
+        _dir,
+        state,
+        out,
+        writer,
+        mut p,
+    } = ReplicaFirst::start(&["--failover-after", "2s"]);
     // SAFETY: a plain signal to the test's own child process.
     let stop = |sig| unsafe { libc::kill(r1.pid() as libc::pid_t, sig) };
     assert_eq!(stop(libc::SIGSTOP), 0);
@@ -313,19 +348,15 @@ fn a_server_that_keeps_failing_is_left_after_failover_after() {
 /// notices within `--failover-behind` and goes on from the primary, with every `seq` once.
 #[test]
 fn a_replica_that_stays_behind_is_left_for_the_next_server() {
-    let primary = MariaDb::start(ServerOpts::default());
-    let r1 = MariaDb::start_replica_of(&primary, ServerOpts::default());
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let out = dir.path().join("out.jsonl");
-    let sink = format!("file:{}", out.display());
-    let writer = Writer::start(&primary, Duration::from_millis(2));
-    let sources = [r1.url(), primary.url()];
-    let mut p = spawn_run(&sources, &state, &sink, &["--failover-behind", "2s"]);
-    wait_until(Duration::from_secs(60), "delivering from replica 1", || {
-        assert!(p.is_running(), "binsync stopped: {}", p.stderr());
-        saved_gtid(&state).is_some_and(|g| !g.is_empty()) && writer.committed() > 50
-    });
+    let ReplicaFirst {
+        primary,
+        r1,
+        _dir,
+        state,
+        out,
+        writer,
+        mut p,
+    } = ReplicaFirst::start(&["--failover-behind", "2s"]);
     assert!(switches(&p.stderr()).is_empty(), "{}", p.stderr());
     r1.sql("STOP SLAVE SQL_THREAD");
     wait_until(Duration::from_secs(60), "failover to the primary", || {
