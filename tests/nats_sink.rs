@@ -62,14 +62,40 @@ async fn connect(urls: &str) -> async_nats::Client {
 }
 
 /// Every message of stream `name`, in stream order (empty if the stream does not exist).
+/// Retried for a while: in a cluster that just lost a node the stream's leader may be
+/// elected meanwhile.
 async fn read_stream(urls: &str, name: &str) -> Vec<StreamMsg> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match try_read_stream(urls, name).await {
+            Ok(msgs) => return msgs,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("reading the stream again: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("cannot read stream {name}: {e}"),
+        }
+    }
+}
+
+async fn try_read_stream(urls: &str, name: &str) -> Result<Vec<StreamMsg>, String> {
     let js = jetstream::new(connect(urls).await);
-    let Ok(mut s) = js.get_stream(name).await else {
-        return Vec::new();
+    let mut s = match js.get_stream(name).await {
+        Ok(s) => s,
+        Err(e) => {
+            return match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(Vec::new())
+                }
+                _ => Err(e.to_string()),
+            }
+        }
     };
-    let info = s.info().await.expect("stream info").clone();
+    let info = s.info().await.map_err(|e| e.to_string())?.clone();
     if info.state.messages == 0 {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let c = s
         .create_consumer(consumer::pull::OrderedConfig {
@@ -77,17 +103,17 @@ async fn read_stream(urls: &str, name: &str) -> Vec<StreamMsg> {
             ..Default::default()
         })
         .await
-        .expect("ordered consumer");
-    let mut messages = c.messages().await.expect("messages");
+        .map_err(|e| format!("ordered consumer: {e}"))?;
+    let mut messages = c.messages().await.map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     loop {
         let m = tokio::time::timeout(Duration::from_secs(20), messages.next())
             .await
-            .expect("the next message of the stream")
-            .expect("a message")
-            .expect("a message, no error");
+            .map_err(|_| "no next message for 20 s".to_string())?
+            .ok_or("the consumer ended")?
+            .map_err(|e| e.to_string())?;
         let (stream_seq, pending) = {
-            let i = m.info().expect("message info");
+            let i = m.info().map_err(|e| e.to_string())?;
             (i.stream_sequence, i.pending)
         };
         let mut headers = HashMap::new();
@@ -104,10 +130,9 @@ async fn read_stream(urls: &str, name: &str) -> Vec<StreamMsg> {
             payload: m.payload.to_vec(),
         });
         if pending == 0 {
-            break;
+            return Ok(out);
         }
     }
-    out
 }
 
 fn read_stream_blocking(urls: &str, name: &str) -> Vec<StreamMsg> {
