@@ -1232,6 +1232,97 @@ mod tests {
     }
 
     #[test]
+    fn nats_settings_come_from_flags_then_the_file_and_are_refused_elsewhere() {
+        let file: FileConfig = toml::from_str(
+            "[nats]\nstream = \"cdc\"\npartitions = 16\non_full = \"stop\"\nmax_in_flight = 64\n",
+        )
+        .unwrap();
+        let args = RunArgs {
+            source: SourceArgs {
+                source: vec!["mysql://root@127.0.0.1:3306".into()],
+                ..Default::default()
+            },
+            server_id: Some(7),
+            state_dir: Some("/tmp/x".into()),
+            sink: Some("nats://127.0.0.1:4222,127.0.0.1:4223".into()),
+            nats: NatsArgs {
+                partitions: Some(32),
+                subject_prefix: Some("cdc.prod".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let s = RunSettings::resolve(&args, &file).unwrap();
+        let SinkSpec::Nats(cfg) = s.sink else {
+            panic!("not the NATS sink")
+        };
+        assert_eq!(cfg.servers.len(), 2);
+        assert_eq!(cfg.stream, "cdc", "from the file");
+        assert_eq!(cfg.partitions, 32, "the flag wins");
+        assert_eq!(cfg.prefix, "cdc.prod");
+        assert_eq!(cfg.on_full, OnFull::Stop);
+        assert_eq!(cfg.max_in_flight, 64);
+        assert_eq!(cfg.replicas, 1, "the default");
+        // A NATS flag with another sink is refused, not ignored; the file's table is not.
+        let args = RunArgs {
+            source: SourceArgs {
+                source: vec!["mysql://root@127.0.0.1:3306".into()],
+                ..Default::default()
+            },
+            server_id: Some(7),
+            state_dir: Some("/tmp/x".into()),
+            nats: NatsArgs {
+                replicas: Some(3),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = RunSettings::resolve(&args, &file).unwrap_err().to_string();
+        assert!(
+            e.contains("--nats-replicas") && e.contains("drop it"),
+            "{e}"
+        );
+        // The sync API's flags mean nothing for NATS.
+        let args = RunArgs {
+            source: SourceArgs {
+                source: vec!["mysql://root@127.0.0.1:3306".into()],
+                ..Default::default()
+            },
+            server_id: Some(7),
+            state_dir: Some("/tmp/x".into()),
+            sink: Some("nats://127.0.0.1:4222".into()),
+            http: HttpArgs {
+                batch_rows: Some(5),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = RunSettings::resolve(&args, &FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--batch-rows"), "{e}");
+        // Bad values name their flag.
+        let args = RunArgs {
+            source: SourceArgs {
+                source: vec!["mysql://root@127.0.0.1:3306".into()],
+                ..Default::default()
+            },
+            server_id: Some(7),
+            state_dir: Some("/tmp/x".into()),
+            sink: Some("nats://127.0.0.1:4222".into()),
+            nats: NatsArgs {
+                partitions: Some(0),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = RunSettings::resolve(&args, &FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--nats-partitions"), "{e}");
+    }
+
+    #[test]
     fn the_example_config_parses_and_flags_override_it() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/binsync.example.toml");
         let file = FileConfig::load(&p).unwrap();

@@ -725,6 +725,7 @@ fn a_full_stream_stops_or_waits_and_loses_nothing() {
     let st = p.wait_timeout(Duration::from_secs(60)).expect("it stops");
     assert!(!st.success());
     let err = p.stderr();
+    eprintln!("{err}");
     assert!(
         err.contains("--nats-on-full") && err.contains("full") && err.contains("binsync"),
         "{err}"

@@ -584,3 +584,40 @@ fn wire_len(h: &HeaderMap) -> usize {
     }
     n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_stream_is_told_from_other_refusals() {
+        // What nats-server 2.9.10 answers with discard new (checked against the real server).
+        assert!(is_full(
+            10077,
+            "maximum messages exceeded (code 503, error code 10077)"
+        ));
+        assert!(is_full(
+            10077,
+            "maximum bytes exceeded (code 503, error code 10077)"
+        ));
+        assert!(is_full(
+            10077,
+            "maximum messages per subject exceeded (code 503, error code 10077)"
+        ));
+        assert!(is_full(10047, "insufficient storage resources available"));
+        // 10077 is also any other store failure: not a full stream.
+        assert!(!is_full(10077, "stream store failed"));
+        assert!(!is_full(10054, "message size exceeds maximum allowed"));
+        assert!(is_definite(10054));
+        assert!(!is_definite(10077));
+    }
+
+    #[test]
+    fn the_header_block_size_counts_every_line() {
+        let mut h = HeaderMap::new();
+        assert_eq!(wire_len(&h), 12);
+        h.insert("Binsync-Seq", "42");
+        // NATS/1.0\r\n + "Binsync-Seq: 42\r\n" + \r\n
+        assert_eq!(wire_len(&h), 10 + 11 + 2 + 2 + 2 + 2);
+    }
+}
