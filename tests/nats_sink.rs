@@ -753,3 +753,61 @@ fn a_full_stream_stops_or_waits_and_loses_nothing() {
     assert_no_gaps(&msgs);
     common::workload::assert_same_state(&source_state(&db), &apply(&msgs));
 }
+
+// -------------------------------------------------------------------------------------------
+// Credentials
+// -------------------------------------------------------------------------------------------
+
+#[test]
+fn credentials_come_from_the_environment_and_a_wrong_one_is_one_clear_line() {
+    let db = MariaDb::start(ServerOpts::default());
+    let nats = NatsServer::start_with_config("authorization { token: \"s3cret\" }\n");
+    db.sql(common::workload::SCHEMA);
+    db.sql("INSERT INTO t.items VALUES (1, 1, 'a')");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (url, state_arg) = (db.url(), state.display().to_string());
+    let args = [
+        "run",
+        "--source",
+        &url,
+        "--server-id",
+        "4747",
+        "--state-dir",
+        &state_arg,
+        "--sink",
+        &nats.url(),
+        "--exit-at-end",
+    ];
+    let mut p = Proc::spawn(&args, &[("BINSYNC_NATS_TOKEN", "wrong")]);
+    let st = p.wait_timeout(Duration::from_secs(60)).expect("it stops");
+    assert!(!st.success());
+    let err = p.stderr();
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("BINSYNC_NATS_TOKEN"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("binsync: error") && !err.contains("wrong"),
+        "{err}"
+    );
+    let mut p = Proc::spawn(&args, &[("BINSYNC_NATS_TOKEN", "s3cret")]);
+    let st = p
+        .wait_timeout(Duration::from_secs(60))
+        .expect("it finishes");
+    assert!(st.success(), "{}", p.stderr());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let n = rt.block_on(async {
+        let client = async_nats::ConnectOptions::with_token("s3cret".into())
+            .connect(nats.url())
+            .await
+            .unwrap();
+        let mut s = jetstream::new(client).get_stream("binsync").await.unwrap();
+        s.info().await.unwrap().state.messages
+    });
+    assert!(
+        n >= 1,
+        "the insert (and the schema's ddl) were published: {n}"
+    );
+}
