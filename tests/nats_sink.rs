@@ -811,3 +811,56 @@ fn credentials_come_from_the_environment_and_a_wrong_one_is_one_clear_line() {
         "the insert (and the schema's ddl) were published: {n}"
     );
 }
+
+// -------------------------------------------------------------------------------------------
+// TLS
+// -------------------------------------------------------------------------------------------
+
+#[test]
+fn tls_with_a_custom_ca_works_and_without_it_is_one_line_naming_sink_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let pki = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = pki.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(DnType::CommonName, "binsync test ca");
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = p.self_signed(&ca_key).unwrap();
+    let ca_pem = write("ca.pem", &ca.pem());
+    let leaf =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    let cert_pem = write("server.pem", &cert.pem());
+    let key_pem = write("server.key", &key.serialize_pem());
+    let nats = NatsServer::start_with_config(&format!(
+        "tls {{ cert_file: \"{cert_pem}\", key_file: \"{key_pem}\" }}\n"
+    ));
+    let db = MariaDb::start(ServerOpts::default());
+    db.sql(common::workload::SCHEMA);
+    db.sql("INSERT INTO t.items VALUES (1, 1, 'a')");
+    let dir = tempfile::tempdir().unwrap();
+    let tls_url = nats.url().replace("nats://", "tls://");
+    // Not signed by a CA this machine trusts: one line naming --sink-ca.
+    let mut p = spawn_run(&db, &dir.path().join("a"), &tls_url, &["--exit-at-end"]);
+    let st = p.wait_timeout(Duration::from_secs(60)).expect("it stops");
+    assert!(!st.success());
+    let err = p.stderr();
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("--sink-ca")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("binsync: error"), "{err}");
+    // With the CA: published.
+    let p = catch_up(
+        &db,
+        &dir.path().join("b"),
+        &tls_url,
+        &["--sink-ca", &ca_pem],
+    );
+    assert!(p.stderr().contains("publishing to NATS JetStream"));
+}
