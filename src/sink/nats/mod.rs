@@ -300,9 +300,8 @@ async fn ensure_stream(
     let wanted = format!("{}.>", cfg.prefix);
     loop {
         let attempt = match js.get_stream(&cfg.stream).await {
-            Ok(mut s) => {
+            Ok(s) => {
                 let info = s.cached_info().clone();
-                let _ = s.info().await;
                 if info
                     .config
                     .subjects
