@@ -308,6 +308,7 @@ async fn ensure_stream(
                     .iter()
                     .any(|f| subject::covers(f, &cfg.prefix))
                 {
+                    wait_for_leader(cfg, js).await;
                     return Ok(Some(()));
                 }
                 return Err(SinkError::NatsStream {
@@ -329,7 +330,10 @@ async fn ensure_stream(
             },
         };
         match attempt {
-            Ok(Some(())) => return Ok(Some(())),
+            Ok(Some(())) => {
+                wait_for_leader(cfg, js).await;
+                return Ok(Some(()));
+            }
             Ok(None) => {}
             Err(detail) => {
                 if !warned {
@@ -341,6 +345,23 @@ async fn ensure_stream(
         if !sleep_unless_stopped(backoff.next_delay(), shutdown).await {
             return Ok(None);
         }
+    }
+}
+
+/// A replicated stream just created (or whose leader was just lost) refuses publishes until
+/// its RAFT group elects a leader: wait for one, up to 30 s (then publishing's own retries
+/// take over).
+async fn wait_for_leader(cfg: &NatsConfig, js: &jetstream::Context) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Ok(mut s) = js.get_stream(&cfg.stream).await {
+            if let Ok(info) = s.info().await {
+                if info.cluster.as_ref().is_none_or(|c| c.leader.is_some()) {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
