@@ -258,7 +258,8 @@ pub struct RunArgs {
     pub state_dir: Option<PathBuf>,
     /// Where changes go: `stdout` (the default: JSON lines on this terminal or pipe; the first
     /// log line names the sink in use), `file:PATH` (JSON lines, fsynced; its directory must
-    /// exist), or an http(s):// URL (the sync API, docs/sync-api.md).
+    /// exist), an http(s):// URL (the sync API, docs/sync-api.md), or nats://HOST:PORT[,...]
+    /// (NATS JetStream, docs/jetstream.md; the --nats-* flags).
     #[arg(long)]
     pub sink: Option<String>,
     /// Where to begin when there is no checkpoint: earliest, latest, gtid:SET, file:NAME:POS.
@@ -388,8 +389,9 @@ pub struct HttpArgs {
     /// Environment variable whose value is sent as the Authorization header.
     #[arg(long)]
     pub auth_header_env: Option<String>,
-    /// PEM file of the CA certificate(s) that signed an https:// sink's certificate; only
-    /// these are trusted (default: the public roots).
+    /// PEM file of the CA certificate(s) that signed an https:// or NATS (nats://, tls://)
+    /// sink's certificate; only these are trusted, and a NATS sink then requires TLS
+    /// (default: the public roots).
     #[arg(long, value_name = "FILE")]
     pub sink_ca: Option<PathBuf>,
 }

@@ -264,7 +264,8 @@ async fn connect(
                     }
                     ConnectErrorKind::Tls => Some(format!("{}; check the server's certificate (pass the CA that signed it with --sink-ca FILE) and that it serves TLS", error_chain(&e))),
                     ConnectErrorKind::ServerParse => Some(format!("{e}; write nats://HOST:PORT[,HOST:PORT...]")),
-                    _ => None,
+                    // A refused certificate arrives as an I/O error of the TLS handshake.
+                    _ => rustls_error(&e).map(|tls| tls_failure(tls, cfg)),
                 };
                 if let Some(detail) = definite {
                     return Err(SinkError::NatsConnect {
@@ -299,15 +300,15 @@ async fn ensure_stream(
     let wanted = format!("{}.>", cfg.prefix);
     loop {
         let attempt = match js.get_stream(&cfg.stream).await {
-            Ok(mut s) => {
+            Ok(s) => {
                 let info = s.cached_info().clone();
-                let _ = s.info().await;
                 if info
                     .config
                     .subjects
                     .iter()
                     .any(|f| subject::covers(f, &cfg.prefix))
                 {
+                    wait_for_leader(cfg, js).await;
                     return Ok(Some(()));
                 }
                 return Err(SinkError::NatsStream {
@@ -329,7 +330,10 @@ async fn ensure_stream(
             },
         };
         match attempt {
-            Ok(Some(())) => return Ok(Some(())),
+            Ok(Some(())) => {
+                wait_for_leader(cfg, js).await;
+                return Ok(Some(()));
+            }
             Ok(None) => {}
             Err(detail) => {
                 if !warned {
@@ -341,6 +345,23 @@ async fn ensure_stream(
         if !sleep_unless_stopped(backoff.next_delay(), shutdown).await {
             return Ok(None);
         }
+    }
+}
+
+/// A replicated stream just created (or whose leader was just lost) refuses publishes until
+/// its RAFT group elects a leader: wait for one, up to 30 s (then publishing's own retries
+/// take over).
+async fn wait_for_leader(cfg: &NatsConfig, js: &jetstream::Context) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Ok(mut s) = js.get_stream(&cfg.stream).await {
+            if let Ok(info) = s.info().await {
+                if info.cluster.as_ref().is_none_or(|c| c.leader.is_some()) {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -421,6 +442,49 @@ async fn source_id(cfg: &NatsConfig, store: &Store, default: String) -> Result<S
         .await
         .map_err(|e| state(e.to_string()))?;
     Ok(id)
+}
+
+/// The rustls error somewhere in `e`'s chain (inside I/O errors, opened with `get_ref`).
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(e);
+    while let Some(mut e) = cur {
+        while let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            e = inner;
+        }
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// A failed TLS handshake with a NATS server: what happened and the fix.
+fn tls_failure(e: &rustls::Error, cfg: &NatsConfig) -> String {
+    use rustls::CertificateError as C;
+    let fix = match (e, &cfg.ca) {
+        (rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature), Some(ca)) => {
+            format!(
+                "its certificate is not signed by --sink-ca {}: pass the CA certificate that signed it",
+                ca.display()
+            )
+        }
+        (rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature), None) => {
+            "its certificate is not signed by a CA this machine trusts: pass the CA certificate that signed it with --sink-ca FILE".into()
+        }
+        (
+            rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }),
+            _,
+        ) => "its certificate is not valid for the host in --sink: use a name the certificate holds, or give the server a certificate for this one".into(),
+        (rustls::Error::InvalidCertificate(_), _) => {
+            "its certificate cannot be used (expired, not yet valid, or not for a server): renew it".into()
+        }
+        _ => "check the server's TLS settings and --sink-ca".into(),
+    };
+    format!("TLS handshake failed: {e}; {fix}")
 }
 
 /// An error with its sources, `a: b: c`.

@@ -46,8 +46,9 @@ struct Msg {
     subject: String,
     headers: HeaderMap,
     payload: Bytes,
-    /// The highest stream sequence known when it was first sent: it lands above.
-    floor: u64,
+    /// The highest stream sequence known when it was first sent: it lands above (None: not
+    /// sent yet).
+    floor: Option<u64>,
 }
 
 /// Why a publish was not acknowledged.
@@ -76,19 +77,12 @@ pub(super) struct Publisher {
     store: Store,
     shutdown: Shutdown,
     ledger: Ledger,
-    /// Per registered, unacknowledged chunk (oldest first, numbered from `front`): the lowest
-    /// floor of its operations handled so far.
-    chunks: VecDeque<Option<u64>>,
-    front: u64,
+    floors: Floors,
     queue: VecDeque<Msg>,
     in_flight: FuturesUnordered<InFlight>,
     failed: Vec<(Msg, Failure)>,
-    /// The highest stream sequence known to be stored (acks, scans).
-    known: u64,
     /// Seqs beyond the checkpoint found in the stream at start, not yet met: stream sequence.
     skip: HashMap<u64, u64>,
-    /// Below the lowest stream sequence in `skip` (while it holds any).
-    skip_floor: Option<u64>,
     /// The current episode of unacknowledged publishes: since, messages retried, found.
     outage: Option<(Instant, u64, u64)>,
     /// The current episode of a full stream: since, refusals.
@@ -116,14 +110,11 @@ impl Publisher {
             store,
             shutdown,
             ledger: Ledger::new(),
-            chunks: VecDeque::new(),
-            front: 0,
+            floors: Floors::default(),
             queue: VecDeque::new(),
             in_flight: FuturesUnordered::new(),
             failed: Vec::new(),
-            known: 0,
             skip: HashMap::new(),
-            skip_floor: None,
             outage: None,
             full: None,
             full_backoff: Backoff::new(),
@@ -242,7 +233,7 @@ impl Publisher {
                 }
             }
         };
-        self.known = found.last;
+        self.floors.stored(found.last);
         if !found.seqs.is_empty() {
             tracing::info!(
                 operations = found.seqs.len(),
@@ -251,7 +242,7 @@ impl Publisher {
                 "operations beyond the checkpoint are already in the stream (a crash before their acks were saved); they are not published again"
             );
         }
-        self.skip_floor = found.seqs.values().min().map(|s| s - 1);
+        self.floors.skip = found.seqs.values().min().map(|s| s - 1);
         self.skip = found.seqs;
         Ok(true)
     }
@@ -260,15 +251,14 @@ impl Publisher {
     /// start are done at once).
     fn take(&mut self, mut chunk: Chunk) {
         let ticket = self.ledger.register(Mark::of(&chunk), chunk.changes.len());
-        let number = self.front + self.chunks.len() as u64;
-        self.chunks.push_back(None);
+        let number = self.floors.register();
         let position = chunk.position.as_ref().map(|p| p.to_string());
         let buf = Bytes::from(std::mem::take(&mut chunk.buf));
         let max_payload = self.client.max_payload();
         for c in &chunk.changes {
             if let Some(stream_seq) = self.skip.remove(&c.seq) {
                 self.ledger.done(ticket, 1);
-                self.lower_floor(number, stream_seq.saturating_sub(1));
+                self.floors.lower(number, stream_seq.saturating_sub(1));
                 continue;
             }
             let payload = buf.slice(c.line.clone());
@@ -310,29 +300,21 @@ impl Publisher {
                 subject,
                 headers,
                 payload,
-                floor: 0,
+                floor: None,
             });
         }
         if self.skip.is_empty() {
-            self.skip_floor = None;
-        }
-    }
-
-    fn lower_floor(&mut self, chunk: u64, floor: u64) {
-        if let Some(slot) = chunk
-            .checked_sub(self.front)
-            .and_then(|i| self.chunks.get_mut(i as usize))
-        {
-            *slot = Some(slot.map_or(floor, |f| f.min(floor)));
+            self.floors.skip = None;
         }
     }
 
     /// Publishes `m` (its first send sets its floor); a send that fails at once is a failure
     /// like a missing ack.
     async fn send(&mut self, mut m: Msg) {
-        if m.floor == 0 {
-            m.floor = self.known;
-            self.lower_floor(m.chunk, m.floor);
+        if m.floor.is_none() {
+            let floor = self.floors.known;
+            m.floor = Some(floor);
+            self.floors.lower(m.chunk, floor);
         }
         let publish = PublishMessage::build()
             .payload(m.payload.clone())
@@ -371,7 +353,7 @@ impl Publisher {
     ) {
         let detail = match res {
             Ok(ack) => {
-                self.known = self.known.max(ack.sequence);
+                self.floors.stored(ack.sequence);
                 self.ledger.done(m.ticket, 1);
                 self.healed();
                 return;
@@ -454,7 +436,11 @@ impl Publisher {
                     tracing::warn!(stream = %self.cfg.stream, error = %first_error, "NATS JetStream did not acknowledge publishes; holding them, then reading the stream back and publishing again only what is not there (one line when it heals; each retry at debug level)");
                 }
             }
-            let floor = failed.iter().map(|(m, _)| m.floor).min().unwrap_or(0);
+            let floor = failed
+                .iter()
+                .filter_map(|(m, _)| m.floor)
+                .min()
+                .unwrap_or(0);
             let wanted: HashSet<u64> = failed.iter().map(|(m, _)| m.seq).collect();
             let mut backoff = Backoff::new();
             let found = loop {
@@ -484,7 +470,7 @@ impl Publisher {
                     return Ok(false);
                 }
             };
-            self.known = self.known.max(found.last);
+            self.floors.stored(found.last);
             requeue = Vec::new();
             let mut landed = 0;
             for (m, _) in failed {
@@ -528,20 +514,63 @@ impl Publisher {
     /// The next ready ack, with the stream sequence its checkpoint covers.
     fn pop_ack(&mut self) -> Option<Ack> {
         let mut ack = self.ledger.pop_ready()?;
-        self.chunks.pop_front();
-        self.front += 1;
-        let mut floor = self.known;
-        if let Some(f) = self.chunks.iter().flatten().min() {
-            floor = floor.min(*f);
-        }
-        if let Some(f) = self.skip_floor {
-            floor = floor.min(f);
-        }
+        let floor = self.floors.acked();
         ack.records.push(Records {
             tree: TREE,
             entries: vec![(STREAM_SEQ_KEY.to_vec(), floor.to_be_bytes().to_vec())],
         });
         Some(ack)
+    }
+}
+
+/// Where in the stream the operations not yet checkpointed can be (see the module's header).
+#[derive(Debug, Default)]
+struct Floors {
+    /// Per registered, unacknowledged chunk (oldest first, numbered from `front`): the lowest
+    /// floor of its operations sent or found so far.
+    chunks: VecDeque<Option<u64>>,
+    front: u64,
+    /// The highest stream sequence known to be stored (acks, scans): what is sent from now on
+    /// lands above it.
+    known: u64,
+    /// Below the lowest stream sequence of the operations found by the start scan and not met
+    /// yet (while there are any).
+    skip: Option<u64>,
+}
+
+impl Floors {
+    /// The next chunk; its number.
+    fn register(&mut self) -> u64 {
+        self.chunks.push_back(None);
+        self.front + self.chunks.len() as u64 - 1
+    }
+
+    /// An operation of chunk `chunk` lies above `floor`.
+    fn lower(&mut self, chunk: u64, floor: u64) {
+        if let Some(slot) = chunk
+            .checked_sub(self.front)
+            .and_then(|i| self.chunks.get_mut(i as usize))
+        {
+            *slot = Some(slot.map_or(floor, |f| f.min(floor)));
+        }
+    }
+
+    /// The stream holds everything up to `stream_seq`.
+    fn stored(&mut self, stream_seq: u64) {
+        self.known = self.known.max(stream_seq);
+    }
+
+    /// The oldest chunk is acknowledged: the stream sequence below which no operation after
+    /// it can lie (sent, found, or to be sent).
+    fn acked(&mut self) -> u64 {
+        self.chunks.pop_front();
+        self.front += 1;
+        let later = self.chunks.iter().flatten().min().copied();
+        [Some(self.known), later, self.skip]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(0)
     }
 }
 
@@ -588,6 +617,51 @@ fn wire_len(h: &HeaderMap) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_checkpoint_floor_stays_below_every_later_operation() {
+        let mut f = Floors::default();
+        f.stored(100);
+        let a = f.register();
+        let b = f.register();
+        let c = f.register();
+        // a's message sent at 100, b's at 100 (not acked yet), then a's ack says 101.
+        f.lower(a, 100);
+        f.lower(b, 100);
+        f.stored(101);
+        // a acked: b may still land anywhere above 100.
+        assert_eq!(f.acked(), 100);
+        // b's ack (102) and c's send at 102.
+        f.stored(102);
+        f.lower(c, 102);
+        assert_eq!(f.acked(), 102, "b acked: c was sent when 102 was known");
+        // Chunks nothing was sent for yet: what is known bounds them.
+        f.register();
+        f.register();
+        f.stored(150);
+        assert_eq!(f.acked(), 150);
+        // Found by the start scan at 90 (a crash's leftovers), not met yet: the floor stays
+        // below it, whatever was acked since.
+        f.skip = Some(89);
+        let d = f.register();
+        f.lower(d, 150);
+        assert_eq!(f.acked(), 89, "the chunk before d");
+        // Met (skipped) in chunk e at 120: the skip floor goes, e's own floor stays.
+        f.skip = None;
+        let e = f.register();
+        f.lower(e, 119);
+        f.stored(300);
+        assert_eq!(f.acked(), 119, "an unsent chunk before d acked");
+        assert_eq!(f.acked(), 119, "d acked, e not yet");
+        assert_eq!(f.acked(), 300, "e acked, nothing after it");
+        // Retries never raise a chunk's floor.
+        f.register();
+        let g = f.register();
+        f.lower(g, 300);
+        f.lower(g, 310);
+        f.stored(400);
+        assert_eq!(f.acked(), 300, "the chunk before g");
+    }
 
     #[test]
     fn a_full_stream_is_told_from_other_refusals() {
