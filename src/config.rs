@@ -329,9 +329,89 @@ pub struct RunArgs {
     pub ready_max_lag: Option<Duration>,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 pub use crate::snapshot::runner::SnapshotMode;
+
+/// Where `binsync run` keeps its state (`--state`), and the lease of `--state nats`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct StateArgs {
+    /// Where the state lives: `sled` (the default: the store in --state-dir) or `nats` (only
+    /// with --sink nats://: JetStream key-value buckets named after the stream, --state-dir
+    /// being a local cache; several binsync processes then run active/standby by a lease).
+    #[arg(long, value_enum, value_name = "sled|nats")]
+    pub state: Option<StateKind>,
+    /// With --state nats: how long the active binsync's lease lasts without a renewal (it
+    /// renews every third of it); a standby takes over after this much silence (default 5s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub lease: Option<Duration>,
+    /// Until `--sink nats://` exists: the NATS server(s) of --state nats (tests only).
+    #[arg(long, hide = true, env = "BINSYNC_STATE_NATS", value_name = "URL")]
+    pub state_nats: Option<String>,
+    /// Until `--nats-stream` exists: the stream the state's buckets are named after.
+    #[arg(long, hide = true, value_name = "NAME")]
+    pub state_nats_stream: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateKind {
+    Sled,
+    Nats,
+}
+
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+
+impl StateArgs {
+    /// None for `--state sled`; the `--state nats` settings, checked, otherwise. `sink` is the
+    /// --sink text (the state's NATS servers are the sink's).
+    pub fn resolve(
+        &self,
+        sink: Option<&str>,
+        state_dir: &std::path::Path,
+    ) -> Result<Option<crate::state::ha::HaSettings>, ConfigError> {
+        let lease = self.lease.unwrap_or(DEFAULT_LEASE);
+        if self.state != Some(StateKind::Nats) {
+            if self.lease.is_some() {
+                return Err(ConfigError(
+                    "--lease is for --state nats only; drop it".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let from_sink = sink.filter(|s| s.starts_with("nats://") || s.starts_with("tls://"));
+        let url = from_sink.map(str::to_string).or_else(|| self.state_nats.clone()).ok_or_else(|| {
+            ConfigError("--state nats keeps the state in the NATS cluster the sink publishes to: use it with --sink nats://HOST:PORT (or drop --state nats)".into())
+        })?;
+        if lease < Duration::from_millis(500) || lease > Duration::from_secs(600) {
+            return Err(ConfigError(format!(
+                "--lease {}: pick 500ms to 10m (default 5s)",
+                humantime::format_duration(lease)
+            )));
+        }
+        let stream = self
+            .state_nats_stream
+            .clone()
+            .unwrap_or_else(|| "binsync".into());
+        if stream.is_empty()
+            || !stream
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError(format!(
+                "stream name `{stream}`: the state's buckets are named after it, use [A-Za-z0-9_-] only"
+            )));
+        }
+        Ok(Some(crate::state::ha::HaSettings {
+            url,
+            stream,
+            replicas: 1,
+            lease,
+            state_dir: state_dir.to_path_buf(),
+        }))
+    }
+}
 
 #[derive(Debug, Args, Default)]
 pub struct SnapshotArgs {

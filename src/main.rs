@@ -59,7 +59,19 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
             } else {
                 tracing::info!(sink = %settings.sink, "changes go to the sink");
             }
-            match pipeline::run(settings, Shutdown::on(shutdown_signal())).await? {
+            let stop = Shutdown::on(shutdown_signal());
+            let sink = args.sink.as_deref().or(file.sink.as_deref());
+            let outcome = match args.state.resolve(sink, &settings.state_dir)? {
+                // --state nats: standby until this process holds the lease (see binsync::state::ha).
+                Some(ha) => {
+                    match binsync::state::ha::run(ha, stop, |s| pipeline::run(settings, s)).await? {
+                        Some(outcome) => outcome?,
+                        None => Outcome::Stopped,
+                    }
+                }
+                None => pipeline::run(settings, stop).await?,
+            };
+            match outcome {
                 Outcome::CaughtUp => {
                     tracing::info!("caught up with the source's binlog end at start-up; exiting")
                 }

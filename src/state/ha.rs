@@ -1,0 +1,228 @@
+//! `binsync run --state nats`: one of several processes streams, the others wait.
+//!
+//! ```text
+//! standby (lease::acquire) ─► restore the state dir from the bucket ─► commit a new generation
+//!   ─► the pipeline, as a restart would run it ─► lease lost: stop at once, exit non-zero
+//!                                              └► stopped or ended: release the lease, return
+//! ```
+//! Invariants:
+//! - Nothing is read from the source or published before the lease is held, the state dir
+//!   restored from the bucket, and a new generation committed by this holder (so the previous
+//!   holder can no longer commit state).
+//! - A lost lease ends the process with an error (exit 1), it does not return to standby: the
+//!   run's stages are told to stop (and the sink refuses to publish through the fence at once),
+//!   but some parts of a run are process-wide (the metrics recorder, its listener), and a
+//!   clean process is what a supervisor restarting binsync gives; restarted, it is a standby.
+//! - The state dir is a cache of the bucket: its contents are deleted at each takeover.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::bucket::{Bucket, HeadAt};
+use super::image;
+use super::lease;
+use super::mirror;
+use super::StateError;
+use crate::checkpoint::Store;
+use crate::shutdown::{self, Shutdown};
+
+/// How long a run whose lease is lost may take to end before the process exits anyway.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// What `--state nats` needs.
+#[derive(Debug, Clone)]
+pub struct HaSettings {
+    /// `nats://HOST:PORT[,HOST:PORT...]`.
+    pub url: String,
+    /// The JetStream stream binsync publishes to: the buckets are named after it.
+    pub stream: String,
+    /// Replicas of the buckets.
+    pub replicas: usize,
+    /// `--lease`.
+    pub lease: Duration,
+    pub state_dir: PathBuf,
+}
+
+impl HaSettings {
+    pub fn state_bucket(&self) -> String {
+        format!("binsync_state_{}", self.stream)
+    }
+
+    pub fn lease_bucket(&self) -> String {
+        format!("binsync_lease_{}", self.stream)
+    }
+}
+
+/// Connects to NATS (credentials from the environment, as the sink: `BINSYNC_NATS_TOKEN`, or
+/// `BINSYNC_NATS_USER` + `BINSYNC_NATS_PASSWORD`, or `BINSYNC_NATS_CREDS`).
+pub async fn connect(url: &str) -> Result<async_nats::Client, StateError> {
+    let fail = |detail: String| StateError::Connect {
+        url: url.to_string(),
+        detail,
+    };
+    let scheme = url.split_once("://").map_or("nats", |(s, _)| s);
+    let addrs: Vec<String> = url
+        .split(',')
+        .map(|a| match a.contains("://") {
+            true => a.to_string(),
+            false => format!("{scheme}://{a}"),
+        })
+        .collect();
+    let mut opts = async_nats::ConnectOptions::new().name("binsync-state");
+    if let Ok(token) = std::env::var("BINSYNC_NATS_TOKEN") {
+        opts = opts.token(token);
+    } else if let Ok(user) = std::env::var("BINSYNC_NATS_USER") {
+        opts = opts.user_and_password(
+            user,
+            std::env::var("BINSYNC_NATS_PASSWORD").unwrap_or_default(),
+        );
+    } else if let Ok(creds) = std::env::var("BINSYNC_NATS_CREDS") {
+        opts = opts
+            .credentials_file(&creds)
+            .await
+            .map_err(|e| fail(format!("BINSYNC_NATS_CREDS {creds}: {e}")))?;
+    }
+    opts.connect(addrs.as_slice())
+        .await
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// This process as a lease holder: host, pid and a random part (two processes never share it).
+pub fn holder_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{host}-{}-{}", std::process::id(), mirror::token())
+}
+
+/// Runs `pipeline` as the lease holder (see the module doc). Returns None if `shutdown` fired
+/// while standby, else the pipeline's own result. Lease lost: [`StateError::LeaseLost`] (or
+/// [`StateError::Conflict`]).
+pub async fn run<O, E, Fut>(
+    settings: HaSettings,
+    mut shutdown: Shutdown,
+    pipeline: impl FnOnce(Shutdown) -> Fut,
+) -> Result<Option<Result<O, E>>, StateError>
+where
+    Fut: Future<Output = Result<O, E>>,
+{
+    let client = connect(&settings.url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let lease_kv = super::bucket::open_kv(&js, &settings.lease_bucket(), settings.replicas).await?;
+    let bucket = Bucket::open(&client, &settings.state_bucket(), settings.replicas).await?;
+    let id = holder_id();
+    tracing::info!(holder = %id, lease = %humantime::format_duration(settings.lease), bucket = %settings.state_bucket(), "--state nats: waiting for the lease");
+    let Some(lease) = lease::acquire(&lease_kv, &id, settings.lease, &mut shutdown).await? else {
+        return Ok(None);
+    };
+    let fence = lease.fence();
+    let (release, released) = shutdown::channel();
+    let keeper = tokio::spawn(lease.keep(released));
+
+    let dir = settings.state_dir.clone();
+    let prepared = async {
+        let at = restore(&bucket, &dir).await?;
+        let (m, uploader) = mirror::new(bucket.clone(), at, &id, fence.clone());
+        crate::checkpoint::set_mirror(&dir, Some(m));
+        let uploads = tokio::spawn(uploader.run());
+        // The first write of a mirrored store commits a new generation (the whole store).
+        let store = Store::open(&dir).map_err(|e| cache(&dir, e))?;
+        store.probe().await.map_err(|e| cache(&dir, e))?;
+        Ok::<_, StateError>(uploads)
+    }
+    .await;
+    let uploads = match prepared {
+        Ok(u) => u,
+        Err(e) => {
+            crate::checkpoint::set_mirror(&dir, None);
+            release.fire();
+            let _ = keeper.await;
+            return Err(if fence.valid() {
+                e
+            } else {
+                StateError::LeaseLost
+            });
+        }
+    };
+    tracing::info!(state_dir = %dir.display(), "--state nats: state restored from the bucket; starting as a restart would");
+    super::install_fence(Some(fence.clone()));
+
+    let (stop, stopped) = shutdown::channel();
+    let run = pipeline(stopped);
+    tokio::pin!(run);
+    let mut outer = shutdown.clone();
+    let mut asked = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            _ = outer.requested(), if !asked => {
+                asked = true;
+                stop.fire();
+            }
+            _ = fence.lost() => {
+                stop.fire();
+                tracing::error!(holder = %id, "lease lost: publishing stopped at once; this process exits (restarted, it waits as a standby)");
+                let _ = tokio::time::timeout(GRACE, &mut run).await;
+                crate::checkpoint::set_mirror(&dir, None);
+                return Err(StateError::LeaseLost);
+            }
+        }
+    };
+    super::install_fence(None);
+    crate::checkpoint::set_mirror(&dir, None);
+    uploads.abort();
+    release.fire();
+    let _ = keeper.await;
+    Ok(Some(result))
+}
+
+fn cache(dir: &Path, e: impl std::fmt::Display) -> StateError {
+    StateError::Cache {
+        dir: dir.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+/// Empties `dir` and writes the state the bucket's head names into a new store there; returns
+/// the head read (what the next commit CASes against).
+pub async fn restore(bucket: &Bucket, dir: &Path) -> Result<HeadAt, StateError> {
+    let at = bucket.head().await?;
+    let state = match &at.head {
+        Some(h) => bucket.read(h).await?,
+        None => image::Image::new(),
+    };
+    wipe(dir).map_err(|e| cache(dir, format!("emptying it: {e}")))?;
+    crate::checkpoint::set_mirror(dir, None);
+    let store = Store::open(dir).map_err(|e| cache(dir, e))?;
+    let keys = state.len();
+    let ops = image::puts(&state);
+    store
+        .write(move |db| image::apply_to_db(db, &ops), |_| {})
+        .await
+        .map_err(|e| cache(dir, e))?;
+    drop(store);
+    tracing::info!(
+        keys,
+        generation = at.head.as_ref().map_or("none", |h| h.gen.as_str()),
+        rounds = at.head.as_ref().map_or(0, |h| h.upto_round),
+        "--state nats: state read from the bucket"
+    );
+    Ok(at)
+}
+
+/// Deletes everything inside `dir` (creating it if missing).
+fn wipe(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
