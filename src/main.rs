@@ -64,9 +64,16 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
             let outcome = match args.state.resolve(sink, &settings.state_dir)? {
                 // --state nats: standby until this process holds the lease (see binsync::state::ha).
                 Some(ha) => {
-                    match binsync::state::ha::run(ha, stop, |s| pipeline::run(settings, s)).await? {
-                        Some(outcome) => outcome?,
-                        None => Outcome::Stopped,
+                    use binsync::state::StateError;
+                    match binsync::state::ha::run(ha, stop, |s| pipeline::run(settings, s)).await {
+                        Ok(Some(outcome)) => outcome?,
+                        Ok(None) => Outcome::Stopped,
+                        // At once: the run's tasks must not publish or write anything more.
+                        Err(e @ (StateError::LeaseLost | StateError::Conflict)) => {
+                            eprintln!("binsync: error: {e}");
+                            std::process::exit(1);
+                        }
+                        Err(e) => return Err(e.into()),
                     }
                 }
                 None => pipeline::run(settings, stop).await?,

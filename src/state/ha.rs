@@ -9,10 +9,12 @@
 //! - Nothing is read from the source or published before the lease is held, the state dir
 //!   restored from the bucket, and a new generation committed by this holder (so the previous
 //!   holder can no longer commit state).
-//! - A lost lease ends the process with an error (exit 1), it does not return to standby: the
-//!   run's stages are told to stop (and the sink refuses to publish through the fence at once),
-//!   but some parts of a run are process-wide (the metrics recorder, its listener), and a
-//!   clean process is what a supervisor restarting binsync gives; restarted, it is a standby.
+//! - A lost lease ends the process at once with an error (exit 1; the binary exits without
+//!   waiting for the run to drain: what it still holds is the next holder's to send). It does
+//!   not return to standby: the sink already refuses to publish through the fence, some parts
+//!   of a run are process-wide (the metrics recorder, its listener, tasks a dropped run leaves
+//!   behind), and a clean process is what a supervisor restarting binsync gives; restarted,
+//!   it waits as a standby.
 //! - The state dir is a cache of the bucket: its contents are deleted at each takeover.
 
 use std::future::Future;
@@ -26,9 +28,6 @@ use super::mirror;
 use super::StateError;
 use crate::checkpoint::Store;
 use crate::shutdown::{self, Shutdown};
-
-/// How long a run whose lease is lost may take to end before the process exits anyway.
-const GRACE: Duration = Duration::from_secs(10);
 
 /// What `--state nats` needs.
 #[derive(Debug, Clone)]
@@ -163,9 +162,10 @@ where
                 stop.fire();
             }
             _ = fence.lost() => {
+                // Not waiting for the run to drain: whatever it still holds is the next
+                // holder's to send. The caller ends the process at once (see the module doc).
                 stop.fire();
                 tracing::error!(holder = %id, "lease lost: publishing stopped at once; this process exits (restarted, it waits as a standby)");
-                let _ = tokio::time::timeout(GRACE, &mut run).await;
                 crate::checkpoint::set_mirror(&dir, None);
                 return Err(StateError::LeaseLost);
             }
