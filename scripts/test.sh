@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, for every crate of the workspace (the product at the root and
 # crates/binsync-receiver): formatting, lints, and every test target. The integration tests start
-# their own throwaway MariaDB servers (tests/common), so this installs MariaDB on a fresh Debian
-# machine that lacks it. Exits non-zero if any step fails.
+# their own throwaway MariaDB and nats-server processes (tests/common), so this installs MariaDB
+# and nats-server on a fresh Debian machine that lacks them. Exits non-zero if any step fails.
 #
 # Environment:
 #   BINSYNC_TEST_THREADS   tests run at once (default: one per core)
@@ -38,6 +38,25 @@ packages mariadb-server and mariadb-client (or set BINSYNC_MARIADBD and BINSYNC_
 fi
 mariadbd_bin=${BINSYNC_MARIADBD:-$(command -v mariadbd || echo /usr/sbin/mariadbd)}
 echo "MariaDB: $("$mariadbd_bin" --version)"
+
+# --- nats-server for tests/common/nats.rs (JetStream) -------------------------------------------
+have_nats() {
+    [[ -n "${BINSYNC_NATS_SERVER:-}" ]] || command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]]
+}
+if ! have_nats; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        step "installing nats-server (apt-get install nats-server)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update
+        apt-get install -y --no-install-recommends nats-server
+        have_nats || die "nats-server is still missing after apt-get install"
+    else
+        die "the JetStream tests need nats-server (with JetStream); install the package nats-server \
+(or set BINSYNC_NATS_SERVER)"
+    fi
+fi
+nats_bin=${BINSYNC_NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
+echo "nats-server: $("$nats_bin" --version)"
 
 # --- Rust toolchain components ------------------------------------------------------------------
 for component in rustfmt clippy; do

@@ -50,7 +50,13 @@ async fn a_cluster_of_three_keeps_an_r3_stream_writable_without_one_node() {
     let mut cluster = NatsCluster::start(3);
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
-        .connect(cluster.urls().trim_start_matches("nats://"))
+        .connect(
+            cluster
+                .server_urls()
+                .iter()
+                .map(|u| u.parse::<async_nats::ServerAddr>().expect("server address"))
+                .collect::<Vec<_>>(),
+        )
         .await
         .expect("connect to the cluster");
     let js = jetstream::new(client);

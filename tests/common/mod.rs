@@ -24,10 +24,10 @@
 
 #![allow(dead_code)]
 
-/// A concurrent writer and state readers for the end-to-end scenarios.
-pub mod workload;
 /// Throwaway nats-server processes (single, or a cluster of three) with JetStream.
 pub mod nats;
+/// A concurrent writer and state readers for the end-to-end scenarios.
+pub mod workload;
 
 use std::collections::hash_map::{DefaultHasher, RandomState};
 use std::collections::{HashMap, HashSet};

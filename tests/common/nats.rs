@@ -168,14 +168,19 @@ impl NatsServer {
 
     /// The body of a GET on the monitoring port, or None if it does not answer 200.
     pub fn monitor(&self, path: &str) -> Option<String> {
-        let mut s =
-            TcpStream::connect_timeout(&([127, 0, 0, 1], self.monitor_port).into(), Duration::from_secs(1)).ok()?;
+        let mut s = TcpStream::connect_timeout(
+            &([127, 0, 0, 1], self.monitor_port).into(),
+            Duration::from_secs(1),
+        )
+        .ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
         let (head, body) = out.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+        // nats-server answers in the request's version (HTTP/1.0 here).
+        let status = head.lines().next()?;
+        (status.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -307,7 +312,12 @@ impl NatsCluster {
         NatsCluster { nodes }
     }
 
-    /// Every node's client URL, comma-separated (what `--sink nats://` takes).
+    /// Every node's client URL (`nats://127.0.0.1:PORT`), for a client's server list.
+    pub fn server_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+
+    /// Every node, comma-separated after one scheme (what `--sink nats://` takes).
     pub fn urls(&self) -> String {
         let hosts: Vec<String> = self
             .nodes
