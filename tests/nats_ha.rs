@@ -69,9 +69,11 @@ fn pair(db: &MariaDb, nats: &NatsServer, dir: &Path, out: &Path) -> (Proc, Proc)
 /// Waits until the sink holds the source's rows, stops `b` and checks the whole file.
 fn finish(db: &MariaDb, mut b: Proc, out: &Path) {
     let want = source_state(db);
-    wait_until(Duration::from_secs(90), "the sink to hold every row", || {
-        delivered(out) == want
-    });
+    wait_until(
+        Duration::from_secs(90),
+        "the sink to hold every row",
+        || delivered(out) == want,
+    );
     b.sigterm();
     let st = b.wait_timeout(Duration::from_secs(30)).expect("b stops");
     assert!(st.success(), "b: {}", b.stderr());
@@ -100,8 +102,24 @@ fn the_standby_takes_over_a_killed_active_one_and_nothing_is_lost() {
     eprintln!("took over {took:?} after kill -9 (writer had committed {before})");
     assert!(b.stderr().contains("took over the lease"), "{}", b.stderr());
     assert!(took < Duration::from_secs(8), "takeover took {took:?}");
+    // `status` on the new holder's cache says what it is.
+    let b_dir = dir.path().join("b").display().to_string();
+    let mut status = Proc::spawn(&["status", "--state-dir", &b_dir], &[]);
+    status
+        .wait_timeout(Duration::from_secs(30))
+        .expect("status ends");
+    assert!(
+        status
+            .stdout()
+            .contains("local cache of bucket binsync_state_binsync"),
+        "{}",
+        status.stdout()
+    );
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(writer.finish() > before, "the writer went on during the takeover");
+    assert!(
+        writer.finish() > before,
+        "the writer went on during the takeover"
+    );
     finish(&db, b, &out);
 }
 

@@ -146,6 +146,7 @@ where
             });
         }
     };
+    mark_cache(&dir, &settings, &id);
     tracing::info!(state_dir = %dir.display(), "--state nats: state restored from the bucket; starting as a restart would");
     super::install_fence(Some(fence.clone()));
 
@@ -177,6 +178,42 @@ where
     release.fire();
     let _ = keeper.await;
     Ok(Some(result))
+}
+
+/// The file in a `--state nats` cache dir that says so (for `binsync status`).
+const CACHE_MARKER: &str = "state-nats.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CacheMarker {
+    bucket: String,
+    url: String,
+    holder: String,
+    restored_at_unix_ms: u64,
+}
+
+fn mark_cache(dir: &Path, settings: &HaSettings, holder: &str) {
+    let marker = CacheMarker {
+        bucket: settings.state_bucket(),
+        url: settings.url.clone(),
+        holder: holder.to_string(),
+        restored_at_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    };
+    if let Ok(text) = serde_json::to_vec(&marker) {
+        // Only informs `status`: a failure to write it changes nothing else.
+        let _ = std::fs::write(dir.join(CACHE_MARKER), text);
+    }
+}
+
+/// For `binsync status`: a line saying that `dir` is the local cache of `--state nats`, if it is.
+pub fn describe_cache(dir: &Path) -> Option<String> {
+    let raw = std::fs::read(dir.join(CACHE_MARKER)).ok()?;
+    let m: CacheMarker = serde_json::from_slice(&raw).ok()?;
+    Some(format!(
+        "state:      --state nats: this dir is the local cache of bucket {} on {}, restored when {} took the lease; the state of record is the bucket's (the active binsync's cache follows it, a standby's does not)",
+        m.bucket, m.url, m.holder
+    ))
 }
 
 fn cache(dir: &Path, e: impl std::fmt::Display) -> StateError {
