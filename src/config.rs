@@ -405,6 +405,7 @@ impl StateArgs {
         }
         Ok(Some(crate::state::ha::HaSettings {
             url,
+            connector: None,
             stream,
             replicas: 1,
             lease,

@@ -29,11 +29,21 @@ use super::StateError;
 use crate::checkpoint::Store;
 use crate::shutdown::{self, Shutdown};
 
+/// Connects to the NATS servers as the sink does (its TLS and credential settings).
+pub type Connector = std::sync::Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<async_nats::Client, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// What `--state nats` needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HaSettings {
     /// `nats://HOST:PORT[,HOST:PORT...]`.
     pub url: String,
+    /// How to connect (the sink's way, set where the sink's settings are known); None: to
+    /// `url` with [`connect`]'s defaults.
+    pub connector: Option<Connector>,
     /// The JetStream stream binsync publishes to: the buckets are named after it.
     pub stream: String,
     /// Replicas of the buckets.
@@ -41,6 +51,18 @@ pub struct HaSettings {
     /// `--lease`.
     pub lease: Duration,
     pub state_dir: PathBuf,
+}
+
+impl std::fmt::Debug for HaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HaSettings")
+            .field("url", &self.url)
+            .field("stream", &self.stream)
+            .field("replicas", &self.replicas)
+            .field("lease", &self.lease)
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HaSettings {
@@ -108,7 +130,13 @@ pub async fn run<O, E, Fut>(
 where
     Fut: Future<Output = Result<O, E>>,
 {
-    let client = connect(&settings.url).await?;
+    let client = match &settings.connector {
+        Some(c) => c().await.map_err(|detail| StateError::Connect {
+            url: settings.url.clone(),
+            detail,
+        })?,
+        None => connect(&settings.url).await?,
+    };
     let js = async_nats::jetstream::new(client.clone());
     let lease_kv = super::bucket::open_kv(&js, &settings.lease_bucket(), settings.replicas).await?;
     let bucket = Bucket::open(&client, &settings.state_bucket(), settings.replicas).await?;

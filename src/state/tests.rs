@@ -291,3 +291,26 @@ async fn a_released_lease_is_taken_at_once() {
     assert!(t.elapsed() < period / 2, "{:?}", t.elapsed());
     assert!(b.fence().valid());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_during_a_nats_outage_returns_once_the_bucket_holds_it() {
+    let mut nats = Nats::start();
+    let bucket = bucket(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = mirrored(&bucket, dir.path(), "a", long_fence()).await;
+    put(&store, "t", b"k", b"before".to_vec()).await.unwrap();
+    nats.kill();
+    let write = {
+        let store = store.clone();
+        tokio::spawn(async move { put(&store, "t", b"k", b"during".to_vec()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!write.is_finished(), "answered before the bucket held it");
+    nats.restart();
+    tokio::time::timeout(Duration::from_secs(30), write)
+        .await
+        .expect("the write completes once NATS is back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(restored(&bucket).await, contents(&store));
+}
