@@ -60,8 +60,7 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
                 tracing::info!(sink = %settings.sink, "changes go to the sink");
             }
             let stop = Shutdown::on(shutdown_signal());
-            let sink = args.sink.as_deref().or(file.sink.as_deref());
-            let outcome = match args.state.resolve(sink, &settings.state_dir)? {
+            let outcome = match args.state.resolve(&settings.sink, &settings.state_dir)? {
                 // --state nats: standby until this process holds the lease (see binsync::state::ha).
                 Some(ha) => {
                     use binsync::state::StateError;
