@@ -59,8 +59,31 @@ fn streaming(p: &Proc) -> bool {
     p.stderr().contains("streaming")
 }
 
+/// The stream, made before binsync would make it, with a duplicate window of 100 ms (the least nats-server takes) instead of
+/// 2 minutes: the server then drops no second copy of a message in these tests, so any
+/// operation published twice (by a stale holder, or by the new one) is seen in the stream.
+fn create_stream(nats: &NatsServer) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        js.create_stream(jetstream::stream::Config {
+            name: STREAM.into(),
+            subjects: vec!["binsync.>".into()],
+            duplicate_window: Duration::from_millis(100),
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+}
+
 /// Active `a` streaming and standby `b` waiting.
 fn pair(db: &MariaDb, nats: &NatsServer, dir: &Path) -> (Proc, Proc) {
+    create_stream(nats);
     let a = spawn(db, nats, &dir.join("a"));
     wait_until(Duration::from_secs(60), "a streams", || streaming(&a));
     let b = spawn(db, nats, &dir.join("b"));
@@ -109,7 +132,10 @@ fn read_stream(url: &str) -> Vec<Msg> {
             let h = m.headers.as_ref().expect("headers");
             let header = |n: &str| h.get(n).expect(n).as_str().to_string();
             out.push(Msg {
-                id: (header("Binsync-Source"), header("Binsync-Seq").parse().unwrap()),
+                id: (
+                    header("Binsync-Source"),
+                    header("Binsync-Seq").parse().unwrap(),
+                ),
                 stream_seq,
                 json: serde_json::from_slice(&m.payload).unwrap(),
             });
@@ -125,7 +151,10 @@ fn apply(msgs: &[Msg]) -> State {
     let mut latest: BTreeMap<(String, String), (u64, Option<Value>)> = BTreeMap::new();
     for m in msgs {
         let v = &m.json;
-        if !matches!(v["op"].as_str(), Some("insert" | "update" | "delete" | "read")) {
+        if !matches!(
+            v["op"].as_str(),
+            Some("insert" | "update" | "delete" | "read")
+        ) {
             continue;
         }
         let key = (
@@ -134,7 +163,10 @@ fn apply(msgs: &[Msg]) -> State {
         );
         let seq = v["seq"].as_u64().unwrap();
         if latest.get(&key).is_none_or(|(s, _)| *s < seq) {
-            latest.insert(key, (seq, (v["op"] != "delete").then(|| v["after"].clone())));
+            latest.insert(
+                key,
+                (seq, (v["op"] != "delete").then(|| v["after"].clone())),
+            );
         }
     }
     latest
@@ -187,7 +219,11 @@ fn finish(db: &MariaDb, nats: &NatsServer, mut b: Proc) -> Vec<Msg> {
         *m.entry(x.id.0.as_str()).or_default() += 1;
         m
     });
-    assert_eq!(sources.len(), 1, "one source id across the takeover: {sources:?}");
+    assert_eq!(
+        sources.len(),
+        1,
+        "one source id across the takeover: {sources:?}"
+    );
     assert_eq!(apply(&msgs), want);
     msgs
 }
