@@ -290,3 +290,36 @@ fn a_stalled_active_one_is_taken_over_and_exits_when_it_wakes() {
     assert!(!st.success(), "a exits non-zero");
     assert!(a.stderr().contains("lease lost"), "{}", a.stderr());
 }
+
+#[test]
+fn state_nats_without_a_nats_sink_and_a_lease_without_it_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s").display().to_string();
+    let out = format!("file:{}", dir.path().join("out").display());
+    let base = [
+        "run",
+        "--source",
+        "mysql://u@127.0.0.1:1",
+        "--server-id",
+        "9",
+        "--state-dir",
+        &state,
+        "--sink",
+        &out,
+    ];
+    for (extra, says) in [
+        (&["--state", "nats"][..], "use --sink nats://HOST:PORT"),
+        (&["--lease", "3s"][..], "--lease is for --state nats only"),
+    ] {
+        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        let mut p = Proc::spawn(&args, &[]);
+        let st = p.wait_timeout(Duration::from_secs(30)).expect("exits");
+        assert!(!st.success(), "{extra:?}");
+        let err = p.stderr();
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("binsync: error:") && l.contains(says)),
+            "{extra:?}: {err}"
+        );
+    }
+}
