@@ -323,3 +323,29 @@ fn state_nats_without_a_nats_sink_and_a_lease_without_it_are_refused_in_one_line
         );
     }
 }
+
+/// Three takeovers in a row, each restoring what the previous holder (itself restored) left.
+#[test]
+fn active_ones_killed_in_turn_hand_over_the_state_each_time() {
+    let db = MariaDb::start(ServerOpts::default());
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Writer::start(&db, Duration::from_millis(2));
+    let (mut active, mut standby) = pair(&db, &nats, dir.path());
+    for turn in 0..3 {
+        std::thread::sleep(Duration::from_millis(fastrand::u64(500..1500)));
+        active.kill9();
+        wait_until(Duration::from_secs(20), "the standby takes over", || {
+            streaming(&standby)
+        });
+        // The killed one comes back as the standby, on a cache of its own.
+        let fresh = spawn(&db, &nats, &dir.path().join(format!("c{turn}")));
+        wait_until(Duration::from_secs(30), "a new standby", || {
+            fresh.stderr().contains("standby:")
+        });
+        active = std::mem::replace(&mut standby, fresh);
+    }
+    writer.finish();
+    drop(standby);
+    finish(&db, &nats, active);
+}
