@@ -259,6 +259,9 @@ pub async fn status(src: Option<&SourceConfig>, state_dir: &Path) -> Result<()> 
     // A reader never creates a store: a `run` starting meanwhile would find it half made.
     let running = Store::exists(state_dir)
         && matches!(Store::open(state_dir), Err(CheckpointError::Locked { .. }));
+    if let Some(line) = crate::state::ha::describe_cache(state_dir) {
+        say!("{line}");
+    }
     let cp = load_checkpoint(state_dir)?;
     match &cp {
         None => say!(

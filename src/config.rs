@@ -333,9 +333,100 @@ pub struct RunArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub nats: NatsArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 pub use crate::snapshot::runner::SnapshotMode;
+
+/// Where `binsync run` keeps its state (`--state`), and the lease of `--state nats`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct StateArgs {
+    /// Where the state lives: `sled` (the default: the store in --state-dir) or `nats` (only
+    /// with --sink nats://: JetStream key-value buckets named after --nats-stream, --state-dir
+    /// being a local cache; several binsync processes then run active/standby by a lease,
+    /// docs/nats-ha.md).
+    #[arg(long, value_enum, value_name = "sled|nats")]
+    pub state: Option<StateKind>,
+    /// With --state nats: how long the active binsync's lease lasts without a renewal (it
+    /// renews every third of it); a standby takes over after this much silence (default 5s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub lease: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateKind {
+    Sled,
+    Nats,
+}
+
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+
+impl StateArgs {
+    /// None for `--state sled`; the `--state nats` settings, checked, otherwise: the NATS
+    /// servers, credentials, TLS, stream name and replicas are the sink's.
+    pub fn resolve(
+        &self,
+        sink: &SinkSpec,
+        state_dir: &Path,
+    ) -> Result<Option<crate::state::ha::HaSettings>, ConfigError> {
+        let lease = self.lease.unwrap_or(DEFAULT_LEASE);
+        if self.state != Some(StateKind::Nats) {
+            if self.lease.is_some() {
+                return Err(ConfigError(
+                    "--lease is for --state nats only; drop it".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let SinkSpec::Nats(cfg) = sink else {
+            return Err(ConfigError(format!(
+                "--state nats keeps the state in the NATS cluster the sink publishes to, but the sink is {sink}: use --sink nats://HOST:PORT (or drop --state nats)"
+            )));
+        };
+        if lease < Duration::from_millis(500) || lease > Duration::from_secs(600) {
+            return Err(ConfigError(format!(
+                "--lease {}: pick 500ms to 10m (default 5s)",
+                humantime::format_duration(lease)
+            )));
+        }
+        let settings = crate::state::ha::HaSettings {
+            url: cfg.url.clone(),
+            connector: None,
+            stream: cfg.stream.clone(),
+            replicas: cfg.replicas,
+            lease,
+            state_dir: state_dir.to_path_buf(),
+        };
+        let bucket = settings.state_bucket();
+        if !bucket
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError(format!(
+                "--nats-stream {}: --state nats names its buckets after the stream ({bucket}), and a bucket name takes [A-Za-z0-9_-] only; pick such a stream name",
+                cfg.stream
+            )));
+        }
+        // The sink's way to connect: its TLS (tls://, --sink-ca) and credentials.
+        let cfg = (**cfg).clone();
+        let connector: crate::state::ha::Connector = std::sync::Arc::new(move || {
+            let cfg = cfg.clone();
+            Box::pin(async move {
+                let opts = crate::sink::nats::options(&cfg)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                opts.connect(cfg.servers.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+        Ok(Some(crate::state::ha::HaSettings {
+            connector: Some(connector),
+            ..settings
+        }))
+    }
+}
 
 #[derive(Debug, Args, Default)]
 pub struct SnapshotArgs {

@@ -33,6 +33,8 @@
 //!   at its exact binlog position, encoded as the decoder encodes binlog rows, injected into
 //!   the stream there as `read` operations (`decode::inject`); a stage of its own beside the
 //!   source, which holds the stream while a chunk is read.
+//! - [`state`]: `--state nats`: the state dir's store mirrored into JetStream key-value
+//!   buckets, and the lease that makes one of several binsync processes the active one.
 //! - [`metrics`]: what the stages report about themselves (counters, lag, health), served as
 //!   Prometheus text with `/healthz` and `/readyz` (`--metrics-listen`) and published in
 //!   `run-status.json` for `binsync status`; it uses no other module, so every stage may call it.
@@ -54,6 +56,7 @@ pub mod replay;
 pub mod schema;
 pub mod shutdown;
 pub mod snapshot;
+pub mod state;
 pub mod units;
 
 pub(crate) mod backoff;

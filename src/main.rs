@@ -59,7 +59,25 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
             } else {
                 tracing::info!(sink = %settings.sink, "changes go to the sink");
             }
-            match pipeline::run(settings, Shutdown::on(shutdown_signal())).await? {
+            let stop = Shutdown::on(shutdown_signal());
+            let outcome = match args.state.resolve(&settings.sink, &settings.state_dir)? {
+                // --state nats: standby until this process holds the lease (see binsync::state::ha).
+                Some(ha) => {
+                    use binsync::state::StateError;
+                    match binsync::state::ha::run(ha, stop, |s| pipeline::run(settings, s)).await {
+                        Ok(Some(outcome)) => outcome?,
+                        Ok(None) => Outcome::Stopped,
+                        // At once: the run's tasks must not publish or write anything more.
+                        Err(e @ (StateError::LeaseLost | StateError::Conflict)) => {
+                            eprintln!("binsync: error: {e}");
+                            std::process::exit(1);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                None => pipeline::run(settings, stop).await?,
+            };
+            match outcome {
                 Outcome::CaughtUp => {
                     tracing::info!("caught up with the source's binlog end at start-up; exiting")
                 }

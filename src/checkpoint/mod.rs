@@ -30,6 +30,7 @@ mod writer;
 #[cfg(test)]
 use store::sled_config;
 pub use store::Store;
+pub use writer::{set_mirror, Done, Mirror};
 
 /// Who wrote the binlog we read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -117,9 +117,11 @@ impl Store {
                 "it holds no records though it was created before (a disk that failed or was rolled back under it)".into(),
             ));
         }
-        let writer = Writer::start(db.clone()).map_err(|e| CheckpointError::Write {
-            dir: dir.to_path_buf(),
-            detail: format!("cannot start the store's writer thread: {e}"),
+        let writer = Writer::start(db.clone(), super::writer::mirror_for(dir)).map_err(|e| {
+            CheckpointError::Write {
+                dir: dir.to_path_buf(),
+                detail: format!("cannot start the store's writer thread: {e}"),
+            }
         })?;
         let store = Store {
             inner: Arc::new(Inner {

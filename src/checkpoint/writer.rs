@@ -13,13 +13,49 @@
 //! After one failed write or flush (a full disk) sled 0.34 fails every later operation on the
 //! same `Db`, so the thread does not retry: callers get the error, and `binsync run` reopens
 //! the store once there is space (see `pipeline`).
+//!
+//! A store may have a [`Mirror`] (`--state nats`: a copy of the store in the cluster,
+//! `state::mirror`): then, after each flushed group, the thread hands the mirror the store as
+//! that group left it together with the group's replies, and the mirror runs them once its copy
+//! holds the group too ("written" then also means "in the copy"). Only this thread writes, so
+//! what the mirror reads between two groups is a consistent image.
 
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
 
 /// Runs on the writer thread: applies its writes and returns what to do after the flush.
 type Job = Box<dyn FnOnce(&sled::Db) -> Done + Send>;
-/// Runs on the writer thread once the flush covering the job returned, with its result.
-type Done = Box<dyn FnOnce(&sled::Result<()>) + Send>;
+/// Runs once the flush covering the job returned (and, with a [`Mirror`], once the mirror's
+/// copy holds it), with the result.
+pub type Done = Box<dyn FnOnce(&sled::Result<()>) + Send>;
+
+/// A copy of the store kept elsewhere, fed by the writer thread.
+pub trait Mirror: Send + Sync {
+    /// On the writer thread after every flushed group: `db` as the group left it (nothing else
+    /// writes it meanwhile), and the group's replies, to run (each exactly once) when the copy
+    /// holds the group, or with the error that keeps it from doing so. May block: the writer
+    /// then waits (backpressure from a slow copy).
+    fn after_flush(&self, db: &sled::Db, replies: Vec<Done>);
+}
+
+/// The mirrors of the stores to open, by state dir (as the path is given: `--state nats` sets
+/// one for `--state-dir` before the pipeline opens its store there).
+static MIRRORS: Mutex<Vec<(PathBuf, Arc<dyn Mirror>)>> = Mutex::new(Vec::new());
+
+/// Every store opened in `dir` from now on is mirrored to `mirror` (None: no longer mirrored).
+/// Stores already open keep what they had.
+pub fn set_mirror(dir: &Path, mirror: Option<Arc<dyn Mirror>>) {
+    let mut all = MIRRORS.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|(d, _)| d != dir);
+    if let Some(m) = mirror {
+        all.push((dir.to_path_buf(), m));
+    }
+}
+
+pub(super) fn mirror_for(dir: &Path) -> Option<Arc<dyn Mirror>> {
+    let all = MIRRORS.lock().unwrap_or_else(|p| p.into_inner());
+    all.iter().find(|(d, _)| d == dir).map(|(_, m)| m.clone())
+}
 
 /// How many queued jobs one flush covers at most (a bound on how long a reply waits).
 const GROUP: usize = 256;
@@ -30,11 +66,11 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn start(db: sled::Db) -> std::io::Result<Writer> {
+    pub(super) fn start(db: sled::Db, mirror: Option<Arc<dyn Mirror>>) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("binsync-store".into())
-            .spawn(move || run(db, rx))?;
+            .spawn(move || run(db, rx, mirror))?;
         Ok(Writer {
             jobs: Some(tx),
             thread: Some(thread),
@@ -86,7 +122,7 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: sled::Db, jobs: mpsc::Receiver<Job>) {
+fn run(db: sled::Db, jobs: mpsc::Receiver<Job>, mirror: Option<Arc<dyn Mirror>>) {
     while let Ok(first) = jobs.recv() {
         let mut done = vec![first(&db)];
         while done.len() < GROUP {
@@ -97,8 +133,13 @@ fn run(db: sled::Db, jobs: mpsc::Receiver<Job>) {
         }
         // The only flush of this store (sled's own periodic flusher aside).
         let flushed = db.flush().map(|_| ());
-        for d in done {
-            d(&flushed);
+        match (&mirror, &flushed) {
+            (Some(m), Ok(())) => m.after_flush(&db, done),
+            _ => {
+                for d in done {
+                    d(&flushed);
+                }
+            }
         }
     }
 }
@@ -111,7 +152,7 @@ mod tests {
     async fn many_concurrent_writers_all_finish() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::checkpoint::sled_config(dir.path()).open().unwrap();
-        let writer = std::sync::Arc::new(Writer::start(db.clone()).unwrap());
+        let writer = std::sync::Arc::new(Writer::start(db.clone(), None).unwrap());
         let mut tasks = Vec::new();
         for t in 0..32u64 {
             let writer = writer.clone();

@@ -150,6 +150,9 @@ pub enum SinkError {
     /// `--nats-on-full stop`: the stream's limits are reached (discard new).
     #[error("JetStream stream {stream} is full and refuses messages ({detail}); raise its limits (max_msgs, max_bytes: nats stream edit) or remove messages, then restart binsync (the checkpoint stays before the refused operation), or run with --nats-on-full wait to hold and retry")]
     NatsFull { stream: String, detail: String },
+    /// `--state nats`: this process lost the lease; it publishes nothing more.
+    #[error(transparent)]
+    LeaseLost(#[from] crate::state::LeaseLost),
     /// A lines sink (stdout, file) was asked to write to an HTTP URL.
     #[error("{0} is not stdout or file:PATH; JSON lines go to stdout or a file only")]
     NotLines(String),

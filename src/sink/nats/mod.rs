@@ -200,7 +200,7 @@ pub async fn run(
 }
 
 /// Credentials from the environment (never from flags or files, never logged).
-async fn options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions, SinkError> {
+pub(crate) async fn options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions, SinkError> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let mut opts = if let Some(path) = env("BINSYNC_NATS_CREDS") {
         async_nats::ConnectOptions::with_credentials_file(&path)

@@ -311,6 +311,11 @@ impl Publisher {
     /// Publishes `m` (its first send sets its floor); a send that fails at once is a failure
     /// like a missing ack.
     async fn send(&mut self, mut m: Msg) {
+        // `--state nats`: only the lease holder publishes (see `state::check_fence`).
+        if let Err(lost) = crate::state::check_fence() {
+            self.stop_with(lost.into(), false);
+            return;
+        }
         if m.floor.is_none() {
             let floor = self.floors.known;
             m.floor = Some(floor);
