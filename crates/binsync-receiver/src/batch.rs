@@ -265,6 +265,40 @@ pub fn parse<'a>(body: &'a [u8], idempotency_key: Option<&str>) -> Result<Batch<
     })
 }
 
+/// Parses and checks one operation on its own, as a JetStream message carries it (the
+/// payload is exactly one operation object of a body at contract `version`): the same checks
+/// as an operation in a body, without the envelope's. Gives the operation's entity type (its
+/// `entity`) with it.
+pub fn parse_op(text: &[u8], version: u64) -> Result<(Cow<'_, str>, Op<'_>), Invalid> {
+    let text = std::str::from_utf8(text)
+        .map_err(|e| Invalid(format!("the operation is not UTF-8 text: {e}")))?;
+    if !starts_object(text.as_bytes()) {
+        return Err(Invalid(
+            "the operation is not a JSON object (not a binsync operation)".into(),
+        ));
+    }
+    // An operation sits at depth 4 of a body: the same limit on what it may nest below it.
+    check_depth(text.as_bytes(), crate::DEFAULT_MAX_DEPTH - 3)?;
+    let wire: OpWire<'_> =
+        serde_json::from_str(text).map_err(|e| not_a_batch("the operation", &e))?;
+    if wire.seq == 0 || wire.seq > MAX_STORED_SEQ {
+        return Err(Invalid(format!(
+            "seq {} is outside 1..={MAX_STORED_SEQ} (the seqs this receiver stores)",
+            wire.seq
+        )));
+    }
+    if wire.entity.is_empty() || wire.entity.contains('\0') {
+        return Err(Invalid(format!(
+            "entity type name {:?} is empty or holds a NUL character",
+            wire.entity
+        )));
+    }
+    let entity = wire.entity.clone();
+    let op = check_op(wire, text, &entity, version, 1, MAX_STORED_SEQ)
+        .map_err(|m| Invalid(format!("the operation (seq {}): {m}", seq_hint(text))))?;
+    Ok((entity, op))
+}
+
 fn check_op<'a>(
     w: OpWire<'a>,
     text: &'a str,
