@@ -928,6 +928,49 @@ mod tests {
         assert_eq!(parse_value(&b).unwrap(), 3);
     }
 
+    /// One operation on its own (a JetStream message's payload): the checks of an operation
+    /// in a body, against the message's contract version.
+    #[test]
+    fn a_single_operation_is_checked_as_in_a_body() {
+        let text = serde_json::to_vec(&op(7, "update", 3)).unwrap();
+        let (entity, parsed) = parse_op(&text, 1).unwrap();
+        assert_eq!(
+            (&*entity, parsed.seq, &*parsed.id),
+            ("products", 7, "{\"id\":3}")
+        );
+        let refused = |text: &[u8], version: u64, needle: &str| {
+            let err = parse_op(text, version).err().expect("must be refused");
+            assert!(err.0.contains(needle), "`{err}` should mention `{needle}`");
+        };
+        refused(&text[..20], 1, "not valid JSON");
+        refused(b"[1]", 1, "not a JSON object");
+        let mut no_seq = op(7, "insert", 3);
+        no_seq.as_object_mut().unwrap().remove("seq");
+        refused(
+            &serde_json::to_vec(&no_seq).unwrap(),
+            1,
+            "missing field `seq`",
+        );
+        refused(
+            &serde_json::to_vec(&op(0, "insert", 3)).unwrap(),
+            1,
+            "seq 0 is outside",
+        );
+        let mut read = op(8, "insert", 3);
+        read["op"] = "read".into();
+        read.as_object_mut().unwrap().remove("row");
+        let read = serde_json::to_vec(&read).unwrap();
+        refused(&read, 2, "needs contract version 3");
+        assert!(parse_op(&read, 3).is_ok());
+        let mut unknown = op(9, "insert", 3);
+        unknown["extra"] = 1.into();
+        refused(
+            &serde_json::to_vec(&unknown).unwrap(),
+            1,
+            "unknown field `extra`",
+        );
+    }
+
     #[test]
     fn mistakes_are_named() {
         refused(json!([1, 2]), "must be a JSON object");

@@ -217,7 +217,8 @@ pub struct Stats {
     pub batches: u64,
     /// Of those, re-sends of a batch already applied (same batch_id and body).
     pub batches_duplicate: u64,
-    /// Operations in batches answered 2xx.
+    /// Operations in batches answered 2xx, and messages applied from a JetStream stream
+    /// (`receive --from nats://`; `batches` stays 0 there).
     pub ops_received: u64,
     /// Operations that changed the state.
     pub ops_applied: u64,
