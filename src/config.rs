@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::decode::DecodeConfig;
 use crate::filter::{Filter, OnDdl};
 use crate::sink::http::{HttpConfig, OnReject, SinkCa};
+use crate::sink::nats::{NatsConfig, OnFull};
 use crate::sink::SinkSpec;
 use crate::source::start::StartSpec;
 use crate::source::tls::{SslMode, TlsSettings};
@@ -372,6 +373,8 @@ pub struct RunArgs {
     pub ready_max_lag: Option<Duration>,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
 }
 
 pub use crate::snapshot::runner::SnapshotMode;
@@ -470,6 +473,87 @@ impl HttpArgs {
             sink_ca: self.sink_ca.clone().or(f.sink_ca.clone()),
         }
     }
+}
+
+/// Settings of the NATS JetStream sink (`--sink nats://...`, docs/jetstream.md): the flags,
+/// and the same keys without `nats_` in the config file's `[nats]` table. Flags win over the
+/// file, the file over the defaults.
+#[derive(Debug, Args, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsArgs {
+    /// JetStream stream to publish to (default binsync); created if missing (file storage,
+    /// subjects PREFIX.>, discard new, no limits), else used as it is.
+    #[arg(long = "nats-stream", value_name = "NAME")]
+    pub stream: Option<String>,
+    /// Subjects are PREFIX.<entity>.<partition> (default binsync).
+    #[arg(long = "nats-subject-prefix", value_name = "PREFIX")]
+    pub subject_prefix: Option<String>,
+    /// Partitions per entity type: an operation goes to FNV-1a(id) mod N (default 8, 1..=1024).
+    #[arg(long = "nats-partitions", value_name = "N")]
+    pub partitions: Option<u32>,
+    /// Replicas of a stream binsync creates (default 1).
+    #[arg(long = "nats-replicas", value_name = "N")]
+    pub replicas: Option<usize>,
+    /// Publishes awaiting their ack at once (default 512).
+    #[arg(long = "nats-max-in-flight", value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// A stream that refuses messages because its limits are reached: `wait` (hold and retry,
+    /// the default) or `stop` (a definite error).
+    #[arg(long = "nats-on-full", value_enum)]
+    pub on_full: Option<OnFull>,
+    /// The source id in message ids and headers (default: saved at the first start from the
+    /// first source server's flavor and uuid or server id).
+    #[arg(long = "nats-source-id", value_name = "ID")]
+    #[serde(skip)]
+    pub source_id: Option<String>,
+}
+
+impl NatsArgs {
+    /// The flags given, by name: each means something for the NATS sink only.
+    fn given(&self) -> Vec<&'static str> {
+        let set = [
+            ("--nats-stream", self.stream.is_some()),
+            ("--nats-subject-prefix", self.subject_prefix.is_some()),
+            ("--nats-partitions", self.partitions.is_some()),
+            ("--nats-replicas", self.replicas.is_some()),
+            ("--nats-max-in-flight", self.max_in_flight.is_some()),
+            ("--nats-on-full", self.on_full.is_some()),
+            ("--nats-source-id", self.source_id.is_some()),
+        ];
+        set.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect()
+    }
+}
+
+/// The NATS sink's settings: flags, then the file's `[nats]` table, then defaults.
+fn nats_config(
+    mut cfg: NatsConfig,
+    args: &NatsArgs,
+    file: Option<&NatsArgs>,
+    sink_ca: Option<&PathBuf>,
+) -> Result<NatsConfig, ConfigError> {
+    let empty = NatsArgs::default();
+    let f = file.unwrap_or(&empty);
+    if let Some(v) = args.stream.clone().or(f.stream.clone()) {
+        cfg.stream = v;
+    }
+    if let Some(v) = args.subject_prefix.clone().or(f.subject_prefix.clone()) {
+        cfg.prefix = v;
+    }
+    cfg.partitions = args.partitions.or(f.partitions).unwrap_or(cfg.partitions);
+    cfg.replicas = args.replicas.or(f.replicas).unwrap_or(cfg.replicas);
+    cfg.max_in_flight = args
+        .max_in_flight
+        .or(f.max_in_flight)
+        .unwrap_or(cfg.max_in_flight);
+    cfg.on_full = args.on_full.or(f.on_full).unwrap_or(cfg.on_full);
+    cfg.source_id = args.source_id.clone();
+    if let Some(path) = sink_ca {
+        // Read now: a wrong path is a start-up error, not a TLS failure later.
+        SinkCa::load(path).map_err(ConfigError)?;
+        cfg.ca = Some(path.clone());
+    }
+    cfg.validate().map_err(ConfigError)?;
+    Ok(cfg)
 }
 
 /// `"5ms"`, `"30s"` in the config file.
@@ -582,6 +666,8 @@ pub struct FileConfig {
     pub ready_max_lag: Option<Duration>,
     /// HTTP sink settings, named as the flags (batch_rows, linger = "5ms", ...).
     pub http: Option<HttpArgs>,
+    /// NATS JetStream sink settings, named as the flags without `nats-` (stream, partitions, ...).
+    pub nats: Option<NatsArgs>,
 }
 
 /// A key that takes one value or a list of them.
@@ -792,6 +878,7 @@ impl RunSettings {
             ConfigError("no --state-dir: name a directory for the checkpoint store, e.g. --state-dir /var/lib/binsync".into())
         })?;
         let sink = sink_spec(args.sink.as_ref().or(file.sink.as_ref()), &args.http, file)?;
+        let sink = with_nats(sink, &args.nats, &args.http, file)?;
         // Without --start a first start streams from the binlog's end when it loads the
         // tables' rows first (the snapshot), else from the oldest binlog.
         let snapshots = args.snapshot.or(file.snapshot).unwrap_or_default() != SnapshotMode::Never;
@@ -1086,6 +1173,33 @@ fn nats_credentials(
     })
 }
 
+/// The NATS sink's settings when `sink` is one; its flags refused with any other sink.
+fn with_nats(
+    mut sink: SinkSpec,
+    nats: &NatsArgs,
+    http: &HttpArgs,
+    file: &FileConfig,
+) -> Result<SinkSpec, ConfigError> {
+    if let SinkSpec::Nats(cfg) = &mut sink {
+        let ca = http
+            .sink_ca
+            .as_ref()
+            .or(file.http.as_ref().and_then(|h| h.sink_ca.as_ref()));
+        **cfg = nats_config((**cfg).clone(), nats, file.nats.as_ref(), ca)?;
+        return Ok(sink);
+    }
+    let given = nats.given();
+    if !given.is_empty() {
+        return Err(ConfigError(format!(
+            "{} {} nothing with --sink {sink}: the NATS JetStream sink's settings (nats://); drop {}",
+            given.join(", "),
+            if given.len() == 1 { "means" } else { "mean" },
+            if given.len() == 1 { "it" } else { "them" },
+        )));
+    }
+    Ok(sink)
+}
+
 /// `--sink` (default stdout), with the HTTP settings when it is the sync API.
 fn sink_spec(
     text: Option<&String>,
@@ -1106,6 +1220,18 @@ fn sink_spec(
     }
     match &mut spec {
         SinkSpec::Http(cfg) => **cfg = http_config((**cfg).clone(), http, file.http.as_ref())?,
+        // --sink-ca is the NATS sink's too (`with_nats`); the sync API's other flags are not.
+        SinkSpec::Nats(_) => {
+            let given = http.given();
+            if !given.is_empty() {
+                return Err(ConfigError(format!(
+                    "{} {} nothing with --sink {text}: the sync API sink's settings; the NATS sink's are the --nats-* flags; drop {}",
+                    given.join(", "),
+                    if given.len() == 1 { "means" } else { "mean" },
+                    if given.len() == 1 { "it" } else { "them" },
+                )));
+            }
+        }
         // The file's [http] table is for an HTTP sink and unused by others, but a flag given
         // here would be silently ignored.
         _ => {
@@ -1275,6 +1401,97 @@ mod tests {
         .unwrap();
         let e = FileConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("sevrer_id") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn nats_settings_come_from_flags_then_the_file_and_are_refused_elsewhere() {
+        let file: FileConfig = toml::from_str(
+            "[nats]\nstream = \"cdc\"\npartitions = 16\non_full = \"stop\"\nmax_in_flight = 64\n",
+        )
+        .unwrap();
+        let args = RunArgs {
+            source: SourceArgs {
+                source: vec!["mysql://root@127.0.0.1:3306".into()],
+                ..Default::default()
+            },
+            server_id: Some(7),
+            state_dir: Some("/tmp/x".into()),
+            sink: Some("nats://127.0.0.1:4222,127.0.0.1:4223".into()),
+            nats: NatsArgs {
+                partitions: Some(32),
+                subject_prefix: Some("cdc.prod".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let s = RunSettings::resolve(&args, &file).unwrap();
+        let SinkSpec::Nats(cfg) = s.sink else {
+            panic!("not the NATS sink")
+        };
+        assert_eq!(cfg.servers.len(), 2);
+        assert_eq!(cfg.stream, "cdc", "from the file");
+        assert_eq!(cfg.partitions, 32, "the flag wins");
+        assert_eq!(cfg.prefix, "cdc.prod");
+        assert_eq!(cfg.on_full, OnFull::Stop);
+        assert_eq!(cfg.max_in_flight, 64);
+        assert_eq!(cfg.replicas, 1, "the default");
+        // A NATS flag with another sink is refused, not ignored; the file's table is not.
+        let args = RunArgs {
+            source: SourceArgs {
+                source: vec!["mysql://root@127.0.0.1:3306".into()],
+                ..Default::default()
+            },
+            server_id: Some(7),
+            state_dir: Some("/tmp/x".into()),
+            nats: NatsArgs {
+                replicas: Some(3),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = RunSettings::resolve(&args, &file).unwrap_err().to_string();
+        assert!(
+            e.contains("--nats-replicas") && e.contains("drop it"),
+            "{e}"
+        );
+        // The sync API's flags mean nothing for NATS.
+        let args = RunArgs {
+            source: SourceArgs {
+                source: vec!["mysql://root@127.0.0.1:3306".into()],
+                ..Default::default()
+            },
+            server_id: Some(7),
+            state_dir: Some("/tmp/x".into()),
+            sink: Some("nats://127.0.0.1:4222".into()),
+            http: HttpArgs {
+                batch_rows: Some(5),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = RunSettings::resolve(&args, &FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--batch-rows"), "{e}");
+        // Bad values name their flag.
+        let args = RunArgs {
+            source: SourceArgs {
+                source: vec!["mysql://root@127.0.0.1:3306".into()],
+                ..Default::default()
+            },
+            server_id: Some(7),
+            state_dir: Some("/tmp/x".into()),
+            sink: Some("nats://127.0.0.1:4222".into()),
+            nats: NatsArgs {
+                partitions: Some(0),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = RunSettings::resolve(&args, &FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--nats-partitions"), "{e}");
     }
 
     #[test]

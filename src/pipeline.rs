@@ -549,6 +549,18 @@ fn spawn_sink(
                     .map_err(Error::from)
             }))
         }
+        SinkSpec::Nats(cfg) => {
+            let cfg = (**cfg).clone();
+            // The sync API's batch id prefix: the source id unless the state has one saved.
+            let source_id = SourceHeader::new(&info.identity).id_prefix.to_string();
+            let store = store.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(crate::metrics::staged("sink", async move {
+                sink::nats::run(cfg, source_id, store, rx, acks, shutdown)
+                    .await
+                    .map_err(Error::from)
+            }))
+        }
         lines => {
             let spec = lines.clone();
             let shutdown = shutdown.clone();

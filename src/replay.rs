@@ -47,9 +47,9 @@ pub async fn replay_with_history(
     cfg: DecodeConfig,
     history: Option<crate::schema::Catalog>,
 ) -> Result<ReplayStats> {
-    if matches!(spec, SinkSpec::Http(_)) {
+    if matches!(spec, SinkSpec::Http(_) | SinkSpec::Nats(_)) {
         return Err(Error::replay(
-            "replay into the HTTP sink is not available in this build; use stdout or file:PATH",
+            "replay into the HTTP or NATS sink is not available in this build; use stdout or file:PATH",
         ));
     }
     let (tx, rx) = mpsc::channel::<Chunk>(8);

@@ -101,6 +101,7 @@ pub fn run_blocking(
         SinkSpec::Stdout => Out::Stdout(std::io::stdout()),
         SinkSpec::File(p) => Out::File(open_append(p)?, p.clone()),
         SinkSpec::Http(cfg) => return Err(SinkError::NotLines(cfg.url.clone())),
+        SinkSpec::Nats(cfg) => return Err(SinkError::NotLines(cfg.url.clone())),
     };
     let mut durable = match &out {
         Out::File(f, path) => {

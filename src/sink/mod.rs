@@ -9,12 +9,14 @@
 pub mod http;
 pub mod ledger;
 pub mod lines;
+pub mod nats;
 pub mod retry;
 
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use self::http::HttpConfig;
+use self::nats::NatsConfig;
 pub use crate::checkpoint::Ack;
 use crate::dlq::DlqError;
 
@@ -25,6 +27,8 @@ pub enum SinkSpec {
     File(PathBuf),
     /// The sync API (boxed: its settings are much larger than the other variants).
     Http(Box<HttpConfig>),
+    /// NATS JetStream (`nats://` or `tls://`, docs/jetstream.md).
+    Nats(Box<NatsConfig>),
 }
 
 impl FromStr for SinkSpec {
@@ -42,9 +46,11 @@ impl FromStr for SinkSpec {
             Ok(SinkSpec::File(PathBuf::from(path)))
         } else if s.starts_with("http://") || s.starts_with("https://") {
             Ok(SinkSpec::Http(Box::new(HttpConfig::from_url(s)?)))
+        } else if s.starts_with("nats://") || s.starts_with("tls://") {
+            Ok(SinkSpec::Nats(Box::new(NatsConfig::from_url(s)?)))
         } else {
             Err(format!(
-                "--sink `{}`: write stdout, file:PATH or an http(s):// URL",
+                "--sink `{}`: write stdout, file:PATH, an http(s):// URL or nats://HOST:PORT",
                 crate::units::redact_url(s)
             ))
         }
@@ -65,6 +71,7 @@ impl std::fmt::Display for SinkSpec {
             SinkSpec::Stdout => f.write_str("stdout"),
             SinkSpec::File(path) => write!(f, "file:{}", path.display()),
             SinkSpec::Http(cfg) => f.write_str(&cfg.url),
+            SinkSpec::Nats(cfg) => write!(f, "{cfg}"),
         }
     }
 }
@@ -115,6 +122,34 @@ pub enum SinkError {
     /// how binsync wired its settings, stopped before anything wrong is sent.
     #[error("the sync API sink {0}; nothing of it was sent (this is a bug in binsync: please report it)")]
     Contract(String),
+    /// The NATS servers refused us for good (credentials, TLS, a bad address).
+    #[error("cannot connect to NATS at {servers}: {detail}")]
+    NatsConnect { servers: String, detail: String },
+    /// The stream cannot take our subjects as it is (`detail` names the fix).
+    #[error("JetStream stream {stream}: {detail}")]
+    NatsStream { stream: String, detail: String },
+    /// The sink's own records in the state dir (tree `nats`) could not be read or written.
+    #[error("cannot read or write the NATS sink's state in {dir}: {detail}; check the disk, then start binsync again")]
+    NatsState { dir: String, detail: String },
+    /// One operation does not fit in a NATS message.
+    #[error("operation seq {seq} (entity type `{entity}`) is {size} bytes as a NATS message, more than the server's max_payload ({max_payload} bytes); raise max_payload in the nats-server configuration (at most 64 MB; 8 MB is the advised ceiling), then restart binsync: the checkpoint stays before this operation")]
+    NatsTooLarge {
+        seq: u64,
+        entity: String,
+        size: usize,
+        max_payload: usize,
+    },
+    /// The stream refused an operation for good (larger than its max_msg_size).
+    #[error("JetStream stream {stream} refused operation seq {seq} (entity type `{entity}`): {detail}; raise the stream's max_msg_size (nats stream edit), then restart binsync: the checkpoint stays before this operation")]
+    NatsRefused {
+        stream: String,
+        seq: u64,
+        entity: String,
+        detail: String,
+    },
+    /// `--nats-on-full stop`: the stream's limits are reached (discard new).
+    #[error("JetStream stream {stream} is full and refuses messages ({detail}); raise its limits (max_msgs, max_bytes: nats stream edit) or remove messages, then restart binsync (the checkpoint stays before the refused operation), or run with --nats-on-full wait to hold and retry")]
+    NatsFull { stream: String, detail: String },
     /// A lines sink (stdout, file) was asked to write to an HTTP URL.
     #[error("{0} is not stdout or file:PATH; JSON lines go to stdout or a file only")]
     NotLines(String),
