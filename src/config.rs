@@ -1064,7 +1064,12 @@ impl ReceiveSettings {
                     subject_prefix: args.nats_subject_prefix.clone(),
                     durable: args.durable.clone(),
                     filter: args.filter.clone(),
-                    state_dir: need_dir()?,
+                    state_dir: args.state_dir.clone().ok_or_else(|| {
+                        ConfigError(
+                            "no --state-dir: name the directory of the store the stream is applied into"
+                                .into(),
+                        )
+                    })?,
                     batch: args.nats_batch,
                     exit_when_idle: args.exit_when_idle,
                     ca: args.nats_ca.clone(),

@@ -673,3 +673,95 @@ fn mariadb_through_the_jetstream_sink_and_receive_from_nats_equals_the_source_ta
         messages.len()
     );
 }
+
+/// Mistakes in `receive --from` give one error line naming the fix, and a non-zero exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn receive_from_mistakes_name_the_fix() {
+    let server = NatsServer::start();
+    let js = jetstream(&server).await;
+    publish(
+        &js,
+        &[message(&op(1, "insert", "products", 1, None, Some(1)), 8)],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_str().unwrap();
+    let url = server.url();
+    let unreachable = format!("nats://127.0.0.1:{}", common::free_port());
+    let cases: [(&[&str], &str); 5] = [
+        (&["receive", "--from", &url], "no --state-dir"),
+        (
+            &["receive", "--from", "http://x:1", "--state-dir", state],
+            "write nats://HOST:PORT",
+        ),
+        (
+            &["receive", "--from", &unreachable, "--state-dir", state],
+            "cannot connect to",
+        ),
+        (
+            &[
+                "receive",
+                "--from",
+                &url,
+                "--state-dir",
+                state,
+                "--filter",
+                "other.*.0",
+            ],
+            "is not a subject under `binsync.`",
+        ),
+        (
+            &[
+                "receive",
+                "--from",
+                &url,
+                "--state-dir",
+                state,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            "cannot be used with",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut p = Proc::spawn(args, &[]);
+        let status = p.wait_timeout(Duration::from_secs(60)).expect("it exits");
+        let err = p.stderr();
+        assert!(
+            !status.success() && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains(needle),
+            "{args:?} should say `{needle}`: {err}"
+        );
+    }
+    // A durable keeps its filter: another one under the same name is refused, naming the fix.
+    let mut first = receive(
+        &server,
+        dir.path(),
+        &[
+            "--filter",
+            "binsync.*.0",
+            "--durable",
+            "d",
+            "--exit-when-idle",
+            "1s",
+        ],
+    );
+    exits_ok(&mut first, Duration::from_secs(60));
+    let mut p = receive(
+        &server,
+        dir.path(),
+        &["--filter", "binsync.*.1", "--durable", "d"],
+    );
+    let status = p.wait_timeout(Duration::from_secs(60)).expect("it exits");
+    assert!(!status.success());
+    assert!(
+        p.stderr()
+            .contains("reads subjects `binsync.*.0`, not `binsync.*.1`")
+            && p.stderr().contains("give each --filter its own --durable"),
+        "{}",
+        p.stderr()
+    );
+}
