@@ -6,7 +6,9 @@
 #   mariadb-binlog --raw                          the transfer alone (no decoding)
 #   mariadb-binlog -v --base64-output=DECODE-ROWS MariaDB's own decoder, printing text
 #   python-mysql-replication                      the usual Python CDC library, counting rows
-#   binsync -> file, -> sync API (discarding receiver), -> sync API (storing receiver)
+#   binsync -> file, -> sync API (discarding receiver), -> sync API (storing receiver),
+#   -> NATS JetStream (a nats-server started here: R1 stream, file storage; its CPU is the
+#   receiver side; then `binsync receive --from nats://` applies the stream, timed too)
 # and measures the commit-to-delivery latency of binsync (default settings) at a steady 2,000 and
 # 20,000 row changes/s, through --sink stdout and through --sink http into a plain Python receiver
 # (scripts/bench/sync_receiver.py, not binsync's own). Prints markdown tables (wall time, rows/s,
@@ -34,8 +36,8 @@
 #   BENCH_CACHE=DIR         where the pinned Python venv is kept (default ~/.cache/binsync-bench)
 #   BENCH_KEEP=1            keep the temp dir (server datadir, outputs, logs)
 #
-# Needs: MariaDB (mariadbd, mariadb-install-db, mariadb, mariadb-binlog), GNU time, python3 with
-# venv, curl; as root on Debian, the missing ones are installed with apt-get.
+# Needs: MariaDB (mariadbd, mariadb-install-db, mariadb, mariadb-binlog), nats-server, GNU time,
+# python3 with venv, curl; as root on Debian, the missing ones are installed with apt-get.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -143,6 +145,9 @@ command -v mariadb >/dev/null || missing+=(mariadb-client)
 command -v mariadb-binlog >/dev/null || missing+=(mariadb-client)
 command -v mariadb-dump >/dev/null || missing+=(mariadb-client)
 [[ -x /usr/bin/time ]] || missing+=(time)
+if [[ $PART == all ]]; then
+    command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || missing+=(nats-server)
+fi
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
@@ -158,6 +163,7 @@ if ((${#missing[@]})); then
     fi
 fi
 MARIADBD=$(command -v mariadbd || echo /usr/sbin/mariadbd)
+NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
 note "$("$MARIADBD" --version)"
 
 # The Python side in a venv pinned by scripts/bench/requirements.txt, cached across runs (the
@@ -561,12 +567,69 @@ run_binsync_http() { # discard|store
     rm -rf "$TMP/recv-state"
 }
 
+# A throwaway nats-server with JetStream on free ports, its store in TMP/nats (never the system
+# server on 4222); sets NATS_PID, NATS_PORT and NATS_MON (its monitoring port).
+start_nats() {
+    local i
+    for _ in $(seq 200); do
+        NATS_PORT=$((20000 + RANDOM % 10000)) NATS_MON=$((30000 + RANDOM % 2000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null &&
+            ! (exec 3<>"/dev/tcp/127.0.0.1/$NATS_MON") 2>/dev/null; then break; fi
+    done
+    rm -rf "$TMP/nats" && mkdir -p "$TMP/nats"
+    "$NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON" -js -sd "$TMP/nats/js" \
+        -l "$TMP/nats/server.log" >"$TMP/nats/console.log" 2>&1 &
+    NATS_PID=$!
+    PIDS+=("$NATS_PID")
+    for i in $(seq 100); do
+        curl -sf "http://127.0.0.1:$NATS_MON/healthz" >/dev/null 2>&1 && return 0
+        kill -0 "$NATS_PID" 2>/dev/null || die "nats-server exited: $(tail -5 "$TMP/nats/console.log" "$TMP/nats/server.log")"
+        sleep 0.1
+    done
+    die "nats-server is not ready on port $NATS_PORT after 10 s"
+}
+nats_messages() { # messages stored on the server (it holds one stream)
+    curl -sf "http://127.0.0.1:$NATS_MON/jsz" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["messages"])'
+}
+run_binsync_nats() {
+    local got hwm ref pct t0 consumed applied
+    rm -rf "$TMP/state" "$TMP/recv-state"
+    start_nats
+    timed binsync-nats "$BIN" run --source "$SOURCE" --server-id "$SERVER_ID" \
+        --state-dir "$TMP/state" --start earliest --exit-at-end \
+        --sink "nats://127.0.0.1:$NATS_PORT" --nats-stream bench
+    got=$(nats_messages) || die "GET http://127.0.0.1:$NATS_MON/jsz failed"
+    # nats-server is the receiver side here: its CPU and peak RSS over the run.
+    RECV_CPU=$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' \
+        "/proc/$NATS_PID/stat" 2>/dev/null || echo '?')
+    hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$NATS_PID/status" 2>/dev/null || echo 0)
+    [[ $got -eq $((CHANGES + OTHER_OPS)) ]] ||
+        die "the stream holds $got messages; expected $CHANGES row changes + $OTHER_OPS ddl, each once"
+    # The reference consumer applies the stream into its SQLite store (not in the timed figures
+    # above; --exit-when-idle adds its 1 s of idleness at the end).
+    t0=$EPOCHREALTIME
+    "$BIN" receive --from "nats://127.0.0.1:$NATS_PORT" --nats-stream bench \
+        --state-dir "$TMP/recv-state" --exit-when-idle 1s >/dev/null 2>"$TMP/nats-consumer.err" ||
+        die "binsync receive --from nats:// failed: $(tail -5 "$TMP/nats-consumer.err")"
+    consumed=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a - 1 }')
+    applied=$("$BIN" receive dump --state-dir "$TMP/recv-state" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["stats"]["ops_received"])')
+    [[ $applied -eq $got ]] || die "binsync receive --from nats:// received $applied of $got messages"
+    stop_pid "$NATS_PID"
+    ref=$(awk -F'\t' '$1 == "binsync_http" { print $3 }' "$RES/tools.tsv")
+    pct=$(awk -v r="$ref" -v w="$WALL" 'BEGIN { printf "%.0f", (w > 0 ? 100 * r / w : 0) }')
+    NOTE="stream holds $got messages ($CHANGES row changes + $OTHER_OPS ddl, each once); throughput $pct% of binsync → sync API (receive --discard) (target ≥ 60%); receiver CPU = nats-server's (R1, file storage), its peak RSS $(mib $((hwm * 1024))) MiB; then \`binsync receive --from nats://\` applied the $applied messages into SQLite in $consumed s"
+    rm -rf "$TMP/nats" "$TMP/recv-state"
+}
+
 measure raw 'mariadb-binlog --raw (transfer only)' run_raw
 measure decode 'mariadb-binlog -v --base64-output=DECODE-ROWS' run_decode
 measure pyrepl 'python-mysql-replication (count rows)' run_pyrepl
 measure binsync_file 'binsync → file' run_binsync_file
 measure binsync_http 'binsync → sync API (receive --discard)' run_binsync_http discard
 measure binsync_http_store 'binsync → sync API (storing receiver)' run_binsync_http store
+measure binsync_nats 'binsync → NATS JetStream (R1, file storage)' run_binsync_nats
 
 # --- latency ------------------------------------------------------------------------------------
 # A writer commits bench.live rows at a steady rate (200 transactions/s: rate/200 rows each);

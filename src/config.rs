@@ -133,6 +133,49 @@ pub struct ReceiveArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Consume binsync's JetStream stream instead of serving HTTP: nats://HOST:PORT (or
+    /// tls://), several servers of a cluster comma-separated. Credentials from the environment:
+    /// BINSYNC_NATS_TOKEN, or BINSYNC_NATS_USER and BINSYNC_NATS_PASSWORD, or BINSYNC_NATS_CREDS.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["listen", "auth_header_env", "fault_rate", "reject_containing", "discard", "max_body_bytes", "tls_cert", "tls_key"])]
+    pub from: Option<String>,
+    /// With --from: the stream binsync publishes into.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "binsync",
+        requires = "from"
+    )]
+    pub nats_stream: String,
+    /// With --from: the subjects' prefix (messages are on PREFIX.<entity>.<partition>).
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "binsync",
+        requires = "from"
+    )]
+    pub nats_subject_prefix: String,
+    /// With --from: the durable consumer keeping this receiver's position (one per receiver).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "binsync-receive",
+        requires = "from"
+    )]
+    pub durable: String,
+    /// With --from: read only these subjects, e.g. binsync.*.0 (partition 0 of every entity:
+    /// one member of a consumer group). Default: PREFIX.>.
+    #[arg(long, value_name = "SUBJECT", requires = "from")]
+    pub filter: Option<String>,
+    /// With --from: a PEM CA for the NATS servers' certificates (TLS is then required).
+    #[arg(long, value_name = "FILE", requires = "from")]
+    pub nats_ca: Option<PathBuf>,
+    /// With --from: the most messages applied in one transaction.
+    #[arg(long, value_name = "N", default_value_t = binsync_receiver::DEFAULT_NATS_BATCH, requires = "from")]
+    pub nats_batch: usize,
+    /// With --from: exit (0) once no message came for this long and everything is applied
+    /// and acknowledged (tests, benchmarks). Default: run until SIGINT/SIGTERM.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "from")]
+    pub exit_when_idle: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1090,6 +1133,8 @@ pub enum ReceiveSettings {
     Serve(Box<binsync_receiver::ReceiveOptions>),
     /// Print the stored state of this directory.
     Dump(PathBuf),
+    /// Consume a JetStream stream (`--from nats://...`).
+    Consume(Box<binsync_receiver::StreamOptions>),
 }
 
 impl ReceiveSettings {
@@ -1103,6 +1148,27 @@ impl ReceiveSettings {
         };
         if let Some(ReceiveAction::Dump) = args.action {
             return Ok(ReceiveSettings::Dump(need_dir()?));
+        }
+        if let Some(from) = &args.from {
+            return Ok(ReceiveSettings::Consume(Box::new(
+                binsync_receiver::StreamOptions {
+                    servers: nats_servers(from)?,
+                    stream: args.nats_stream.clone(),
+                    subject_prefix: args.nats_subject_prefix.clone(),
+                    durable: args.durable.clone(),
+                    filter: args.filter.clone(),
+                    state_dir: args.state_dir.clone().ok_or_else(|| {
+                        ConfigError(
+                            "no --state-dir: name the directory of the store the stream is applied into"
+                                .into(),
+                        )
+                    })?,
+                    batch: args.nats_batch,
+                    exit_when_idle: args.exit_when_idle,
+                    ca: args.nats_ca.clone(),
+                    credentials: nats_credentials(|v| std::env::var(v).ok())?,
+                },
+            )));
         }
         let auth = match &args.auth_header_env {
             Some(var) => Some(std::env::var(var).map_err(|_| {
@@ -1144,6 +1210,65 @@ impl ReceiveSettings {
             },
         )))
     }
+}
+
+/// `receive --from`: `nats://h1:p1,h2:p2` (or `tls://`) as one address per server.
+fn nats_servers(text: &str) -> Result<Vec<String>, ConfigError> {
+    let (scheme, rest) = text
+        .split_once("://")
+        .filter(|(s, _)| matches!(*s, "nats" | "tls"))
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "--from `{text}`: write nats://HOST:PORT (or tls://HOST:PORT), several servers comma-separated"
+            ))
+        })?;
+    let servers: Vec<String> = rest
+        .split(',')
+        .map(|h| {
+            let h = h.trim();
+            let h = h.strip_prefix(&format!("{scheme}://")).unwrap_or(h);
+            format!("{scheme}://{h}")
+        })
+        .collect();
+    if rest.split(',').any(|h| h.trim().is_empty()) {
+        return Err(ConfigError(format!(
+            "--from `{text}`: an empty server address; write nats://HOST:PORT[,HOST:PORT...]"
+        )));
+    }
+    Ok(servers)
+}
+
+/// NATS credentials from the environment (never from flags: they would show in `ps`).
+fn nats_credentials(
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<binsync_receiver::NatsCredentials, ConfigError> {
+    use binsync_receiver::NatsCredentials as C;
+    let token = env("BINSYNC_NATS_TOKEN").filter(|v| !v.is_empty());
+    let user = env("BINSYNC_NATS_USER").filter(|v| !v.is_empty());
+    let password = env("BINSYNC_NATS_PASSWORD");
+    let creds = env("BINSYNC_NATS_CREDS").filter(|v| !v.is_empty());
+    let set = [token.is_some(), user.is_some(), creds.is_some()];
+    if set.iter().filter(|s| **s).count() > 1 {
+        return Err(ConfigError(
+            "several NATS credentials in the environment: set one of BINSYNC_NATS_TOKEN, BINSYNC_NATS_USER (with BINSYNC_NATS_PASSWORD) or BINSYNC_NATS_CREDS".into(),
+        ));
+    }
+    Ok(match (token, user, password, creds) {
+        (Some(t), ..) => C::Token(t),
+        (_, Some(u), Some(p), _) => C::UserPassword(u, p),
+        (_, Some(_), None, _) => {
+            return Err(ConfigError(
+                "BINSYNC_NATS_USER is set without BINSYNC_NATS_PASSWORD; export both".into(),
+            ))
+        }
+        (.., Some(path)) => C::CredsFile(PathBuf::from(path)),
+        (_, _, Some(_), _) => {
+            return Err(ConfigError(
+                "BINSYNC_NATS_PASSWORD is set without BINSYNC_NATS_USER; export both".into(),
+            ))
+        }
+        _ => C::None,
+    })
 }
 
 /// The NATS sink's settings when `sink` is one; its flags refused with any other sink.
@@ -1303,6 +1428,58 @@ pub fn http_config(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn receive_from_names_every_server_with_its_scheme() {
+        assert_eq!(
+            super::nats_servers("nats://a:4222,b:4223").unwrap(),
+            ["nats://a:4222", "nats://b:4223"]
+        );
+        assert_eq!(
+            super::nats_servers("tls://a:1,tls://b:2").unwrap(),
+            ["tls://a:1", "tls://b:2"]
+        );
+        for bad in ["a:4222", "http://a:1", "nats://a:1,,b:2", "nats://"] {
+            assert!(super::nats_servers(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nats_credentials_come_from_one_source_in_the_environment() {
+        use binsync_receiver::NatsCredentials as C;
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert!(matches!(
+            super::nats_credentials(env(&[])).unwrap(),
+            C::None
+        ));
+        assert!(matches!(
+            super::nats_credentials(env(&[("BINSYNC_NATS_TOKEN", "t")])).unwrap(),
+            C::Token(t) if t == "t"
+        ));
+        assert!(matches!(
+            super::nats_credentials(env(&[("BINSYNC_NATS_USER", "u"), ("BINSYNC_NATS_PASSWORD", "p")])).unwrap(),
+            C::UserPassword(u, p) if u == "u" && p == "p"
+        ));
+        assert!(matches!(
+            super::nats_credentials(env(&[("BINSYNC_NATS_CREDS", "/x.creds")])).unwrap(),
+            C::CredsFile(_)
+        ));
+        for bad in [
+            &[("BINSYNC_NATS_USER", "u")][..],
+            &[("BINSYNC_NATS_PASSWORD", "p")][..],
+            &[("BINSYNC_NATS_TOKEN", "t"), ("BINSYNC_NATS_CREDS", "/x")][..],
+        ] {
+            let bad: &'static [(&'static str, &'static str)] = bad;
+            assert!(super::nats_credentials(env(bad)).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
     use clap::CommandFactory;
 

@@ -121,6 +121,10 @@ async fn dispatch(command: Command, file: FileConfig) -> anyhow::Result<ExitCode
                 binsync_receiver::serve(*opts, shutdown_signal()).await?;
                 Ok(ExitCode::SUCCESS)
             }
+            ReceiveSettings::Consume(opts) => {
+                binsync_receiver::consume(*opts, shutdown_signal()).await?;
+                Ok(ExitCode::SUCCESS)
+            }
         },
         Command::Dlq(args) => {
             let dir = args

@@ -330,7 +330,8 @@ def cmd_report(args):
         out.append("")
         out.append(
             "CPU s: user + system time of the timed process and its children. Receiver CPU s: user + "
-            "system time of the `binsync receive` process serving that run, beside binsync's own: "
+            "system time of the `binsync receive` process serving that run (for the JetStream row: of "
+            "nats-server, which stores the stream), beside binsync's own: "
             "both share the machine's cores (with the server). "
             "Last column: above 1.0x, binsync into the sync API (`binsync receive --discard`) "
             "finishes that many times sooner than the tool; below 1.0x, later."

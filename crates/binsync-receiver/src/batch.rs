@@ -265,6 +265,40 @@ pub fn parse<'a>(body: &'a [u8], idempotency_key: Option<&str>) -> Result<Batch<
     })
 }
 
+/// Parses and checks one operation on its own, as a JetStream message carries it (the
+/// payload is exactly one operation object of a body at contract `version`): the same checks
+/// as an operation in a body, without the envelope's. Gives the operation's entity type (its
+/// `entity`) with it.
+pub fn parse_op(text: &[u8], version: u64) -> Result<(Cow<'_, str>, Op<'_>), Invalid> {
+    let text = std::str::from_utf8(text)
+        .map_err(|e| Invalid(format!("the operation is not UTF-8 text: {e}")))?;
+    if !starts_object(text.as_bytes()) {
+        return Err(Invalid(
+            "the operation is not a JSON object (not a binsync operation)".into(),
+        ));
+    }
+    // An operation sits at depth 4 of a body: the same limit on what it may nest below it.
+    check_depth(text.as_bytes(), crate::DEFAULT_MAX_DEPTH - 3)?;
+    let wire: OpWire<'_> =
+        serde_json::from_str(text).map_err(|e| not_a_batch("the operation", &e))?;
+    if wire.seq == 0 || wire.seq > MAX_STORED_SEQ {
+        return Err(Invalid(format!(
+            "seq {} is outside 1..={MAX_STORED_SEQ} (the seqs this receiver stores)",
+            wire.seq
+        )));
+    }
+    if wire.entity.is_empty() || wire.entity.contains('\0') {
+        return Err(Invalid(format!(
+            "entity type name {:?} is empty or holds a NUL character",
+            wire.entity
+        )));
+    }
+    let entity = wire.entity.clone();
+    let op = check_op(wire, text, &entity, version, 1, MAX_STORED_SEQ)
+        .map_err(|m| Invalid(format!("the operation (seq {}): {m}", seq_hint(text))))?;
+    Ok((entity, op))
+}
+
 fn check_op<'a>(
     w: OpWire<'a>,
     text: &'a str,
@@ -892,6 +926,49 @@ mod tests {
             op(3, "delete", 1),
         ]);
         assert_eq!(parse_value(&b).unwrap(), 3);
+    }
+
+    /// One operation on its own (a JetStream message's payload): the checks of an operation
+    /// in a body, against the message's contract version.
+    #[test]
+    fn a_single_operation_is_checked_as_in_a_body() {
+        let text = serde_json::to_vec(&op(7, "update", 3)).unwrap();
+        let (entity, parsed) = parse_op(&text, 1).unwrap();
+        assert_eq!(
+            (&*entity, parsed.seq, &*parsed.id),
+            ("products", 7, "{\"id\":3}")
+        );
+        let refused = |text: &[u8], version: u64, needle: &str| {
+            let err = parse_op(text, version).err().expect("must be refused");
+            assert!(err.0.contains(needle), "`{err}` should mention `{needle}`");
+        };
+        refused(&text[..20], 1, "not valid JSON");
+        refused(b"[1]", 1, "not a JSON object");
+        let mut no_seq = op(7, "insert", 3);
+        no_seq.as_object_mut().unwrap().remove("seq");
+        refused(
+            &serde_json::to_vec(&no_seq).unwrap(),
+            1,
+            "missing field `seq`",
+        );
+        refused(
+            &serde_json::to_vec(&op(0, "insert", 3)).unwrap(),
+            1,
+            "seq 0 is outside",
+        );
+        let mut read = op(8, "insert", 3);
+        read["op"] = "read".into();
+        read.as_object_mut().unwrap().remove("row");
+        let read = serde_json::to_vec(&read).unwrap();
+        refused(&read, 2, "needs contract version 3");
+        assert!(parse_op(&read, 3).is_ok());
+        let mut unknown = op(9, "insert", 3);
+        unknown["extra"] = 1.into();
+        refused(
+            &serde_json::to_vec(&unknown).unwrap(),
+            1,
+            "unknown field `extra`",
+        );
     }
 
     #[test]

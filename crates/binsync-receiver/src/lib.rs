@@ -16,6 +16,8 @@
 //!   graceful shutdown.
 //! - `tls`: https (`tls`): the certificate and key, read before anything binds.
 //! - `discard`: `--discard` mode's body check: serde_json over the whole body, envelope only.
+//! - `jetstream`: `receive --from nats://...` ([`consume`]): a durable pull consumer of the
+//!   JetStream sink's stream, applying each message's operation into the same store.
 //!
 //! Invariants:
 //! - A 2xx answer means the whole batch is applied and committed to disk in one transaction
@@ -46,6 +48,7 @@
 
 mod batch;
 mod discard;
+mod jetstream;
 mod server;
 mod store;
 mod tls;
@@ -60,6 +63,8 @@ use std::str::FromStr;
 use tokio::net::TcpListener;
 
 use crate::store::Store;
+
+pub use crate::jetstream::subject_token;
 
 /// The store's schema and its apply rule as SQL statements (docs/sync-api.md quotes them):
 /// the part of this receiver to copy into a service's own database.
@@ -190,6 +195,129 @@ impl fmt::Debug for ReceiveOptions {
     }
 }
 
+/// Default of `--nats-batch`: the most messages applied in one transaction.
+pub const DEFAULT_NATS_BATCH: usize = 1000;
+/// The highest `--nats-batch`.
+pub const MAX_NATS_BATCH: usize = 10_000;
+
+/// How `binsync receive --from nats://...` runs ([`consume`]).
+#[derive(Clone)]
+pub struct StreamOptions {
+    /// `nats://HOST:PORT` or `tls://HOST:PORT`, one per server of the cluster.
+    pub servers: Vec<String>,
+    /// The JetStream stream binsync publishes into.
+    pub stream: String,
+    /// The subjects' first token(s): messages are on `PREFIX.<entity>.<partition>`.
+    pub subject_prefix: String,
+    /// The durable consumer's name: it keeps this receiver's position in the stream.
+    pub durable: String,
+    /// Only these subjects (a consumer group member's partitions, e.g. `binsync.*.0`);
+    /// None: `PREFIX.>`.
+    pub filter: Option<String>,
+    /// The receiver's own store, as for the HTTP receiver.
+    pub state_dir: PathBuf,
+    /// The most messages fetched and applied in one transaction.
+    pub batch: usize,
+    /// Exit 0 once no message came for this long and the durable has nothing left to deliver
+    /// or unacknowledged (tests, benchmarks). None: run until stopped.
+    pub exit_when_idle: Option<std::time::Duration>,
+    /// A custom CA for the servers' certificates (TLS is then required).
+    pub ca: Option<PathBuf>,
+    pub credentials: NatsCredentials,
+}
+
+/// How the consumer authenticates to NATS (from the environment: `BINSYNC_NATS_TOKEN`,
+/// `BINSYNC_NATS_USER` and `BINSYNC_NATS_PASSWORD`, or `BINSYNC_NATS_CREDS`).
+#[derive(Clone)]
+pub enum NatsCredentials {
+    None,
+    Token(String),
+    UserPassword(String, String),
+    CredsFile(PathBuf),
+}
+
+/// Never prints a secret.
+impl fmt::Debug for NatsCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NatsCredentials::None => f.write_str("None"),
+            NatsCredentials::Token(_) => f.write_str("Token(<redacted>)"),
+            NatsCredentials::UserPassword(u, _) => write!(f, "UserPassword({u:?}, <redacted>)"),
+            NatsCredentials::CredsFile(p) => write!(f, "CredsFile({p:?})"),
+        }
+    }
+}
+
+impl fmt::Debug for StreamOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamOptions")
+            .field("servers", &self.servers)
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("durable", &self.durable)
+            .field("filter", &self.filter)
+            .field("state_dir", &self.state_dir)
+            .field("batch", &self.batch)
+            .field("exit_when_idle", &self.exit_when_idle)
+            .field("ca", &self.ca)
+            .field("credentials", &self.credentials)
+            .finish()
+    }
+}
+
+impl StreamOptions {
+    /// Checked once, before anything opens.
+    fn validate(&self) -> Result<(), ReceiveError> {
+        let bad = |m: String| Err(ReceiveError::Options(m));
+        if self.servers.is_empty() {
+            return bad("--from names no NATS server (write nats://HOST:PORT)".into());
+        }
+        let plain_name = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if !plain_name(&self.stream) {
+            return bad(format!(
+                "--nats-stream `{}`: a stream name is letters, digits, `_` and `-`",
+                self.stream
+            ));
+        }
+        if !plain_name(&self.durable) {
+            return bad(format!(
+                "--durable `{}`: a durable name is letters, digits, `_` and `-`",
+                self.durable
+            ));
+        }
+        let p = &self.subject_prefix;
+        if p.is_empty()
+            || p.split('.')
+                .any(|t| t.is_empty() || t.contains(['*', '>']) || t.contains(char::is_whitespace))
+        {
+            return bad(format!(
+                "--nats-subject-prefix `{p}`: write one or more subject tokens without wildcards or spaces (e.g. binsync or cdc.prod)"
+            ));
+        }
+        if let Some(f) = &self.filter {
+            let under = f
+                .strip_prefix(p.as_str())
+                .and_then(|r| r.strip_prefix('.'))
+                .is_some_and(|r| !r.is_empty());
+            if !under || f.contains(char::is_whitespace) {
+                return bad(format!(
+                    "--filter `{f}` is not a subject under `{p}.` (e.g. {p}.*.0 for partition 0 of every entity, {p}.orders.> for one entity)"
+                ));
+            }
+        }
+        if !(1..=MAX_NATS_BATCH).contains(&self.batch) {
+            return bad(format!(
+                "--nats-batch must be between 1 and {MAX_NATS_BATCH}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// An injected failure, standing in for a sick receiver or network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -260,6 +388,15 @@ pub enum ReceiveError {
     Write { dir: PathBuf, detail: String },
     #[error("{0}")]
     Options(String),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("stream {stream} message {seq} on {subject} is not a valid binsync operation: {detail}; the receiver stops before it (the messages before it are applied and acknowledged, it is not): fix the publisher, or remove the message (`nats stream rmm {stream} {seq}`) and start the receiver again")]
+    Malformed {
+        stream: String,
+        seq: u64,
+        subject: String,
+        detail: String,
+    },
     #[error("cannot print the `listening on` line to stdout: {0}")]
     Stdout(std::io::Error),
     #[error("internal: {0}")]
@@ -308,6 +445,16 @@ pub async fn run(
     let tls = tls::acceptor(opts.tls.as_ref())?;
     let store = open_store(&opts).await?;
     server::run(listener, opts, tls, store, shutdown).await
+}
+
+/// Consumes a JetStream stream of binsync's NATS sink into the store in `opts.state_dir`
+/// until `shutdown` resolves (or, with `exit_when_idle`, the stream is drained). Prints one
+/// line `consuming stream NAME subjects SUBJECTS as durable NAME` to stdout once attached.
+pub async fn consume(
+    opts: StreamOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ReceiveError> {
+    jetstream::consume(opts, shutdown).await
 }
 
 /// Reads the stored state (the receiver must be stopped: it locks the dir) as the JSON printed

@@ -217,7 +217,8 @@ pub struct Stats {
     pub batches: u64,
     /// Of those, re-sends of a batch already applied (same batch_id and body).
     pub batches_duplicate: u64,
-    /// Operations in batches answered 2xx.
+    /// Operations in batches answered 2xx, and messages applied from a JetStream stream
+    /// (`receive --from nats://`; `batches` stays 0 there).
     pub ops_received: u64,
     /// Operations that changed the state.
     pub ops_applied: u64,
@@ -463,6 +464,62 @@ impl Store {
         tx.commit().map_err(db)?;
         *stats = next;
         Ok(result)
+    }
+
+    /// Applies operations that came one by one (a JetStream stream's messages), in one
+    /// transaction with the counters, and commits it (durably); blocking (call off the async
+    /// threads). Unlike [`Store::apply`] no batch is recorded: the per-entity `seq` alone makes
+    /// a redelivery harmless. `pin` is a `meta` entry written in the same transaction if not
+    /// there yet (the stream's source, see [`Store::meta`]). On an error nothing is applied.
+    pub fn apply_ops(
+        &self,
+        ops: &[(&str, &Op<'_>)],
+        pin: Option<(&str, &str)>,
+    ) -> Result<Applied, ReceiveError> {
+        let Some(conn) = &self.conn else {
+            self.count(|s| s.ops_received += ops.len() as u64);
+            return Ok(Applied::default());
+        };
+        let db = |e| db_error(&self.dir, e);
+        let mut conn = lock(conn);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let mut result = Applied::default();
+        for (entity, op) in ops {
+            if apply_op(&tx, entity, op).map_err(db)? {
+                result.applied += 1;
+            } else {
+                result.stale += 1;
+            }
+        }
+        if let Some((key, value)) = pin {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                [key, value],
+            )
+            .map_err(db)?;
+        }
+        let mut stats = lock(&self.stats);
+        let mut next = stats.clone();
+        next.ops_received += ops.len() as u64;
+        next.ops_applied += result.applied;
+        next.ops_stale += result.stale;
+        tx.execute(SAVE_STATS, [stats_json(&next)]).map_err(db)?;
+        tx.commit().map_err(db)?;
+        *stats = next;
+        Ok(result)
+    }
+
+    /// A `meta` entry other than `format` and `stats` (None in `discard` mode).
+    pub fn meta(&self, key: &str) -> Result<Option<String>, ReceiveError> {
+        let Some(conn) = &self.conn else {
+            return Ok(None);
+        };
+        lock(conn)
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| db_error(&self.dir, e))
     }
 
     /// Writes the counters (those changed outside batches since the last one).
