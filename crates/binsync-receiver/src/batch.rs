@@ -939,7 +939,7 @@ mod tests {
             ("products", 7, "{\"id\":3}")
         );
         let refused = |text: &[u8], version: u64, needle: &str| {
-            let err = parse_op(text, version).err().expect("must be refused");
+            let err = parse_op(text, version).expect_err("must be refused");
             assert!(err.0.contains(needle), "`{err}` should mention `{needle}`");
         };
         refused(&text[..20], 1, "not valid JSON");
