@@ -195,6 +195,7 @@ pub async fn run(
     let source_id = source_id(&cfg, &store, default_source_id).await?;
     tracing::info!(sink = %cfg, source_id = %source_id, partitions = cfg.partitions, "publishing to NATS JetStream");
     publish::Publisher::new(cfg, client, js, source_id, store, shutdown)
+        .await?
         .run(rx, acks)
         .await
 }

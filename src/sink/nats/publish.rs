@@ -1,6 +1,12 @@
 //! The JetStream sink's publishing loop: one message per operation, pipelined with at most
 //! `max_in_flight` acks outstanding, retried with the same id until acknowledged.
 //!
+//! Publishes are plain core-NATS publishes with a reply subject `<inbox>.<n>` (`n` counts
+//! sends), and every PubAck comes back on one wildcard subscription `<inbox>.*`, as the Go
+//! client's async publish does: no future, timer or inbox per message. The window is refilled
+//! in halves (when at most `max_in_flight / 2` are outstanding), so that publishes leave and
+//! acks come back in large writes instead of one message per ack.
+//!
 //! Invariants:
 //! - An operation's piece in the [`Ledger`] is done only on its PubAck (`duplicate` too), or
 //!   when a scan found it in the stream: never on a send alone.
@@ -19,11 +25,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
-use async_nats::HeaderMap;
+use async_nats::header::{HeaderName, HeaderValue, NATS_MESSAGE_ID};
+use async_nats::jetstream;
+use async_nats::{HeaderMap, StatusCode, Subject};
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
@@ -43,8 +48,9 @@ struct Msg {
     chunk: u64,
     seq: u64,
     entity: Arc<str>,
-    subject: String,
-    headers: HeaderMap,
+    subject: Subject,
+    /// The binlog position after the chunk (shared by its operations).
+    position: Option<Arc<str>>,
     payload: Bytes,
     /// The highest stream sequence known when it was first sent: it lands above (None: not
     /// sent yet).
@@ -59,15 +65,73 @@ enum Failure {
     Full(String),
 }
 
-type InFlight = BoxFuture<
-    'static,
-    (
-        Msg,
-        Result<jetstream::publish::PublishAck, String>,
-        Option<PublishErrorKind>,
-        Option<(u64, String)>,
-    ),
->;
+/// A publish's answer: the stream sequence it is stored at (duplicate or not), or why not
+/// (the JetStream API error's code and description when the stream gave one).
+type Answer = Result<u64, (String, Option<(u64, String)>)>;
+
+/// Sent messages awaiting their acks, in send order: slot `i` holds send number `first + i`
+/// (None once settled; settled slots at the front are dropped at once).
+#[derive(Default)]
+struct Window {
+    slots: VecDeque<Option<(Msg, Instant)>>,
+    first: u64,
+    /// Messages awaiting an ack.
+    live: usize,
+}
+
+impl Window {
+    fn push(&mut self, number: u64, m: Msg, deadline: Instant) {
+        if self.slots.is_empty() {
+            self.first = number;
+        }
+        debug_assert_eq!(number, self.first + self.slots.len() as u64);
+        self.slots.push_back(Some((m, deadline)));
+        self.live += 1;
+    }
+
+    /// The message sent as `number`, if it still awaits its ack.
+    fn take(&mut self, number: u64) -> Option<Msg> {
+        let i = usize::try_from(number.checked_sub(self.first)?).ok()?;
+        let (m, _) = self.slots.get_mut(i)?.take()?;
+        self.live -= 1;
+        self.trim();
+        Some(m)
+    }
+
+    /// The oldest message awaiting its ack, once its deadline has passed.
+    fn expired(&mut self, now: Instant) -> Option<Msg> {
+        match self.slots.front() {
+            Some(Some((_, deadline))) if *deadline <= now => {}
+            _ => return None,
+        }
+        let (m, _) = self.slots.pop_front().flatten()?;
+        self.first += 1;
+        self.live -= 1;
+        self.trim();
+        Some(m)
+    }
+
+    /// When the oldest message awaiting its ack times out.
+    fn deadline(&self) -> Option<Instant> {
+        self.slots.front().and_then(|s| s.as_ref().map(|(_, d)| *d))
+    }
+
+    fn trim(&mut self) {
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.first += 1;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+}
+
+const SOURCE_HEADER: HeaderName = HeaderName::from_static("Binsync-Source");
+const SEQ_HEADER: HeaderName = HeaderName::from_static("Binsync-Seq");
+const POSITION_HEADER: HeaderName = HeaderName::from_static("Binsync-Position");
+const CONTRACT_HEADER: HeaderName = HeaderName::from_static("Binsync-Contract");
 
 pub(super) struct Publisher {
     cfg: NatsConfig,
@@ -79,7 +143,13 @@ pub(super) struct Publisher {
     ledger: Ledger,
     floors: Floors,
     queue: VecDeque<Msg>,
-    in_flight: FuturesUnordered<InFlight>,
+    in_flight: Window,
+    /// PubAcks and errors for every publish: `<inbox>.<send number>`.
+    answers: async_nats::Subscriber,
+    inbox: String,
+    sends: u64,
+    /// Subjects built so far, per entity and partition.
+    subjects: HashMap<(Arc<str>, u32), Subject>,
     failed: Vec<(Msg, Failure)>,
     /// Seqs beyond the checkpoint found in the stream at start, not yet met: stream sequence.
     skip: HashMap<u64, u64>,
@@ -94,15 +164,26 @@ pub(super) struct Publisher {
 }
 
 impl Publisher {
-    pub(super) fn new(
+    pub(super) async fn new(
         cfg: NatsConfig,
         client: async_nats::Client,
         js: jetstream::Context,
         source: String,
         store: Store,
         shutdown: Shutdown,
-    ) -> Publisher {
-        Publisher {
+    ) -> Result<Publisher, SinkError> {
+        let inbox = client.new_inbox();
+        // Subscribed before the first publish: the server handles a connection's commands in
+        // order, and the client subscribes again after a reconnect.
+        let answers =
+            client
+                .subscribe(format!("{inbox}.*"))
+                .await
+                .map_err(|e| SinkError::NatsConnect {
+                    servers: cfg.url.clone(),
+                    detail: format!("subscribing to the publish acknowledgements: {e}"),
+                })?;
+        Ok(Publisher {
             cfg,
             client,
             js,
@@ -112,7 +193,11 @@ impl Publisher {
             ledger: Ledger::new(),
             floors: Floors::default(),
             queue: VecDeque::new(),
-            in_flight: FuturesUnordered::new(),
+            in_flight: Window::default(),
+            answers,
+            inbox,
+            sends: 0,
+            subjects: HashMap::new(),
             failed: Vec::new(),
             skip: HashMap::new(),
             outage: None,
@@ -120,7 +205,7 @@ impl Publisher {
             full_backoff: Backoff::new(),
             fatal: None,
             drain_queue: false,
-        }
+        })
     }
 
     pub(super) async fn run(
@@ -157,12 +242,16 @@ impl Publisher {
                 continue;
             }
             let sending = self.failed.is_empty() && (self.fatal.is_none() || self.drain_queue);
-            while sending && self.in_flight.len() < max {
+            // Slots, settled or not, bound the window: memory stays bounded if the oldest ack
+            // is late.
+            let refill = self.in_flight.slots.len() <= max / 2;
+            while sending && refill && self.in_flight.slots.len() < max {
                 let Some(m) = self.queue.pop_front() else {
                     break;
                 };
                 self.send(m).await;
             }
+            let deadline = self.in_flight.deadline();
             let take = input_open
                 && self.failed.is_empty()
                 && self.fatal.is_none()
@@ -172,8 +261,24 @@ impl Publisher {
                     Some(chunk) => self.take(chunk),
                     None => input_open = false,
                 },
-                Some((msg, res, kind, js_err)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    self.settle(msg, res, kind, js_err);
+                answer = self.answers.next(), if !self.in_flight.is_empty() => {
+                    let Some(answer) = answer else {
+                        return Err(SinkError::NatsConnect {
+                            servers: self.cfg.url.clone(),
+                            detail: "the NATS client closed the acknowledgement subscription".into(),
+                        });
+                    };
+                    self.answer(answer);
+                    // Whatever else has arrived, before refilling the window.
+                    while let Some(Some(answer)) = self.answers.next().now_or_never() {
+                        self.answer(answer);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+                    let now = Instant::now();
+                    while let Some(m) = self.in_flight.expired(now) {
+                        self.settle(m, Err((format!("no acknowledgement within {}", crate::units::duration(super::ACK_TIMEOUT)), None)));
+                    }
                 }
                 else => {
                     if self.fatal.is_none() && self.queue.is_empty() && !input_open {
@@ -252,7 +357,7 @@ impl Publisher {
     fn take(&mut self, mut chunk: Chunk) {
         let ticket = self.ledger.register(Mark::of(&chunk), chunk.changes.len());
         let number = self.floors.register();
-        let position = chunk.position.as_ref().map(|p| p.to_string());
+        let position: Option<Arc<str>> = chunk.position.as_ref().map(|p| p.to_string().into());
         let buf = Bytes::from(std::mem::take(&mut chunk.buf));
         let max_payload = self.client.max_payload();
         for c in &chunk.changes {
@@ -263,24 +368,17 @@ impl Publisher {
             }
             let payload = buf.slice(c.line.clone());
             let key = &buf[c.key.clone()];
-            let token = subject::escape_token(&c.entity);
-            let subject = subject::subject(
-                &self.cfg.prefix,
-                &token,
-                subject::partition(key, self.cfg.partitions),
-            );
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                format!("{}:{}", self.source, c.seq).as_str(),
-            );
-            headers.insert("Binsync-Source", &*self.source);
-            headers.insert("Binsync-Seq", c.seq.to_string().as_str());
-            if let Some(p) = &position {
-                headers.insert("Binsync-Position", p.as_str());
-            }
-            headers.insert("Binsync-Contract", super::CONTRACT);
-            let size = wire_len(&headers) + payload.len();
+            let partition = subject::partition(key, self.cfg.partitions);
+            let prefix = &self.cfg.prefix;
+            let subject = self
+                .subjects
+                .entry((c.entity.clone(), partition))
+                .or_insert_with(|| {
+                    let token = subject::escape_token(&c.entity);
+                    subject::subject(prefix, &token, partition).into()
+                })
+                .clone();
+            let size = header_len(&self.source, c.seq, position.as_deref()) + payload.len();
             if size > max_payload {
                 self.ledger.fail(ticket);
                 let e = SinkError::NatsTooLarge {
@@ -298,7 +396,7 @@ impl Publisher {
                 seq: c.seq,
                 entity: c.entity.clone(),
                 subject,
-                headers,
+                position: position.clone(),
                 payload,
                 floor: None,
             });
@@ -321,61 +419,72 @@ impl Publisher {
             m.floor = Some(floor);
             self.floors.lower(m.chunk, floor);
         }
-        let publish = PublishMessage::build()
-            .payload(m.payload.clone())
-            .headers(m.headers.clone());
-        match self.js.send_publish(m.subject.clone(), publish).await {
-            Ok(ack) => self.in_flight.push(
-                async move {
-                    match ack.await {
-                        Ok(a) => (m, Ok(a), None, None),
-                        Err(e) => {
-                            let js = js_error(&e);
-                            let kind = e.kind();
-                            (m, Err(super::error_chain(&e)), Some(kind), js)
-                        }
-                    }
-                }
-                .boxed(),
-            ),
-            Err(e) => {
-                let js = js_error(&e);
-                let kind = e.kind();
-                let detail = super::error_chain(&e);
+        let number = self.sends;
+        let reply = format!("{}.{number}", self.inbox);
+        let headers = headers(&self.source, m.seq, m.position.as_deref());
+        match self
+            .client
+            .publish_with_reply_and_headers(m.subject.clone(), reply, headers, m.payload.clone())
+            .await
+        {
+            Ok(()) => {
+                self.sends += 1;
                 self.in_flight
-                    .push(async move { (m, Err(detail), Some(kind), js) }.boxed());
+                    .push(number, m, Instant::now() + super::ACK_TIMEOUT);
             }
+            Err(e) if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                self.too_large(m)
+            }
+            Err(e) => self.settle(m, Err((super::error_chain(&e), None))),
         }
     }
 
+    /// An answer on the acknowledgement subscription.
+    fn answer(&mut self, reply: async_nats::Message) {
+        let number = reply
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok());
+        // Not (or no longer) awaited: a late answer of a publish that timed out; the scan
+        // after the timeout decides about that message.
+        let Some(m) = number.and_then(|n| self.in_flight.take(n)) else {
+            return;
+        };
+        let answer = if reply.status == Some(StatusCode::NO_RESPONDERS) {
+            Err((
+                format!("no stream listens on {} (no responders)", m.subject),
+                None,
+            ))
+        } else {
+            parse_answer(&reply.payload)
+        };
+        self.settle(m, answer);
+    }
+
+    /// `m` is larger than the server's max_payload: a definite error.
+    fn too_large(&mut self, m: Msg) {
+        self.ledger.fail(m.ticket);
+        let e = SinkError::NatsTooLarge {
+            seq: m.seq,
+            entity: m.entity.to_string(),
+            size: header_len(&self.source, m.seq, m.position.as_deref()) + m.payload.len(),
+            max_payload: self.client.max_payload(),
+        };
+        self.stop_with(e, false);
+    }
+
     /// A publish settled.
-    fn settle(
-        &mut self,
-        m: Msg,
-        res: Result<jetstream::publish::PublishAck, String>,
-        kind: Option<PublishErrorKind>,
-        js: Option<(u64, String)>,
-    ) {
-        let detail = match res {
-            Ok(ack) => {
-                self.floors.stored(ack.sequence);
+    fn settle(&mut self, m: Msg, answer: Answer) {
+        let (detail, js) = match answer {
+            Ok(stream_seq) => {
+                self.floors.stored(stream_seq);
                 self.ledger.done(m.ticket, 1);
                 self.healed();
                 return;
             }
-            Err(d) => d,
+            Err(e) => e,
         };
-        if kind == Some(PublishErrorKind::MaxPayloadExceeded) {
-            self.ledger.fail(m.ticket);
-            let e = SinkError::NatsTooLarge {
-                seq: m.seq,
-                entity: m.entity.to_string(),
-                size: wire_len(&m.headers) + m.payload.len(),
-                max_payload: self.client.max_payload(),
-            };
-            self.stop_with(e, false);
-            return;
-        }
         let failure = match js {
             Some((code, desc)) if is_full(code, &desc) => Failure::Full(desc),
             Some((code, desc)) if is_definite(code) => {
@@ -579,16 +688,35 @@ impl Floors {
     }
 }
 
-/// The JetStream API error in a publish error, if the stream answered with one.
-fn js_error(e: &jetstream::context::PublishError) -> Option<(u64, String)> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(inner) = cur {
-        if let Some(j) = inner.downcast_ref::<jetstream::Error>() {
-            return Some((j.error_code().0, j.to_string()));
-        }
-        cur = inner.source();
+/// A PubAck (`{"stream":..,"seq":N[,"duplicate":true]}`) or a JetStream API error
+/// (`{"error":{"code":503,"err_code":10077,"description":..}}`).
+fn parse_answer(payload: &[u8]) -> Answer {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        seq: Option<u64>,
+        error: Option<ApiError>,
     }
-    None
+    #[derive(serde::Deserialize)]
+    struct ApiError {
+        #[serde(default)]
+        err_code: u64,
+        #[serde(default)]
+        description: String,
+    }
+    match serde_json::from_slice::<Reply>(payload) {
+        Ok(Reply { error: Some(e), .. }) => Err((
+            format!("{} (JetStream error {})", e.description, e.err_code),
+            Some((e.err_code, e.description)),
+        )),
+        Ok(Reply { seq: Some(seq), .. }) => Ok(seq),
+        _ => Err((
+            format!(
+                "unexpected answer to a publish: {}",
+                String::from_utf8_lossy(&payload[..payload.len().min(200)])
+            ),
+            None,
+        )),
+    }
 }
 
 /// A stream at its limits with discard new (nats-server 2.9: 10077 "maximum messages
@@ -607,16 +735,35 @@ fn is_definite(code: u64) -> bool {
     code == 10054
 }
 
-/// The size of the header block on the wire (`NATS/1.0\r\n`, `Name: value\r\n`..., `\r\n`),
-/// which counts against max_payload with the payload.
-fn wire_len(h: &HeaderMap) -> usize {
-    let mut n = "NATS/1.0\r\n".len() + 2;
-    for (name, values) in h.iter() {
-        for v in values {
-            n += AsRef::<str>::as_ref(name).len() + 2 + v.as_str().len() + 2;
-        }
+/// A message's headers: Nats-Msg-Id `<source>:<seq>` (the server's duplicate window),
+/// Binsync-Source, Binsync-Seq, Binsync-Position (when known), Binsync-Contract.
+fn headers(source: &str, seq: u64, position: Option<&str>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        NATS_MESSAGE_ID,
+        HeaderValue::from(format!("{source}:{seq}")),
+    );
+    h.insert(SOURCE_HEADER, source);
+    h.insert(SEQ_HEADER, HeaderValue::from(seq.to_string()));
+    if let Some(p) = position {
+        h.insert(POSITION_HEADER, p);
     }
-    n
+    h.insert(CONTRACT_HEADER, super::CONTRACT);
+    h
+}
+
+/// The size on the wire of [`headers`]' block (`NATS/1.0\r\n`, `Name: value\r\n`..., `\r\n`),
+/// which counts against max_payload with the payload.
+fn header_len(source: &str, seq: u64, position: Option<&str>) -> usize {
+    let line = |name: &str, value: usize| name.len() + 2 + value + 2;
+    let digits = seq.checked_ilog10().unwrap_or(0) as usize + 1;
+    "NATS/1.0\r\n".len()
+        + line("Nats-Msg-Id", source.len() + 1 + digits)
+        + line("Binsync-Source", source.len())
+        + line("Binsync-Seq", digits)
+        + position.map_or(0, |p| line("Binsync-Position", p.len()))
+        + line("Binsync-Contract", super::CONTRACT.len())
+        + 2
 }
 
 #[cfg(test)]
@@ -693,10 +840,91 @@ mod tests {
 
     #[test]
     fn the_header_block_size_counts_every_line() {
-        let mut h = HeaderMap::new();
-        assert_eq!(wire_len(&h), 12);
-        h.insert("Binsync-Seq", "42");
-        // NATS/1.0\r\n + "Binsync-Seq: 42\r\n" + \r\n
-        assert_eq!(wire_len(&h), 10 + 11 + 2 + 2 + 2 + 2);
+        // What the client writes: `NATS/1.0\r\n`, `Name: value\r\n` per value, `\r\n`.
+        let wire = |h: &HeaderMap| {
+            let mut w = String::from("NATS/1.0\r\n");
+            for (name, values) in h.iter() {
+                for v in values {
+                    w += &format!("{}: {}\r\n", AsRef::<str>::as_ref(name), v.as_str());
+                }
+            }
+            w + "\r\n"
+        };
+        for (seq, position) in [
+            (0, None),
+            (9, Some("f:4 gtid=0-1-5")),
+            (10, None),
+            (12345, Some("x")),
+        ] {
+            let h = headers("src-1", seq, position);
+            assert_eq!(
+                header_len("src-1", seq, position),
+                wire(&h).len(),
+                "{}",
+                wire(&h)
+            );
+        }
+        let h = headers("s", 12, None);
+        assert_eq!(
+            header_len("s", 12, None),
+            "NATS/1.0\r\nNats-Msg-Id: s:12\r\nBinsync-Source: s\r\nBinsync-Seq: 12\r\nBinsync-Contract: 3\r\n\r\n".len()
+        );
+        assert_eq!(h.get("Binsync-Seq").map(|v| v.as_str()), Some("12"));
+    }
+
+    #[test]
+    fn answers_are_acks_or_errors() {
+        assert_eq!(parse_answer(br#"{"stream":"s","seq":42}"#), Ok(42));
+        assert_eq!(
+            parse_answer(br#"{"stream":"s","seq":7,"duplicate":true}"#),
+            Ok(7)
+        );
+        let full = parse_answer(
+            br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#,
+        );
+        assert_eq!(
+            full,
+            Err((
+                "maximum messages exceeded (JetStream error 10077)".into(),
+                Some((10077, "maximum messages exceeded".into()))
+            ))
+        );
+        assert!(matches!(parse_answer(b""), Err((_, None))));
+        assert!(matches!(parse_answer(br#"{"stream":"s"}"#), Err((_, None))));
+    }
+
+    #[test]
+    fn the_window_hands_out_each_message_once_and_times_out_the_oldest() {
+        let t0 = Instant::now();
+        let mut w = Window::default();
+        let msg = |seq| Msg {
+            ticket: Ledger::new().register(Mark::of(&Chunk::default()), 1),
+            chunk: 0,
+            seq,
+            entity: "e".into(),
+            subject: Subject::from("p.e.0"),
+            position: None,
+            payload: Bytes::new(),
+            floor: None,
+        };
+        for n in 10..14 {
+            w.push(n, msg(n), t0 + std::time::Duration::from_secs(n));
+        }
+        assert_eq!(w.take(11).map(|m| m.seq), Some(11));
+        assert!(w.take(11).is_none(), "answered twice");
+        assert!(w.take(9).is_none() && w.take(99).is_none());
+        assert_eq!(w.deadline(), Some(t0 + std::time::Duration::from_secs(10)));
+        assert!(w.expired(t0 + std::time::Duration::from_secs(9)).is_none());
+        // 10 expires; 11 was answered, so 12 is next.
+        let at = t0 + std::time::Duration::from_secs(12);
+        assert_eq!(w.expired(at).map(|m| m.seq), Some(10));
+        assert_eq!(w.expired(at).map(|m| m.seq), Some(12));
+        assert!(w.expired(at).is_none());
+        assert_eq!(w.slots.len(), 1);
+        assert_eq!(w.take(13).map(|m| m.seq), Some(13));
+        assert!(w.is_empty() && w.slots.is_empty());
+        // A new window starts at the next send number.
+        w.push(20, msg(20), t0);
+        assert_eq!(w.take(20).map(|m| m.seq), Some(20));
     }
 }
