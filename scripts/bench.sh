@@ -8,7 +8,10 @@
 #   python-mysql-replication                      the usual Python CDC library, counting rows
 #   binsync -> file, -> sync API (discarding receiver), -> sync API (storing receiver),
 #   -> NATS JetStream (a nats-server started here: R1 stream, file storage; its CPU is the
-#   receiver side; then `binsync receive --from nats://` applies the stream, timed too)
+#   receiver side; then `binsync receive --from nats://` applies the stream, timed too), and
+#   beside it the floor: examples/nats_publish_floor.rs, a plain async-nats publisher sending
+#   the same payloads (the file sink's lines) with the same headers into a fresh nats-server,
+#   nothing decoded or checkpointed
 # and measures the commit-to-delivery latency of binsync (default settings) at a steady 2,000 and
 # 20,000 row changes/s, through --sink stdout and through --sink http into a plain Python receiver
 # (scripts/bench/sync_receiver.py, not binsync's own). Prints markdown tables (wall time, rows/s,
@@ -193,6 +196,12 @@ else
     step "Building binsync (cargo build --release)"
     cargo build --release
     SRC_BIN=${CARGO_TARGET_DIR:-target}/release/binsync
+fi
+if [[ $PART == all ]]; then
+    step "Building the reference JetStream publisher (cargo build --release --example nats_publish_floor)"
+    cargo build --release --example nats_publish_floor
+    FLOOR_BIN=$TMP/nats_publish_floor
+    cp "${CARGO_TARGET_DIR:-target}/release/examples/nats_publish_floor" "$FLOOR_BIN"
 fi
 [[ -x $SRC_BIN ]] || die "no binsync binary at $SRC_BIN"
 # A copy: a rebuild while the benchmark runs does not change what is measured.
@@ -538,7 +547,8 @@ run_binsync_file() {
     # The rest: the CREATE TABLE's ddl operation (--start earliest reads it too).
     OTHER_OPS=$((lines - rows))
     NOTE="$rows row change lines checked (+ $OTHER_OPS ddl), $(mib "$bytes") MiB"
-    rm -f "$TMP/out.jsonl"
+    # The reference JetStream publisher sends these very lines.
+    mv "$TMP/out.jsonl" "$TMP/floor.jsonl"
 }
 run_binsync_http() { # discard|store
     local mode=$1 stats got key
@@ -593,7 +603,7 @@ nats_messages() { # messages stored on the server (it holds one stream)
         python3 -c 'import json, sys; print(json.load(sys.stdin)["messages"])'
 }
 run_binsync_nats() {
-    local got hwm ref pct t0 consumed applied
+    local got hwm ref pct floor floor_pct t0 consumed applied
     rm -rf "$TMP/state" "$TMP/recv-state"
     start_nats
     timed binsync-nats "$BIN" run --source "$SOURCE" --server-id "$SERVER_ID" \
@@ -619,8 +629,27 @@ run_binsync_nats() {
     stop_pid "$NATS_PID"
     ref=$(awk -F'\t' '$1 == "binsync_http" { print $3 }' "$RES/tools.tsv")
     pct=$(awk -v r="$ref" -v w="$WALL" 'BEGIN { printf "%.0f", (w > 0 ? 100 * r / w : 0) }')
-    NOTE="stream holds $got messages ($CHANGES row changes + $OTHER_OPS ddl, each once); throughput $pct% of binsync → sync API (receive --discard) (target ≥ 60%); receiver CPU = nats-server's (R1, file storage), its peak RSS $(mib $((hwm * 1024))) MiB; then \`binsync receive --from nats://\` applied the $applied messages into SQLite in $consumed s"
+    floor=$(awk -F'\t' '$1 == "nats_floor" { print $3 }' "$RES/tools.tsv")
+    floor_pct=$(awk -v r="$floor" -v w="$WALL" 'BEGIN { printf "%.0f", (w > 0 ? 100 * r / w : 0) }')
+    NOTE="stream holds $got messages ($CHANGES row changes + $OTHER_OPS ddl, each once); throughput $pct% of binsync → sync API (receive --discard) (target ≥ 60%), $floor_pct% of the plain publisher's; receiver CPU = nats-server's (R1, file storage), its peak RSS $(mib $((hwm * 1024))) MiB; then \`binsync receive --from nats://\` applied the $applied messages into SQLite in $consumed s"
     rm -rf "$TMP/nats" "$TMP/recv-state"
+}
+
+# The floor of the JetStream row: the same messages published by a plain async-nats publisher.
+run_nats_floor() {
+    local got out hwm
+    start_nats
+    timed nats-floor "$FLOOR_BIN" "nats://127.0.0.1:$NATS_PORT" floor "$TMP/floor.jsonl"
+    out=$(cat "$TMP/nats-floor.err")
+    got=$(nats_messages) || die "GET http://127.0.0.1:$NATS_MON/jsz failed"
+    RECV_CPU=$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' \
+        "/proc/$NATS_PID/stat" 2>/dev/null || echo '?')
+    hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$NATS_PID/status" 2>/dev/null || echo 0)
+    stop_pid "$NATS_PID"
+    [[ $got -eq $((CHANGES + OTHER_OPS)) ]] ||
+        die "the reference publisher stored $got messages; expected $((CHANGES + OTHER_OPS))"
+    NOTE="stream holds $got messages: binsync's payloads (the file sink's lines) with its five headers, window 512, nothing decoded or checkpointed; receiver CPU = nats-server's (R1, file storage), its peak RSS $(mib $((hwm * 1024))) MiB"
+    rm -rf "$TMP/nats"
 }
 
 measure raw 'mariadb-binlog --raw (transfer only)' run_raw
@@ -629,6 +658,8 @@ measure pyrepl 'python-mysql-replication (count rows)' run_pyrepl
 measure binsync_file 'binsync → file' run_binsync_file
 measure binsync_http 'binsync → sync API (receive --discard)' run_binsync_http discard
 measure binsync_http_store 'binsync → sync API (storing receiver)' run_binsync_http store
+measure nats_floor 'plain async-nats publisher → NATS JetStream (R1, file storage), same messages' run_nats_floor
+rm -f "$TMP/floor.jsonl"
 measure binsync_nats 'binsync → NATS JetStream (R1, file storage)' run_binsync_nats
 
 # --- latency ------------------------------------------------------------------------------------
