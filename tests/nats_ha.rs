@@ -15,16 +15,16 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer};
-use common::nats::NatsServer;
-use common::workload::{canonical_id, source_state, State, Writer};
+use async_nats::jetstream;
+use common::nats::{
+    apply, assert_no_duplicates, gapless, read_stream_blocking, NatsServer, StreamMsg,
+};
+use common::workload::{source_state, Writer};
 use common::{wait_until, MariaDb, Proc, ServerOpts};
-use futures_util::StreamExt;
-use serde_json::Value;
 
 const LEASE: &str = "2s";
 const STREAM: &str = "ha";
@@ -94,113 +94,12 @@ fn pair(db: &MariaDb, nats: &NatsServer, dir: &Path) -> (Proc, Proc) {
     (a, b)
 }
 
-/// One message of the stream: its (Binsync-Source, Binsync-Seq) and payload.
-struct Msg {
-    id: (String, u64),
-    stream_seq: u64,
-    json: Value,
-}
-
-/// Every message of the stream, in order.
-fn read_stream(url: &str) -> Vec<Msg> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let js = jetstream::new(async_nats::connect(url).await.expect("connect to nats"));
-        let Ok(mut s) = js.get_stream(STREAM).await else {
-            return Vec::new();
-        };
-        if s.info().await.unwrap().state.messages == 0 {
-            return Vec::new();
-        }
-        let c = s
-            .create_consumer(consumer::pull::OrderedConfig::default())
-            .await
-            .unwrap();
-        let mut messages = c.messages().await.unwrap();
-        let mut out = Vec::new();
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(20), messages.next())
-                .await
-                .expect("the next message within 20 s")
-                .expect("the consumer goes on")
-                .unwrap();
-            let info = m.info().unwrap();
-            let (stream_seq, pending) = (info.stream_sequence, info.pending);
-            let h = m.headers.as_ref().expect("headers");
-            let header = |n: &str| h.get(n).expect(n).as_str().to_string();
-            out.push(Msg {
-                id: (
-                    header("Binsync-Source"),
-                    header("Binsync-Seq").parse().unwrap(),
-                ),
-                stream_seq,
-                json: serde_json::from_slice(&m.payload).unwrap(),
-            });
-            if pending == 0 {
-                return out;
-            }
-        }
-    })
-}
-
-/// A consumer's state: per (table, id) the highest seq wins, a delete removes the row.
-fn apply(msgs: &[Msg]) -> State {
-    let mut latest: BTreeMap<(String, String), (u64, Option<Value>)> = BTreeMap::new();
-    for m in msgs {
-        let v = &m.json;
-        if !matches!(
-            v["op"].as_str(),
-            Some("insert" | "update" | "delete" | "read")
-        ) {
-            continue;
-        }
-        let key = (
-            v["table"].as_str().unwrap().to_string(),
-            canonical_id(&v["id"]),
-        );
-        let seq = v["seq"].as_u64().unwrap();
-        if latest.get(&key).is_none_or(|(s, _)| *s < seq) {
-            latest.insert(
-                key,
-                (seq, (v["op"] != "delete").then(|| v["after"].clone())),
-            );
-        }
-    }
-    latest
-        .into_iter()
-        .filter_map(|(k, (_, row))| row.map(|r| (k, r)))
-        .collect()
-}
-
-fn gapless(msgs: &[Msg]) -> bool {
-    let mut seqs: Vec<u64> = msgs.iter().map(|m| m.id.1).collect();
-    seqs.sort_unstable();
-    seqs.dedup();
-    seqs.first()
-        .zip(seqs.last())
-        .is_none_or(|(f, l)| (l - f + 1) as usize == seqs.len())
-}
-
-fn assert_no_duplicates(msgs: &[Msg]) {
-    let mut seen = HashSet::new();
-    let dups: Vec<_> = msgs
-        .iter()
-        .filter(|m| !seen.insert(m.id.clone()))
-        .map(|m| (m.id.clone(), m.stream_seq))
-        .take(5)
-        .collect();
-    assert!(dups.is_empty(), "published twice: {dups:?}");
-}
-
 /// Waits until the stream holds the source's rows and every seq, stops `b`, checks the stream.
-fn finish(db: &MariaDb, nats: &NatsServer, mut b: Proc) -> Vec<Msg> {
+fn finish(db: &MariaDb, nats: &NatsServer, mut b: Proc) -> Vec<StreamMsg> {
     let want = source_state(db);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let msgs = read_stream(&nats.url());
+        let msgs = read_stream_blocking(&nats.url(), STREAM);
         if apply(&msgs) == want && gapless(&msgs) {
             break;
         }
@@ -213,10 +112,10 @@ fn finish(db: &MariaDb, nats: &NatsServer, mut b: Proc) -> Vec<Msg> {
     b.sigterm();
     let st = b.wait_timeout(Duration::from_secs(30)).expect("b stops");
     assert!(st.success(), "b: {}", b.stderr());
-    let msgs = read_stream(&nats.url());
+    let msgs = read_stream_blocking(&nats.url(), STREAM);
     assert_no_duplicates(&msgs);
     let sources: HashMap<&str, usize> = msgs.iter().fold(HashMap::new(), |mut m, x| {
-        *m.entry(x.id.0.as_str()).or_default() += 1;
+        *m.entry(x.header("Binsync-Source")).or_default() += 1;
         m
     });
     assert_eq!(

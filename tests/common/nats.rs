@@ -20,6 +20,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use async_nats::jetstream::{self, consumer};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::workload::{canonical_id, State};
 use super::{free_port, harness_tempdir, kill_and_reap, read_lossy, signal, tail, wait_child};
 
 /// How long a server may take to answer `/healthz` after its process starts.
@@ -325,5 +332,200 @@ impl NatsCluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         format!("nats://{}", hosts.join(","))
+    }
+}
+
+// --- reading a stream back, as the tests check it --------------------------------------------
+
+/// One message of the stream as a consumer sees it.
+#[derive(Debug, Clone)]
+pub struct StreamMsg {
+    pub subject: String,
+    pub stream_seq: u64,
+    pub headers: HashMap<String, String>,
+    pub payload: Vec<u8>,
+}
+
+impl StreamMsg {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).expect("the payload is one JSON object")
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map_or_else(|| panic!("no {name} header in {self:?}"), String::as_str)
+    }
+    pub fn seq(&self) -> u64 {
+        self.header("Binsync-Seq").parse().unwrap()
+    }
+}
+
+pub async fn connect(urls: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(
+            urls.trim_start_matches("nats://")
+                .split(',')
+                .map(|h| {
+                    h.parse::<async_nats::ServerAddr>()
+                        .expect("a server address")
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("connect to nats")
+}
+
+/// Every message of stream `name`, in stream order (empty if the stream does not exist).
+/// Retried for a while: in a cluster that just lost a node the stream's leader may be
+/// elected meanwhile.
+pub async fn read_stream(urls: &str, name: &str) -> Vec<StreamMsg> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match try_read_stream(urls, name).await {
+            Ok(msgs) => return msgs,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("reading the stream again: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("cannot read stream {name}: {e}"),
+        }
+    }
+}
+
+pub async fn try_read_stream(urls: &str, name: &str) -> Result<Vec<StreamMsg>, String> {
+    let js = jetstream::new(connect(urls).await);
+    let mut s = match js.get_stream(name).await {
+        Ok(s) => s,
+        Err(e) => {
+            return match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(Vec::new())
+                }
+                _ => Err(e.to_string()),
+            }
+        }
+    };
+    let info = s.info().await.map_err(|e| e.to_string())?.clone();
+    if info.state.messages == 0 {
+        return Ok(Vec::new());
+    }
+    let c = s
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("ordered consumer: {e}"))?;
+    let mut messages = c.messages().await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), messages.next())
+            .await
+            .map_err(|_| "no next message for 20 s".to_string())?
+            .ok_or("the consumer ended")?
+            .map_err(|e| e.to_string())?;
+        let (stream_seq, pending) = {
+            let i = m.info().map_err(|e| e.to_string())?;
+            (i.stream_sequence, i.pending)
+        };
+        let mut headers = HashMap::new();
+        if let Some(h) = &m.headers {
+            for (k, vs) in h.iter() {
+                let k: &str = k.as_ref();
+                headers.insert(k.to_string(), vs[0].as_str().to_string());
+            }
+        }
+        out.push(StreamMsg {
+            subject: m.subject.to_string(),
+            stream_seq,
+            headers,
+            payload: m.payload.to_vec(),
+        });
+        if pending == 0 {
+            return Ok(out);
+        }
+    }
+}
+
+pub fn read_stream_blocking(urls: &str, name: &str) -> Vec<StreamMsg> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(read_stream(urls, name))
+}
+
+/// The consumer's state: per (table, id) the highest seq wins, a delete removes the row.
+pub fn apply(msgs: &[StreamMsg]) -> State {
+    let mut latest: BTreeMap<(String, String), (u64, Option<Value>)> = BTreeMap::new();
+    for m in msgs {
+        let v = m.json();
+        if !matches!(
+            v["op"].as_str(),
+            Some("insert" | "update" | "delete" | "read")
+        ) {
+            continue;
+        }
+        let key = (
+            v["table"].as_str().unwrap().to_string(),
+            canonical_id(&v["id"]),
+        );
+        let seq = v["seq"].as_u64().unwrap();
+        let row = (v["op"] != "delete").then(|| v["after"].clone());
+        match latest.get(&key) {
+            Some((s, _)) if *s >= seq => {}
+            _ => {
+                latest.insert(key, (seq, row));
+            }
+        }
+    }
+    latest
+        .into_iter()
+        .filter_map(|(k, (_, row))| row.map(|r| (k, r)))
+        .collect()
+}
+
+/// Panics if two messages carry the same (source, seq); returns how many messages there are.
+pub fn assert_no_duplicates(msgs: &[StreamMsg]) -> usize {
+    let mut seen = HashSet::new();
+    let mut dups = Vec::new();
+    for m in msgs {
+        let id = (m.header("Binsync-Source").to_string(), m.seq());
+        if !seen.insert(id.clone()) {
+            dups.push((id, m.stream_seq));
+        }
+    }
+    assert!(
+        dups.is_empty(),
+        "{} duplicate (source, seq) in the stream, e.g. {:?}",
+        dups.len(),
+        &dups[..dups.len().min(5)]
+    );
+    msgs.len()
+}
+
+pub fn gapless(msgs: &[StreamMsg]) -> bool {
+    let mut seqs: Vec<u64> = msgs.iter().map(StreamMsg::seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs.first()
+        .zip(seqs.last())
+        .is_none_or(|(f, l)| (l - f + 1) as usize == seqs.len())
+}
+
+/// Every seq from the first one to the last is in the stream (nothing lost in between).
+pub fn assert_no_gaps(msgs: &[StreamMsg]) {
+    let mut seqs: Vec<u64> = msgs.iter().map(StreamMsg::seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    if let (Some(first), Some(last)) = (seqs.first(), seqs.last()) {
+        assert_eq!(
+            (last - first + 1) as usize,
+            seqs.len(),
+            "gaps between seq {first} and {last}"
+        );
     }
 }
