@@ -184,10 +184,9 @@ pub async fn run(
     let Some(client) = connect(&cfg, &mut shutdown).await? else {
         return Ok(());
     };
+    // For the stream API and the scans; publishes go through the client (see `publish`).
     let js = jetstream::ContextBuilder::new()
-        .ack_timeout(ACK_TIMEOUT)
         .timeout(ACK_TIMEOUT)
-        .max_ack_inflight(cfg.max_in_flight)
         .build(client.clone());
     let Some(()) = ensure_stream(&cfg, &js, &mut shutdown).await? else {
         return Ok(());

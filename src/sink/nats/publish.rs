@@ -380,14 +380,8 @@ impl Publisher {
                 .clone();
             let size = header_len(&self.source, c.seq, position.as_deref()) + payload.len();
             if size > max_payload {
-                self.ledger.fail(ticket);
-                let e = SinkError::NatsTooLarge {
-                    seq: c.seq,
-                    entity: c.entity.to_string(),
-                    size,
-                    max_payload,
-                };
-                self.stop_with(e, true);
+                // What precedes it is published first.
+                self.too_large(ticket, c.seq, &c.entity, size, true);
                 return;
             }
             self.queue.push_back(Msg {
@@ -433,7 +427,8 @@ impl Publisher {
                     .push(number, m, Instant::now() + super::ACK_TIMEOUT);
             }
             Err(e) if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
-                self.too_large(m)
+                let size = header_len(&self.source, m.seq, m.position.as_deref()) + m.payload.len();
+                self.too_large(m.ticket, m.seq, &m.entity, size, false)
             }
             Err(e) => self.settle(m, Err((super::error_chain(&e), None))),
         }
@@ -462,16 +457,24 @@ impl Publisher {
         self.settle(m, answer);
     }
 
-    /// `m` is larger than the server's max_payload: a definite error.
-    fn too_large(&mut self, m: Msg) {
-        self.ledger.fail(m.ticket);
+    /// Operation `seq` (`size` bytes with its headers) is larger than the server's
+    /// max_payload: a definite error (see [`Publisher::stop_with`] for `drain_queue`).
+    fn too_large(
+        &mut self,
+        ticket: Ticket,
+        seq: u64,
+        entity: &str,
+        size: usize,
+        drain_queue: bool,
+    ) {
+        self.ledger.fail(ticket);
         let e = SinkError::NatsTooLarge {
-            seq: m.seq,
-            entity: m.entity.to_string(),
-            size: header_len(&self.source, m.seq, m.position.as_deref()) + m.payload.len(),
+            seq,
+            entity: entity.to_string(),
+            size,
             max_payload: self.client.max_payload(),
         };
-        self.stop_with(e, false);
+        self.stop_with(e, drain_queue);
     }
 
     /// A publish settled.
