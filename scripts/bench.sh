@@ -637,10 +637,9 @@ run_binsync_nats() {
 
 # The floor of the JetStream row: the same messages published by a plain async-nats publisher.
 run_nats_floor() {
-    local got out hwm
+    local got hwm
     start_nats
     timed nats-floor "$FLOOR_BIN" "nats://127.0.0.1:$NATS_PORT" floor "$TMP/floor.jsonl"
-    out=$(cat "$TMP/nats-floor.err")
     got=$(nats_messages) || die "GET http://127.0.0.1:$NATS_MON/jsz failed"
     RECV_CPU=$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' \
         "/proc/$NATS_PID/stat" 2>/dev/null || echo '?')
